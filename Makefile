@@ -1,0 +1,45 @@
+# dynastore — the two commands of the contract are `make up` and `make test`.
+# Both work on a machine with nothing but Python 3.11+, make and root: the virtual
+# environment and the system tools the tests need are installed on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSDEPS_STAMP := .sysdeps.ok
+NODES ?= 3
+PYTEST_ARGS ?=
+
+.PHONY: up test lint typecheck unit sysdeps bench soak clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+# System tools for the fault suite (network namespaces, iptables, faketime).
+$(SYSDEPS_STAMP): scripts/install-system-deps.sh
+	scripts/install-system-deps.sh
+	@touch $(SYSDEPS_STAMP)
+
+sysdeps: $(SYSDEPS_STAMP)
+
+up: $(STAMP)
+	$(BIN)/dynastore up --nodes $(NODES)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) $(SYSDEPS_STAMP) lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/core tests/storage tests/net $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(SYSDEPS_STAMP) .pytest_cache .mypy_cache .ruff_cache .hypothesis

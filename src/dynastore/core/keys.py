@@ -1,0 +1,58 @@
+"""The byte layout of keys in a node's local store.
+
+A stored key is `partition (4 bytes, big-endian) | bucket length (2 bytes) | bucket | key`, so that
+every partition is one contiguous, ordered range (handoff, anti-entropy and key listing scan it in
+order) and, inside a partition, every bucket is a contiguous sub-range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARTITION_BYTES = 4
+BUCKET_LEN_BYTES = 2
+BUCKET_BYTES_MAX = (1 << (8 * BUCKET_LEN_BYTES)) - 1
+
+
+class KeyLayoutError(ValueError):
+    """A stored key does not have the layout this module writes."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageKey:
+    partition: int
+    bucket: bytes
+    key: bytes
+
+
+def encode(partition: int, bucket: bytes, key: bytes) -> bytes:
+    assert 0 <= partition < 1 << (8 * PARTITION_BYTES), partition
+    assert len(bucket) <= BUCKET_BYTES_MAX, len(bucket)
+    return partition.to_bytes(PARTITION_BYTES, "big") + len(bucket).to_bytes(BUCKET_LEN_BYTES, "big") + bucket + key
+
+
+def decode(raw: bytes) -> StorageKey:
+    header = PARTITION_BYTES + BUCKET_LEN_BYTES
+    if len(raw) < header:
+        raise KeyLayoutError("stored key shorter than its header")
+    partition = int.from_bytes(raw[:PARTITION_BYTES], "big")
+    blen = int.from_bytes(raw[PARTITION_BYTES:header], "big")
+    if len(raw) < header + blen:
+        raise KeyLayoutError("stored key shorter than its bucket")
+    return StorageKey(partition, raw[header : header + blen], raw[header + blen :])
+
+
+def partition_prefix(partition: int) -> bytes:
+    return partition.to_bytes(PARTITION_BYTES, "big")
+
+
+def bucket_prefix(partition: int, bucket: bytes) -> bytes:
+    return encode(partition, bucket, b"")
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string that starts with `prefix` (None: no bound)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])

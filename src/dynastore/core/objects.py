@@ -1,0 +1,162 @@
+"""Stored objects: the siblings of a key (value, content type, user metadata, last-modified, deleted
+flag), their byte encoding for disk and wire, and the resolution rules of last-write-wins buckets.
+
+An object on a replica is a `Versioned[Content]` (see versions.py): a clock and the live siblings,
+each with its dot. A delete is a write of a sibling with `deleted=True` (a tombstone): it takes part
+in merges like any value, so a replica that missed the delete cannot bring the old value back.
+Decoding validates everything; a malformed object from disk or from a peer raises ObjectError and is
+never half-applied.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Clock, Dot, Versioned
+
+FORMAT_VERSION = 1
+
+
+class ObjectError(ValueError):
+    """Bytes that should hold an object do not."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Content:
+    """One sibling's payload and metadata, as a Riak client sees it."""
+
+    value: bytes
+    content_type: str = "application/octet-stream"
+    charset: str | None = None
+    content_encoding: str | None = None
+    usermeta: tuple[tuple[str, str], ...] = ()
+    last_modified_us: int = 0
+    deleted: bool = False
+
+    @property
+    def size_bytes(self) -> int:
+        meta = sum(len(k) + len(v) for k, v in self.usermeta)
+        return len(self.value) + len(self.content_type) + meta
+
+
+Object = Versioned[Content]
+
+
+def tombstone(now_us: int) -> Content:
+    return Content(b"", "application/octet-stream", None, None, (), now_us, True)
+
+
+def vtag(dot: Dot) -> str:
+    """A short, stable tag naming one sibling (Riak's `vtag`); derived from the sibling's dot."""
+    digest = hashlib.md5(dot.actor + dot.counter.to_bytes(8, "big"), usedforsecurity=False).digest()
+    return base64.b32encode(digest[:10]).decode().rstrip("=").lower()
+
+
+def live(obj: Object) -> list[tuple[Dot, Content]]:
+    """The siblings that are not tombstones."""
+    return [(dot, c) for dot, c in obj.siblings if not c.deleted]
+
+
+def is_tombstone(obj: Object) -> bool:
+    """True when the object holds only deletions (a GET answers 404 with a context)."""
+    return bool(obj.siblings) and all(c.deleted for _, c in obj.siblings)
+
+
+def newest(siblings: list[tuple[Dot, Content]]) -> tuple[Dot, Content]:
+    """Last-write-wins choice: the latest timestamp, then the greatest dot (deterministic)."""
+    return max(siblings, key=lambda pair: (pair[1].last_modified_us, pair[0]))
+
+
+def resolve_lww(obj: Object) -> Object:
+    if len(obj.siblings) <= 1:
+        return obj
+    return Versioned(obj.clock, (newest(list(obj.siblings)),))
+
+
+# --- Encoding ------------------------------------------------------------------------------------
+
+
+def _content_fields(c: Content) -> list[Any]:
+    return [
+        c.value,
+        c.content_type,
+        c.charset,
+        c.content_encoding,
+        [list(pair) for pair in c.usermeta],
+        c.last_modified_us,
+        c.deleted,
+    ]
+
+
+def to_wire(obj: Object) -> list[Any]:
+    """A msgpack-ready form, used inside inter-node messages."""
+    return [
+        FORMAT_VERSION,
+        [[a, c, ts] for a, c, ts in obj.clock.entries],
+        [[d.actor, d.counter, *_content_fields(content)] for d, content in obj.siblings],
+    ]
+
+
+def encode(obj: Object) -> bytes:
+    return msgpack.packb(to_wire(obj), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode(raw: bytes) -> Object:
+    try:
+        data = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:
+        raise ObjectError(f"undecodable object: {exc}") from None
+    return from_wire(data)
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise ObjectError(what)
+
+
+def _is_int(x: object, lo: int, hi: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+
+
+def from_wire(data: Any) -> Object:
+    """Validate and rebuild an object; raises ObjectError for anything malformed."""
+    _need(isinstance(data, list) and len(data) == 3, "object must be a 3-element list")
+    version, raw_clock, raw_siblings = data
+    _need(version == FORMAT_VERSION, f"unknown object format {version!r}")
+    _need(isinstance(raw_clock, list) and isinstance(raw_siblings, list), "malformed object")
+    entries: dict[bytes, tuple[int, int]] = {}
+    for entry in raw_clock:
+        _need(isinstance(entry, list) and len(entry) == 3, "malformed clock entry")
+        actor, counter, ts = entry
+        _need(isinstance(actor, bytes) and 0 < len(actor) <= ACTOR_BYTES_MAX, "malformed actor")
+        _need(_is_int(counter, 1, COUNTER_MAX) and _is_int(ts, 0, COUNTER_MAX), "malformed counter")
+        _need(actor not in entries, "duplicate clock entry")
+        entries[actor] = (counter, ts)
+    clock = Clock.from_mapping(entries)
+    siblings: dict[Dot, Content] = {}
+    for sib in raw_siblings:
+        _need(isinstance(sib, list) and len(sib) == 9, "malformed sibling")
+        actor, counter, value, ctype, charset, encoding, meta, modified, deleted = sib
+        _need(isinstance(actor, bytes) and 0 < len(actor) <= ACTOR_BYTES_MAX, "malformed sibling actor")
+        _need(_is_int(counter, 1, COUNTER_MAX), "malformed sibling counter")
+        _need(isinstance(value, bytes) and isinstance(ctype, str), "malformed sibling value")
+        _need(charset is None or isinstance(charset, str), "malformed charset")
+        _need(encoding is None or isinstance(encoding, str), "malformed content encoding")
+        _need(isinstance(meta, list), "malformed usermeta")
+        pairs: list[tuple[str, str]] = []
+        for pair in meta:
+            _need(isinstance(pair, list) and len(pair) == 2, "malformed usermeta entry")
+            k, v = pair
+            _need(isinstance(k, str) and isinstance(v, str), "malformed usermeta entry")
+            pairs.append((k, v))
+        _need(_is_int(modified, 0, COUNTER_MAX) and isinstance(deleted, bool), "malformed sibling flags")
+        dot = Dot(actor, counter)
+        _need(dot not in siblings, "duplicate sibling dot")
+        _need(clock.covers(dot), "sibling dot not covered by the clock")
+        siblings[dot] = Content(value, ctype, charset, encoding, tuple(pairs), modified, deleted)
+    return Versioned(clock, tuple(sorted(siblings.items(), key=lambda pair: pair[0])))

@@ -1,0 +1,223 @@
+"""Every tunable of dynastore, with its default, in one place.
+
+A node's behaviour is fully described by a `Settings` value. The CLI overrides any field by name
+(`--set anti_entropy_interval_ms=2000`); a config file (TOML) may do the same. Names carry their unit
+last (`_ms`, `_bytes`, `_count`) so that a value is never read in the wrong unit.
+
+This module must never read the environment or the clock: it only describes and validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting name or value given by the operator is not acceptable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- Cluster identity and protocol -------------------------------------------------------------
+    cluster_name: str = "dynastore"
+    # Shared secret that authenticates the inter-node handshake and keys the MAC of client contexts.
+    # Empty means the cluster name is used: contexts are then protected against corruption, not forgery.
+    cluster_secret: str = ""
+
+    # --- Partitioning and replication (Dynamo's Q, N, R, W) ----------------------------------------
+    ring_size: int = 64
+    n_val: int = 3
+    r: int = 2
+    w: int = 2
+    allow_mult: bool = True
+    last_write_wins: bool = False
+    n_val_max: int = 7
+
+    # --- Versions and objects ------------------------------------------------------------------------
+    vclock_prune_entries_max: int = 10
+    object_bytes_max: int = 1024 * 1024
+    siblings_max: int = 100
+    context_extra_dots_max: int = 16
+    key_bytes_max: int = 4096
+    bucket_bytes_max: int = 512
+    meta_bytes_max: int = 64 * 1024
+
+    # --- Requests ------------------------------------------------------------------------------------
+    request_timeout_ms: int = 5000
+    requests_inflight_max: int = 20_000
+    coordinator_forward_retries_max: int = 2
+
+    # --- Storage ---------------------------------------------------------------------------------------
+    storage_engine: str = "lmdb"
+    durable: bool = True
+    lmdb_map_size_bytes: int = 64 * 1024**3
+    # A node never reuses a version counter: it reserves counters in blocks and persists the block end.
+    counter_lease_count: int = 10_000
+
+    # --- Deletes ---------------------------------------------------------------------------------------
+    tombstone_grace_ms: int = 60_000
+    reap_interval_ms: int = 10_000
+    reap_batch_max: int = 200
+
+    # --- Hinted handoff --------------------------------------------------------------------------------
+    hints_max: int = 1_000_000
+    hint_scan_interval_ms: int = 1000
+    hint_batch_max: int = 200
+    hint_batch_bytes_max: int = 4 * 1024 * 1024
+
+    # --- Membership, gossip and failure detection ------------------------------------------------------
+    gossip_interval_ms: int = 1000
+    heartbeat_interval_ms: int = 1000
+    phi_threshold: float = 8.0
+    phi_window_count: int = 100
+    phi_min_std_dev_ms: int = 200
+    phi_acceptable_pause_ms: int = 1000
+    # A peer that refused a connection is retried after this long even if nothing else says it is up.
+    unreachable_retry_ms: int = 1000
+
+    # --- Ownership handoff ------------------------------------------------------------------------------
+    handoff_batch_max: int = 500
+    handoff_batch_bytes_max: int = 4 * 1024 * 1024
+    handoff_concurrency_max: int = 2
+    handoff_retry_ms: int = 2000
+
+    # --- Anti-entropy -----------------------------------------------------------------------------------
+    anti_entropy_enabled: bool = True
+    anti_entropy_interval_ms: int = 30_000
+    anti_entropy_segments_count: int = 1024
+    anti_entropy_keys_batch_max: int = 500
+    anti_entropy_rebuild_interval_ms: int = 3_600_000
+
+    # --- Background work controller ---------------------------------------------------------------------
+    background_latency_target_ms: float = 50.0
+    background_window_ms: int = 10_000
+
+    # --- Read repair -------------------------------------------------------------------------------------
+    read_repair_enabled: bool = True
+
+    # --- Network limits ------------------------------------------------------------------------------------
+    frame_bytes_max: int = 64 * 1024 * 1024
+    peer_queue_frames_max: int = 20_000
+    connect_timeout_ms: int = 2000
+
+    # --- Test-only switches (never set them in production) -------------------------------------------------
+    # Used by the simulator to prove that its checkers catch a broken build.
+    hinted_handoff_enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def with_overrides(self, pairs: Iterable[str]) -> Settings:
+        """Apply `name=value` strings as given on the command line."""
+        changes: dict[str, Any] = {}
+        for pair in pairs:
+            name, sep, raw = pair.partition("=")
+            name = name.strip()
+            if not sep:
+                raise SettingsError(f"--set expects name=value, got {pair!r}")
+            changes[name] = parse_value(name, raw.strip())
+        return self.replace(**changes)
+
+    def with_mapping(self, values: Mapping[str, Any]) -> Settings:
+        changes: dict[str, Any] = {}
+        for name, value in values.items():
+            if isinstance(value, str):
+                changes[name] = parse_value(name, value)
+            else:
+                changes[name] = _coerce(name, value)
+        return self.replace(**changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_FIELD_TYPES: dict[str, str] = {f.name: str(f.type) for f in fields(Settings)}
+
+
+def setting_names() -> list[str]:
+    return sorted(_FIELD_TYPES)
+
+
+def parse_value(name: str, raw: str) -> Any:
+    kind = _FIELD_TYPES.get(name)
+    if kind is None:
+        raise SettingsError(f"unknown setting {name!r}")
+    try:
+        if kind == "bool":
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw.replace("_", ""))
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"setting {name} expects {kind}, got {raw!r}") from None
+    return raw
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _FIELD_TYPES.get(name)
+    if kind is None:
+        raise SettingsError(f"unknown setting {name!r}")
+    expected: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str}
+    want = expected[kind]
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind == "int" and isinstance(value, bool):
+        raise SettingsError(f"setting {name} expects int, got {value!r}")
+    if not isinstance(value, want):
+        raise SettingsError(f"setting {name} expects {kind}, got {value!r}")
+    return value
+
+
+def load_file(path: Path, base: Settings | None = None) -> Settings:
+    """Read a TOML config file whose top-level keys are setting names."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read config {path}: {exc}") from None
+    return (base or Settings()).with_mapping(data)
+
+
+def _validate(s: Settings) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise SettingsError(msg)
+
+    need(s.ring_size >= 1 and s.ring_size & (s.ring_size - 1) == 0, "ring_size must be a power of two")
+    need(s.ring_size <= 1 << 16, "ring_size must be at most 65536")
+    need(1 <= s.n_val <= s.n_val_max, f"n_val must be between 1 and n_val_max ({s.n_val_max})")
+    need(1 <= s.r <= s.n_val, "r must be between 1 and n_val")
+    need(1 <= s.w <= s.n_val, "w must be between 1 and n_val")
+    need(s.vclock_prune_entries_max >= 1, "vclock_prune_entries_max must be positive")
+    need(s.object_bytes_max >= 1, "object_bytes_max must be positive")
+    need(s.siblings_max >= 1, "siblings_max must be positive")
+    need(s.request_timeout_ms >= 1, "request_timeout_ms must be positive")
+    need(s.storage_engine in ("lmdb", "sqlite", "memory"), "storage_engine must be lmdb, sqlite or memory")
+    need(s.counter_lease_count >= 1, "counter_lease_count must be positive")
+    need(s.gossip_interval_ms >= 1, "gossip_interval_ms must be positive")
+    need(s.heartbeat_interval_ms >= 1, "heartbeat_interval_ms must be positive")
+    need(s.phi_threshold > 0, "phi_threshold must be positive")
+    need(s.anti_entropy_segments_count >= 1, "anti_entropy_segments_count must be positive")
+    need(s.anti_entropy_interval_ms >= 1, "anti_entropy_interval_ms must be positive")
+    need(s.frame_bytes_max > s.object_bytes_max, "frame_bytes_max must exceed object_bytes_max")
+    need(s.hints_max >= 0, "hints_max must not be negative")
+    need(s.tombstone_grace_ms >= 0, "tombstone_grace_ms must not be negative")
+    for name, value in s.as_dict().items():
+        if isinstance(value, int) and not isinstance(value, bool) and name.endswith(("_max", "_count")):
+            need(value >= 0, f"{name} must not be negative")
+
+
+DEFAULTS = Settings()

@@ -1,0 +1,254 @@
+"""Dotted version vectors keep every concurrent write, drop exactly what a context saw, and merge as a lattice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynastore.core.versions import (
+    Clock,
+    Context,
+    Dot,
+    Versioned,
+    concurrent,
+    descends,
+    empty,
+    merge,
+    merge_all,
+    prune,
+    update,
+)
+
+ACTORS = [b"a#1", b"b#1", b"c#1", b"d#1"]
+
+
+@dataclass
+class History:
+    """Replicas built by random writes (with contexts from earlier states) and merges.
+
+    Every actor takes its counters from its own sequence, as nodes do, so the states are ones the
+    system can really reach.
+    """
+
+    states: list[Versioned[bytes]] = field(default_factory=list)
+    counters: dict[bytes, int] = field(default_factory=dict)
+
+    def next_dot(self, actor: bytes) -> Dot:
+        self.counters[actor] = self.counters.get(actor, 0) + 1
+        return Dot(actor, self.counters[actor])
+
+
+@st.composite
+def histories(draw: st.DrawFn, steps_max: int = 25) -> History:
+    h = History(states=[empty(), empty(), empty()])
+    for step in range(draw(st.integers(0, steps_max))):
+        target = draw(st.integers(0, len(h.states) - 1))
+        if draw(st.booleans()):
+            source = draw(st.integers(0, len(h.states) - 1))
+            h.states[target] = merge(h.states[target], h.states[source])
+        else:
+            seen = draw(st.integers(0, len(h.states) - 1))
+            ctx = h.states[seen].context() if draw(st.booleans()) else Context()
+            actor = ACTORS[target % len(ACTORS)]
+            # A coordinator writes on top of its own state; the context may come from any replica.
+            dot = h.next_dot(actor)
+            while h.states[target].clock.covers(dot) or ctx.covers(dot):
+                dot = h.next_dot(actor)
+            h.states[target] = update(h.states[target], ctx, dot, b"v%d" % step, step)
+        if draw(st.booleans()) and len(h.states) < 6:
+            h.states.append(h.states[target])
+    return h
+
+
+def same(a: Versioned[bytes], b: Versioned[bytes]) -> bool:
+    return a.clock.same_counters(b.clock) and a.siblings == b.siblings
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=histories(), picks=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)))
+def test_merge_is_commutative_associative_and_idempotent(h: History, picks: tuple[int, int, int]) -> None:
+    """Replica states form a join-semilattice under merge, whatever order states meet in."""
+    a, b, c = (h.states[i % len(h.states)] for i in picks)
+    assert same(merge(a, b), merge(b, a))
+    assert same(merge(merge(a, b), c), merge(a, merge(b, c)))
+    assert same(merge(a, a), a)
+    for state in (a, b, c, merge(a, b)):
+        state.check()
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=histories(), picks=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)))
+def test_descends_is_a_partial_order(h: History, picks: tuple[int, int, int]) -> None:
+    """Descends is reflexive, antisymmetric (up to equal counters) and transitive; a merge descends both."""
+    a, b, c = (h.states[i % len(h.states)].clock for i in picks)
+    assert descends(a, a)
+    if descends(a, b) and descends(b, a):
+        assert a.same_counters(b)
+    if descends(a, b) and descends(b, c):
+        assert descends(a, c)
+    joined = a.merge(b)
+    assert descends(joined, a) and descends(joined, b)
+    assert concurrent(a, b) == (not descends(a, b) and not descends(b, a))
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=histories(), pick=st.integers(0, 5))
+def test_a_write_with_the_context_of_everything_it_saw_replaces_all_it_saw(h: History, pick: int) -> None:
+    """Writing with a state's own context leaves exactly one sibling: the new value."""
+    state = h.states[pick % len(h.states)]
+    dot = Dot(b"z#1", 1)
+    after = update(state, state.context(), dot, b"new", 99)
+    assert after.siblings == ((dot, b"new"),)
+    assert descends(after.clock, state.clock)
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=histories(), pick=st.integers(0, 5))
+def test_concurrent_writes_with_the_same_context_are_both_kept(h: History, pick: int) -> None:
+    """Two writes from the same context on different replicas both survive their merge, as siblings."""
+    state = h.states[pick % len(h.states)]
+    ctx = state.context()
+    left = update(state, ctx, Dot(b"x#1", 1), b"left", 1)
+    right = update(state, ctx, Dot(b"y#1", 1), b"right", 2)
+    merged = merge(left, right)
+    assert {v for _, v in merged.siblings} == {b"left", b"right"}
+    # A later merge with any older state never brings back what the context covered.
+    assert same(merge(merged, state), merged)
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=histories(), pick=st.integers(0, 5), other=st.integers(0, 5))
+def test_merging_never_loses_a_sibling_that_the_other_side_has_not_seen(h: History, pick: int, other: int) -> None:
+    """A live sibling survives a merge unless the other state's clock covers it and does not hold it."""
+    a = h.states[pick % len(h.states)]
+    b = h.states[other % len(h.states)]
+    merged = merge(a, b)
+    kept = set(merged.dots())
+    for dot in a.dots():
+        if dot not in kept:
+            assert b.clock.covers(dot) and dot not in b.dots()
+
+
+def test_two_clients_writing_with_their_own_previous_context_never_exceed_two_siblings() -> None:
+    """The sibling-explosion scenario: 100 rounds of two interleaved writers, each writing with the
+    context returned by its own previous write, through one coordinator, hold at most 2 siblings
+    (Riak's per-node vector clocks reached about 99)."""
+    actor = b"node0#1"
+    state: Versioned[bytes] = empty()
+    contexts = {"x": Context(), "y": Context()}
+    counter = 0
+    worst = 0
+    for round_ in range(100):
+        for client in ("x", "y"):
+            counter += 1
+            dot = Dot(actor, counter)
+            state = update(state, contexts[client], dot, f"{client}{round_}".encode(), counter)
+            contexts[client] = contexts[client].after_write(dot)
+            worst = max(worst, len(state.siblings))
+    assert worst <= 2
+    assert {v for _, v in state.siblings} == {b"x99", b"y99"}
+
+
+def test_two_clients_through_two_coordinators_never_exceed_two_siblings() -> None:
+    """The same scenario with each client writing through its own replica, replicas merging after
+    every write: still at most 2 siblings on every replica."""
+    replicas = {"x": empty(), "y": empty()}
+    actors = {"x": b"node0#1", "y": b"node1#1"}
+    counters = {"x": 0, "y": 0}
+    contexts = {"x": Context(), "y": Context()}
+    worst = 0
+    for round_ in range(100):
+        for client, peer in (("x", "y"), ("y", "x")):
+            counters[client] += 1
+            dot = Dot(actors[client], counters[client])
+            replicas[client] = update(replicas[client], contexts[client], dot, b"%d" % round_, round_)
+            contexts[client] = contexts[client].after_write(dot)
+            replicas[peer] = merge(replicas[peer], replicas[client])
+            worst = max(worst, *(len(r.siblings) for r in replicas.values()))
+    assert worst <= 2
+
+
+def test_a_client_that_reads_then_writes_resolves_all_siblings() -> None:
+    """Reading every sibling and writing with the read's context resolves them to one value."""
+    state: Versioned[bytes] = empty()
+    state = update(state, Context(), Dot(b"a#1", 1), b"one", 1)
+    state = update(state, Context(), Dot(b"a#1", 2), b"two", 2)
+    assert len(state.siblings) == 2
+    state = update(state, state.context(), Dot(b"a#1", 3), b"resolved", 3)
+    assert state.values() == [b"resolved"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=histories(steps_max=40), pick=st.integers(0, 5), limit=st.integers(1, 4))
+def test_pruning_bounds_the_clock_and_never_drops_a_live_sibling_actor(h: History, pick: int, limit: int) -> None:
+    """Pruning removes the oldest entries beyond the limit, but never an entry that covers a live sibling."""
+    state = merge_all(h.states)
+    pruned = prune(state, limit)
+    assert pruned.siblings == state.siblings
+    pruned.check()
+    live_actors = {d.actor for d in state.dots()}
+    assert len(pruned.clock.entries) <= max(limit, len(live_actors))
+    kept = {a for a, _, _ in pruned.clock.entries}
+    dropped = {a for a, _, _ in state.clock.entries} - kept
+    oldest_kept = min((ts for a, _, ts in pruned.clock.entries if a not in live_actors), default=None)
+    for actor, _, ts in state.clock.entries:
+        if actor in dropped and oldest_kept is not None:
+            assert ts <= oldest_kept
+
+
+def test_pruning_drops_oldest_entries_first() -> None:
+    """With ten writers and a limit of three, the three most recent actors (plus live ones) remain."""
+    state: Versioned[bytes] = empty()
+    for i in range(10):
+        actor = b"n%d#1" % i
+        state = update(state, state.context(), Dot(actor, 1), b"v", now_ms=1000 + i)
+    pruned = prune(state, 3)
+    assert [a for a, _, _ in pruned.clock.entries] == [b"n7#1", b"n8#1", b"n9#1"]
+
+
+def test_clock_merge_takes_the_greater_counter_and_its_timestamp() -> None:
+    """Clock entries merge by counter; the timestamp travels with the winning counter."""
+    a = Clock(((b"a", 3, 10), (b"b", 1, 5)))
+    b = Clock(((b"a", 2, 99), (b"c", 4, 7)))
+    assert a.merge(b) == Clock(((b"a", 3, 10), (b"b", 1, 5), (b"c", 4, 7)))
+    assert a.merge(b) == b.merge(a)
+
+
+def test_context_after_a_write_covers_only_what_the_writer_saw() -> None:
+    """The context returned by a write covers the client's context and the new dot, not concurrent siblings."""
+    ctx = Context(((b"a#1", 2),))
+    after = ctx.after_write(Dot(b"a#1", 7))
+    assert after.covers(Dot(b"a#1", 2))
+    assert after.covers(Dot(b"a#1", 7))
+    assert not after.covers(Dot(b"a#1", 5))
+    joined = after.join(Context(((b"a#1", 8),)))
+    assert joined.dots == frozenset()
+    assert joined.covers(Dot(b"a#1", 5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(h=histories(), pick=st.integers(0, 5), seen=st.integers(0, 5))
+def test_a_write_keeps_exactly_the_siblings_its_context_did_not_see(h: History, pick: int, seen: int) -> None:
+    """update(S, C, d, v) holds the siblings of S that C does not cover, plus the new one."""
+    state = h.states[pick % len(h.states)]
+    ctx = h.states[seen % len(h.states)].context()
+    dot = Dot(b"z#1", 1)
+    after = update(state, ctx, dot, b"new", 7)
+    expected = {d for d in state.dots() if not ctx.covers(d)} | {dot}
+    assert set(after.dots()) == expected
+    after.check()
+
+
+def test_a_writer_reusing_its_own_context_never_overwrites_a_concurrent_writer() -> None:
+    """Client y writes, then x writes concurrently through the same node (getting a larger counter),
+    then x writes again with the context its first write returned: y's value must still be there."""
+    actor = b"node0#1"
+    state: Versioned[bytes] = empty()
+    state = update(state, Context(), Dot(actor, 1), b"y", 1)
+    x_ctx = Context()
+    state = update(state, x_ctx, Dot(actor, 2), b"x1", 2)
+    x_ctx = x_ctx.after_write(Dot(actor, 2))
+    state = update(state, x_ctx, Dot(actor, 3), b"x2", 3)
+    assert sorted(state.values()) == [b"x2", b"y"]
