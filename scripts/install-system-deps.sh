@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite needs when they are missing:
-# iproute2 (network namespaces, veth), iptables (cutting links) and faketime (clock skew).
+# iproute2 (network namespaces, veth), iptables (cutting links), faketime (clock skew) and strace
+# (the storage tests count fsync calls with it).
 # Needs root and apt; on any other machine it says what is missing and stops.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
