@@ -1,0 +1,320 @@
+"""The cluster state every node holds: members, the ring (and the ring it is moving to), bucket
+properties. Spread by gossip; merged by a rule that converges whatever order updates arrive in.
+
+Theory of operation
+-------------------
+- Members are records versioned per member; a merge keeps, per name, the record with the greater
+  (version, status rank, address...) so any two nodes that have seen the same records agree.
+- Exactly one node, the *claimant* (the smallest name among valid members), turns membership into
+  rings. Each ring it publishes carries (version, claimant); a merge keeps the greater pair, so two
+  nodes that both believed themselves claimant during a partition still end with one ring. Operators
+  never edit rings: they change member records (join, leave, remove) and the claimant follows.
+- A ring change is a *transition*: `owners` stay authoritative while `next_owners` is being filled
+  by ownership handoff. Each (partition, receiving node) transfer that completes is recorded in
+  `done` (a grow-only set, merged by union). A partition whose transfers are all done is served by
+  the next ring; when all are done the claimant makes the next ring current.
+- Bucket properties are per-bucket records versioned by (version, author).
+
+Everything here is pure; encoding is canonical (sorted), so equal states have equal digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgpack
+
+from dynastore.core.ring import Ring, claim
+
+STATUSES = ("joining", "valid", "leaving", "exiting", "removed")
+_RANK = {status: i for i, status in enumerate(STATUSES)}
+# Members that own (or are about to own) partitions.
+OWNING = ("joining", "valid")
+# Members still in the cluster and reachable by gossip.
+ACTIVE = ("joining", "valid", "leaving")
+
+
+class StateError(ValueError):
+    """Bytes that should hold a cluster state do not."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Member:
+    name: str
+    host: str
+    peer_port: int
+    http_port: int
+    weight: int = 1
+    status: str = "valid"
+    version: int = 1
+
+    def key(self) -> tuple[int, int, str, int, int, int]:
+        return (self.version, _RANK[self.status], self.host, self.peer_port, self.http_port, self.weight)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.peer_port)
+
+
+@dataclass(frozen=True, slots=True)
+class RingState:
+    version: int
+    claimant: str
+    owners: tuple[str, ...]
+    next_owners: tuple[str, ...] | None = None
+    done: frozenset[tuple[int, str]] = frozenset()
+
+    def key(self) -> tuple[int, str]:
+        return (self.version, self.claimant)
+
+    @property
+    def ring(self) -> Ring:
+        return _ring_of(self.owners)
+
+    @property
+    def next_ring(self) -> Ring | None:
+        return None if self.next_owners is None else _ring_of(self.next_owners)
+
+
+_RINGS: dict[tuple[str, ...], Ring] = {}
+
+
+def _ring_of(owners: tuple[str, ...]) -> Ring:
+    # Rings cache their walks; sharing one Ring per owner tuple keeps that cache warm across states.
+    ring = _RINGS.get(owners)
+    if ring is None:
+        if len(_RINGS) > 64:
+            _RINGS.clear()
+        ring = _RINGS[owners] = Ring(owners)
+    return ring
+
+
+@dataclass(frozen=True, slots=True)
+class BucketProps:
+    props: tuple[tuple[str, Any], ...]
+    version: int
+    author: str
+
+    def key(self) -> tuple[int, str]:
+        return (self.version, self.author)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.props)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    cluster: str
+    members: tuple[Member, ...]
+    ring: RingState
+    buckets: tuple[tuple[bytes, BucketProps], ...] = ()
+
+    # --- Queries ---------------------------------------------------------------------------------
+
+    def member(self, name: str) -> Member | None:
+        for m in self.members:
+            if m.name == name:
+                return m
+        return None
+
+    def names(self, statuses: Iterable[str] = ACTIVE) -> list[str]:
+        wanted = set(statuses)
+        return [m.name for m in self.members if m.status in wanted]
+
+    def bucket(self, bucket: bytes) -> dict[str, Any]:
+        for name, props in self.buckets:
+            if name == bucket:
+                return props.as_dict()
+        return {}
+
+    def bucket_record(self, bucket: bytes) -> BucketProps | None:
+        for name, props in self.buckets:
+            if name == bucket:
+                return props
+        return None
+
+    def claimant(self) -> str | None:
+        valid = self.names(("valid",))
+        if valid:
+            return min(valid)
+        joining = self.names(("joining",))
+        return min(joining) if joining else None
+
+    # --- Updates (each returns a new state) ------------------------------------------------------
+
+    def with_member(self, member: Member) -> ClusterState:
+        others = tuple(m for m in self.members if m.name != member.name)
+        return replace(self, members=tuple(sorted((*others, member))))
+
+    def with_bucket(self, bucket: bytes, props: Mapping[str, Any], author: str) -> ClusterState:
+        current = self.bucket_record(bucket)
+        version = 1 if current is None else current.version + 1
+        record = BucketProps(tuple(sorted(props.items())), version, author)
+        others = tuple((b, p) for b, p in self.buckets if b != bucket)
+        return replace(self, buckets=tuple(sorted((*others, (bucket, record)))))
+
+    def digest(self) -> bytes:
+        return hashlib.blake2b(encode(self), digest_size=16).digest()
+
+
+def new_cluster(cluster: str, founder: Member, ring_size: int, n_val: int) -> ClusterState:
+    """The state of a one-node cluster, as a node started alone creates it."""
+    founder = replace(founder, status="valid")
+    owners = claim({founder.name: founder.weight}, ring_size, n_val).owners
+    return ClusterState(cluster, (founder,), RingState(1, founder.name, owners))
+
+
+# --- Merge ---------------------------------------------------------------------------------------
+
+
+def merge(a: ClusterState, b: ClusterState) -> ClusterState:
+    """Join two views of the same cluster (commutative, associative, idempotent)."""
+    if a.cluster != b.cluster:
+        raise StateError(f"cannot merge cluster {a.cluster!r} with {b.cluster!r}")
+    members: dict[str, Member] = {m.name: m for m in a.members}
+    for m in b.members:
+        mine = members.get(m.name)
+        if mine is None or m.key() > mine.key():
+            members[m.name] = m
+    buckets: dict[bytes, BucketProps] = dict(a.buckets)
+    for bucket, props in b.buckets:
+        mine_props = buckets.get(bucket)
+        if mine_props is None or _props_order(props) > _props_order(mine_props):
+            buckets[bucket] = props
+    return ClusterState(
+        a.cluster,
+        tuple(sorted(members.values())),
+        _merge_rings(a.ring, b.ring),
+        tuple(sorted(buckets.items())),
+    )
+
+
+def _props_order(p: BucketProps) -> tuple[int, str, bytes]:
+    return (p.version, p.author, msgpack.packb(list(p.props), use_bin_type=True))
+
+
+def _merge_rings(a: RingState, b: RingState) -> RingState:
+    if a.key() != b.key():
+        return a if a.key() > b.key() else b
+    if a.owners == b.owners and a.next_owners == b.next_owners:
+        return replace(a, done=a.done | b.done)
+    # One claimant publishes one ring per version; differing content under the same key can only
+    # come from a damaged peer. Pick deterministically so that every node still converges.
+    return a if _ring_bytes(a) >= _ring_bytes(b) else b
+
+
+def _ring_bytes(r: RingState) -> bytes:
+    return msgpack.packb(_ring_to_wire(r), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+# --- Encoding ------------------------------------------------------------------------------------
+
+
+def _ring_to_wire(r: RingState) -> list[Any]:
+    return [
+        r.version,
+        r.claimant,
+        list(r.owners),
+        None if r.next_owners is None else list(r.next_owners),
+        sorted([p, n] for p, n in r.done),
+    ]
+
+
+def encode(state: ClusterState) -> bytes:
+    data = [
+        1,
+        state.cluster,
+        [[m.name, m.host, m.peer_port, m.http_port, m.weight, m.status, m.version] for m in state.members],
+        _ring_to_wire(state.ring),
+        [[b, list(map(list, p.props)), p.version, p.author] for b, p in state.buckets],
+    ]
+    return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_member(m: Member) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [m.name, m.host, m.peer_port, m.http_port, m.weight, m.status, m.version], use_bin_type=True
+    )
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise StateError(what)
+
+
+def _int(x: Any, lo: int = 0, hi: int = 1 << 62) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+
+
+def _member_from(data: Any) -> Member:
+    _need(isinstance(data, list) and len(data) == 7, "malformed member")
+    name, host, peer_port, http_port, weight, status, version = data
+    _need(isinstance(name, str) and 0 < len(name) <= 255, "malformed member name")
+    _need(isinstance(host, str) and 0 < len(host) <= 255, "malformed member host")
+    _need(_int(peer_port, 0, 65535) and _int(http_port, 0, 65535), "malformed member port")
+    _need(_int(weight, 1, 1000), "malformed member weight")
+    _need(status in _RANK, "malformed member status")
+    _need(_int(version, 0), "malformed member version")
+    return Member(name, host, peer_port, http_port, weight, status, version)
+
+
+def decode_member(raw: bytes) -> Member:
+    try:
+        data = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:
+        raise StateError(f"undecodable member: {exc}") from None
+    return _member_from(data)
+
+
+def _owners(data: Any, names: set[str]) -> tuple[str, ...]:
+    _need(isinstance(data, list) and len(data) > 0 and len(data) & (len(data) - 1) == 0, "malformed owners")
+    _need(all(isinstance(o, str) and o in names for o in data), "ring owner is not a member")
+    return tuple(data)
+
+
+def decode(raw: bytes) -> ClusterState:
+    try:
+        data = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:
+        raise StateError(f"undecodable cluster state: {exc}") from None
+    _need(isinstance(data, list) and len(data) == 5 and data[0] == 1, "malformed cluster state")
+    _, cluster, raw_members, raw_ring, raw_buckets = data
+    _need(isinstance(cluster, str), "malformed cluster name")
+    _need(isinstance(raw_members, list) and len(raw_members) > 0, "malformed members")
+    members = [_member_from(m) for m in raw_members]
+    names = {m.name for m in members}
+    _need(len(names) == len(members), "duplicate member")
+    _need(isinstance(raw_ring, list) and len(raw_ring) == 5, "malformed ring")
+    version, claimant, owners, next_owners, done = raw_ring
+    _need(_int(version) and isinstance(claimant, str), "malformed ring version")
+    ring_owners = _owners(owners, names)
+    next_ring = None if next_owners is None else _owners(next_owners, names)
+    _need(next_ring is None or len(next_ring) == len(ring_owners), "next ring has another size")
+    _need(isinstance(done, list), "malformed transfers")
+    done_set: set[tuple[int, str]] = set()
+    for entry in done:
+        _need(isinstance(entry, list) and len(entry) == 2, "malformed transfer")
+        p, n = entry
+        _need(_int(p, 0, len(ring_owners) - 1) and isinstance(n, str), "malformed transfer")
+        done_set.add((p, n))
+    _need(isinstance(raw_buckets, list), "malformed buckets")
+    buckets: list[tuple[bytes, BucketProps]] = []
+    for entry in raw_buckets:
+        _need(isinstance(entry, list) and len(entry) == 4, "malformed bucket")
+        b, props, pv, author = entry
+        _need(isinstance(b, bytes) and isinstance(props, list), "malformed bucket")
+        _need(_int(pv) and isinstance(author, str), "malformed bucket version")
+        pairs: list[tuple[str, Any]] = []
+        for pair in props:
+            _need(isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str), "malformed prop")
+            pairs.append((pair[0], pair[1]))
+        buckets.append((b, BucketProps(tuple(pairs), pv, author)))
+    return ClusterState(
+        cluster,
+        tuple(sorted(members)),
+        RingState(version, claimant, ring_owners, next_ring, frozenset(done_set)),
+        tuple(sorted(buckets)),
+    )

@@ -1,0 +1,566 @@
+"""Everything nodes say to each other, and what clients ask of a node, as frozen dataclasses.
+
+Inter-node messages cross the wire as msgpack lists `[type code, field, field, ...]`. The codec is
+driven by each dataclass's field annotations, and decoding validates every field: a peer that sends
+a malformed message gets a PeerError (the shell logs it and drops the peer), never a crash and never a
+half-built message. Client requests and responses never cross the node-to-node wire except inside
+a forwarded put, which reuses the same codec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from dynastore.core import objects
+from dynastore.core.objects import Content, Object, ObjectError
+from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
+
+PROTOCOL_VERSION = 1
+_INT_MAX = COUNTER_MAX
+
+
+class PeerError(ValueError):
+    """A peer sent something that is not a valid message (the peer misbehaved, not us)."""
+
+
+# --- Quorum specifications ---------------------------------------------------------------------------
+
+QUORUM_WORDS = ("one", "quorum", "all", "default")
+Quorum = int | str  # an integer, or one of QUORUM_WORDS
+
+
+# --- Client requests and responses --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientGet:
+    bucket: bytes
+    key: bytes
+    r: Quorum | None = None
+    pr: Quorum | None = None
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPut:
+    """A write; `content` None means a delete (a tombstone is written)."""
+
+    bucket: bytes
+    key: bytes
+    context: Context | None
+    content: Content | None
+    w: Quorum | None = None
+    dw: Quorum | None = None
+    pw: Quorum | None = None
+    timeout_ms: int | None = None
+    return_body: bool = False
+    # How many times this request was already forwarded between nodes (bounded).
+    hops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientListKeys:
+    """List the keys of a bucket, or the buckets themselves when `bucket` is None."""
+
+    bucket: bytes | None
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSetBucketProps:
+    bucket: bytes
+    props: tuple[tuple[str, Any], ...]
+
+
+ClientRequest = ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps
+
+
+@dataclass(frozen=True, slots=True)
+class Siblings:
+    """What a client is shown of an object: the live values (or nothing) and one merged context."""
+
+    values: tuple[tuple[Dot, Content], ...]
+    context: Context
+    tombstone: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """Success. `found` is the object for reads and for writes with return_body."""
+
+    found: Siblings | None = None
+    keys: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    context: Context | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A request that could not be done. `kind` maps to an HTTP status in the API layer."""
+
+    kind: str  # "bad_request" | "unavailable" | "timeout" | "overload" | "too_many_siblings"
+    reason: str
+
+
+ClientResponse = Ok | NotFound | Failure
+
+
+# --- Inter-node messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    CODE: ClassVar[int] = 1
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    CODE: ClassVar[int] = 2
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaGet:
+    """Read one key's replica state; a fallback also looks in its hint store."""
+
+    CODE: ClassVar[int] = 3
+    req: int
+    bucket: bytes
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaGetReply:
+    CODE: ClassVar[int] = 4
+    req: int
+    obj: Object | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPut:
+    """Merge `obj` into the receiver's replica (or into its hint store when `hint_for` names the owner)."""
+
+    CODE: ClassVar[int] = 5
+    req: int
+    bucket: bytes
+    key: bytes
+    obj: Object
+    hint_for: str | None
+    lww: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPutReply:
+    CODE: ClassVar[int] = 6
+    req: int
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPut:
+    """A client write handed to a node of the preference list, which coordinates it."""
+
+    CODE: ClassVar[int] = 7
+    req: int
+    bucket: bytes
+    key: bytes
+    context: Context | None
+    content: Content | None
+    w: str
+    dw: str
+    pw: str
+    timeout_ms: int
+    return_body: bool
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPutReply:
+    CODE: ClassVar[int] = 8
+    req: int
+    status: str  # "ok" | "notfound" | a Failure kind
+    reason: str
+    values: tuple[tuple[Dot, Content], ...]
+    context: Context | None
+    tombstone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HintItem:
+    bucket: bytes
+    key: bytes
+    obj: Object
+
+
+@dataclass(frozen=True, slots=True)
+class HintDelivery:
+    """Hinted writes handed back to the owner they were meant for."""
+
+    CODE: ClassVar[int] = 9
+    req: int
+    items: tuple[HintItem, ...]
+    lww: tuple[bool, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HintDeliveryReply:
+    CODE: ClassVar[int] = 10
+    req: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reap:
+    """Delete a tombstone for good, if the receiver's copy is still exactly this tombstone."""
+
+    CODE: ClassVar[int] = 11
+    bucket: bytes
+    key: bytes
+    obj: Object
+
+
+@dataclass(frozen=True, slots=True)
+class ListKeys:
+    CODE: ClassVar[int] = 12
+    req: int
+    bucket: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListKeysReply:
+    CODE: ClassVar[int] = 13
+    req: int
+    items: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GossipDigest:
+    CODE: ClassVar[int] = 14
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GossipState:
+    """A full cluster state; `reply` asks the receiver to answer with its own when they differ."""
+
+    CODE: ClassVar[int] = 15
+    state: bytes
+    reply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    """A node asks a member to let it into the member's cluster."""
+
+    CODE: ClassVar[int] = 16
+    req: int
+    member: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReply:
+    CODE: ClassVar[int] = 17
+    req: int
+    ok: bool
+    reason: str
+    state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffPull:
+    """The new owner asks an old owner for the next batch of a partition, after `after` (exclusive)."""
+
+    CODE: ClassVar[int] = 18
+    req: int
+    transfer: bytes
+    partition: int
+    after: bytes
+    started: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffBatch:
+    CODE: ClassVar[int] = 19
+    req: int
+    transfer: bytes
+    partition: int
+    items: tuple[HintItem, ...]
+    last: bytes
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRequest:
+    """Anti-entropy: ask for the hashes of the given tree nodes of a partition's replica set."""
+
+    CODE: ClassVar[int] = 20
+    req: int
+    partition: int
+    n_val: int
+    level: int
+    indexes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeReply:
+    CODE: ClassVar[int] = 21
+    req: int
+    hashes: tuple[bytes, ...]
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRequest:
+    """Anti-entropy: ask for (key, version summary) of every key in the given segments."""
+
+    CODE: ClassVar[int] = 22
+    req: int
+    partition: int
+    n_val: int
+    segments: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentReply:
+    CODE: ClassVar[int] = 23
+    req: int
+    keys: tuple[bytes, ...]
+    summaries: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsRequest:
+    """Anti-entropy: send me these keys' objects (storage keys of one partition)."""
+
+    CODE: ClassVar[int] = 24
+    req: int
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsReply:
+    CODE: ClassVar[int] = 25
+    req: int
+    items: tuple[HintItem, ...]
+
+
+Message = (
+    Ping
+    | Pong
+    | ReplicaGet
+    | ReplicaGetReply
+    | ReplicaPut
+    | ReplicaPutReply
+    | ForwardPut
+    | ForwardPutReply
+    | HintDelivery
+    | HintDeliveryReply
+    | Reap
+    | ListKeys
+    | ListKeysReply
+    | GossipDigest
+    | GossipState
+    | JoinRequest
+    | JoinReply
+    | HandoffPull
+    | HandoffBatch
+    | TreeRequest
+    | TreeReply
+    | SegmentRequest
+    | SegmentReply
+    | ObjectsRequest
+    | ObjectsReply
+)
+
+MESSAGE_TYPES: tuple[type[Any], ...] = typing.get_args(Message)
+_BY_CODE: dict[int, type[Any]] = {cls.CODE: cls for cls in MESSAGE_TYPES}
+assert len(_BY_CODE) == len(MESSAGE_TYPES), "message codes must be unique"
+
+
+# --- Codec ----------------------------------------------------------------------------------------
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise PeerError(what)
+
+
+def context_to_wire(ctx: Context) -> list[Any]:
+    return [[[a, c] for a, c in ctx.vector], [[d.actor, d.counter] for d in sorted(ctx.dots)], ctx.coordinator]
+
+
+def context_from_wire(data: Any) -> Context:
+    _check(isinstance(data, list) and len(data) == 3, "malformed context")
+    raw_vector, raw_dots, coordinator = data
+    _check(isinstance(raw_vector, list) and isinstance(raw_dots, list), "malformed context")
+    vector: dict[bytes, int] = {}
+    for entry in raw_vector:
+        _check(isinstance(entry, list) and len(entry) == 2, "malformed context entry")
+        actor, counter = entry
+        _check(isinstance(actor, bytes) and 0 < len(actor) <= ACTOR_BYTES_MAX, "malformed context actor")
+        _check(_is_int(counter) and 0 < counter <= COUNTER_MAX, "malformed context counter")
+        vector[actor] = counter
+    dots: set[Dot] = set()
+    for entry in raw_dots:
+        _check(isinstance(entry, list) and len(entry) == 2, "malformed context dot")
+        actor, counter = entry
+        _check(isinstance(actor, bytes) and 0 < len(actor) <= ACTOR_BYTES_MAX, "malformed context actor")
+        _check(_is_int(counter) and 0 < counter <= COUNTER_MAX, "malformed context counter")
+        dots.add(Dot(actor, counter))
+    _check(coordinator is None or isinstance(coordinator, str), "malformed context coordinator")
+    return Context(tuple(sorted(vector.items())), frozenset(dots), coordinator)
+
+
+def _content_to_wire(c: Content) -> list[Any]:
+    return [
+        c.value,
+        c.content_type,
+        c.charset,
+        c.content_encoding,
+        [list(p) for p in c.usermeta],
+        c.last_modified_us,
+        c.deleted,
+    ]
+
+
+def _content_from_wire(data: Any) -> Content:
+    # Reuse the object decoder's validation by wrapping the content in a one-sibling object.
+    _check(isinstance(data, list) and len(data) == 7, "malformed content")
+    try:
+        obj = objects.from_wire([objects.FORMAT_VERSION, [[b"x", 1, 0]], [[b"x", 1, *data]]])
+    except ObjectError as exc:
+        raise PeerError(f"malformed content: {exc}") from None
+    return obj.siblings[0][1]
+
+
+def _object_from_wire(data: Any) -> Object:
+    try:
+        return objects.from_wire(data)
+    except ObjectError as exc:
+        raise PeerError(f"malformed object: {exc}") from None
+
+
+def _values_to_wire(values: tuple[tuple[Dot, Content], ...]) -> list[Any]:
+    return [[d.actor, d.counter, _content_to_wire(c)] for d, c in values]
+
+
+def _values_from_wire(data: Any) -> tuple[tuple[Dot, Content], ...]:
+    _check(isinstance(data, list), "malformed values")
+    out: list[tuple[Dot, Content]] = []
+    for entry in data:
+        _check(isinstance(entry, list) and len(entry) == 3, "malformed value")
+        actor, counter, content = entry
+        _check(isinstance(actor, bytes) and 0 < len(actor) <= ACTOR_BYTES_MAX, "malformed value actor")
+        _check(_is_int(counter) and 0 < counter <= COUNTER_MAX, "malformed value counter")
+        out.append((Dot(actor, counter), _content_from_wire(content)))
+    return tuple(out)
+
+
+def _hint_item_from_wire(data: Any) -> HintItem:
+    _check(isinstance(data, list) and len(data) == 3, "malformed item")
+    bucket, key, obj = data
+    _check(isinstance(bucket, bytes) and isinstance(key, bytes), "malformed item key")
+    return HintItem(bucket, key, _object_from_wire(obj))
+
+
+def _scalar(kind: type[Any], what: str) -> Callable[[Any], Any]:
+    def check(x: Any) -> Any:
+        if kind is int:
+            _check(_is_int(x) and -_INT_MAX <= x <= _INT_MAX, f"{what} must be an integer")
+        else:
+            _check(isinstance(x, kind), f"{what} must be {kind.__name__}")
+        return x
+
+    return check
+
+
+def _optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda x: None if x is None else inner(x)
+
+
+def _tuple_of(inner: Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
+    def check(x: Any) -> Any:
+        _check(isinstance(x, list), f"{what} must be a list")
+        return tuple(inner(item) for item in x)
+
+    return check
+
+
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    "Object": objects.to_wire,
+    "Object | None": lambda o: None if o is None else objects.to_wire(o),
+    "Context | None": lambda c: None if c is None else context_to_wire(c),
+    "Content | None": lambda c: None if c is None else _content_to_wire(c),
+    "tuple[tuple[Dot, Content], ...]": _values_to_wire,
+    "tuple[HintItem, ...]": lambda items: [[i.bucket, i.key, objects.to_wire(i.obj)] for i in items],
+}
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "int": _scalar(int, "field"),
+    "bool": _scalar(bool, "field"),
+    "str": _scalar(str, "field"),
+    "bytes": _scalar(bytes, "field"),
+    "str | None": _optional(_scalar(str, "field")),
+    "bytes | None": _optional(_scalar(bytes, "field")),
+    "Object": _object_from_wire,
+    "Object | None": _optional(_object_from_wire),
+    "Context | None": _optional(context_from_wire),
+    "Content | None": _optional(_content_from_wire),
+    "tuple[tuple[Dot, Content], ...]": _values_from_wire,
+    "tuple[HintItem, ...]": _tuple_of(_hint_item_from_wire, "items"),
+    "tuple[bytes, ...]": _tuple_of(_scalar(bytes, "item"), "items"),
+    "tuple[int, ...]": _tuple_of(_scalar(int, "item"), "items"),
+    "tuple[bool, ...]": _tuple_of(_scalar(bool, "item"), "items"),
+}
+
+_FIELDS: dict[type[Any], tuple[tuple[str, str], ...]] = {
+    cls: tuple((f.name, str(f.type)) for f in dataclasses.fields(cls)) for cls in MESSAGE_TYPES
+}
+for _cls, _fields in _FIELDS.items():
+    for _name, _kind in _fields:
+        assert _kind in _DECODERS, f"{_cls.__name__}.{_name}: no codec for {_kind}"
+
+
+def to_wire(msg: Message) -> list[Any]:
+    out: list[Any] = [msg.CODE]
+    for name, kind in _FIELDS[type(msg)]:
+        value = getattr(msg, name)
+        encoder = _ENCODERS.get(kind)
+        if encoder is not None:
+            out.append(encoder(value))
+        elif isinstance(value, tuple):
+            out.append(list(value))
+        else:
+            out.append(value)
+    return out
+
+
+def from_wire(data: Any) -> Message:
+    """Validate and build a message; raises PeerError for anything malformed."""
+    _check(isinstance(data, list) and len(data) > 0 and _is_int(data[0]), "a message must be a list with a type code")
+    cls = _BY_CODE.get(data[0])
+    _check(cls is not None, f"unknown message type {data[0]!r}")
+    assert cls is not None
+    fields = _FIELDS[cls]
+    _check(len(data) == len(fields) + 1, f"{cls.__name__} needs {len(fields)} fields")
+    values: dict[str, Any] = {}
+    for (name, kind), raw in zip(fields, data[1:], strict=True):
+        try:
+            values[name] = _DECODERS[kind](raw)
+        except PeerError as exc:
+            raise PeerError(f"{cls.__name__}.{name}: {exc}") from None
+    msg: Message = cls(**values)
+    return msg

@@ -1,0 +1,162 @@
+"""Quorum arithmetic and the tallies of get and put coordination, as pure values.
+
+A coordinator sends a request to the first N healthy nodes of a preference list and feeds each
+reply into a tally. The tally says whether the request can already be answered (`ok`), can no longer
+succeed (`fail`), or must wait; and, once every reply is in, what read repair to do. It never sends
+anything itself (the node core does), which keeps the arithmetic testable on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dynastore.core import objects
+from dynastore.core.objects import Object
+from dynastore.core.ring import Target
+from dynastore.core.versions import merge
+
+WAIT, OK, FAIL = "wait", "ok", "fail"
+
+
+class QuorumError(ValueError):
+    """A quorum value given by a client is not acceptable (the message fits an HTTP 400)."""
+
+
+def resolve(name: str, spec: int | str | None, n_val: int, default: int | str, minimum: int) -> int:
+    """Turn a quorum value (an integer, or one/quorum/all/default) into a count for this n_val."""
+    value = _resolve_one(name, default if spec is None or spec == "default" else spec, n_val)
+    if value < minimum or value > n_val:
+        raise QuorumError(f"{name}={value} is invalid for a bucket with n_val={n_val}")
+    return value
+
+
+def _resolve_one(name: str, spec: int | str, n_val: int) -> int:
+    if isinstance(spec, bool):
+        raise QuorumError(f"{name} must be an integer or one, quorum, all, default")
+    if isinstance(spec, int):
+        return spec
+    word = spec.strip().lower()
+    if word == "one":
+        return 1
+    if word == "quorum":
+        return n_val // 2 + 1
+    if word == "all":
+        return n_val
+    if word.isdigit():
+        return int(word)
+    raise QuorumError(f"{name}={spec!r} is not an integer or one, quorum, all, default")
+
+
+@dataclass
+class GetTally:
+    """Replies to a read. A notfound counts towards R (Riak's notfound_ok)."""
+
+    targets: tuple[Target, ...]
+    r: int
+    pr: int
+    lww: bool = False
+    results: dict[str, Object | None] = field(default_factory=dict)
+    errors: set[str] = field(default_factory=set)
+    # The first primary to answer: a write following this read is best coordinated there.
+    fastest: str | None = None
+
+    def add(self, node: str, obj: Object | None) -> None:
+        if node in self.results or node in self.errors or not self._is_target(node):
+            return
+        self.results[node] = obj
+        if self.fastest is None and self._primary(node):
+            self.fastest = node
+
+    def add_error(self, node: str) -> None:
+        if node not in self.results and self._is_target(node):
+            self.errors.add(node)
+
+    def decision(self) -> str:
+        primaries = sum(1 for node in self.results if self._primary(node))
+        if len(self.results) >= self.r and primaries >= self.pr:
+            return OK
+        outstanding = len(self.targets) - len(self.results) - len(self.errors)
+        outstanding_primaries = sum(
+            1 for t in self.targets if t.primary and t.node not in self.results and t.node not in self.errors
+        )
+        if len(self.results) + outstanding < self.r or primaries + outstanding_primaries < self.pr:
+            return FAIL
+        return WAIT
+
+    @property
+    def complete(self) -> bool:
+        return len(self.results) + len(self.errors) >= len(self.targets)
+
+    def merged(self) -> Object | None:
+        found = [obj for obj in self.results.values() if obj is not None]
+        if not found:
+            return None
+        result = found[0]
+        for obj in found[1:]:
+            result = merge(result, obj)
+        return objects.resolve_lww(result) if self.lww else result
+
+    def repairs(self) -> list[Target]:
+        """Primaries whose reply is missing something the merged object has (read repair)."""
+        merged = self.merged()
+        if merged is None:
+            return []
+        stale: list[Target] = []
+        for t in self.targets:
+            if not t.primary or t.node not in self.results:
+                continue
+            obj = self.results[t.node]
+            if obj is None or not _same(obj, merged):
+                stale.append(t)
+        return stale
+
+    def _is_target(self, node: str) -> bool:
+        return any(t.node == node for t in self.targets)
+
+    def _primary(self, node: str) -> bool:
+        return any(t.node == node and t.primary for t in self.targets)
+
+
+def _same(a: Object, b: Object) -> bool:
+    return a.clock.same_counters(b.clock) and a.dots() == b.dots()
+
+
+@dataclass
+class PutTally:
+    """Acknowledgements of a write. Every ack is durable (replicas sync before acking), so it
+    counts towards both W and DW; acks from primaries also count towards PW."""
+
+    targets: tuple[Target, ...]
+    w: int
+    dw: int
+    pw: int
+    acks: set[str] = field(default_factory=set)
+    errors: set[str] = field(default_factory=set)
+
+    def ack(self, node: str) -> None:
+        if node not in self.errors and any(t.node == node for t in self.targets):
+            self.acks.add(node)
+
+    def add_error(self, node: str) -> None:
+        if node not in self.acks and any(t.node == node for t in self.targets):
+            self.errors.add(node)
+
+    def decision(self) -> str:
+        need = max(self.w, self.dw)
+        primaries = sum(1 for t in self.targets if t.primary and t.node in self.acks)
+        if len(self.acks) >= need and primaries >= self.pw:
+            return OK
+        pending = [t for t in self.targets if t.node not in self.acks and t.node not in self.errors]
+        if len(self.acks) + len(pending) < need or primaries + sum(1 for t in pending if t.primary) < self.pw:
+            return FAIL
+        return WAIT
+
+    @property
+    def complete(self) -> bool:
+        return len(self.acks) + len(self.errors) >= len(self.targets)
+
+    def shortfall(self) -> str:
+        primaries = sum(1 for t in self.targets if t.primary and t.node in self.acks)
+        return f"{len(self.acks)} of w={max(self.w, self.dw)} replicas acknowledged" + (
+            f", {primaries} of pw={self.pw} primaries" if self.pw else ""
+        )

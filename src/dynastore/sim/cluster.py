@@ -1,0 +1,231 @@
+"""A whole dynastore cluster in one process: NodeCores over a simulated network and clock.
+
+Every message crosses the real wire codec (dataclass -> msgpack bytes -> validated dataclass), so the
+simulator exercises exactly what travels between real nodes. Time is a single integer that only moves
+when the simulation says so; all randomness comes from one seeded `random.Random`. A node's disk is a
+MemoryEngine that survives a crash: what the core had flushed is kept, what it had only staged is lost,
+as on a real machine.
+
+This module never sleeps, never opens a socket and never reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from dynastore.core import messages
+from dynastore.core.messages import ClientRequest, ClientResponse, Message
+from dynastore.core.node import ClientJoin, NodeCore, Reply, Send
+from dynastore.settings import Settings
+from dynastore.storage.memory import MemoryEngine
+
+
+@dataclass(order=True)
+class _InFlight:
+    deliver_at_ms: int
+    seq: int
+    src: str = field(compare=False)
+    dst: str = field(compare=False)
+    payload: bytes = field(compare=False)
+
+
+@dataclass
+class NetworkFaults:
+    """What the network does to messages. Probabilities are per message."""
+
+    delay_ms: tuple[int, int] = (1, 3)
+    loss: float = 0.0
+    duplicate: float = 0.0
+    # Directed links that drop everything: (src, dst).
+    cut: set[tuple[str, str]] = field(default_factory=set)
+
+
+class SimNode:
+    def __init__(self, name: str, settings: Settings, rng: random.Random, now_ms: int) -> None:
+        self.name = name
+        self.settings = settings
+        self.engine = MemoryEngine()
+        self.rng = random.Random(rng.getrandbits(64))
+        self.core: NodeCore | None = None
+        self.clock_offset_ms = 0
+        self.start(now_ms)
+
+    def start(self, now_ms: int) -> None:
+        self.core = NodeCore(
+            self.name,
+            self.settings,
+            self.engine,
+            self.rng,
+            now_ms + self.clock_offset_ms,
+            host=self.name,
+            peer_port=1,
+            http_port=2,
+        )
+        self.core.flush(now_ms)
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+    def crash(self) -> None:
+        """Stop without flushing: staged writes and unsent effects are lost."""
+        self.core = None
+
+
+class SimCluster:
+    """Nodes `n0`, `n1`, ... that founded or joined one cluster, plus the network between them."""
+
+    def __init__(self, count: int, settings: Settings | None = None, seed: int = 0, join: bool = True) -> None:
+        self.settings = settings or Settings(ring_size=16)
+        self.rng = random.Random(seed)
+        self.now_ms = 1_000_000
+        self.faults = NetworkFaults()
+        self.nodes: dict[str, SimNode] = {}
+        self._queue: list[_InFlight] = []
+        self._seq = 0
+        self._request_id = 0
+        self.replies: dict[int, ClientResponse] = {}
+        self.trace: list[str] = []
+        self.tracing = False
+        self.delivered = 0
+        for i in range(count):
+            self.add_node(f"n{i}")
+        if join:
+            for i in range(1, count):
+                response = self.request(f"n{i}", ClientJoin("n0", 1))
+                assert isinstance(response, messages.Ok), response
+            self.settle()
+
+    # --- Topology --------------------------------------------------------------------------------
+
+    def add_node(self, name: str) -> SimNode:
+        node = SimNode(name, self.settings, self.rng, self.now_ms)
+        self.nodes[name] = node
+        return node
+
+    def core(self, name: str) -> NodeCore:
+        core = self.nodes[name].core
+        assert core is not None, f"{name} is down"
+        return core
+
+    def crash(self, name: str) -> None:
+        self.nodes[name].crash()
+
+    def restart(self, name: str) -> None:
+        node = self.nodes[name]
+        assert node.core is None
+        node.start(self.now_ms)
+        self._flush(name)
+
+    def partition(self, *groups: set[str]) -> None:
+        """Cut every link between different groups (both directions)."""
+        for a in groups:
+            for b in groups:
+                if a is not b:
+                    self.faults.cut.update((x, y) for x in a for y in b)
+
+    def heal(self) -> None:
+        self.faults.cut.clear()
+
+    # --- Driving ---------------------------------------------------------------------------------
+
+    def submit(self, node: str, request: ClientRequest | ClientJoin) -> int:
+        self._request_id += 1
+        rid = self._request_id
+        self.core(node).on_request(rid, request, self._local_now(node))
+        self._flush(node)
+        return rid
+
+    def request(self, node: str, request: ClientRequest | ClientJoin, limit_ms: int = 60_000) -> ClientResponse:
+        """Submit a client request and run the cluster until it is answered (bounded)."""
+        rid = self.submit(node, request)
+        self.run_until(lambda: rid in self.replies, limit_ms)
+        assert rid in self.replies, f"no reply to request {rid} within {limit_ms} ms"
+        return self.replies.pop(rid)
+
+    def run_until(self, done: Callable[[], bool], limit_ms: int) -> bool:
+        end = self.now_ms + limit_ms
+        while not done():
+            if not self.step(end):
+                return done()
+        return True
+
+    def settle(self, duration_ms: int = 5_000) -> None:
+        """Let gossip, heartbeats and hint delivery run for a while."""
+        end = self.now_ms + duration_ms
+        while self.step(end):
+            pass
+        self.now_ms = end
+
+    def step(self, until_ms: int) -> bool:
+        """Deliver the next message or fire the next timer, if either is due before `until_ms`."""
+        next_timer = min(
+            ((n.core.next_deadline_ms() - n.clock_offset_ms, name) for name, n in self.nodes.items() if n.core),
+            default=(until_ms + 1, ""),
+        )
+        next_msg = self._queue[0].deliver_at_ms if self._queue else until_ms + 1
+        if min(next_timer[0], next_msg) > until_ms:
+            return False
+        if next_msg <= next_timer[0]:
+            item = heapq.heappop(self._queue)
+            self.now_ms = max(self.now_ms, item.deliver_at_ms)
+            self._deliver(item)
+        else:
+            self.now_ms = max(self.now_ms, next_timer[0])
+            name = next_timer[1]
+            self.core(name).on_tick(self._local_now(name))
+            self._flush(name)
+        return True
+
+    def _local_now(self, name: str) -> int:
+        return self.now_ms + self.nodes[name].clock_offset_ms
+
+    def _deliver(self, item: _InFlight) -> None:
+        node = self.nodes.get(item.dst)
+        if node is None or node.core is None:
+            return
+        msg = messages.from_wire(msgpack.unpackb(item.payload, raw=False))
+        self.delivered += 1
+        if self.tracing:
+            self.trace.append(f"{self.now_ms} {item.src}->{item.dst} {type(msg).__name__}")
+        node.core.on_message(item.src, msg, self._local_now(item.dst))
+        self._flush(item.dst)
+
+    def _flush(self, name: str) -> None:
+        core = self.core(name)
+        for effect in core.flush(self._local_now(name)):
+            if isinstance(effect, Reply):
+                self.replies[effect.request_id] = effect.response
+            elif isinstance(effect, Send):
+                self._send(name, effect)
+
+    def _send(self, src: str, effect: Send) -> None:
+        dst = effect.dst
+        if effect.address is not None:
+            dst = effect.address[0]
+        target = self.nodes.get(dst)
+        if target is None or target.core is None:
+            # A refused connection: the sender learns at once.
+            self.core(src).on_unreachable(dst, self._local_now(src))
+            self._flush(src)
+            return
+        if (src, dst) in self.faults.cut or self.rng.random() < self.faults.loss:
+            return
+        payload: bytes = msgpack.packb(messages.to_wire(effect.msg), use_bin_type=True)
+        copies = 2 if self.rng.random() < self.faults.duplicate else 1
+        for _ in range(copies):
+            self._seq += 1
+            delay = self.rng.randint(*self.faults.delay_ms)
+            heapq.heappush(self._queue, _InFlight(self.now_ms + delay, self._seq, src, dst, payload))
+
+    def stats(self, name: str) -> dict[str, Any]:
+        return self.core(name).stats_snapshot(self._local_now(name))
+
+    def send_raw(self, src: str, dst: str, msg: Message) -> None:
+        self._send(src, Send(dst, msg))
