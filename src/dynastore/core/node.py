@@ -192,6 +192,7 @@ class _HintOp:
 class _JoinOp:
     origin: _Origin
     deadline_ms: int
+    seed: str
 
 
 _AnyOp = _GetOp | _PutOp | _ForwardOp | _ListOp | _HintOp | _JoinOp
@@ -329,10 +330,14 @@ class NodeCore:
         handler(self, src, msg, now_ms)
 
     def on_unreachable(self, peer: str, now_ms: int) -> None:
-        """A connection to `peer` failed or was refused: it is down until it speaks again."""
+        """A connection to `peer` failed or was refused: it is down until it speaks again.
+
+        A seed known only by address is named by `seed_label(host, port)`.
+        """
         if peer == self.name:
             return
-        self.detector.connection_failed(peer, now_ms)
+        if not peer.startswith("@"):
+            self.detector.connection_failed(peer, now_ms)
         for op_id, op in list(self._ops.items()):
             if isinstance(op, _GetOp):
                 if peer in op.tally.results or peer in op.tally.errors:
@@ -363,6 +368,9 @@ class NodeCore:
             elif isinstance(op, _HintOp) and op.owner == peer:
                 self._finish(op_id)
                 self._hints_inflight.discard(peer)
+            elif isinstance(op, _JoinOp) and op.seed == peer:
+                self._finish(op_id)
+                self._answer(op.origin, Failure("unavailable", f"seed {peer[1:]} is unreachable"))
 
     def on_tick(self, now_ms: int) -> None:
         while self._deadlines and self._deadlines[0][0] <= now_ms:
@@ -1106,7 +1114,7 @@ class NodeCore:
             return
         me = self.cluster.member(self.name)
         assert me is not None
-        op = _JoinOp(origin, self._timeout(None, now_ms))
+        op = _JoinOp(origin, self._timeout(None, now_ms), seed_label(req.seed_host, req.seed_port))
         op_id = self._register(op)
         self._outbox.append(
             Send("", JoinRequest(op_id, membership.encode_member(me)), address=(req.seed_host, req.seed_port))
@@ -1288,6 +1296,11 @@ class NodeCore:
             "siblings_histogram": {str(k): v for k, v in sorted(s.siblings_histogram.items())},
             "requests_in_flight": len(self._ops),
         }
+
+
+def seed_label(host: str, port: int) -> str:
+    """How a peer known only by its address is named in `on_unreachable`."""
+    return f"@{host}:{port}"
 
 
 def _same_object(a: Object, b: Object) -> bool:

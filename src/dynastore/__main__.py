@@ -1,0 +1,5 @@
+"""`python -m dynastore` is the `dynastore` command."""
+
+from dynastore.cli import main
+
+main()

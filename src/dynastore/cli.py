@@ -1,0 +1,412 @@
+"""The `dynastore` command: run nodes, a local cluster, cluster administration, data commands, benchmarks.
+
+Every command has --help; an error is one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from dynastore.settings import Settings, SettingsError, load_file
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str) -> None:
+    click.echo(f"dynastore: {message}", err=True)
+    sys.exit(1)
+
+
+def _settings(config: str | None, overrides: tuple[str, ...]) -> Settings:
+    try:
+        base = load_file(Path(config)) if config else Settings()
+        return base.with_overrides(overrides)
+    except SettingsError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
+
+
+def _address(text: str, what: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        _fail(f"{what} must be host:port, got {text!r}")
+    return host, int(port)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """dynastore: a highly available, decentralised key-value store (Dynamo design)."""
+
+
+# --- node ------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--name", required=True, help="Node name, unique in the cluster.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on and connect from.")
+@click.option("--http-port", type=int, default=8098, show_default=True)
+@click.option("--peer-port", type=int, default=9000, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), required=True)
+@click.option("--seed", "seeds", multiple=True, help="A member's host:peer-port; a new node joins its cluster.")
+@click.option("--weight", type=int, default=1, show_default=True, help="Share of partitions relative to others.")
+@click.option("--config", type=click.Path(dir_okay=False, exists=True), help="TOML file of settings.")
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE", help="Override a setting.")
+@click.option("--log-level", default="info", show_default=True)
+def node(
+    name: str,
+    host: str,
+    http_port: int,
+    peer_port: int,
+    data_dir: str,
+    seeds: tuple[str, ...],
+    weight: int,
+    config: str | None,
+    overrides: tuple[str, ...],
+    log_level: str,
+) -> None:
+    """Run one node in the foreground (one per machine on real hosts)."""
+    from dynastore.runtime.node import NodeConfig
+    from dynastore.runtime.serve import serve
+
+    settings = _settings(config, overrides)
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+    if not 1 <= weight <= 1000:
+        _fail("--weight must be from 1 to 1000")
+    cfg = NodeConfig(
+        name, host, http_port, peer_port, Path(data_dir), tuple(_address(s, "--seed") for s in seeds), weight
+    )
+    try:
+        serve(cfg, settings)
+    except OSError as exc:
+        _fail(f"cannot start {name}: {exc}")
+
+
+# --- up ----------------------------------------------------------------------------------------------------
+
+
+def _http_json(url: str, timeout_s: float = 2.0, method: str = "GET") -> Any:
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 64), default=3, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default="./data", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--http-port", type=int, default=8098, show_default=True)
+@click.option("--peer-port", type=int, default=9000, show_default=True)
+@click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE", help="Override a setting on every node.")
+@click.option("--ready-timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for `ready`.")
+def up(
+    nodes: int,
+    data_dir: str,
+    host: str,
+    http_port: int,
+    peer_port: int,
+    overrides: tuple[str, ...],
+    ready_timeout: float,
+) -> None:
+    """Start a local cluster of NODES processes; Ctrl-C stops them all. Running it again restarts the
+    same cluster from its data."""
+    _settings(None, overrides)
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for i in range(nodes):
+        name = f"node{i}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "dynastore",
+            "node",
+            "--name",
+            name,
+            "--host",
+            host,
+            "--http-port",
+            str(http_port + i),
+            "--peer-port",
+            str(peer_port + i),
+            "--data-dir",
+            str(root / f"node-{i}"),
+        ]
+        if i > 0:
+            cmd += ["--seed", f"{host}:{peer_port}"]
+        for pair in overrides:
+            cmd += ["--set", pair]
+        log_file = open(root / f"node-{i}.log", "ab")  # noqa: SIM115 - handed to the child, closed on exit
+        procs[name] = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        click.echo(f"{name}: http://{host}:{http_port + i}  peer {host}:{peer_port + i}  data {root / f'node-{i}'}")
+    try:
+        deadline = time.monotonic() + ready_timeout
+        ready = False
+        reported: set[str] = set()
+        while not stopping:
+            for name, proc in procs.items():
+                code = proc.poll()
+                if code is not None and name not in reported:
+                    reported.add(name)
+                    click.echo(f"{name} exited with status {code} (not restarted; see {root}/node-*.log)", err=True)
+            if len(reported) == len(procs):
+                break
+            if not ready:
+                ready = _cluster_ready(host, http_port, nodes)
+                if ready:
+                    click.echo("ready", nl=True)
+                    sys.stdout.flush()
+                elif time.monotonic() > deadline:
+                    click.echo(f"cluster not ready after {ready_timeout:.0f} s; see {root}/node-*.log", err=True)
+                    deadline = float("inf")
+            time.sleep(0.2)
+    finally:
+        _stop_all(procs)
+    sys.exit(0 if stopping else 1)
+
+
+def _cluster_ready(host: str, http_port: int, count: int) -> bool:
+    for i in range(count):
+        try:
+            status = _http_json(f"http://{host}:{http_port + i}/admin/status", timeout_s=1.0)
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        valid = [m for m in status["members"] if m["status"] == "valid" and m["partitions"] > 0 and m["reachable"]]
+        if len(valid) != count:
+            return False
+    return True
+
+
+def _stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in procs.values():
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+# --- cluster -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def cluster() -> None:
+    """Membership: status, ring, join, leave."""
+
+
+NODE_OPTION = click.option(
+    "--node", "url", default="http://127.0.0.1:8098", show_default=True, help="HTTP address of the node to act on."
+)
+
+
+@cluster.command()
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(url: str, as_json: bool) -> None:
+    """Members as this node sees them: status, reachability, partitions."""
+    data = _admin(url, "/admin/status")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(
+        f"cluster {data['cluster']}  seen from {data['node']}  ring v{data['ring_version']}  "
+        f"claimant {data['claimant']}  hints pending {data['hints_pending']}"
+    )
+    for m in data["members"]:
+        state = "up" if m["reachable"] else "DOWN"
+        click.echo(
+            f"  {m['name']:<12} {m['status']:<8} {state:<5} phi {m['phi']:<6} "
+            f"partitions {m['partitions']:<4} {m['host']}:{m['peer_port']} http {m['http_port']}"
+        )
+
+
+@cluster.command()
+@NODE_OPTION
+def ring(url: str) -> None:
+    """Partition ownership."""
+    data = _admin(url, "/ring")
+    click.echo(f"ring v{data['version']}: {data['ring_size']} partitions")
+    counts: dict[str, int] = {}
+    for owner in data["owners"]:
+        counts[owner] = counts.get(owner, 0) + 1
+    for name, count in sorted(counts.items()):
+        click.echo(f"  {name:<12} {count:>4} partitions ({100 * count / data['ring_size']:.1f}%)")
+
+
+@cluster.command()
+@click.argument("seed")
+@NODE_OPTION
+def join(seed: str, url: str) -> None:
+    """Make the node at --node join the cluster that SEED (a member's host:peer-port) belongs to."""
+    _address(seed, "SEED")
+    _admin(url, "/admin/join", method="POST", params={"seed": seed})
+    click.echo(f"joined the cluster of {seed}")
+
+
+def _admin(url: str, path: str, method: str = "GET", params: dict[str, str] | None = None) -> Any:
+    from urllib.parse import urlencode
+
+    full = url.rstrip("/") + path + ("?" + urlencode(params) if params else "")
+    try:
+        return _http_json(full, timeout_s=30.0, method=method)
+    except urllib.error.HTTPError as exc:
+        _fail(f"{exc.code}: {exc.read().decode(errors='replace').strip()}")
+    except (OSError, urllib.error.URLError) as exc:
+        _fail(f"cannot reach {url}: {exc}")
+
+
+# --- data commands ----------------------------------------------------------------------------------------------
+
+
+def _quorum_options(*names: str) -> Callable[[F], F]:
+    def wrap(fn: F) -> F:
+        for name in reversed(names):
+            fn = click.option(f"--{name}", default=None, help=f"Quorum {name} (integer, one, quorum, all).")(fn)
+        return fn
+
+    return wrap
+
+
+def _run(coro: Any) -> Any:
+    from dynastore.client.http import ClientError
+
+    try:
+        return asyncio.run(coro)
+    except ClientError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+@click.argument("bucket")
+@click.argument("key")
+@NODE_OPTION
+@_quorum_options("r", "pr")
+def get(bucket: str, key: str, url: str, r: str | None, pr: str | None) -> None:
+    """Fetch a key; every sibling is shown, numbered."""
+    from dynastore.client.http import HttpClient
+
+    async def go() -> None:
+        async with HttpClient(url) as client:
+            fetched = await client.get(bucket, key, r=r, pr=pr)
+        if not fetched.exists:
+            click.echo(f"not found{' (deleted)' if fetched.context else ''}", err=True)
+            sys.exit(2)
+        if len(fetched.values) == 1:
+            click.echo(fetched.values[0].data.decode(errors="replace"))
+        else:
+            click.echo(f"{len(fetched.values)} siblings:")
+            for i, value in enumerate(fetched.values, 1):
+                click.echo(f"  [{i}] ({value.content_type}, vtag {value.vtag}) {value.data.decode(errors='replace')}")
+        click.echo(f"context: {fetched.context}", err=True)
+
+    _run(go())
+
+
+@main.command()
+@click.argument("bucket")
+@click.argument("key")
+@click.argument("value")
+@NODE_OPTION
+@click.option("--context", default=None, help="Context from a previous get (resolves what it saw).")
+@click.option("--content-type", default="text/plain", show_default=True)
+@_quorum_options("w", "dw", "pw")
+def put(
+    bucket: str,
+    key: str,
+    value: str,
+    url: str,
+    context: str | None,
+    content_type: str,
+    w: str | None,
+    dw: str | None,
+    pw: str | None,
+) -> None:
+    """Store VALUE (or standard input when VALUE is -)."""
+    from dynastore.client.http import HttpClient
+
+    data = sys.stdin.buffer.read() if value == "-" else value.encode()
+
+    async def go() -> None:
+        async with HttpClient(url) as client:
+            new_context = await client.put(
+                bucket, key, data, context=context, content_type=content_type, w=w, dw=dw, pw=pw
+            )
+        click.echo(f"stored; context: {new_context}")
+
+    _run(go())
+
+
+@main.command()
+@click.argument("bucket")
+@click.argument("key")
+@NODE_OPTION
+@click.option("--context", default=None, help="Context from a previous get.")
+@_quorum_options("w")
+def delete(bucket: str, key: str, url: str, context: str | None, w: str | None) -> None:
+    """Delete a key."""
+    from dynastore.client.http import HttpClient
+
+    async def go() -> None:
+        async with HttpClient(url) as client:
+            existed = await client.delete(bucket, key, context=context, w=w)
+        if not existed:
+            click.echo("not found", err=True)
+            sys.exit(2)
+        click.echo("deleted")
+
+    _run(go())
+
+
+# --- bench -------------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks and experiments."""
+
+
+@bench.command("partitioning", context_settings={"ignore_unknown_options": True})
+@click.option("--nodes", type=click.IntRange(1, 1000), default=30, show_default=True)
+@click.option("--n", "n_val", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def partitioning(nodes: int, n_val: int, extra: tuple[str, ...]) -> None:
+    """The Dynamo paper's partitioning experiment (load balance of three strategies)."""
+    from dynastore.bench.partitioning import main as run_partitioning
+
+    sys.exit(run_partitioning(["--nodes", str(nodes), "--n", str(n_val), *extra]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""A plain HTTP client for dynastore (any node coordinates), asynchronous, on aiohttp.
+
+get returns every sibling and the opaque context; put takes the context back. When a key has
+siblings, an optional resolver turns them into one value, and `get` then writes the resolution back
+with the merged context so the siblings go away (Dynamo's client-side reconciliation).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+
+class ClientError(Exception):
+    """A request failed; `status` is the HTTP status (0 when no node answered)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}" if status else reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """One sibling as a client sees it."""
+
+    data: bytes
+    content_type: str = "application/octet-stream"
+    usermeta: Mapping[str, str] = field(default_factory=dict)
+    vtag: str = ""
+    last_modified: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """The outcome of a get: the siblings (empty when absent or deleted) and the context to write with."""
+
+    values: tuple[Value, ...]
+    context: str | None
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.values)
+
+    @property
+    def value(self) -> Value:
+        if len(self.values) != 1:
+            raise ClientError(300, f"{len(self.values)} siblings; resolve them first")
+        return self.values[0]
+
+
+Resolver = Callable[[tuple[Value, ...]], Value]
+
+
+def _path(bucket: str | bytes, key: str | bytes | None = None) -> str:
+    b = quote(bucket if isinstance(bucket, bytes) else bucket.encode(), safe="")
+    if key is None:
+        return f"/buckets/{b}/keys"
+    k = quote(key if isinstance(key, bytes) else key.encode(), safe="")
+    return f"/buckets/{b}/keys/{k}"
+
+
+def _query(params: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items() if v is not None}
+
+
+def parse_multipart(body: bytes, content_type: str) -> tuple[Value, ...]:
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
+    values: list[Value] = []
+    for part in message.iter_parts():
+        payload = part.get_payload(decode=True)
+        meta = {
+            k[len("X-Riak-Meta-") :].lower(): str(v) for k, v in part.items() if k.lower().startswith("x-riak-meta-")
+        }
+        values.append(
+            Value(
+                payload if isinstance(payload, bytes) else b"",
+                part.get_content_type(),
+                meta,
+                str(part.get("ETag", "")).strip('"'),
+                str(part.get("Last-Modified", "")),
+            )
+        )
+    return tuple(values)
+
+
+class HttpClient:
+    """Talks to one node (or, on failure, the next of `urls`)."""
+
+    def __init__(self, urls: str | list[str], *, timeout_s: float = 10.0, resolver: Resolver | None = None) -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        assert self.urls, "at least one node URL is needed"
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.resolver = resolver
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        urls: list[str] | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        last: Exception | None = None
+        for base in urls or self.urls:
+            try:
+                async with self.session().request(
+                    method, base.rstrip("/") + path, params=_query(params or {}), data=data, headers=headers
+                ) as resp:
+                    return resp.status, resp.headers, await resp.read()
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                last = exc
+        raise ClientError(0, f"no node answered: {last}")
+
+    async def get(
+        self,
+        bucket: str | bytes,
+        key: str | bytes,
+        *,
+        r: int | str | None = None,
+        pr: int | str | None = None,
+        timeout_ms: int | None = None,
+        urls: list[str] | None = None,
+    ) -> Fetched:
+        status, headers, body = await self._call(
+            "GET",
+            _path(bucket, key),
+            params={"r": r, "pr": pr, "timeout": timeout_ms},
+            headers={"Accept": "multipart/mixed, */*;q=0.5"},
+            urls=urls,
+        )
+        context = headers.get("X-Riak-Vclock")
+        if status == 404:
+            return Fetched((), context)
+        if status == 200:
+            return Fetched((_value(headers, body),), context)
+        if status == 300:
+            fetched = Fetched(parse_multipart(body, headers.get("Content-Type", "")), context)
+            if self.resolver is not None:
+                resolved = self.resolver(fetched.values)
+                new_context = await self.put(
+                    bucket,
+                    key,
+                    resolved.data,
+                    context=context,
+                    content_type=resolved.content_type,
+                    usermeta=resolved.usermeta,
+                    urls=urls,
+                )
+                return Fetched((resolved,), new_context)
+            return fetched
+        raise ClientError(status, body.decode(errors="replace").strip())
+
+    async def put(
+        self,
+        bucket: str | bytes,
+        key: str | bytes,
+        data: bytes,
+        *,
+        context: str | None = None,
+        content_type: str = "application/octet-stream",
+        usermeta: Mapping[str, str] | None = None,
+        w: int | str | None = None,
+        dw: int | str | None = None,
+        pw: int | str | None = None,
+        timeout_ms: int | None = None,
+        urls: list[str] | None = None,
+    ) -> str | None:
+        """Store a value; returns the context of the write (to write again without reading)."""
+        headers = {"Content-Type": content_type}
+        if context:
+            headers["X-Riak-Vclock"] = context
+        for name, value in (usermeta or {}).items():
+            headers["X-Riak-Meta-" + name] = value
+        status, resp_headers, body = await self._call(
+            "PUT",
+            _path(bucket, key),
+            params={"w": w, "dw": dw, "pw": pw, "timeout": timeout_ms},
+            data=data,
+            headers=headers,
+            urls=urls,
+        )
+        if status not in (200, 204):
+            raise ClientError(status, body.decode(errors="replace").strip())
+        return resp_headers.get("X-Riak-Vclock")
+
+    async def delete(
+        self,
+        bucket: str | bytes,
+        key: str | bytes,
+        *,
+        context: str | None = None,
+        w: int | str | None = None,
+        timeout_ms: int | None = None,
+        urls: list[str] | None = None,
+    ) -> bool:
+        """Delete a key; False when it did not exist."""
+        headers = {"X-Riak-Vclock": context} if context else {}
+        status, _, body = await self._call(
+            "DELETE", _path(bucket, key), params={"w": w, "timeout": timeout_ms}, headers=headers, urls=urls
+        )
+        if status == 404:
+            return False
+        if status != 204:
+            raise ClientError(status, body.decode(errors="replace").strip())
+        return True
+
+    async def json(self, path: str, *, method: str = "GET", params: Mapping[str, Any] | None = None) -> Any:
+        status, _, body = await self._call(method, path, params=params)
+        if status != 200:
+            raise ClientError(status, body.decode(errors="replace").strip())
+        import json
+
+        return json.loads(body)
+
+
+def _value(headers: Mapping[str, str], body: bytes) -> Value:
+    meta = {k[len("X-Riak-Meta-") :].lower(): v for k, v in headers.items() if k.lower().startswith("x-riak-meta-")}
+    ctype = headers.get("Content-Type", "application/octet-stream").split(";")[0].strip()
+    return Value(body, ctype, meta, headers.get("ETag", "").strip('"'), headers.get("Last-Modified", ""))

@@ -1,0 +1,274 @@
+"""The asyncio shell around one NodeCore: it feeds inputs in, performs the effects that come out,
+and keeps the core's timer armed. It decides nothing about the protocol.
+
+Group commit: inputs that arrive in the same turn of the event loop are all handed to the core before
+one `flush`, which writes their staged operations as a single (durable) batch and only then releases
+their replies and messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
+from dynastore.core.node import ClientJoin, NodeCore, Reply, Send
+from dynastore.net.rpc import Transport
+from dynastore.settings import Settings
+from dynastore.storage import open_engine
+from dynastore.storage.base import Engine
+
+log = logging.getLogger("dynastore.node")
+
+LATENCY_WINDOW_S = 60.0
+LATENCY_SAMPLES_MAX = 200_000
+
+
+@dataclass
+class LatencyWindow:
+    """Request latencies (microseconds) over the last minute, bounded in size."""
+
+    samples: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def record(self, now_s: float, micros: int) -> None:
+        self.samples.append((now_s, micros))
+        if len(self.samples) > LATENCY_SAMPLES_MAX:
+            self.samples.popleft()
+
+    def summary(self, now_s: float) -> dict[str, int]:
+        while self.samples and self.samples[0][0] < now_s - LATENCY_WINDOW_S:
+            self.samples.popleft()
+        values = sorted(us for _, us in self.samples)
+        if not values:
+            return {"mean": 0, "median": 0, "95": 0, "99": 0, "100": 0}
+
+        def pct(p: float) -> int:
+            return values[min(len(values) - 1, int(p * len(values)))]
+
+        return {
+            "mean": sum(values) // len(values),
+            "median": pct(0.5),
+            "95": pct(0.95),
+            "99": pct(0.99),
+            "100": values[-1],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    host: str
+    http_port: int
+    peer_port: int
+    data_dir: Path
+    seeds: tuple[tuple[str, int], ...] = ()
+    weight: int = 1
+
+
+class Clock:
+    """Milliseconds on a monotonic clock, anchored to the wall clock when the node started.
+
+    Timers never jump with NTP steps, while timestamps (last-modified, tombstone ages) stay close to
+    wall-clock time, including any skew the machine's clock has.
+    """
+
+    def __init__(self) -> None:
+        self._wall_ms = int(time.time() * 1000)
+        self._mono = time.monotonic()
+
+    def now_ms(self) -> int:
+        return self._wall_ms + int((time.monotonic() - self._mono) * 1000)
+
+
+class NodeRuntime:
+    def __init__(self, config: NodeConfig, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.clock = Clock()
+        self.engine: Engine | None = None
+        self.core: NodeCore | None = None
+        self.transport: Transport | None = None
+        self._futures: dict[int, asyncio.Future[ClientResponse]] = {}
+        self._request_id = 0
+        self._flush_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at_ms: int | None = None
+        self._join_task: asyncio.Task[None] | None = None
+        self.latency = {"get": LatencyWindow(), "put": LatencyWindow()}
+        self.started_at = time.time()
+        self.stopping = asyncio.Event()
+
+    # --- Lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = open_engine(
+            self.settings.storage_engine, cfg.data_dir / "store", durable=self.settings.durable, settings=self.settings
+        )
+        self.core = NodeCore(
+            cfg.name,
+            self.settings,
+            self.engine,
+            random.Random(),
+            self.clock.now_ms(),
+            host=cfg.host,
+            peer_port=cfg.peer_port,
+            http_port=cfg.http_port,
+            weight=cfg.weight,
+        )
+        secret = (self.settings.cluster_secret or self.settings.cluster_name).encode()
+        self.transport = Transport(
+            name=cfg.name,
+            host=cfg.host,
+            port=cfg.peer_port,
+            cluster=self.settings.cluster_name,
+            secret=secret,
+            frame_bytes_max=self.settings.frame_bytes_max,
+            queue_frames_max=self.settings.peer_queue_frames_max,
+            connect_timeout_ms=self.settings.connect_timeout_ms,
+            retry_ms=self.settings.unreachable_retry_ms,
+            address_of=self.core.address_of,
+            on_message=self._on_message,
+            on_unreachable=self._on_unreachable,
+        )
+        await self.transport.start()
+        self._flush()
+        if cfg.seeds and len(self.core.cluster.members) == 1 and not self.core.has_data():
+            self._join_task = asyncio.get_running_loop().create_task(self._join_seeds())
+
+    async def stop(self) -> None:
+        if self._join_task is not None:
+            self._join_task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.transport is not None:
+            await self.transport.close()
+        if self.core is not None:
+            with contextlib.suppress(Exception):
+                self._flush_now()
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_result(Failure("unavailable", "node is shutting down"))
+        if self.engine is not None:
+            self.engine.close()
+
+    async def _join_seeds(self) -> None:
+        """A fresh node started with seeds joins their cluster, retrying until one answers."""
+        while True:
+            for host, port in self.config.seeds:
+                response = await self.request(ClientJoin(host, port))
+                if not isinstance(response, Failure):
+                    log.info("%s joined the cluster through %s:%d", self.config.name, host, port)
+                    return
+                log.info("join through %s:%d failed: %s", host, port, response.reason)
+                if response.kind == "bad_request":
+                    return
+            await asyncio.sleep(1.0)
+
+    # --- Inputs ------------------------------------------------------------------------------------------
+
+    async def request(self, request: ClientRequest | ClientJoin) -> ClientResponse:
+        core = self.core
+        assert core is not None
+        if len(self._futures) >= self.settings.requests_inflight_max:
+            return Failure("overload", f"more than {self.settings.requests_inflight_max} requests in flight")
+        self._request_id += 1
+        rid = self._request_id
+        fut: asyncio.Future[ClientResponse] = asyncio.get_running_loop().create_future()
+        self._futures[rid] = fut
+        started = time.perf_counter()
+        core.on_request(rid, request, self.clock.now_ms())
+        self._schedule_flush()
+        try:
+            return await fut
+        finally:
+            self._futures.pop(rid, None)
+            micros = int((time.perf_counter() - started) * 1_000_000)
+            kind = type(request).__name__
+            if kind == "ClientGet":
+                self.latency["get"].record(time.monotonic(), micros)
+            elif kind == "ClientPut":
+                self.latency["put"].record(time.monotonic(), micros)
+
+    def _on_message(self, src: str, msg: Message) -> None:
+        assert self.core is not None
+        self.core.on_message(src, msg, self.clock.now_ms())
+        self._schedule_flush()
+
+    def _on_unreachable(self, peer: str) -> None:
+        assert self.core is not None
+        self.core.on_unreachable(peer, self.clock.now_ms())
+        self._schedule_flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at_ms = None
+        assert self.core is not None
+        self.core.on_tick(self.clock.now_ms())
+        self._flush_now()
+
+    # --- Effects ----------------------------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        core, transport = self.core, self.transport
+        assert core is not None and transport is not None
+        try:
+            effects = core.flush(self.clock.now_ms())
+        except Exception:
+            # A write that cannot be made durable must not be acknowledged: stop the node.
+            log.exception("storage failure; stopping")
+            self.stopping.set()
+            raise
+        for effect in effects:
+            if isinstance(effect, Reply):
+                fut = self._futures.get(effect.request_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(effect.response)
+            elif isinstance(effect, Send):
+                if effect.dst == self.config.name and effect.address is None:
+                    continue
+                transport.send(effect.dst, effect.msg, effect.address)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self.core is not None
+        deadline = self.core.next_deadline_ms()
+        if self._timer is not None and self._timer_at_ms is not None and self._timer_at_ms <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay_s = max(0.0, (deadline - self.clock.now_ms()) / 1000)
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._on_timer)
+        self._timer_at_ms = deadline
+
+    # --- Queries ------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        core = self.core
+        assert core is not None and self.transport is not None
+        now = time.monotonic()
+        out = core.stats_snapshot(self.clock.now_ms())
+        for kind in ("get", "put"):
+            for name, value in self.latency[kind].summary(now).items():
+                out[f"node_{kind}_fsm_time_{name}"] = value
+        out["peer_frames_dropped_total"] = self.transport.dropped_frames
+        out["peer_protocol_errors_total"] = self.transport.peer_errors
+        out["uptime_s"] = int(time.time() - self.started_at)
+        return out

@@ -1,0 +1,52 @@
+"""Run one node until SIGINT or SIGTERM: the node runtime plus its HTTP server, on uvloop when installed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from dynastore.api.http import make_app
+from dynastore.runtime.node import NodeConfig, NodeRuntime
+from dynastore.settings import Settings
+
+log = logging.getLogger("dynastore.node")
+
+
+async def run_node(config: NodeConfig, settings: Settings) -> None:
+    runtime = NodeRuntime(config, settings)
+    await runtime.start()
+    runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.http_port, reuse_address=True)
+    try:
+        await site.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, runtime.stopping.set)
+        log.info(
+            "%s serving http://%s:%d, peers on %s:%d",
+            config.name,
+            config.host,
+            config.http_port,
+            config.host,
+            config.peer_port,
+        )
+        await runtime.stopping.wait()
+        log.info("%s stopping", config.name)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(runner.cleanup(), 5)
+        await runtime.stop()
+
+
+def serve(config: NodeConfig, settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run_node(config, settings))
+    else:
+        uvloop.run(run_node(config, settings))
