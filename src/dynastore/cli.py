@@ -9,9 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -102,12 +100,6 @@ def node(
 # --- up ----------------------------------------------------------------------------------------------------
 
 
-def _http_json(url: str, timeout_s: float = 2.0, method: str = "GET") -> Any:
-    request = urllib.request.Request(url, method=method)
-    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-        return json.loads(resp.read())
-
-
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 64), default=3, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default="./data", show_default=True)
@@ -127,10 +119,11 @@ def up(
 ) -> None:
     """Start a local cluster of NODES processes; Ctrl-C stops them all. Running it again restarts the
     same cluster from its data."""
+    from dynastore.localcluster import LocalCluster
+
     _settings(None, overrides)
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
     def stop(*_: object) -> None:
@@ -139,83 +132,35 @@ def up(
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    for i in range(nodes):
-        name = f"node{i}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "dynastore",
-            "node",
-            "--name",
-            name,
-            "--host",
-            host,
-            "--http-port",
-            str(http_port + i),
-            "--peer-port",
-            str(peer_port + i),
-            "--data-dir",
-            str(root / f"node-{i}"),
-        ]
-        if i > 0:
-            cmd += ["--seed", f"{host}:{peer_port}"]
-        for pair in overrides:
-            cmd += ["--set", pair]
-        log_file = open(root / f"node-{i}.log", "ab")  # noqa: SIM115 - handed to the child, closed on exit
-        procs[name] = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        click.echo(f"{name}: http://{host}:{http_port + i}  peer {host}:{peer_port + i}  data {root / f'node-{i}'}")
+    cluster = LocalCluster(root, nodes, host=host, http_port=http_port, peer_port=peer_port, overrides=overrides)
     try:
+        cluster.start()
+        for node in cluster.nodes:
+            click.echo(f"{node.name}: {node.url}  peer {node.peer_address}  data {node.data_dir}  log {node.log_path}")
         deadline = time.monotonic() + ready_timeout
         ready = False
         reported: set[str] = set()
         while not stopping:
-            for name, proc in procs.items():
-                code = proc.poll()
-                if code is not None and name not in reported:
-                    reported.add(name)
-                    click.echo(f"{name} exited with status {code} (not restarted; see {root}/node-*.log)", err=True)
-            if len(reported) == len(procs):
+            for node in cluster.nodes:
+                if not node.alive and node.name not in reported:
+                    reported.add(node.name)
+                    code = node.proc.returncode if node.proc else None
+                    click.echo(f"{node.name} exited with status {code} (not restarted; see {node.log_path})", err=True)
+            if len(reported) == len(cluster.nodes):
                 break
             if not ready:
-                ready = _cluster_ready(host, http_port, nodes)
+                with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
+                    ready = cluster.ready()
                 if ready:
-                    click.echo("ready", nl=True)
+                    click.echo("ready")
                     sys.stdout.flush()
                 elif time.monotonic() > deadline:
                     click.echo(f"cluster not ready after {ready_timeout:.0f} s; see {root}/node-*.log", err=True)
                     deadline = float("inf")
             time.sleep(0.2)
     finally:
-        _stop_all(procs)
+        cluster.close()
     sys.exit(0 if stopping else 1)
-
-
-def _cluster_ready(host: str, http_port: int, count: int) -> bool:
-    for i in range(count):
-        try:
-            status = _http_json(f"http://{host}:{http_port + i}/admin/status", timeout_s=1.0)
-        except (OSError, urllib.error.URLError, ValueError):
-            return False
-        valid = [m for m in status["members"] if m["status"] == "valid" and m["partitions"] > 0 and m["reachable"]]
-        if len(valid) != count:
-            return False
-    return True
-
-
-def _stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    for proc in procs.values():
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in procs.values():
-        remaining = max(0.1, deadline - time.monotonic())
-        try:
-            proc.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 # --- cluster -------------------------------------------------------------------------------------------------
@@ -280,7 +225,9 @@ def _admin(url: str, path: str, method: str = "GET", params: dict[str, str] | No
 
     full = url.rstrip("/") + path + ("?" + urlencode(params) if params else "")
     try:
-        return _http_json(full, timeout_s=30.0, method=method)
+        from dynastore.localcluster import http_json
+
+        return http_json(full, timeout_s=30.0, method=method)
     except urllib.error.HTTPError as exc:
         _fail(f"{exc.code}: {exc.read().decode(errors='replace').strip()}")
     except (OSError, urllib.error.URLError) as exc:

@@ -24,6 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from dynastore import __version__
+from dynastore.api import admin
 from dynastore.core import context as ctxcodec
 from dynastore.core import objects
 from dynastore.core.context import ContextError
@@ -39,7 +40,6 @@ from dynastore.core.messages import (
     Ok,
     Siblings,
 )
-from dynastore.core.node import ClientJoin
 from dynastore.core.objects import Content
 from dynastore.core.versions import Context, Dot
 from dynastore.runtime.node import NodeRuntime
@@ -124,7 +124,7 @@ class Api:
         if head == b"ring" and len(parts) == 1:
             return await self._only_async(method, "GET", self.ring, request)
         if head == b"admin":
-            return await self.admin(request, [p.decode(errors="replace") for p in parts[1:]])
+            return await admin.handle(self, request, parts[1:])
         if head == b"buckets":
             return await self._buckets(request, parts[1:])
         if head == b"riak":
@@ -236,7 +236,7 @@ class Api:
     def preflist(self, bucket: bytes, key: bytes) -> web.StreamResponse:
         core = self.runtime.core
         assert core is not None
-        self._check_names(bucket, key)
+        self.check_names(bucket, key)
         _, plist = core.preference_list(bucket, key)
         healthy = core.healthy(self.runtime.clock.now_ms())
         entries = [{"partition": t_partition, "node": node, "primary": True} for t_partition, node in plist.primaries]
@@ -252,7 +252,7 @@ class Api:
     def get_props(self, bucket: bytes) -> web.StreamResponse:
         core = self.runtime.core
         assert core is not None
-        self._check_names(bucket, b"-")
+        self.check_names(bucket, b"-")
         props = core.bucket_props(bucket)
         props["name"] = bucket.decode(errors="replace")
         props["basic_quorum"] = False
@@ -261,7 +261,7 @@ class Api:
         return _json({"props": props})
 
     async def set_props(self, request: web.Request, bucket: bytes) -> web.StreamResponse:
-        self._check_names(bucket, b"-")
+        self.check_names(bucket, b"-")
         try:
             body = await request.json(loads=json.loads)
         except (ValueError, UnicodeDecodeError):
@@ -286,7 +286,7 @@ class Api:
         props = tuple(sorted((k, v) for k, v in body["props"].items() if k not in ignored))
         response = await self.runtime.request(ClientSetBucketProps(bucket, props))
         if isinstance(response, Failure):
-            return self._failure(response)
+            return self.failure(response)
         return web.Response(status=204)
 
     async def reset_props(self, bucket: bytes) -> web.StreamResponse:
@@ -300,7 +300,7 @@ class Api:
         )
         response = await self.runtime.request(ClientSetBucketProps(bucket, props))
         if isinstance(response, Failure):
-            return self._failure(response)
+            return self.failure(response)
         return web.Response(status=204)
 
     # --- Listing --------------------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ class Api:
             raise BadRequest("list buckets with ?buckets=true")
         response = await self.runtime.request(ClientListKeys(None, self._int_param(request, "timeout")))
         if isinstance(response, Failure):
-            return self._failure(response)
+            return self.failure(response)
         assert isinstance(response, Ok)
         names = [b.decode(errors="replace") for b in response.keys]
         return _json({"buckets": names})
@@ -321,10 +321,10 @@ class Api:
             if request.query.get("props") == "false" or mode == "false":
                 raise BadRequest("list keys with ?keys=true or ?keys=stream")
             return self.get_props(bucket)
-        self._check_names(bucket, b"-")
+        self.check_names(bucket, b"-")
         response = await self.runtime.request(ClientListKeys(bucket, self._int_param(request, "timeout")))
         if isinstance(response, Failure):
-            return self._failure(response)
+            return self.failure(response)
         assert isinstance(response, Ok)
         names = [k.decode(errors="replace") for k in response.keys]
         if mode == "true":
@@ -341,7 +341,7 @@ class Api:
     # --- Objects ---------------------------------------------------------------------------------------------
 
     async def fetch(self, request: web.Request, bucket: bytes, key: bytes) -> web.StreamResponse:
-        self._check_names(bucket, key)
+        self.check_names(bucket, key)
         query = request.query
         response = await self.runtime.request(
             ClientGet(
@@ -353,7 +353,7 @@ class Api:
             )
         )
         if isinstance(response, Failure):
-            return self._failure(response)
+            return self.failure(response)
         if isinstance(response, NotFound):
             headers = {}
             if response.context is not None:
@@ -377,7 +377,7 @@ class Api:
         generated = key is None
         if key is None:
             key = uuid.uuid4().hex.encode()
-        self._check_names(bucket, key)
+        self.check_names(bucket, key)
         query = request.query
         limit = self.settings.object_bytes_max
         declared = request.content_length
@@ -419,7 +419,7 @@ class Api:
             )
         )
         if isinstance(response, Failure):
-            return self._failure(response)
+            return self.failure(response)
         location = "/buckets/" + quote(bucket, safe="") + "/keys/" + quote(key, safe="")
         headers: dict[str, str] = {}
         if generated:
@@ -441,7 +441,7 @@ class Api:
         return resp
 
     async def delete(self, request: web.Request, bucket: bytes, key: bytes) -> web.StreamResponse:
-        self._check_names(bucket, key)
+        self.check_names(bucket, key)
         query = request.query
         context = self._context_header(request, bucket, key)
         r = self._quorum(query, "r")
@@ -452,7 +452,7 @@ class Api:
         # Riak answers 404 for a key that does not exist; find out first, with the delete's quorum.
         existing = await self.runtime.request(ClientGet(bucket, key, r=r or rw, timeout_ms=timeout))
         if isinstance(existing, Failure):
-            return self._failure(existing)
+            return self.failure(existing)
         if isinstance(existing, NotFound) and existing.context is None:
             return _text(404, "not found")
         if context is None:
@@ -472,13 +472,13 @@ class Api:
             )
         )
         if isinstance(response, Failure):
-            return self._failure(response)
+            return self.failure(response)
         return web.Response(status=204)
 
     async def _precondition(self, request: web.Request, bucket: bytes, key: bytes) -> web.StreamResponse | None:
         current = await self.runtime.request(ClientGet(bucket, key))
         if isinstance(current, Failure):
-            return self._failure(current)
+            return self.failure(current)
         exists = isinstance(current, Ok) and current.found is not None and bool(current.found.values)
         if request.headers.get("If-None-Match") == "*" and exists:
             return _text(412, "the object already exists")
@@ -539,57 +539,13 @@ class Api:
         text = "Siblings:\n" + "".join(objects.vtag(dot) + "\n" for dot, _ in found.values)
         return web.Response(status=300, text=text, headers={"X-Riak-Vclock": vclock})
 
-    def _failure(self, failure: ClientResponse) -> web.Response:
+    def failure(self, failure: ClientResponse) -> web.Response:
         assert isinstance(failure, Failure)
         return _text(STATUS_OF_FAILURE.get(failure.kind, 503), failure.reason)
 
-    # --- Admin -------------------------------------------------------------------------------------------------
-
-    async def admin(self, request: web.Request, rest: list[str]) -> web.StreamResponse:
-        core = self.runtime.core
-        assert core is not None
-        if rest == ["status"] and request.method == "GET":
-            now = self.runtime.clock.now_ms()
-            members = []
-            for m in core.cluster.members:
-                up = m.name == core.name or core.detector.is_up(m.name, now)
-                members.append(
-                    {
-                        "name": m.name,
-                        "host": m.host,
-                        "peer_port": m.peer_port,
-                        "http_port": m.http_port,
-                        "status": m.status,
-                        "weight": m.weight,
-                        "reachable": up,
-                        "phi": round(core.detector.phi(m.name, now), 2) if m.name != core.name else 0.0,
-                        "partitions": core.ring.counts().get(m.name, 0),
-                    }
-                )
-            return _json(
-                {
-                    "node": core.name,
-                    "cluster": core.cluster.cluster,
-                    "ring_version": core.cluster.ring.version,
-                    "claimant": core.cluster.claimant(),
-                    "members": members,
-                    "hints_pending": core.hints_pending,
-                }
-            )
-        if rest == ["join"] and request.method == "POST":
-            seed = request.query.get("seed", "")
-            host, _, port = seed.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise BadRequest("seed must be host:peer-port")
-            response = await self.runtime.request(ClientJoin(host, int(port)))
-            if isinstance(response, Failure):
-                return self._failure(response)
-            return _json({"joined": seed})
-        return _text(404, "Not Found")
-
     # --- Parameters ---------------------------------------------------------------------------------------------
 
-    def _check_names(self, bucket: bytes, key: bytes) -> None:
+    def check_names(self, bucket: bytes, key: bytes) -> None:
         if not bucket or len(bucket) > self.settings.bucket_bytes_max:
             raise BadRequest(f"bucket must be 1 to {self.settings.bucket_bytes_max} bytes")
         if not key or len(key) > self.settings.key_bytes_max:

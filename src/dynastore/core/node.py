@@ -431,6 +431,10 @@ class NodeCore:
     def hints_pending(self) -> int:
         return self._hint_count
 
+    def local_copy(self, bucket: bytes, key: bytes) -> Object | None:
+        """This node's own copy of a key (data and hints merged), read without any quorum."""
+        return self._read_local(bucket, key)
+
     def has_data(self) -> bool:
         return bool(self.engine.scan("data", b"", None, 1)) or any(k[0] == "data" for k in self._pending)
 

@@ -1,0 +1,100 @@
+"""Cluster administration over HTTP (`/admin/...`), used by `dynastore cluster ...` and by tests.
+
+Not part of Riak's API. Every route validates its input like the rest of the API: a 4xx with a
+plain-text reason for anything malformed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from dynastore.core import objects
+from dynastore.core.messages import Failure
+from dynastore.core.node import ClientJoin
+
+if TYPE_CHECKING:
+    from dynastore.api.http import Api
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    import json
+
+    return web.Response(status=status, text=json.dumps(data), content_type="application/json")
+
+
+def _text(status: int, body: str) -> web.Response:
+    return web.Response(status=status, text=body + "\n")
+
+
+def status(api: Api) -> dict[str, Any]:
+    core = api.runtime.core
+    assert core is not None
+    now = api.runtime.clock.now_ms()
+    counts = core.ring.counts()
+    members = []
+    for m in core.cluster.members:
+        up = m.name == core.name or core.detector.is_up(m.name, now)
+        members.append(
+            {
+                "name": m.name,
+                "host": m.host,
+                "peer_port": m.peer_port,
+                "http_port": m.http_port,
+                "status": m.status,
+                "weight": m.weight,
+                "reachable": up,
+                "phi": round(core.detector.phi(m.name, now), 2) if m.name != core.name else 0.0,
+                "partitions": counts.get(m.name, 0),
+            }
+        )
+    return {
+        "node": core.name,
+        "cluster": core.cluster.cluster,
+        "ring_version": core.cluster.ring.version,
+        "claimant": core.cluster.claimant(),
+        "members": members,
+        "hints_pending": core.hints_pending,
+    }
+
+
+async def handle(api: Api, request: web.Request, rest: list[bytes]) -> web.StreamResponse:
+    from dynastore.api.http import BadRequest
+
+    core = api.runtime.core
+    assert core is not None
+    method = request.method
+    if rest == [b"status"] and method == "GET":
+        return _json(status(api))
+    if len(rest) == 3 and rest[0] == b"local" and method == "GET":
+        # This node's own copy of a key, without any quorum.
+        bucket, key = rest[1], rest[2]
+        api.check_names(bucket, key)
+        obj = core.local_copy(bucket, key)
+        if obj is None:
+            return _text(404, "no local copy")
+        return _json(
+            {
+                "clock": [[a.decode(errors="replace"), c] for a, c, _ in obj.clock.entries],
+                "siblings": [
+                    {
+                        "vtag": objects.vtag(dot),
+                        "value": content.value.decode(errors="replace"),
+                        "deleted": content.deleted,
+                        "content_type": content.content_type,
+                    }
+                    for dot, content in obj.siblings
+                ],
+            }
+        )
+    if rest == [b"join"] and method == "POST":
+        seed = request.query.get("seed", "")
+        host, _, port = seed.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BadRequest("seed must be host:peer-port")
+        response = await api.runtime.request(ClientJoin(host, int(port)))
+        if isinstance(response, Failure):
+            return api.failure(response)
+        return _json({"joined": seed})
+    return _text(404, "Not Found")

@@ -1,0 +1,264 @@
+"""Start, signal and stop local node processes: used by `dynastore up`, the tests and the benchmarks.
+
+Each node is its own OS process (`python -m dynastore node ...`) in its own process group, with its
+log in the cluster's directory, so a test can SIGKILL or SIGSTOP one node and start it again with
+exactly the same command line. A node may run inside a network namespace (`netns`), which gives it
+its own address. Every wait here is bounded, and `close()` kills whatever is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ClusterError(Exception):
+    """A local cluster did not reach the state asked for in time; the message includes log tails."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_json(url: str, timeout_s: float = 2.0, method: str = "GET", data: bytes | None = None) -> Any:
+    request = urllib.request.Request(url, method=method, data=data)
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+@dataclass
+class NodeProc:
+    index: int
+    name: str
+    host: str
+    http_port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    seeds: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    netns: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def peer_address(self) -> str:
+        return f"{self.host}:{self.peer_port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "dynastore",
+            "node",
+            "--name",
+            self.name,
+            "--host",
+            self.host,
+            "--http-port",
+            str(self.http_port),
+            "--peer-port",
+            str(self.peer_port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        for seed in self.seeds:
+            cmd += ["--seed", seed]
+        for pair in self.overrides:
+            cmd += ["--set", pair]
+        if self.netns is not None:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        return cmd
+
+    def start(self) -> None:
+        assert not self.alive, f"{self.name} is already running"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **self.env},
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the node and wait for it to be gone."""
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, wait (bounded), SIGKILL if needed. Returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(f"  {self.name}| {line}" for line in text[-lines:])
+
+    def status(self, timeout_s: float = 1.0) -> Any:
+        return http_json(self.url + "/admin/status", timeout_s=timeout_s)
+
+
+class LocalCluster:
+    """N nodes named node0..node{N-1}; node i>0 is seeded with node0 so fresh nodes join it."""
+
+    def __init__(
+        self,
+        root: Path,
+        count: int,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int | None = None,
+        peer_port: int | None = None,
+        overrides: tuple[str, ...] = (),
+        hosts: list[str] | None = None,
+        netns: list[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.overrides = overrides
+        self.nodes: list[NodeProc] = []
+        self._host = host
+        self._hosts = hosts
+        self._netns = netns
+        self._http_base = http_port
+        self._peer_base = peer_port
+        for _ in range(count):
+            self._define_node()
+
+    def _define_node(self, seeds: tuple[str, ...] | None = None) -> NodeProc:
+        i = len(self.nodes)
+        host = self._hosts[i] if self._hosts else self._host
+        http_port = (
+            self._http_base + i if self._http_base is not None else free_port(host if not self._netns else "127.0.0.1")
+        )
+        peer_port = (
+            self._peer_base + i if self._peer_base is not None else free_port(host if not self._netns else "127.0.0.1")
+        )
+        if seeds is None:
+            seeds = (self.nodes[0].peer_address,) if self.nodes else ()
+        node = NodeProc(
+            i,
+            f"node{i}",
+            host,
+            http_port,
+            peer_port,
+            self.root / f"node-{i}",
+            self.root / f"node-{i}.log",
+            seeds,
+            self.overrides,
+            self._netns[i] if self._netns else None,
+        )
+        self.nodes.append(node)
+        return node
+
+    def add_node(self, *, seeds: tuple[str, ...] = ()) -> NodeProc:
+        """Define one more node (not started); with no seeds it starts as a one-node cluster."""
+        return self._define_node(seeds)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getitem__(self, index: int) -> NodeProc:
+        return self.nodes[index]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            if not node.alive:
+                node.start()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.signal(signal.SIGCONT)
+            node.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            try:
+                node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.kill()
+
+    def logs(self, lines: int = 30) -> str:
+        return "\n".join(node.log_tail(lines) for node in self.nodes)
+
+    def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+        """Poll `condition` until true; on timeout raise ClusterError with what was awaited and the logs."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if condition():
+                    return
+            except (OSError, urllib.error.URLError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.logs()}")
+            time.sleep(0.1)
+
+    def ready(self, nodes: list[NodeProc] | None = None) -> bool:
+        """Every given node is up, sees every given node as a valid, reachable owner of partitions."""
+        nodes = [n for n in (nodes or self.nodes) if n.alive]
+        names = {n.name for n in nodes}
+        for node in nodes:
+            status = node.status()
+            good = {
+                m["name"]
+                for m in status["members"]
+                if m["status"] == "valid" and m["reachable"] and m["partitions"] > 0
+            }
+            if not names <= good:
+                return False
+        return True
+
+    def wait_ready(self, timeout_s: float = 60.0, nodes: list[NodeProc] | None = None) -> None:
+        self.wait(lambda: self.ready(nodes), timeout_s, "the cluster to be ready")
+
+    def wait_serving(self, node: NodeProc, timeout_s: float = 30.0) -> None:
+        self.wait(lambda: http_json(node.url + "/stats", 1.0) is not None, timeout_s, f"{node.name} to serve")
+
+    def stats(self, node: NodeProc) -> Any:
+        return http_json(node.url + "/stats", timeout_s=5.0)

@@ -1,0 +1,257 @@
+"""Real node processes on loopback: the cluster behaviours a user relies on, end to end over HTTP."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import FAST
+from http_util import call, get, obj, put
+
+from dynastore.localcluster import LocalCluster, http_json
+
+MakeCluster = Callable[..., LocalCluster]
+
+
+def contiguous_ports(count: int) -> int:
+    """A base port such that base .. base+count-1 are all free."""
+    for base in range(21000, 60000, 97):
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", port))
+                socks.append(sock)
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free port range")
+
+
+def preflist(base: str, bucket: str, key: str) -> list[str]:
+    status, _, body = call("GET", obj(base, bucket, key) + "/preflist")
+    assert status == 200, body
+    return [entry["node"] for entry in json.loads(body)["preflist"] if entry["primary"]]
+
+
+def local_copy(cluster: LocalCluster, name: str, bucket: str, key: str) -> list[bytes] | None:
+    node = next(n for n in cluster.nodes if n.name == name)
+    status, _, body = call("GET", f"{node.url}/admin/local/{bucket}/{key}")
+    if status == 404:
+        return None
+    assert status == 200, body
+    return [s["value"].encode() for s in json.loads(body)["siblings"] if not s["deleted"]]
+
+
+def node_named(cluster: LocalCluster, name: str) -> int:
+    return next(n.index for n in cluster.nodes if n.name == name)
+
+
+class UpProcess:
+    """`dynastore up` run as a user would, its output read line by line with a bound on every wait."""
+
+    def __init__(self, data_dir: Path, nodes: int, http_port: int, peer_port: int) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "dynastore",
+            "up",
+            "--nodes",
+            str(nodes),
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(http_port),
+            "--peer-port",
+            str(peer_port),
+        ]
+        for pair in FAST:
+            cmd += ["--set", pair]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put(raw.decode(errors="replace").rstrip())
+
+    def wait_for(self, text: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if line == text:
+                return
+        raise AssertionError(f"`up` did not print {text!r} within {timeout_s} s; it printed: {self.seen}")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def test_dynastore_up_serves_round_trips_siblings_resolution_and_lww_then_restarts_with_its_data(
+    tmp_path: Path,
+) -> None:
+    """`dynastore up` starts 3 node processes, prints ready; put/get/delete round-trip; two writes with
+    the same stale context give a 300 with both siblings; a write with the merged context resolves them;
+    a last_write_wins bucket never shows siblings; Ctrl-C stops every node; running it again restarts
+    the same cluster with its data."""
+    http_base = contiguous_ports(6)
+    peer_base = http_base + 3
+    up = UpProcess(tmp_path / "data", 3, http_base, peer_base)
+    urls = [f"http://127.0.0.1:{http_base + i}" for i in range(3)]
+    try:
+        up.wait_for("ready")
+        status, _, _ = put(urls[0], "b", "k", b"hello")
+        assert status == 204
+        status, headers, body = get(urls[1], "b", "k")
+        assert (status, body, headers["Content-Type"]) == (200, b"hello", "text/plain")
+        stale = headers["X-Riak-Vclock"]
+
+        assert put(urls[1], "b", "k", b"left", stale)[0] == 204
+        assert put(urls[2], "b", "k", b"right", stale)[0] == 204
+        status, headers, body = get(urls[0], "b", "k", accept="multipart/mixed")
+        assert status == 300
+        assert b"left" in body and b"right" in body and "multipart/mixed" in headers["Content-Type"]
+        status, _, listing = get(urls[0], "b", "k")
+        assert status == 300 and listing.startswith(b"Siblings:") and len(listing.split()) == 3
+        assert put(urls[0], "b", "k", b"resolved", headers["X-Riak-Vclock"])[0] == 204
+        status, _, body = get(urls[2], "b", "k")
+        assert (status, body) == (200, b"resolved")
+
+        props = json.dumps({"props": {"last_write_wins": True}}).encode()
+        status, _, _ = call("PUT", f"{urls[0]}/buckets/lww/props", props, {"Content-Type": "application/json"})
+        assert status == 204
+        deadline = time.monotonic() + 10
+        while http_json(f"{urls[2]}/buckets/lww/props")["props"]["last_write_wins"] is not True:
+            assert time.monotonic() < deadline, "bucket props did not spread"
+            time.sleep(0.1)
+        for i, url in enumerate(urls):
+            assert put(url, "lww", "k", b"v%d" % i)[0] == 204
+        for url in urls:
+            status, _, body = get(url, "lww", "k")
+            assert (status, body) == (200, b"v2")
+
+        status, _, _ = call("DELETE", obj(urls[1], "b", "k"))
+        assert status == 204
+        status, headers, _ = get(urls[0], "b", "k")
+        assert status == 404 and "X-Riak-Vclock" in headers
+        assert call("DELETE", obj(urls[1], "b", "never"))[0] == 404
+        assert put(urls[0], "b", "kept", b"survives")[0] == 204
+    finally:
+        assert up.stop() == 0
+    up_again = UpProcess(tmp_path / "data", 3, http_base, peer_base)
+    try:
+        up_again.wait_for("ready")
+        status, _, body = get(urls[2], "b", "kept")
+        assert (status, body) == (200, b"survives")
+    finally:
+        assert up_again.stop() == 0
+
+
+def test_with_two_primaries_killed_a_w2_write_succeeds_and_hints_drain_after_restart(
+    make_cluster: MakeCluster,
+) -> None:
+    """5 nodes, n_val 3: SIGKILL two primaries of a key; a w=2 write still succeeds (on fallbacks); after
+    restarting them the hints are delivered, the fallbacks drop their copies, hints pending returns to 0."""
+    cluster = make_cluster(5)
+    base = cluster[0].url
+    owners = preflist(base, "b", "k")
+    survivor = cluster[node_named(cluster, owners[0])]
+    victims = [cluster[node_named(cluster, name)] for name in owners[1:]]
+    for victim in victims:
+        victim.kill()
+    status, _, body = put(survivor.url, "b", "k", b"sloppy", query="w=2")
+    assert status == 204, body
+    hinted = sum(cluster.stats(n)["hints_pending"] for n in cluster.nodes if n.alive)
+    assert hinted == 2
+    for victim in victims:
+        victim.start()
+    cluster.wait_ready(60)
+    cluster.wait(lambda: sum(cluster.stats(n)["hints_pending"] for n in cluster.nodes) == 0, 30, "hints to drain")
+    for name in owners:
+        assert local_copy(cluster, name, "b", "k") == [b"sloppy"]
+    for node in cluster.nodes:
+        if node.name not in owners:
+            assert local_copy(cluster, node.name, "b", "k") is None, f"{node.name} kept its fallback copy"
+
+
+def test_a_replica_that_missed_a_write_has_it_after_one_get(make_cluster: MakeCluster) -> None:
+    """Read repair: a primary stopped during a write (and with no hint to bring it back) holds the
+    value after one GET."""
+    cluster = make_cluster(3, "hinted_handoff_enabled=false")
+    base = cluster[0].url
+    owners = preflist(base, "b", "k")
+    missing = cluster[node_named(cluster, owners[2])]
+    missing.stop()
+    status, _, body = put(cluster[node_named(cluster, owners[0])].url, "b", "k", b"v", query="w=2")
+    assert status == 204, body
+    missing.start()
+    cluster.wait_ready(60)
+    assert local_copy(cluster, missing.name, "b", "k") is None
+    status, _, body = get(base, "b", "k", query="r=3")
+    assert (status, body) == (200, b"v")
+    cluster.wait(lambda: local_copy(cluster, missing.name, "b", "k") == [b"v"], 10, "read repair")
+    assert sum(cluster.stats(n)["read_repairs"] for n in cluster.nodes) >= 1
+
+
+def test_acknowledged_writes_survive_kill_9_of_every_node(make_cluster: MakeCluster) -> None:
+    """Durable mode: SIGKILL every node right after a batch of acknowledged writes; after a restart
+    every acknowledged write is there."""
+    cluster = make_cluster(3)
+    acknowledged = []
+    for i in range(200):
+        node = cluster[i % 3]
+        status, _, _ = put(node.url, "durable", f"key{i}", b"value%d" % i, query="w=2")
+        if status == 204:
+            acknowledged.append(i)
+    assert len(acknowledged) == 200
+    for node in cluster.nodes:
+        node.signal(signal.SIGKILL)
+    for node in cluster.nodes:
+        node.kill()
+    cluster.start()
+    cluster.wait_ready(60)
+    for i in acknowledged:
+        status, _, body = get(cluster[(i + 1) % 3].url, "durable", f"key{i}", query="r=2")
+        assert (status, body) == (200, b"value%d" % i), i
+
+
+def test_a_deleted_key_stays_deleted_after_the_node_that_missed_the_delete_returns(make_cluster: MakeCluster) -> None:
+    """A primary down during a delete still holds the old value; once back (no hints, so only
+    anti-resurrection logic protects it) reads still say 404 and the stale replica is repaired."""
+    cluster = make_cluster(3, "hinted_handoff_enabled=false")
+    base = cluster[0].url
+    assert put(base, "b", "gone", b"old")[0] == 204
+    owners = preflist(base, "b", "gone")
+    missed = cluster[node_named(cluster, owners[2])]
+    cluster.wait(lambda: local_copy(cluster, missed.name, "b", "gone") == [b"old"], 10, "replication")
+    missed.stop()
+    coordinator = cluster[node_named(cluster, owners[0])]
+    assert call("DELETE", obj(coordinator.url, "b", "gone"))[0] == 204
+    missed.start()
+    cluster.wait_ready(60)
+    assert local_copy(cluster, missed.name, "b", "gone") == [b"old"]
+    for node in cluster.nodes:
+        assert get(node.url, "b", "gone", query="r=3")[0] == 404
+    cluster.wait(lambda: local_copy(cluster, missed.name, "b", "gone") == [], 10, "the tombstone to reach it")
