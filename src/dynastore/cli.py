@@ -179,8 +179,9 @@ NODE_OPTION = click.option(
 @cluster.command()
 @NODE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def status(url: str, as_json: bool) -> None:
-    """Members as this node sees them: status, reachability, partitions."""
+@click.option("--watch/--no-watch", default=None, help="Follow transfers until they finish (default: in a terminal).")
+def status(url: str, as_json: bool, watch: bool | None) -> None:
+    """Members as this node sees them (status, reachability, phi, partitions) and ring transfers."""
     data = _admin(url, "/admin/status")
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -195,6 +196,66 @@ def status(url: str, as_json: bool) -> None:
             f"  {m['name']:<12} {m['status']:<8} {state:<5} phi {m['phi']:<6} "
             f"partitions {m['partitions']:<4} {m['host']}:{m['peer_port']} http {m['http_port']}"
         )
+    transition = data.get("transition")
+    if transition is None:
+        click.echo("no transfers in progress")
+        return
+    if watch is None:
+        watch = sys.stdout.isatty()
+    if not watch:
+        _print_transfers(data)
+        return
+    _watch_transfers(url, data)
+
+
+def _receiving(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every member's receiving transfers, asked of each member (each knows its own checkpoints)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    from dynastore.localcluster import http_json
+
+    for m in data["members"]:
+        if m["status"] == "removed" or not m["reachable"]:
+            continue
+        try:
+            theirs = http_json(f"http://{m['host']}:{m['http_port']}/admin/status", timeout_s=2.0)
+        except (OSError, urllib.error.URLError, ValueError):
+            continue
+        out.extend((m["name"], t) for t in theirs.get("receiving", []))
+    return out
+
+
+def _print_transfers(data: dict[str, Any]) -> None:
+    t = data["transition"]
+    click.echo(
+        f"transfers: {t['partitions_switched']}/{t['partitions_total']} partitions switched, "
+        f"{t['transfers_pending']} transfers pending to {', '.join(t['receivers'])}"
+    )
+    for node, transfer in _receiving(data):
+        state = "active" if transfer["active"] else "waiting"
+        click.echo(
+            f"  {node} <- {', '.join(transfer['sources'])}  partition {transfer['partition']:<5} "
+            f"{transfer['keys_received']} keys received ({state})"
+        )
+
+
+def _watch_transfers(url: str, data: dict[str, Any]) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}")) as bar:
+        t = data["transition"]
+        task = bar.add_task("partitions switched", total=t["partitions_total"], completed=t["partitions_switched"])
+        keys_task = bar.add_task("keys received", total=None, completed=0)
+        while True:
+            time.sleep(0.5)
+            data = _admin(url, "/admin/status")
+            t = data.get("transition")
+            if t is None:
+                bar.update(task, completed=bar.tasks[0].total)
+                break
+            received = sum(tr["keys_received"] for _, tr in _receiving(data))
+            bar.update(task, completed=t["partitions_switched"])
+            bar.update(keys_task, completed=received)
+    click.echo("transfers complete")
 
 
 @cluster.command()
@@ -218,6 +279,23 @@ def join(seed: str, url: str) -> None:
     _address(seed, "SEED")
     _admin(url, "/admin/join", method="POST", params={"seed": seed})
     click.echo(f"joined the cluster of {seed}")
+
+
+@cluster.command()
+@NODE_OPTION
+def leave(url: str) -> None:
+    """The node at --node hands off everything it holds, leaves the cluster and stops."""
+    _admin(url, "/admin/leave", method="POST")
+    click.echo("leaving: its partitions are being handed off; it stops once they are")
+
+
+@cluster.command()
+@click.argument("name")
+@NODE_OPTION
+def remove(name: str, url: str) -> None:
+    """Remove NAME, a node gone for good; its partitions are rebuilt from the other replicas."""
+    _admin(url, "/admin/remove", method="POST", params={"node": name})
+    click.echo(f"removed {name}")
 
 
 def _admin(url: str, path: str, method: str = "GET", params: dict[str, str] | None = None) -> Any:

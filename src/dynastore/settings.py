@@ -85,6 +85,9 @@ class Settings:
     handoff_batch_bytes_max: int = 4 * 1024 * 1024
     handoff_concurrency_max: int = 2
     handoff_retry_ms: int = 2000
+    # Pause between two batches of one transfer (the throttle), and how often strays are looked for.
+    handoff_pause_ms: int = 10
+    stray_scan_interval_ms: int = 2000
 
     # --- Anti-entropy -----------------------------------------------------------------------------------
     anti_entropy_enabled: bool = True

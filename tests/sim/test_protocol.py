@@ -432,3 +432,19 @@ def test_random_concurrent_writers_never_lose_an_acknowledged_write(seed: int) -
             assert final_by_dot[dot] == value
         else:
             assert any(given.covers(dot) for _, other, given in written if other != dot), value
+
+
+def test_a_read_waits_for_the_replica_that_has_the_value_before_answering_not_found() -> None:
+    """Two fast not-found replies do not hide a value held by the third replica: the read waits for it."""
+    c = SimCluster(3, Settings(ring_size=16, hinted_handoff_enabled=False, read_repair_enabled=False))
+    owners = primaries(c, b"k")
+    c.crash(owners[1])
+    c.crash(owners[2])
+    put(c, owners[0], b"k", b"only-here", w=1, dw=1)
+    c.restart(owners[1])
+    c.restart(owners[2])
+    c.settle(2_000)
+    assert local(c, owners[1], b"k") is None and local(c, owners[2], b"k") is None
+    # The coordinator's own read is instant; make the holder slow by reading from another node.
+    assert values(get(c, owners[1], b"k", r=2)) == [b"only-here"]
+    assert isinstance(get(c, owners[1], b"absent", r=2), NotFound)

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dynastore.core import objects
+from dynastore.core import objects, placement
 from dynastore.core.messages import Failure
-from dynastore.core.node import ClientJoin
+from dynastore.core.node import ClientJoin, ClientLeave, ClientRemove
 
 if TYPE_CHECKING:
     from dynastore.api.http import Api
@@ -49,13 +49,27 @@ def status(api: Api) -> dict[str, Any]:
                 "partitions": counts.get(m.name, 0),
             }
         )
+    ring = core.cluster.ring
+    transition = None
+    if ring.next_owners is not None:
+        n_vals = core.n_vals()
+        switched = sum(1 for p in range(len(ring.owners)) if all(placement.switched(ring, p, n) for n in n_vals))
+        pending = placement.transfers(core.cluster, n_vals)
+        transition = {
+            "partitions_total": len(ring.owners),
+            "partitions_switched": switched,
+            "transfers_pending": len(pending),
+            "receivers": sorted({t.receiver for t in pending}),
+        }
     return {
         "node": core.name,
         "cluster": core.cluster.cluster,
-        "ring_version": core.cluster.ring.version,
+        "ring_version": ring.version,
         "claimant": core.cluster.claimant(),
         "members": members,
         "hints_pending": core.hints_pending,
+        "transition": transition,
+        "receiving": core.transfer_progress(),
     }
 
 
@@ -97,4 +111,17 @@ async def handle(api: Api, request: web.Request, rest: list[bytes]) -> web.Strea
         if isinstance(response, Failure):
             return api.failure(response)
         return _json({"joined": seed})
+    if rest == [b"leave"] and method == "POST":
+        response = await api.runtime.request(ClientLeave())
+        if isinstance(response, Failure):
+            return api.failure(response)
+        return _json({"leaving": core.name})
+    if rest == [b"remove"] and method == "POST":
+        name = request.query.get("node", "")
+        if not name:
+            raise BadRequest("remove needs ?node=NAME")
+        response = await api.runtime.request(ClientRemove(name))
+        if isinstance(response, Failure):
+            return api.failure(response)
+        return _json({"removed": name})
     return _text(404, "Not Found")

@@ -37,7 +37,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dynastore.core import hints, keys, membership, objects
+import msgpack
+
+from dynastore.core import hints, keys, membership, objects, placement
 from dynastore.core.failure import FailureDetector
 from dynastore.core.membership import ACTIVE, OWNING, ClusterState, Member, RingState
 from dynastore.core.messages import (
@@ -52,6 +54,8 @@ from dynastore.core.messages import (
     ForwardPutReply,
     GossipDigest,
     GossipState,
+    HandoffBatch,
+    HandoffPull,
     HintDelivery,
     HintDeliveryReply,
     HintItem,
@@ -72,6 +76,7 @@ from dynastore.core.messages import (
     Siblings,
 )
 from dynastore.core.objects import Content, Object, ObjectError
+from dynastore.core.placement import Placement
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
 from dynastore.core.ring import PreferenceList, Ring, Target, claim
 from dynastore.core.versions import Context, Dot, Versioned, merge, prune, update
@@ -115,6 +120,21 @@ class ClientJoin:
 
     seed_host: str
     seed_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLeave:
+    """Admin: this node hands off everything it holds, then leaves the cluster and stops."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRemove:
+    """Admin: `node` is gone for good; its partitions are rebuilt from the other replicas."""
+
+    node: str
+
+
+AdminRequest = ClientJoin | ClientLeave | ClientRemove
 
 
 # --- Operations in flight -----------------------------------------------------------------------------
@@ -195,7 +215,27 @@ class _JoinOp:
     seed: str
 
 
-_AnyOp = _GetOp | _PutOp | _ForwardOp | _ListOp | _HintOp | _JoinOp
+@dataclass
+class _PullOp:
+    """A batch of a partition being pulled from `source` for the transition `transition`."""
+
+    transition: bytes
+    partition: int
+    source: str
+    after: bytes
+    deadline_ms: int
+
+
+@dataclass
+class _StrayOp:
+    """Keys this node holds but no longer replicates, offered to their replicas before deletion."""
+
+    waiting: set[str]
+    sent: list[tuple[bytes, bytes]]
+    deadline_ms: int
+
+
+_AnyOp = _GetOp | _PutOp | _ForwardOp | _ListOp | _HintOp | _JoinOp | _PullOp | _StrayOp
 
 
 @dataclass
@@ -211,6 +251,11 @@ class Stats:
     tombstones_reaped: int = 0
     peer_errors: int = 0
     gossip_rounds: int = 0
+    handoff_batches: int = 0
+    handoff_keys: int = 0
+    handoff_resumed: int = 0
+    transfers_completed: int = 0
+    strays_handed_off: int = 0
     siblings_histogram: dict[int, int] = field(default_factory=dict)
 
 
@@ -250,7 +295,13 @@ class NodeCore:
             float(settings.heartbeat_interval_ms),
         )
         self._hints_inflight: set[str] = set()
+        self._pulling: set[tuple[int, str]] = set()
+        self._resumed: set[tuple[int, str]] = set()
+        self._stray_inflight = False
+        self._sweep_cursor = 0
         self._ping_seq = 0
+        # Set once a leaving node has handed everything off: the shell stops the process.
+        self.exit_requested = False
 
         # Identity: an epoch drawn once per data directory, so a node that lost its disk gets a new
         # actor and can never reuse a dot it handed out before.
@@ -286,6 +337,8 @@ class NodeCore:
         self._next_heartbeat_ms = now_ms
         self._next_hint_scan_ms = now_ms + settings.hint_scan_interval_ms
         self._next_reap_ms = now_ms + settings.reap_interval_ms
+        self._next_transfer_ms = now_ms
+        self._next_stray_ms = now_ms + settings.stray_scan_interval_ms
 
     # --- Public surface ------------------------------------------------------------------------------
 
@@ -299,14 +352,21 @@ class NodeCore:
         return out
 
     def next_deadline_ms(self) -> int:
-        deadline = min(self._next_gossip_ms, self._next_heartbeat_ms, self._next_hint_scan_ms, self._next_reap_ms)
+        deadline = min(
+            self._next_gossip_ms,
+            self._next_heartbeat_ms,
+            self._next_hint_scan_ms,
+            self._next_reap_ms,
+            self._next_transfer_ms,
+            self._next_stray_ms,
+        )
         while self._deadlines and self._deadlines[0][1] not in self._ops:
             heapq.heappop(self._deadlines)
         if self._deadlines:
             deadline = min(deadline, self._deadlines[0][0])
         return deadline
 
-    def on_request(self, request_id: int, request: ClientRequest | ClientJoin, now_ms: int) -> None:
+    def on_request(self, request_id: int, request: ClientRequest | AdminRequest, now_ms: int) -> None:
         origin = _ToClient(request_id)
         try:
             if isinstance(request, ClientGet):
@@ -317,8 +377,12 @@ class NodeCore:
                 self._start_list(origin, request, now_ms)
             elif isinstance(request, ClientSetBucketProps):
                 self._set_bucket_props(origin, request, now_ms)
-            else:
+            elif isinstance(request, ClientJoin):
                 self._start_join(origin, request, now_ms)
+            elif isinstance(request, ClientLeave):
+                self._leave(origin, now_ms)
+            else:
+                self._remove(origin, request, now_ms)
         except QuorumError as exc:
             self._answer(origin, Failure("bad_request", str(exc)))
 
@@ -371,6 +435,12 @@ class NodeCore:
             elif isinstance(op, _JoinOp) and op.seed == peer:
                 self._finish(op_id)
                 self._answer(op.origin, Failure("unavailable", f"seed {peer[1:]} is unreachable"))
+            elif isinstance(op, _PullOp) and op.source == peer:
+                self._finish(op_id)
+                self._pulling.discard((op.partition, op.source))
+            elif isinstance(op, _StrayOp) and peer in op.waiting:
+                self._finish(op_id)
+                self._stray_inflight = False
 
     def on_tick(self, now_ms: int) -> None:
         while self._deadlines and self._deadlines[0][0] <= now_ms:
@@ -392,6 +462,13 @@ class NodeCore:
         if now_ms >= self._next_reap_ms:
             self._next_reap_ms = now_ms + self.settings.reap_interval_ms
             self._reap_tombstones(now_ms)
+        if now_ms >= self._next_transfer_ms:
+            self._next_transfer_ms = now_ms + self.settings.handoff_retry_ms
+            self._start_transfers(now_ms)
+        if now_ms >= self._next_stray_ms:
+            self._next_stray_ms = now_ms + self.settings.stray_scan_interval_ms
+            self._sweep_strays(now_ms)
+            self._maybe_exit(now_ms)
 
     # --- Queries for the shell -------------------------------------------------------------------------
 
@@ -415,10 +492,17 @@ class NodeCore:
         return props
 
     def preference_list(self, bucket: bytes, key: bytes) -> tuple[int, PreferenceList]:
+        """The preference list serving a key now (the next ring's once its partition has switched)."""
+        partition, where = self.placement_for(bucket, key)
+        return partition, where.plist
+
+    def placement_for(self, bucket: bytes, key: bytes) -> tuple[int, Placement]:
         n_val = int(self.bucket_props(bucket)["n_val"])
-        ring = self.ring
-        partition = ring.partition_of(bucket, key)
-        return partition, ring.preference_list(partition, n_val)
+        partition = self.ring.partition_of(bucket, key)
+        return partition, placement.placement(self.cluster.ring, partition, n_val)
+
+    def n_vals(self) -> list[int]:
+        return placement.n_vals_in_use(self.cluster, self.settings.n_val)
 
     @property
     def ring(self) -> Ring:
@@ -561,6 +645,10 @@ class NodeCore:
             self._answer(op.origin, Failure("timeout", f"timed out waiting for {', '.join(sorted(op.waiting))}"))
         elif isinstance(op, _HintOp):
             self._hints_inflight.discard(op.owner)
+        elif isinstance(op, _PullOp):
+            self._pulling.discard((op.partition, op.source))
+        elif isinstance(op, _StrayOp):
+            self._stray_inflight = False
         else:
             self._answer(op.origin, Failure("timeout", "timed out waiting for the seed to answer"))
 
@@ -698,8 +786,10 @@ class NodeCore:
         w = resolve("w", req.w, n_val, props["w"], 1)
         dw = resolve("dw", req.dw, n_val, props["dw"], 0)
         pw = resolve("pw", req.pw, n_val, props["pw"], 0)
-        _, plist = self.preference_list(req.bucket, req.key)
-        targets = plist.targets(self.healthy(now_ms))
+        _, where = self.placement_for(req.bucket, req.key)
+        plist = where.plist
+        healthy = self.healthy(now_ms)
+        targets = plist.targets(healthy)
         if not targets:
             self._answer(origin, Failure("unavailable", "no healthy node holds this key"))
             return
@@ -707,6 +797,9 @@ class NodeCore:
         if mine is None:
             self._forward(origin, req, targets, now_ms)
             return
+        # While the key's partition moves, its new owners get every write too.
+        chosen = {t.node for t in targets}
+        targets += tuple(Target(n, False) for n in where.receivers if n in healthy and n not in chosen)
         if len(targets) < max(w, dw) or sum(1 for t in targets if t.primary) < pw:
             self._answer(
                 origin,
@@ -1086,28 +1179,283 @@ class NodeCore:
             self._send(src, GossipState(membership.encode(merged), False))
 
     def _claim(self, now_ms: int) -> None:
-        """The claimant turns membership changes into a new ring."""
+        """The claimant turns membership changes into ring transitions, and ends them when done.
+
+        One transition at a time: changes that arrive meanwhile wait for the next one, unless the
+        transition would hand partitions to a node that is no longer wanted, which restarts it.
+        """
         state = self.cluster
         if state.claimant() != self.name:
             return
         owning = {m.name: m.weight for m in state.members if m.status in OWNING}
-        ring = state.ring
         if not owning:
             return
-        current_members = set(ring.owners)
-        joining = [m for m in state.members if m.status == "joining"]
-        if set(owning) == current_members and not joining:
+        ring = state.ring
+        if ring.next_owners is not None:
+            if set(ring.next_owners) <= set(owning):
+                if placement.all_switched(ring, self.n_vals()):
+                    self._finish_transition(state)
+                return
+            # A node of the next ring left or was removed meanwhile: plan again from the current ring.
+        elif set(ring.owners) == set(owning) and not any(m.status == "joining" for m in state.members):
             return
         owners = claim(owning, len(ring.owners), self.settings.n_val, ring.ring).owners
-        new_state = ClusterState(
-            state.cluster, state.members, RingState(ring.version + 1, self.name, owners), state.buckets
+        if owners == ring.owners:
+            self._set_cluster(replace(state, ring=RingState(ring.version + 1, self.name, owners)))
+            self._promote_members()
+            self._push_state()
+            return
+        transition = RingState(ring.version + 1, self.name, ring.owners, owners, frozenset())
+        self._set_cluster(replace(state, ring=transition))
+        self._push_state()
+
+    def _finish_transition(self, state: ClusterState) -> None:
+        ring = state.ring
+        assert ring.next_owners is not None
+        self._set_cluster(replace(state, ring=RingState(ring.version + 1, self.name, ring.next_owners)))
+        self._promote_members()
+        self._push_state()
+
+    def _promote_members(self) -> None:
+        """After a ring change: joiners that own partitions are valid, leavers that own none exit."""
+        state = self.cluster
+        owners = set(state.ring.owners)
+        for m in state.members:
+            if m.status == "joining" and m.name in owners:
+                state = state.with_member(replace(m, status="valid", version=m.version + 1))
+            elif m.status == "leaving" and m.name not in owners:
+                state = state.with_member(replace(m, status="exiting", version=m.version + 1))
+        self._set_cluster(state)
+
+    def _push_state(self) -> None:
+        """Send the whole cluster state to every active member at once (used after important changes)."""
+        encoded = membership.encode(self.cluster)
+        for node in self.cluster.names(ACTIVE):
+            if node != self.name:
+                self._send(node, GossipState(encoded, False))
+
+    def _leave(self, origin: _Origin, now_ms: int) -> None:
+        me = self.cluster.member(self.name)
+        assert me is not None
+        others = [m for m in self.cluster.members if m.name != self.name and m.status in OWNING]
+        if me.status in ("leaving", "exiting"):
+            self._answer(origin, Ok())
+            return
+        if me.status not in OWNING:
+            self._answer(origin, Failure("bad_request", "this node is not a member"))
+            return
+        if not others:
+            self._answer(origin, Failure("bad_request", "the last member of a cluster cannot leave it"))
+            return
+        self._set_cluster(self.cluster.with_member(replace(me, status="leaving", version=me.version + 1)))
+        self._push_state()
+        self._answer(origin, Ok())
+
+    def _remove(self, origin: _Origin, req: ClientRemove, now_ms: int) -> None:
+        member = self.cluster.member(req.node)
+        if member is None:
+            self._answer(origin, Failure("bad_request", f"{req.node} is not a member"))
+            return
+        if req.node == self.name:
+            self._answer(origin, Failure("bad_request", "a node cannot remove itself; use leave"))
+            return
+        if member.status == "removed":
+            self._answer(origin, Ok())
+            return
+        if not [m for m in self.cluster.members if m.name != req.node and m.status in OWNING]:
+            self._answer(origin, Failure("bad_request", "removing it would leave no member"))
+            return
+        self._set_cluster(self.cluster.with_member(replace(member, status="removed", version=member.version + 1)))
+        self.detector.forget(req.node)
+        self._push_state()
+        self._answer(origin, Ok())
+
+    def _maybe_exit(self, now_ms: int) -> None:
+        """A node that left and handed everything off marks itself removed and asks to stop."""
+        me = self.cluster.member(self.name)
+        if me is None or me.status not in ("exiting", "removed") or self.exit_requested:
+            return
+        if self.name in self.cluster.ring.owners or self._hint_count or self.has_data():
+            return
+        if me.status == "exiting":
+            self._set_cluster(self.cluster.with_member(replace(me, status="removed", version=me.version + 1)))
+            self._push_state()
+        self.exit_requested = True
+
+    # --- Ownership handoff -------------------------------------------------------------------------------
+
+    def _checkpoint_key(self, transition: bytes, partition: int, source: str) -> bytes:
+        return transition + b"|" + partition.to_bytes(4, "big") + source.encode()
+
+    def _checkpoint(self, transition: bytes, partition: int, source: str) -> tuple[bytes, bool, int]:
+        raw = self._get("handoff", self._checkpoint_key(transition, partition, source))
+        if raw is None:
+            return b"", False, 0
+        after, done, count = msgpack.unpackb(raw)
+        return bytes(after), bool(done), int(count)
+
+    def _start_transfers(self, now_ms: int) -> None:
+        """Pull the partitions this node must receive in the current transition (bounded concurrency)."""
+        state = self.cluster
+        if state.ring.next_owners is None:
+            return
+        transition = placement.transition_id(state.ring)
+        healthy = self.healthy(now_ms)
+        for transfer in placement.transfers(state, self.n_vals(), receiver=self.name):
+            if len(self._pulling) >= self.settings.handoff_concurrency_max:
+                return
+            pending = None
+            for source in transfer.sources:
+                after, done, _ = self._checkpoint(transition, transfer.partition, source)
+                if not done:
+                    pending = (source, after)
+                    break
+            if pending is None:
+                self._transfer_done(transition, transfer.partition)
+                continue
+            source, after = pending
+            if (transfer.partition, source) in self._pulling or source not in healthy:
+                continue
+            self._pull(transition, transfer.partition, source, after, now_ms)
+
+    def _pull(self, transition: bytes, partition: int, source: str, after: bytes, now_ms: int) -> None:
+        op = _PullOp(transition, partition, source, after, now_ms + self.settings.request_timeout_ms)
+        op_id = self._register(op)
+        if after and (partition, source) not in self._resumed:
+            # The first pull of this transfer since the node started, from a checkpoint: a resume.
+            self.stats.handoff_resumed += 1
+        self._resumed.add((partition, source))
+        self._pulling.add((partition, source))
+        self._send(source, HandoffPull(op_id, transition, partition, after, not after))
+
+    def _on_handoff_pull(self, src: str, msg: HandoffPull, now_ms: int) -> None:
+        prefix = keys.partition_prefix(msg.partition)
+        start = msg.after + b"\x00" if msg.after else prefix
+        limit = self.settings.handoff_batch_max
+        rows = self._scan("data", start, keys.prefix_end(prefix), limit)
+        items: list[HintItem] = []
+        size = 0
+        last = msg.after
+        for skey, raw in rows:
+            parsed = keys.decode(skey)
+            items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+            last = skey
+            size += len(raw)
+            if size >= self.settings.handoff_batch_bytes_max:
+                break
+        done = len(rows) < limit and len(items) == len(rows)
+        self._send(src, HandoffBatch(msg.req, msg.transfer, msg.partition, tuple(items), last, done))
+
+    def _on_handoff_batch(self, src: str, msg: HandoffBatch, now_ms: int) -> None:
+        op = self._ops.get(msg.req)
+        if not isinstance(op, _PullOp) or op.source != src or op.partition != msg.partition:
+            return
+        self._finish(msg.req)
+        self._pulling.discard((op.partition, op.source))
+        if placement.transition_id(self.cluster.ring) != op.transition:
+            return
+        for item in msg.items:
+            lww = bool(self.bucket_props(item.bucket)["last_write_wins"])
+            self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
+        _, _, count = self._checkpoint(op.transition, op.partition, op.source)
+        count += len(msg.items)
+        # The checkpoint rides in the same batch as the data it covers: a crash resumes exactly here.
+        self._put(
+            "handoff",
+            self._checkpoint_key(op.transition, op.partition, op.source),
+            msgpack.packb([msg.last, msg.done, count]),
         )
-        for m in joining:
-            if m.name in owning:
-                new_state = new_state.with_member(
-                    Member(m.name, m.host, m.peer_port, m.http_port, m.weight, "valid", m.version + 1)
-                )
-        self._set_cluster(new_state)
+        self.stats.handoff_batches += 1
+        self.stats.handoff_keys += len(msg.items)
+        if msg.done:
+            self._start_transfers(now_ms)
+        elif self.settings.handoff_pause_ms == 0:
+            self._pull(op.transition, op.partition, op.source, msg.last, now_ms)
+        else:
+            self._next_transfer_ms = min(self._next_transfer_ms, now_ms + self.settings.handoff_pause_ms)
+
+    def _transfer_done(self, transition: bytes, partition: int) -> None:
+        state = self.cluster
+        ring = state.ring
+        if placement.transition_id(ring) != transition or (partition, self.name) in ring.done:
+            return
+        self.stats.transfers_completed += 1
+        self._set_cluster(replace(state, ring=replace(ring, done=ring.done | {(partition, self.name)})))
+        prefix = transition + b"|" + partition.to_bytes(4, "big")
+        for raw_key, _ in self._scan("handoff", prefix, keys.prefix_end(prefix), 64):
+            self._put("handoff", raw_key, None)
+        claimant = state.claimant()
+        if claimant is not None and claimant != self.name:
+            self._send(claimant, GossipState(membership.encode(self.cluster), False))
+
+    def transfer_progress(self) -> list[dict[str, Any]]:
+        """Transfers of the current transition that this node receives, with keys received so far."""
+        state = self.cluster
+        if state.ring.next_owners is None:
+            return []
+        transition = placement.transition_id(state.ring)
+        out = []
+        for transfer in placement.transfers(state, self.n_vals(), receiver=self.name):
+            received = sum(self._checkpoint(transition, transfer.partition, s)[2] for s in transfer.sources)
+            out.append(
+                {
+                    "partition": transfer.partition,
+                    "sources": list(transfer.sources),
+                    "keys_received": received,
+                    "active": any((transfer.partition, s) in self._pulling for s in transfer.sources),
+                }
+            )
+        return out
+
+    # --- Strays: data held here that this node no longer replicates -----------------------------------
+
+    def _sweep_strays(self, now_ms: int) -> None:
+        """Hand keys this node no longer replicates to their replicas, then drop them.
+
+        This finishes every ownership change (the old owner's copy goes once the partition has
+        switched), and catches anything that lands on a node after it stopped owning a partition
+        (late hints, writes from a coordinator with an older ring). Deletion happens only after every
+        replica has acknowledged, and only if the local copy did not change meanwhile.
+        """
+        if self._stray_inflight:
+            return
+        size = self.ring.size
+        n_vals = self.n_vals()
+        healthy = self.healthy(now_ms)
+        for step in range(size):
+            partition = (self._sweep_cursor + step) % size
+            # A replica for the smallest n_val is a replica for every larger one (walks are prefixes).
+            where = placement.placement(self.cluster.ring, partition, n_vals[0])
+            if self.name in where.plist.primary_nodes or self.name in where.receivers:
+                continue
+            prefix = keys.partition_prefix(partition)
+            rows = self._scan("data", prefix, keys.prefix_end(prefix), self.settings.hint_batch_max)
+            by_targets: dict[tuple[str, ...], list[tuple[bytes, bytes]]] = {}
+            for skey, raw in rows:
+                bucket = keys.decode(skey).bucket
+                n_val = int(self.bucket_props(bucket)["n_val"])
+                here = placement.placement(self.cluster.ring, partition, n_val)
+                if self.name in here.plist.primary_nodes or self.name in here.receivers:
+                    continue
+                replicas = tuple(n for n in here.plist.primary_nodes if n != self.name)
+                by_targets.setdefault(replicas, []).append((skey, raw))
+            for replicas, batch in by_targets.items():
+                if not replicas or not all(r in healthy for r in replicas):
+                    continue
+                items = []
+                lww = []
+                for skey, raw in batch:
+                    parsed = keys.decode(skey)
+                    items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                    lww.append(bool(self.bucket_props(parsed.bucket)["last_write_wins"]))
+                op = _StrayOp(set(replicas), batch, now_ms + self.settings.request_timeout_ms)
+                op_id = self._register(op)
+                for node in replicas:
+                    self._send(node, HintDelivery(op_id, tuple(items), tuple(lww)))
+                self._stray_inflight = True
+                self._sweep_cursor = partition
+                return
+        self._sweep_cursor = 0
 
     def _start_join(self, origin: _Origin, req: ClientJoin, now_ms: int) -> None:
         if self.has_data() or len(self.cluster.names(ACTIVE)) > 1:
@@ -1203,6 +1551,9 @@ class NodeCore:
 
     def _on_hint_delivery_reply(self, src: str, msg: HintDeliveryReply, now_ms: int) -> None:
         op = self._ops.get(msg.req)
+        if isinstance(op, _StrayOp):
+            self._on_stray_ack(msg.req, op, src, msg.ok, now_ms)
+            return
         if not isinstance(op, _HintOp) or op.owner != src:
             return
         self._finish(msg.req)
@@ -1218,6 +1569,26 @@ class NodeCore:
         # More may be waiting for this owner.
         self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms)
 
+    def _on_stray_ack(self, op_id: int, op: _StrayOp, src: str, ok: bool, now_ms: int) -> None:
+        if src not in op.waiting:
+            return
+        if not ok:
+            self._finish(op_id)
+            self._stray_inflight = False
+            return
+        op.waiting.discard(src)
+        if op.waiting:
+            return
+        self._finish(op_id)
+        self._stray_inflight = False
+        for skey, raw in op.sent:
+            if self._get("data", skey) == raw:
+                self._put("data", skey, None)
+                self._put("reap", skey, None)
+                self.stats.strays_handed_off += 1
+        # Keep going while there is more to hand off.
+        self._next_stray_ms = min(self._next_stray_ms, now_ms)
+
     # --- Tombstone reaping ---------------------------------------------------------------------------
 
     def _reap_tombstones(self, now_ms: int) -> None:
@@ -1228,7 +1599,7 @@ class NodeCore:
                 continue
             parsed = keys.decode(skey)
             n_val = int(self.bucket_props(parsed.bucket)["n_val"])
-            primaries = self.ring.replicas(parsed.partition, n_val)
+            primaries = placement.placement(self.cluster.ring, parsed.partition, n_val).plist.primary_nodes
             if self.name not in primaries:
                 # No longer a replica of this key: its reaping is someone else's business.
                 self._put("reap", skey, None)
@@ -1297,6 +1668,12 @@ class NodeCore:
             "hints_pending": self._hint_count,
             "tombstones_reaped_total": s.tombstones_reaped,
             "gossip_rounds_total": s.gossip_rounds,
+            "handoff_batches_total": s.handoff_batches,
+            "handoff_keys_total": s.handoff_keys,
+            "handoff_resumed_total": s.handoff_resumed,
+            "transfers_completed_total": s.transfers_completed,
+            "strays_handed_off_total": s.strays_handed_off,
+            "ring_transition": self.cluster.ring.next_owners is not None,
             "siblings_histogram": {str(k): v for k, v in sorted(s.siblings_histogram.items())},
             "requests_in_flight": len(self._ops),
         }
@@ -1355,4 +1732,6 @@ _HANDLERS: dict[type[Any], Any] = {
     GossipState: NodeCore._on_gossip_state,
     JoinRequest: NodeCore._on_join_request,
     JoinReply: NodeCore._on_join_reply,
+    HandoffPull: NodeCore._on_handoff_pull,
+    HandoffBatch: NodeCore._on_handoff_batch,
 }

@@ -49,7 +49,7 @@ def _resolve_one(name: str, spec: int | str, n_val: int) -> int:
 
 @dataclass
 class GetTally:
-    """Replies to a read. A notfound counts towards R (Riak's notfound_ok)."""
+    """Replies to a read: R replies, at least one of which found the key, or every reply if none did."""
 
     targets: tuple[Target, ...]
     r: int
@@ -74,7 +74,12 @@ class GetTally:
     def decision(self) -> str:
         primaries = sum(1 for node in self.results if self._primary(node))
         if len(self.results) >= self.r and primaries >= self.pr:
-            return OK
+            # R replies that all say "not found" are not enough while a replica that may hold the
+            # key is still to answer (one that missed a write, or a new owner mid-transfer, must not
+            # hide the value): answer not-found only once every target has spoken.
+            if any(obj is not None for obj in self.results.values()) or self.complete:
+                return OK
+            return WAIT
         outstanding = len(self.targets) - len(self.results) - len(self.errors)
         outstanding_primaries = sum(
             1 for t in self.targets if t.primary and t.node not in self.results and t.node not in self.errors

@@ -170,6 +170,14 @@ class Transport:
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (bounded) until every queued frame has been written, e.g. a last gossip before exit."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(link.queue for link in self.links.values() if link.task and not link.task.done()):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.02)
+
     async def close(self) -> None:
         for link in self.links.values():
             link.close()

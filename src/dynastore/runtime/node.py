@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
-from dynastore.core.node import ClientJoin, NodeCore, Reply, Send
+from dynastore.core.node import AdminRequest, ClientJoin, NodeCore, Reply, Send
 from dynastore.net.rpc import Transport
 from dynastore.settings import Settings
 from dynastore.storage import open_engine
@@ -149,11 +149,12 @@ class NodeRuntime:
             self._join_task.cancel()
         if self._timer is not None:
             self._timer.cancel()
-        if self.transport is not None:
-            await self.transport.close()
         if self.core is not None:
             with contextlib.suppress(Exception):
                 self._flush_now()
+        if self.transport is not None:
+            await self.transport.drain(1.0)
+            await self.transport.close()
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_result(Failure("unavailable", "node is shutting down"))
@@ -175,7 +176,7 @@ class NodeRuntime:
 
     # --- Inputs ------------------------------------------------------------------------------------------
 
-    async def request(self, request: ClientRequest | ClientJoin) -> ClientResponse:
+    async def request(self, request: ClientRequest | AdminRequest) -> ClientResponse:
         core = self.core
         assert core is not None
         if len(self._futures) >= self.settings.requests_inflight_max:
@@ -245,6 +246,9 @@ class NodeRuntime:
                 if effect.dst == self.config.name and effect.address is None:
                     continue
                 transport.send(effect.dst, effect.msg, effect.address)
+        if core.exit_requested and not self.stopping.is_set():
+            log.info("%s has handed off everything it held and left the cluster; stopping", self.config.name)
+            self.stopping.set()
         self._arm_timer()
 
     def _arm_timer(self) -> None:
