@@ -1,9 +1,10 @@
 """Length-prefixed frames and the connection handshake, with no I/O.
 
 A frame is a 4-byte big-endian length followed by that many bytes of msgpack. The first frame each
-side sends is a handshake: `["dynastore", protocol version, cluster name, node name, proof]`, where
-the proof is a MAC of the other fields keyed by the cluster secret. A peer of another cluster, another
-protocol version or without the secret is refused before any message is read.
+side sends is a handshake: `["dynastore", protocol version, cluster name, node name, host, peer port,
+proof]`, where the proof is a MAC of the other fields keyed by the cluster secret. The address lets a
+node answer a peer it has not heard of through gossip yet (a node that has just joined). A peer of
+another cluster, another protocol version or without the secret is refused before any message is read.
 """
 
 from __future__ import annotations
@@ -67,16 +68,19 @@ class FrameDecoder:
 class Hello:
     cluster: str
     node: str
+    host: str
+    port: int
     version: int = messages.PROTOCOL_VERSION
 
 
-def _proof(secret: bytes, cluster: str, node: str, version: int) -> bytes:
-    return hmac.new(secret, f"{MAGIC}|{version}|{cluster}|{node}".encode(), hashlib.sha256).digest()[:16]
+def _proof(secret: bytes, hello: Hello) -> bytes:
+    text = f"{MAGIC}|{hello.version}|{hello.cluster}|{hello.node}|{hello.host}|{hello.port}"
+    return hmac.new(secret, text.encode(), hashlib.sha256).digest()[:16]
 
 
 def encode_hello(hello: Hello, secret: bytes) -> bytes:
-    proof = _proof(secret, hello.cluster, hello.node, hello.version)
-    return encode_frame(msgpack.packb([MAGIC, hello.version, hello.cluster, hello.node, proof], use_bin_type=True))
+    fields = [MAGIC, hello.version, hello.cluster, hello.node, hello.host, hello.port, _proof(secret, hello)]
+    return encode_frame(msgpack.packb(fields, use_bin_type=True))
 
 
 def decode_hello(payload: bytes, secret: bytes, cluster: str) -> Hello:
@@ -85,15 +89,20 @@ def decode_hello(payload: bytes, secret: bytes, cluster: str) -> Hello:
         data: Any = msgpack.unpackb(payload, raw=False)
     except Exception:
         raise FrameError("handshake is not msgpack") from None
-    if not (isinstance(data, list) and len(data) == 5 and data[0] == MAGIC):
+    if not (isinstance(data, list) and len(data) == 7 and data[0] == MAGIC):
         raise FrameError("not a dynastore handshake")
-    _, version, their_cluster, node, proof = data
+    _, version, their_cluster, node, host, port, proof = data
     if version != messages.PROTOCOL_VERSION:
         raise FrameError(f"protocol version {version!r} is not {messages.PROTOCOL_VERSION}")
     if not isinstance(their_cluster, str) or their_cluster != cluster:
         raise FrameError(f"peer belongs to cluster {their_cluster!r}, not {cluster!r}")
     if not isinstance(node, str) or not node or len(node) > 255:
         raise FrameError("handshake has no valid node name")
-    if not isinstance(proof, bytes) or not hmac.compare_digest(proof, _proof(secret, cluster, node, version)):
+    if not isinstance(host, str) or not host or len(host) > 255:
+        raise FrameError("handshake has no valid host")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise FrameError("handshake has no valid port")
+    hello = Hello(their_cluster, node, host, port, version)
+    if not isinstance(proof, bytes) or not hmac.compare_digest(proof, _proof(secret, hello)):
         raise FrameError("handshake proof does not match the cluster secret")
-    return Hello(their_cluster, node, version)
+    return hello

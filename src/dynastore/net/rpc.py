@@ -73,7 +73,7 @@ class PeerLink:
                 self.writer = None
 
     async def _connect(self) -> None:
-        address = self.address or self.transport.address_of(self.peer)
+        address = self.address or self.transport.address_of(self.peer) or self.transport.learned.get(self.peer)
         if address is None:
             raise ConnectionError(f"no address known for {self.peer}")
         reader, writer = await asyncio.wait_for(
@@ -81,7 +81,7 @@ class PeerLink:
             self.transport.connect_timeout_s,
         )
         self.writer = writer
-        writer.write(encode_hello(Hello(self.transport.cluster, self.transport.name), self.transport.secret))
+        writer.write(encode_hello(self.transport.hello, self.transport.secret))
         # The accepting side answers with its own handshake before anything else.
         header = await asyncio.wait_for(reader.readexactly(HEADER_BYTES), self.transport.connect_timeout_s)
         length = int.from_bytes(header, "big")
@@ -166,6 +166,10 @@ class Transport:
         self.inbound: set[asyncio.StreamWriter] = set()
         self.dropped_frames = 0
         self.peer_errors = 0
+        self.hello = Hello(cluster, name, host, port)
+        # Addresses peers announced in their handshakes: enough to answer a node that has just joined
+        # and is not in our cluster state yet.
+        self.learned: dict[str, tuple[str, int]] = {}
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
@@ -219,11 +223,13 @@ class Transport:
                 hello_frames = decoder.feed(chunk)
             hello = decode_hello(hello_frames[0], self.secret, self.cluster)
             peer = hello.node
+            if len(self.learned) < 10_000 or peer in self.learned:
+                self.learned[peer] = (hello.host, hello.port)
             link = self.links.get(peer)
             if link is not None:
                 # The peer just reached us, so it is alive: stop refusing to send to it.
                 link.retry_after = 0.0
-            writer.write(encode_hello(Hello(self.cluster, self.name), self.secret))
+            writer.write(encode_hello(self.hello, self.secret))
             pending = hello_frames[1:]
             while True:
                 for frame in pending:
