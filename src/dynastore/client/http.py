@@ -3,6 +3,10 @@
 get returns every sibling and the opaque context; put takes the context back. When a key has
 siblings, an optional resolver turns them into one value, and `get` then writes the resolution back
 with the merged context so the siblings go away (Dynamo's client-side reconciliation).
+
+Every call may name the node URLs to try (`urls=`), in order; `on_attempt` hears how each try went.
+Those two are the seam the partition-aware client (`ring_aware.py`) drives this one through, so the
+HTTP and multipart handling lives here only.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class Fetched:
 
 
 Resolver = Callable[[tuple[Value, ...]], Value]
+# Told, after each try of one node URL, the connection error, or None when the node answered.
+AttemptObserver = Callable[[str, BaseException | None], None]
 
 
 def _path(bucket: str | bytes, key: str | bytes | None = None) -> str:
@@ -93,13 +99,26 @@ def parse_multipart(body: bytes, content_type: str) -> tuple[Value, ...]:
 
 
 class HttpClient:
-    """Talks to one node (or, on failure, the next of `urls`)."""
+    """Talks to one node (or, on failure, the next of `urls`).
 
-    def __init__(self, urls: str | list[str], *, timeout_s: float = 10.0, resolver: Resolver | None = None) -> None:
+    `timeout_s` bounds each try of one node; `connect_timeout_s`, when given, bounds the connection
+    set-up alone, so that a host that drops packets is given up on quickly.
+    """
+
+    def __init__(
+        self,
+        urls: str | list[str],
+        *,
+        timeout_s: float = 10.0,
+        resolver: Resolver | None = None,
+        connect_timeout_s: float | None = None,
+        on_attempt: AttemptObserver | None = None,
+    ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         assert self.urls, "at least one node URL is needed"
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self.resolver = resolver
+        self.on_attempt = on_attempt
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
@@ -134,9 +153,15 @@ class HttpClient:
                 async with self.session().request(
                     method, base.rstrip("/") + path, params=_query(params or {}), data=data, headers=headers
                 ) as resp:
-                    return resp.status, resp.headers, await resp.read()
+                    answer = resp.status, resp.headers, await resp.read()
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 last = exc
+                if self.on_attempt is not None:
+                    self.on_attempt(base, exc)
+                continue
+            if self.on_attempt is not None:
+                self.on_attempt(base, None)
+            return answer
         raise ClientError(0, f"no node answered: {last}")
 
     async def get(
@@ -232,8 +257,15 @@ class HttpClient:
             raise ClientError(status, body.decode(errors="replace").strip())
         return True
 
-    async def json(self, path: str, *, method: str = "GET", params: Mapping[str, Any] | None = None) -> Any:
-        status, _, body = await self._call(method, path, params=params)
+    async def json(
+        self,
+        path: str,
+        *,
+        method: str = "GET",
+        params: Mapping[str, Any] | None = None,
+        urls: list[str] | None = None,
+    ) -> Any:
+        status, _, body = await self._call(method, path, params=params, urls=urls)
         if status != 200:
             raise ClientError(status, body.decode(errors="replace").strip())
         import json

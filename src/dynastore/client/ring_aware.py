@@ -1,0 +1,367 @@
+"""A partition-aware client: Dynamo's client-driven coordination, asynchronous, on top of `HttpClient`.
+
+Each request goes straight to a node of its key's preference list. A write sent there is coordinated
+there (a node that does not hold the key would forward it, one extra hop), and a read saves the
+coordinator's own replica a network hop.
+
+Theory of operation
+-------------------
+- The client holds a `RingView`, fetched with `GET /ring` from its seeds or from any member it has
+  learned of, and the n_val of every bucket it has used (`GET /buckets/B/props`). Placement is the
+  pure `routing.route`, built on the very functions the nodes use; nothing is hashed here.
+- A request tries the key's primaries in preference-list order, then its fallbacks. A node that
+  refused a connection or timed out is remembered for `failed_node_ttl_s` and tried last meanwhile;
+  a node that answers is forgotten at once.
+- Routing by a stale ring is safe, only slower: every node accepts every request and forwards a
+  write to a node that holds the key. So staleness is repaired in the background, never waited for:
+  a ring older than `ring_max_age_s` is refetched while the request proceeds with the ring held, and
+  so is the ring after a connection failure or a 503 (members may have changed). Such background
+  fetches start at most once per `ring_refresh_gap_s`, so a dead node cannot cause a refresh storm.
+  Only two cases wait for a fetch: the first request (there is no ring yet) and a request that no
+  node of the ring answered (the ring may name nodes that are all gone); the latter is retried once,
+  and only if the fresh ring places the key differently.
+- Every public call completes or raises `ClientError` within `timeout_s`, whatever the nodes do.
+  Each try of one node is bounded by `attempt_timeout_s` (just above the nodes' own 5 s request
+  timeout, so a slow quorum is not mistaken for a dead node) and its connection set-up by
+  `connect_timeout_s`.
+
+The HTTP, context and multipart handling, and sibling resolution, are `HttpClient`'s; this class
+only chooses the `urls=` of each call and listens to how each try went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+from urllib.parse import quote
+
+from dynastore.client.http import ClientError, Fetched, HttpClient, Resolver
+from dynastore.client.routing import Expiring, RingView, RingViewError, Route, route
+
+T = TypeVar("T")
+
+# Answers after which the ring is worth a fresh look: a node could not gather a quorum, which is
+# what a node sees when members have left or moved.
+_STATUSES_SUGGESTING_RING_MOVED = frozenset({503})
+
+
+class RingAwareClient:
+    """get / put / delete like `HttpClient`, each sent to the first reachable node of the key's preference list."""
+
+    def __init__(
+        self,
+        seeds: str | list[str],
+        *,
+        timeout_s: float = 10.0,
+        attempt_timeout_s: float = 6.0,
+        connect_timeout_s: float = 1.0,
+        resolver: Resolver | None = None,
+        ring_max_age_s: float = 5.0,
+        ring_refresh_gap_s: float = 0.5,
+        failed_node_ttl_s: float = 5.0,
+        bucket_props_max_age_s: float = 30.0,
+        buckets_cached_max: int = 1024,
+        nodes_remembered_max: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seeds = [_normal(url) for url in ([seeds] if isinstance(seeds, str) else seeds)]
+        if not self.seeds:
+            raise ValueError("at least one seed URL is needed")
+        if not (timeout_s > 0 and 0 < connect_timeout_s <= attempt_timeout_s):
+            raise ValueError("timeouts must be positive, and connect_timeout_s at most attempt_timeout_s")
+        if not 0 < ring_refresh_gap_s <= ring_max_age_s:
+            raise ValueError("ring_refresh_gap_s must be positive and at most ring_max_age_s")
+        self.timeout_s = timeout_s
+        self.ring_max_age_s = ring_max_age_s
+        self.ring_refresh_gap_s = ring_refresh_gap_s
+        self._clock = clock
+        self._http = HttpClient(
+            self.seeds,
+            timeout_s=min(attempt_timeout_s, timeout_s),
+            resolver=resolver,
+            connect_timeout_s=connect_timeout_s,
+            on_attempt=self._on_attempt,
+        )
+        self._view: RingView | None = None
+        self._view_fetched_s = -math.inf
+        self._refresh_started_s = -math.inf
+        self._refresh: asyncio.Task[RingView] | None = None
+        self._failed_urls: Expiring[str, bool] = Expiring(failed_node_ttl_s, nodes_remembered_max)
+        self._n_vals: Expiring[bytes, int] = Expiring(bucket_props_max_age_s, buckets_cached_max)
+        self.last_refresh_error: str | None = None
+
+    async def __aenter__(self) -> RingAwareClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        task, self._refresh = self._refresh, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClientError):
+                await task
+        await self._http.close()
+
+    # --- What the client knows ------------------------------------------------------------------------------
+
+    @property
+    def resolver(self) -> Resolver | None:
+        return self._http.resolver
+
+    @resolver.setter
+    def resolver(self, resolver: Resolver | None) -> None:
+        self._http.resolver = resolver
+
+    @property
+    def ring_view(self) -> RingView | None:
+        """The ring requests are routed by; None before the first request or `refresh`."""
+        return self._view
+
+    def failing_nodes(self) -> frozenset[str]:
+        """Members that recently failed to answer, tried last until `failed_node_ttl_s` passes."""
+        return frozenset() if self._view is None else self._failing_in(self._view)
+
+    def route_for(self, bucket: str | bytes, key: str | bytes) -> Route:
+        """Where a request for this key would go now (by the bucket's n_val when learned, else the default)."""
+        if self._view is None:
+            raise ClientError(0, "no ring yet: make a request or call refresh() first")
+        bucket_b = _bytes(bucket)
+        n_val = self._n_vals.get(bucket_b, self._clock()) or self._view.n_val
+        return route(self._view.ring, bucket_b, _bytes(key), n_val, self.failing_nodes())
+
+    async def refresh(self) -> RingView:
+        """Fetch the ring now and route by it from here on (bounded by `timeout_s`)."""
+        return await self._bounded("fetching the ring", self._fresh_view(since_s=math.inf))
+
+    # --- Requests ----------------------------------------------------------------------------------------------
+
+    async def get(
+        self,
+        bucket: str | bytes,
+        key: str | bytes,
+        *,
+        r: int | str | None = None,
+        pr: int | str | None = None,
+        timeout_ms: int | None = None,
+    ) -> Fetched:
+        """Every sibling and the context to write with; siblings are resolved when a resolver is set."""
+        return await self._routed(
+            "get", bucket, key, lambda urls: self._http.get(bucket, key, r=r, pr=pr, timeout_ms=timeout_ms, urls=urls)
+        )
+
+    async def put(
+        self,
+        bucket: str | bytes,
+        key: str | bytes,
+        data: bytes,
+        *,
+        context: str | None = None,
+        content_type: str = "application/octet-stream",
+        usermeta: Mapping[str, str] | None = None,
+        w: int | str | None = None,
+        dw: int | str | None = None,
+        pw: int | str | None = None,
+        timeout_ms: int | None = None,
+    ) -> str | None:
+        """Store a value; returns the context of the write (to write again without reading)."""
+        return await self._routed(
+            "put",
+            bucket,
+            key,
+            lambda urls: self._http.put(
+                bucket,
+                key,
+                data,
+                context=context,
+                content_type=content_type,
+                usermeta=usermeta,
+                w=w,
+                dw=dw,
+                pw=pw,
+                timeout_ms=timeout_ms,
+                urls=urls,
+            ),
+        )
+
+    async def delete(
+        self,
+        bucket: str | bytes,
+        key: str | bytes,
+        *,
+        context: str | None = None,
+        w: int | str | None = None,
+        timeout_ms: int | None = None,
+    ) -> bool:
+        """Delete a key; False when it did not exist."""
+        return await self._routed(
+            "delete",
+            bucket,
+            key,
+            lambda urls: self._http.delete(bucket, key, context=context, w=w, timeout_ms=timeout_ms, urls=urls),
+        )
+
+    async def _routed(
+        self, what: str, bucket: str | bytes, key: str | bytes, send: Callable[[list[str]], Awaitable[T]]
+    ) -> T:
+        return await self._bounded(f"{what} {bucket!r}/{key!r}", self._send_routed(_bytes(bucket), _bytes(key), send))
+
+    async def _bounded(self, what: str, work: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await work
+        except TimeoutError:
+            raise ClientError(0, f"{what}: no answer within {self.timeout_s:g} s") from None
+
+    async def _send_routed(self, bucket: bytes, key: bytes, send: Callable[[list[str]], Awaitable[T]]) -> T:
+        started_s = self._clock()
+        view = await self._view_for_request()
+        urls = await self._urls_for(view, bucket, key)
+        try:
+            return await send(urls)
+        except ClientError as exc:
+            if exc.status in _STATUSES_SUGGESTING_RING_MOVED:
+                self._start_refresh()
+            if exc.status != 0:
+                raise
+            unanswered = exc
+        # No node of the ring answered: the ring itself may name nodes that are gone. One fresh look,
+        # and one more try only when it places the key elsewhere (otherwise the answer stands).
+        try:
+            fresh = await self._fresh_view(since_s=started_s)
+        except ClientError:
+            raise unanswered from None
+        if fresh.same_placement(view):
+            raise unanswered
+        return await send(await self._urls_for(fresh, bucket, key))
+
+    async def _urls_for(self, view: RingView, bucket: bytes, key: bytes) -> list[str]:
+        n_val = self._n_vals.get(bucket, self._clock())
+        if n_val is None:
+            # The order of the walk does not depend on n_val, only where the primaries end does; so
+            # the props can be asked of the very nodes the request is about to go to.
+            n_val = await self._learn_n_val(bucket, self._ordered_urls(view, bucket, key, view.n_val))
+        # Ordered after learning, so that a node found dead while learning is already tried last.
+        return self._ordered_urls(view, bucket, key, n_val or view.n_val)
+
+    def _failing_in(self, view: RingView) -> frozenset[str]:
+        failing_urls = self._failed_urls.keys(self._clock())
+        return frozenset(name for name, url in view.urls.items() if url in failing_urls)
+
+    def _ordered_urls(self, view: RingView, bucket: bytes, key: bytes, n_val: int) -> list[str]:
+        plan = route(view.ring, bucket, key, n_val, self._failing_in(view))
+        urls = [view.urls[node] for node in plan.order if node in view.urls]
+        if not urls:
+            raise ClientError(0, "the ring names no member with an HTTP address")
+        return urls
+
+    async def _learn_n_val(self, bucket: bytes, urls: list[str]) -> int | None:
+        """The bucket's n_val, asked of the cluster and cached; None (use the default) when no node says."""
+        try:
+            body = await self._http.json("/buckets/" + quote(bucket, safe="") + "/props", urls=urls)
+            n_val = body["props"]["n_val"]
+        except (ClientError, ValueError, KeyError, TypeError):
+            return None
+        if isinstance(n_val, bool) or not isinstance(n_val, int) or n_val < 1:
+            return None
+        self._n_vals.set(bucket, n_val, self._clock())
+        return n_val
+
+    # --- The ring ----------------------------------------------------------------------------------------------
+
+    async def _view_for_request(self) -> RingView:
+        view = self._view
+        if view is None:
+            return await self._fresh_view(since_s=math.inf)
+        if self._clock() - self._view_fetched_s >= self.ring_max_age_s:
+            self._start_refresh()
+        return view
+
+    async def _fresh_view(self, since_s: float) -> RingView:
+        """A ring fetched at or after `since_s`: the one held if it is, else the outcome of a fetch."""
+        if self._view is not None and self._view_fetched_s >= since_s:
+            return self._view
+        task = self._start_refresh(even_within_gap=True)
+        assert task is not None
+        # Shielded: a caller that gives up does not cancel a fetch other callers are waiting on.
+        return await asyncio.shield(task)
+
+    def _start_refresh(self, *, even_within_gap: bool = False) -> asyncio.Task[RingView] | None:
+        """The running fetch of the ring, or a new one; None when one started within the gap."""
+        if self._refresh is not None and not self._refresh.done():
+            return self._refresh
+        now_s = self._clock()
+        if not even_within_gap and now_s - self._refresh_started_s < self.ring_refresh_gap_s:
+            return None
+        self._refresh_started_s = now_s
+        self._refresh = asyncio.get_running_loop().create_task(self._fetch_ring())
+        self._refresh.add_done_callback(_retrieve_outcome)
+        return self._refresh
+
+    async def _fetch_ring(self) -> RingView:
+        """Ask the seeds, then every known member (failing ones last), for the ring; keep the first
+        answer of our cluster that is at least as new as the ring held."""
+        reasons: list[str] = []
+        held_is_newest = False
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                for url in self._ring_sources():
+                    try:
+                        view = RingView.from_json(await self._http.json("/ring", urls=[url]), url)
+                    except (ClientError, RingViewError, ValueError) as exc:
+                        reasons.append(f"{url}: {exc}")
+                        continue
+                    held = self._view
+                    if held is not None and view.cluster != held.cluster:
+                        reasons.append(f"{url}: belongs to cluster {view.cluster!r}, not {held.cluster!r}")
+                        continue
+                    if held is not None and view.version < held.version:
+                        # A node that has not yet heard of the newest ring; another may have.
+                        reasons.append(f"{url}: ring version {view.version} is older than {held.version}")
+                        held_is_newest = True
+                        continue
+                    self._view, self._view_fetched_s = view, self._clock()
+                    self.last_refresh_error = None
+                    return view
+        except TimeoutError:
+            reasons.append(f"gave up after {self.timeout_s:g} s")
+        if held_is_newest and self._view is not None:
+            # Nodes answered, none with a newer ring than ours: ours is the newest there is, for now.
+            self._view_fetched_s = self._clock()
+            return self._view
+        self.last_refresh_error = "; ".join(reasons) or "no node to ask"
+        raise ClientError(0, f"could not fetch the ring: {self.last_refresh_error}")
+
+    def _ring_sources(self) -> list[str]:
+        members = list(self._view.urls.values()) if self._view is not None else []
+        candidates = list(dict.fromkeys(self.seeds + members))
+        failing = self._failed_urls.keys(self._clock())
+        return [url for url in candidates if url not in failing] + [url for url in candidates if url in failing]
+
+    def _on_attempt(self, url: str, error: BaseException | None) -> None:
+        url = _normal(url)
+        if error is None:
+            self._failed_urls.discard(url)
+            return
+        self._failed_urls.set(url, True, self._clock())
+        self._start_refresh()
+
+
+def _retrieve_outcome(task: asyncio.Task[RingView]) -> None:
+    # A background fetch nobody awaited must not log "exception was never retrieved"; its failure is
+    # already recorded in last_refresh_error and the next request will try again.
+    if not task.cancelled():
+        task.exception()
+
+
+def _bytes(name: str | bytes) -> bytes:
+    return name if isinstance(name, bytes) else name.encode()
+
+
+def _normal(url: str) -> str:
+    return url.rstrip("/")
