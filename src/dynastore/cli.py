@@ -433,5 +433,14 @@ def partitioning(nodes: int, n_val: int, extra: tuple[str, ...]) -> None:
     sys.exit(run_partitioning(["--nodes", str(nodes), "--n", str(n_val), *extra]))
 
 
+@bench.command("detection", context_settings={"ignore_unknown_options": True})
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def detection(extra: tuple[str, ...]) -> None:
+    """Time failure detection after SIGKILL and SIGSTOP of one node (see --help of the module)."""
+    from dynastore.bench.detection import main as run_detection
+
+    sys.exit(run_detection(list(extra)))
+
+
 if __name__ == "__main__":
     main()

@@ -10,16 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dynastore.localcluster import LocalCluster
+from cluster_settings import FAST
 
-FAST = (
-    "gossip_interval_ms=200",
-    "heartbeat_interval_ms=200",
-    "hint_scan_interval_ms=200",
-    "phi_acceptable_pause_ms=600",
-    "phi_min_std_dev_ms=100",
-    "unreachable_retry_ms=300",
-)
+from dynastore.localcluster import LocalCluster
 
 
 @pytest.fixture

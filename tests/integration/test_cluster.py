@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import FAST
+from cluster_settings import FAST
 from http_util import call, get, obj, put
 
 from dynastore.localcluster import LocalCluster, http_json

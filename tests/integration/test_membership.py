@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import FAST
+from cluster_settings import FAST
 from http_util import get, put
 
 from dynastore.localcluster import LocalCluster, NodeProc, http_json
