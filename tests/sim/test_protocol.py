@@ -341,10 +341,14 @@ def test_writes_beyond_the_sibling_limit_are_refused() -> None:
 
 
 def test_joining_twice_is_harmless_and_a_node_with_data_cannot_join() -> None:
-    """A node already in the cluster gets a clear refusal; an empty node joins; a node with data cannot."""
+    """Joining the cluster a node is already in succeeds and changes nothing; joining another cluster
+    is refused; a node with data cannot join."""
     c = SimCluster(2)
-    again = c.request("n1", ClientJoin("n0", 1))
-    assert isinstance(again, Failure) and "already" in again.reason
+    before = c.core("n1").cluster
+    assert isinstance(c.request("n1", ClientJoin("n0", 1)), Ok)
+    assert c.core("n1").cluster == before
+    elsewhere = c.request("n1", ClientJoin("n9", 1))
+    assert isinstance(elsewhere, Failure) and "another cluster" in elsewhere.reason
     loner = c.add_node("n9")
     assert loner.core is not None
     stored = c.request("n9", ClientPut(b"b", b"k", None, Content(b"v"), w=1, dw=1))

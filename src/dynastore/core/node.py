@@ -1458,11 +1458,15 @@ class NodeCore:
         self._sweep_cursor = 0
 
     def _start_join(self, origin: _Origin, req: ClientJoin, now_ms: int) -> None:
-        if self.has_data() or len(self.cluster.names(ACTIVE)) > 1:
-            if len(self.cluster.names(ACTIVE)) > 1:
-                self._answer(origin, Failure("bad_request", "this node is already part of a cluster"))
+        if len(self.cluster.names(ACTIVE)) > 1:
+            # Joining the cluster this node already belongs to succeeds and changes nothing.
+            if any(m.address == (req.seed_host, req.seed_port) for m in self.cluster.members):
+                self._answer(origin, Ok())
             else:
-                self._answer(origin, Failure("bad_request", "this node holds data; only an empty node can join"))
+                self._answer(origin, Failure("bad_request", "this node already belongs to another cluster"))
+            return
+        if self.has_data():
+            self._answer(origin, Failure("bad_request", "this node holds data; only an empty node can join"))
             return
         me = self.cluster.member(self.name)
         assert me is not None
