@@ -196,6 +196,16 @@ def status(url: str, as_json: bool, watch: bool | None) -> None:
             f"  {m['name']:<12} {m['status']:<8} {state:<5} phi {m['phi']:<6} "
             f"partitions {m['partitions']:<4} {m['host']}:{m['peer_port']} http {m['http_port']}"
         )
+    aae = data.get("anti_entropy")
+    if aae:
+        ages = list(aae["last_exchange_age_s"].values())
+        oldest = f", oldest exchange {max(ages):.0f} s ago" if ages else ""
+        click.echo(
+            f"anti-entropy: {aae['exchanges']} exchanges, {aae['keys_repaired']} keys repaired, "
+            f"{aae['trees_ready']}/{aae['trees']} trees ready, {aae['tree_builds']} builds{oldest}; "
+            f"background {aae['background_rate_per_s']}/s ({aae['background_deferred']} deferred, "
+            f"foreground p99 {aae['foreground_p99_ms']:.1f} ms)"
+        )
     transition = data.get("transition")
     if transition is None:
         click.echo("no transfers in progress")

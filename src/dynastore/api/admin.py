@@ -70,6 +70,19 @@ def status(api: Api) -> dict[str, Any]:
         "hints_pending": core.hints_pending,
         "transition": transition,
         "receiving": core.transfer_progress(),
+        "anti_entropy": {
+            "exchanges": core.aae.stats.exchanges,
+            "keys_repaired": core.aae.stats.keys_repaired,
+            "tree_builds": core.aae.stats.tree_builds,
+            "trees_ready": sum(1 for t in core.aae.trees.values() if t.ready),
+            "trees": len(core.aae.trees),
+            "last_exchange_age_s": {
+                str(p): round((now - t) / 1000, 1) for p, t in sorted(core.aae.stats.last_exchange_ms.items())
+            },
+            "background_rate_per_s": round(core.controller.rate_per_s, 1),
+            "background_deferred": core.controller.deferred,
+            "foreground_p99_ms": core.controller.p99(now),
+        },
     }
 
 

@@ -40,6 +40,8 @@ from typing import Any
 import msgpack
 
 from dynastore.core import hints, keys, membership, objects, placement
+from dynastore.core.antientropy import AntiEntropy, ExchangeOp
+from dynastore.core.controller import BackgroundController
 from dynastore.core.failure import FailureDetector
 from dynastore.core.membership import ACTIVE, OWNING, ClusterState, Member, RingState
 from dynastore.core.messages import (
@@ -65,6 +67,8 @@ from dynastore.core.messages import (
     ListKeysReply,
     Message,
     NotFound,
+    ObjectsReply,
+    ObjectsRequest,
     Ok,
     Ping,
     Pong,
@@ -73,7 +77,11 @@ from dynastore.core.messages import (
     ReplicaGetReply,
     ReplicaPut,
     ReplicaPutReply,
+    SegmentReply,
+    SegmentRequest,
     Siblings,
+    TreeReply,
+    TreeRequest,
 )
 from dynastore.core.objects import Content, Object, ObjectError
 from dynastore.core.placement import Placement
@@ -235,7 +243,7 @@ class _StrayOp:
     deadline_ms: int
 
 
-_AnyOp = _GetOp | _PutOp | _ForwardOp | _ListOp | _HintOp | _JoinOp | _PullOp | _StrayOp
+_AnyOp = _GetOp | _PutOp | _ForwardOp | _ListOp | _HintOp | _JoinOp | _PullOp | _StrayOp | ExchangeOp
 
 
 @dataclass
@@ -339,6 +347,9 @@ class NodeCore:
         self._next_reap_ms = now_ms + settings.reap_interval_ms
         self._next_transfer_ms = now_ms
         self._next_stray_ms = now_ms + settings.stray_scan_interval_ms
+        self.now_hint_ms = now_ms
+        self.controller = BackgroundController(settings.background_latency_target_ms, settings.background_window_ms)
+        self.aae = AntiEntropy(self, now_ms)
 
     # --- Public surface ------------------------------------------------------------------------------
 
@@ -359,6 +370,7 @@ class NodeCore:
             self._next_reap_ms,
             self._next_transfer_ms,
             self._next_stray_ms,
+            self.aae.next_deadline_ms(),
         )
         while self._deadlines and self._deadlines[0][1] not in self._ops:
             heapq.heappop(self._deadlines)
@@ -367,6 +379,7 @@ class NodeCore:
         return deadline
 
     def on_request(self, request_id: int, request: ClientRequest | AdminRequest, now_ms: int) -> None:
+        self.now_hint_ms = now_ms
         origin = _ToClient(request_id)
         try:
             if isinstance(request, ClientGet):
@@ -387,6 +400,7 @@ class NodeCore:
             self._answer(origin, Failure("bad_request", str(exc)))
 
     def on_message(self, src: str, msg: Message, now_ms: int) -> None:
+        self.now_hint_ms = now_ms
         if self.detector.heard_from(src, now_ms):
             self._peer_up(src, now_ms)
         handler = _HANDLERS.get(type(msg))
@@ -398,6 +412,7 @@ class NodeCore:
 
         A seed known only by address is named by `seed_label(host, port)`.
         """
+        self.now_hint_ms = now_ms
         if peer == self.name:
             return
         if not peer.startswith("@"):
@@ -441,8 +456,11 @@ class NodeCore:
             elif isinstance(op, _StrayOp) and peer in op.waiting:
                 self._finish(op_id)
                 self._stray_inflight = False
+            elif isinstance(op, ExchangeOp) and op.peer == peer:
+                self.aae.abandon(op_id)
 
     def on_tick(self, now_ms: int) -> None:
+        self.now_hint_ms = now_ms
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, op_id = heapq.heappop(self._deadlines)
             op = self._ops.get(op_id)
@@ -469,6 +487,15 @@ class NodeCore:
             self._next_stray_ms = now_ms + self.settings.stray_scan_interval_ms
             self._sweep_strays(now_ms)
             self._maybe_exit(now_ms)
+        self.aae.on_tick(now_ms)
+
+    def observe_latency(self, latency_ms: float, now_ms: int) -> None:
+        """A foreground request took this long (measured by the shell): input of the background controller."""
+        self.controller.observe(now_ms, latency_ms)
+
+    def prepare_shutdown(self) -> None:
+        """Record a clean stop, so that the next start trusts its anti-entropy index without verifying it."""
+        self.aae.mark_clean_shutdown()
 
     # --- Queries for the shell -------------------------------------------------------------------------
 
@@ -554,8 +581,17 @@ class NodeCore:
         except ObjectError as exc:
             raise AssertionError(f"corrupt object in {area} at {key!r}: {exc}") from None
 
+    def _n_val_of(self, skey: bytes) -> int:
+        return int(self.bucket_props(keys.decode(skey).bucket)["n_val"])
+
+    def _delete_data(self, skey: bytes) -> None:
+        self._put("data", skey, None)
+        self._put("reap", skey, None)
+        self.aae.on_write(skey, self._n_val_of(skey), None)
+
     def _store_data(self, skey: bytes, obj: Object, previous: Object | None, now_ms: int) -> None:
         self._put("data", skey, objects.encode(obj))
+        self.aae.on_write(skey, self._n_val_of(skey), obj)
         if objects.is_tombstone(obj):
             if previous is None or not objects.is_tombstone(previous) or self._get("reap", skey) is None:
                 self._put("reap", skey, now_ms.to_bytes(8, "big"))
@@ -649,6 +685,8 @@ class NodeCore:
             self._pulling.discard((op.partition, op.source))
         elif isinstance(op, _StrayOp):
             self._stray_inflight = False
+        elif isinstance(op, ExchangeOp):
+            self.aae.abandon(op_id)
         else:
             self._answer(op.origin, Failure("timeout", "timed out waiting for the seed to answer"))
 
@@ -1316,6 +1354,9 @@ class NodeCore:
             source, after = pending
             if (transfer.partition, source) in self._pulling or source not in healthy:
                 continue
+            if not self.controller.admit(now_ms):
+                self._next_transfer_ms = min(self._next_transfer_ms, now_ms + 100)
+                return
             self._pull(transition, transfer.partition, source, after, now_ms)
 
     def _pull(self, transition: bytes, partition: int, source: str, after: bytes, now_ms: int) -> None:
@@ -1369,10 +1410,10 @@ class NodeCore:
         self.stats.handoff_keys += len(msg.items)
         if msg.done:
             self._start_transfers(now_ms)
-        elif self.settings.handoff_pause_ms == 0:
+        elif self.settings.handoff_pause_ms == 0 and self.controller.admit(now_ms):
             self._pull(op.transition, op.partition, op.source, msg.last, now_ms)
         else:
-            self._next_transfer_ms = min(self._next_transfer_ms, now_ms + self.settings.handoff_pause_ms)
+            self._next_transfer_ms = min(self._next_transfer_ms, now_ms + max(1, self.settings.handoff_pause_ms))
 
     def _transfer_done(self, transition: bytes, partition: int) -> None:
         state = self.cluster
@@ -1442,6 +1483,8 @@ class NodeCore:
             for replicas, batch in by_targets.items():
                 if not replicas or not all(r in healthy for r in replicas):
                     continue
+                if not self.controller.admit(now_ms):
+                    return
                 items = []
                 lww = []
                 for skey, raw in batch:
@@ -1530,6 +1573,9 @@ class NodeCore:
             rows = self._scan("hints", prefix, keys.prefix_end(prefix), self.settings.hint_batch_max)
             if not rows:
                 continue
+            if not self.controller.admit(now_ms):
+                self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms + 100)
+                return
             sent: list[tuple[bytes, bytes]] = []
             items: list[HintItem] = []
             lww: list[bool] = []
@@ -1557,6 +1603,10 @@ class NodeCore:
         op = self._ops.get(msg.req)
         if isinstance(op, _StrayOp):
             self._on_stray_ack(msg.req, op, src, msg.ok, now_ms)
+            return
+        if isinstance(op, ExchangeOp):
+            if op.peer == src and op.stage == "push":
+                self.aae.on_push_ack(msg.req, op, msg.ok)
             return
         if not isinstance(op, _HintOp) or op.owner != src:
             return
@@ -1587,8 +1637,7 @@ class NodeCore:
         self._stray_inflight = False
         for skey, raw in op.sent:
             if self._get("data", skey) == raw:
-                self._put("data", skey, None)
-                self._put("reap", skey, None)
+                self._delete_data(skey)
                 self.stats.strays_handed_off += 1
         # Keep going while there is more to hand off.
         self._next_stray_ms = min(self._next_stray_ms, now_ms)
@@ -1639,8 +1688,7 @@ class NodeCore:
         skey = keys.encode(self.ring.partition_of(bucket, key), bucket, key)
         local = self._load("data", skey)
         if local is not None and objects.is_tombstone(local) and _same_object(local, tombstone):
-            self._put("data", skey, None)
-            self._put("reap", skey, None)
+            self._delete_data(skey)
             self.stats.tombstones_reaped += 1
 
     def _on_reap(self, src: str, msg: Reap, now_ms: int) -> None:
@@ -1678,6 +1726,20 @@ class NodeCore:
             "transfers_completed_total": s.transfers_completed,
             "strays_handed_off_total": s.strays_handed_off,
             "ring_transition": self.cluster.ring.next_owners is not None,
+            "aae_exchanges_total": self.aae.stats.exchanges,
+            "aae_exchanges_with_differences_total": self.aae.stats.exchanges_with_differences,
+            "aae_keys_repaired_total": self.aae.stats.keys_repaired,
+            "aae_tree_builds_total": self.aae.stats.tree_builds,
+            "aae_index_verifications_total": self.aae.stats.index_verifications,
+            "aae_index_fixes_total": self.aae.stats.index_fixes,
+            "aae_bytes_sent_total": self.aae.stats.bytes_sent,
+            "aae_bytes_received_total": self.aae.stats.bytes_received,
+            "aae_trees_ready": sum(1 for t in self.aae.trees.values() if t.ready),
+            "background_rate_per_s": round(self.controller.rate_per_s, 1),
+            "background_admitted_total": self.controller.admitted,
+            "background_deferred_total": self.controller.deferred,
+            "background_slowdowns_total": self.controller.slowdowns,
+            "foreground_p99_ms": self.controller.p99(now_ms),
             "siblings_histogram": {str(k): v for k, v in sorted(s.siblings_histogram.items())},
             "requests_in_flight": len(self._ops),
         }
@@ -1738,4 +1800,10 @@ _HANDLERS: dict[type[Any], Any] = {
     JoinReply: NodeCore._on_join_reply,
     HandoffPull: NodeCore._on_handoff_pull,
     HandoffBatch: NodeCore._on_handoff_batch,
+    TreeRequest: lambda node, src, msg, now: node.aae.on_tree_request(src, msg, now),
+    TreeReply: lambda node, src, msg, now: node.aae.on_tree_reply(src, msg, now),
+    SegmentRequest: lambda node, src, msg, now: node.aae.on_segment_request(src, msg, now),
+    SegmentReply: lambda node, src, msg, now: node.aae.on_segment_reply(src, msg, now),
+    ObjectsRequest: lambda node, src, msg, now: node.aae.on_objects_request(src, msg, now),
+    ObjectsReply: lambda node, src, msg, now: node.aae.on_objects_reply(src, msg, now),
 }

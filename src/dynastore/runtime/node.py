@@ -151,6 +151,7 @@ class NodeRuntime:
             self._timer.cancel()
         if self.core is not None:
             with contextlib.suppress(Exception):
+                self.core.prepare_shutdown()
                 self._flush_now()
         if self.transport is not None:
             await self.transport.drain(1.0)
@@ -194,10 +195,10 @@ class NodeRuntime:
             self._futures.pop(rid, None)
             micros = int((time.perf_counter() - started) * 1_000_000)
             kind = type(request).__name__
-            if kind == "ClientGet":
-                self.latency["get"].record(time.monotonic(), micros)
-            elif kind == "ClientPut":
-                self.latency["put"].record(time.monotonic(), micros)
+            if kind in ("ClientGet", "ClientPut"):
+                self.latency["get" if kind == "ClientGet" else "put"].record(time.monotonic(), micros)
+                # The background controller paces repair and handoff by what clients experience.
+                core.observe_latency(micros / 1000, self.clock.now_ms())
 
     def _on_message(self, src: str, msg: Message) -> None:
         assert self.core is not None

@@ -144,9 +144,12 @@ class SimCluster:
 
     def request(self, node: str, request: ClientRequest | ClientJoin, limit_ms: int = 60_000) -> ClientResponse:
         """Submit a client request and run the cluster until it is answered (bounded)."""
+        started = self.now_ms
         rid = self.submit(node, request)
         self.run_until(lambda: rid in self.replies, limit_ms)
         assert rid in self.replies, f"no reply to request {rid} within {limit_ms} ms"
+        if self.nodes[node].core is not None:
+            self.core(node).observe_latency(self.now_ms - started, self._local_now(node))
         return self.replies.pop(rid)
 
     def run_until(self, done: Callable[[], bool], limit_ms: int) -> bool:

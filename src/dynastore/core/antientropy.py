@@ -1,0 +1,378 @@
+"""Anti-entropy: keeps replicas converged in the background with Merkle-tree exchanges.
+
+Theory of operation
+-------------------
+Every node keeps, for each (partition, n_val), a hash tree of the keys it holds (see merkle.py) and
+an on-disk *segment index* in the `aae` area: `n_val | partition | segment | stored key -> version
+summary`, written in the same batch as the data it describes. So the index can never disagree with the
+data after a crash; the in-memory trees are rebuilt from it at start-up, and, after an unclean
+shutdown and periodically, the index itself is verified against the data (a full rescan, paced).
+
+Exchanges: on a schedule that visits each of its (partition, n_val) trees about once per
+`anti_entropy_interval_ms`, a node picks another primary of the partition and compares trees top
+down, asking only for the children of nodes that differ, then for the keys and summaries of the
+differing segments, then for the peer's objects of the keys that differ. It merges them into its own
+copies (siblings kept, dominated versions dropped, tombstones included so nothing deleted comes back)
+and sends the merged objects back, so both sides end equal. Every step is admitted by the background
+controller, which slows all of this when foreground latency rises.
+
+The initiator drives the exchange; the responder answers statelessly. Both count the bytes of the
+anti-entropy messages they send and receive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from dynastore.core import keys, merkle, messages, objects, placement
+from dynastore.core.merkle import HashTree
+from dynastore.core.messages import (
+    HintItem,
+    Message,
+    ObjectsReply,
+    ObjectsRequest,
+    SegmentReply,
+    SegmentRequest,
+    TreeReply,
+    TreeRequest,
+)
+from dynastore.core.objects import Object
+
+if TYPE_CHECKING:
+    from dynastore.core.node import NodeCore
+
+SEGMENTS_PER_REQUEST = 64
+META_CLEAN = b"clean_shutdown"
+
+
+@dataclass
+class ExchangeOp:
+    """One exchange in progress, driven by this node."""
+
+    peer: str
+    partition: int
+    n_val: int
+    deadline_ms: int
+    level: int = 0
+    segments: list[int] = field(default_factory=list)
+    batch: list[int] = field(default_factory=list)
+    differing: list[bytes] = field(default_factory=list)
+    stage: str = "tree"
+
+
+@dataclass
+class AaeStats:
+    exchanges: int = 0
+    exchanges_with_differences: int = 0
+    keys_repaired: int = 0
+    tree_builds: int = 0
+    index_verifications: int = 0
+    index_fixes: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    last_exchange_ms: dict[int, int] = field(default_factory=dict)
+
+
+def _size(msg: Message) -> int:
+    return len(msgpack.packb(messages.to_wire(msg), use_bin_type=True))
+
+
+def index_key(n_val: int, storage_key: bytes, segment: int) -> bytes:
+    return bytes([n_val]) + storage_key[: keys.PARTITION_BYTES] + segment.to_bytes(2, "big") + storage_key
+
+
+def _tree_prefix(n_val: int, partition: int) -> bytes:
+    return bytes([n_val]) + keys.partition_prefix(partition)
+
+
+class AntiEntropy:
+    def __init__(self, node: NodeCore, now_ms: int) -> None:
+        self.node = node
+        self.segments = node.settings.anti_entropy_segments_count
+        self.trees: dict[tuple[int, int], HashTree] = {}
+        self.stats = AaeStats()
+        # Trees to build from the segment index, and partitions whose index to verify against the data.
+        self.build_queue: list[tuple[int, int]] = []
+        self.verify_queue: list[int] = []
+        self._cursor = 0
+        self._exchanging = False
+        self._next_exchange_ms = now_ms + node.settings.anti_entropy_interval_ms // 4
+        self._next_verify_all_ms = now_ms + node.settings.anti_entropy_rebuild_interval_ms
+        clean = node._get("meta", META_CLEAN) is not None
+        node._put("meta", META_CLEAN, None)
+        for partition in range(node.ring.size):
+            for n_val in node.n_vals():
+                self.build_queue.append((partition, n_val))
+        if not clean and node.has_data():
+            # An unclean stop: the index is written with the data and should be exact, but verify it.
+            self.verify_queue.extend(range(node.ring.size))
+
+    # --- Index and tree maintenance (called on every data write) --------------------------------------
+
+    def tree(self, partition: int, n_val: int) -> HashTree:
+        key = (partition, n_val)
+        tree = self.trees.get(key)
+        if tree is None:
+            tree = self.trees[key] = HashTree(self.segments)
+        return tree
+
+    def on_write(self, skey: bytes, n_val: int, obj: Object | None) -> None:
+        """Keep index and tree in step with a data write (obj None: the key was deleted)."""
+        if not self.node.settings.anti_entropy_enabled:
+            return
+        partition = keys.decode(skey).partition
+        segment = merkle.segment_of(skey, self.segments)
+        tree = self.tree(partition, n_val)
+        old = self.node._get("aae", index_key(n_val, skey, segment))
+        if obj is None:
+            self.node._put("aae", index_key(n_val, skey, segment), None)
+        else:
+            new = merkle.summary(obj)
+            self.node._put("aae", index_key(n_val, skey, segment), new)
+        if tree.ready:
+            if old is not None:
+                tree.toggle(segment, merkle.key_hash(skey, old))
+            if obj is not None:
+                tree.toggle(segment, merkle.key_hash(skey, new))
+
+    def build(self, partition: int, n_val: int) -> None:
+        """(Re)build one tree from the segment index, in one step (the core is single-threaded)."""
+        tree = self.tree(partition, n_val)
+        tree.clear()
+        prefix = _tree_prefix(n_val, partition)
+        for raw_key, version in self.node._scan_all("aae", prefix, keys.prefix_end(prefix)):
+            segment = int.from_bytes(raw_key[5:7], "big")
+            tree.toggle(segment, merkle.key_hash(raw_key[7:], version))
+        tree.ready = True
+        self.stats.tree_builds += 1
+
+    def verify(self, partition: int) -> None:
+        """Recompute a partition's segment index from its data, fix what differs, rebuild its trees."""
+        node = self.node
+        self.stats.index_verifications += 1
+        prefix = keys.partition_prefix(partition)
+        expected: dict[bytes, bytes] = {}
+        for skey, raw in node._scan_all("data", prefix, keys.prefix_end(prefix)):
+            n_val = int(node.bucket_props(keys.decode(skey).bucket)["n_val"])
+            expected[index_key(n_val, skey, merkle.segment_of(skey, self.segments))] = merkle.summary(
+                objects.decode(raw)
+            )
+        present: dict[bytes, bytes] = {}
+        for n_val in self._all_n_vals():
+            tprefix = _tree_prefix(n_val, partition)
+            present.update(node._scan_all("aae", tprefix, keys.prefix_end(tprefix)))
+        for raw_key in present.keys() - expected.keys():
+            node._put("aae", raw_key, None)
+            self.stats.index_fixes += 1
+        for raw_key, version in expected.items():
+            if present.get(raw_key) != version:
+                node._put("aae", raw_key, version)
+                self.stats.index_fixes += 1
+        for n_val in self._all_n_vals():
+            self.build(partition, n_val)
+
+    def _all_n_vals(self) -> set[int]:
+        return set(self.node.n_vals()) | {n for _, n in self.trees}
+
+    def mark_clean_shutdown(self) -> None:
+        self.node._put("meta", META_CLEAN, b"1")
+
+    # --- Ticks --------------------------------------------------------------------------------------------
+
+    def next_deadline_ms(self) -> int:
+        if self.build_queue or self.verify_queue:
+            return self.node.now_hint_ms
+        return min(self._next_exchange_ms, self._next_verify_all_ms)
+
+    def on_tick(self, now_ms: int) -> None:
+        if not self.node.settings.anti_entropy_enabled:
+            return
+        controller = self.node.controller
+        # Building trees from the index is cheap (no object decoding); verifying from data is not.
+        while self.build_queue and controller.admit(now_ms, 0.25):
+            self.build(*self.build_queue.pop(0))
+        if self.verify_queue and controller.admit(now_ms):
+            self.verify(self.verify_queue.pop(0))
+        if now_ms >= self._next_verify_all_ms:
+            self._next_verify_all_ms = now_ms + self.node.settings.anti_entropy_rebuild_interval_ms
+            self.verify_queue.extend(p for p in range(self.node.ring.size) if p not in self.verify_queue)
+        if now_ms >= self._next_exchange_ms:
+            candidates = self._candidates()
+            spacing = self.node.settings.anti_entropy_interval_ms // max(1, len(candidates))
+            self._next_exchange_ms = now_ms + max(1, spacing)
+            if candidates and not self._exchanging and controller.admit(now_ms):
+                self._start(candidates, now_ms)
+
+    def _candidates(self) -> list[tuple[int, int, list[str]]]:
+        node = self.node
+        out = []
+        for partition in range(node.ring.size):
+            for n_val in node.n_vals():
+                primaries = placement.placement(node.cluster.ring, partition, n_val).plist.primary_nodes
+                if node.name in primaries:
+                    peers = [p for p in primaries if p != node.name]
+                    if peers:
+                        out.append((partition, n_val, peers))
+        return out
+
+    def _start(self, candidates: list[tuple[int, int, list[str]]], now_ms: int) -> None:
+        node = self.node
+        healthy = node.healthy(now_ms)
+        for step in range(len(candidates)):
+            partition, n_val, peers = candidates[(self._cursor + step) % len(candidates)]
+            tree = self.trees.get((partition, n_val))
+            if tree is None or not tree.ready:
+                continue
+            live = [p for p in peers if p in healthy]
+            if not live:
+                continue
+            self._cursor = (self._cursor + step + 1) % len(candidates)
+            peer = live[self.stats.exchanges % len(live)]
+            op = ExchangeOp(peer, partition, n_val, now_ms + node.settings.request_timeout_ms)
+            op_id = node._register(op)
+            self._exchanging = True
+            self._send(peer, TreeRequest(op_id, partition, n_val, 0, (0,)))
+            return
+
+    def _send(self, dst: str, msg: Message) -> None:
+        self.stats.bytes_sent += _size(msg)
+        self.node._send(dst, msg)
+
+    def _done(self, op_id: int, op: ExchangeOp, now_ms: int) -> None:
+        self.node._finish(op_id)
+        self._exchanging = False
+        self.stats.exchanges += 1
+        self.stats.last_exchange_ms[op.partition] = now_ms
+
+    def abandon(self, op_id: int) -> None:
+        self.node._finish(op_id)
+        self._exchanging = False
+
+    # --- Responder ---------------------------------------------------------------------------------------
+
+    def on_tree_request(self, src: str, msg: TreeRequest, now_ms: int) -> None:
+        self.stats.bytes_received += _size(msg)
+        tree = self.trees.get((msg.partition, msg.n_val))
+        if tree is None or not tree.ready or not 0 <= msg.level < tree.depth:
+            self._send(src, TreeReply(msg.req, (), False))
+            return
+        self._send(src, TreeReply(msg.req, tuple(tree.hashes(msg.level, list(msg.indexes))), True))
+
+    def on_segment_request(self, src: str, msg: SegmentRequest, now_ms: int) -> None:
+        self.stats.bytes_received += _size(msg)
+        found = self._segment_entries(msg.partition, msg.n_val, msg.segments)
+        self._send(src, SegmentReply(msg.req, tuple(found), tuple(found.values())))
+
+    def on_objects_request(self, src: str, msg: ObjectsRequest, now_ms: int) -> None:
+        self.stats.bytes_received += _size(msg)
+        items = []
+        for skey in msg.keys[: self.node.settings.anti_entropy_keys_batch_max]:
+            obj = self.node._load("data", skey)
+            if obj is not None:
+                parsed = keys.decode(skey)
+                items.append(HintItem(parsed.bucket, parsed.key, obj))
+        self._send(src, ObjectsReply(msg.req, tuple(items)))
+
+    def _segment_entries(self, partition: int, n_val: int, segments: Iterable[int]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        for segment in segments:
+            if not 0 <= segment < self.segments:
+                continue
+            prefix = _tree_prefix(n_val, partition) + segment.to_bytes(2, "big")
+            for raw_key, version in self.node._scan_all("aae", prefix, keys.prefix_end(prefix)):
+                found[raw_key[7:]] = version
+        return found
+
+    # --- Initiator ------------------------------------------------------------------------------------------
+
+    def on_tree_reply(self, src: str, msg: TreeReply, now_ms: int) -> None:
+        self.stats.bytes_received += _size(msg)
+        op = self.node._ops.get(msg.req)
+        if not isinstance(op, ExchangeOp) or op.peer != src or op.stage != "tree":
+            return
+        tree = self.trees.get((op.partition, op.n_val))
+        if not msg.ready or tree is None or not tree.ready:
+            self.abandon(msg.req)
+            return
+        indexes = [0] if op.level == 0 else op.segments
+        if len(msg.hashes) != len(indexes):
+            self.abandon(msg.req)
+            return
+        diff = merkle.differing(indexes, tree.hashes(op.level, indexes), list(msg.hashes))
+        if not diff:
+            self._done(msg.req, op, now_ms)
+            return
+        if op.level == tree.depth - 1:
+            self.stats.exchanges_with_differences += 1
+            op.stage = "segments"
+            op.segments = diff
+            self._next_segments(msg.req, op)
+            return
+        op.level += 1
+        op.segments = [child for index in diff for child in tree.children(op.level - 1, index)]
+        self._send(src, TreeRequest(msg.req, op.partition, op.n_val, op.level, tuple(op.segments)))
+
+    def _next_segments(self, op_id: int, op: ExchangeOp) -> None:
+        batch, op.segments = op.segments[:SEGMENTS_PER_REQUEST], op.segments[SEGMENTS_PER_REQUEST:]
+        if not batch:
+            self._done(op_id, op, self.node.now_hint_ms)
+            return
+        op.stage = "segments"
+        op.differing = []
+        op.batch = batch
+        self._send(op.peer, SegmentRequest(op_id, op.partition, op.n_val, tuple(batch)))
+
+    def on_segment_reply(self, src: str, msg: SegmentReply, now_ms: int) -> None:
+        self.stats.bytes_received += _size(msg)
+        op = self.node._ops.get(msg.req)
+        if not isinstance(op, ExchangeOp) or op.peer != src or op.stage != "segments":
+            return
+        if len(msg.keys) != len(msg.summaries):
+            self.abandon(msg.req)
+            return
+        theirs = dict(zip(msg.keys, msg.summaries, strict=True))
+        mine = self._segment_entries(op.partition, op.n_val, op.batch)
+        op.differing = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k))
+        self._request_objects(msg.req, op)
+
+    def _request_objects(self, op_id: int, op: ExchangeOp) -> None:
+        if not op.differing:
+            self._next_segments(op_id, op)
+            return
+        limit = self.node.settings.anti_entropy_keys_batch_max
+        op.stage = "objects"
+        self._send(op.peer, ObjectsRequest(op_id, tuple(op.differing[:limit])))
+
+    def on_objects_reply(self, src: str, msg: ObjectsReply, now_ms: int) -> None:
+        self.stats.bytes_received += _size(msg)
+        op = self.node._ops.get(msg.req)
+        if not isinstance(op, ExchangeOp) or op.peer != src or op.stage != "objects":
+            return
+        node = self.node
+        limit = node.settings.anti_entropy_keys_batch_max
+        batch, op.differing = op.differing[:limit], op.differing[limit:]
+        for item in msg.items:
+            lww = bool(node.bucket_props(item.bucket)["last_write_wins"])
+            node._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
+        # Send back the merged result of every differing key, so both sides end equal.
+        merged = []
+        flags = []
+        for skey in batch:
+            obj = node._load("data", skey)
+            if obj is not None:
+                parsed = keys.decode(skey)
+                merged.append(HintItem(parsed.bucket, parsed.key, obj))
+                flags.append(bool(node.bucket_props(parsed.bucket)["last_write_wins"]))
+        self.stats.keys_repaired += len(batch)
+        op.stage = "push"
+        self._send(op.peer, messages.HintDelivery(msg.req, tuple(merged), tuple(flags)))
+
+    def on_push_ack(self, op_id: int, op: ExchangeOp, ok: bool) -> None:
+        if not ok:
+            self.abandon(op_id)
+            return
+        self._request_objects(op_id, op)
