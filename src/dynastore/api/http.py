@@ -1,9 +1,15 @@
 """The HTTP API: the key/value subset of Riak KV's HTTP interface, so Riak HTTP clients work unchanged.
 
-Routes are parsed from the raw path (bucket and key are percent-decoded to bytes), so any binary key
-round-trips, `%2F` included. Both the current (`/buckets/B/keys/K`, `/types/default/buckets/...`) and
-the legacy (`/riak/B/K`) forms are served. Every input is validated before it reaches the node; bad
-input gets a 4xx with a plain-text reason and changes nothing. A 500 means a bug.
+Routes are parsed from the raw path. Bucket and key segments are decoded as Riak decodes them (its
+default `http_url_encoding = on`, i.e. mochiweb's unquote): `+` is a space and `%XX` is any byte, so a
+client that escapes with `quote_plus` (riak-python-client does) and one that uses `%20` name the same
+key, a literal plus is `%2B`, and any binary key round-trips, `%2F` included. The current
+(`/buckets/B/keys/K`), typed (`/types/default/buckets/...`) and legacy (`/riak/B/K`) forms are served,
+and the URLs we hand back (Location, Link) use the form the request used.
+
+Every input is validated here before it reaches the node; bad input gets a 4xx with a plain-text
+reason and changes nothing. Header text that is not UTF-8 (aiohttp hands it over as lone surrogates)
+is refused, because it could not be stored. A 500 means a bug.
 
 Beyond Riak's resources, `/ring` serves the ring for partition-aware clients and `/admin/...` serves
 the cluster commands of the CLI.
@@ -14,9 +20,11 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -48,11 +56,18 @@ log = logging.getLogger("dynastore.http")
 
 # The Riak KV release whose HTTP API this one follows; clients use it for feature detection.
 RIAK_KV_VERSION = "2.2.3"
+# What `GET /` advertises, as Riak 2.2 does. riak_kv_wm_bucket_type must be there although only the
+# default type exists: clients decide that bucket types work from the version alone (riak-python-client
+# does, for 2.0 and later) and use `/types/T/...` only when this resource is listed. Without it, a
+# bucket of another type is addressed as `/buckets/B/...` and silently lands in the default type; with
+# it, the typed path answers 404 (unknown type) and the client sees the error.
 RESOURCES = {
+    "riak_kv_wm_bucket_type": "/types",
     "riak_kv_wm_buckets": "/buckets",
     "riak_kv_wm_keylist": "/buckets",
     "riak_kv_wm_object": "/buckets",
     "riak_kv_wm_ping": "/ping",
+    "riak_kv_wm_preflist": "/buckets",
     "riak_kv_wm_props": "/buckets",
     "riak_kv_wm_stats": "/stats",
 }
@@ -65,6 +80,32 @@ STATUS_OF_FAILURE = {
     "overload": 503,
 }
 META_PREFIX = "x-riak-meta-"
+# Riak bucket properties that clients send back as they read them, or that name Riak machinery this
+# store does not have; a PUT of them is accepted and they are left as they are.
+IGNORED_PROPS = frozenset(
+    {
+        "name",
+        "basic_quorum",
+        "notfound_ok",
+        "rw",
+        "young_vclock",
+        "old_vclock",
+        "small_vclock",
+        "big_vclock",
+        "chash_keyfun",
+        "linkfun",
+        "precommit",
+        "postcommit",
+        "dvv_enabled",
+    }
+)
+QUORUM_PARAMS = ("r", "w", "dw", "rw", "pr", "pw")
+READ_METHODS = ("GET", "HEAD")
+OBJECT_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
+PROPS_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
+# RFC 9110 token characters: what a media type, its subtype and a charset name may be made of.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_DIGITS = re.compile(r"[0-9]+")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,12 +118,50 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _text(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class UrlStyle:
+    """How a request named its bucket, so that the URLs handed back to it take the same form."""
+
+    # Where an object lives: `{objects}/{bucket}/keys/{key}`, or `{objects}/{bucket}/{key}` when legacy.
+    objects: str
+    legacy: bool
+
+    def object_url(self, bucket: bytes, key: bytes) -> str:
+        middle = "/" if self.legacy else "/keys/"
+        return self.objects + "/" + _quote(bucket) + middle + _quote(key)
+
+    def bucket_url(self, bucket: bytes) -> str:
+        # Riak links a typed object to its bucket by the untyped path too.
+        return ("/riak/" if self.legacy else "/buckets/") + _quote(bucket)
+
+
+CURRENT = UrlStyle("/buckets", legacy=False)
+TYPED = UrlStyle("/types/default/buckets", legacy=False)
+LEGACY = UrlStyle("/riak", legacy=True)
+
+
+def _quote(name: bytes) -> str:
+    return quote(name, safe="")
+
+
+def _text(status: int, body: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(status=status, text=body if body.endswith("\n") else body + "\n", headers=headers)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(data), content_type="application/json")
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data), content_type="application/json", headers=headers)
+
+
+def _not_allowed(allowed: tuple[str, ...]) -> web.Response:
+    return _text(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
+
+
+def _path_segments(raw_path: str) -> list[bytes]:
+    """The decoded segments of a raw path; `+` is a space, as in Riak (see the module docstring)."""
+    trimmed = raw_path.strip("/")
+    if not trimmed:
+        return []
+    return [unquote_to_bytes(segment.replace("+", " ")) for segment in trimmed.split("/")]
 
 
 class Api:
@@ -107,101 +186,111 @@ class Api:
             return _text(500, "internal error")
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
-        raw = request.rel_url.raw_path
-        parts = [unquote_to_bytes(p) for p in raw.strip("/").split("/")] if raw.strip("/") else []
-        method = request.method
-        if parts[:3] == [b"types", b"default", b"buckets"]:
-            parts = parts[2:]
-        elif parts and parts[0] == b"types":
-            raise BadRequest("only the default bucket type exists", 404)
+        parts = _path_segments(request.rel_url.raw_path)
         if not parts:
-            return self._only(method, "GET", self.resources, request)
-        head = parts[0]
-        if head == b"ping" and len(parts) == 1:
-            return _text(200, "OK") if method in ("GET", "HEAD") else _text(405, "Method Not Allowed")
-        if head == b"stats" and len(parts) == 1:
-            return await self._only_async(method, "GET", self.stats, request)
-        if head == b"ring" and len(parts) == 1:
-            return await self._only_async(method, "GET", self.ring, request)
+            return await self._allow(request, READ_METHODS, self.resources)
+        head, rest = parts[0], parts[1:]
+        if head == b"ping" and not rest:
+            return await self._allow(request, READ_METHODS, self.ping)
+        if head == b"stats" and not rest:
+            return await self._allow(request, READ_METHODS, self.stats)
+        if head == b"ring" and not rest:
+            return await self._allow(request, READ_METHODS, self.ring)
         if head == b"admin":
-            return await admin.handle(self, request, parts[1:])
+            return await admin.handle(self, request, rest)
         if head == b"buckets":
-            return await self._buckets(request, parts[1:])
+            return await self._buckets(request, rest, CURRENT)
+        if head == b"types":
+            if rest[:2] == [b"default", b"buckets"]:
+                return await self._buckets(request, rest[2:], TYPED)
+            if rest and rest[0] != b"default":
+                raise BadRequest(f"unknown bucket type {rest[0]!r}: only the default bucket type exists", 404)
+            return _text(404, "Not Found")
         if head == b"riak":
-            return await self._legacy(request, parts[1:])
+            return await self._legacy(request, rest)
         return _text(404, "Not Found")
 
-    async def _buckets(self, request: web.Request, rest: list[bytes]) -> web.StreamResponse:
+    async def _buckets(self, request: web.Request, rest: list[bytes], style: UrlStyle) -> web.StreamResponse:
         method = request.method
         if not rest:
-            return await self._only_async(method, "GET", self.list_buckets, request)
-        bucket = rest[0]
-        if len(rest) == 2 and rest[1] == b"props":
-            if method == "GET":
-                return self.get_props(bucket)
-            if method in ("PUT", "POST"):
-                return await self.set_props(request, bucket)
-            if method == "DELETE":
-                return await self.reset_props(bucket)
-            return _text(405, "Method Not Allowed")
-        if len(rest) == 2 and rest[1] == b"keys":
-            if method == "GET":
-                return await self.list_keys(request, bucket)
+            return await self._allow(request, READ_METHODS, self.list_buckets)
+        bucket, tail = rest[0], rest[1:]
+        if tail == [b"props"]:
+            return await self._props(request, bucket)
+        if tail == [b"keys"]:
+            if method in READ_METHODS:
+                return await self.list_keys(request, bucket, with_props=False)
             if method == "POST":
-                return await self.store(request, bucket, None)
-            return _text(405, "Method Not Allowed")
-        if len(rest) == 3 and rest[1] == b"keys":
-            return await self._object(request, bucket, rest[2])
-        if len(rest) == 4 and rest[1] == b"keys" and rest[3] == b"preflist":
-            return self._only(method, "GET", lambda r: self.preflist(bucket, rest[2]), request)
+                return await self.store(request, bucket, None, style)
+            return _not_allowed(("GET", "HEAD", "POST"))
+        if len(tail) == 2 and tail[0] == b"keys":
+            return await self._object(request, bucket, tail[1], style)
+        if len(tail) == 3 and tail[0] == b"keys" and tail[2] == b"preflist":
+            return await self._allow(request, READ_METHODS, lambda r: self.preflist(bucket, tail[1]))
         return _text(404, "Not Found")
 
     async def _legacy(self, request: web.Request, rest: list[bytes]) -> web.StreamResponse:
+        """Riak's pre-1.0 paths, dispatched as Riak does: a POST to a bucket creates an object, keys=true
+        or stream lists keys (with the props unless props=false), and otherwise the bucket is its props."""
+        method = request.method
+        if not rest:
+            return await self._allow(request, READ_METHODS, self.list_buckets)
+        bucket = rest[0]
         if len(rest) == 1:
-            if request.method == "GET":
-                if request.query.get("keys") in ("true", "stream"):
-                    return await self.list_keys(request, rest[0])
-                return self.get_props(rest[0])
-            if request.method in ("PUT", "POST") and request.content_type == "application/json":
-                return await self.set_props(request, rest[0])
-            if request.method == "POST":
-                return await self.store(request, rest[0], None)
-            return _text(405, "Method Not Allowed")
+            if method == "POST":
+                return await self.store(request, bucket, None, LEGACY)
+            with_props = request.query.get("props") != "false"
+            if request.query.get("keys") in ("true", "stream"):
+                if method not in READ_METHODS:
+                    return _not_allowed(("GET", "HEAD", "POST"))
+                return await self.list_keys(request, bucket, with_props=with_props)
+            if with_props:
+                return await self._props(request, bucket)
+            return _text(404, "Not Found")
         if len(rest) == 2:
-            return await self._object(request, rest[0], rest[1])
+            return await self._object(request, bucket, rest[1], LEGACY)
         return _text(404, "Not Found")
 
-    async def _object(self, request: web.Request, bucket: bytes, key: bytes) -> web.StreamResponse:
+    async def _props(self, request: web.Request, bucket: bytes) -> web.StreamResponse:
         method = request.method
-        if method in ("GET", "HEAD"):
-            return await self.fetch(request, bucket, key)
+        if method in READ_METHODS:
+            return self.get_props(bucket)
         if method in ("PUT", "POST"):
-            return await self.store(request, bucket, key)
+            return await self.set_props(request, bucket)
+        if method == "DELETE":
+            return await self.reset_props(bucket)
+        return _not_allowed(PROPS_METHODS)
+
+    async def _object(self, request: web.Request, bucket: bytes, key: bytes, style: UrlStyle) -> web.StreamResponse:
+        method = request.method
+        if method in READ_METHODS:
+            return await self.fetch(request, bucket, key, style)
+        if method in ("PUT", "POST"):
+            return await self.store(request, bucket, key, style)
         if method == "DELETE":
             return await self.delete(request, bucket, key)
-        return _text(405, "Method Not Allowed")
+        return _not_allowed(OBJECT_METHODS)
 
-    def _only(
-        self, method: str, allowed: str, handler: Callable[[web.Request], web.StreamResponse], request: web.Request
-    ) -> web.StreamResponse:
-        if method != allowed and not (allowed == "GET" and method == "HEAD"):
-            return _text(405, "Method Not Allowed")
-        return handler(request)
-
-    async def _only_async(
-        self, method: str, allowed: str, handler: Handler, request: web.Request
-    ) -> web.StreamResponse:
-        if method != allowed and not (allowed == "GET" and method == "HEAD"):
-            return _text(405, "Method Not Allowed")
+    async def _allow(self, request: web.Request, allowed: tuple[str, ...], handler: Handler) -> web.StreamResponse:
+        if request.method not in allowed:
+            return _not_allowed(allowed)
         return await handler(request)
 
     # --- Simple resources ---------------------------------------------------------------------------------
 
-    def resources(self, request: web.Request) -> web.StreamResponse:
-        if "application/json" in request.headers.get("Accept", "") or "*/*" not in request.headers.get("Accept", "*/*"):
-            return _json(RESOURCES)
-        links = "".join(f'<li><a href="{path}">{name}</a></li>' for name, path in RESOURCES.items())
-        return web.Response(text=f"<html><body><ul>{links}</ul></body></html>", content_type="text/html")
+    async def resources(self, request: web.Request) -> web.StreamResponse:
+        # Riak offers HTML first, so a browser or `Accept: */*` gets HTML and clients ask for JSON.
+        links = ",".join(f'<{path}>; rel="{name}"' for name, path in RESOURCES.items())
+        if _negotiate(request.headers.get("Accept"), ("text/html", "application/json")) == "application/json":
+            return _json(RESOURCES, headers={"Link": links})
+        items = "".join(f'<li><a href="{path}">{name}</a></li>' for name, path in RESOURCES.items())
+        return web.Response(
+            text=f"<html><body><ul>{items}</ul></body></html>", content_type="text/html", headers={"Link": links}
+        )
+
+    async def ping(self, request: web.Request) -> web.StreamResponse:
+        # Exactly "OK": clients compare the body with it (riak-python-client's ping() does).
+        return web.Response(text="OK")
 
     async def stats(self, request: web.Request) -> web.StreamResponse:
         data = self.runtime.stats()
@@ -233,23 +322,23 @@ class Api:
             }
         )
 
-    def preflist(self, bucket: bytes, key: bytes) -> web.StreamResponse:
+    async def preflist(self, bucket: bytes, key: bytes) -> web.StreamResponse:
         core = self.runtime.core
         assert core is not None
         self.check_names(bucket, key)
         _, plist = core.preference_list(bucket, key)
         healthy = core.healthy(self.runtime.clock.now_ms())
-        entries = [{"partition": t_partition, "node": node, "primary": True} for t_partition, node in plist.primaries]
+        entries = [{"partition": partition, "node": node, "primary": True} for partition, node in plist.primaries]
         # Riak lists the fallbacks that stand in for down primaries as non-primary entries.
+        where = {node: partition for partition, node in plist.fallbacks}
         for target in plist.targets(healthy):
-            if not target.primary:
-                where = next(p for p, n in plist.fallbacks if n == target.node)
-                entries.append({"partition": where, "node": target.node, "primary": False})
+            if not target.primary and target.node in where:
+                entries.append({"partition": where[target.node], "node": target.node, "primary": False})
         return _json({"preflist": entries})
 
     # --- Bucket properties --------------------------------------------------------------------------------
 
-    def get_props(self, bucket: bytes) -> web.StreamResponse:
+    def _props_of(self, bucket: bytes) -> dict[str, Any]:
         core = self.runtime.core
         assert core is not None
         self.check_names(bucket, b"-")
@@ -258,47 +347,49 @@ class Api:
         props["basic_quorum"] = False
         props["notfound_ok"] = True
         props["rw"] = "quorum"
-        return _json({"props": props})
+        return props
+
+    def get_props(self, bucket: bytes) -> web.StreamResponse:
+        return _json({"props": self._props_of(bucket)})
 
     async def set_props(self, request: web.Request, bucket: bytes) -> web.StreamResponse:
         self.check_names(bucket, b"-")
+        shape = 'body must be JSON of the form {"props": {...}}'
+        # Decoded here rather than by request.json(): JSON is UTF-8 whatever charset the header names
+        # (an unknown one would raise LookupError there), and nesting depth is the sender's choice.
         try:
-            body = await request.json(loads=json.loads)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest('body must be JSON of the form {"props": {...}}') from None
+            body = json.loads((await request.read()).decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise BadRequest(shape) from None
         if not isinstance(body, dict) or not isinstance(body.get("props"), dict):
-            raise BadRequest('body must be JSON of the form {"props": {...}}')
-        ignored = {
-            "name",
-            "basic_quorum",
-            "notfound_ok",
-            "rw",
-            "young_vclock",
-            "old_vclock",
-            "small_vclock",
-            "big_vclock",
-            "chash_keyfun",
-            "linkfun",
-            "precommit",
-            "postcommit",
-            "dvv_enabled",
-        }
-        props = tuple(sorted((k, v) for k, v in body["props"].items() if k not in ignored))
+            raise BadRequest(shape)
+        given: dict[str, Any] = body["props"]
+        for name in QUORUM_PARAMS:
+            if name in given:
+                _quorum_value(name, given[name])
+        props = tuple(sorted((k, v) for k, v in given.items() if k not in IGNORED_PROPS))
         response = await self.runtime.request(ClientSetBucketProps(bucket, props))
         if isinstance(response, Failure):
             return self.failure(response)
         return web.Response(status=204)
 
     async def reset_props(self, bucket: bytes) -> web.StreamResponse:
-        defaults = self.settings
-        props = (
-            ("allow_mult", defaults.allow_mult),
-            ("last_write_wins", defaults.last_write_wins),
-            ("n_val", defaults.n_val),
-            ("r", "quorum"),
-            ("w", "quorum"),
+        """Every property back to the node's default (Riak: DELETE /buckets/B/props)."""
+        self.check_names(bucket, b"-")
+        s = self.settings
+        quorum = s.n_val // 2 + 1
+        # The same defaults NodeCore.bucket_props starts from before a bucket's own properties.
+        defaults = (
+            ("allow_mult", s.allow_mult),
+            ("dw", "quorum"),
+            ("last_write_wins", s.last_write_wins),
+            ("n_val", s.n_val),
+            ("pr", 0),
+            ("pw", 0),
+            ("r", "quorum" if s.r == quorum else s.r),
+            ("w", "quorum" if s.w == quorum else s.w),
         )
-        response = await self.runtime.request(ClientSetBucketProps(bucket, props))
+        response = await self.runtime.request(ClientSetBucketProps(bucket, defaults))
         if isinstance(response, Failure):
             return self.failure(response)
         return web.Response(status=204)
@@ -307,73 +398,81 @@ class Api:
 
     async def list_buckets(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("buckets") not in ("true", "stream"):
-            raise BadRequest("list buckets with ?buckets=true")
+            raise BadRequest("list buckets with ?buckets=true or ?buckets=stream")
         response = await self.runtime.request(ClientListKeys(None, self._int_param(request, "timeout")))
         if isinstance(response, Failure):
             return self.failure(response)
         assert isinstance(response, Ok)
-        names = [b.decode(errors="replace") for b in response.keys]
-        return _json({"buckets": names})
+        # A one-chunk stream is a valid stream: clients read JSON objects until the body ends.
+        return _json({"buckets": [b.decode(errors="replace") for b in response.keys]})
 
-    async def list_keys(self, request: web.Request, bucket: bytes) -> web.StreamResponse:
-        mode = request.query.get("keys")
-        if mode not in ("true", "stream"):
-            if request.query.get("props") == "false" or mode == "false":
-                raise BadRequest("list keys with ?keys=true or ?keys=stream")
-            return self.get_props(bucket)
+    async def list_keys(self, request: web.Request, bucket: bytes, *, with_props: bool) -> web.StreamResponse:
+        """`keys=true` or `keys=stream` lists the keys; without it only the props, if asked for, are
+        given (Riak answers `{}` on /buckets/B/keys and the props on /riak/B)."""
         self.check_names(bucket, b"-")
-        response = await self.runtime.request(ClientListKeys(bucket, self._int_param(request, "timeout")))
+        mode = request.query.get("keys")
+        timeout = self._int_param(request, "timeout")
+        head: dict[str, Any] = {"props": self._props_of(bucket)} if with_props else {}
+        if mode not in ("true", "stream"):
+            return _json(head)
+        response = await self.runtime.request(ClientListKeys(bucket, timeout))
         if isinstance(response, Failure):
             return self.failure(response)
         assert isinstance(response, Ok)
         names = [k.decode(errors="replace") for k in response.keys]
-        if mode == "true":
-            return _json({"keys": names})
+        if mode == "true" or request.method == "HEAD":
+            return _json({**head, "keys": names})
         stream = web.StreamResponse(headers={"Content-Type": "application/json"})
         stream.enable_chunked_encoding()
         await stream.prepare(request)
-        for start in range(0, len(names), 1000):
-            await stream.write(json.dumps({"keys": names[start : start + 1000]}).encode())
-        await stream.write(json.dumps({"keys": []}).encode())
-        await stream.write_eof()
+        chunks = [head] if head else []
+        chunks += [{"keys": names[start : start + 1000]} for start in range(0, len(names), 1000)]
+        chunks.append({"keys": []})
+        try:
+            for chunk in chunks:
+                await stream.write(json.dumps(chunk).encode())
+            await stream.write_eof()
+        except ConnectionResetError:
+            # The client went away mid-stream; there is no one left to answer.
+            pass
         return stream
 
     # --- Objects ---------------------------------------------------------------------------------------------
 
-    async def fetch(self, request: web.Request, bucket: bytes, key: bytes) -> web.StreamResponse:
+    async def fetch(self, request: web.Request, bucket: bytes, key: bytes, style: UrlStyle) -> web.StreamResponse:
         self.check_names(bucket, key)
         query = request.query
+        quorums = self._quorums(query)
         response = await self.runtime.request(
-            ClientGet(
-                bucket,
-                key,
-                r=self._quorum(query, "r"),
-                pr=self._quorum(query, "pr"),
-                timeout_ms=self._int_param(request, "timeout"),
-            )
+            ClientGet(bucket, key, r=quorums["r"], pr=quorums["pr"], timeout_ms=self._int_param(request, "timeout"))
         )
         if isinstance(response, Failure):
             return self.failure(response)
         if isinstance(response, NotFound):
-            headers = {}
-            if response.context is not None:
-                headers["X-Riak-Vclock"] = self._encode_context(response.context, bucket, key)
-            return _text(404, "not found", headers)
+            return self._not_found(response, bucket, key)
         assert isinstance(response, Ok) and response.found is not None
         found = response.found
         vclock = self._encode_context(found.context, bucket, key)
+        chosen: tuple[Dot, Content] | None = None
         wanted = query.get("vtag")
         if wanted is not None:
-            for dot, content in found.values:
-                if objects.vtag(dot) == wanted:
-                    return self._object_response(request, bucket, dot, content, vclock, 200)
-            return _text(404, f"no sibling with vtag {wanted}")
-        if len(found.values) == 1:
-            dot, content = found.values[0]
-            return self._object_response(request, bucket, dot, content, vclock, 200)
-        return self._siblings_response(request, bucket, found, vclock)
+            chosen = next(((d, c) for d, c in found.values if objects.vtag(d) == wanted), None)
+            if chosen is None:
+                return _text(404, f"no sibling with vtag {wanted!r}")
+        elif len(found.values) == 1:
+            chosen = found.values[0]
+        if chosen is None:
+            return self._siblings_response(request, bucket, found, vclock, style)
+        dot, content = chosen
+        conditional = _read_precondition(request, objects.vtag(dot), content.last_modified_us // 1_000_000)
+        if conditional is not None:
+            conditional.headers["X-Riak-Vclock"] = vclock
+            return conditional
+        return self._object_response(bucket, dot, content, vclock, 200, style)
 
-    async def store(self, request: web.Request, bucket: bytes, key: bytes | None) -> web.StreamResponse:
+    async def store(
+        self, request: web.Request, bucket: bytes, key: bytes | None, style: UrlStyle
+    ) -> web.StreamResponse:
         generated = key is None
         if key is None:
             key = uuid.uuid4().hex.encode()
@@ -388,42 +487,46 @@ class Api:
             return _text(413, f"object of {len(body)} bytes exceeds the limit of {limit} bytes")
         if any(name.lower().startswith("x-riak-index-") for name in request.headers):
             raise BadRequest("secondary indexes (X-Riak-Index-*) are not supported")
+        quorums = self._quorums(query)
+        timeout = self._int_param(request, "timeout")
+        return_body = _bool_param(query, "returnbody")
         context = self._context_header(request, bucket, key)
         content_type, charset = _split_content_type(request.headers.get("Content-Type"))
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None:
+            _check_header_text("Content-Encoding", encoding)
         usermeta = tuple(
             sorted(
-                (name[len(META_PREFIX) :].lower(), value)
+                (_check_header_text(name, name)[len(META_PREFIX) :].lower(), _check_header_text(name, value))
                 for name, value in request.headers.items()
                 if name.lower().startswith(META_PREFIX)
             )
         )
         if sum(len(k) + len(v) for k, v in usermeta) > self.settings.meta_bytes_max:
             raise BadRequest(f"user metadata exceeds {self.settings.meta_bytes_max} bytes", 413)
-        content = Content(body, content_type, charset, request.headers.get("Content-Encoding"), usermeta)
-        return_body = _bool_param(query, "returnbody")
-        if request.headers.get("If-None-Match") == "*" or request.headers.get("If-Match"):
-            precondition = await self._precondition(request, bucket, key)
-            if precondition is not None:
-                return precondition
+        content = Content(body, content_type, charset, encoding, usermeta)
+        if not generated and _has_write_precondition(request):
+            refused = await self._write_precondition(request, bucket, key, await self._read_current(bucket, key))
+            if refused is not None:
+                return refused
         response = await self.runtime.request(
             ClientPut(
                 bucket,
                 key,
                 context,
                 content,
-                w=self._quorum(query, "w"),
-                dw=self._quorum(query, "dw"),
-                pw=self._quorum(query, "pw"),
-                timeout_ms=self._int_param(request, "timeout"),
+                w=quorums["w"],
+                dw=quorums["dw"],
+                pw=quorums["pw"],
+                timeout_ms=timeout,
                 return_body=return_body,
             )
         )
         if isinstance(response, Failure):
             return self.failure(response)
-        location = "/buckets/" + quote(bucket, safe="") + "/keys/" + quote(key, safe="")
         headers: dict[str, str] = {}
         if generated:
-            headers["Location"] = location
+            headers["Location"] = style.object_url(bucket, key)
         if isinstance(response, NotFound):
             return _text(404, "not found", headers)
         assert isinstance(response, Ok) and response.found is not None
@@ -433,41 +536,41 @@ class Api:
             headers["X-Riak-Vclock"] = vclock
             return web.Response(status=201 if generated else 204, headers=headers)
         if len(found.values) == 1:
-            dot, content = found.values[0]
-            resp = self._object_response(request, bucket, dot, content, vclock, 201 if generated else 200)
+            dot, stored = found.values[0]
+            resp = self._object_response(bucket, dot, stored, vclock, 201 if generated else 200, style)
         else:
-            resp = self._siblings_response(request, bucket, found, vclock)
+            resp = self._siblings_response(request, bucket, found, vclock, style)
         resp.headers.update(headers)
         return resp
 
     async def delete(self, request: web.Request, bucket: bytes, key: bytes) -> web.StreamResponse:
         self.check_names(bucket, key)
-        query = request.query
-        context = self._context_header(request, bucket, key)
-        r = self._quorum(query, "r")
-        self._quorum(query, "pr")
-        rw = self._quorum(query, "rw")
-        w = self._quorum(query, "w") or rw
+        quorums = self._quorums(request.query)
         timeout = self._int_param(request, "timeout")
-        # Riak answers 404 for a key that does not exist; find out first, with the delete's quorum.
-        existing = await self.runtime.request(ClientGet(bucket, key, r=r or rw, timeout_ms=timeout))
+        context = self._context_header(request, bucket, key)
+        # Riak answers 404 for a key that does not exist, or is already deleted; find out first, with
+        # the delete's read quorum.
+        existing = await self.runtime.request(
+            ClientGet(bucket, key, r=_first_given(quorums["r"], quorums["rw"]), pr=quorums["pr"], timeout_ms=timeout)
+        )
         if isinstance(existing, Failure):
             return self.failure(existing)
-        if isinstance(existing, NotFound) and existing.context is None:
-            return _text(404, "not found")
-        if context is None:
-            context = existing.context if isinstance(existing, NotFound) else None
-            if isinstance(existing, Ok) and existing.found is not None:
-                context = existing.found.context
+        if isinstance(existing, NotFound):
+            return self._not_found(existing, bucket, key)
+        assert isinstance(existing, Ok) and existing.found is not None
+        if _has_write_precondition(request):
+            refused = await self._write_precondition(request, bucket, key, existing)
+            if refused is not None:
+                return refused
         response = await self.runtime.request(
             ClientPut(
                 bucket,
                 key,
-                context,
+                context if context is not None else existing.found.context,
                 None,
-                w=w,
-                dw=self._quorum(query, "dw"),
-                pw=self._quorum(query, "pw"),
+                w=_first_given(quorums["w"], quorums["rw"]),
+                dw=quorums["dw"],
+                pw=quorums["pw"],
                 timeout_ms=timeout,
             )
         )
@@ -475,31 +578,46 @@ class Api:
             return self.failure(response)
         return web.Response(status=204)
 
-    async def _precondition(self, request: web.Request, bucket: bytes, key: bytes) -> web.StreamResponse | None:
-        current = await self.runtime.request(ClientGet(bucket, key))
+    async def _read_current(self, bucket: bytes, key: bytes) -> ClientResponse:
+        return await self.runtime.request(ClientGet(bucket, key))
+
+    async def _write_precondition(
+        self, request: web.Request, bucket: bytes, key: bytes, current: ClientResponse
+    ) -> web.StreamResponse | None:
+        """If-Match / If-None-Match on a write, checked against the vtags of the current siblings."""
         if isinstance(current, Failure):
             return self.failure(current)
-        exists = isinstance(current, Ok) and current.found is not None and bool(current.found.values)
-        if request.headers.get("If-None-Match") == "*" and exists:
-            return _text(412, "the object already exists")
+        tags: set[str] = set()
+        if isinstance(current, Ok) and current.found is not None:
+            tags = {objects.vtag(dot) for dot, _ in current.found.values}
         wanted = request.headers.get("If-Match")
-        if wanted:
-            tags = set()
-            if isinstance(current, Ok) and current.found is not None:
-                tags = {objects.vtag(dot) for dot, _ in current.found.values}
-            if wanted.strip('"') not in tags:
-                return _text(412, "the object's ETag does not match If-Match")
+        if wanted is not None and not _etag_matches(wanted, tags):
+            return _text(412, "the object's ETag does not match If-Match")
+        unwanted = request.headers.get("If-None-Match")
+        if unwanted is not None and _etag_matches(unwanted, tags):
+            reason = (
+                "the object already exists" if unwanted.strip() == "*" else "the object's ETag matches If-None-Match"
+            )
+            return _text(412, reason)
         return None
 
     # --- Responses ------------------------------------------------------------------------------------------
 
-    def _content_headers(self, bucket: bytes, dot: Dot, content: Content) -> CIMultiDict[str]:
+    def _not_found(self, response: NotFound, bucket: bytes, key: bytes) -> web.Response:
+        headers: dict[str, str] = {}
+        if response.context is not None:
+            # A tombstone: its context lets a client write over the delete without a sibling.
+            headers["X-Riak-Vclock"] = self._encode_context(response.context, bucket, key)
+            headers["X-Riak-Deleted"] = "true"
+        return _text(404, "not found", headers)
+
+    def _content_headers(self, bucket: bytes, dot: Dot, content: Content, style: UrlStyle) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
         ctype = content.content_type + (f"; charset={content.charset}" if content.charset else "")
         headers["Content-Type"] = ctype
-        headers["Link"] = f'</buckets/{quote(bucket, safe="")}>; rel="up"'
+        headers["Link"] = f'<{style.bucket_url(bucket)}>; rel="up"'
         headers["ETag"] = f'"{objects.vtag(dot)}"'
-        headers["Last-Modified"] = email.utils.formatdate(content.last_modified_us / 1_000_000, usegmt=True)
+        headers["Last-Modified"] = _http_date(content.last_modified_us)
         if content.content_encoding:
             headers["Content-Encoding"] = content.content_encoding
         for name, value in content.usermeta:
@@ -507,27 +625,23 @@ class Api:
         return headers
 
     def _object_response(
-        self, request: web.Request, bucket: bytes, dot: Dot, content: Content, vclock: str, status: int
+        self, bucket: bytes, dot: Dot, content: Content, vclock: str, status: int, style: UrlStyle
     ) -> web.Response:
-        headers = self._content_headers(bucket, dot, content)
+        headers = self._content_headers(bucket, dot, content, style)
         headers["X-Riak-Vclock"] = vclock
-        etag = headers["ETag"]
-        if (
-            request.method == "GET"
-            and status == 200
-            and request.headers.get("If-None-Match") in (etag, etag.strip('"'))
-        ):
-            return web.Response(status=304, headers={"ETag": etag, "X-Riak-Vclock": vclock})
-        body = b"" if request.method == "HEAD" else content.value
-        return web.Response(status=status, body=body, headers=headers)
+        # aiohttp leaves the body out of a HEAD response itself, keeping its Content-Length true.
+        return web.Response(status=status, body=content.value, headers=headers)
 
-    def _siblings_response(self, request: web.Request, bucket: bytes, found: Siblings, vclock: str) -> web.Response:
-        accept = request.headers.get("Accept", "")
-        if "multipart/mixed" in accept:
+    def _siblings_response(
+        self, request: web.Request, bucket: bytes, found: Siblings, vclock: str, style: UrlStyle
+    ) -> web.Response:
+        # Riak offers the vtag list first and the siblings themselves to a client that prefers them.
+        offered = _negotiate(request.headers.get("Accept"), ("text/plain", "multipart/mixed"))
+        if offered == "multipart/mixed":
             boundary = secrets.token_hex(12)
             chunks: list[bytes] = []
             for dot, content in found.values:
-                head = self._content_headers(bucket, dot, content)
+                head = self._content_headers(bucket, dot, content, style)
                 lines = "".join(f"{name}: {value}\r\n" for name, value in head.items())
                 chunks.append(f"\r\n--{boundary}\r\n{lines}\r\n".encode() + content.value)
             body = b"".join(chunks) + f"\r\n--{boundary}--\r\n".encode()
@@ -551,22 +665,15 @@ class Api:
         if not key or len(key) > self.settings.key_bytes_max:
             raise BadRequest(f"key must be 1 to {self.settings.key_bytes_max} bytes")
 
-    def _quorum(self, query: Any, name: str) -> int | str | None:
-        raw = query.get(name)
-        if raw is None:
-            return None
-        value: str = raw.strip().lower()
-        if value in QUORUM_WORDS:
-            return value
-        if value.isdigit() and len(value) < 6:
-            return int(value)
-        raise BadRequest(f"{name} must be an integer or one of {', '.join(QUORUM_WORDS)}; got {raw!r}")
+    def _quorums(self, query: Mapping[str, str]) -> dict[str, int | str | None]:
+        """Every quorum parameter, validated whether or not this operation uses it (as Riak does)."""
+        return {name: _quorum_param(query, name) for name in QUORUM_PARAMS}
 
     def _int_param(self, request: web.Request, name: str) -> int | None:
         raw = request.query.get(name)
         if raw is None:
             return None
-        if not raw.isdigit() or len(raw) > 9 or int(raw) == 0:
+        if not _DIGITS.fullmatch(raw) or len(raw) > 9 or int(raw) == 0:
             raise BadRequest(f"{name} must be a positive integer (milliseconds); got {raw!r}")
         return int(raw)
 
@@ -583,7 +690,34 @@ class Api:
         return ctxcodec.encode(context, self.secret, bucket, key)
 
 
-def _bool_param(query: Any, name: str) -> bool:
+# --- Helpers ------------------------------------------------------------------------------------------------
+
+
+def _quorum_param(query: Mapping[str, str], name: str) -> int | str | None:
+    raw = query.get(name)
+    return None if raw is None else _quorum_value(name, raw)
+
+
+def _quorum_value(name: str, raw: object) -> int | str:
+    """A quorum as a client gave it: an integer or one of QUORUM_WORDS. Digits are ASCII only: `²` passes
+    str.isdigit() but not int(), and a bucket property is stored as given, so it must already be sane."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 100_000:
+        return raw
+    if isinstance(raw, str):
+        value = raw.strip().lower()
+        if value in QUORUM_WORDS:
+            return value
+        if _DIGITS.fullmatch(value) and len(value) < 6:
+            return int(value)
+    raise BadRequest(f"{name} must be an integer or one of {', '.join(QUORUM_WORDS)}; got {raw!r}")
+
+
+def _first_given(spec: int | str | None, fallback: int | str | None) -> int | str | None:
+    # `rw` is Riak's older single quorum for both halves of a delete; r and w, when given, win.
+    return fallback if spec is None else spec
+
+
+def _bool_param(query: Mapping[str, str], name: str) -> bool:
     raw = query.get(name)
     if raw is None:
         return False
@@ -595,16 +729,112 @@ def _bool_param(query: Any, name: str) -> bool:
     raise BadRequest(f"{name} must be true or false; got {raw!r}")
 
 
+def _check_header_text(name: str, value: str) -> str:
+    """A request header's text, refused if it was not UTF-8: aiohttp maps such bytes to lone surrogates,
+    which can be neither stored nor sent back."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"header {name.encode(errors='replace')!r} is not valid UTF-8") from None
+    return value
+
+
 def _split_content_type(header: str | None) -> tuple[str, str | None]:
-    if not header:
+    """The media type and charset of a request's Content-Type; a missing one means opaque bytes, and
+    one that is not `type/subtype` is refused with 415, as Riak does."""
+    if header is None or not header.strip():
         return "application/octet-stream", None
     main, _, params = header.partition(";")
+    main = main.strip()
+    kind, slash, subtype = main.partition("/")
+    if not slash or not _TOKEN.fullmatch(kind) or not _TOKEN.fullmatch(subtype):
+        raise BadRequest(f"{main!r} is not a valid media type for the Content-Type header", 415)
     charset = None
     for param in params.split(";"):
         name, _, value = param.strip().partition("=")
-        if name.lower() == "charset" and value:
-            charset = value.strip('"')
-    return main.strip() or "application/octet-stream", charset
+        if name.strip().lower() == "charset" and value.strip().strip('"'):
+            charset = value.strip().strip('"')
+            if not _TOKEN.fullmatch(charset):
+                raise BadRequest(f"{charset!r} is not a valid charset name", 415)
+    return main, charset
+
+
+def _negotiate(accept: str | None, offers: tuple[str, ...]) -> str:
+    """The offer the Accept header ranks highest by q-value, the most specific matching range deciding;
+    ties go to the earlier offer. With no Accept, or nothing acceptable, the first offer is served."""
+    if accept is None or not accept.strip():
+        return offers[0]
+    ranges: list[tuple[str, float]] = []
+    for item in accept.split(","):
+        media, *params = item.split(";")
+        quality = 1.0
+        for param in params:
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+                if not 0.0 <= quality <= 1.0:
+                    quality = 0.0
+        ranges.append((media.strip().lower(), quality))
+
+    def rank(offer: str) -> float:
+        kind = offer.split("/")[0]
+        for pattern in (offer, kind + "/*", "*/*"):
+            qualities = [q for media, q in ranges if media == pattern]
+            if qualities:
+                return max(qualities)
+        return 0.0
+
+    best, best_rank = offers[0], 0.0
+    for offer in offers:
+        if rank(offer) > best_rank:
+            best, best_rank = offer, rank(offer)
+    return best
+
+
+def _etag_matches(header: str, tags: set[str]) -> bool:
+    """Whether an If-Match / If-None-Match list names one of `tags`; `*` matches any existing object.
+    Weak and unquoted tags are accepted, as clients send both."""
+    for item in header.split(","):
+        tag = item.strip()
+        if tag == "*":
+            return bool(tags)
+        if tag[:2] in ("W/", "w/"):
+            tag = tag[2:]
+        if tag.strip('"') in tags:
+            return True
+    return False
+
+
+def _has_write_precondition(request: web.Request) -> bool:
+    return "If-Match" in request.headers or "If-None-Match" in request.headers
+
+
+def _read_precondition(request: web.Request, vtag: str, last_modified_s: int) -> web.Response | None:
+    """The conditional GET of RFC 9110 §13.2.2: If-Match, then If-None-Match (or, without it,
+    If-Modified-Since). A 304 carries the validators the client compares."""
+    wanted = request.headers.get("If-Match")
+    if wanted is not None and not _etag_matches(wanted, {vtag}):
+        return _text(412, "the object's ETag does not match If-Match")
+    unchanged = {"ETag": f'"{vtag}"', "Last-Modified": _http_date(last_modified_s * 1_000_000)}
+    unwanted = request.headers.get("If-None-Match")
+    if unwanted is not None:
+        return web.Response(status=304, headers=unchanged) if _etag_matches(unwanted, {vtag}) else None
+    since = request.headers.get("If-Modified-Since")
+    if since is not None:
+        try:
+            parsed = email.utils.parsedate_to_datetime(since)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if parsed.tzinfo is not None and last_modified_s <= parsed.timestamp():
+            return web.Response(status=304, headers=unchanged)
+    return None
+
+
+def _http_date(micros: int) -> str:
+    return email.utils.formatdate(micros / 1_000_000, usegmt=True)
 
 
 def make_app(runtime: NodeRuntime) -> web.Application:

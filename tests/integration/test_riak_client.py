@@ -1,0 +1,116 @@
+"""A real Riak HTTP client from PyPI (basho's `riak` 2.7.0) works against a dynastore cluster unchanged.
+
+The client runs in its own venv as a subprocess (riak_client_env.py says why) and reports what it saw
+as JSON (riak_client_scenario.py); this test sets the stage, runs it, and judges the report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import riak_client_scenario as scenario
+from http_util import call, get, obj
+from riak_client_env import PyPIUnreachable, riak_client_python
+
+from dynastore.localcluster import LocalCluster
+
+MakeCluster = Callable[..., LocalCluster]
+SCENARIO_TIMEOUT_S = 60.0
+
+
+@pytest.fixture(scope="session")
+def riak_python() -> Path:
+    try:
+        return riak_client_python()
+    except PyPIUnreachable as exc:
+        pytest.skip(f"PyPI is unreachable, so the Riak client cannot be installed: {exc}")
+
+
+def run_scenario(python: Path, cluster: LocalCluster) -> dict[str, Any]:
+    nodes = [f"{node.host}:{node.http_port}" for node in cluster.nodes]
+    done = subprocess.run(
+        [str(python), "-W", "ignore", scenario.__file__, *nodes],
+        capture_output=True,
+        text=True,
+        timeout=SCENARIO_TIMEOUT_S,
+    )
+    assert done.returncode == 0, f"the scenario crashed:\n{done.stdout}\n{done.stderr}"
+    report: dict[str, Any] = json.loads(done.stdout)
+    assert "error" not in report, f"the Riak client failed at step {report['step']!r}:\n{report['error']}"
+    return report
+
+
+def test_basho_riak_client_stores_fetches_resolves_siblings_and_deletes_over_http(
+    make_cluster: MakeCluster, riak_python: Path
+) -> None:
+    """basho's Riak client over HTTP, on 3 nodes: feature detection from `/` and `/stats` (a bucket of a
+    type that does not exist is refused, not written to the default type); store and
+    fetch with content type, charset and user metadata on a key with `/`, space, `+` and non-ASCII;
+    If-None-Match; a server-chosen key; key listing and preflist; two stores with one stale vclock read
+    back as siblings; a resolver merges them and the merge is stored, after which every node shows one
+    value; delete, after which every node says it is gone. Objects written by a plain HTTP client and by
+    the Riak client are readable by the other, under the same key."""
+    cluster = make_cluster(3)
+    base = cluster[0].url
+    headers = {"Content-Type": "text/plain", "X-Riak-Meta-Source": "curl"}
+    status, _, body = call("PUT", obj(base, scenario.BUCKET, scenario.FROM_PLAIN_HTTP_KEY), b"hi from http", headers)
+    assert status == 204, body
+
+    seen = run_scenario(riak_python, cluster)
+
+    assert seen["ping"] == [True, True, True]
+    assert seen["server_version"] == "2.2.3"
+    assert seen["features"] == {
+        "bucket_types": True,
+        "preflists": True,
+        "tombstone_vclocks": True,
+        "quorum_controls": True,
+    }
+    # Only the default bucket type exists: a write to another fails loudly and never lands in the default.
+    assert seen["named_type_store"] != "stored"
+    assert seen["named_type_leaked_into_default"] is False
+    assert seen["props"] == {"allow_mult": True, "n_val": 3, "last_write_wins": False}
+
+    document = {"name": "Ada", "langs": ["en", "fr"]}
+    assert seen["stored"]["key"] == scenario.KEY
+    assert seen["stored"]["has_vclock"] and seen["stored"]["data"] == document
+    for fetched in seen["fetched"]:
+        assert fetched["exists"] and fetched["siblings"] == 1
+        assert fetched["data"] == document
+        assert (fetched["content_type"], fetched["charset"]) == ("application/json", "utf-8")
+        assert fetched["usermeta"] == {"colour": "blue", "owner": "ada"}
+        assert fetched["etag"] == seen["stored"]["etag"]
+        assert isinstance(fetched["last_modified"], int) and fetched["last_modified"] > 0
+    assert seen["from_plain_http"] == {"data": "hi from http", "usermeta": {"source": "curl"}}
+
+    assert "412" in seen["if_none_match"]
+    assert seen["after_if_none_match"] == document
+
+    generated = seen["generated"]["key"]
+    assert generated and seen["generated"]["data"] == {"generated": True}
+    expected_keys = sorted([scenario.KEY, scenario.FROM_PLAIN_HTTP_KEY, scenario.FOR_PLAIN_HTTP_KEY, generated])
+    assert seen["keys"] == expected_keys
+    assert seen["streamed_keys"] == expected_keys
+    assert [entry["primary"] for entry in seen["preflist"]] == [True, True, True]
+    assert sorted(entry["node"] for entry in seen["preflist"]) == [node.name for node in cluster.nodes]
+
+    assert seen["siblings"] == {
+        "count": 2,
+        "values": ["left", "right"],
+        "content_types": ["text/plain", "text/plain"],
+        "etags_distinct": 2,
+        "reading_one_value": "ConflictError",
+    }
+    assert seen["resolver_saw"] == [2]
+    assert seen["after_resolution"] == [["left & right"]] * 3
+    assert seen["exists_after_delete"] == [[False, False, False]] * 3
+
+    status, response_headers, body = get(base, scenario.BUCKET, scenario.FOR_PLAIN_HTTP_KEY)
+    assert (status, body, response_headers["Content-Type"]) == (200, b"hello from riak", "text/plain")
+    status, _, _ = get(base, scenario.BUCKET, scenario.KEY)
+    assert status == 404
