@@ -348,6 +348,7 @@ class NodeCore:
         self._next_transfer_ms = now_ms
         self._next_stray_ms = now_ms + settings.stray_scan_interval_ms
         self.now_hint_ms = now_ms
+        self._next_sync_ms = now_ms + settings.buffered_sync_interval_ms
         self.controller = BackgroundController(settings.background_latency_target_ms, settings.background_window_ms)
         self.aae = AntiEntropy(self, now_ms)
 
@@ -371,6 +372,7 @@ class NodeCore:
             self._next_transfer_ms,
             self._next_stray_ms,
             self.aae.next_deadline_ms(),
+            self._next_sync_ms if not self.engine.durable else self._next_gossip_ms,
         )
         while self._deadlines and self._deadlines[0][1] not in self._ops:
             heapq.heappop(self._deadlines)
@@ -488,6 +490,10 @@ class NodeCore:
             self._sweep_strays(now_ms)
             self._maybe_exit(now_ms)
         self.aae.on_tick(now_ms)
+        if not self.engine.durable and now_ms >= self._next_sync_ms:
+            # Buffered mode: acknowledged writes may sit in the OS cache; bound what a machine crash loses.
+            self._next_sync_ms = now_ms + self.settings.buffered_sync_interval_ms
+            self.engine.sync()
 
     def observe_latency(self, latency_ms: float, now_ms: int) -> None:
         """A foreground request took this long (measured by the shell): input of the background controller."""
@@ -504,6 +510,12 @@ class NodeCore:
         return None if member is None else member.address
 
     def bucket_props(self, bucket: bytes) -> dict[str, Any]:
+        props = self.default_bucket_props()
+        props.update(self.cluster.bucket(bucket))
+        return props
+
+    def default_bucket_props(self) -> dict[str, Any]:
+        """The properties of a bucket nobody configured (from the node's settings)."""
         s = self.settings
         props: dict[str, Any] = {
             "n_val": s.n_val,
@@ -515,7 +527,6 @@ class NodeCore:
             "allow_mult": s.allow_mult,
             "last_write_wins": s.last_write_wins,
         }
-        props.update(self.cluster.bucket(bucket))
         return props
 
     def preference_list(self, bucket: bytes, key: bytes) -> tuple[int, PreferenceList]:
@@ -813,6 +824,10 @@ class NodeCore:
         bad = self._check_key(req.bucket, req.key)
         if bad is not None:
             self._answer(origin, bad)
+            return
+        problem = None if req.content is None else objects.check_content(req.content)
+        if problem is not None:
+            self._answer(origin, Failure("bad_request", problem))
             return
         if req.content is not None and req.content.size_bytes > self.settings.object_bytes_max:
             self._answer(

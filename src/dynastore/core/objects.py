@@ -47,6 +47,20 @@ class Content:
 Object = Versioned[Content]
 
 
+def check_content(c: Content) -> str | None:
+    """Why a client's content cannot be stored (a reason fit for a 400), or None when it can."""
+    texts = [("content type", c.content_type), ("charset", c.charset), ("content encoding", c.content_encoding)]
+    texts += [("metadata", text) for pair in c.usermeta for text in pair]
+    for what, text in texts:
+        if text is None:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{what} is not valid UTF-8 text"
+    return None
+
+
 def tombstone(now_us: int) -> Content:
     return Content(b"", "application/octet-stream", None, None, (), now_us, True)
 

@@ -22,7 +22,7 @@ class QuorumError(ValueError):
     """A quorum value given by a client is not acceptable (the message fits an HTTP 400)."""
 
 
-def resolve(name: str, spec: int | str | None, n_val: int, default: int | str, minimum: int) -> int:
+def resolve(name: str, spec: object, n_val: int, default: int | str, minimum: int) -> int:
     """Turn a quorum value (an integer, or one/quorum/all/default) into a count for this n_val."""
     value = _resolve_one(name, default if spec is None or spec == "default" else spec, n_val)
     if value < minimum or value > n_val:
@@ -30,8 +30,8 @@ def resolve(name: str, spec: int | str | None, n_val: int, default: int | str, m
     return value
 
 
-def _resolve_one(name: str, spec: int | str, n_val: int) -> int:
-    if isinstance(spec, bool):
+def _resolve_one(name: str, spec: object, n_val: int) -> int:
+    if isinstance(spec, bool) or not isinstance(spec, int | str):
         raise QuorumError(f"{name} must be an integer or one, quorum, all, default")
     if isinstance(spec, int):
         return spec
@@ -42,7 +42,8 @@ def _resolve_one(name: str, spec: int | str, n_val: int) -> int:
         return n_val // 2 + 1
     if word == "all":
         return n_val
-    if word.isdigit():
+    # isdigit() accepts characters such as "²" that int() refuses; only ASCII digits are a count.
+    if 0 < len(word) <= 6 and all("0" <= ch <= "9" for ch in word):
         return int(word)
     raise QuorumError(f"{name}={spec!r} is not an integer or one, quorum, all, default")
 
