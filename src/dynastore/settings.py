@@ -55,6 +55,8 @@ class Settings:
     # --- Storage ---------------------------------------------------------------------------------------
     storage_engine: str = "lmdb"
     durable: bool = True
+    # In buffered mode (durable = false) batches are synced this often: the most a machine crash loses.
+    buffered_sync_interval_ms: int = 1000
     lmdb_map_size_bytes: int = 64 * 1024**3
     # A node never reuses a version counter: it reserves counters in blocks and persists the block end.
     counter_lease_count: int = 10_000

@@ -10,7 +10,7 @@ from dynastore.core.objects import Content
 from dynastore.core.versions import Context, Dot, update
 from dynastore.settings import Settings
 from dynastore.sim.cluster import SimCluster
-from dynastore.storage.memory import MemoryEngine
+from dynastore.sim.disk import SimDisk
 
 AAE = Settings(
     ring_size=16,
@@ -111,7 +111,7 @@ def test_a_node_whose_data_directory_was_wiped_is_rebuilt_by_anti_entropy() -> N
         assert isinstance(c.request(f"n{i % 3}", ClientPut(b"b", b"k%d" % i, None, Content(b"v"))), Ok)
     node = c.nodes["n2"]
     node.crash()
-    node.engine = MemoryEngine()
+    node.engine = SimDisk()
     node.start(c.now_ms)
     assert isinstance(c.request("n2", ClientJoin("n0", 1)), Ok)
     assert c.run_until(lambda: all(holds(c, "n2", b"k%d" % i) for i in range(300)), 120_000)

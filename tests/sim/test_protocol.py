@@ -308,9 +308,9 @@ def test_dots_are_never_reused_across_a_crash_and_a_new_data_directory_gets_a_ne
     assert after.actor == dots[0].actor
     node = c.nodes["n0"]
     node.crash()
-    from dynastore.storage.memory import MemoryEngine
+    from dynastore.sim.disk import SimDisk
 
-    node.engine = MemoryEngine()
+    node.engine = SimDisk()
     node.start(c.now_ms)
     assert c.core("n0").actor != after.actor
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from dynastore.core.node import NodeCore
 
 SEGMENTS_PER_REQUEST = 64
+QUEUE_RETRY_MS = 10
 META_CLEAN = b"clean_shutdown"
 
 
@@ -184,8 +185,11 @@ class AntiEntropy:
     # --- Ticks --------------------------------------------------------------------------------------------
 
     def next_deadline_ms(self) -> int:
+        if not self.node.settings.anti_entropy_enabled:
+            return self.node.now_hint_ms + 3_600_000
         if self.build_queue or self.verify_queue:
-            return self.node.now_hint_ms
+            # Soon, not now: a step the controller deferred must not make the timer spin.
+            return self.node.now_hint_ms + QUEUE_RETRY_MS
         return min(self._next_exchange_ms, self._next_verify_all_ms)
 
     def on_tick(self, now_ms: int) -> None:

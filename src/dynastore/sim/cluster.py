@@ -3,7 +3,7 @@
 Every message crosses the real wire codec (dataclass -> msgpack bytes -> validated dataclass), so the
 simulator exercises exactly what travels between real nodes. Time is a single integer that only moves
 when the simulation says so; all randomness comes from one seeded `random.Random`. A node's disk is a
-MemoryEngine that survives a crash: what the core had flushed is kept, what it had only staged is lost,
+SimDisk that survives a crash: what the core had flushed (and synced) is kept, what it had only staged is lost,
 as on a real machine.
 
 This module never sleeps, never opens a socket and never reads the wall clock.
@@ -23,7 +23,7 @@ from dynastore.core import messages
 from dynastore.core.messages import ClientRequest, ClientResponse, Message
 from dynastore.core.node import ClientJoin, NodeCore, Reply, Send
 from dynastore.settings import Settings
-from dynastore.storage.memory import MemoryEngine
+from dynastore.sim.disk import SimDisk
 
 
 @dataclass(order=True)
@@ -46,14 +46,24 @@ class NetworkFaults:
     cut: set[tuple[str, str]] = field(default_factory=set)
 
 
+class SimulationError(Exception):
+    """The simulated cluster itself misbehaved (a node's timer that never moves forward)."""
+
+
+SAME_INSTANT_TIMERS_MAX = 10_000
+
+
 class SimNode:
     def __init__(self, name: str, settings: Settings, rng: random.Random, now_ms: int) -> None:
         self.name = name
         self.settings = settings
-        self.engine = MemoryEngine()
+        self.engine = SimDisk(settings.durable)
         self.rng = random.Random(rng.getrandbits(64))
         self.core: NodeCore | None = None
+        # This node's clock: offset (skew) plus drift in parts per million of elapsed time.
         self.clock_offset_ms = 0
+        self.clock_drift_ppm = 0
+        self.started_ms = now_ms
         self.start(now_ms)
 
     def start(self, now_ms: int) -> None:
@@ -62,7 +72,7 @@ class SimNode:
             self.settings,
             self.engine,
             self.rng,
-            now_ms + self.clock_offset_ms,
+            self.local_ms(now_ms),
             host=self.name,
             peer_port=1,
             http_port=2,
@@ -73,9 +83,13 @@ class SimNode:
     def up(self) -> bool:
         return self.core is not None
 
-    def crash(self) -> None:
-        """Stop without flushing: staged writes and unsent effects are lost."""
+    def crash(self) -> int:
+        """Stop without flushing: staged writes, unsent effects and unsynced disk writes are lost."""
         self.core = None
+        return self.engine.lose_unsynced()
+
+    def local_ms(self, now_ms: int) -> int:
+        return now_ms + self.clock_offset_ms + (now_ms - self.started_ms) * self.clock_drift_ppm // 1_000_000
 
 
 class SimCluster:
@@ -94,6 +108,8 @@ class SimCluster:
         self.trace: list[str] = []
         self.tracing = False
         self.delivered = 0
+        self._last_timer: tuple[str, int] = ("", -1)
+        self._same_instant = 0
         for i in range(count):
             self.add_node(f"n{i}")
         if join:
@@ -169,7 +185,7 @@ class SimCluster:
     def step(self, until_ms: int) -> bool:
         """Deliver the next message or fire the next timer, if either is due before `until_ms`."""
         next_timer = min(
-            ((n.core.next_deadline_ms() - n.clock_offset_ms, name) for name, n in self.nodes.items() if n.core),
+            ((self._global_ms(name, n.core.next_deadline_ms()), name) for name, n in self.nodes.items() if n.core),
             default=(until_ms + 1, ""),
         )
         next_msg = self._queue[0].deliver_at_ms if self._queue else until_ms + 1
@@ -184,10 +200,22 @@ class SimCluster:
             name = next_timer[1]
             self.core(name).on_tick(self._local_now(name))
             self._flush(name)
+            # A core whose deadline stays in the past after a tick would spin a real node's event loop.
+            key = (name, self.now_ms)
+            self._same_instant = self._same_instant + 1 if key == self._last_timer else 0
+            self._last_timer = key
+            if self._same_instant > SAME_INSTANT_TIMERS_MAX:
+                raise SimulationError(f"{name}'s timer fires again and again at {self.now_ms} ms without moving on")
         return True
 
     def _local_now(self, name: str) -> int:
-        return self.now_ms + self.nodes[name].clock_offset_ms
+        return self.nodes[name].local_ms(self.now_ms)
+
+    def _global_ms(self, name: str, local_ms: int) -> int:
+        """The simulation time at which node `name`'s clock reads `local_ms` (inverse of local_ms)."""
+        node = self.nodes[name]
+        elapsed_local = local_ms - node.clock_offset_ms - node.started_ms
+        return node.started_ms + elapsed_local * 1_000_000 // (1_000_000 + node.clock_drift_ppm) + 1
 
     def _deliver(self, item: _InFlight) -> None:
         node = self.nodes.get(item.dst)

@@ -1,0 +1,62 @@
+"""A simulated disk: an engine whose writes survive a crash only once synced.
+
+In durable mode every batch is synced as it is written (as LMDB and SQLite do in durable mode), so
+a crash loses nothing that `write` returned for. In buffered mode batches stay volatile until
+`sync()`; a crash (`lose_unsynced`) throws them away, as a machine losing power would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dynastore.storage.base import Op
+from dynastore.storage.memory import MemoryEngine
+
+
+class SimDisk:
+    def __init__(self, durable: bool = True) -> None:
+        self.durable = durable
+        self._synced = MemoryEngine()
+        self._volatile: list[Op] = []
+        self._view = MemoryEngine()
+        self.syncs = 0
+
+    def get(self, area: str, key: bytes) -> bytes | None:
+        return self._view.get(area, key)
+
+    def write(self, ops: Sequence[Op]) -> None:
+        self._view.write(ops)
+        if self.durable:
+            self._synced.write(ops)
+            self.syncs += 1
+        else:
+            self._volatile.extend(ops)
+
+    def scan(
+        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000
+    ) -> list[tuple[bytes, bytes]]:
+        return self._view.scan(area, start, end, limit)
+
+    def count(self, area: str) -> int:
+        return self._view.count(area)
+
+    def sync(self) -> None:
+        if self._volatile:
+            self._synced.write(self._volatile)
+            self._volatile = []
+        self.syncs += 1
+
+    def close(self) -> None:
+        return
+
+    def lose_unsynced(self) -> int:
+        """A crash: whatever was not synced is gone. Returns how many operations were lost."""
+        lost = len(self._volatile)
+        if lost:
+            self._volatile = []
+            self._view = MemoryEngine()
+            for area in ("data", "hints", "meta", "reap", "handoff", "aae"):
+                rows = self._synced.scan(area, b"", None, 1 << 30)
+                if rows:
+                    self._view.write([Op(area, k, v) for k, v in rows])
+        return lost
