@@ -38,6 +38,13 @@ typecheck: $(STAMP)
 test: $(STAMP) $(SYSDEPS_STAMP) lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Long runs: thousands of simulator seeds and longer fault-suite runs on real processes.
+SOAK_SEEDS ?= 0..4999
+SOAK_RUNS ?= 5
+soak: $(STAMP) $(SYSDEPS_STAMP)
+	$(BIN)/python -m dynastore.sim --seeds $(SOAK_SEEDS)
+	DYNASTORE_SOAK_RUNS=$(SOAK_RUNS) $(BIN)/python -m pytest tests/faults -k soak -s $(PYTEST_ARGS)
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/core tests/storage tests/net $(PYTEST_ARGS)
 

@@ -54,6 +54,8 @@ class NodeProc:
     overrides: tuple[str, ...] = ()
     netns: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # A command the node runs under, e.g. ("faketime", "+60s") to skew its clock.
+    wrapper: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,6 +87,7 @@ class NodeProc:
             cmd += ["--seed", seed]
         for pair in self.overrides:
             cmd += ["--set", pair]
+        cmd = [*self.wrapper, *cmd]
         if self.netns is not None:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         return cmd

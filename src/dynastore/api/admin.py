@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from dynastore.core import objects, placement
+from dynastore.core import merkle, objects, placement
 from dynastore.core.messages import Failure
 from dynastore.core.node import ClientJoin, ClientLeave, ClientRemove
 
@@ -103,10 +103,12 @@ async def handle(api: Api, request: web.Request, rest: list[bytes]) -> web.Strea
             return _text(404, "no local copy")
         return _json(
             {
+                "summary": merkle.summary(obj).hex(),
                 "clock": [[a.decode(errors="replace"), c] for a, c, _ in obj.clock.entries],
                 "siblings": [
                     {
                         "vtag": objects.vtag(dot),
+                        "dot": [dot.actor.decode(errors="replace"), dot.counter],
                         "value": content.value.decode(errors="replace"),
                         "deleted": content.deleted,
                         "content_type": content.content_type,
@@ -115,6 +117,18 @@ async def handle(api: Api, request: web.Request, rest: list[bytes]) -> web.Strea
                 ],
             }
         )
+    if rest == [b"aae"] and method == "GET":
+        # Every tree's root, and whether this node is a primary of its partition: replicas of one
+        # partition must show equal roots once converged.
+        ring = core.cluster.ring
+        trees = {}
+        for (partition, n_val), tree in sorted(core.aae.trees.items()):
+            primaries = placement.placement(ring, partition, n_val).plist.primary_nodes
+            trees[f"{partition}/{n_val}"] = {
+                "root": tree.root().hex() if tree.ready else None,
+                "primary": core.name in primaries,
+            }
+        return _json({"node": core.name, "trees": trees})
     if rest == [b"join"] and method == "POST":
         seed = request.query.get("seed", "")
         host, _, port = seed.rpartition(":")

@@ -1,0 +1,363 @@
+"""A Jepsen-style run against real node processes in network namespaces.
+
+Clients (threads) add unique elements to a few sets by read-modify-write and write unique values to
+independent keys, recording every operation as ok / fail / unknown, while a nemesis cuts the network
+(halves, one node isolated, a bridge node seeing both sides), SIGKILLs and restarts nodes, SIGSTOPs and
+SIGCONTs them, and restarts one under `faketime` with a skewed clock. Then everything heals, the run
+waits for convergence (hint queues empty, replicas holding equal versions, Merkle roots equal) and the
+final reads go through the same checkers as the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+from http_util import call, obj
+
+from dynastore import localnet
+from dynastore.core.versions import Context, Dot
+from dynastore.localcluster import LocalCluster, NodeProc
+from dynastore.sim.checkers import (
+    FAIL,
+    OK,
+    UNKNOWN,
+    RegisterVerdict,
+    RegisterWrite,
+    SetOp,
+    SetVerdict,
+    check_registers,
+    check_sets,
+)
+
+CLIENT_TIMEOUT_S = 4.0
+
+
+def parse_context(vclock: str | None, bucket: str, key: str) -> Context:
+    from dynastore.core import context as ctxcodec
+
+    if not vclock:
+        return Context()
+    return ctxcodec.decode(vclock, b"dynastore", bucket.encode(), key.encode())
+
+
+@dataclass
+class Report:
+    sets: SetVerdict
+    registers: RegisterVerdict
+    writes_during_faults: int
+    acked_during_faults: int
+    converged_s: float | None
+    problems: list[str] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.sets.ok and self.registers.ok and not self.problems
+
+    def text(self) -> str:
+        availability = self.acked_during_faults / self.writes_during_faults if self.writes_during_faults else 1.0
+        lines = [
+            f"sets: {self.sets.acknowledged} acknowledged, {len(self.sets.lost)} lost, "
+            f"{len(self.sets.unexpected)} unexpected, {self.sets.unknown} unknown",
+            f"registers: {self.registers.acknowledged} acknowledged, {len(self.registers.lost)} lost, "
+            f"{len(self.registers.unexpected)} unexpected, {self.registers.unknown} unknown",
+            f"write availability during faults: {availability:.1%} "
+            f"({self.acked_during_faults}/{self.writes_during_faults})",
+            f"converged {self.converged_s:.1f} s after healing" if self.converged_s is not None else "did not converge",
+            "faults: " + "; ".join(self.faults),
+        ]
+        lines += [f"problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class Workload:
+    def __init__(self, cluster: LocalCluster, clients: int, seed: int) -> None:
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.set_ops: list[SetOp] = []
+        self.writes: list[RegisterWrite] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.faulty = threading.Event()
+        self.during = [0, 0]
+        self.next_element = 0
+        self.set_keys = [f"s{i}" for i in range(3)]
+        self.reg_keys = [f"r{i}" for i in range(6)]
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=CLIENT_TIMEOUT_S * 3)
+
+    def _node(self, rng: random.Random) -> NodeProc:
+        return rng.choice(self.cluster.nodes)
+
+    def _record_write(self, outcome: str) -> None:
+        if self.faulty.is_set():
+            with self.lock:
+                self.during[0] += 1
+                self.during[1] += outcome == OK
+
+    def _client(self, index: int) -> None:
+        rng = random.Random(self.rng.random() + index)
+        counter = 0
+        while not self.stop.is_set():
+            node = self._node(rng)
+            if rng.random() < 0.5:
+                with self.lock:
+                    self.next_element += 1
+                    element = self.next_element
+                op = SetOp(rng.choice(self.set_keys), element)
+                op.outcome = self._set_add(node, op)
+                with self.lock:
+                    self.set_ops.append(op)
+            else:
+                counter += 1
+                write = RegisterWrite(rng.choice(self.reg_keys), f"c{index}-{counter}".encode(), Context())
+                write.outcome = self._register_write(node, write)
+                with self.lock:
+                    self.writes.append(write)
+            time.sleep(rng.uniform(0.01, 0.05))
+
+    def _get(self, node: NodeProc, bucket: str, key: str) -> tuple[int, dict[str, str], bytes] | None:
+        try:
+            return call(
+                "GET", obj(node.url, bucket, key), headers={"Accept": "multipart/mixed"}, timeout_s=CLIENT_TIMEOUT_S
+            )
+        except OSError:
+            return None
+
+    def _put(self, node: NodeProc, bucket: str, key: str, body: bytes, vclock: str | None) -> str:
+        headers = {"Content-Type": "application/octet-stream"}
+        if vclock:
+            headers["X-Riak-Vclock"] = vclock
+        try:
+            status, resp_headers, _ = call("PUT", obj(node.url, bucket, key), body, headers, timeout_s=CLIENT_TIMEOUT_S)
+        except OSError:
+            self._record_write(UNKNOWN)
+            return UNKNOWN
+        outcome = OK if status == 204 else FAIL if status == 400 else UNKNOWN
+        self._record_write(outcome)
+        self.last_vclock = resp_headers.get("X-Riak-Vclock")
+        return outcome
+
+    def _set_add(self, node: NodeProc, op: SetOp) -> str:
+        got = self._get(node, "sets", op.set_key)
+        if got is None or got[0] not in (200, 300, 404):
+            return FAIL
+        status, headers, body = got
+        elements = set(_set_values(status, headers, body))
+        elements.add(op.element)
+        return self._put(node, "sets", op.set_key, msgpack.packb(sorted(elements)), headers.get("X-Riak-Vclock"))
+
+    def _register_write(self, node: NodeProc, write: RegisterWrite) -> str:
+        got = self._get(node, "registers", write.key)
+        if got is None or got[0] not in (200, 300, 404):
+            return FAIL
+        vclock = got[1].get("X-Riak-Vclock")
+        write.given = parse_context(vclock, "registers", write.key)
+        outcome = self._put(node, "registers", write.key, write.value, vclock)
+        if outcome == OK and self.last_vclock:
+            dots = parse_context(self.last_vclock, "registers", write.key).dots
+            write.dot = next(iter(dots)) if dots else None
+        return outcome
+
+
+def _set_values(status: int, headers: dict[str, str], body: bytes) -> list[int]:
+    if status == 200:
+        return list(msgpack.unpackb(body))
+    if status == 300:
+        from dynastore.client.http import parse_multipart
+
+        out: list[int] = []
+        for value in parse_multipart(body, headers.get("Content-Type", "")):
+            out.extend(msgpack.unpackb(value.data))
+        return out
+    return []
+
+
+def _final_siblings(node: NodeProc, bucket: str, key: str) -> tuple[int, dict[str, str], bytes]:
+    return call("GET", obj(node.url, bucket, key, "r=all"), headers={"Accept": "multipart/mixed"}, timeout_s=10)
+
+
+class Nemesis:
+    def __init__(self, net: localnet.PrivateNet, cluster: LocalCluster, rng: random.Random) -> None:
+        self.net = net
+        self.cluster = cluster
+        self.rng = rng
+        self.log: list[str] = []
+
+    def schedule(self) -> list[str]:
+        kinds = ["isolate", "halves", "bridge", "kill", "stop", "skew"]
+        self.rng.shuffle(kinds)
+        return kinds
+
+    def apply(self, kind: str) -> None:
+        n = len(self.cluster.nodes)
+        victim = self.rng.randrange(n)
+        if kind == "isolate":
+            self.net.isolate(victim)
+            self.log.append(f"isolated node{victim}")
+        elif kind == "halves":
+            order = list(range(n))
+            self.rng.shuffle(order)
+            self.net.partition(order[: n // 2], order[n // 2 :])
+            self.log.append(f"partitioned {sorted(order[: n // 2])} | {sorted(order[n // 2 :])}")
+        elif kind == "bridge":
+            order = list(range(n))
+            self.rng.shuffle(order)
+            bridge, rest = order[0], order[1:]
+            self.net.partition(rest[: len(rest) // 2], rest[len(rest) // 2 :])
+            self.log.append(
+                f"bridge node{bridge} between {sorted(rest[: len(rest) // 2])} and {sorted(rest[len(rest) // 2 :])}"
+            )
+        elif kind == "kill":
+            self.cluster[victim].kill()
+            self.log.append(f"SIGKILLed node{victim}")
+        elif kind == "stop":
+            self.cluster[victim].signal(signal.SIGSTOP)
+            self.log.append(f"SIGSTOPped node{victim}")
+        else:
+            node = self.cluster[victim]
+            node.stop()
+            skew = self.rng.choice([-90, -30, 30, 90])
+            node.wrapper = ("faketime", "-f", f"{skew:+d}s")
+            node.start()
+            self.log.append(f"restarted node{victim} with its clock {skew:+d} s off (faketime)")
+
+    def heal(self) -> None:
+        self.net.heal()
+        for node in self.cluster.nodes:
+            node.signal(signal.SIGCONT)
+            if not node.alive:
+                node.start()
+
+
+def converged(cluster: LocalCluster, keys_by_bucket: dict[str, list[str]]) -> list[str]:
+    problems = []
+    for node in cluster.nodes:
+        stats = cluster.stats(node)
+        if stats["hints_pending"]:
+            problems.append(f"{node.name} holds {stats['hints_pending']} hints")
+    roots: dict[str, set[Any]] = {}
+    for node in cluster.nodes:
+        status, _, body = call("GET", f"{node.url}/admin/aae", timeout_s=5)
+        for tree, info in json.loads(body)["trees"].items():
+            if info["primary"]:
+                roots.setdefault(tree, set()).add(info["root"])
+    problems += [f"Merkle roots of {tree} differ" for tree, found in roots.items() if len(found) > 1]
+    for bucket, names in keys_by_bucket.items():
+        for key in names:
+            status, _, body = call("GET", obj(cluster[0].url, bucket, key) + "/preflist", timeout_s=5)
+            replicas = [e["node"] for e in json.loads(body)["preflist"] if e["primary"]]
+            summaries = set()
+            for name in replicas:
+                node = next(n for n in cluster.nodes if n.name == name)
+                status, _, body = call("GET", f"{node.url}/admin/local/{bucket}/{key}", timeout_s=5)
+                summaries.add(json.loads(body)["summary"] if status == 200 else None)
+            if len(summaries) > 1:
+                problems.append(f"replicas of {bucket}/{key} differ")
+    return problems
+
+
+def run(
+    net: localnet.PrivateNet,
+    cluster: LocalCluster,
+    *,
+    seed: int,
+    fault_s: float,
+    faults: int,
+    clients: int = 6,
+    converge_bound_s: float = 90.0,
+) -> Report:
+    rng = random.Random(seed)
+    workload = Workload(cluster, clients, seed)
+    nemesis = Nemesis(net, cluster, rng)
+    workload.start()
+    try:
+        time.sleep(2.0)  # some history before the first fault
+        for kind in nemesis.schedule()[:faults]:
+            workload.faulty.set()
+            nemesis.apply(kind)
+            time.sleep(fault_s)
+            nemesis.heal()
+            workload.faulty.clear()
+            cluster.wait(lambda: all(n.alive for n in cluster.nodes), 30, "restarted nodes")
+            time.sleep(1.0)
+    finally:
+        nemesis.heal()
+        workload.join()
+    healed = time.monotonic()
+    keys_by_bucket = {"sets": workload.set_keys, "registers": workload.reg_keys}
+    problems: list[str] = []
+    converged_s = None
+    deadline = healed + converge_bound_s
+    while time.monotonic() < deadline:
+        try:
+            problems = converged(cluster, keys_by_bucket)
+        except (OSError, ValueError, KeyError) as exc:
+            problems = [f"cluster not answering: {exc}"]
+        if not problems:
+            converged_s = time.monotonic() - healed
+            break
+        time.sleep(0.5)
+    final_sets: dict[str, set[int]] = {}
+    for key in workload.set_keys:
+        status, headers, body = _final_siblings(cluster[0], "sets", key)
+        final_sets[key] = set(_set_values(status, headers, body))
+    final_regs: dict[str, list[tuple[Dot, bytes]]] = {}
+    for key in workload.reg_keys:
+        status, headers, body = _final_siblings(cluster[0], "registers", key)
+        final_regs[key] = _register_siblings(cluster, key, status, headers, body)
+    return Report(
+        check_sets(workload.set_ops, final_sets),
+        check_registers(workload.writes, final_regs),
+        workload.during[0],
+        workload.during[1],
+        converged_s,
+        problems if converged_s is None else [],
+        nemesis.log,
+    )
+
+
+def _register_siblings(
+    cluster: LocalCluster, key: str, status: int, headers: dict[str, str], body: bytes
+) -> list[tuple[Dot, bytes]]:
+    """The final siblings with their dots, read from a replica's own copy (dots are not in HTTP)."""
+    if status == 404:
+        return []
+    values = {v.data for v in _values(status, headers, body)}
+    _, _, plist = call("GET", obj(cluster[0].url, "registers", key) + "/preflist", timeout_s=5)
+    replica = json.loads(plist)["preflist"][0]["node"]
+    host = next(n for n in cluster.nodes if n.name == replica)
+    status, _, raw = call("GET", f"{host.url}/admin/local/registers/{key}", timeout_s=5)
+    if status != 200:
+        return []
+    out = []
+    for sibling in json.loads(raw)["siblings"]:
+        if not sibling["deleted"] and sibling["value"].encode() in values:
+            actor, counter = sibling["dot"]
+            out.append((Dot(actor.encode(), counter), sibling["value"].encode()))
+    return out
+
+
+def _values(status: int, headers: dict[str, str], body: bytes) -> list[Any]:
+    from dynastore.client.http import Value, parse_multipart
+
+    if status == 200:
+        return [Value(body)]
+    if status == 300:
+        return list(parse_multipart(body, headers.get("Content-Type", "")))
+    return []
