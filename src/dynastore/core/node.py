@@ -1733,6 +1733,7 @@ class NodeCore:
             "hinted_writes_total": s.hinted_writes,
             "hints_delivered_total": s.hints_delivered,
             "hints_pending": self._hint_count,
+            "keys_stored": self.engine.count("data"),
             "tombstones_reaped_total": s.tombstones_reaped,
             "gossip_rounds_total": s.gossip_rounds,
             "handoff_batches_total": s.handoff_batches,
