@@ -443,6 +443,15 @@ def partitioning(nodes: int, n_val: int, extra: tuple[str, ...]) -> None:
     sys.exit(run_partitioning(["--nodes", str(nodes), "--n", str(n_val), *extra]))
 
 
+@bench.command("repair", context_settings={"ignore_unknown_options": True})
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def repair(extra: tuple[str, ...]) -> None:
+    """Anti-entropy: bytes exchanged per difference (traffic) and foreground p99 during repair (pacing)."""
+    from dynastore.bench.repair import main as run_repair
+
+    sys.exit(run_repair(list(extra)))
+
+
 @bench.command("detection", context_settings={"ignore_unknown_options": True})
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 def detection(extra: tuple[str, ...]) -> None:
@@ -450,6 +459,28 @@ def detection(extra: tuple[str, ...]) -> None:
     from dynastore.bench.detection import main as run_detection
 
     sys.exit(run_detection(list(extra)))
+
+
+# The module parses its own options, so --help is passed through to it rather than answered here.
+_PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
+
+
+@bench.command("ycsb", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def ycsb(extra: tuple[str, ...]) -> None:
+    """YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj (see --help)."""
+    from dynastore.bench.ycsb import main as run_ycsb
+
+    sys.exit(run_ycsb(list(extra)))
+
+
+@bench.command("paper", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def paper(extra: tuple[str, ...]) -> None:
+    """The Dynamo paper's measurements: client- vs server-driven coordination, buffered vs durable writes."""
+    from dynastore.bench.ycsb import paper_main
+
+    sys.exit(paper_main(list(extra)))
 
 
 if __name__ == "__main__":

@@ -261,15 +261,21 @@ class AntiEntropy:
     def on_tree_request(self, src: str, msg: TreeRequest, now_ms: int) -> None:
         self.stats.bytes_received += _size(msg)
         tree = self.trees.get((msg.partition, msg.n_val))
-        if tree is None or not tree.ready or not 0 <= msg.level < tree.depth:
+        # The responder's own clients count too: when it is busy serving them it declines, and the
+        # initiator tries again later (an exchange costs both sides).
+        busy = msg.level == 0 and not self.node.controller.admit(now_ms)
+        if busy or tree is None or not tree.ready or not 0 <= msg.level < tree.depth:
             self._send(src, TreeReply(msg.req, (), False))
             return
         self._send(src, TreeReply(msg.req, tuple(tree.hashes(msg.level, list(msg.indexes))), True))
 
     def on_segment_request(self, src: str, msg: SegmentRequest, now_ms: int) -> None:
         self.stats.bytes_received += _size(msg)
+        if not self.node.controller.admit(now_ms):
+            self._send(src, SegmentReply(msg.req, (), (), False))
+            return
         found = self._segment_entries(msg.partition, msg.n_val, msg.segments)
-        self._send(src, SegmentReply(msg.req, tuple(found), tuple(found.values())))
+        self._send(src, SegmentReply(msg.req, tuple(found), tuple(found.values()), True))
 
     def on_objects_request(self, src: str, msg: ObjectsRequest, now_ms: int) -> None:
         self.stats.bytes_received += _size(msg)
@@ -335,7 +341,7 @@ class AntiEntropy:
         op = self.node._ops.get(msg.req)
         if not isinstance(op, ExchangeOp) or op.peer != src or op.stage != "segments":
             return
-        if len(msg.keys) != len(msg.summaries):
+        if not msg.ready or len(msg.keys) != len(msg.summaries):
             self.abandon(msg.req)
             return
         theirs = dict(zip(msg.keys, msg.summaries, strict=True))

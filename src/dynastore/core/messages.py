@@ -331,10 +331,13 @@ class SegmentRequest:
 
 @dataclass(frozen=True, slots=True)
 class SegmentReply:
+    """Keys and version summaries of the asked segments; `ready` false: busy, ask again later."""
+
     CODE: ClassVar[int] = 23
     req: int
     keys: tuple[bytes, ...]
     summaries: tuple[bytes, ...]
+    ready: bool
 
 
 @dataclass(frozen=True, slots=True)
