@@ -639,3 +639,16 @@ def test_random_requests_never_get_a_5xx_but_a_plain_503_and_every_node_keeps_se
         put(node.url, "after-random-requests", node.name, node.name.encode())
         assert call("GET", node.url + path("after-random-requests", node.name))[:3:2] == (200, node.name.encode())
         assert "internal error" not in Path(node.log_path).read_text(errors="replace")
+
+
+def test_every_response_names_the_ring_epoch_and_the_ring_describes_transitions_and_bucket_n_vals(base: str) -> None:
+    """Partition-aware clients learn from any response whether their ring is stale (X-Dynastore-Ring),
+    and /ring gives them the whole routing state: owners, next owners, finished transfers, bucket n_vals."""
+    status, headers, _ = call("GET", base + "/ping")
+    assert status == 200 and headers.get("X-Dynastore-Ring", "").count(".") == 1
+    status, headers, _ = call("GET", base + "/buckets/b/keys/never-written")
+    assert status == 404 and "X-Dynastore-Ring" in headers
+    ring = http_json(base + "/ring")
+    assert ring["epoch"] == headers["X-Dynastore-Ring"]
+    assert ring["next_owners"] is None and ring["done"] == []
+    assert isinstance(ring["bucket_n_vals"], dict)

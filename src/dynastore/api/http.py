@@ -17,6 +17,7 @@ the cluster commands of the CLI.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import logging
@@ -109,6 +110,16 @@ _DIGITS = re.compile(r"[0-9]+")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+RING_HEADER = "X-Dynastore-Ring"
+
+
+def ring_epoch(runtime: NodeRuntime) -> str:
+    """Changes whenever routing by the ring changes: a new ring, or a partition switching owners."""
+    core = runtime.core
+    assert core is not None
+    ring = core.cluster.ring
+    return f"{ring.version}.{len(ring.done)}"
+
 
 class BadRequest(Exception):
     """Client input that cannot be accepted; the message is the plain-text reason."""
@@ -173,6 +184,13 @@ class Api:
     # --- Dispatch -------------------------------------------------------------------------------------------
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        response = await self._dispatch(request)
+        if not response.prepared:
+            # Partition-aware clients compare this with the ring they hold and refetch when it moved.
+            response.headers[RING_HEADER] = ring_epoch(self.runtime)
+        return response
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._route(request)
         except BadRequest as exc:
@@ -308,17 +326,30 @@ class Api:
         core = self.runtime.core
         assert core is not None
         state = core.cluster
+        ring = state.ring
+        buckets = {}
+        for name, record in state.buckets:
+            n_val = record.as_dict().get("n_val")
+            if isinstance(n_val, int) and not isinstance(n_val, bool):
+                buckets[base64.b64encode(name).decode()] = n_val
         return _json(
             {
                 "cluster": state.cluster,
-                "version": state.ring.version,
+                "version": ring.version,
+                "epoch": ring_epoch(self.runtime),
                 "ring_size": core.ring.size,
-                "owners": list(core.ring.owners),
+                "owners": list(ring.owners),
+                # During a transition: the ring being moved to, and the (partition, node) transfers done;
+                # a partition whose receivers are all done is served by the next ring.
+                "next_owners": None if ring.next_owners is None else list(ring.next_owners),
+                "done": sorted([p, n] for p, n in ring.done),
                 "members": {
                     m.name: {"host": m.host, "http_port": m.http_port, "peer_port": m.peer_port, "status": m.status}
                     for m in state.members
                 },
                 "n_val": self.settings.n_val,
+                # n_val of every bucket that sets one, keyed by the bucket's name in base64.
+                "bucket_n_vals": buckets,
             }
         )
 

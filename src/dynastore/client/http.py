@@ -113,12 +113,15 @@ class HttpClient:
         resolver: Resolver | None = None,
         connect_timeout_s: float | None = None,
         on_attempt: AttemptObserver | None = None,
+        on_headers: Callable[[str, Mapping[str, str]], None] | None = None,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         assert self.urls, "at least one node URL is needed"
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self.resolver = resolver
         self.on_attempt = on_attempt
+        # Hears every response's headers (the ring-aware client watches the ring epoch in them).
+        self.on_headers = on_headers
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
@@ -161,6 +164,8 @@ class HttpClient:
                 continue
             if self.on_attempt is not None:
                 self.on_attempt(base, None)
+            if self.on_headers is not None:
+                self.on_headers(base, answer[1])
             return answer
         raise ClientError(0, f"no node answered: {last}")
 

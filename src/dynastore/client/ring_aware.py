@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 # Answers after which the ring is worth a fresh look: a node could not gather a quorum, which is
 # what a node sees when members have left or moved.
+RING_EPOCH_HEADER = "X-Dynastore-Ring"
 _STATUSES_SUGGESTING_RING_MOVED = frozenset({503})
 
 
@@ -85,6 +86,7 @@ class RingAwareClient:
             resolver=resolver,
             connect_timeout_s=connect_timeout_s,
             on_attempt=self._on_attempt,
+            on_headers=self._on_headers,
         )
         self._view: RingView | None = None
         self._view_fetched_s = -math.inf
@@ -132,8 +134,8 @@ class RingAwareClient:
         if self._view is None:
             raise ClientError(0, "no ring yet: make a request or call refresh() first")
         bucket_b = _bytes(bucket)
-        n_val = self._n_vals.get(bucket_b, self._clock()) or self._view.n_val
-        return route(self._view.ring, bucket_b, _bytes(key), n_val, self.failing_nodes())
+        n_val = self._known_n_val(self._view, bucket_b) or self._view.n_val
+        return route(self._view.state, bucket_b, _bytes(key), n_val, self.failing_nodes())
 
     async def refresh(self) -> RingView:
         """Fetch the ring now and route by it from here on (bounded by `timeout_s`)."""
@@ -240,8 +242,12 @@ class RingAwareClient:
             raise unanswered
         return await send(await self._urls_for(fresh, bucket, key))
 
+    def _known_n_val(self, view: RingView, bucket: bytes) -> int | None:
+        """The bucket's n_val from the ring (nodes publish it) or from an earlier props lookup."""
+        return view.bucket_n_vals.get(bucket) or self._n_vals.get(bucket, self._clock())
+
     async def _urls_for(self, view: RingView, bucket: bytes, key: bytes) -> list[str]:
-        n_val = self._n_vals.get(bucket, self._clock())
+        n_val = self._known_n_val(view, bucket)
         if n_val is None:
             # The order of the walk does not depend on n_val, only where the primaries end does; so
             # the props can be asked of the very nodes the request is about to go to.
@@ -254,7 +260,7 @@ class RingAwareClient:
         return frozenset(name for name, url in view.urls.items() if url in failing_urls)
 
     def _ordered_urls(self, view: RingView, bucket: bytes, key: bytes, n_val: int) -> list[str]:
-        plan = route(view.ring, bucket, key, n_val, self._failing_in(view))
+        plan = route(view.state, bucket, key, n_val, self._failing_in(view))
         urls = [view.urls[node] for node in plan.order if node in view.urls]
         if not urls:
             raise ClientError(0, "the ring names no member with an HTTP address")
@@ -350,6 +356,13 @@ class RingAwareClient:
             return
         self._failed_urls.set(url, True, self._clock())
         self._start_refresh()
+
+    def _on_headers(self, url: str, headers: Mapping[str, str]) -> None:
+        # Every node says which ring epoch it routes by; a different one means ours is stale.
+        epoch = headers.get(RING_EPOCH_HEADER)
+        view = self._view
+        if epoch and view is not None and view.epoch and epoch != view.epoch:
+            self._start_refresh()
 
 
 def _retrieve_outcome(task: asyncio.Task[RingView]) -> None:

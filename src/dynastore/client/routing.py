@@ -9,11 +9,15 @@ reach and so tries last.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Collection, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
+from dynastore.core import placement
+from dynastore.core.membership import RingState
 from dynastore.core.ring import Ring
 
 # Addresses a node may bind that mean "every interface" and so cannot be dialled as given.
@@ -26,13 +30,20 @@ class RingViewError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RingView:
-    """A ring as one node served it: owners, the HTTP address of each member, the cluster's default n_val."""
+    """A ring as one node served it: the ring state (with any transition in progress), the HTTP address
+    of each member, the cluster's default n_val and the n_val of every bucket that sets one."""
 
     cluster: str
     version: int
-    ring: Ring
+    state: RingState
     urls: Mapping[str, str]
     n_val: int
+    epoch: str = ""
+    bucket_n_vals: Mapping[bytes, int] = field(default_factory=dict)
+
+    @property
+    def ring(self) -> Ring:
+        return self.state.ring
 
     @classmethod
     def from_json(cls, data: Any, served_by: str) -> RingView:
@@ -68,11 +79,41 @@ class RingView:
             if ":" in host and not host.startswith("["):
                 host = f"[{host}]"
             urls[name] = f"http://{host}:{port}"
-        return cls(cluster, version, Ring(tuple(owners)), urls, n_val)
+        next_owners = data.get("next_owners")
+        if next_owners is not None and (
+            not isinstance(next_owners, list)
+            or len(next_owners) != size
+            or not all(isinstance(o, str) and o for o in next_owners)
+        ):
+            raise RingViewError("the ring's next owners are not a list of node names of the ring's size")
+        done: set[tuple[int, str]] = set()
+        for entry in data.get("done") or []:
+            if not (isinstance(entry, list) and len(entry) == 2 and _is_int(entry[0]) and isinstance(entry[1], str)):
+                raise RingViewError("the ring's finished transfers are not [partition, node] pairs")
+            done.add((entry[0], entry[1]))
+        bucket_n_vals: dict[bytes, int] = {}
+        raw_buckets = data.get("bucket_n_vals") or {}
+        if not isinstance(raw_buckets, dict):
+            raise RingViewError("the ring's bucket n_vals are not an object")
+        for encoded, bucket_n_val in raw_buckets.items():
+            try:
+                name = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise RingViewError("a bucket name in the ring is not base64") from None
+            if _is_int(bucket_n_val) and bucket_n_val >= 1:
+                bucket_n_vals[name] = bucket_n_val
+        epoch = data.get("epoch")
+        state = RingState(
+            version, "", tuple(owners), None if next_owners is None else tuple(next_owners), frozenset(done)
+        )
+        return cls(cluster, version, state, urls, n_val, epoch if isinstance(epoch, str) else "", bucket_n_vals)
 
     def same_placement(self, other: RingView) -> bool:
         """Whether routing by `other` would send every request where routing by this view does."""
-        return self.ring.owners == other.ring.owners and dict(self.urls) == dict(other.urls)
+        mine, theirs = self.state, other.state
+        return (mine.owners, mine.next_owners, mine.done) == (theirs.owners, theirs.next_owners, theirs.done) and dict(
+            self.urls
+        ) == dict(other.urls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +126,19 @@ class Route:
     order: tuple[str, ...]
 
 
-def route(ring: Ring, bucket: bytes, key: bytes, n_val: int, failing: Collection[str] = ()) -> Route:
+def route(state: RingState | Ring, bucket: bytes, key: bytes, n_val: int, failing: Collection[str] = ()) -> Route:
     """Primaries first, then fallbacks, each in preference-list order; nodes in `failing` go last.
 
-    Failing nodes are kept at the end rather than dropped: when everything else is unreachable, a
-    node that failed a moment ago is still the best remaining chance.
+    The preference list is the one the nodes themselves serve (`placement.placement`): during a
+    transition, a partition whose transfers are done is served by the next ring. Failing nodes are kept
+    at the end rather than dropped: when everything else is unreachable, a node that failed a moment ago
+    is still the best remaining chance.
     """
     assert n_val >= 1, n_val
-    partition = ring.partition_of(bucket, key)
-    plist = ring.preference_list(partition, n_val)
+    if isinstance(state, Ring):
+        state = RingState(0, "", state.owners)
+    partition = state.ring.partition_of(bucket, key)
+    plist = placement.placement(state, partition, n_val).plist
     primaries = plist.primary_nodes
     fallbacks = tuple(node for _, node in plist.fallbacks)
     walk = primaries + fallbacks
