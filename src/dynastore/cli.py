@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -91,9 +92,11 @@ def node(
     cfg = NodeConfig(
         name, host, http_port, peer_port, Path(data_dir), tuple(_address(s, "--seed") for s in seeds), weight
     )
+    from dynastore.net.tls import TlsError
+
     try:
         serve(cfg, settings)
-    except OSError as exc:
+    except (OSError, TlsError) as exc:
         _fail(f"cannot start {name}: {exc}")
 
 
@@ -171,9 +174,36 @@ def cluster() -> None:
     """Membership: status, ring, join, leave."""
 
 
-NODE_OPTION = click.option(
+def _remember_ca(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # The CA travels in the environment so that every helper that talks to nodes (the HTTP client, the
+    # admin calls, LocalCluster's probes) verifies https:// nodes the same way.
+    if value:
+        os.environ["DYNASTORE_CA"] = value
+
+
+def _ssl_context() -> Any:
+    ca_file = os.environ.get("DYNASTORE_CA")
+    if not ca_file:
+        return None
+    from dynastore.net.tls import http_client_context
+
+    return http_client_context(ca_file)
+
+
+_URL_OPTION = click.option(
     "--node", "url", default="http://127.0.0.1:8098", show_default=True, help="HTTP address of the node to act on."
 )
+_CA_OPTION = click.option(
+    "--ca",
+    envvar="DYNASTORE_CA",
+    expose_value=False,
+    callback=_remember_ca,
+    help="CA file that verifies https:// nodes (env DYNASTORE_CA).",
+)
+
+
+def NODE_OPTION(fn: F) -> F:
+    return _URL_OPTION(_CA_OPTION(fn))
 
 
 @cluster.command()
@@ -353,7 +383,7 @@ def get(bucket: str, key: str, url: str, r: str | None, pr: str | None) -> None:
     from dynastore.client.http import HttpClient
 
     async def go() -> None:
-        async with HttpClient(url) as client:
+        async with HttpClient(url, ssl_context=_ssl_context()) as client:
             fetched = await client.get(bucket, key, r=r, pr=pr)
         if not fetched.exists:
             click.echo(f"not found{' (deleted)' if fetched.context else ''}", err=True)
@@ -394,7 +424,7 @@ def put(
     data = sys.stdin.buffer.read() if value == "-" else value.encode()
 
     async def go() -> None:
-        async with HttpClient(url) as client:
+        async with HttpClient(url, ssl_context=_ssl_context()) as client:
             new_context = await client.put(
                 bucket, key, data, context=context, content_type=content_type, w=w, dw=dw, pw=pw
             )
@@ -414,7 +444,7 @@ def delete(bucket: str, key: str, url: str, context: str | None, w: str | None) 
     from dynastore.client.http import HttpClient
 
     async def go() -> None:
-        async with HttpClient(url) as client:
+        async with HttpClient(url, ssl_context=_ssl_context()) as client:
             existed = await client.delete(bucket, key, context=context, w=w)
         if not existed:
             click.echo("not found", err=True)

@@ -36,8 +36,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def http_json(url: str, timeout_s: float = 2.0, method: str = "GET", data: bytes | None = None) -> Any:
+    """GET (or another method) a JSON document; HTTPS is verified against $DYNASTORE_CA when set."""
     request = urllib.request.Request(url, method=method, data=data)
-    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+    context = None
+    if url.startswith("https:") and os.environ.get("DYNASTORE_CA"):
+        from dynastore.net.tls import http_client_context
+
+        context = http_client_context(os.environ["DYNASTORE_CA"])
+    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as resp:
         return json.loads(resp.read())
 
 
@@ -60,7 +66,8 @@ class NodeProc:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        scheme = "https" if any(o.startswith("tls_cert_file=") for o in self.overrides) else "http"
+        return f"{scheme}://{self.host}:{self.http_port}"
 
     @property
     def peer_address(self) -> str:

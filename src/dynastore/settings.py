@@ -29,6 +29,12 @@ class Settings:
     # Empty means the cluster name is used: contexts are then protected against corruption, not forgery.
     cluster_secret: str = ""
 
+    # TLS for the HTTP API and (mutual) for inter-node traffic; on when both files are set. The CA file
+    # verifies peers (default: the certificate itself, for a cluster sharing one self-signed certificate).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+
     # --- Partitioning and replication (Dynamo's Q, N, R, W) ----------------------------------------
     ring_size: int = 64
     n_val: int = 3

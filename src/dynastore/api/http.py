@@ -51,6 +51,7 @@ from dynastore.core.messages import (
 )
 from dynastore.core.objects import Content
 from dynastore.core.versions import Context, Dot
+from dynastore.net import tls
 from dynastore.runtime.node import NodeRuntime
 
 log = logging.getLogger("dynastore.http")
@@ -344,7 +345,13 @@ class Api:
                 "next_owners": None if ring.next_owners is None else list(ring.next_owners),
                 "done": sorted([p, n] for p, n in ring.done),
                 "members": {
-                    m.name: {"host": m.host, "http_port": m.http_port, "peer_port": m.peer_port, "status": m.status}
+                    m.name: {
+                        "host": m.host,
+                        "http_port": m.http_port,
+                        "peer_port": m.peer_port,
+                        "status": m.status,
+                        "scheme": "https" if tls.enabled(self.settings) else "http",
+                    }
                     for m in state.members
                 },
                 "n_val": self.settings.n_val,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,6 +115,7 @@ class HttpClient:
         connect_timeout_s: float | None = None,
         on_attempt: AttemptObserver | None = None,
         on_headers: Callable[[str, Mapping[str, str]], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         assert self.urls, "at least one node URL is needed"
@@ -122,6 +124,8 @@ class HttpClient:
         self.on_attempt = on_attempt
         # Hears every response's headers (the ring-aware client watches the ring epoch in them).
         self.on_headers = on_headers
+        # For https:// nodes: the context that verifies them (dynastore.net.tls.http_client_context).
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
@@ -137,7 +141,8 @@ class HttpClient:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
+            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
         return self._session
 
     async def _call(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
@@ -68,6 +69,7 @@ class RingAwareClient:
         buckets_cached_max: int = 1024,
         nodes_remembered_max: int = 1024,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.seeds = [_normal(url) for url in ([seeds] if isinstance(seeds, str) else seeds)]
         if not self.seeds:
@@ -87,6 +89,7 @@ class RingAwareClient:
             connect_timeout_s=connect_timeout_s,
             on_attempt=self._on_attempt,
             on_headers=self._on_headers,
+            ssl_context=ssl_context,
         )
         self._view: RingView | None = None
         self._view_fetched_s = -math.inf

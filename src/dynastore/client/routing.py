@@ -78,7 +78,10 @@ class RingView:
                 host = fallback_host
             if ":" in host and not host.startswith("["):
                 host = f"[{host}]"
-            urls[name] = f"http://{host}:{port}"
+            scheme = member.get("scheme", "http")
+            if scheme not in ("http", "https"):
+                raise RingViewError(f"member {name} has an unknown scheme {scheme!r}")
+            urls[name] = f"{scheme}://{host}:{port}"
         next_owners = data.get("next_owners")
         if next_owners is not None and (
             not isinstance(next_owners, list)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -77,7 +78,9 @@ class PeerLink:
         if address is None:
             raise ConnectionError(f"no address known for {self.peer}")
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(address[0], address[1], local_addr=(self.transport.host, 0)),
+            asyncio.open_connection(
+                address[0], address[1], local_addr=(self.transport.host, 0), ssl=self.transport.ssl_client
+            ),
             self.transport.connect_timeout_s,
         )
         self.writer = writer
@@ -148,7 +151,11 @@ class Transport:
         address_of: Callable[[str], tuple[str, int] | None],
         on_message: Callable[[str, Message], None],
         on_unreachable: Callable[[str], None],
+        ssl_server: ssl.SSLContext | None = None,
+        ssl_client: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_server = ssl_server
+        self.ssl_client = ssl_client
         self.name = name
         self.host = host
         self.port = port
@@ -172,7 +179,9 @@ class Transport:
         self.learned: dict[str, tuple[str, int]] = {}
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
+        self.server = await asyncio.start_server(
+            self._accept, self.host, self.port, reuse_address=True, ssl=self.ssl_server
+        )
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) until every queued frame has been written, e.g. a last gossip before exit."""

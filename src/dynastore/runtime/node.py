@@ -20,6 +20,7 @@ from typing import Any
 
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
 from dynastore.core.node import AdminRequest, ClientJoin, NodeCore, Reply, Send
+from dynastore.net import tls
 from dynastore.net.rpc import Transport
 from dynastore.settings import Settings
 from dynastore.storage import open_engine
@@ -138,6 +139,8 @@ class NodeRuntime:
             address_of=self.core.address_of,
             on_message=self._on_message,
             on_unreachable=self._on_unreachable,
+            ssl_server=tls.server_context(self.settings, require_client_cert=True),
+            ssl_client=tls.peer_client_context(self.settings),
         )
         await self.transport.start()
         self._flush()

@@ -10,6 +10,7 @@ import signal
 from aiohttp import web
 
 from dynastore.api.http import make_app
+from dynastore.net import tls
 from dynastore.runtime.node import NodeConfig, NodeRuntime
 from dynastore.settings import Settings
 
@@ -21,15 +22,17 @@ async def run_node(config: NodeConfig, settings: Settings) -> None:
     await runtime.start()
     runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.http_port, reuse_address=True)
+    ssl_context = tls.server_context(settings, require_client_cert=False)
+    site = web.TCPSite(runner, config.host, config.http_port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runtime.stopping.set)
         log.info(
-            "%s serving http://%s:%d, peers on %s:%d",
+            "%s serving %s://%s:%d, peers on %s:%d",
             config.name,
+            "https" if ssl_context is not None else "http",
             config.host,
             config.http_port,
             config.host,
