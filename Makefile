@@ -48,5 +48,20 @@ soak: $(STAMP) $(SYSDEPS_STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/core tests/storage tests/net $(PYTEST_ARGS)
 
+# The YCSB comparison, about 15 minutes on 2 cores: workloads A, B, C and F against dynastore, etcd,
+# redis, pysyncobj and a no-op target (the driver's ceiling), plus the Dynamo paper's measurements.
+# Writes bench-results/results.json, results.md, throughput.png and latency.png. A peer that cannot
+# be installed is skipped with a message. BENCH_ARGS adds options, e.g. BENCH_ARGS='--duration 30'.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	scripts/install-bench-deps.sh || echo "bench: could not install every peer; those missing are skipped" >&2
+	$(BIN)/dynastore bench ycsb --target all --workload A,B,C,F --paper --out bench-results $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(SYSDEPS_STAMP) .pytest_cache .mypy_cache .ruff_cache .hypothesis

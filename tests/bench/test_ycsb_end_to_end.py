@@ -1,0 +1,165 @@
+"""`dynastore bench ycsb` end to end: short runs of the noop target and of a real 3-node dynastore cluster.
+
+These check what a run produces (its JSON fields, its clean-up), never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from dynastore.bench import ycsb_peers
+from dynastore.bench.ycsb import main
+from dynastore.cli import main as cli_main
+
+SHORT = ["--duration", "0.5", "--warmup", "0.2", "--no-core-check"]
+RUN_FIELDS = {
+    "target",
+    "variant",
+    "nodes",
+    "workload",
+    "mode",
+    "rate_per_s",
+    "concurrency",
+    "throughput_ops_s",
+    "operations",
+    "errors",
+    "error_samples",
+    "window_s",
+    "driver_cpu_cores",
+    "server_cpu_cores",
+    "counters",
+    "ops",
+}
+DOC_FIELDS = {"benchmark", "command", "started_at", "elapsed_s", "machine", "settings", "versions", "loads", "runs"}
+DOC_FIELDS |= {"skipped", "failed", "ratios", "paper"}
+
+
+def _run(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "results.json"
+    assert main([*args, "--json", str(out)]) == 0
+    doc: dict[str, Any] = json.loads(out.read_text())
+    assert set(doc) == DOC_FIELDS
+    return doc
+
+
+def _benchmark_node_processes() -> list[str]:
+    """Command lines of live processes that are dynastore nodes started by a YCSB run."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "dynastore-ycsb-" in text and " node " in text:
+            found.append(text)
+    return found
+
+
+def test_a_noop_run_reports_every_workload_operation_with_its_percentiles(tmp_path: Path) -> None:
+    """The noop target runs the load and workloads A and F, and the JSON has each run's fields and operations."""
+    doc = _run(tmp_path, "--target", "noop", "--workload", "A,F", "--records", "200", "--concurrency", "4", *SHORT)
+    assert doc["loads"][0]["operations"] == 200
+    assert [r["workload"] for r in doc["runs"]] == ["A", "F"]  # run order: by growing share of writes
+    for run in doc["runs"]:
+        assert set(run) == RUN_FIELDS
+        assert run["target"] == "noop" and run["errors"] == 0 and run["operations"] > 0
+    a, f = doc["runs"]
+    assert set(a["ops"]) == {"read", "update"}
+    assert set(f["ops"]) == {"read", "update", "read-modify-write"}
+    for entry in (*a["ops"].values(), *f["ops"].values()):
+        assert entry["count"] > 0
+        assert set(entry["latency_ms"]) == {"mean", "min", "p50", "p95", "p99", "p99.9", "max"}
+    assert doc["settings"]["run_order"] == ["A", "F"]
+    assert doc["paper"] is None
+
+
+def test_several_driver_processes_merge_into_one_result(tmp_path: Path) -> None:
+    """With --processes 2 each process drives half the clients and the parent reports their merged counts."""
+    doc = _run(
+        tmp_path,
+        "--target",
+        "noop",
+        "--workload",
+        "C",
+        "--records",
+        "100",
+        "--concurrency",
+        "4",
+        "--processes",
+        "2",
+        *SHORT,
+    )
+    (run,) = doc["runs"]
+    assert doc["loads"][0]["operations"] == 100  # the two processes loaded disjoint halves
+    assert run["ops"]["read"]["count"] == run["operations"] > 0
+    assert doc["settings"]["processes"] == 2
+
+
+def test_a_rate_makes_the_run_open_loop(tmp_path: Path) -> None:
+    """--rate paces requests on a schedule (coordinated-omission-free) and the run says so."""
+    doc = _run(tmp_path, "--target", "noop", "--workload", "B", "--records", "100", "--rate", "500", *SHORT)
+    (run,) = doc["runs"]
+    assert run["mode"] == "open loop" and run["rate_per_s"] == 500
+    assert run["operations"] > 0
+
+
+def test_a_peer_that_is_not_installed_is_skipped_with_a_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing etcd binary skips etcd, says what to install, and the other targets still run."""
+    monkeypatch.setattr(ycsb_peers.shutil, "which", lambda name: None)
+    doc = _run(tmp_path, "--target", "etcd,noop", "--records", "50", *SHORT)
+    assert [r["target"] for r in doc["runs"]] == ["noop"]
+    (skipped,) = doc["skipped"]
+    assert skipped["target"] == "etcd" and "etcd-server" in skipped["reason"]
+    assert "etcd: skipped: etcd is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dynastore_http_against_a_real_three_node_cluster(tmp_path: Path) -> None:
+    """A 3-node LocalCluster is started, loaded, run through workload A with no errors, and stopped afterwards."""
+    doc = _run(
+        tmp_path,
+        "--target",
+        "dynastore-http",
+        "--workload",
+        "A",
+        "--records",
+        "50",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--no-core-check",
+    )
+    assert doc["failed"] == [] and doc["skipped"] == []
+    assert doc["loads"][0]["operations"] == 50 and doc["loads"][0]["errors"] == 0
+    (run,) = doc["runs"]
+    assert set(run) == RUN_FIELDS
+    assert run["target"] == "dynastore-http" and run["nodes"] == 3 and run["variant"] == ""
+    assert run["errors"] == 0, run["error_samples"]
+    assert run["operations"] > 0 and run["throughput_ops_s"] > 0
+    assert run["server_cpu_cores"] is not None
+    assert {"read", "update"} <= set(run["ops"])
+    assert run["ops"]["update"]["latency_ms"]["p99.9"] >= run["ops"]["update"]["latency_ms"]["p50"]
+    assert doc["versions"]["dynastore-http"].startswith("dynastore")
+    assert _benchmark_node_processes() == []
+
+
+def test_the_cli_passes_help_and_options_through_to_the_benchmark() -> None:
+    """`dynastore bench ycsb --help` shows the benchmark's own options; a bad option is one line and status 2."""
+    runner = CliRunner()
+    shown = runner.invoke(cli_main, ["bench", "ycsb", "--help"])
+    assert shown.exit_code == 0
+    assert "--target" in shown.output and "--processes" in shown.output
+    paper = runner.invoke(cli_main, ["bench", "paper", "--help"])
+    assert paper.exit_code == 0 and "--paper-nodes" in paper.output
+    refused = runner.invoke(cli_main, ["bench", "ycsb", "--workload", "Z"])
+    assert refused.exit_code == 2
