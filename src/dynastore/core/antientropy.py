@@ -43,7 +43,7 @@ from dynastore.core.messages import (
 from dynastore.core.objects import Object
 
 if TYPE_CHECKING:
-    from dynastore.core.node import NodeCore
+    from dynastore.core.nodebase import NodeBase
 
 SEGMENTS_PER_REQUEST = 64
 QUEUE_RETRY_MS = 10
@@ -91,7 +91,7 @@ def _tree_prefix(n_val: int, partition: int) -> bytes:
 
 
 class AntiEntropy:
-    def __init__(self, node: NodeCore, now_ms: int) -> None:
+    def __init__(self, node: NodeBase, now_ms: int) -> None:
         self.node = node
         self.segments = node.settings.anti_entropy_segments_count
         self.trees: dict[tuple[int, int], HashTree] = {}

@@ -12,7 +12,7 @@ or the order siblings were merged in: two replicas holding the same versions hav
 
 Two replicas compare roots, then only the children of nodes that differ, level by level, down to the
 differing segments, then only the keys of those segments (listed from the on-disk segment index, see
-node.py). What crosses the network grows with the number of differences, not the number of keys.
+antientropy.py). What crosses the network grows with the number of differences, not the number of keys.
 
 Pure: no I/O, no clock.
 """

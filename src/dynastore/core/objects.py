@@ -92,6 +92,11 @@ def resolve_lww(obj: Object) -> Object:
     return Versioned(obj.clock, (newest(list(obj.siblings)),))
 
 
+def same(a: Object, b: Object) -> bool:
+    """True when two copies hold the same siblings under the same counters (clock timestamps aside)."""
+    return a.clock.same_counters(b.clock) and a.siblings == b.siblings
+
+
 # --- Encoding ------------------------------------------------------------------------------------
 
 

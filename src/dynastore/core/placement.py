@@ -10,7 +10,7 @@ During a transition the cluster state holds the current ring (`owners`) and the 
 Until p is switched, reads go to the old replicas, and writes go to the old replicas *and* the
 receivers, so nothing written during the transfer is missed by the new owners. Once switched, the
 next ring's preference list serves p. The old owner keeps its copy until p is switched (it is still a
-replica for reads), and hands off whatever it still holds afterwards (see the stray sweep in node.py).
+replica for reads), and hands off whatever it still holds afterwards (see the stray sweep in handoff.py).
 
 Each receiver pulls p from a *source*: the old replica that leaves p's replica set in the same
 position (so every copy that disappears is first copied), or, when no replica leaves or the leaver is

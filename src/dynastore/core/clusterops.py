@@ -1,0 +1,301 @@
+"""Cluster operations: heartbeats and gossip, join, leave and remove, the claimant's ring transitions,
+and bucket properties, all of which change the cluster state every node holds.
+
+Theory of operation
+-------------------
+Every heartbeat interval a node pings each active member (the failure detector hears the pongs);
+every gossip interval it sends one peer, chosen at random and mostly among those believed up, the
+digest of its cluster state; a peer whose digest differs answers with its whole state, and both
+merge (membership.py holds the merge rule, which converges whatever order updates arrive in).
+Changes that matter at once (a leave, a remove, a new ring, bucket properties) are also pushed to
+every active member.
+
+Operators change member records only: a join asks a seed to add this empty node as `joining`; a leave
+marks this node `leaving`; a remove marks another node `removed`. The claimant (membership.py) turns
+those records into a ring transition, ends it once every partition has switched (placement.py), and
+then promotes joiners to `valid` and leavers to `exiting`. A node that is exiting or removed, owns
+nothing and holds nothing asks its shell to stop.
+
+Every change goes through `_set_cluster`, which persists the state in the same batch as the effects
+that announce it. Only the claimant plans rings; other nodes only record in the ring the transfers
+they have finished (handoff.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from dynastore.core import membership, placement
+from dynastore.core.effects import ClientJoin, ClientRemove, Send, seed_label
+from dynastore.core.membership import ACTIVE, OWNING, ClusterState, RingState
+from dynastore.core.messages import (
+    ClientSetBucketProps,
+    Failure,
+    GossipDigest,
+    GossipState,
+    JoinReply,
+    JoinRequest,
+    Ok,
+    Ping,
+    Pong,
+)
+from dynastore.core.nodebase import NodeBase
+from dynastore.core.ops import JoinOp, Origin
+from dynastore.core.quorum import QuorumError, resolve
+from dynastore.core.ring import claim
+from dynastore.settings import Settings
+
+BUCKET_PROPS = ("n_val", "r", "w", "pr", "pw", "dw", "allow_mult", "last_write_wins")
+
+
+class ClusterOps(NodeBase):
+    """Membership, gossip, ring transitions and bucket properties; mixed into NodeCore."""
+
+    _ping_seq: int
+    _next_gossip_ms: int
+    _next_heartbeat_ms: int
+    # Set once a leaving node has handed everything off: the shell stops the process.
+    exit_requested: bool
+
+    # --- Heartbeats and gossip ---------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        self._ping_seq += 1
+        for node in self.cluster.names(ACTIVE):
+            if node != self.name:
+                self._send(node, Ping(self._ping_seq))
+
+    def _on_ping(self, src: str, msg: Ping, now_ms: int) -> None:
+        self._send(src, Pong(msg.seq))
+
+    def _on_pong(self, src: str, msg: Pong, now_ms: int) -> None:
+        return
+
+    def _gossip(self, now_ms: int) -> None:
+        peers = [n for n in self.cluster.names(ACTIVE) if n != self.name]
+        if not peers:
+            return
+        self.stats.gossip_rounds += 1
+        up = [n for n in peers if self.detector.is_up(n, now_ms)]
+        # Mostly gossip with peers believed up; now and then try any peer, so that a peer wrongly
+        # believed down (or just restarted) hears from us.
+        pool = up if up and self.rng.random() < 0.8 else peers
+        self._send(self.rng.choice(sorted(pool)), GossipDigest(self.cluster.digest()))
+
+    def _on_gossip_digest(self, src: str, msg: GossipDigest, now_ms: int) -> None:
+        if msg.digest != self.cluster.digest():
+            self._send(src, GossipState(membership.encode(self.cluster), True))
+
+    def _on_gossip_state(self, src: str, msg: GossipState, now_ms: int) -> None:
+        try:
+            theirs = membership.decode(msg.state)
+            merged = membership.merge(self.cluster, theirs)
+        except membership.StateError as exc:
+            self.stats.peer_errors += 1
+            del exc
+            return
+        self._set_cluster(merged)
+        if msg.reply and merged.digest() != theirs.digest():
+            self._send(src, GossipState(membership.encode(merged), False))
+
+    def _push_state(self) -> None:
+        """Send the whole cluster state to every active member at once (used after important changes)."""
+        encoded = membership.encode(self.cluster)
+        for node in self.cluster.names(ACTIVE):
+            if node != self.name:
+                self._send(node, GossipState(encoded, False))
+
+    # --- Ring transitions ---------------------------------------------------------------------------------
+
+    def _claim(self, now_ms: int) -> None:
+        """The claimant turns membership changes into ring transitions, and ends them when done.
+
+        One transition at a time: changes that arrive meanwhile wait for the next one, unless the
+        transition would hand partitions to a node that is no longer wanted, which restarts it.
+        """
+        state = self.cluster
+        if state.claimant() != self.name:
+            return
+        owning = {m.name: m.weight for m in state.members if m.status in OWNING}
+        if not owning:
+            return
+        ring = state.ring
+        if ring.next_owners is not None:
+            if set(ring.next_owners) <= set(owning):
+                if placement.all_switched(ring, self.n_vals()):
+                    self._install_ring(state, ring.next_owners)
+                return
+            # A node of the next ring left or was removed meanwhile: plan again from the current ring.
+        elif set(ring.owners) == set(owning) and not any(m.status == "joining" for m in state.members):
+            return
+        owners = claim(owning, len(ring.owners), self.settings.n_val, ring.ring).owners
+        if owners == ring.owners:
+            self._install_ring(state, owners)
+            return
+        transition = RingState(ring.version + 1, self.name, ring.owners, owners, frozenset())
+        self._set_cluster(replace(state, ring=transition))
+        self._push_state()
+
+    def _install_ring(self, state: ClusterState, owners: tuple[str, ...]) -> None:
+        """Make `owners` the current ring, ending any transition; then promote members and announce it."""
+        self._set_cluster(replace(state, ring=RingState(state.ring.version + 1, self.name, owners)))
+        self._promote_members()
+        self._push_state()
+
+    def _promote_members(self) -> None:
+        """After a ring change: joiners that own partitions are valid, leavers that own none exit."""
+        state = self.cluster
+        owners = set(state.ring.owners)
+        for m in state.members:
+            if m.status == "joining" and m.name in owners:
+                state = state.with_member(replace(m, status="valid", version=m.version + 1))
+            elif m.status == "leaving" and m.name not in owners:
+                state = state.with_member(replace(m, status="exiting", version=m.version + 1))
+        self._set_cluster(state)
+
+    # --- Join, leave and remove ---------------------------------------------------------------------------
+
+    def _start_join(self, origin: Origin, req: ClientJoin, now_ms: int) -> None:
+        if len(self.cluster.names(ACTIVE)) > 1:
+            # Joining the cluster this node already belongs to succeeds and changes nothing.
+            if any(m.address == (req.seed_host, req.seed_port) for m in self.cluster.members):
+                self._answer(origin, Ok())
+            else:
+                self._answer(origin, Failure("bad_request", "this node already belongs to another cluster"))
+            return
+        if self.has_data():
+            self._answer(origin, Failure("bad_request", "this node holds data; only an empty node can join"))
+            return
+        me = self.cluster.member(self.name)
+        assert me is not None
+        op = JoinOp(origin, self._timeout(None, now_ms), seed_label(req.seed_host, req.seed_port))
+        op_id = self._register(op)
+        self._outbox.append(
+            Send("", JoinRequest(op_id, membership.encode_member(me)), address=(req.seed_host, req.seed_port))
+        )
+
+    def _on_join_request(self, src: str, msg: JoinRequest, now_ms: int) -> None:
+        try:
+            joiner = membership.decode_member(msg.member)
+        except membership.StateError as exc:
+            self._send(src, JoinReply(msg.req, False, f"malformed join request: {exc}", b""))
+            return
+        if joiner.name != src:
+            self._send(src, JoinReply(msg.req, False, "a node can only ask to join for itself", b""))
+            return
+        existing = self.cluster.member(joiner.name)
+        if existing is None or existing.status not in ACTIVE:
+            version = 1 if existing is None else existing.version + 1
+            self._set_cluster(self.cluster.with_member(replace(joiner, status="joining", version=version)))
+        elif existing.address != joiner.address:
+            moved = replace(existing, host=joiner.host, peer_port=joiner.peer_port, http_port=joiner.http_port)
+            self._set_cluster(self.cluster.with_member(replace(moved, version=existing.version + 1)))
+        self._send(src, JoinReply(msg.req, True, "", membership.encode(self.cluster)))
+
+    def _on_join_reply(self, src: str, msg: JoinReply, now_ms: int) -> None:
+        op = self._ops.get(msg.req)
+        if not isinstance(op, JoinOp):
+            return
+        self._finish(msg.req)
+        if not msg.ok:
+            self._answer(op.origin, Failure("bad_request", f"join refused: {msg.reason}"))
+            return
+        try:
+            theirs = membership.decode(msg.state)
+        except membership.StateError as exc:
+            self._answer(op.origin, Failure("unavailable", f"seed sent a malformed state: {exc}"))
+            return
+        if theirs.cluster != self.cluster.cluster:
+            self._answer(op.origin, Failure("bad_request", f"seed belongs to cluster {theirs.cluster!r}"))
+            return
+        # The node's one-node cluster is abandoned: it adopts the cluster it joined.
+        self._set_cluster(theirs)
+        self._answer(op.origin, Ok())
+
+    def _leave(self, origin: Origin, now_ms: int) -> None:
+        me = self.cluster.member(self.name)
+        assert me is not None
+        others = [m for m in self.cluster.members if m.name != self.name and m.status in OWNING]
+        if me.status in ("leaving", "exiting"):
+            self._answer(origin, Ok())
+            return
+        if me.status not in OWNING:
+            self._answer(origin, Failure("bad_request", "this node is not a member"))
+            return
+        if not others:
+            self._answer(origin, Failure("bad_request", "the last member of a cluster cannot leave it"))
+            return
+        self._set_cluster(self.cluster.with_member(replace(me, status="leaving", version=me.version + 1)))
+        self._push_state()
+        self._answer(origin, Ok())
+
+    def _remove(self, origin: Origin, req: ClientRemove, now_ms: int) -> None:
+        member = self.cluster.member(req.node)
+        if member is None:
+            self._answer(origin, Failure("bad_request", f"{req.node} is not a member"))
+            return
+        if req.node == self.name:
+            self._answer(origin, Failure("bad_request", "a node cannot remove itself; use leave"))
+            return
+        if member.status == "removed":
+            self._answer(origin, Ok())
+            return
+        if not [m for m in self.cluster.members if m.name != req.node and m.status in OWNING]:
+            self._answer(origin, Failure("bad_request", "removing it would leave no member"))
+            return
+        self._set_cluster(self.cluster.with_member(replace(member, status="removed", version=member.version + 1)))
+        self.detector.forget(req.node)
+        self._push_state()
+        self._answer(origin, Ok())
+
+    def _maybe_exit(self, now_ms: int) -> None:
+        """A node that left and handed everything off marks itself removed and asks to stop."""
+        me = self.cluster.member(self.name)
+        if me is None or me.status not in ("exiting", "removed") or self.exit_requested:
+            return
+        if self.name in self.cluster.ring.owners or self._hint_count or self.has_data():
+            return
+        if me.status == "exiting":
+            self._set_cluster(self.cluster.with_member(replace(me, status="removed", version=me.version + 1)))
+            self._push_state()
+        self.exit_requested = True
+
+    # --- Bucket properties ---------------------------------------------------------------------------
+
+    def _set_bucket_props(self, origin: Origin, req: ClientSetBucketProps, now_ms: int) -> None:
+        bad = self._check_key(req.bucket, b"-")
+        if bad is not None:
+            self._answer(origin, bad)
+            return
+        current = self.bucket_props(req.bucket)
+        changes = dict(req.props)
+        unknown = sorted(set(changes) - set(BUCKET_PROPS))
+        if unknown:
+            self._answer(origin, Failure("bad_request", f"unknown bucket properties: {', '.join(unknown)}"))
+            return
+        merged = {**current, **changes}
+        problem = _check_props(merged, self.settings)
+        if problem is not None:
+            self._answer(origin, Failure("bad_request", problem))
+            return
+        stored = {k: merged[k] for k in BUCKET_PROPS if k in changes or k in self.cluster.bucket(req.bucket)}
+        self._set_cluster(self.cluster.with_bucket(req.bucket, stored, self.name))
+        # Push at once to every member so that the change is visible cluster-wide within a round trip.
+        self._push_state()
+        self._answer(origin, Ok())
+
+
+def _check_props(props: dict[str, Any], settings: Settings) -> str | None:
+    n_val = props.get("n_val")
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or not 1 <= n_val <= settings.n_val_max:
+        return f"n_val must be an integer from 1 to {settings.n_val_max}"
+    for name, minimum in (("r", 1), ("w", 1), ("pr", 0), ("pw", 0), ("dw", 0)):
+        try:
+            resolve(name, props.get(name), n_val, "quorum", minimum)
+        except QuorumError as exc:
+            return str(exc)
+    for name in ("allow_mult", "last_write_wins"):
+        if not isinstance(props.get(name), bool):
+            return f"{name} must be true or false"
+    return None

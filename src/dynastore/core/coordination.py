@@ -1,0 +1,525 @@
+"""Coordination of client requests: get, put and delete (forwarded to a coordinator when needed), key
+and bucket listing, and read repair.
+
+Theory of operation
+-------------------
+- get: any node coordinates. It asks the first N healthy nodes of the key's preference list, answers
+  after R replies with every causally unrelated sibling and one merged context (naming the primary that
+  answered first, the preferred coordinator of a following write), then repairs replicas that missed
+  something once every reply is in or the request times out.
+- put/delete: coordinated by a node among the first N healthy nodes (others forward it there, preferring
+  the node named in the context). The coordinator draws a fresh dot, applies the write to its local
+  copy, sends the new object to the other N-1 targets and answers after W acknowledgements (its own
+  durable write counts). A fallback target stores the object in its hint store, naming the primary it
+  stands in for (handoff.py delivers hints). A target found dead mid-request is replaced by the next
+  healthy fallback. A forwarded write is retried at another coordinator only when the first could not
+  be reached, so it is never applied twice.
+- delete writes a tombstone, a sibling like any other (reaping.py removes it later).
+- list: every healthy node lists what it holds (data and hints); the coordinator answers with the union.
+
+The quorum arithmetic lives in quorum.py as pure tallies; this module feeds them and acts on their
+decisions. It must never answer a client except on a tally's decision or a deadline, and never
+touches the engine: it reads and writes through the staged overlay of nodebase.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynastore.core import hints, keys, objects
+from dynastore.core.messages import (
+    ClientGet,
+    ClientListKeys,
+    ClientPut,
+    ClientResponse,
+    Failure,
+    ForwardPut,
+    ForwardPutReply,
+    ListKeys,
+    ListKeysReply,
+    NotFound,
+    Ok,
+    ReplicaGet,
+    ReplicaGetReply,
+    ReplicaPut,
+    ReplicaPutReply,
+    Siblings,
+)
+from dynastore.core.nodebase import META_COUNTER, NodeBase
+from dynastore.core.objects import Content, Object
+from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
+from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
+from dynastore.core.ring import PreferenceList, Target
+from dynastore.core.versions import Context, Dot, Versioned, prune, update
+
+LIST_KEYS_MAX = 1_000_000
+
+
+class Coordination(NodeBase):
+    """Get, put, delete and list coordination; mixed into NodeCore."""
+
+    # The last counter of this node's dots handed out (or skipped after a restart), and the end of the
+    # block of counters persisted for them.
+    _counter: int
+    _lease_end: int
+
+    # --- Get ------------------------------------------------------------------------------------------------
+
+    def _start_get(self, origin: Origin, req: ClientGet, now_ms: int) -> None:
+        self.stats.gets += 1
+        bad = self._check_key(req.bucket, req.key)
+        if bad is not None:
+            self._answer(origin, bad)
+            return
+        props = self.bucket_props(req.bucket)
+        n_val = int(props["n_val"])
+        r = resolve("r", req.r, n_val, props["r"], 1)
+        pr = resolve("pr", req.pr, n_val, props["pr"], 0)
+        _, plist = self.preference_list(req.bucket, req.key)
+        targets = plist.targets(self.healthy(now_ms))
+        primaries = sum(1 for t in targets if t.primary)
+        if len(targets) < r or primaries < pr:
+            self._answer(
+                origin,
+                Failure("unavailable", f"{len(targets)} healthy replicas ({primaries} primaries): r={r} pr={pr}"),
+            )
+            return
+        tally = GetTally(targets, r, pr, lww=bool(props["last_write_wins"]))
+        resolve_one = bool(props["last_write_wins"]) or not bool(props["allow_mult"])
+        op = GetOp(origin, req.bucket, req.key, tally, self._timeout(req.timeout_ms, now_ms), resolve_one, plist)
+        self._dispatch_get(op, now_ms)
+
+    def _dispatch_get(self, op: GetOp, now_ms: int) -> None:
+        op_id = self._register(op)
+        for target in op.tally.targets:
+            if target.node == self.name:
+                op.tally.add(self.name, self._read_local(op.bucket, op.key))
+            else:
+                self._send(target.node, ReplicaGet(op_id, op.bucket, op.key))
+        self._advance_get(op_id, op, now_ms)
+
+    def _advance_get(self, op_id: int, op: GetOp, now_ms: int) -> None:
+        decision = op.tally.decision()
+        if not op.replied and decision != "wait":
+            op.replied = True
+            if decision == OK:
+                self._answer(op.origin, self._read_response(op))
+            else:
+                self._answer(
+                    op.origin,
+                    Failure("unavailable", f"r={op.tally.r} not met: {len(op.tally.results)} replicas answered"),
+                )
+        if op.tally.complete:
+            self._finish(op_id)
+            if op.reap is not None:
+                self._finish_reap(op, now_ms)
+            else:
+                self._read_repair(op, now_ms)
+
+    def _read_response(self, op: GetOp) -> ClientResponse:
+        merged = op.tally.merged()
+        if merged is None:
+            return NotFound(None)
+        context = merged.context(op.tally.fastest)
+        if objects.is_tombstone(merged) or not merged.siblings:
+            return NotFound(context)
+        values = objects.live(merged)
+        if op.resolve_one:
+            values = [objects.newest(values)]
+        count = len(values)
+        self.stats.siblings_histogram[count] = self.stats.siblings_histogram.get(count, 0) + 1
+        return Ok(Siblings(tuple(values), context))
+
+    def _read_repair(self, op: GetOp, now_ms: int) -> None:
+        if not self.settings.read_repair_enabled or op.reap is not None:
+            return
+        merged = op.tally.merged()
+        if merged is None:
+            return
+        lww = op.tally.lww
+        for target in op.tally.repairs():
+            self.stats.read_repairs += 1
+            if target.node == self.name:
+                self._merge_into_data(op.bucket, op.key, merged, lww, now_ms)
+            else:
+                self._send(target.node, ReplicaPut(0, op.bucket, op.key, merged, None, lww))
+
+    def _substitute(
+        self, targets: tuple[Target, ...], plist: PreferenceList | None, failed: str, now_ms: int
+    ) -> Target | None:
+        """The next healthy fallback not yet used, standing in for the target that failed."""
+        lost = next((t for t in targets if t.node == failed), None)
+        if plist is None or lost is None:
+            return None
+        used = {t.node for t in targets}
+        healthy = self.healthy(now_ms)
+        for _, node in plist.fallbacks:
+            if node not in used and node in healthy and node != failed:
+                return Target(node, False, hint_for=lost.hint_for or lost.node)
+        return None
+
+    def _get_target_lost(self, op_id: int, op: GetOp, peer: str, now_ms: int) -> None:
+        if peer in op.tally.results or peer in op.tally.errors:
+            return
+        substitute = self._substitute(op.tally.targets, op.plist, peer, now_ms)
+        op.tally.add_error(peer)
+        if substitute is not None:
+            op.tally.targets += (substitute,)
+            self._send(substitute.node, ReplicaGet(op_id, op.bucket, op.key))
+        self._advance_get(op_id, op, now_ms)
+
+    def _on_replica_get(self, src: str, msg: ReplicaGet, now_ms: int) -> None:
+        self._send(src, ReplicaGetReply(msg.req, self._read_local(msg.bucket, msg.key)))
+
+    def _on_replica_get_reply(self, src: str, msg: ReplicaGetReply, now_ms: int) -> None:
+        op = self._ops.get(msg.req)
+        if isinstance(op, GetOp):
+            op.tally.add(src, msg.obj)
+            self._advance_get(msg.req, op, now_ms)
+
+    # --- Put and delete ---------------------------------------------------------------------------------
+
+    def _start_put(self, origin: Origin, req: ClientPut, now_ms: int) -> None:
+        if req.content is None:
+            self.stats.deletes += 1
+        else:
+            self.stats.puts += 1
+        bad = self._check_key(req.bucket, req.key)
+        if bad is not None:
+            self._answer(origin, bad)
+            return
+        problem = None if req.content is None else objects.check_content(req.content)
+        if problem is not None:
+            self._answer(origin, Failure("bad_request", problem))
+            return
+        if req.content is not None and req.content.size_bytes > self.settings.object_bytes_max:
+            self._answer(
+                origin, Failure("too_large", f"object exceeds the limit of {self.settings.object_bytes_max} bytes")
+            )
+            return
+        props = self.bucket_props(req.bucket)
+        n_val = int(props["n_val"])
+        w = resolve("w", req.w, n_val, props["w"], 1)
+        dw = resolve("dw", req.dw, n_val, props["dw"], 0)
+        pw = resolve("pw", req.pw, n_val, props["pw"], 0)
+        _, where = self.placement_for(req.bucket, req.key)
+        plist = where.plist
+        healthy = self.healthy(now_ms)
+        targets = plist.targets(healthy)
+        if not targets:
+            self._answer(origin, Failure("unavailable", "no healthy node holds this key"))
+            return
+        mine = next((t for t in targets if t.node == self.name), None)
+        if mine is None:
+            self._forward(origin, req, targets, now_ms)
+            return
+        # While the key's partition moves, its new owners get every write too.
+        chosen = {t.node for t in targets}
+        targets += tuple(Target(n, False) for n in where.receivers if n in healthy and n not in chosen)
+        if len(targets) < max(w, dw) or sum(1 for t in targets if t.primary) < pw:
+            self._answer(
+                origin,
+                Failure("unavailable", f"{len(targets)} healthy replicas cannot satisfy w={w} dw={dw} pw={pw}"),
+            )
+            return
+        self._coordinate_put(origin, req, props, plist, targets, mine, w, dw, pw, now_ms)
+
+    def _forward(self, origin: Origin, req: ClientPut, targets: tuple[Target, ...], now_ms: int) -> None:
+        if req.hops >= self.settings.coordinator_forward_retries_max:
+            self._answer(origin, Failure("unavailable", "no coordinator accepted the write"))
+            return
+        nodes = [t.node for t in targets]
+        preferred = req.context.coordinator if req.context is not None else None
+        dst = preferred if preferred in nodes else nodes[0]
+        assert dst is not None
+        op = ForwardOp(origin, req, dst, [dst], self._timeout(req.timeout_ms, now_ms))
+        op_id = self._register(op)
+        self.stats.forwarded_puts += 1
+        self._send_forward(op_id, op)
+
+    def _send_forward(self, op_id: int, op: ForwardOp) -> None:
+        req = op.request
+
+        def spec(q: int | str | None) -> str:
+            return "default" if q is None else str(q)
+
+        self._send(
+            op.dst,
+            ForwardPut(
+                op_id,
+                req.bucket,
+                req.key,
+                req.context,
+                req.content,
+                spec(req.w),
+                spec(req.dw),
+                spec(req.pw),
+                req.timeout_ms if req.timeout_ms is not None else self.settings.request_timeout_ms,
+                req.return_body,
+                req.hops + 1,
+            ),
+        )
+
+    def _retry_forward(self, op_id: int, op: ForwardOp, now_ms: int) -> None:
+        # The coordinator could not be reached, so the write was never applied there: another
+        # target may coordinate it without risk of applying it twice.
+        _, plist = self.preference_list(op.request.bucket, op.request.key)
+        others = [t.node for t in plist.targets(self.healthy(now_ms)) if t.node not in op.tried]
+        if not others or len(op.tried) > self.settings.coordinator_forward_retries_max:
+            self._finish(op_id)
+            self._answer(op.origin, Failure("unavailable", f"coordinator {op.dst} is unreachable"))
+            return
+        op.dst = others[0]
+        op.tried.append(op.dst)
+        self._send_forward(op_id, op)
+
+    def _on_forward_put(self, src: str, msg: ForwardPut, now_ms: int) -> None:
+        request = ClientPut(
+            msg.bucket,
+            msg.key,
+            msg.context,
+            msg.content,
+            msg.w,
+            msg.dw,
+            msg.pw,
+            msg.timeout_ms,
+            msg.return_body,
+            msg.hops,
+        )
+        origin = ToPeer(src, msg.req)
+        try:
+            self._start_put(origin, request, now_ms)
+        except QuorumError as exc:
+            self._answer(origin, Failure("bad_request", str(exc)))
+
+    def _on_forward_put_reply(self, src: str, msg: ForwardPutReply, now_ms: int) -> None:
+        op = self._ops.get(msg.req)
+        if not isinstance(op, ForwardOp) or op.dst != src:
+            return
+        self._finish(msg.req)
+        response: ClientResponse
+        if msg.status == "ok":
+            found = None if msg.context is None else Siblings(msg.values, msg.context, msg.tombstone)
+            response = Ok(found)
+        elif msg.status == "notfound":
+            response = NotFound(msg.context)
+        else:
+            response = Failure(msg.status, msg.reason)
+        self._answer(op.origin, response)
+
+    def _next_dot(self, local: Object | None, context: Context) -> Dot:
+        floor = max(
+            self._counter,
+            0 if local is None else local.clock.get(self.actor),
+            context.counters().get(self.actor, 0),
+            max((d.counter for d in context.dots if d.actor == self.actor), default=0),
+        )
+        self._counter = floor + 1
+        if self._counter > self._lease_end:
+            # Persist the end of a new block before using any counter in it; the lease rides in the
+            # same batch as the write that needed it.
+            self._lease_end = self._counter + self.settings.counter_lease_count
+            self._put("meta", META_COUNTER, self._lease_end.to_bytes(8, "big"))
+        return Dot(self.actor, self._counter)
+
+    def _coordinate_put(
+        self,
+        origin: Origin,
+        req: ClientPut,
+        props: dict[str, Any],
+        plist: PreferenceList,
+        targets: tuple[Target, ...],
+        mine: Target,
+        w: int,
+        dw: int,
+        pw: int,
+        now_ms: int,
+    ) -> None:
+        self.stats.coordinated_puts += 1
+        lww = bool(props["last_write_wins"])
+        skey = self._stored_key(req.bucket, req.key)
+        if mine.hint_for is None:
+            local = self._load("data", skey)
+        else:
+            local = self._load("hints", hints.hint_key(mine.hint_for, skey))
+        context = req.context if req.context is not None else Context()
+        if req.content is None and req.context is None:
+            # A delete without a context removes what this coordinator knows of; concurrent values it
+            # has not seen survive as siblings (nothing acknowledged is silently dropped).
+            context = Context() if local is None else local.context()
+        now_us = now_ms * 1000
+        content = req.content if req.content is not None else objects.tombstone(now_us)
+        if content.last_modified_us == 0:
+            content = Content(
+                content.value,
+                content.content_type,
+                content.charset,
+                content.content_encoding,
+                content.usermeta,
+                now_us,
+                content.deleted,
+            )
+        dot = self._next_dot(local, context)
+        new = update(local, context, dot, content, now_ms)
+        if lww:
+            new = Versioned(new.clock, ((dot, content),))
+        new = prune(new, self.settings.vclock_prune_entries_max)
+        if len(new.siblings) > self.settings.siblings_max:
+            self._answer(
+                origin,
+                Failure(
+                    "too_many_siblings",
+                    f"write would leave {len(new.siblings)} siblings (limit {self.settings.siblings_max}); "
+                    "read the key and write with its context to resolve them",
+                ),
+            )
+            return
+        if mine.hint_for is None:
+            self._store_data(skey, new, local, now_ms)
+        elif not self._merge_into_hints(mine.hint_for, req.bucket, req.key, new, lww):
+            self._answer(origin, Failure("unavailable", "this node's hint store is full"))
+            return
+        tally = PutTally(targets, w, dw, pw)
+        tally.ack(self.name)
+        resolve_one = lww or not bool(props["allow_mult"])
+        op = PutOp(
+            origin,
+            req.bucket,
+            req.key,
+            tally,
+            self._timeout(req.timeout_ms, now_ms),
+            plist,
+            new,
+            lww,
+            context.after_write(dot),
+            req.return_body,
+            resolve_one,
+        )
+        op_id = self._register(op)
+        for target in targets:
+            if target.node != self.name:
+                self._send(target.node, ReplicaPut(op_id, req.bucket, req.key, new, target.hint_for, lww))
+        self._advance_put(op_id, op, now_ms)
+
+    def _advance_put(self, op_id: int, op: PutOp, now_ms: int) -> None:
+        decision = op.tally.decision()
+        if not op.replied and decision != "wait":
+            op.replied = True
+            if decision == OK:
+                self._answer(op.origin, self._write_response(op))
+            else:
+                self._answer(op.origin, Failure("unavailable", f"write not acknowledged: {op.tally.shortfall()}"))
+        if op.tally.complete:
+            self._finish(op_id)
+
+    def _write_response(self, op: PutOp) -> ClientResponse:
+        if not op.return_body:
+            return Ok(Siblings((), op.reply_context))
+        context = op.obj.context(self.name)
+        if objects.is_tombstone(op.obj):
+            return NotFound(context)
+        values = objects.live(op.obj)
+        if op.resolve_one:
+            values = [objects.newest(values)]
+        return Ok(Siblings(tuple(values), context))
+
+    def _put_target_lost(self, op_id: int, op: PutOp, peer: str, now_ms: int) -> None:
+        if peer in op.tally.acks or peer in op.tally.errors:
+            return
+        # Always writeable: a target found dead mid-write is replaced by the next healthy
+        # fallback, which keeps the write as a hint for the node it stands in for.
+        substitute = self._substitute(op.tally.targets, op.plist, peer, now_ms)
+        op.tally.add_error(peer)
+        if substitute is not None:
+            op.tally.targets += (substitute,)
+            msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.lww)
+            self._send(substitute.node, msg)
+        self._advance_put(op_id, op, now_ms)
+
+    def _on_replica_put(self, src: str, msg: ReplicaPut, now_ms: int) -> None:
+        ok = True
+        reason = ""
+        if msg.hint_for is not None and msg.hint_for != self.name:
+            ok = self._merge_into_hints(msg.hint_for, msg.bucket, msg.key, msg.obj, msg.lww)
+            reason = "" if ok else "hint store full"
+        else:
+            self._merge_into_data(msg.bucket, msg.key, msg.obj, msg.lww, now_ms)
+        if msg.req:
+            self._send(src, ReplicaPutReply(msg.req, ok, reason))
+
+    def _on_replica_put_reply(self, src: str, msg: ReplicaPutReply, now_ms: int) -> None:
+        op = self._ops.get(msg.req)
+        if isinstance(op, PutOp):
+            if msg.ok:
+                op.tally.ack(src)
+            else:
+                op.tally.add_error(src)
+            self._advance_put(msg.req, op, now_ms)
+
+    # --- Listing ----------------------------------------------------------------------------------------
+
+    def _start_list(self, origin: Origin, req: ClientListKeys, now_ms: int) -> None:
+        nodes = sorted(self.healthy(now_ms))
+        op = ListOp(origin, set(nodes), set(), self._timeout(req.timeout_ms, now_ms))
+        op_id = self._register(op)
+        for node in nodes:
+            if node == self.name:
+                op.items.update(self._list_local(req.bucket))
+                op.waiting.discard(node)
+            else:
+                self._send(node, ListKeys(op_id, req.bucket))
+        self._advance_list(op_id, op)
+
+    def _advance_list(self, op_id: int, op: ListOp) -> None:
+        if len(op.items) > LIST_KEYS_MAX:
+            self._finish(op_id)
+            self._answer(op.origin, Failure("overload", f"more than {LIST_KEYS_MAX} entries to list"))
+        elif not op.waiting:
+            self._finish(op_id)
+            self._answer(op.origin, Ok(None, tuple(sorted(op.items))))
+
+    def _list_local(self, bucket: bytes | None) -> set[bytes]:
+        found: set[bytes] = set()
+        for partition in range(self.ring.size):
+            if bucket is None:
+                found.update(self._buckets_in(partition))
+            else:
+                start = keys.bucket_prefix(partition, bucket)
+                end = keys.prefix_end(start)
+                for raw_key, raw in self._scan_all("data", start, end):
+                    if not objects.is_tombstone(objects.decode(raw)):
+                        found.add(keys.decode(raw_key).key)
+            if len(found) > LIST_KEYS_MAX:
+                break
+        if bucket is not None and self._hint_count:
+            for raw_key, raw in self._scan_all("hints", b"", None):
+                _, skey = hints.parse(raw_key)
+                parsed = keys.decode(skey)
+                if parsed.bucket == bucket and not objects.is_tombstone(objects.decode(raw)):
+                    found.add(parsed.key)
+        return found
+
+    def _buckets_in(self, partition: int) -> set[bytes]:
+        found: set[bytes] = set()
+        cursor = keys.partition_prefix(partition)
+        end = keys.prefix_end(cursor)
+        while True:
+            rows = self._scan("data", cursor, end, 1)
+            if not rows:
+                return found
+            bucket = keys.decode(rows[0][0]).bucket
+            found.add(bucket)
+            nxt = keys.prefix_end(keys.bucket_prefix(partition, bucket))
+            if nxt is None:
+                return found
+            cursor = nxt
+
+    def _on_list_keys(self, src: str, msg: ListKeys, now_ms: int) -> None:
+        self._send(src, ListKeysReply(msg.req, tuple(sorted(self._list_local(msg.bucket)))))
+
+    def _on_list_keys_reply(self, src: str, msg: ListKeysReply, now_ms: int) -> None:
+        op = self._ops.get(msg.req)
+        if isinstance(op, ListOp) and src in op.waiting:
+            op.waiting.discard(src)
+            op.items.update(msg.items)
+            self._advance_list(msg.req, op)

@@ -1,0 +1,62 @@
+"""What a NodeCore and the shell that drives it hand each other, besides peer messages and client requests.
+
+The core returns effects (`Send`, `Reply`) from `flush`; the shell performs them and does nothing
+else with them. Admin requests (join, leave, remove) reach the core through `on_request` like client
+requests, but they never cross the node-to-node wire, so they are not part of the message codec.
+Plain frozen values only: this module must never hold protocol logic or import the rest of the core
+beyond the message types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynastore.core.messages import ClientResponse, Message
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `msg` to the peer named `dst` (at `address` when the peer is not a known member yet)."""
+
+    dst: str
+    msg: Message
+    address: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer the client request the shell numbered `request_id`."""
+
+    request_id: int
+    response: ClientResponse
+
+
+Effect = Send | Reply
+
+
+@dataclass(frozen=True, slots=True)
+class ClientJoin:
+    """Admin: join the cluster that the member at `seed` belongs to."""
+
+    seed_host: str
+    seed_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLeave:
+    """Admin: this node hands off everything it holds, then leaves the cluster and stops."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRemove:
+    """Admin: `node` is gone for good; its partitions are rebuilt from the other replicas."""
+
+    node: str
+
+
+AdminRequest = ClientJoin | ClientLeave | ClientRemove
+
+
+def seed_label(host: str, port: int) -> str:
+    """How a peer known only by its address is named in `on_unreachable`."""
+    return f"@{host}:{port}"

@@ -1,0 +1,328 @@
+"""Handoff: moving data to the nodes that should hold it. Ownership transfers during a ring transition,
+the sweep of strays (data held here that this node no longer replicates), and hinted-handoff delivery.
+
+Theory of operation
+-------------------
+- Ownership transfers: during a transition each receiver pulls the partitions it gains from their
+  sources (placement.py says which), one batch at a time, with a bounded number of pulls at once. The
+  checkpoint of a pull (the last key received, whether the source is exhausted, the keys counted) is
+  staged in the same batch as the data it covers, so a node that crashes resumes exactly where it
+  stopped. Once every source of a partition is exhausted, the receiver records the partition as done
+  in the ring and tells the claimant.
+- Strays: data this node holds but no longer replicates (the old owner's copy once a partition has
+  switched, late hints, writes from a coordinator with an older ring) is offered to the key's replicas
+  and deleted here once every replica has acknowledged, and only if the local copy did not change
+  meanwhile.
+- Hints: a fallback that took a write for a primary delivers it, in batches, once that primary is
+  reachable again, and deletes a hint only if it was not rewritten since it was sent.
+
+Every step is admitted by the background controller, so handoff slows down when foreground latency
+rises. This module must never delete the only copy of anything: data leaves a node only after its
+new holders acknowledged it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import msgpack
+
+from dynastore.core import hints, keys, membership, objects, placement
+from dynastore.core.antientropy import ExchangeOp
+from dynastore.core.messages import (
+    GossipState,
+    HandoffBatch,
+    HandoffPull,
+    HintDelivery,
+    HintDeliveryReply,
+    HintItem,
+)
+from dynastore.core.nodebase import NodeBase
+from dynastore.core.ops import HintOp, PullOp, StrayOp
+
+
+class Handoff(NodeBase):
+    """Ownership transfers, the stray sweep and hint delivery; mixed into NodeCore."""
+
+    # (partition, source) pairs being pulled now, and those pulled at least once since the node started.
+    _pulling: set[tuple[int, str]]
+    _resumed: set[tuple[int, str]]
+    _next_transfer_ms: int
+    _stray_inflight: bool
+    _sweep_cursor: int
+    _next_stray_ms: int
+    # Owners with a hint delivery in flight (one at a time per owner).
+    _hints_inflight: set[str]
+    _next_hint_scan_ms: int
+
+    # --- Ownership transfers -------------------------------------------------------------------------------
+
+    def _checkpoint(self, transition: bytes, partition: int, source: str) -> tuple[bytes, bool, int]:
+        raw = self._get("handoff", _checkpoint_key(transition, partition, source))
+        if raw is None:
+            return b"", False, 0
+        after, done, count = msgpack.unpackb(raw)
+        return bytes(after), bool(done), int(count)
+
+    def _start_transfers(self, now_ms: int) -> None:
+        """Pull the partitions this node must receive in the current transition (bounded concurrency)."""
+        state = self.cluster
+        if state.ring.next_owners is None:
+            return
+        transition = placement.transition_id(state.ring)
+        healthy = self.healthy(now_ms)
+        for transfer in placement.transfers(state, self.n_vals(), receiver=self.name):
+            if len(self._pulling) >= self.settings.handoff_concurrency_max:
+                return
+            pending = None
+            for source in transfer.sources:
+                after, done, _ = self._checkpoint(transition, transfer.partition, source)
+                if not done:
+                    pending = (source, after)
+                    break
+            if pending is None:
+                self._transfer_done(transition, transfer.partition)
+                continue
+            source, after = pending
+            if (transfer.partition, source) in self._pulling or source not in healthy:
+                continue
+            if not self.controller.admit(now_ms):
+                self._next_transfer_ms = min(self._next_transfer_ms, now_ms + 100)
+                return
+            self._pull(transition, transfer.partition, source, after, now_ms)
+
+    def _pull(self, transition: bytes, partition: int, source: str, after: bytes, now_ms: int) -> None:
+        op = PullOp(transition, partition, source, after, now_ms + self.settings.request_timeout_ms)
+        op_id = self._register(op)
+        if after and (partition, source) not in self._resumed:
+            # The first pull of this transfer since the node started, from a checkpoint: a resume.
+            self.stats.handoff_resumed += 1
+        self._resumed.add((partition, source))
+        self._pulling.add((partition, source))
+        self._send(source, HandoffPull(op_id, transition, partition, after, not after))
+
+    def _on_handoff_pull(self, src: str, msg: HandoffPull, now_ms: int) -> None:
+        prefix = keys.partition_prefix(msg.partition)
+        start = msg.after + b"\x00" if msg.after else prefix
+        limit = self.settings.handoff_batch_max
+        rows = self._scan("data", start, keys.prefix_end(prefix), limit)
+        items: list[HintItem] = []
+        size = 0
+        last = msg.after
+        for skey, raw in rows:
+            parsed = keys.decode(skey)
+            items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+            last = skey
+            size += len(raw)
+            if size >= self.settings.handoff_batch_bytes_max:
+                break
+        done = len(rows) < limit and len(items) == len(rows)
+        self._send(src, HandoffBatch(msg.req, msg.transfer, msg.partition, tuple(items), last, done))
+
+    def _on_handoff_batch(self, src: str, msg: HandoffBatch, now_ms: int) -> None:
+        op = self._ops.get(msg.req)
+        if not isinstance(op, PullOp) or op.source != src or op.partition != msg.partition:
+            return
+        self._finish(msg.req)
+        self._pulling.discard((op.partition, op.source))
+        if placement.transition_id(self.cluster.ring) != op.transition:
+            return
+        for item in msg.items:
+            lww = bool(self.bucket_props(item.bucket)["last_write_wins"])
+            self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
+        _, _, count = self._checkpoint(op.transition, op.partition, op.source)
+        count += len(msg.items)
+        # The checkpoint rides in the same batch as the data it covers: a crash resumes exactly here.
+        self._put(
+            "handoff",
+            _checkpoint_key(op.transition, op.partition, op.source),
+            msgpack.packb([msg.last, msg.done, count]),
+        )
+        self.stats.handoff_batches += 1
+        self.stats.handoff_keys += len(msg.items)
+        if msg.done:
+            self._start_transfers(now_ms)
+        elif self.settings.handoff_pause_ms == 0 and self.controller.admit(now_ms):
+            self._pull(op.transition, op.partition, op.source, msg.last, now_ms)
+        else:
+            self._next_transfer_ms = min(self._next_transfer_ms, now_ms + max(1, self.settings.handoff_pause_ms))
+
+    def _transfer_done(self, transition: bytes, partition: int) -> None:
+        state = self.cluster
+        ring = state.ring
+        if placement.transition_id(ring) != transition or (partition, self.name) in ring.done:
+            return
+        self.stats.transfers_completed += 1
+        self._set_cluster(replace(state, ring=replace(ring, done=ring.done | {(partition, self.name)})))
+        prefix = _checkpoint_prefix(transition, partition)
+        for raw_key, _ in self._scan("handoff", prefix, keys.prefix_end(prefix), 64):
+            self._put("handoff", raw_key, None)
+        claimant = state.claimant()
+        if claimant is not None and claimant != self.name:
+            self._send(claimant, GossipState(membership.encode(self.cluster), False))
+
+    def transfer_progress(self) -> list[dict[str, Any]]:
+        """Transfers of the current transition that this node receives, with keys received so far."""
+        state = self.cluster
+        if state.ring.next_owners is None:
+            return []
+        transition = placement.transition_id(state.ring)
+        out = []
+        for transfer in placement.transfers(state, self.n_vals(), receiver=self.name):
+            received = sum(self._checkpoint(transition, transfer.partition, s)[2] for s in transfer.sources)
+            out.append(
+                {
+                    "partition": transfer.partition,
+                    "sources": list(transfer.sources),
+                    "keys_received": received,
+                    "active": any((transfer.partition, s) in self._pulling for s in transfer.sources),
+                }
+            )
+        return out
+
+    # --- Strays: data held here that this node no longer replicates -----------------------------------
+
+    def _sweep_strays(self, now_ms: int) -> None:
+        """Hand keys this node no longer replicates to their replicas, then drop them.
+
+        This finishes every ownership change (the old owner's copy goes once the partition has
+        switched), and catches anything that lands on a node after it stopped owning a partition
+        (late hints, writes from a coordinator with an older ring). Deletion happens only after every
+        replica has acknowledged, and only if the local copy did not change meanwhile.
+        """
+        if self._stray_inflight:
+            return
+        size = self.ring.size
+        n_vals = self.n_vals()
+        healthy = self.healthy(now_ms)
+        for step in range(size):
+            partition = (self._sweep_cursor + step) % size
+            # A replica for the smallest n_val is a replica for every larger one (walks are prefixes).
+            where = placement.placement(self.cluster.ring, partition, n_vals[0])
+            if self.name in where.plist.primary_nodes or self.name in where.receivers:
+                continue
+            prefix = keys.partition_prefix(partition)
+            rows = self._scan("data", prefix, keys.prefix_end(prefix), self.settings.hint_batch_max)
+            by_targets: dict[tuple[str, ...], list[tuple[bytes, bytes]]] = {}
+            for skey, raw in rows:
+                bucket = keys.decode(skey).bucket
+                n_val = int(self.bucket_props(bucket)["n_val"])
+                here = placement.placement(self.cluster.ring, partition, n_val)
+                if self.name in here.plist.primary_nodes or self.name in here.receivers:
+                    continue
+                replicas = tuple(n for n in here.plist.primary_nodes if n != self.name)
+                by_targets.setdefault(replicas, []).append((skey, raw))
+            for replicas, batch in by_targets.items():
+                if not replicas or not all(r in healthy for r in replicas):
+                    continue
+                if not self.controller.admit(now_ms):
+                    return
+                items = []
+                lww = []
+                for skey, raw in batch:
+                    parsed = keys.decode(skey)
+                    items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                    lww.append(bool(self.bucket_props(parsed.bucket)["last_write_wins"]))
+                op = StrayOp(set(replicas), batch, now_ms + self.settings.request_timeout_ms)
+                op_id = self._register(op)
+                for node in replicas:
+                    self._send(node, HintDelivery(op_id, tuple(items), tuple(lww)))
+                self._stray_inflight = True
+                self._sweep_cursor = partition
+                return
+        self._sweep_cursor = 0
+
+    def _on_stray_ack(self, op_id: int, op: StrayOp, src: str, ok: bool, now_ms: int) -> None:
+        if src not in op.waiting:
+            return
+        if not ok:
+            self._finish(op_id)
+            self._stray_inflight = False
+            return
+        op.waiting.discard(src)
+        if op.waiting:
+            return
+        self._finish(op_id)
+        self._stray_inflight = False
+        for skey, raw in op.sent:
+            if self._get("data", skey) == raw:
+                self._delete_data(skey)
+                self.stats.strays_handed_off += 1
+        # Keep going while there is more to hand off.
+        self._next_stray_ms = min(self._next_stray_ms, now_ms)
+
+    # --- Hinted handoff --------------------------------------------------------------------------------
+
+    def _peer_up(self, peer: str, now_ms: int) -> None:
+        # Deliver hints soon after an owner comes back.
+        self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms)
+
+    def _deliver_hints(self, now_ms: int) -> None:
+        if not self._hint_count or not self.settings.hinted_handoff_enabled:
+            return
+        for owner in self.cluster.names(membership.STATUSES):
+            if owner == self.name or owner in self._hints_inflight or not self.detector.is_up(owner, now_ms):
+                continue
+            prefix = hints.owner_prefix(owner)
+            rows = self._scan("hints", prefix, keys.prefix_end(prefix), self.settings.hint_batch_max)
+            if not rows:
+                continue
+            if not self.controller.admit(now_ms):
+                self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms + 100)
+                return
+            sent: list[tuple[bytes, bytes]] = []
+            items: list[HintItem] = []
+            lww: list[bool] = []
+            size = 0
+            for hkey, raw in rows:
+                _, skey = hints.parse(hkey)
+                parsed = keys.decode(skey)
+                sent.append((hkey, raw))
+                items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                lww.append(bool(self.bucket_props(parsed.bucket)["last_write_wins"]))
+                size += len(raw)
+                if size >= self.settings.hint_batch_bytes_max:
+                    break
+            op = HintOp(owner, sent, now_ms + self.settings.request_timeout_ms)
+            op_id = self._register(op)
+            self._hints_inflight.add(owner)
+            self._send(owner, HintDelivery(op_id, tuple(items), tuple(lww)))
+
+    def _on_hint_delivery(self, src: str, msg: HintDelivery, now_ms: int) -> None:
+        for item, lww in zip(msg.items, msg.lww, strict=False):
+            self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
+        self._send(src, HintDeliveryReply(msg.req, True))
+
+    def _on_hint_delivery_reply(self, src: str, msg: HintDeliveryReply, now_ms: int) -> None:
+        op = self._ops.get(msg.req)
+        if isinstance(op, StrayOp):
+            self._on_stray_ack(msg.req, op, src, msg.ok, now_ms)
+            return
+        if isinstance(op, ExchangeOp):
+            if op.peer == src and op.stage == "push":
+                self.aae.on_push_ack(msg.req, op, msg.ok)
+            return
+        if not isinstance(op, HintOp) or op.owner != src:
+            return
+        self._finish(msg.req)
+        self._hints_inflight.discard(src)
+        if not msg.ok:
+            return
+        for hkey, raw in op.sent:
+            # Delete only what was delivered: a hint rewritten since it was sent goes next round.
+            if self._get("hints", hkey) == raw:
+                self._put("hints", hkey, None)
+                self._hint_count -= 1
+                self.stats.hints_delivered += 1
+        # More may be waiting for this owner.
+        self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms)
+
+
+def _checkpoint_prefix(transition: bytes, partition: int) -> bytes:
+    """Where the checkpoints of one partition's pulls in one transition live in the `handoff` area."""
+    return transition + b"|" + partition.to_bytes(4, "big")
+
+
+def _checkpoint_key(transition: bytes, partition: int, source: str) -> bytes:
+    return _checkpoint_prefix(transition, partition) + source.encode()

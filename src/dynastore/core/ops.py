@@ -1,0 +1,132 @@
+"""Operations in flight: the record a node keeps of each thing it started and is waiting on.
+
+Every operation is registered with a deadline in the node's op registry (see nodebase.py) and ends in
+one of three ways: the replies it needs arrive, a peer it waits on is found unreachable, or its
+deadline passes. The part of the node that started an operation drives it; these records only hold
+what is needed to finish or abandon it, and must never act on their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dynastore.core.antientropy import ExchangeOp
+from dynastore.core.messages import ClientPut
+from dynastore.core.objects import Object
+from dynastore.core.quorum import GetTally, PutTally
+from dynastore.core.ring import PreferenceList
+from dynastore.core.versions import Context
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    """The answer goes to the client request the shell numbered `request_id`."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToPeer:
+    """The answer goes back to the node that forwarded the request, as the reply to its `req`."""
+
+    node: str
+    req: int
+
+
+Origin = ToClient | ToPeer
+
+
+@dataclass
+class GetOp:
+    """A read this node coordinates."""
+
+    origin: Origin | None
+    bucket: bytes
+    key: bytes
+    tally: GetTally
+    deadline_ms: int
+    resolve_one: bool
+    plist: PreferenceList | None
+    replied: bool = False
+    # Set for the read that precedes reaping a tombstone: the object every primary must hold.
+    reap: Object | None = None
+
+
+@dataclass
+class PutOp:
+    """A write (or delete) this node coordinates."""
+
+    origin: Origin
+    bucket: bytes
+    key: bytes
+    tally: PutTally
+    deadline_ms: int
+    plist: PreferenceList
+    obj: Object
+    lww: bool
+    reply_context: Context
+    return_body: bool
+    resolve_one: bool
+    replied: bool = False
+
+
+@dataclass
+class ForwardOp:
+    """A write handed to another node to coordinate; `tried` lists every coordinator asked so far."""
+
+    origin: Origin
+    request: ClientPut
+    dst: str
+    tried: list[str]
+    deadline_ms: int
+
+
+@dataclass
+class ListOp:
+    """A key or bucket listing, waiting on the nodes in `waiting`."""
+
+    origin: Origin
+    waiting: set[str]
+    items: set[bytes]
+    deadline_ms: int
+
+
+@dataclass
+class HintOp:
+    """A batch of hints delivered to `owner`; `sent` is what to delete once it is acknowledged."""
+
+    owner: str
+    sent: list[tuple[bytes, bytes]]
+    deadline_ms: int
+
+
+@dataclass
+class JoinOp:
+    """A join request sent to the seed named `seed`."""
+
+    origin: Origin
+    deadline_ms: int
+    seed: str
+
+
+@dataclass
+class PullOp:
+    """A batch of a partition being pulled from `source` for the transition `transition`."""
+
+    transition: bytes
+    partition: int
+    source: str
+    after: bytes
+    deadline_ms: int
+
+
+@dataclass
+class StrayOp:
+    """Keys this node holds but no longer replicates, offered to their replicas before deletion."""
+
+    waiting: set[str]
+    sent: list[tuple[bytes, bytes]]
+    deadline_ms: int
+
+
+AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ExchangeOp
