@@ -11,8 +11,8 @@ HTTP and multipart handling lives here only.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import base64
+import quopri
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,25 +77,82 @@ def _query(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items() if v is not None}
 
 
+def _boundary(content_type: str) -> bytes:
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        if name.strip().lower() == "boundary" and value:
+            return value.strip().strip('"').encode()
+    raise ClientError(300, f"a multipart answer without a boundary: {content_type!r}")
+
+
+def _split_parts(body: bytes, boundary: bytes) -> list[bytes]:
+    """The parts of a multipart body (RFC 2046): the CRLF before each delimiter belongs to it."""
+    delimiter = b"--" + boundary
+    parts: list[bytes] = []
+    at = body.find(delimiter)
+    while at >= 0:
+        after = at + len(delimiter)
+        if body.startswith(b"--", after):
+            break  # the close delimiter
+        line_end = body.find(b"\n", after)
+        if line_end < 0:
+            break
+        start = line_end + 1
+        following = body.find(b"\n" + delimiter, start)
+        if following < 0:
+            parts.append(body[start:])
+            break
+        end = following - 1 if following > start and body[following - 1 : following] == b"\r" else following
+        parts.append(body[start:end])
+        at = following + 1
+    return parts
+
+
+def _part_headers(head: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    last = ""
+    for raw in head.decode("latin-1").splitlines():
+        if raw[:1] in (" ", "\t") and last:
+            headers[last] += " " + raw.strip()  # a folded header line
+            continue
+        name, sep, value = raw.partition(":")
+        if sep:
+            last = name.strip().lower()
+            headers[last] = value.strip()
+    return headers
+
+
+def _head_and_payload(part: bytes) -> tuple[bytes, bytes]:
+    """A part is its headers, an empty line, then its payload; with no headers it starts with the line end."""
+    for line_end in (b"\r\n", b"\n"):
+        if part.startswith(line_end):
+            return b"", part[len(line_end) :]
+        cut = part.find(line_end + line_end)
+        if cut >= 0:
+            return part[:cut], part[cut + 2 * len(line_end) :]
+    return part, b""
+
+
 def parse_multipart(body: bytes, content_type: str) -> tuple[Value, ...]:
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
-    )
+    """Every sibling of a 300 answer (`multipart/mixed`), each with its content type and metadata.
+
+    A small parser of our own: the general MIME parser of the standard library took more than half of
+    a benchmark client's CPU.
+    """
     values: list[Value] = []
-    for part in message.iter_parts():
-        payload = part.get_payload(decode=True)
+    for part in _split_parts(body, _boundary(content_type)):
+        head, payload = _head_and_payload(part)
+        headers = _part_headers(head)
+        encoding = headers.get("content-transfer-encoding", "").lower()
+        if encoding == "base64":
+            payload = base64.b64decode(payload)
+        elif encoding == "quoted-printable":
+            payload = quopri.decodestring(payload)
         meta = {
-            k[len("X-Riak-Meta-") :].lower(): str(v) for k, v in part.items() if k.lower().startswith("x-riak-meta-")
+            name[len("x-riak-meta-") :]: value for name, value in headers.items() if name.startswith("x-riak-meta-")
         }
-        values.append(
-            Value(
-                payload if isinstance(payload, bytes) else b"",
-                part.get_content_type(),
-                meta,
-                str(part.get("ETag", "")).strip('"'),
-                str(part.get("Last-Modified", "")),
-            )
-        )
+        ctype = headers.get("content-type", "text/plain").split(";")[0].strip().lower() or "text/plain"
+        values.append(Value(payload, ctype, meta, headers.get("etag", "").strip('"'), headers.get("last-modified", "")))
     return tuple(values)
 
 

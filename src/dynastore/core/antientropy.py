@@ -121,14 +121,22 @@ class AntiEntropy:
             tree = self.trees[key] = HashTree(self.segments)
         return tree
 
-    def on_write(self, skey: bytes, n_val: int, obj: Object | None) -> None:
-        """Keep index and tree in step with a data write (obj None: the key was deleted)."""
+    def on_write(self, skey: bytes, n_val: int, obj: Object | None, previous: Object | bool | None = True) -> None:
+        """Keep index and tree in step with a data write (obj None: the key was deleted).
+
+        `previous` is the object the write replaces, when the caller has it (None: there was none);
+        True means unknown, and the index entry is read instead.
+        """
         if not self.node.settings.anti_entropy_enabled:
             return
-        partition = keys.decode(skey).partition
+        partition = int.from_bytes(skey[: keys.PARTITION_BYTES], "big")
         segment = merkle.segment_of(skey, self.segments)
         tree = self.tree(partition, n_val)
-        old = self.node._get("aae", index_key(n_val, skey, segment))
+        if previous is True:
+            old = self.node._get("aae", index_key(n_val, skey, segment))
+        else:
+            # The index is written with the data, so its entry is the summary of what the data held.
+            old = None if previous is None or previous is False else merkle.summary(previous)
         if obj is None:
             self.node._put("aae", index_key(n_val, skey, segment), None)
         else:

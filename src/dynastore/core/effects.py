@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynastore.core.messages import ClientResponse, Message
+from dynastore.storage.base import Op
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +61,11 @@ AdminRequest = ClientJoin | ClientLeave | ClientRemove
 def seed_label(host: str, port: int) -> str:
     """How a peer known only by its address is named in `on_unreachable`."""
     return f"@{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Staged writes to apply atomically, and the effects to perform once they are on disk."""
+
+    ops: tuple[Op, ...]
+    effects: tuple[Effect, ...]

@@ -64,6 +64,8 @@ class FailureDetector:
     unreachable: dict[str, int] = field(default_factory=dict)
     # When each peer was last judged down, for reporting how long detection took.
     down_since: dict[str, int] = field(default_factory=dict)
+    # Bumped whenever a judgement may change other than by time passing (callers cache on it).
+    version: int = 0
 
     def _detector(self, peer: str) -> PhiAccrual:
         det = self.peers.get(peer)
@@ -76,12 +78,16 @@ class FailureDetector:
     def heard_from(self, peer: str, now_ms: int) -> bool:
         """Record a message from `peer`; True when this brings a peer judged down back up."""
         was_down = peer in self.unreachable or peer in self.down_since
+        if was_down:
+            self.version += 1
         self._detector(peer).heartbeat(now_ms)
         self.unreachable.pop(peer, None)
         self.down_since.pop(peer, None)
         return was_down
 
     def connection_failed(self, peer: str, now_ms: int) -> None:
+        if peer not in self.unreachable:
+            self.version += 1
         self.unreachable.setdefault(peer, now_ms)
 
     def phi(self, peer: str, now_ms: int) -> float:
@@ -103,6 +109,7 @@ class FailureDetector:
         return newly
 
     def forget(self, peer: str) -> None:
+        self.version += 1
         self.peers.pop(peer, None)
         self.unreachable.pop(peer, None)
         self.down_since.pop(peer, None)

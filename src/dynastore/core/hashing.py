@@ -6,12 +6,16 @@ The encoding of the pair is unambiguous (the bucket is length-prefixed), so ("ab
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 RING_BITS = 128
 RING_TOP = 1 << RING_BITS
 
 
+# A request computes its key's position several times (placement, stored key, anti-entropy); MD5 is
+# cheap but not free, and the answer never changes.
+@functools.lru_cache(maxsize=65_536)
 def key_position(bucket: bytes, key: bytes) -> int:
     """The 128-bit ring position of a key."""
     digest = hashlib.md5(len(bucket).to_bytes(4, "big") + bucket + key, usedforsecurity=False).digest()

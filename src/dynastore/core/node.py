@@ -5,10 +5,12 @@ Theory of operation
 Inputs are client requests (`on_request`), messages from peers (`on_message`), news that a peer
 could not be reached (`on_unreachable`) and the passage of time (`on_tick`); each carries `now_ms`.
 Handling an input updates memory, stages writes for the local engine and queues effects (messages to
-send, replies to give). Nothing leaves until `flush(now_ms)`: it writes every staged operation as one
-batch (durable engines sync it) and only then returns the queued effects. So no acknowledgement ever
-precedes the data it acknowledges, and many inputs share one disk sync (group commit). Reads see
-staged writes through an overlay.
+send, replies to give). Nothing leaves until the staged operations are written as one batch (durable
+engines sync it): `take_batch()` hands the shell the batch and the effects queued with it, the shell
+writes the batch (from another thread, so the node keeps working meanwhile), calls `batch_written()`
+and only then performs the effects. `flush(now_ms)` does all three in one call (the simulator's way).
+So no acknowledgement ever precedes the data it acknowledges, and many inputs share one disk sync
+(group commit). Reads see staged and in-flight writes through an overlay.
 
 The core never touches a socket or the clock and draws randomness only from the injected
 `random.Random`; the asyncio shell (or the simulator) moves bytes and calls it. Malformed input from
@@ -41,7 +43,17 @@ from dynastore.core.antientropy import AntiEntropy, ExchangeOp
 from dynastore.core.clusterops import BUCKET_PROPS, ClusterOps
 from dynastore.core.controller import BackgroundController
 from dynastore.core.coordination import LIST_KEYS_MAX, Coordination
-from dynastore.core.effects import AdminRequest, ClientJoin, ClientLeave, ClientRemove, Effect, Reply, Send, seed_label
+from dynastore.core.effects import (
+    AdminRequest,
+    Batch,
+    ClientJoin,
+    ClientLeave,
+    ClientRemove,
+    Effect,
+    Reply,
+    Send,
+    seed_label,
+)
 from dynastore.core.failure import FailureDetector
 from dynastore.core.handoff import Handoff
 from dynastore.core.membership import ACTIVE, Member
@@ -94,6 +106,7 @@ __all__ = [
     "META_COUNTER",
     "META_EPOCH",
     "AdminRequest",
+    "Batch",
     "ClientJoin",
     "ClientLeave",
     "ClientRemove",
@@ -129,6 +142,10 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self.rng = rng
         self.secret = (settings.cluster_secret or settings.cluster_name).encode()
         self._pending = {}
+        self._committing = {}
+        self._healthy_key = (-1, -1, -1)
+        self._cluster_changes = 0
+        self._healthy = frozenset()
         self._outbox = []
         self._ops = {}
         self._deadlines = []
@@ -194,12 +211,33 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
 
     def flush(self, now_ms: int) -> list[Effect]:
         """Write staged operations as one batch, then release the effects that depended on them."""
-        if self._pending:
-            ops = [Op(area, key, value) for (area, key), value in self._pending.items()]
-            self.engine.write(ops)
-            self._pending.clear()
-        out, self._outbox = self._outbox, []
-        return out
+        batch = self.take_batch()
+        if batch.ops:
+            self.engine.write(batch.ops)
+        self.batch_written()
+        return list(batch.effects)
+
+    def take_batch(self) -> Batch:
+        """Everything staged so far as one batch, with every effect queued so far.
+
+        The caller writes `batch.ops` to the engine, calls `batch_written()`, and only then performs
+        `batch.effects`. Effects queued while a batch is being written may depend on it (a reply built
+        from its data), so they wait for the next batch, which is taken only after this one is written.
+        """
+        assert not self._committing, "a batch is still being written"
+        ops = tuple(Op(area, key, value) for (area, key), value in self._pending.items())
+        self._committing, self._pending = self._pending, {}
+        effects, self._outbox = tuple(self._outbox), []
+        return Batch(ops, effects)
+
+    def batch_written(self) -> None:
+        """The batch from `take_batch` is on disk: reads may now go to the engine for it."""
+        self._committing = {}
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether anything is staged or queued that a batch would carry."""
+        return bool(self._pending) or bool(self._outbox)
 
     def next_deadline_ms(self) -> int:
         deadline = min(

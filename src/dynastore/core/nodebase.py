@@ -62,6 +62,10 @@ class Stats:
     siblings_histogram: dict[int, int] = field(default_factory=dict)
 
 
+# How long a computed set of healthy members may be reused (failure detection works in seconds).
+HEALTHY_CACHE_MS = 100
+
+
 class NodeBase(ABC):
     """Shared state and helpers of NodeCore's parts. See the module docstring."""
 
@@ -81,6 +85,11 @@ class NodeBase(ABC):
     now_hint_ms: int
     # Staged writes, by (area, key); None deletes. Reads see them before the engine.
     _pending: dict[tuple[str, bytes], bytes | None]
+    _healthy_key: tuple[int, int, int]
+    _cluster_changes: int
+    _healthy: frozenset[str]
+    # The batch the shell is writing right now (taken by take_batch, cleared by batch_written).
+    _committing: dict[tuple[str, bytes], bytes | None]
     _outbox: list[Effect]
     _ops: dict[int, AnyOp]
     # A heap of (deadline_ms, op id); entries of finished ops are skipped when they surface.
@@ -137,18 +146,27 @@ class NodeBase(ABC):
     def ring(self) -> Ring:
         return self.cluster.ring.ring
 
-    def healthy(self, now_ms: int) -> set[str]:
-        return {n for n in self.cluster.names(ACTIVE) if n == self.name or self.detector.is_up(n, now_ms)}
+    def healthy(self, now_ms: int) -> frozenset[str]:
+        """Members judged up now. Computed at most once per 100 ms of clock, and again whenever the
+        failure detector or the membership changes (phi only creeps up between events)."""
+        key = (self.detector.version, self._cluster_changes, now_ms // HEALTHY_CACHE_MS)
+        if key != self._healthy_key:
+            self._healthy_key = key
+            self._healthy = frozenset(
+                n for n in self.cluster.names(ACTIVE) if n == self.name or self.detector.is_up(n, now_ms)
+            )
+        return self._healthy
 
     def has_data(self) -> bool:
-        return bool(self.engine.scan("data", b"", None, 1)) or any(k[0] == "data" for k in self._pending)
+        staged = any(k[0] == "data" for k in self._pending) or any(k[0] == "data" for k in self._committing)
+        return bool(self.engine.scan("data", b"", None, 1)) or staged
 
     # --- Storage helpers ------------------------------------------------------------------------------
 
     def _get(self, area: str, key: bytes) -> bytes | None:
-        staged = self._pending.get((area, key), b"")
-        if staged != b"" or (area, key) in self._pending:
-            return staged
+        for overlay in (self._pending, self._committing):
+            if (area, key) in overlay:
+                return overlay[(area, key)]
         return self.engine.get(area, key)
 
     def _put(self, area: str, key: bytes, value: bytes | None) -> None:
@@ -157,13 +175,16 @@ class NodeBase(ABC):
         self._pending[(area, key)] = value
 
     def _scan(self, area: str, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        rows = dict(self.engine.scan(area, start, end, limit + len(self._pending)))
-        for (a, k), v in self._pending.items():
-            if a == area and k >= start and (end is None or k < end):
-                if v is None:
-                    rows.pop(k, None)
-                else:
-                    rows[k] = v
+        staged = len(self._pending) + len(self._committing)
+        rows = dict(self.engine.scan(area, start, end, limit + staged))
+        # The batch being written first, then what was staged after it: the later write wins.
+        for overlay in (self._committing, self._pending):
+            for (a, k), v in overlay.items():
+                if a == area and k >= start and (end is None or k < end):
+                    if v is None:
+                        rows.pop(k, None)
+                    else:
+                        rows[k] = v
         return sorted(rows.items())[:limit]
 
     def _scan_all(self, area: str, start: bytes, end: bytes | None) -> Iterable[tuple[bytes, bytes]]:
@@ -197,7 +218,7 @@ class NodeBase(ABC):
 
     def _store_data(self, skey: bytes, obj: Object, previous: Object | None, now_ms: int) -> None:
         self._put("data", skey, objects.encode(obj))
-        self.aae.on_write(skey, self._n_val_of(skey), obj)
+        self.aae.on_write(skey, self._n_val_of(skey), obj, previous)
         if objects.is_tombstone(obj):
             if previous is None or not objects.is_tombstone(previous) or self._get("reap", skey) is None:
                 self._put("reap", skey, now_ms.to_bytes(8, "big"))
@@ -240,6 +261,7 @@ class NodeBase(ABC):
         if state == self.cluster:
             return
         self.cluster = state
+        self._cluster_changes += 1
         self._put("meta", META_CLUSTER, membership.encode(state))
 
     # --- Op bookkeeping ------------------------------------------------------------------------------

@@ -111,7 +111,10 @@ class PeerLink:
             while self.queue:
                 if writer.is_closing():
                     raise ConnectionError("connection closed")
-                writer.write(self.queue.popleft())
+                # Everything queued goes out in one write: one system call for many frames.
+                frames = list(self.queue)
+                self.queue.clear()
+                writer.write(b"".join(frames))
                 if writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH_BYTES:
                     await writer.drain()
             await writer.drain()

@@ -1,9 +1,11 @@
 """The asyncio shell around one NodeCore: it feeds inputs in, performs the effects that come out,
 and keeps the core's timer armed. It decides nothing about the protocol.
 
-Group commit: inputs that arrive in the same turn of the event loop are all handed to the core before
-one `flush`, which writes their staged operations as a single (durable) batch and only then releases
-their replies and messages.
+Pipelined group commit: inputs are handed to the core as they arrive; what they stage is taken as one
+batch and written by a single writer thread, while the event loop goes on serving the next inputs
+(which stage the next batch). A batch's replies and messages are performed only once the batch is on
+disk, and batches are written one after another, in order. So a durable fsync never stalls the event
+loop, and the longer a sync takes, the more requests share the next one.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import logging
 import random
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
-from dynastore.core.node import AdminRequest, ClientJoin, NodeCore, Reply, Send
+from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCore, Reply, Send
 from dynastore.net import tls
 from dynastore.net.rpc import Transport
 from dynastore.settings import Settings
@@ -99,6 +102,11 @@ class NodeRuntime:
         self._futures: dict[int, asyncio.Future[ClientResponse]] = {}
         self._request_id = 0
         self._flush_scheduled = False
+        # One thread writes batches, one at a time and in order; `_committing` is true while it does.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{config.name}-commit")
+        self._committing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at_ms: int | None = None
         self._join_task: asyncio.Task[None] | None = None
@@ -154,14 +162,17 @@ class NodeRuntime:
             self._timer.cancel()
         if self.core is not None:
             with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._idle.wait(), 30)
                 self.core.prepare_shutdown()
                 self._flush_now()
+                await asyncio.wait_for(self._idle.wait(), 30)
         if self.transport is not None:
             await self.transport.drain(1.0)
             await self.transport.close()
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_result(Failure("unavailable", "node is shutting down"))
+        self._writer.shutdown(wait=True)
         if self.engine is not None:
             self.engine.close()
 
@@ -232,15 +243,42 @@ class NodeRuntime:
         self._flush_now()
 
     def _flush_now(self) -> None:
+        core = self.core
+        assert core is not None
+        if self._committing:
+            # The batch being written ends by taking the next one, which will carry this input's work.
+            return
+        batch = core.take_batch()
+        if not batch.ops:
+            core.batch_written()
+            self._perform(batch.effects)
+            return
+        self._committing = True
+        self._idle.clear()
+        engine = self.engine
+        assert engine is not None
+        done = asyncio.get_running_loop().run_in_executor(self._writer, engine.write, batch.ops)
+        done.add_done_callback(lambda fut: self._written(batch, fut))
+
+    def _written(self, batch: Batch, fut: asyncio.Future[None]) -> None:
+        core = self.core
+        assert core is not None
+        self._committing = False
+        self._idle.set()
+        error = fut.exception()
+        if error is not None:
+            # A write that cannot be made durable must not be acknowledged: stop the node, acking nothing.
+            log.error("storage failure; stopping: %s", error)
+            self.stopping.set()
+            return
+        core.batch_written()
+        self._perform(batch.effects)
+        if core.has_pending:
+            self._flush_now()
+
+    def _perform(self, effects: tuple[Effect, ...]) -> None:
         core, transport = self.core, self.transport
         assert core is not None and transport is not None
-        try:
-            effects = core.flush(self.clock.now_ms())
-        except Exception:
-            # A write that cannot be made durable must not be acknowledged: stop the node.
-            log.exception("storage failure; stopping")
-            self.stopping.set()
-            raise
         for effect in effects:
             if isinstance(effect, Reply):
                 fut = self._futures.get(effect.request_id)
