@@ -19,7 +19,7 @@ from dynastore.core import objects
 from dynastore.core.objects import Content, Object, ObjectError
 from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 _INT_MAX = COUNTER_MAX
 
 
@@ -450,8 +450,11 @@ def _content_from_wire(data: Any) -> Content:
 
 
 def _object_from_wire(data: Any) -> Object:
+    # Objects travel as their stored bytes: the receiver's decode is cached and a replica that takes
+    # the incoming version as it is stores those bytes without encoding them again.
+    _check(isinstance(data, bytes), "an object must be bytes")
     try:
-        return objects.from_wire(data)
+        return objects.decode(data)
     except ObjectError as exc:
         raise PeerError(f"malformed object: {exc}") from None
 
@@ -503,12 +506,12 @@ def _tuple_of(inner: Callable[[Any], Any], what: str) -> Callable[[Any], Any]:
 
 
 _ENCODERS: dict[str, Callable[[Any], Any]] = {
-    "Object": objects.to_wire,
-    "Object | None": lambda o: None if o is None else objects.to_wire(o),
+    "Object": objects.encode,
+    "Object | None": lambda o: None if o is None else objects.encode(o),
     "Context | None": lambda c: None if c is None else context_to_wire(c),
     "Content | None": lambda c: None if c is None else _content_to_wire(c),
     "tuple[tuple[Dot, Content], ...]": _values_to_wire,
-    "tuple[HintItem, ...]": lambda items: [[i.bucket, i.key, objects.to_wire(i.obj)] for i in items],
+    "tuple[HintItem, ...]": lambda items: [[i.bucket, i.key, objects.encode(i.obj)] for i in items],
 }
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {

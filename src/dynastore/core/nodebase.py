@@ -230,6 +230,10 @@ class NodeBase(ABC):
         local = self._load("data", skey)
         merged = _merged(local, incoming, lww)
         if local is None or not objects.same(local, merged):
+            # The usual case is a newer version replacing an older one: store the incoming object
+            # itself, whose bytes are already known (it arrived as them), rather than an equal copy.
+            if merged is not incoming and objects.same(merged, incoming):
+                merged = incoming
             self._store_data(skey, merged, local, now_ms)
 
     def _merge_into_hints(self, owner: str, bucket: bytes, key: bytes, incoming: Object, lww: bool) -> bool:

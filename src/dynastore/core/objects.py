@@ -11,7 +11,9 @@ never half-applied.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,16 +123,43 @@ def to_wire(obj: Object) -> list[Any]:
     ]
 
 
+# Objects are immutable, and hot keys are decoded and encoded over and over (every read decodes the
+# stored bytes, every replica answer encodes them again). Two bounded caches make that free: bytes ->
+# object for decoding, and object -> bytes (by identity, holding the object so its id stays its own)
+# for encoding. They change no result, only the work done.
+_ENCODED_MAX = 4096
+_encoded: OrderedDict[int, tuple[Object, bytes]] = OrderedDict()
+
+
+def _remember(obj: Object, raw: bytes) -> None:
+    _encoded[id(obj)] = (obj, raw)
+    if len(_encoded) > _ENCODED_MAX:
+        _encoded.popitem(last=False)
+
+
 def encode(obj: Object) -> bytes:
-    return msgpack.packb(to_wire(obj), use_bin_type=True)  # type: ignore[no-any-return]
+    known = _encoded.get(id(obj))
+    if known is not None and known[0] is obj:
+        return known[1]
+    raw: bytes = msgpack.packb(to_wire(obj), use_bin_type=True)
+    _remember(obj, raw)
+    return raw
 
 
-def decode(raw: bytes) -> Object:
+@functools.lru_cache(maxsize=8192)
+def _decode(raw: bytes) -> Object:
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:
         raise ObjectError(f"undecodable object: {exc}") from None
-    return from_wire(data)
+    obj = from_wire(data)
+    _remember(obj, raw)
+    return obj
+
+
+def decode(raw: bytes) -> Object:
+    """Validate and rebuild an object from its bytes; raises ObjectError for anything malformed."""
+    return _decode(bytes(raw))
 
 
 def _need(cond: bool, what: str) -> None:
