@@ -1,11 +1,17 @@
 """Inter-node transport over asyncio TCP: one pooled outgoing connection per peer, a listener for
-incoming ones, the handshake on both, bounded queues everywhere.
+incoming ones, the handshake on both, bounded buffers everywhere.
+
+Built on `asyncio.Protocol` callbacks rather than streams: a frame to send is appended to its link's
+buffer and every buffer is written once per turn of the event loop (one system call for all the
+frames of a turn); received bytes are cut into frames and handed to `on_message` straight from
+`data_received`. No coroutine is resumed per message.
 
 Outgoing sockets are bound to the node's own host address, so a node on 10.0.0.2 connects *from*
 10.0.0.2 (firewall rules and namespaces see the real source). A peer whose connection fails is
-reported once per failure through `on_unreachable`; frames queued for it are dropped (the core treats
-them as lost and its requests fail over or time out). A peer that sends garbage is logged and
-disconnected; the node keeps serving everyone else.
+reported once per failure through `on_unreachable`; frames buffered for it are dropped (the core
+treats them as lost and its requests fail over or time out), and it is not dialled again for a short
+while unless it reaches us first. A peer that sends garbage is logged and disconnected; the node keeps
+serving everyone else.
 """
 
 from __future__ import annotations
@@ -15,12 +21,11 @@ import contextlib
 import logging
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 from dynastore.core.messages import Message, PeerError
 from dynastore.net.framing import (
-    HEADER_BYTES,
     FrameDecoder,
     FrameError,
     Hello,
@@ -32,108 +37,191 @@ from dynastore.net.framing import (
 
 log = logging.getLogger("dynastore.net")
 
-READ_CHUNK_BYTES = 256 * 1024
+HELLO_BYTES_MAX = 4096
+# Above this many bytes waiting in a socket's send buffer, frames are held back in the link's own
+# (bounded) buffer until the kernel drains it.
 WRITE_BUFFER_HIGH_BYTES = 4 * 1024 * 1024
 
 
-class PeerLink:
-    """The outgoing connection to one peer, with its queue of frames."""
+class _Outgoing(asyncio.Protocol):
+    """The client side of one link: handshake, then frames out; the peer never speaks after its hello."""
 
-    def __init__(self, transport: Transport, peer: str) -> None:
-        self.transport = transport
+    def __init__(self, link: PeerLink) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder(HELLO_BYTES_MAX)
+        self.ready = False
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport instances but offer the same methods.
+        self.transport = tcp = cast(asyncio.Transport, transport)
+        tcp.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
+        node = self.link.node
+        tcp.write(encode_hello(node.hello, node.secret))
+
+    def data_received(self, data: bytes) -> None:
+        if self.ready:
+            return
+        try:
+            frames = self.decoder.feed(data)
+            if not frames:
+                return
+            hello = decode_hello(frames[0], self.link.node.secret, self.link.node.cluster)
+            if not self.link.peer.startswith("@") and hello.node != self.link.peer:
+                raise FrameError(f"expected {self.link.peer}, reached {hello.node}")
+        except PeerError as exc:
+            log.warning("link to %s refused: %s", self.link.peer or "?", exc)
+            self.link.failed()
+            return
+        self.ready = True
+        self.link.connected(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.lost(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.link.schedule_flush()
+
+
+class PeerLink:
+    """The outgoing connection to one peer, with its buffer of frames not written yet."""
+
+    def __init__(self, node: Transport, peer: str, address: tuple[str, int] | None = None) -> None:
+        self.node = node
         self.peer = peer
-        self.queue: deque[bytes] = deque()
-        self.writer: asyncio.StreamWriter | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.wakeup = asyncio.Event()
+        self.address = address
+        self.buffer: list[bytes] = []
+        self.protocol: _Outgoing | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.flush_scheduled = False
         self.retry_after = 0.0
-        self.address: tuple[str, int] | None = None
 
     def send(self, frame: bytes) -> None:
         if time.monotonic() < self.retry_after:
-            self.transport.report_unreachable(self.peer)
+            self.node.report_unreachable(self.peer)
             return
-        if len(self.queue) >= self.transport.queue_frames_max:
-            self.transport.dropped_frames += 1
+        if len(self.buffer) >= self.node.queue_frames_max:
+            self.node.dropped_frames += 1
             return
-        self.queue.append(frame)
-        self.wakeup.set()
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._run())
+        self.buffer.append(frame)
+        if self.protocol is not None:
+            self.schedule_flush()
+        elif self.connecting is None:
+            self.connecting = asyncio.get_running_loop().create_task(self._connect())
 
-    async def _run(self) -> None:
-        try:
-            await self._connect()
-            await self._pump()
-        except (TimeoutError, OSError, ConnectionError, FrameError) as exc:
-            log.debug("link to %s failed: %s", self.peer, exc)
-            self._fail()
-        finally:
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
+    def schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        protocol = self.protocol
+        if protocol is None or protocol.transport is None or not self.buffer or protocol.paused:
+            return
+        frames, self.buffer = self.buffer, []
+        protocol.transport.write(b"".join(frames))
 
     async def _connect(self) -> None:
-        address = self.address or self.transport.address_of(self.peer) or self.transport.learned.get(self.peer)
-        if address is None:
-            raise ConnectionError(f"no address known for {self.peer}")
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                address[0], address[1], local_addr=(self.transport.host, 0), ssl=self.transport.ssl_client
-            ),
-            self.transport.connect_timeout_s,
-        )
-        self.writer = writer
-        writer.write(encode_hello(self.transport.hello, self.transport.secret))
-        # The accepting side answers with its own handshake before anything else.
-        header = await asyncio.wait_for(reader.readexactly(HEADER_BYTES), self.transport.connect_timeout_s)
-        length = int.from_bytes(header, "big")
-        if length > 4096:
-            raise FrameError("oversized handshake")
-        payload = await asyncio.wait_for(reader.readexactly(length), self.transport.connect_timeout_s)
-        hello = decode_hello(payload, self.transport.secret, self.transport.cluster)
-        if not self.peer.startswith("@") and hello.node != self.peer:
-            raise FrameError(f"expected {self.peer}, reached {hello.node}")
-        # Watch the read side so that a closed connection is noticed even when idle.
-        asyncio.get_running_loop().create_task(self._watch(reader))
+        try:
+            address = self.address or self.node.address_of(self.peer) or self.node.learned.get(self.peer)
+            if address is None:
+                raise ConnectionError(f"no address known for {self.peer}")
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Outgoing(self),
+                    address[0],
+                    address[1],
+                    local_addr=(self.node.host, 0),
+                    ssl=self.node.ssl_client,
+                    server_hostname="" if self.node.ssl_client is not None else None,
+                ),
+                self.node.connect_timeout_s,
+            )
+        except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            log.debug("link to %s failed: %s", self.peer, exc)
+            self.failed()
+        finally:
+            self.connecting = None
 
-    async def _watch(self, reader: asyncio.StreamReader) -> None:
-        with contextlib.suppress(Exception):
-            await reader.read()
-        if self.writer is not None:
-            self.writer.close()
-        self.wakeup.set()
+    def connected(self, protocol: _Outgoing) -> None:
+        self.protocol = protocol
+        self.flush()
 
-    async def _pump(self) -> None:
-        writer = self.writer
-        assert writer is not None
-        while True:
-            while self.queue:
-                if writer.is_closing():
-                    raise ConnectionError("connection closed")
-                # Everything queued goes out in one write: one system call for many frames.
-                frames = list(self.queue)
-                self.queue.clear()
-                writer.write(b"".join(frames))
-                if writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH_BYTES:
-                    await writer.drain()
-            await writer.drain()
-            if writer.is_closing():
-                raise ConnectionError("connection closed")
-            self.wakeup.clear()
-            if not self.queue:
-                await self.wakeup.wait()
+    def failed(self) -> None:
+        """The connection could not be made or was refused: drop what waits, back off, report."""
+        protocol, self.protocol = self.protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.abort()
+        self.buffer = []
+        self.retry_after = time.monotonic() + self.node.retry_s
+        self.node.report_unreachable(self.peer)
 
-    def _fail(self) -> None:
-        self.queue.clear()
-        self.retry_after = time.monotonic() + self.transport.retry_s
-        self.transport.report_unreachable(self.peer)
+    def lost(self, protocol: _Outgoing) -> None:
+        if self.protocol is protocol or (self.protocol is None and not protocol.ready):
+            self.failed()
 
     def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        if self.writer is not None:
-            self.writer.close()
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.close()
+        self.protocol = None
+
+
+class _Incoming(asyncio.Protocol):
+    """The server side of one link: the peer's hello, our hello back, then frames in."""
+
+    def __init__(self, node: Transport) -> None:
+        self.node = node
+        self.decoder = FrameDecoder(node.frame_bytes_max)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.node.inbound.add(self)
+        # A connection that never says hello is closed rather than held open.
+        self.timer = asyncio.get_running_loop().call_later(self.node.connect_timeout_s, self._no_hello)
+
+    def _no_hello(self) -> None:
+        if not self.peer and self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        node = self.node
+        try:
+            frames = self.decoder.feed(data)
+            for frame in frames:
+                if not self.peer:
+                    hello = decode_hello(frame, node.secret, node.cluster)
+                    self.peer = hello.node
+                    node.heard(hello)
+                    assert self.transport is not None
+                    self.transport.write(encode_hello(node.hello, node.secret))
+                    continue
+                node.on_message(self.peer, decode_message(frame))
+        except PeerError as exc:
+            node.peer_errors += 1
+            log.warning("dropping peer %s: %s", self.peer or "?", exc)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.node.inbound.discard(self)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class Transport:
@@ -173,7 +261,7 @@ class Transport:
         self.on_unreachable = on_unreachable
         self.links: dict[str, PeerLink] = {}
         self.server: asyncio.Server | None = None
-        self.inbound: set[asyncio.StreamWriter] = set()
+        self.inbound: set[_Incoming] = set()
         self.dropped_frames = 0
         self.peer_errors = 0
         self.hello = Hello(cluster, name, host, port)
@@ -182,14 +270,15 @@ class Transport:
         self.learned: dict[str, tuple[str, int]] = {}
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(
-            self._accept, self.host, self.port, reuse_address=True, ssl=self.ssl_server
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: _Incoming(self), self.host, self.port, reuse_address=True, ssl=self.ssl_server
         )
 
     async def drain(self, timeout_s: float) -> None:
-        """Wait (bounded) until every queued frame has been written, e.g. a last gossip before exit."""
+        """Wait (bounded) until every buffered frame has been handed to the kernel, e.g. a last gossip."""
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while any(link.queue for link in self.links.values() if link.task and not link.task.done()):
+        while any(link.buffer and (link.protocol or link.connecting) for link in self.links.values()):
             if asyncio.get_running_loop().time() > deadline:
                 return
             await asyncio.sleep(0.02)
@@ -199,8 +288,8 @@ class Transport:
             link.close()
         if self.server is not None:
             self.server.close()
-        for writer in list(self.inbound):
-            writer.close()
+        for incoming in list(self.inbound):
+            incoming.close()
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)
@@ -211,8 +300,7 @@ class Transport:
             key = f"@{address[0]}:{address[1]}"
             link = self.links.get(key)
             if link is None:
-                link = self.links[key] = PeerLink(self, key)
-                link.address = address
+                link = self.links[key] = PeerLink(self, key, address)
         else:
             link = self.links.get(peer)
             if link is None:
@@ -222,39 +310,10 @@ class Transport:
     def report_unreachable(self, peer: str) -> None:
         self.on_unreachable(peer)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.inbound.add(writer)
-        peer = "?"
-        try:
-            decoder = FrameDecoder(self.frame_bytes_max)
-            hello_frames: list[bytes] = []
-            while not hello_frames:
-                chunk = await asyncio.wait_for(reader.read(4096), self.connect_timeout_s)
-                if not chunk:
-                    return
-                hello_frames = decoder.feed(chunk)
-            hello = decode_hello(hello_frames[0], self.secret, self.cluster)
-            peer = hello.node
-            if len(self.learned) < 10_000 or peer in self.learned:
-                self.learned[peer] = (hello.host, hello.port)
-            link = self.links.get(peer)
-            if link is not None:
-                # The peer just reached us, so it is alive: stop refusing to send to it.
-                link.retry_after = 0.0
-            writer.write(encode_hello(self.hello, self.secret))
-            pending = hello_frames[1:]
-            while True:
-                for frame in pending:
-                    self.on_message(peer, decode_message(frame))
-                chunk = await reader.read(READ_CHUNK_BYTES)
-                if not chunk:
-                    return
-                pending = decoder.feed(chunk)
-        except PeerError as exc:
-            self.peer_errors += 1
-            log.warning("dropping peer %s: %s", peer, exc)
-        except (TimeoutError, OSError, ConnectionError):
-            pass
-        finally:
-            self.inbound.discard(writer)
-            writer.close()
+    def heard(self, hello: Hello) -> None:
+        """A peer connected to us: remember its address, and stop refusing to send to it."""
+        if len(self.learned) < 10_000 or hello.node in self.learned:
+            self.learned[hello.node] = (hello.host, hello.port)
+        link = self.links.get(hello.node)
+        if link is not None:
+            link.retry_after = 0.0
