@@ -51,10 +51,11 @@ def test_on_a_last_write_wins_bucket_the_same_checker_reports_lost_writes(net_cl
     assert report.sets.lost, report.text()
 
 
-SOAK_SEEDS = range(100, 100 + int(os.environ.get("DYNASTORE_SOAK_RUNS", "0")))
+SOAK_RUNS = int(os.environ.get("DYNASTORE_SOAK_RUNS", "0"))
 
 
-@pytest.mark.parametrize("seed", SOAK_SEEDS)
+@pytest.mark.skipif(SOAK_RUNS == 0, reason="long runs happen under `make soak` (DYNASTORE_SOAK_RUNS)")
+@pytest.mark.parametrize("seed", range(100, 100 + max(1, SOAK_RUNS)))
 def test_soak_runs_with_longer_faults_lose_nothing(net_cluster: NetCluster, seed: int) -> None:
     """`make soak`: more seeds, every fault kind, each held longer; the same guarantees."""
     net, cluster = net_cluster(5, "anti_entropy_interval_ms=3000", "request_timeout_ms=2000")

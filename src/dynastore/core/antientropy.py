@@ -166,7 +166,7 @@ class AntiEntropy:
         prefix = keys.partition_prefix(partition)
         expected: dict[bytes, bytes] = {}
         for skey, raw in node._scan_all("data", prefix, keys.prefix_end(prefix)):
-            n_val = int(node.bucket_props(keys.decode(skey).bucket)["n_val"])
+            n_val = int(node._props(keys.decode(skey).bucket)["n_val"])
             expected[index_key(n_val, skey, merkle.segment_of(skey, self.segments))] = merkle.summary(
                 objects.decode(raw)
             )
@@ -374,7 +374,7 @@ class AntiEntropy:
         limit = node.settings.anti_entropy_keys_batch_max
         batch, op.differing = op.differing[:limit], op.differing[limit:]
         for item in msg.items:
-            lww = bool(node.bucket_props(item.bucket)["last_write_wins"])
+            lww = bool(node._props(item.bucket)["last_write_wins"])
             node._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
         # Send back the merged result of every differing key, so both sides end equal.
         merged = []
@@ -384,7 +384,7 @@ class AntiEntropy:
             if obj is not None:
                 parsed = keys.decode(skey)
                 merged.append(HintItem(parsed.bucket, parsed.key, obj))
-                flags.append(bool(node.bucket_props(parsed.bucket)["last_write_wins"]))
+                flags.append(bool(node._props(parsed.bucket)["last_write_wins"]))
         self.stats.keys_repaired += len(batch)
         op.stage = "push"
         self._send(op.peer, messages.HintDelivery(msg.req, tuple(merged), tuple(flags)))

@@ -268,7 +268,7 @@ class ClusterOps(NodeBase):
         if bad is not None:
             self._answer(origin, bad)
             return
-        current = self.bucket_props(req.bucket)
+        current = self._props(req.bucket)
         changes = dict(req.props)
         unknown = sorted(set(changes) - set(BUCKET_PROPS))
         if unknown:

@@ -71,7 +71,7 @@ class Coordination(NodeBase):
         if bad is not None:
             self._answer(origin, bad)
             return
-        props = self.bucket_props(req.bucket)
+        props = self._props(req.bucket)
         n_val = int(props["n_val"])
         r = resolve("r", req.r, n_val, props["r"], 1)
         pr = resolve("pr", req.pr, n_val, props["pr"], 0)
@@ -197,7 +197,7 @@ class Coordination(NodeBase):
                 origin, Failure("too_large", f"object exceeds the limit of {self.settings.object_bytes_max} bytes")
             )
             return
-        props = self.bucket_props(req.bucket)
+        props = self._props(req.bucket)
         n_val = int(props["n_val"])
         w = resolve("w", req.w, n_val, props["w"], 1)
         dw = resolve("dw", req.dw, n_val, props["dw"], 0)

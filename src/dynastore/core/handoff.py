@@ -129,7 +129,7 @@ class Handoff(NodeBase):
         if placement.transition_id(self.cluster.ring) != op.transition:
             return
         for item in msg.items:
-            lww = bool(self.bucket_props(item.bucket)["last_write_wins"])
+            lww = bool(self._props(item.bucket)["last_write_wins"])
             self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
         _, _, count = self._checkpoint(op.transition, op.partition, op.source)
         count += len(msg.items)
@@ -207,7 +207,7 @@ class Handoff(NodeBase):
             by_targets: dict[tuple[str, ...], list[tuple[bytes, bytes]]] = {}
             for skey, raw in rows:
                 bucket = keys.decode(skey).bucket
-                n_val = int(self.bucket_props(bucket)["n_val"])
+                n_val = int(self._props(bucket)["n_val"])
                 here = placement.placement(self.cluster.ring, partition, n_val)
                 if self.name in here.plist.primary_nodes or self.name in here.receivers:
                     continue
@@ -223,7 +223,7 @@ class Handoff(NodeBase):
                 for skey, raw in batch:
                     parsed = keys.decode(skey)
                     items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
-                    lww.append(bool(self.bucket_props(parsed.bucket)["last_write_wins"]))
+                    lww.append(bool(self._props(parsed.bucket)["last_write_wins"]))
                 op = StrayOp(set(replicas), batch, now_ms + self.settings.request_timeout_ms)
                 op_id = self._register(op)
                 for node in replicas:
@@ -280,7 +280,7 @@ class Handoff(NodeBase):
                 parsed = keys.decode(skey)
                 sent.append((hkey, raw))
                 items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
-                lww.append(bool(self.bucket_props(parsed.bucket)["last_write_wins"]))
+                lww.append(bool(self._props(parsed.bucket)["last_write_wins"]))
                 size += len(raw)
                 if size >= self.settings.hint_batch_bytes_max:
                     break

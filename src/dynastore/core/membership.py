@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -66,17 +66,27 @@ class RingState:
     owners: tuple[str, ...]
     next_owners: tuple[str, ...] | None = None
     done: frozenset[tuple[int, str]] = frozenset()
+    # Rings looked up for this state (every request asks; hashing 64 owners each time is not free).
+    _rings: dict[bool, Ring] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     def key(self) -> tuple[int, str]:
         return (self.version, self.claimant)
 
     @property
     def ring(self) -> Ring:
-        return _ring_of(self.owners)
+        ring = self._rings.get(False)
+        if ring is None:
+            ring = self._rings[False] = _ring_of(self.owners)
+        return ring
 
     @property
     def next_ring(self) -> Ring | None:
-        return None if self.next_owners is None else _ring_of(self.next_owners)
+        if self.next_owners is None:
+            return None
+        ring = self._rings.get(True)
+        if ring is None:
+            ring = self._rings[True] = _ring_of(self.next_owners)
+        return ring
 
 
 _RINGS: dict[tuple[str, ...], Ring] = {}

@@ -145,6 +145,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self._committing = {}
         self._healthy_key = (-1, -1, -1)
         self._cluster_changes = 0
+        self._props_cache = {}
+        self._props_at = -1
         self._healthy = frozenset()
         self._outbox = []
         self._ops = {}

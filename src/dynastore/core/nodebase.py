@@ -62,6 +62,8 @@ class Stats:
     siblings_histogram: dict[int, int] = field(default_factory=dict)
 
 
+# Buckets whose properties are kept ready (cleared wholesale when full or when the cluster changes).
+PROPS_CACHE_MAX = 10_000
 # How long a computed set of healthy members may be reused (failure detection works in seconds).
 HEALTHY_CACHE_MS = 100
 
@@ -86,6 +88,8 @@ class NodeBase(ABC):
     # Staged writes, by (area, key); None deletes. Reads see them before the engine.
     _pending: dict[tuple[str, bytes], bytes | None]
     _healthy_key: tuple[int, int, int]
+    _props_cache: dict[bytes, dict[str, Any]]
+    _props_at: int
     _cluster_changes: int
     _healthy: frozenset[str]
     # The batch the shell is writing right now (taken by take_batch, cleared by batch_written).
@@ -110,8 +114,21 @@ class NodeBase(ABC):
     # --- Queries: bucket properties, placement, health -------------------------------------------------
 
     def bucket_props(self, bucket: bytes) -> dict[str, Any]:
-        props = self.default_bucket_props()
-        props.update(self.cluster.bucket(bucket))
+        """A bucket's properties (defaults overlaid with what was set), as a dict the caller may change."""
+        return dict(self._props(bucket))
+
+    def _props(self, bucket: bytes) -> dict[str, Any]:
+        """The same, shared and cached until the cluster state changes: callers must not modify it."""
+        if self._props_at != self._cluster_changes:
+            self._props_cache.clear()
+            self._props_at = self._cluster_changes
+        props = self._props_cache.get(bucket)
+        if props is None:
+            props = self.default_bucket_props()
+            props.update(self.cluster.bucket(bucket))
+            if len(self._props_cache) > PROPS_CACHE_MAX:
+                self._props_cache.clear()
+            self._props_cache[bucket] = props
         return props
 
     def default_bucket_props(self) -> dict[str, Any]:
@@ -135,7 +152,7 @@ class NodeBase(ABC):
         return partition, where.plist
 
     def placement_for(self, bucket: bytes, key: bytes) -> tuple[int, Placement]:
-        n_val = int(self.bucket_props(bucket)["n_val"])
+        n_val = int(self._props(bucket)["n_val"])
         partition = self.ring.partition_of(bucket, key)
         return partition, placement.placement(self.cluster.ring, partition, n_val)
 
@@ -209,7 +226,7 @@ class NodeBase(ABC):
             raise AssertionError(f"corrupt object in {area} at {key!r}: {exc}") from None
 
     def _n_val_of(self, skey: bytes) -> int:
-        return int(self.bucket_props(keys.decode(skey).bucket)["n_val"])
+        return int(self._props(keys.decode(skey).bucket)["n_val"])
 
     def _delete_data(self, skey: bytes) -> None:
         self._put("data", skey, None)

@@ -36,7 +36,7 @@ class Reaping(NodeBase):
             if int.from_bytes(raw_time, "big") + self.settings.tombstone_grace_ms > now_ms:
                 continue
             parsed = keys.decode(skey)
-            n_val = int(self.bucket_props(parsed.bucket)["n_val"])
+            n_val = int(self._props(parsed.bucket)["n_val"])
             primaries = placement.placement(self.cluster.ring, parsed.partition, n_val).plist.primary_nodes
             if self.name not in primaries:
                 # No longer a replica of this key: its reaping is someone else's business.
