@@ -236,8 +236,17 @@ class LocalCluster:
     def logs(self, lines: int = 30) -> str:
         return "\n".join(node.log_tail(lines) for node in self.nodes)
 
-    def wait(self, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-        """Poll `condition` until true; on timeout raise ClusterError with what was awaited and the logs."""
+    def wait(
+        self,
+        condition: Callable[[], bool],
+        timeout_s: float,
+        what: str,
+        *,
+        poll_s: float = 0.1,
+        detail: Callable[[], str] | None = None,
+    ) -> None:
+        """Poll `condition` every `poll_s` until true; on timeout raise ClusterError with what was
+        awaited, `detail()` (what the caller wants to see about the state then) and the logs."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -246,8 +255,14 @@ class LocalCluster:
             except (OSError, urllib.error.URLError, ValueError, KeyError):
                 pass
             if time.monotonic() > deadline:
-                raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{self.logs()}")
-            time.sleep(0.1)
+                extra = ""
+                if detail is not None:
+                    try:
+                        extra = detail() + "\n"
+                    except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
+                        extra = f"(no detail: {exc})\n"
+                raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{extra}{self.logs()}")
+            time.sleep(poll_s)
 
     def ready(self, nodes: list[NodeProc] | None = None) -> bool:
         """Every given node is up, sees every given node as a valid, reachable owner of partitions."""

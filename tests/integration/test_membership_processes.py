@@ -8,12 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from cluster_settings import FAST
 from http_util import get, put
 
+from dynastore.core.hashing import key_partition
 from dynastore.localcluster import LocalCluster, NodeProc, http_json
 
 MakeCluster = Callable[..., LocalCluster]
@@ -167,10 +169,27 @@ def test_a_transfer_cut_by_kill_9_of_the_receiver_resumes_from_its_checkpoint(ma
     joiner = cluster.add_node(seeds=(cluster[0].peer_address,))
     joiner.start()
     cluster.wait(lambda: cluster.stats(joiner)["handoff_keys_total"] >= 200, 60, "the transfer to start")
+    # Kill only while a partition is part-way through its first source, with at least 11 of its keys
+    # still owed (two more batches, 40 ms or more away) and an earlier batch's checkpoint committed. A
+    # kill in the instant between two partitions would leave nothing part-way to resume.
+    sizes = Counter(key_partition(b"bulk", f"key{i}".encode(), 64) for i in range(1500))
+
+    def mid_partition() -> bool:
+        status = http_json(joiner.url + "/admin/status", timeout_s=2.0)
+        return any(
+            t["active"] and 10 <= t["keys_received"] <= sizes[t["partition"]] - 11 for t in status["receiving"]
+        )
+
+    cluster.wait(mid_partition, 60, "a partition part-way through", poll_s=0.005)
     before = cluster.stats(joiner)["handoff_keys_total"]
     joiner.kill()
     joiner.start()
-    cluster.wait(lambda: cluster.stats(joiner)["handoff_resumed_total"] >= 1, 60, "a resumed pull")
+    cluster.wait(
+        lambda: cluster.stats(joiner)["handoff_resumed_total"] >= 1,
+        60,
+        "a resumed pull",
+        detail=lambda: f"joiner stats: {cluster.stats(joiner)}\njoiner status: {http_json(joiner.url + '/admin/status')}",
+    )
     cluster.wait(lambda: settled(cluster, {"node0", "node1", "node2"}), 120, "the transition to finish")
     after = cluster.stats(joiner)["handoff_keys_total"]
     print(f"keys received before the kill: {before}; after the restart: {after}; total owed: 1500")
