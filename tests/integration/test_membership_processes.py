@@ -176,9 +176,7 @@ def test_a_transfer_cut_by_kill_9_of_the_receiver_resumes_from_its_checkpoint(ma
 
     def mid_partition() -> bool:
         status = http_json(joiner.url + "/admin/status", timeout_s=2.0)
-        return any(
-            t["active"] and 10 <= t["keys_received"] <= sizes[t["partition"]] - 11 for t in status["receiving"]
-        )
+        return any(t["active"] and 10 <= t["keys_received"] <= sizes[t["partition"]] - 11 for t in status["receiving"])
 
     cluster.wait(mid_partition, 60, "a partition part-way through", poll_s=0.005)
     before = cluster.stats(joiner)["handoff_keys_total"]
@@ -188,7 +186,7 @@ def test_a_transfer_cut_by_kill_9_of_the_receiver_resumes_from_its_checkpoint(ma
         lambda: cluster.stats(joiner)["handoff_resumed_total"] >= 1,
         60,
         "a resumed pull",
-        detail=lambda: f"joiner stats: {cluster.stats(joiner)}\njoiner status: {http_json(joiner.url + '/admin/status')}",
+        detail=lambda: f"joiner: {cluster.stats(joiner)}\n{http_json(joiner.url + '/admin/status')}",
     )
     cluster.wait(lambda: settled(cluster, {"node0", "node1", "node2"}), 120, "the transition to finish")
     after = cluster.stats(joiner)["handoff_keys_total"]
