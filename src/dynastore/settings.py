@@ -101,7 +101,7 @@ class Settings:
     anti_entropy_enabled: bool = True
     anti_entropy_interval_ms: int = 30_000
     anti_entropy_segments_count: int = 1024
-    anti_entropy_keys_batch_max: int = 500
+    anti_entropy_keys_batch_max: int = 100
     anti_entropy_rebuild_interval_ms: int = 3_600_000
 
     # --- Background work controller ---------------------------------------------------------------------

@@ -133,3 +133,35 @@ def test_the_segment_index_is_verified_against_the_data_after_an_unclean_stop() 
     c.settle(2_000)
     assert c.core("n0").aae.stats.index_fixes == 1
     assert engine.scan("aae", b"", None, 10) == entries
+
+
+def test_an_exchange_sends_back_only_what_the_peer_lacks() -> None:
+    """Each side lacks a different set of keys: every key ends on both, and the initiator pushes back
+    only the keys the responder did not send (sending back the responder's own copies is waste)."""
+    c = SimCluster(2, AAE.replace(n_val=2))
+    written = load(c, 800, ["n0", "n1"])
+    lacks_on_n0, lacks_on_n1 = written[::20], written[5::20]
+    drop(c, "n0", lacks_on_n0)
+    drop(c, "n1", lacks_on_n1)
+    c.settle(3 * AAE.anti_entropy_interval_ms)
+    assert all(holds(c, "n0", k) for k in lacks_on_n0) and all(holds(c, "n1", k) for k in lacks_on_n1)
+    pushed = sum(c.core(n).aae.stats.objects_pushed for n in c.nodes)
+    # Per partition, the initiator pushes the keys its peer lacks and nothing of what it was sent.
+    assert 0 < pushed < len(lacks_on_n0) + len(lacks_on_n1)
+
+
+def test_a_busy_responder_defers_objects_and_the_exchange_still_converges() -> None:
+    """With the background budget nearly exhausted on every node, responders answer objects requests
+    with `busy`; initiators ask again later and the replicas still converge, a small batch at a time."""
+    c = SimCluster(2, AAE.replace(n_val=2, anti_entropy_keys_batch_max=5))
+    written = load(c, 400, ["n0", "n1"])
+    missing = written[::4]
+    drop(c, "n1", missing)
+    for name in c.nodes:
+        controller = c.core(name).controller
+        controller.rate_per_s = controller.rate_max_per_s = controller.rate_min_per_s = 20.0
+    c.settle(20 * AAE.anti_entropy_interval_ms)
+    assert all(holds(c, "n1", k) for k in missing)
+    stats = [c.core(n).aae.stats for n in c.nodes]
+    assert sum(s.busy_replies for s in stats) > 0
+    assert sum(c.core(n).controller.deferred for n in c.nodes) > 0

@@ -13,8 +13,12 @@ Exchanges: on a schedule that visits each of its (partition, n_val) trees about 
 down, asking only for the children of nodes that differ, then for the keys and summaries of the
 differing segments, then for the peer's objects of the keys that differ. It merges them into its own
 copies (siblings kept, dominated versions dropped, tombstones included so nothing deleted comes back)
-and sends the merged objects back, so both sides end equal. Every step is admitted by the background
-controller, which slows all of this when foreground latency rises.
+and sends back the merged objects that differ from the peer's, so both sides end equal. Every step is
+admitted by the background controller, which slows all of this when foreground latency rises: the
+start of an exchange and each batch of objects on the initiator's side, the first tree level, each
+segment request and each objects request on the responder's (a busy responder says so and the
+initiator asks again later). A step moves at most `anti_entropy_keys_batch_max` objects, so one
+admitted step never stalls the node for long.
 
 The initiator drives the exchange; the responder answers statelessly. Both count the bytes of the
 anti-entropy messages they send and receive.
@@ -22,6 +26,7 @@ anti-entropy messages they send and receive.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -47,6 +52,8 @@ if TYPE_CHECKING:
 
 SEGMENTS_PER_REQUEST = 64
 QUEUE_RETRY_MS = 10
+# A responder too busy to send objects is asked again after this long.
+BUSY_RETRY_MS = 200
 META_CLEAN = b"clean_shutdown"
 
 
@@ -75,6 +82,8 @@ class AaeStats:
     index_fixes: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    busy_replies: int = 0
+    objects_pushed: int = 0
     last_exchange_ms: dict[int, int] = field(default_factory=dict)
 
 
@@ -101,6 +110,8 @@ class AntiEntropy:
         self.verify_queue: list[int] = []
         self._cursor = 0
         self._exchanging = False
+        # Exchanges whose next objects request waits for admission: (not before, op id).
+        self._deferred: list[tuple[int, int]] = []
         self._next_exchange_ms = now_ms + node.settings.anti_entropy_interval_ms // 4
         self._next_verify_all_ms = now_ms + node.settings.anti_entropy_rebuild_interval_ms
         clean = node._get("meta", META_CLEAN) is not None
@@ -198,7 +209,10 @@ class AntiEntropy:
         if self.build_queue or self.verify_queue:
             # Soon, not now: a step the controller deferred must not make the timer spin.
             return self.node.now_hint_ms + QUEUE_RETRY_MS
-        return min(self._next_exchange_ms, self._next_verify_all_ms)
+        soonest = min(self._next_exchange_ms, self._next_verify_all_ms)
+        if self._deferred:
+            soonest = min(soonest, max(self._deferred[0][0], self.node.now_hint_ms + QUEUE_RETRY_MS))
+        return soonest
 
     def on_tick(self, now_ms: int) -> None:
         if not self.node.settings.anti_entropy_enabled:
@@ -209,6 +223,16 @@ class AntiEntropy:
             self.build(*self.build_queue.pop(0))
         if self.verify_queue and controller.admit(now_ms):
             self.verify(self.verify_queue.pop(0))
+        while self._deferred and self._deferred[0][0] <= now_ms:
+            op_id = self._deferred[0][1]
+            op = self.node._ops.get(op_id)
+            if not isinstance(op, ExchangeOp) or op.stage != "deferred":
+                self._deferred.pop(0)  # abandoned meanwhile (timed out, peer lost)
+            elif controller.admit(now_ms):
+                self._deferred.pop(0)
+                self._send_objects_request(op_id, op, now_ms)
+            else:
+                break
         if now_ms >= self._next_verify_all_ms:
             self._next_verify_all_ms = now_ms + self.node.settings.anti_entropy_rebuild_interval_ms
             self.verify_queue.extend(p for p in range(self.node.ring.size) if p not in self.verify_queue)
@@ -287,13 +311,16 @@ class AntiEntropy:
 
     def on_objects_request(self, src: str, msg: ObjectsRequest, now_ms: int) -> None:
         self.stats.bytes_received += _size(msg)
+        if not self.node.controller.admit(now_ms):
+            self._send(src, ObjectsReply(msg.req, (), False))
+            return
         items = []
         for skey in msg.keys[: self.node.settings.anti_entropy_keys_batch_max]:
             obj = self.node._load("data", skey)
             if obj is not None:
                 parsed = keys.decode(skey)
                 items.append(HintItem(parsed.bucket, parsed.key, obj))
-        self._send(src, ObjectsReply(msg.req, tuple(items)))
+        self._send(src, ObjectsReply(msg.req, tuple(items), True))
 
     def _segment_entries(self, partition: int, n_val: int, segments: Iterable[int]) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
@@ -357,12 +384,25 @@ class AntiEntropy:
         op.differing = sorted(k for k in theirs.keys() | mine.keys() if theirs.get(k) != mine.get(k))
         self._request_objects(msg.req, op)
 
-    def _request_objects(self, op_id: int, op: ExchangeOp) -> None:
+    def _request_objects(self, op_id: int, op: ExchangeOp, delay_ms: int = 0) -> None:
+        """Ask the peer for the next batch of differing keys, once the controller admits it."""
         if not op.differing:
             self._next_segments(op_id, op)
             return
-        limit = self.node.settings.anti_entropy_keys_batch_max
+        now_ms = self.node.now_hint_ms
+        if delay_ms == 0 and not self._deferred and self.node.controller.admit(now_ms):
+            self._send_objects_request(op_id, op, now_ms)
+            return
+        op.stage = "deferred"
+        self._deferred.append((now_ms + delay_ms, op_id))
+        self._deferred.sort()
+
+    def _send_objects_request(self, op_id: int, op: ExchangeOp, now_ms: int) -> None:
+        # Each step gets its own time limit: an exchange paced over many steps is not a stuck one.
+        op.deadline_ms = now_ms + self.node.settings.request_timeout_ms
+        heapq.heappush(self.node._deadlines, (op.deadline_ms, op_id))
         op.stage = "objects"
+        limit = self.node.settings.anti_entropy_keys_batch_max
         self._send(op.peer, ObjectsRequest(op_id, tuple(op.differing[:limit])))
 
     def on_objects_reply(self, src: str, msg: ObjectsReply, now_ms: int) -> None:
@@ -370,23 +410,37 @@ class AntiEntropy:
         op = self.node._ops.get(msg.req)
         if not isinstance(op, ExchangeOp) or op.peer != src or op.stage != "objects":
             return
+        if not msg.ready:
+            self.stats.busy_replies += 1
+            self._request_objects(msg.req, op, BUSY_RETRY_MS)
+            return
         node = self.node
         limit = node.settings.anti_entropy_keys_batch_max
         batch, op.differing = op.differing[:limit], op.differing[limit:]
+        theirs: dict[tuple[bytes, bytes], Object] = {}
         for item in msg.items:
             lww = bool(node._props(item.bucket)["last_write_wins"])
             node._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
-        # Send back the merged result of every differing key, so both sides end equal.
+            theirs[(item.bucket, item.key)] = item.obj
+        # Send back the merged result of every differing key the peer does not hold already (a key it
+        # lacks, or one where this side added something), so both sides end equal.
         merged = []
         flags = []
         for skey in batch:
             obj = node._load("data", skey)
             if obj is not None:
                 parsed = keys.decode(skey)
+                held = theirs.get((parsed.bucket, parsed.key))
+                if held is not None and objects.same(held, obj):
+                    continue
                 merged.append(HintItem(parsed.bucket, parsed.key, obj))
                 flags.append(bool(node._props(parsed.bucket)["last_write_wins"]))
         self.stats.keys_repaired += len(batch)
+        if not merged:
+            self._request_objects(msg.req, op)
+            return
         op.stage = "push"
+        self.stats.objects_pushed += len(merged)
         self._send(op.peer, messages.HintDelivery(msg.req, tuple(merged), tuple(flags)))
 
     def on_push_ack(self, op_id: int, op: ExchangeOp, ok: bool) -> None:

@@ -19,7 +19,7 @@ from dynastore.core import objects
 from dynastore.core.objects import Content, Object, ObjectError
 from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 _INT_MAX = COUNTER_MAX
 
 
@@ -351,9 +351,12 @@ class ObjectsRequest:
 
 @dataclass(frozen=True, slots=True)
 class ObjectsReply:
+    """The asked keys' objects (those the responder holds); `ready` false: busy, ask again later."""
+
     CODE: ClassVar[int] = 25
     req: int
     items: tuple[HintItem, ...]
+    ready: bool
 
 
 Message = (

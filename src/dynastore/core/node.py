@@ -450,6 +450,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             "aae_index_fixes_total": self.aae.stats.index_fixes,
             "aae_bytes_sent_total": self.aae.stats.bytes_sent,
             "aae_bytes_received_total": self.aae.stats.bytes_received,
+            "aae_busy_replies_total": self.aae.stats.busy_replies,
+            "aae_objects_pushed_total": self.aae.stats.objects_pushed,
             "aae_trees_ready": sum(1 for t in self.aae.trees.values() if t.ready),
             "background_rate_per_s": round(self.controller.rate_per_s, 1),
             "background_admitted_total": self.controller.admitted,
