@@ -112,7 +112,9 @@ async def _load(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def pacing(keys: int, rate: float, target_ms: float, label: str) -> dict[str, Any]:
+def pacing(keys: int, rate: float, target_ms: float, label: str, report_ms: float | None = None) -> dict[str, Any]:
+    """One run; `report_ms` is the p99 the seconds are judged against (default: the controller's target)."""
+    report_ms = target_ms if report_ms is None else report_ms
     with tempfile.TemporaryDirectory(prefix="dynastore-pacing-") as tmp:
         overrides = (
             "anti_entropy_interval_ms=1000",
@@ -160,7 +162,8 @@ def pacing(keys: int, rate: float, target_ms: float, label: str) -> dict[str, An
                 return duration
 
             duration = asyncio.run(run())
-            stats = cluster.stats(wiped)
+            # Every node's controller: the responders' are the ones that see the client load.
+            node_stats = [cluster.stats(node) for node in cluster.nodes]
         finally:
             cluster.close()
     per_second: dict[int, list[float]] = {}
@@ -179,10 +182,11 @@ def pacing(keys: int, rate: float, target_ms: float, label: str) -> dict[str, An
         "p99_overall_ms": round(all_latencies[int(0.99 * len(all_latencies))], 1) if all_latencies else None,
         "p99_per_second_median_ms": round(statistics.median(p99s), 1) if p99s else None,
         "p99_per_second_max_ms": round(max(p99s), 1) if p99s else None,
-        "seconds_over_target": sum(1 for p in p99s if p > target_ms),
+        "seconds_over_target": sum(1 for p in p99s if p > report_ms),
         "seconds": len(p99s),
-        "background_deferred": stats["background_deferred_total"],
-        "background_slowdowns": stats["background_slowdowns_total"],
+        "background_deferred": sum(st["background_deferred_total"] for st in node_stats),
+        "background_slowdowns": sum(st["background_slowdowns_total"] for st in node_stats),
+        "aae_busy_replies": sum(st["aae_busy_replies_total"] for st in node_stats),
     }
 
 
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = [
         pacing(args.keys, args.rate, args.target_ms, "controller on"),
-        pacing(args.keys, args.rate, 1_000_000.0, "controller off"),
+        pacing(args.keys, args.rate, 1_000_000.0, "controller off", report_ms=args.target_ms),
     ]
     for row in rows:
         print(
@@ -234,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             f"p99 overall {row['p99_overall_ms']} ms, "
             f"p99 per second: median {row['p99_per_second_median_ms']} ms, max {row['p99_per_second_max_ms']} ms, "
             f"{row['seconds_over_target']}/{row['seconds']} s over {args.target_ms} ms  "
-            f"(deferred {row['background_deferred']}, slowdowns {row['background_slowdowns']})"
+            f"(all nodes: deferred {row['background_deferred']}, slowdowns {row['background_slowdowns']}, "
+            f"busy replies {row['aae_busy_replies']})"
         )
     return 0
 
