@@ -26,7 +26,6 @@ anti-entropy messages they send and receive.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -110,8 +109,8 @@ class AntiEntropy:
         self.verify_queue: list[int] = []
         self._cursor = 0
         self._exchanging = False
-        # Exchanges whose next objects request waits for admission: (not before, op id).
-        self._deferred: list[tuple[int, int]] = []
+        # The exchange (one at a time) whose next objects request waits for admission: (not before, op id).
+        self._deferred: tuple[int, int] | None = None
         self._next_exchange_ms = now_ms + node.settings.anti_entropy_interval_ms // 4
         self._next_verify_all_ms = now_ms + node.settings.anti_entropy_rebuild_interval_ms
         clean = node._get("meta", META_CLEAN) is not None
@@ -210,8 +209,8 @@ class AntiEntropy:
             # Soon, not now: a step the controller deferred must not make the timer spin.
             return self.node.now_hint_ms + QUEUE_RETRY_MS
         soonest = min(self._next_exchange_ms, self._next_verify_all_ms)
-        if self._deferred:
-            soonest = min(soonest, max(self._deferred[0][0], self.node.now_hint_ms + QUEUE_RETRY_MS))
+        if self._deferred is not None:
+            soonest = min(soonest, max(self._deferred[0], self.node.now_hint_ms + QUEUE_RETRY_MS))
         return soonest
 
     def on_tick(self, now_ms: int) -> None:
@@ -223,16 +222,14 @@ class AntiEntropy:
             self.build(*self.build_queue.pop(0))
         if self.verify_queue and controller.admit(now_ms):
             self.verify(self.verify_queue.pop(0))
-        while self._deferred and self._deferred[0][0] <= now_ms:
-            op_id = self._deferred[0][1]
+        if self._deferred is not None and self._deferred[0] <= now_ms:
+            op_id = self._deferred[1]
             op = self.node._ops.get(op_id)
             if not isinstance(op, ExchangeOp) or op.stage != "deferred":
-                self._deferred.pop(0)  # abandoned meanwhile (timed out, peer lost)
+                self._deferred = None  # abandoned meanwhile (timed out, peer lost)
             elif controller.admit(now_ms):
-                self._deferred.pop(0)
+                self._deferred = None
                 self._send_objects_request(op_id, op, now_ms)
-            else:
-                break
         if now_ms >= self._next_verify_all_ms:
             self._next_verify_all_ms = now_ms + self.node.settings.anti_entropy_rebuild_interval_ms
             self.verify_queue.extend(p for p in range(self.node.ring.size) if p not in self.verify_queue)
@@ -390,17 +387,15 @@ class AntiEntropy:
             self._next_segments(op_id, op)
             return
         now_ms = self.node.now_hint_ms
-        if delay_ms == 0 and not self._deferred and self.node.controller.admit(now_ms):
+        if delay_ms == 0 and self.node.controller.admit(now_ms):
             self._send_objects_request(op_id, op, now_ms)
             return
         op.stage = "deferred"
-        self._deferred.append((now_ms + delay_ms, op_id))
-        self._deferred.sort()
+        self._deferred = (now_ms + delay_ms, op_id)
 
     def _send_objects_request(self, op_id: int, op: ExchangeOp, now_ms: int) -> None:
         # Each step gets its own time limit: an exchange paced over many steps is not a stuck one.
-        op.deadline_ms = now_ms + self.node.settings.request_timeout_ms
-        heapq.heappush(self.node._deadlines, (op.deadline_ms, op_id))
+        self.node._extend(op_id, op, now_ms + self.node.settings.request_timeout_ms)
         op.stage = "objects"
         limit = self.node.settings.anti_entropy_keys_batch_max
         self._send(op.peer, ObjectsRequest(op_id, tuple(op.differing[:limit])))

@@ -294,6 +294,11 @@ class NodeBase(ABC):
         heapq.heappush(self._deadlines, (op.deadline_ms, op_id))
         return op_id
 
+    def _extend(self, op_id: int, op: AnyOp, deadline_ms: int) -> None:
+        """Give a registered op a new deadline (a long op paced in steps gets one per step)."""
+        op.deadline_ms = deadline_ms
+        heapq.heappush(self._deadlines, (deadline_ms, op_id))
+
     def _finish(self, op_id: int) -> None:
         self._ops.pop(op_id, None)
 
