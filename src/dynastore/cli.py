@@ -234,7 +234,7 @@ def status(url: str, as_json: bool, watch: bool | None) -> None:
             f"anti-entropy: {aae['exchanges']} exchanges, {aae['keys_repaired']} keys repaired, "
             f"{aae['trees_ready']}/{aae['trees']} trees ready, {aae['tree_builds']} builds{oldest}; "
             f"background {aae['background_rate_per_s']}/s ({aae['background_deferred']} deferred, "
-            f"foreground p99 {aae['foreground_p99_ms']:.1f} ms)"
+            f"foreground p99 {aae['foreground_p99_ms']:.1f} ms, limit {aae['background_latency_limit_ms']:.0f} ms)"
         )
     transition = data.get("transition")
     if transition is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,20 +81,104 @@ def test_summaries_ignore_timestamps_and_merge_order() -> None:
 
 
 def test_the_controller_halves_the_background_rate_when_foreground_p99_exceeds_its_target() -> None:
-    """Slow foreground requests halve the admission rate each second; fast ones let it recover."""
+    """Each second of slow foreground requests halves the admission rate; fast ones let it recover."""
     c = BackgroundController(target_ms=50, window_ms=10_000, rate_per_s=400)
-    for _ in range(200):
-        c.observe(0, 200.0)
     for second in range(3):
+        for _ in range(200):
+            c.observe(second * 1000, 200.0)
         c.admit(second * 1000)
     assert c.rate_per_s == 50.0
     assert c.slowdowns == 3
     now = 20_000
-    for _ in range(200):
-        c.observe(now, 1.0)
     for step in range(1, 6):
+        for _ in range(200):
+            c.observe(now + step * 1000 - 1, 1.0)
         c.admit(now + step * 1000)
     assert c.rate_per_s > 100
+
+
+def test_one_slow_spell_halves_the_rate_once_not_for_as_long_as_it_stays_in_the_window() -> None:
+    """A second of slow requests, then fast ones: the next seconds are judged on their own requests."""
+    c = BackgroundController(target_ms=50, window_ms=10_000, rate_per_s=400)
+    c.admit(0)
+    before = c.rate_per_s
+    for _ in range(200):
+        c.observe(500, 300.0)
+    c.admit(1000)
+    assert (c.rate_per_s, c.slowdowns) == (before / 2, 1)
+    for second in range(2, 6):
+        for _ in range(200):
+            c.observe(second * 1000 - 1, 2.0)
+        c.admit(second * 1000)
+    assert c.slowdowns == 1
+    assert c.rate_per_s > 400
+
+
+def test_under_light_traffic_one_slow_request_slows_down_once() -> None:
+    """Two requests a second are too few for a p99 of one second: the controller looks at the window,
+    but only at requests that finished after its last slowdown."""
+    c = BackgroundController(target_ms=50, window_ms=10_000, rate_per_s=400)
+    c.admit(0)
+    c.observe(100, 500.0)
+    for second in range(1, 8):
+        c.observe(second * 1000 - 10, 1.0)
+        c.admit(second * 1000)
+    assert c.slowdowns == 1
+
+
+def _drive(c: BackgroundController, load_ms: float, ms_per_step: float, seconds: int) -> list[tuple[float, float]]:
+    """A model cluster: every step a second of background work adds `ms_per_step` to the foreground
+    p99, on top of `load_ms`. Returns (rate, p99) of each second."""
+    out = []
+    for second in range(seconds):
+        p99 = load_ms + ms_per_step * c.rate_per_s
+        now = second * 1000
+        for i in range(100):
+            c.observe(now + i, p99 if i >= 95 else p99 / 3)
+        c.admit(now + 999)
+        out.append((c.rate_per_s, p99))
+    return out
+
+
+def test_the_controller_holds_the_target_against_its_own_cost() -> None:
+    """Background work that costs latency is held near the rate where the target is met."""
+    c = BackgroundController(target_ms=25, window_ms=10_000, rate_per_s=200)
+    seconds = _drive(c, load_ms=10, ms_per_step=0.1, seconds=120)[20:]
+    # AIMD probes above the target now and then, by at most its last step up, for a second at a time.
+    over = [p99 for _, p99 in seconds if p99 > 25]
+    assert len(over) <= len(seconds) // 3
+    assert max(p99 for _, p99 in seconds) <= 25 * 1.25
+    assert statistics.mean(rate for rate, _ in seconds) > 50  # and does not starve the work
+
+
+def test_a_cluster_slow_for_reasons_of_its_own_does_not_starve_background_work() -> None:
+    """With the foreground above the target at any background rate, the controller measures what clients
+    see with background work at its floor and lets it add at most a quarter to that."""
+    c = BackgroundController(target_ms=25, window_ms=10_000, rate_per_s=200)
+    seconds = _drive(c, load_ms=40, ms_per_step=0.1, seconds=120)[30:]
+    assert 25 < c.limit_ms(120_000) <= (40 + 0.1 * c.rate_min_per_s) * 1.25 + 0.01
+    assert statistics.mean(rate for rate, _ in seconds) > 20
+    assert statistics.median(p99 for _, p99 in seconds) <= c.limit_ms(120_000)
+
+
+def test_a_higher_limit_ends_when_the_slow_load_goes() -> None:
+    """Once a second meets the target with background work running, the limit is the target again."""
+    c = BackgroundController(target_ms=25, window_ms=10_000, rate_per_s=200)
+    _drive(c, load_ms=40, ms_per_step=0.1, seconds=60)
+    assert c.limit_ms(59_999) > 25
+    for second in range(60, 64):
+        for i in range(100):
+            c.observe(second * 1000 + i, 5.0)
+        c.admit(second * 1000 + 999)
+    assert c.limit_ms(63_999) == 25
+
+
+def test_the_floor_measurements_are_forgotten_after_a_minute() -> None:
+    """Once the cluster has been fast again for a minute, the limit is the target again."""
+    c = BackgroundController(target_ms=25, window_ms=10_000, rate_per_s=200)
+    _drive(c, load_ms=40, ms_per_step=0.1, seconds=60)
+    assert c.limit_ms(59_999) > 25
+    assert c.limit_ms(59_999 + 61_000) == 25
 
 
 def test_the_controller_defers_work_beyond_its_rate() -> None:

@@ -82,6 +82,7 @@ def status(api: Api) -> dict[str, Any]:
             "background_rate_per_s": round(core.controller.rate_per_s, 1),
             "background_deferred": core.controller.deferred,
             "foreground_p99_ms": core.controller.p99(now),
+            "background_latency_limit_ms": round(core.controller.limit_ms(now), 1),
         },
     }
 

@@ -2,21 +2,47 @@
 by foreground latency.
 
 Background steps take tokens from a bucket refilled at `rate_per_s`. Once a second the controller
-looks at the p99 of foreground request latencies over the recent window: above the target it halves
-the rate, otherwise it raises it by a quarter plus one (multiplicative decrease, gentle increase, like
+judges the p99 of the foreground requests that finished since its last judgement (or, when traffic is
+too light for a p99 of one second, of those in the recent window since its last slowdown): above the
+limit it halves the rate, otherwise it raises it by a quarter plus one (multiplicative decrease, like
 TCP's congestion control), always within [rate_min, rate_max]. A step that finds no token is deferred
 and counted; it runs on a later tick.
+
+Each slowdown is judged on requests that finished after the previous one, so one slow spell halves the
+rate once, not once a second for as long as it stays in the window.
+
+The limit is the target, unless the foreground is slower than the target without any help from
+background work: seconds spent at the floor rate show what clients see when background work is all but
+stopped, and while those are recent (a minute) and no second since has met the target with background
+work running, the limit is their median plus a quarter. Then repair
+still makes progress on a cluster that is slow for reasons of its own, and adds at most a quarter to
+its p99, instead of being starved at the floor while clients gain nothing from it.
 
 Pure: time arrives as `now_ms`; latencies are reported by the shell.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
 SAMPLES_MAX = 50_000
 ADJUST_EVERY_MS = 1000
+# Fewer requests than this in a second make that second's p99 mostly noise.
+INTERVAL_SAMPLES_MIN = 20
+# How much background work may add to the p99 clients see with it all but stopped.
+HEADROOM = 0.25
+QUIET_MEMORY_MS = 60_000
+QUIET_SECONDS_MIN = 3
+QUIET_SECONDS_MAX = 60
+
+
+def _p99(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    values.sort()
+    return values[min(len(values) - 1, int(0.99 * len(values)))]
 
 
 @dataclass
@@ -30,6 +56,9 @@ class BackgroundController:
     tokens: float = 0.0
     last_refill_ms: int | None = None
     last_adjust_ms: int | None = None
+    last_slowdown_ms: int | None = None
+    # (when, p99) of the seconds spent at the floor rate: the foreground's own latency.
+    quiet: deque[tuple[int, float]] = field(default_factory=deque)
     deferred: int = 0
     admitted: int = 0
     slowdowns: int = 0
@@ -39,21 +68,47 @@ class BackgroundController:
         if len(self.samples) > SAMPLES_MAX:
             self.samples.popleft()
 
-    def p99(self, now_ms: int) -> float:
+    def _expire(self, now_ms: int) -> None:
         while self.samples and self.samples[0][0] < now_ms - self.window_ms:
             self.samples.popleft()
-        if not self.samples:
-            return 0.0
-        values = sorted(latency for _, latency in self.samples)
-        return values[min(len(values) - 1, int(0.99 * len(values)))]
+        while self.quiet and (self.quiet[0][0] < now_ms - QUIET_MEMORY_MS or len(self.quiet) > QUIET_SECONDS_MAX):
+            self.quiet.popleft()
+
+    def p99(self, now_ms: int) -> float:
+        """The p99 of foreground latency over the whole recent window (for status pages)."""
+        self._expire(now_ms)
+        return _p99([latency for _, latency in self.samples])
+
+    def limit_ms(self, now_ms: int) -> float:
+        """The p99 above which background work slows down: the target, or a quarter above what clients
+        see with background work at its floor, whichever is higher."""
+        self._expire(now_ms)
+        if len(self.quiet) < QUIET_SECONDS_MIN:
+            return self.target_ms
+        return max(self.target_ms, statistics.median(p for _, p in self.quiet) * (1 + HEADROOM))
 
     def adjust(self, now_ms: int) -> None:
         if self.last_adjust_ms is not None and now_ms - self.last_adjust_ms < ADJUST_EVERY_MS:
             return
+        since = self.last_adjust_ms
         self.last_adjust_ms = now_ms
-        if self.p99(now_ms) > self.target_ms:
+        self._expire(now_ms)
+        fresh = [latency for t, latency in self.samples if since is None or t > since]
+        if len(fresh) < INTERVAL_SAMPLES_MIN:
+            after = self.last_slowdown_ms
+            fresh = [latency for t, latency in self.samples if after is None or t > after]
+        elif since is not None:
+            p99 = _p99(list(fresh))
+            if self.rate_per_s <= self.rate_min_per_s:
+                self.quiet.append((now_ms, p99))
+            elif p99 <= self.target_ms:
+                # The cluster meets the target with background work running: the load that was slow
+                # on its own has gone, and so has the reason for a higher limit.
+                self.quiet.clear()
+        if _p99(fresh) > self.limit_ms(now_ms):
             self.rate_per_s = max(self.rate_min_per_s, self.rate_per_s / 2)
             self.slowdowns += 1
+            self.last_slowdown_ms = now_ms
         else:
             self.rate_per_s = min(self.rate_max_per_s, self.rate_per_s * 1.25 + 1)
 

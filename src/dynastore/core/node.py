@@ -458,6 +458,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             "background_deferred_total": self.controller.deferred,
             "background_slowdowns_total": self.controller.slowdowns,
             "foreground_p99_ms": self.controller.p99(now_ms),
+            "background_latency_limit_ms": round(self.controller.limit_ms(now_ms), 1),
             "siblings_histogram": {str(k): v for k, v in sorted(s.siblings_histogram.items())},
             "requests_in_flight": len(self._ops),
         }
