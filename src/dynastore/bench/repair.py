@@ -4,11 +4,12 @@ dynastore bench repair traffic [--keys 100000] [--differences 10 100 1000]
     Two replicas (simulated, exact byte counts of every anti-entropy message) that differ in D keys
     out of K: bytes exchanged until they converge, for each D.
 
-dynastore bench repair pacing [--keys 20000] [--rate 300] [--target-ms 25]
+dynastore bench repair pacing [--keys 20000] [--rate 300] [--target-ms 25] [--runs 1]
     A real 3-node cluster under a constant client load (an open-loop schedule of reads and
     writes at --rate per second); one node loses its data directory and is rebuilt by anti-entropy
     while the load runs. Reports the foreground p99 per second during the repair and how long
-    the repair took, with the background controller at its target and with it effectively off.
+    the repair took, with the background controller at its target and with it effectively off,
+    alternating the two --runs times (a shared machine is noisy: compare medians).
 """
 
 from __future__ import annotations
@@ -224,26 +225,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=300.0)
     p.add_argument("--target-ms", type=float, default=25.0)
+    p.add_argument("--runs", type=int, default=1, help="alternate controller on/off this many times")
     args = parser.parse_args(argv)
+    if args.what == "pacing" and (args.runs < 1 or args.keys < 1 or args.rate <= 0 or args.target_ms <= 0):
+        parser.error("--runs, --keys, --rate and --target-ms must be positive")
     if args.what == "traffic":
         print(f"{'differing keys':>15} {'bytes exchanged':>16} {'bytes per difference':>21} {'converged (sim s)':>18}")
         for count, exchanged, seconds in traffic(args.keys, args.differences, args.segments):
             print(f"{count:>15} {exchanged:>16} {exchanged // max(1, count):>21} {seconds:>18.1f}")
         print(f"({args.keys} keys per replica, {args.segments} segments per tree)")
         return 0
-    rows = [
-        pacing(args.keys, args.rate, args.target_ms, "controller on"),
-        pacing(args.keys, args.rate, 1_000_000.0, "controller off", report_ms=args.target_ms),
-    ]
-    for row in rows:
-        print(
-            f"{row['label']:<15} baseline p99 {row['baseline_p99_ms']} ms; during repair ({row['repair_s']} s): "
-            f"p99 overall {row['p99_overall_ms']} ms, "
-            f"p99 per second: median {row['p99_per_second_median_ms']} ms, max {row['p99_per_second_max_ms']} ms, "
-            f"{row['seconds_over_target']}/{row['seconds']} s over {args.target_ms} ms  "
-            f"(all nodes: deferred {row['background_deferred']}, slowdowns {row['background_slowdowns']}, "
-            f"busy replies {row['aae_busy_replies']}, highest limit at the end {row['limit_ms_max']} ms)"
-        )
+    rows = []
+    for run in range(1, args.runs + 1):
+        for row in (
+            pacing(args.keys, args.rate, args.target_ms, "controller on"),
+            pacing(args.keys, args.rate, 1_000_000.0, "controller off", report_ms=args.target_ms),
+        ):
+            rows.append(row)
+            print(
+                f"run {run} {row['label']:<15} baseline p99 {row['baseline_p99_ms']} ms; "
+                f"during repair ({row['repair_s']} s): p99 overall {row['p99_overall_ms']} ms, "
+                f"p99 per second: median {row['p99_per_second_median_ms']} ms, "
+                f"max {row['p99_per_second_max_ms']} ms, "
+                f"{row['seconds_over_target']}/{row['seconds']} s over {args.target_ms} ms  "
+                f"(all nodes: deferred {row['background_deferred']}, slowdowns {row['background_slowdowns']}, "
+                f"busy replies {row['aae_busy_replies']}, highest limit at the end {row['limit_ms_max']} ms)",
+                flush=True,
+            )
+    if args.runs > 1:
+        print(f"medians of {args.runs} runs:")
+        for label in ("controller on", "controller off"):
+            mine = [r for r in rows if r["label"] == label]
+
+            def median(field: str, rows: list[dict[str, Any]] = mine) -> float:
+                return round(statistics.median(float(r[field]) for r in rows if r[field] is not None), 1)
+
+            print(
+                f"  {label:<15} baseline p99 {median('baseline_p99_ms')} ms; repair {median('repair_s')} s; "
+                f"p99 during repair {median('p99_overall_ms')} ms, per-second median "
+                f"{median('p99_per_second_median_ms')} ms; seconds over target "
+                f"{sum(r['seconds_over_target'] for r in mine)}/{sum(r['seconds'] for r in mine)}"
+            )
     return 0
 
 
