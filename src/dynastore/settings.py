@@ -57,6 +57,9 @@ class Settings:
     request_timeout_ms: int = 5000
     requests_inflight_max: int = 20_000
     coordinator_forward_retries_max: int = 2
+    # An HTTP client connection with no request in progress that sends nothing for this long is closed.
+    # Longer than any client keeps an idle pooled connection (aiohttp's server used the same 3630 s).
+    http_idle_timeout_ms: int = 3_630_000
 
     # --- Storage ---------------------------------------------------------------------------------------
     storage_engine: str = "lmdb"
@@ -216,6 +219,7 @@ def _validate(s: Settings) -> None:
     need(s.object_bytes_max >= 1, "object_bytes_max must be positive")
     need(s.siblings_max >= 1, "siblings_max must be positive")
     need(s.request_timeout_ms >= 1, "request_timeout_ms must be positive")
+    need(s.http_idle_timeout_ms >= 1, "http_idle_timeout_ms must be positive")
     need(s.storage_engine in ("lmdb", "sqlite", "memory"), "storage_engine must be lmdb, sqlite or memory")
     need(s.counter_lease_count >= 1, "counter_lease_count must be positive")
     need(s.gossip_interval_ms >= 1, "gossip_interval_ms must be positive")

@@ -8,24 +8,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
+from dynastore.api.server import Request, Response
 from dynastore.core import merkle, objects, placement
 from dynastore.core.messages import Failure
 from dynastore.core.node import ClientJoin, ClientLeave, ClientRemove
 
 if TYPE_CHECKING:
-    from dynastore.api.http import Api
+    from dynastore.api.http import Answer, Api
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def _json(data: Any, status: int = 200) -> Response:
     import json
 
-    return web.Response(status=status, text=json.dumps(data), content_type="application/json")
+    return Response(status=status, text=json.dumps(data), content_type="application/json")
 
 
-def _text(status: int, body: str) -> web.Response:
-    return web.Response(status=status, text=body + "\n")
+def _text(status: int, body: str) -> Response:
+    return Response(status=status, text=body + "\n")
 
 
 def status(api: Api) -> dict[str, Any]:
@@ -87,7 +86,7 @@ def status(api: Api) -> dict[str, Any]:
     }
 
 
-async def handle(api: Api, request: web.Request, rest: list[bytes]) -> web.StreamResponse:
+async def handle(api: Api, request: Request, rest: list[bytes]) -> Answer:
     from dynastore.api.http import BadRequest
 
     core = api.runtime.core

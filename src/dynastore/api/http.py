@@ -8,7 +8,7 @@ key, a literal plus is `%2B`, and any binary key round-trips, `%2F` included. Th
 and the URLs we hand back (Location, Link) use the form the request used.
 
 Every input is validated here before it reaches the node; bad input gets a 4xx with a plain-text
-reason and changes nothing. Header text that is not UTF-8 (aiohttp hands it over as lone surrogates)
+reason and changes nothing. Header text that is not UTF-8 (the server hands it over as lone surrogates)
 is refused, because it could not be stored. A 500 means a bug.
 
 Beyond Riak's resources, `/ring` serves the ring for partition-aware clients and `/admin/...` serves
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from aiohttp import web
 from multidict import CIMultiDict
 
 from dynastore import __version__
 from dynastore.api import admin
+from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse
 from dynastore.core import context as ctxcodec
 from dynastore.core import objects
 from dynastore.core.context import ContextError
@@ -109,7 +109,9 @@ PROPS_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DIGITS = re.compile(r"[0-9]+")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# What a handler answers: a complete response, or one it has streamed (listing keys with keys=stream).
+Answer = Response | StreamResponse
+Handler = Callable[[Request], Awaitable[Answer]]
 
 RING_HEADER = "X-Dynastore-Ring"
 
@@ -156,15 +158,15 @@ def _quote(name: bytes) -> str:
     return quote(name, safe="")
 
 
-def _text(status: int, body: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=body if body.endswith("\n") else body + "\n", headers=headers)
+def _text(status: int, body: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(status=status, text=body if body.endswith("\n") else body + "\n", headers=headers)
 
 
-def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=json.dumps(data), content_type="application/json", headers=headers)
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(status=status, text=json.dumps(data), content_type="application/json", headers=headers)
 
 
-def _not_allowed(allowed: tuple[str, ...]) -> web.Response:
+def _not_allowed(allowed: tuple[str, ...]) -> Response:
     return _text(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
 
 
@@ -184,28 +186,26 @@ class Api:
 
     # --- Dispatch -------------------------------------------------------------------------------------------
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, request: Request) -> Answer:
         response = await self._dispatch(request)
         if not response.prepared:
             # Partition-aware clients compare this with the ring they hold and refetch when it moved.
             response.headers[RING_HEADER] = ring_epoch(self.runtime)
         return response
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def _dispatch(self, request: Request) -> Answer:
         try:
             return await self._route(request)
         except BadRequest as exc:
             return _text(exc.status, str(exc))
-        except web.HTTPRequestEntityTooLarge:
+        except RequestEntityTooLarge:
             return _text(413, f"request body exceeds the limit of {self.settings.object_bytes_max} bytes")
-        except web.HTTPException:
-            raise
         except Exception:
-            log.exception("internal error serving %s %s", request.method, request.path)
+            log.exception("internal error serving %s %r", request.method, request.raw_path)
             return _text(500, "internal error")
 
-    async def _route(self, request: web.Request) -> web.StreamResponse:
-        parts = _path_segments(request.rel_url.raw_path)
+    async def _route(self, request: Request) -> Answer:
+        parts = _path_segments(request.raw_path)
         if not parts:
             return await self._allow(request, READ_METHODS, self.resources)
         head, rest = parts[0], parts[1:]
@@ -229,7 +229,7 @@ class Api:
             return await self._legacy(request, rest)
         return _text(404, "Not Found")
 
-    async def _buckets(self, request: web.Request, rest: list[bytes], style: UrlStyle) -> web.StreamResponse:
+    async def _buckets(self, request: Request, rest: list[bytes], style: UrlStyle) -> Answer:
         method = request.method
         if not rest:
             return await self._allow(request, READ_METHODS, self.list_buckets)
@@ -248,7 +248,7 @@ class Api:
             return await self._allow(request, READ_METHODS, lambda r: self.preflist(bucket, tail[1]))
         return _text(404, "Not Found")
 
-    async def _legacy(self, request: web.Request, rest: list[bytes]) -> web.StreamResponse:
+    async def _legacy(self, request: Request, rest: list[bytes]) -> Answer:
         """Riak's pre-1.0 paths, dispatched as Riak does: a POST to a bucket creates an object, keys=true
         or stream lists keys (with the props unless props=false), and otherwise the bucket is its props."""
         method = request.method
@@ -270,7 +270,7 @@ class Api:
             return await self._object(request, bucket, rest[1], LEGACY)
         return _text(404, "Not Found")
 
-    async def _props(self, request: web.Request, bucket: bytes) -> web.StreamResponse:
+    async def _props(self, request: Request, bucket: bytes) -> Answer:
         method = request.method
         if method in READ_METHODS:
             return self.get_props(bucket)
@@ -280,7 +280,7 @@ class Api:
             return await self.reset_props(bucket)
         return _not_allowed(PROPS_METHODS)
 
-    async def _object(self, request: web.Request, bucket: bytes, key: bytes, style: UrlStyle) -> web.StreamResponse:
+    async def _object(self, request: Request, bucket: bytes, key: bytes, style: UrlStyle) -> Answer:
         method = request.method
         if method in READ_METHODS:
             return await self.fetch(request, bucket, key, style)
@@ -290,28 +290,28 @@ class Api:
             return await self.delete(request, bucket, key)
         return _not_allowed(OBJECT_METHODS)
 
-    async def _allow(self, request: web.Request, allowed: tuple[str, ...], handler: Handler) -> web.StreamResponse:
+    async def _allow(self, request: Request, allowed: tuple[str, ...], handler: Handler) -> Answer:
         if request.method not in allowed:
             return _not_allowed(allowed)
         return await handler(request)
 
     # --- Simple resources ---------------------------------------------------------------------------------
 
-    async def resources(self, request: web.Request) -> web.StreamResponse:
+    async def resources(self, request: Request) -> Answer:
         # Riak offers HTML first, so a browser or `Accept: */*` gets HTML and clients ask for JSON.
         links = ",".join(f'<{path}>; rel="{name}"' for name, path in RESOURCES.items())
         if _negotiate(request.headers.get("Accept"), ("text/html", "application/json")) == "application/json":
             return _json(RESOURCES, headers={"Link": links})
         items = "".join(f'<li><a href="{path}">{name}</a></li>' for name, path in RESOURCES.items())
-        return web.Response(
+        return Response(
             text=f"<html><body><ul>{items}</ul></body></html>", content_type="text/html", headers={"Link": links}
         )
 
-    async def ping(self, request: web.Request) -> web.StreamResponse:
+    async def ping(self, request: Request) -> Answer:
         # Exactly "OK": clients compare the body with it (riak-python-client's ping() does).
-        return web.Response(text="OK")
+        return Response(text="OK")
 
-    async def stats(self, request: web.Request) -> web.StreamResponse:
+    async def stats(self, request: Request) -> Answer:
         data = self.runtime.stats()
         data.update(
             {
@@ -323,7 +323,7 @@ class Api:
         )
         return _json(data)
 
-    async def ring(self, request: web.Request) -> web.StreamResponse:
+    async def ring(self, request: Request) -> Answer:
         core = self.runtime.core
         assert core is not None
         state = core.cluster
@@ -360,7 +360,7 @@ class Api:
             }
         )
 
-    async def preflist(self, bucket: bytes, key: bytes) -> web.StreamResponse:
+    async def preflist(self, bucket: bytes, key: bytes) -> Answer:
         core = self.runtime.core
         assert core is not None
         self.check_names(bucket, key)
@@ -387,10 +387,10 @@ class Api:
         props["rw"] = "quorum"
         return props
 
-    def get_props(self, bucket: bytes) -> web.StreamResponse:
+    def get_props(self, bucket: bytes) -> Answer:
         return _json({"props": self._props_of(bucket)})
 
-    async def set_props(self, request: web.Request, bucket: bytes) -> web.StreamResponse:
+    async def set_props(self, request: Request, bucket: bytes) -> Answer:
         self.check_names(bucket, b"-")
         shape = 'body must be JSON of the form {"props": {...}}'
         # Decoded here rather than by request.json(): JSON is UTF-8 whatever charset the header names
@@ -409,9 +409,9 @@ class Api:
         response = await self.runtime.request(ClientSetBucketProps(bucket, props))
         if isinstance(response, Failure):
             return self.failure(response)
-        return web.Response(status=204)
+        return Response(status=204)
 
-    async def reset_props(self, bucket: bytes) -> web.StreamResponse:
+    async def reset_props(self, bucket: bytes) -> Answer:
         """Every property back to the node's default (Riak: DELETE /buckets/B/props)."""
         self.check_names(bucket, b"-")
         s = self.settings
@@ -430,11 +430,11 @@ class Api:
         response = await self.runtime.request(ClientSetBucketProps(bucket, defaults))
         if isinstance(response, Failure):
             return self.failure(response)
-        return web.Response(status=204)
+        return Response(status=204)
 
     # --- Listing --------------------------------------------------------------------------------------------
 
-    async def list_buckets(self, request: web.Request) -> web.StreamResponse:
+    async def list_buckets(self, request: Request) -> Answer:
         if request.query.get("buckets") not in ("true", "stream"):
             raise BadRequest("list buckets with ?buckets=true or ?buckets=stream")
         response = await self.runtime.request(ClientListKeys(None, self._int_param(request, "timeout")))
@@ -444,7 +444,7 @@ class Api:
         # A one-chunk stream is a valid stream: clients read JSON objects until the body ends.
         return _json({"buckets": [b.decode(errors="replace") for b in response.keys]})
 
-    async def list_keys(self, request: web.Request, bucket: bytes, *, with_props: bool) -> web.StreamResponse:
+    async def list_keys(self, request: Request, bucket: bytes, *, with_props: bool) -> Answer:
         """`keys=true` or `keys=stream` lists the keys; without it only the props, if asked for, are
         given (Riak answers `{}` on /buckets/B/keys and the props on /riak/B)."""
         self.check_names(bucket, b"-")
@@ -460,13 +460,12 @@ class Api:
         names = [k.decode(errors="replace") for k in response.keys]
         if mode == "true" or request.method == "HEAD":
             return _json({**head, "keys": names})
-        stream = web.StreamResponse(headers={"Content-Type": "application/json"})
-        stream.enable_chunked_encoding()
-        await stream.prepare(request)
+        stream = StreamResponse(headers={"Content-Type": "application/json"})
         chunks = [head] if head else []
         chunks += [{"keys": names[start : start + 1000]} for start in range(0, len(names), 1000)]
         chunks.append({"keys": []})
         try:
+            await stream.prepare(request)
             for chunk in chunks:
                 await stream.write(json.dumps(chunk).encode())
             await stream.write_eof()
@@ -477,7 +476,7 @@ class Api:
 
     # --- Objects ---------------------------------------------------------------------------------------------
 
-    async def fetch(self, request: web.Request, bucket: bytes, key: bytes, style: UrlStyle) -> web.StreamResponse:
+    async def fetch(self, request: Request, bucket: bytes, key: bytes, style: UrlStyle) -> Answer:
         self.check_names(bucket, key)
         query = request.query
         quorums = self._quorums(query)
@@ -508,9 +507,7 @@ class Api:
             return conditional
         return self._object_response(bucket, dot, content, vclock, 200, style)
 
-    async def store(
-        self, request: web.Request, bucket: bytes, key: bytes | None, style: UrlStyle
-    ) -> web.StreamResponse:
+    async def store(self, request: Request, bucket: bytes, key: bytes | None, style: UrlStyle) -> Answer:
         generated = key is None
         if key is None:
             key = uuid.uuid4().hex.encode()
@@ -572,7 +569,7 @@ class Api:
         vclock = self._encode_context(found.context, bucket, key)
         if not return_body or not found.values:
             headers["X-Riak-Vclock"] = vclock
-            return web.Response(status=201 if generated else 204, headers=headers)
+            return Response(status=201 if generated else 204, headers=headers)
         if len(found.values) == 1:
             dot, stored = found.values[0]
             resp = self._object_response(bucket, dot, stored, vclock, 201 if generated else 200, style)
@@ -581,7 +578,7 @@ class Api:
         resp.headers.update(headers)
         return resp
 
-    async def delete(self, request: web.Request, bucket: bytes, key: bytes) -> web.StreamResponse:
+    async def delete(self, request: Request, bucket: bytes, key: bytes) -> Answer:
         self.check_names(bucket, key)
         quorums = self._quorums(request.query)
         timeout = self._int_param(request, "timeout")
@@ -614,14 +611,14 @@ class Api:
         )
         if isinstance(response, Failure):
             return self.failure(response)
-        return web.Response(status=204)
+        return Response(status=204)
 
     async def _read_current(self, bucket: bytes, key: bytes) -> ClientResponse:
         return await self.runtime.request(ClientGet(bucket, key))
 
     async def _write_precondition(
-        self, request: web.Request, bucket: bytes, key: bytes, current: ClientResponse
-    ) -> web.StreamResponse | None:
+        self, request: Request, bucket: bytes, key: bytes, current: ClientResponse
+    ) -> Answer | None:
         """If-Match / If-None-Match on a write, checked against the vtags of the current siblings."""
         if isinstance(current, Failure):
             return self.failure(current)
@@ -641,7 +638,7 @@ class Api:
 
     # --- Responses ------------------------------------------------------------------------------------------
 
-    def _not_found(self, response: NotFound, bucket: bytes, key: bytes) -> web.Response:
+    def _not_found(self, response: NotFound, bucket: bytes, key: bytes) -> Response:
         headers: dict[str, str] = {}
         if response.context is not None:
             # A tombstone: its context lets a client write over the delete without a sibling.
@@ -664,15 +661,15 @@ class Api:
 
     def _object_response(
         self, bucket: bytes, dot: Dot, content: Content, vclock: str, status: int, style: UrlStyle
-    ) -> web.Response:
+    ) -> Response:
         headers = self._content_headers(bucket, dot, content, style)
         headers["X-Riak-Vclock"] = vclock
-        # aiohttp leaves the body out of a HEAD response itself, keeping its Content-Length true.
-        return web.Response(status=status, body=content.value, headers=headers)
+        # The server leaves the body out of a HEAD response itself, keeping its Content-Length true.
+        return Response(status=status, body=content.value, headers=headers)
 
     def _siblings_response(
-        self, request: web.Request, bucket: bytes, found: Siblings, vclock: str, style: UrlStyle
-    ) -> web.Response:
+        self, request: Request, bucket: bytes, found: Siblings, vclock: str, style: UrlStyle
+    ) -> Response:
         # Riak offers the vtag list first and the siblings themselves to a client that prefers them.
         offered = _negotiate(request.headers.get("Accept"), ("text/plain", "multipart/mixed"))
         if offered == "multipart/mixed":
@@ -683,15 +680,15 @@ class Api:
                 lines = "".join(f"{name}: {value}\r\n" for name, value in head.items())
                 chunks.append(f"\r\n--{boundary}\r\n{lines}\r\n".encode() + content.value)
             body = b"".join(chunks) + f"\r\n--{boundary}--\r\n".encode()
-            return web.Response(
+            return Response(
                 status=300,
                 body=body,
                 headers={"Content-Type": f"multipart/mixed; boundary={boundary}", "X-Riak-Vclock": vclock},
             )
         text = "Siblings:\n" + "".join(objects.vtag(dot) + "\n" for dot, _ in found.values)
-        return web.Response(status=300, text=text, headers={"X-Riak-Vclock": vclock})
+        return Response(status=300, text=text, headers={"X-Riak-Vclock": vclock})
 
-    def failure(self, failure: ClientResponse) -> web.Response:
+    def failure(self, failure: ClientResponse) -> Response:
         assert isinstance(failure, Failure)
         return _text(STATUS_OF_FAILURE.get(failure.kind, 503), failure.reason)
 
@@ -707,7 +704,7 @@ class Api:
         """Every quorum parameter, validated whether or not this operation uses it (as Riak does)."""
         return {name: _quorum_param(query, name) for name in QUORUM_PARAMS}
 
-    def _int_param(self, request: web.Request, name: str) -> int | None:
+    def _int_param(self, request: Request, name: str) -> int | None:
         raw = request.query.get(name)
         if raw is None:
             return None
@@ -715,7 +712,7 @@ class Api:
             raise BadRequest(f"{name} must be a positive integer (milliseconds); got {raw!r}")
         return int(raw)
 
-    def _context_header(self, request: web.Request, bucket: bytes, key: bytes) -> Context | None:
+    def _context_header(self, request: Request, bucket: bytes, key: bytes) -> Context | None:
         raw = request.headers.get("X-Riak-Vclock")
         if raw is None or not raw.strip():
             return None
@@ -768,7 +765,7 @@ def _bool_param(query: Mapping[str, str], name: str) -> bool:
 
 
 def _check_header_text(name: str, value: str) -> str:
-    """A request header's text, refused if it was not UTF-8: aiohttp maps such bytes to lone surrogates,
+    """A request header's text, refused if it was not UTF-8: the server maps such bytes to lone surrogates,
     which can be neither stored nor sent back."""
     try:
         value.encode("utf-8")
@@ -846,11 +843,11 @@ def _etag_matches(header: str, tags: set[str]) -> bool:
     return False
 
 
-def _has_write_precondition(request: web.Request) -> bool:
+def _has_write_precondition(request: Request) -> bool:
     return "If-Match" in request.headers or "If-None-Match" in request.headers
 
 
-def _read_precondition(request: web.Request, vtag: str, last_modified_s: int) -> web.Response | None:
+def _read_precondition(request: Request, vtag: str, last_modified_s: int) -> Response | None:
     """The conditional GET of RFC 9110 §13.2.2: If-Match, then If-None-Match (or, without it,
     If-Modified-Since). A 304 carries the validators the client compares."""
     wanted = request.headers.get("If-Match")
@@ -859,7 +856,7 @@ def _read_precondition(request: web.Request, vtag: str, last_modified_s: int) ->
     unchanged = {"ETag": f'"{vtag}"', "Last-Modified": _http_date(last_modified_s * 1_000_000)}
     unwanted = request.headers.get("If-None-Match")
     if unwanted is not None:
-        return web.Response(status=304, headers=unchanged) if _etag_matches(unwanted, {vtag}) else None
+        return Response(status=304, headers=unchanged) if _etag_matches(unwanted, {vtag}) else None
     since = request.headers.get("If-Modified-Since")
     if since is not None:
         try:
@@ -867,7 +864,7 @@ def _read_precondition(request: web.Request, vtag: str, last_modified_s: int) ->
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if parsed.tzinfo is not None and last_modified_s <= parsed.timestamp():
-            return web.Response(status=304, headers=unchanged)
+            return Response(status=304, headers=unchanged)
     return None
 
 
@@ -875,9 +872,12 @@ def _http_date(micros: int) -> str:
     return email.utils.formatdate(micros / 1_000_000, usegmt=True)
 
 
-def make_app(runtime: NodeRuntime) -> web.Application:
+def make_server(runtime: NodeRuntime) -> HttpServer:
+    """The node's HTTP server, not yet listening. Bodies are bounded: the object limit plus room for
+    nothing else (metadata travels in headers)."""
     api = Api(runtime)
-    # Bodies are bounded: the object limit plus room for nothing else (metadata travels in headers).
-    app = web.Application(client_max_size=runtime.settings.object_bytes_max + 64 * 1024)
-    app.router.add_route("*", "/{tail:.*}", api.dispatch)
-    return app
+    return HttpServer(
+        api.dispatch,
+        body_bytes_max=runtime.settings.object_bytes_max + 64 * 1024,
+        idle_timeout_s=runtime.settings.http_idle_timeout_ms / 1000,
+    )

@@ -8,9 +8,7 @@ import gc
 import logging
 import signal
 
-from aiohttp import web
-
-from dynastore.api.http import make_app
+from dynastore.api.http import make_server
 from dynastore.net import tls
 from dynastore.runtime.node import NodeConfig, NodeRuntime
 from dynastore.settings import Settings
@@ -25,12 +23,10 @@ async def run_node(config: NodeConfig, settings: Settings) -> None:
     # collection, which then only walks what requests allocate.
     gc.collect()
     gc.freeze()
-    runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
-    await runner.setup()
+    server = make_server(runtime)
     ssl_context = tls.server_context(settings, require_client_cert=False)
-    site = web.TCPSite(runner, config.host, config.http_port, reuse_address=True, ssl_context=ssl_context)
     try:
-        await site.start()
+        await server.start(config.host, config.http_port, ssl_context=ssl_context)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runtime.stopping.set)
@@ -47,7 +43,7 @@ async def run_node(config: NodeConfig, settings: Settings) -> None:
         log.info("%s stopping", config.name)
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(runner.cleanup(), 5)
+            await asyncio.wait_for(server.stop(), 5)
         await runtime.stop()
 
 
