@@ -10,6 +10,7 @@ import base64
 import email.parser
 import email.policy
 import email.utils
+import gzip
 import json
 import time
 from collections.abc import Iterator
@@ -173,6 +174,20 @@ def test_an_object_round_trips_with_its_content_type_charset_metadata_etag_and_l
     assert (status, head_body) == (200, b"")
     assert lowered(head_headers)["etag"] == headers["etag"]
     assert lowered(head_headers)["content-length"] == str(len(value))
+
+
+def test_a_content_encoded_body_is_stored_and_served_as_sent(base: str) -> None:
+    """As in Riak, Content-Encoding labels the stored bytes: a gzip body is kept compressed and served
+    with its encoding, and bytes that are not valid gzip are stored all the same (nothing decodes them)."""
+    compressed = gzip.compress(b"a value that travels compressed")
+    headers = {"Content-Type": "text/plain", "Content-Encoding": "gzip"}
+    assert call("PUT", base + path("encoded", "gz"), compressed, headers)[0] == 204
+    status, raw, body = call("GET", base + path("encoded", "gz"))
+    assert (status, body, lowered(raw)["content-encoding"]) == (200, compressed, "gzip")
+    assert gzip.decompress(body) == b"a value that travels compressed"
+
+    assert call("PUT", base + path("encoded", "not-gzip"), b"plain", headers)[0] == 204
+    assert call("GET", base + path("encoded", "not-gzip"))[:3:2] == (200, b"plain")
 
 
 def test_conditional_gets_answer_304_when_the_client_has_the_current_version(base: str) -> None:
