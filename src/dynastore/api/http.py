@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import json
 import logging
 import re
@@ -869,7 +870,12 @@ def _read_precondition(request: Request, vtag: str, last_modified_s: int) -> Res
 
 
 def _http_date(micros: int) -> str:
-    return email.utils.formatdate(micros / 1_000_000, usegmt=True)
+    return _http_date_of_second(micros // 1_000_000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date_of_second(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
 
 
 def make_server(runtime: NodeRuntime) -> HttpServer:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 
@@ -28,8 +29,13 @@ class ContextError(ValueError):
     """A client context that cannot be used: the message says why, in words fit for an HTTP 400."""
 
 
+@functools.lru_cache(maxsize=8)
+def _mac_key(secret: bytes) -> bytes:
+    return hashlib.blake2b(secret, digest_size=32).digest()
+
+
 def _mac(secret: bytes, bucket: bytes, key: bytes, payload: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=MAC_BYTES, key=hashlib.blake2b(secret, digest_size=32).digest())
+    h = hashlib.blake2b(digest_size=MAC_BYTES, key=_mac_key(secret))
     h.update(len(bucket).to_bytes(4, "big"))
     h.update(bucket)
     h.update(len(key).to_bytes(4, "big"))

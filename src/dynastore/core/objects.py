@@ -67,6 +67,7 @@ def tombstone(now_us: int) -> Content:
     return Content(b"", "application/octet-stream", None, None, (), now_us, True)
 
 
+@functools.lru_cache(maxsize=65_536)
 def vtag(dot: Dot) -> str:
     """A short, stable tag naming one sibling (Riak's `vtag`); derived from the sibling's dot."""
     digest = hashlib.md5(dot.actor + dot.counter.to_bytes(8, "big"), usedforsecurity=False).digest()
