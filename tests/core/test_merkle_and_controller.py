@@ -80,20 +80,25 @@ def test_summaries_ignore_timestamps_and_merge_order() -> None:
     assert merkle.summary(c) != merkle.summary(a)  # type: ignore[arg-type]
 
 
+def _busy(c: BackgroundController, second: int) -> None:
+    """Background work with more to do than its rate allows, asking every millisecond of a second."""
+    for ms in range(1000):
+        c.admit(second * 1000 + ms)
+
+
 def test_the_controller_halves_the_background_rate_when_foreground_p99_exceeds_its_target() -> None:
     """Each second of slow foreground requests halves the admission rate; fast ones let it recover."""
     c = BackgroundController(target_ms=50, window_ms=10_000, rate_per_s=400)
     for second in range(3):
         for _ in range(200):
             c.observe(second * 1000, 200.0)
-        c.admit(second * 1000)
+        _busy(c, second)
     assert c.rate_per_s == 50.0
     assert c.slowdowns == 3
-    now = 20_000
-    for step in range(1, 6):
+    for second in range(3, 13):
         for _ in range(200):
-            c.observe(now + step * 1000 - 1, 1.0)
-        c.admit(now + step * 1000)
+            c.observe(second * 1000, 1.0)
+        _busy(c, second)
     assert c.rate_per_s > 100
 
 
@@ -106,12 +111,29 @@ def test_one_slow_spell_halves_the_rate_once_not_for_as_long_as_it_stays_in_the_
         c.observe(500, 300.0)
     c.admit(1000)
     assert (c.rate_per_s, c.slowdowns) == (before / 2, 1)
-    for second in range(2, 6):
+    for second in range(1, 5):
         for _ in range(200):
-            c.observe(second * 1000 - 1, 2.0)
-        c.admit(second * 1000)
+            c.observe(second * 1000 + 1, 2.0)
+        _busy(c, second)
     assert c.slowdowns == 1
     assert c.rate_per_s > 400
+
+
+def test_the_rate_is_not_raised_while_background_work_leaves_it_unused() -> None:
+    """A quiet spell does not let the rate climb to its maximum, so work that starts afterwards does not
+    burst: it starts near what was used and speeds up while clients do not suffer."""
+    c = BackgroundController(target_ms=50, window_ms=10_000, rate_per_s=200)
+    for second in range(60):
+        c.observe(second * 1000, 1.0)
+        c.admit(second * 1000)  # one step a second: an exchange that finds nothing to do
+    assert c.rate_per_s <= 5
+    rates = []
+    for second in range(60, 70):
+        for _ in range(100):
+            c.observe(second * 1000, 1.0)
+        _busy(c, second)
+        rates.append(c.rate_per_s)
+    assert rates == sorted(rates) and rates[-1] > 200
 
 
 def test_under_light_traffic_one_slow_request_slows_down_once() -> None:
@@ -135,7 +157,7 @@ def _drive(c: BackgroundController, load_ms: float, ms_per_step: float, seconds:
         now = second * 1000
         for i in range(100):
             c.observe(now + i, p99 if i >= 95 else p99 / 3)
-        c.admit(now + 999)
+        _busy(c, second)
         out.append((c.rate_per_s, p99))
     return out
 

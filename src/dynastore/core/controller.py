@@ -4,9 +4,12 @@ by foreground latency.
 Background steps take tokens from a bucket refilled at `rate_per_s`. Once a second the controller
 judges the p99 of the foreground requests that finished since its last judgement (or, when traffic is
 too light for a p99 of one second, of those in the recent window since its last slowdown): above the
-limit it halves the rate, otherwise it raises it by a quarter plus one (multiplicative decrease, like
-TCP's congestion control), always within [rate_min, rate_max]. A step that finds no token is deferred
-and counted; it runs on a later tick.
+limit it halves the rate; otherwise, if background work used at least half of its rate, it raises the
+rate (by a half plus one up to the rate it last halved to, by a tenth plus one beyond), and if it did
+not, it lets the rate decay towards what was used (like TCP's congestion window, which is halved on
+loss and not grown while the sender leaves it unfilled), always within [rate_min, rate_max]. So a
+repair that starts after a quiet spell starts slowly and speeds up while clients do not suffer. A step
+that finds no token is deferred and counted; it runs on a later tick.
 
 Each slowdown is judged on requests that finished after the previous one, so one slow spell halves the
 rate once, not once a second for as long as it stays in the window.
@@ -61,6 +64,9 @@ class BackgroundController:
     quiet: deque[tuple[int, float]] = field(default_factory=deque)
     deferred: int = 0
     admitted: int = 0
+    _admitted_at_adjust: int = 0
+    # The rate after the last slowdown: below it the rate grows quickly, above it gently (TCP's ssthresh).
+    threshold_per_s: float = float("inf")
     slowdowns: int = 0
 
     def observe(self, now_ms: int, latency_ms: float) -> None:
@@ -105,12 +111,22 @@ class BackgroundController:
                 # The cluster meets the target with background work running: the load that was slow
                 # on its own has gone, and so has the reason for a higher limit.
                 self.quiet.clear()
+        used_per_s = (self.admitted - self._admitted_at_adjust) * 1000 / max(1, now_ms - (since or now_ms))
+        self._admitted_at_adjust = self.admitted
         if _p99(fresh) > self.limit_ms(now_ms):
             self.rate_per_s = max(self.rate_min_per_s, self.rate_per_s / 2)
+            self.threshold_per_s = self.rate_per_s
             self.slowdowns += 1
             self.last_slowdown_ms = now_ms
+        elif since is not None and used_per_s < self.rate_per_s / 2:
+            # Background work used less than half its rate: that rate was never shown to be harmless,
+            # so it is not raised, and it decays towards what was used (as TCP does with a window the
+            # sender did not fill), lest a repair that starts after a quiet spell burst at full speed.
+            self.rate_per_s = max(self.rate_min_per_s, min(self.rate_per_s, 2 * used_per_s + self.rate_min_per_s))
         else:
-            self.rate_per_s = min(self.rate_max_per_s, self.rate_per_s * 1.25 + 1)
+            # Quickly up to where clients last suffered, halved; gently beyond it.
+            growth = 1.5 if self.rate_per_s < self.threshold_per_s else 1.1
+            self.rate_per_s = min(self.rate_max_per_s, self.rate_per_s * growth + 1)
 
     def admit(self, now_ms: int, cost: float = 1.0) -> bool:
         """Take `cost` tokens for one background step; False means: defer it."""
