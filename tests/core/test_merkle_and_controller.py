@@ -183,6 +183,21 @@ def test_a_cluster_slow_for_reasons_of_its_own_does_not_starve_background_work()
     assert statistics.median(p99 for _, p99 in seconds) <= c.limit_ms(120_000)
 
 
+def test_under_light_traffic_a_cluster_slow_on_its_own_does_not_starve_background_work_either() -> None:
+    """Three requests a second, all at 80 ms against a 50 ms target: too few for a p99 of one second,
+    so the controller gathers the requests since it reached its floor, and raises the limit from them."""
+    c = BackgroundController(target_ms=50, window_ms=10_000, rate_per_s=200)
+    rates, limits = [], []
+    for second in range(60):
+        for i in range(3):
+            c.observe(second * 1000 + i, 80.0)
+        _busy(c, second)
+        rates.append(c.rate_per_s)
+        limits.append(c.limit_ms(second * 1000 + 999))
+    assert 50 < max(limits) <= 100
+    assert statistics.mean(rates[20:]) > 50
+
+
 def test_a_higher_limit_ends_when_the_slow_load_goes() -> None:
     """Once a second meets the target with background work running, the limit is the target again."""
     c = BackgroundController(target_ms=25, window_ms=10_000, rate_per_s=200)

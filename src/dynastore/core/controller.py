@@ -99,25 +99,33 @@ class BackgroundController:
         since = self.last_adjust_ms
         self.last_adjust_ms = now_ms
         self._expire(now_ms)
+        at_floor = self.rate_per_s <= self.rate_min_per_s
         fresh = [latency for t, latency in self.samples if since is None or t > since]
-        if len(fresh) < INTERVAL_SAMPLES_MIN:
+        one_second = len(fresh) >= INTERVAL_SAMPLES_MIN
+        if not one_second:
             after = self.last_slowdown_ms
             fresh = [latency for t, latency in self.samples if after is None or t > after]
-        elif since is not None:
-            p99 = _p99(list(fresh))
-            if self.rate_per_s <= self.rate_min_per_s:
+        p99 = _p99(fresh)
+        if since is not None and len(fresh) >= INTERVAL_SAMPLES_MIN:
+            if at_floor:
                 self.quiet.append((now_ms, p99))
-            elif p99 <= self.target_ms:
+                if len(self.quiet) == QUIET_SECONDS_MIN:
+                    # The limit has just risen: where clients suffered under the old one says nothing.
+                    self.threshold_per_s = float("inf")
+            elif one_second and p99 <= self.target_ms:
                 # The cluster meets the target with background work running: the load that was slow
                 # on its own has gone, and so has the reason for a higher limit.
                 self.quiet.clear()
         used_per_s = (self.admitted - self._admitted_at_adjust) * 1000 / max(1, now_ms - (since or now_ms))
         self._admitted_at_adjust = self.admitted
-        if _p99(fresh) > self.limit_ms(now_ms):
-            self.rate_per_s = max(self.rate_min_per_s, self.rate_per_s / 2)
-            self.threshold_per_s = self.rate_per_s
-            self.slowdowns += 1
-            self.last_slowdown_ms = now_ms
+        if p99 > self.limit_ms(now_ms):
+            if not at_floor:
+                # (At the floor there is nothing to halve; the requests since the floor was reached keep
+                # counting, so that under light traffic they add up to a p99 worth recording.)
+                self.rate_per_s = max(self.rate_min_per_s, self.rate_per_s / 2)
+                self.threshold_per_s = self.rate_per_s
+                self.slowdowns += 1
+                self.last_slowdown_ms = now_ms
         elif since is not None and used_per_s < self.rate_per_s / 2:
             # Background work used less than half its rate: that rate was never shown to be harmless,
             # so it is not raised, and it decays towards what was used (as TCP does with a window the
