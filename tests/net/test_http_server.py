@@ -30,7 +30,8 @@ SCENARIO_TIMEOUT_S = 15.0
 
 class App:
     """Answers by path: /echo gives back the body and what was parsed, /slow answers after a pause,
-    /hang never answers, /stream streams three pieces, /fail raises, anything else names itself."""
+    /hang never answers, /stream streams three pieces, /fail raises, /big answers 8 MiB, anything else
+    names itself."""
 
     def __init__(self) -> None:
         self.order: list[str] = []
@@ -70,6 +71,8 @@ class App:
             return stream
         if request.raw_path == "/fail":
             raise RuntimeError("handler bug")
+        if request.raw_path == "/big":
+            return Response(body=b"x" * (8 * 1024 * 1024))
         return Response(text=f"{request.method} {request.raw_path}")
 
 
@@ -251,6 +254,46 @@ def test_a_chunked_request_body_is_reassembled_and_trailers_are_dropped(serve: C
         assert seen(answer)["method"] == "PUT"
         writer.write(get("/after"))
         assert (await read_answer(reader)).body == b"GET /after"
+        writer.close()
+
+    serve(scenario)
+
+
+def test_an_expectation_that_is_not_utf8_is_refused_with_417_and_the_connection_goes_on(
+    serve: Callable[..., None],
+) -> None:
+    """The 417 names what was expected with the bytes that are not UTF-8 replaced; the request after it
+    is answered."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        reader, writer = await connect(server)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: t\r\nExpect: \xff\r\n\r\n" + get("/b"))
+        answer = await read_answer(reader)
+        assert (answer.status, answer.body) == (417, "Unknown Expect: \ufffd".encode())
+        assert (await read_answer(reader)).status == 200
+        writer.close()
+
+    serve(scenario)
+
+
+def test_a_client_that_reads_nothing_of_its_answers_is_dropped(
+    serve: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three pipelined 8 MiB answers to a client that never reads: once the write buffer has stayed
+    over its mark for the drain limit, the connection is aborted and forgotten, buffer and all."""
+    import dynastore.api.server as server_module
+
+    monkeypatch.setattr(server_module, "DRAIN_TIMEOUT_S", 0.5)
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        _reader, writer = await connect(server)
+        writer.write(get("/big") * 3)
+        await writer.drain()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if app.order and not server.connections:
+                break
+        assert app.order and not server.connections
         writer.close()
 
     serve(scenario)

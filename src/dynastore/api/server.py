@@ -351,6 +351,9 @@ class _Connection(asyncio.Protocol):
         self._idle_since = 0.0
         self._idle_handle: asyncio.TimerHandle | None = None
         self._linger_handle: asyncio.TimerHandle | None = None
+        # Armed while the transport's write buffer is over its high-water mark: a client that reads
+        # nothing of what it asked for is dropped after DRAIN_TIMEOUT_S, answered or closing alike.
+        self._stall_handle: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -373,10 +376,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._closing = self._stop_parsing = True
-        for handle in (self._idle_handle, self._linger_handle):
+        for handle in (self._idle_handle, self._linger_handle, self._stall_handle):
             if handle is not None:
                 handle.cancel()
-        self._idle_handle = self._linger_handle = None
+        self._idle_handle = self._linger_handle = self._stall_handle = None
         self._queue.clear()
         self._wake_drain(ConnectionResetError("the client closed the connection"))
         # A handler still running finishes (what it does may matter although the client left); the
@@ -395,9 +398,14 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        if self._stall_handle is None:
+            self._stall_handle = self._loop.call_later(DRAIN_TIMEOUT_S, self._on_write_stall)
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._stall_handle is not None:
+            self._stall_handle.cancel()
+            self._stall_handle = None
         self._wake_drain(None)
         self._next()
 
@@ -603,7 +611,9 @@ class _Connection(asyncio.Protocol):
         """Answers one request; True when the connection may go on to the next."""
         response: Response | StreamResponse
         if request.expect and request.expect != "100-continue":
-            response = Response(status=417, text=f"Unknown Expect: {request.headers.get('Expect', '')}")
+            # The value as sent, with bytes that are not UTF-8 shown as U+FFFD (they cannot be echoed).
+            expect = request.headers.get("Expect", "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            response = Response(status=417, text=f"Unknown Expect: {expect}")
         else:
             if request.expect and not request.continue_sent and not request.too_large:
                 self._send_continue(request)
@@ -780,6 +790,12 @@ class _Connection(asyncio.Protocol):
             self._idle_handle = self._loop.call_at(deadline, self._on_idle_timer)
             return
         self._close()
+
+    def _on_write_stall(self) -> None:
+        self._stall_handle = None
+        if self._transport is not None and self._writing_paused:
+            log.info("dropping an HTTP client that read nothing for %.0f s", DRAIN_TIMEOUT_S)
+            self._transport.abort()
 
     def _close(self, *, linger: bool = False) -> None:
         self._closing = self._stop_parsing = True
