@@ -5,6 +5,7 @@ stopping. Every scenario runs on both asyncio's loop and uvloop (the node's), an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -30,8 +31,8 @@ SCENARIO_TIMEOUT_S = 15.0
 
 class App:
     """Answers by path: /echo gives back the body and what was parsed, /slow answers after a pause,
-    /hang never answers, /stream streams three pieces, /fail raises, /big answers 8 MiB, anything else
-    names itself."""
+    /hang never answers, /stream streams three pieces, /fail raises, /big answers 8 MiB, /refused raises
+    a ConnectionError of its own, /stream204 streams a 204, anything else names itself."""
 
     def __init__(self) -> None:
         self.order: list[str] = []
@@ -73,6 +74,14 @@ class App:
             raise RuntimeError("handler bug")
         if request.raw_path == "/big":
             return Response(body=b"x" * (8 * 1024 * 1024))
+        if request.raw_path == "/refused":
+            raise ConnectionRefusedError("a peer is down")
+        if request.raw_path == "/stream204":
+            empty = StreamResponse(status=204)
+            await empty.prepare(request)
+            await empty.write(b"ignored")
+            await empty.write_eof()
+            return empty
         return Response(text=f"{request.method} {request.raw_path}")
 
 
@@ -294,6 +303,63 @@ def test_a_client_that_reads_nothing_of_its_answers_is_dropped(
             if app.order and not server.connections:
                 break
         assert app.order and not server.connections
+        writer.close()
+
+    serve(scenario)
+
+
+def test_a_request_trickled_in_a_byte_at_a_time_is_refused_with_408(
+    serve: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every byte arrives well within the idle timeout, but the head never completes: once the request
+    has taken longer than the receive limit, it gets 408 and the connection closes. A slow body too."""
+    import dynastore.api.server as server_module
+
+    monkeypatch.setattr(server_module, "RECEIVE_TIMEOUT_S", 0.5)
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        for start in (b"GET /a HTTP/1.1\r\nX-A: ", b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"):
+            reader, writer = await connect(server)
+            writer.write(start)
+
+            async def trickle(writer: asyncio.StreamWriter = writer) -> None:
+                with contextlib.suppress(ConnectionError):
+                    for _ in range(40):
+                        await asyncio.sleep(0.1)
+                        writer.write(b"a")
+
+            task = asyncio.create_task(trickle())
+            answer = await asyncio.wait_for(read_answer(reader), 3.0)
+            assert answer.status == 408
+            assert await closed_by_server(reader)
+            task.cancel()
+            writer.close()
+        assert app.order == []
+
+    serve(scenario)
+
+
+def test_a_handler_raising_a_connection_error_of_its_own_gets_a_500(serve: Callable[..., None]) -> None:
+    """A ConnectionError out of the handler (a peer is down) is the handler's failure, not the client's
+    departure: the client is answered 500."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        reader, writer = await connect(server)
+        writer.write(get("/refused"))
+        assert (await asyncio.wait_for(read_answer(reader), 3.0)).status == 500
+        writer.close()
+
+    serve(scenario)
+
+
+def test_a_streamed_204_has_no_body_and_the_next_answer_is_framed_right(serve: Callable[..., None]) -> None:
+    async def scenario(server: HttpServer, app: App) -> None:
+        reader, writer = await connect(server)
+        writer.write(get("/stream204") + get("/b"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 204 ") and b"chunked" not in head.lower()
+        answer = await asyncio.wait_for(read_answer(reader), 3.0)
+        assert (answer.status, answer.body) == (200, b"GET /b")
         writer.close()
 
     serve(scenario)

@@ -23,8 +23,10 @@ Flow control: while a request is being handled, at most one more read is taken f
 then pauses until the answer is written, so a pipelining client cannot make the server buffer more than
 one read ahead, and nothing is paused for a client that waits for its answers. No request is started
 while the transport's write buffer is above its high-water mark; a streamed answer waits there, and
-gives up on a client that reads nothing for DRAIN_TIMEOUT_S. A connection with nothing in progress
-that receives nothing for `idle_timeout_s` is closed.
+gives up on a client that reads nothing for DRAIN_TIMEOUT_S (so does any answer left in a write buffer
+that stays over its mark that long). A request must arrive whole within RECEIVE_TIMEOUT_S of its first
+byte (time the server spends not reading does not count), or it gets 408 and the connection closes. A
+connection with nothing in progress that receives nothing for `idle_timeout_s` is closed.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ HEAD_BYTES_MAX: Final = 4 * 1024 * 1024
 LINGER_S: Final = 5.0
 # How long a streamed answer waits for a client that reads nothing before the connection is dropped.
 DRAIN_TIMEOUT_S: Final = 30.0
+# How long a request's head and body may take to arrive, once it has begun (a slow client is refused).
+RECEIVE_TIMEOUT_S: Final = 60.0
 # How long handlers still running when the server stops get to finish before they are cancelled.
 STOP_GRACE_S: Final = 2.0
 
@@ -354,6 +358,10 @@ class _Connection(asyncio.Protocol):
         # Armed while the transport's write buffer is over its high-water mark: a client that reads
         # nothing of what it asked for is dropped after DRAIN_TIMEOUT_S, answered or closing alike.
         self._stall_handle: asyncio.TimerHandle | None = None
+        # Armed while a request is being received: its head and body must arrive within RECEIVE_TIMEOUT_S
+        # of reading (time the server itself stops reading, busy with earlier requests, does not count).
+        self._receive_handle: asyncio.TimerHandle | None = None
+        self._stream_bodiless = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -376,10 +384,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._closing = self._stop_parsing = True
-        for handle in (self._idle_handle, self._linger_handle, self._stall_handle):
+        for handle in (self._idle_handle, self._linger_handle, self._stall_handle, self._receive_handle):
             if handle is not None:
                 handle.cancel()
-        self._idle_handle = self._linger_handle = self._stall_handle = None
+        self._idle_handle = self._linger_handle = self._stall_handle = self._receive_handle = None
         self._queue.clear()
         self._wake_drain(ConnectionResetError("the client closed the connection"))
         # A handler still running finishes (what it does may matter although the client left); the
@@ -457,6 +465,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_message = self._in_head = True
+        self._arm_receive_timer()
         self._message_bytes = 0
         self._url.clear()
         self._fields = []
@@ -522,6 +531,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._cancel_receive_timer()
         request = self._current
         self._current = None
         if request is None:
@@ -550,6 +560,7 @@ class _Connection(asyncio.Protocol):
 
     def _refuse(self, reason: str, status: int = 400) -> None:
         """A request that cannot be served: answered in its turn, after which the connection closes."""
+        self._cancel_receive_timer()
         self._stop_parsing = True
         self._current = None
         self._in_message = self._in_head = False
@@ -619,9 +630,9 @@ class _Connection(asyncio.Protocol):
                 self._send_continue(request)
             try:
                 response = await self.server.handler(request)
-            except ConnectionError:
-                raise
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, ConnectionError) and (self._transport is None or self._transport.is_closing()):
+                    raise  # the client has gone: nobody to answer
                 log.exception("unhandled error serving %s %r", request.method, request.raw_path)
                 if self._streaming:
                     return False
@@ -723,10 +734,12 @@ class _Connection(asyncio.Protocol):
             raise ConnectionResetError("the client closed the connection")
         headers = response.headers
         headers.popall("Content-Length", None)
+        # An answer to HEAD, and a 1xx, 204 or 304, has no body: nothing of the stream is sent.
+        self._stream_bodiless = request.method == "HEAD" or response.status in _EMPTY_BODY_STATUS
         if request.version == (1, 0):
             # HTTP/1.0 has no chunked coding: the body ends where the connection does.
             request.keep_alive = False
-        elif request.method != "HEAD":
+        elif not self._stream_bodiless:
             headers["Transfer-Encoding"] = "chunked"
         transport.write(self._head(request, response.status, headers))
         self._streaming = True
@@ -735,7 +748,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        if request.method == "HEAD":
+        if self._stream_bodiless:
             return
         if request.version == (1, 0):
             transport.write(data)
@@ -748,7 +761,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        if request.version != (1, 0) and request.method != "HEAD":
+        if request.version != (1, 0) and not self._stream_bodiless:
             transport.write(b"0\r\n\r\n")
 
     async def _drain(self) -> None:
@@ -790,6 +803,28 @@ class _Connection(asyncio.Protocol):
             self._idle_handle = self._loop.call_at(deadline, self._on_idle_timer)
             return
         self._close()
+
+    def _arm_receive_timer(self) -> None:
+        self._cancel_receive_timer()
+        self._receive_handle = self._loop.call_later(RECEIVE_TIMEOUT_S, self._on_receive_timeout)
+
+    def _cancel_receive_timer(self) -> None:
+        if self._receive_handle is not None:
+            self._receive_handle.cancel()
+            self._receive_handle = None
+
+    def _on_receive_timeout(self) -> None:
+        self._receive_handle = None
+        if self._transport is None or not self._in_message or self._stop_parsing:
+            return
+        if self._reading_paused or self._task is not None or self._queue:
+            # The server is the one not reading (busy with earlier requests): the client gets its time.
+            self._arm_receive_timer()
+            return
+        # A client trickling a request (slowloris) would otherwise hold the connection, and a body
+        # buffer, for as long as each byte comes before the idle timeout.
+        self._refuse(f"request not received within {RECEIVE_TIMEOUT_S:g} s", 408)
+        self._next()
 
     def _on_write_stall(self) -> None:
         self._stall_handle = None
