@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import functools
 import json
 import logging
 import re
@@ -34,7 +33,7 @@ from multidict import CIMultiDict
 
 from dynastore import __version__
 from dynastore.api import admin
-from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse
+from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
 from dynastore.core import context as ctxcodec
 from dynastore.core import objects
 from dynastore.core.context import ContextError
@@ -870,12 +869,7 @@ def _read_precondition(request: Request, vtag: str, last_modified_s: int) -> Res
 
 
 def _http_date(micros: int) -> str:
-    return _http_date_of_second(micros // 1_000_000)
-
-
-@functools.lru_cache(maxsize=4096)
-def _http_date_of_second(second: int) -> str:
-    return email.utils.formatdate(second, usegmt=True)
+    return http_date(micros // 1_000_000)
 
 
 def make_server(runtime: NodeRuntime) -> HttpServer:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import logging
 import socket
 import ssl
@@ -300,24 +301,11 @@ class StreamResponse:
 Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 
-class _DateCache:
-    """The Date header's value, formatted at most once a second."""
-
-    __slots__ = ("second", "text")
-
-    def __init__(self) -> None:
-        self.second = -1
-        self.text = ""
-
-    def now(self) -> str:
-        second = int(time.time())
-        if second != self.second:
-            self.second = second
-            self.text = email.utils.formatdate(second, usegmt=True)
-        return self.text
-
-
-_DATE = _DateCache()
+@functools.lru_cache(maxsize=4096)
+def http_date(second: int) -> str:
+    """An HTTP date (IMF-fixdate) of a Unix time in whole seconds; the Date header's and Last-Modified's
+    text, formatted once per second seen."""
+    return email.utils.formatdate(second, usegmt=True)
 
 
 class _Connection(asyncio.Protocol):
@@ -361,6 +349,7 @@ class _Connection(asyncio.Protocol):
         # Armed while a request is being received: its head and body must arrive within RECEIVE_TIMEOUT_S
         # of reading (time the server itself stops reading, busy with earlier requests, does not count).
         self._receive_handle: asyncio.TimerHandle | None = None
+        self._message_started = 0.0
         self._stream_bodiless = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------
@@ -429,6 +418,11 @@ class _Connection(asyncio.Protocol):
             elif self._message_bytes > self._message_bytes_max() and self._current is not None:
                 # Only trailers or absurd chunking overhead get here: the body itself is bounded.
                 self._mark_too_large(self._current)
+        if self._in_message and self._receive_handle is None and not self._stop_parsing:
+            # A request that has not arrived whole in one read gets until RECEIVE_TIMEOUT_S after its start.
+            self._receive_handle = self._loop.call_at(
+                self._message_started + RECEIVE_TIMEOUT_S, self._on_receive_timeout
+            )
         if self._task is not None:
             # Busy: this read is taken in, no further one until the answer is out.
             self._pause_reading()
@@ -465,7 +459,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_message = self._in_head = True
-        self._arm_receive_timer()
+        # The time of the read this request began in (a timer is armed only if it needs another read).
+        self._message_started = self._idle_since
         self._message_bytes = 0
         self._url.clear()
         self._fields = []
@@ -662,7 +657,7 @@ class _Connection(asyncio.Protocol):
         lines = [f"HTTP/{version[0]}.{version[1]} {status} {_REASONS.get(status, 'Unknown')}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         if "Date" not in headers:
-            lines.append(f"Date: {_DATE.now()}\r\n")
+            lines.append(f"Date: {http_date(int(time.time()))}\r\n")
         if "Server" not in headers:
             lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
         if "Connection" not in headers:
@@ -714,7 +709,7 @@ class _Connection(asyncio.Protocol):
             f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\n"
-            f"Date: {_DATE.now()}\r\n"
+            f"Date: {http_date(int(time.time()))}\r\n"
             f"Server: {SERVER_SOFTWARE}\r\n"
             "Connection: close\r\n\r\n"
         )
@@ -804,10 +799,6 @@ class _Connection(asyncio.Protocol):
             return
         self._close()
 
-    def _arm_receive_timer(self) -> None:
-        self._cancel_receive_timer()
-        self._receive_handle = self._loop.call_later(RECEIVE_TIMEOUT_S, self._on_receive_timeout)
-
     def _cancel_receive_timer(self) -> None:
         if self._receive_handle is not None:
             self._receive_handle.cancel()
@@ -819,7 +810,7 @@ class _Connection(asyncio.Protocol):
             return
         if self._reading_paused or self._task is not None or self._queue:
             # The server is the one not reading (busy with earlier requests): the client gets its time.
-            self._arm_receive_timer()
+            self._receive_handle = self._loop.call_later(RECEIVE_TIMEOUT_S, self._on_receive_timeout)
             return
         # A client trickling a request (slowloris) would otherwise hold the connection, and a body
         # buffer, for as long as each byte comes before the idle timeout.
