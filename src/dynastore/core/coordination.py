@@ -6,11 +6,14 @@ Theory of operation
 - get: any node coordinates. It asks the first N healthy nodes of the key's preference list, answers
   after R replies with every causally unrelated sibling and one merged context (naming the primary that
   answered first, the preferred coordinator of a following write), then repairs replicas that missed
-  something once every reply is in or the request times out.
+  something once every reply is in or the request times out. A read waits for no disk, unless it saw
+  a write still being made durable: then for the batch holding that write only.
 - put/delete: coordinated by a node among the first N healthy nodes (others forward it there, preferring
   the node named in the context). The coordinator draws a fresh dot, applies the write to its local
-  copy, sends the new object to the other N-1 targets and answers after W acknowledgements (its own
-  durable write counts). A fallback target stores the object in its hint store, naming the primary it
+  copy and, without waiting for its own disk, sends the new object to the other N-1 targets; it
+  answers after W durable acknowledgements, its own counting once the batch holding its copy is
+  written. (Only a dot whose counter lease is not yet on disk waits for it: a crash must never hand a
+  dot out twice.) A fallback target stores the object in its hint store, naming the primary it
   stands in for (handoff.py delivers hints). A target found dead mid-request is replaced by the next
   healthy fallback. A forwarded write is retried at another coordinator only when the first could not
   be reached, so it is never applied twice.
@@ -93,21 +96,26 @@ class Coordination(NodeBase):
         op_id = self._register(op)
         for target in op.tally.targets:
             if target.node == self.name:
-                op.tally.add(self.name, self._read_local(op.bucket, op.key))
+                obj, after = self._read_local_after(op.bucket, op.key)
+                op.after = max(op.after, after)
+                op.tally.add(self.name, obj)
             else:
-                self._send(target.node, ReplicaGet(op_id, op.bucket, op.key))
+                self._send(target.node, ReplicaGet(op_id, op.bucket, op.key), after=0)
         self._advance_get(op_id, op, now_ms)
 
     def _advance_get(self, op_id: int, op: GetOp, now_ms: int) -> None:
         decision = op.tally.decision()
         if not op.replied and decision != "wait":
             op.replied = True
+            # A read waits only for the batch holding what it saw here (none: it answers at once);
+            # every other copy it merged came from a replica that answered with durable data only.
             if decision == OK:
-                self._answer(op.origin, self._read_response(op))
+                self._answer(op.origin, self._read_response(op), after=op.after)
             else:
                 self._answer(
                     op.origin,
                     Failure("unavailable", f"r={op.tally.r} not met: {len(op.tally.results)} replicas answered"),
+                    after=op.after,
                 )
         if op.tally.complete:
             self._finish(op_id)
@@ -165,11 +173,12 @@ class Coordination(NodeBase):
         op.tally.add_error(peer)
         if substitute is not None:
             op.tally.targets += (substitute,)
-            self._send(substitute.node, ReplicaGet(op_id, op.bucket, op.key))
+            self._send(substitute.node, ReplicaGet(op_id, op.bucket, op.key), after=0)
         self._advance_get(op_id, op, now_ms)
 
     def _on_replica_get(self, src: str, msg: ReplicaGet, now_ms: int) -> None:
-        self._send(src, ReplicaGetReply(msg.req, self._read_local(msg.bucket, msg.key)))
+        obj, after = self._read_local_after(msg.bucket, msg.key)
+        self._send(src, ReplicaGetReply(msg.req, obj), after=after)
 
     def _on_replica_get_reply(self, src: str, msg: ReplicaGetReply, now_ms: int) -> None:
         op = self._ops.get(msg.req)
@@ -305,7 +314,8 @@ class Coordination(NodeBase):
             response = NotFound(msg.context)
         else:
             response = Failure(msg.status, msg.reason)
-        self._answer(op.origin, response)
+        # The coordinator answered only once the write was durable; nothing here is staged for it.
+        self._answer(op.origin, response, after=0)
 
     def _next_dot(self, local: Object | None, context: Context) -> Dot:
         floor = max(
@@ -380,7 +390,6 @@ class Coordination(NodeBase):
             self._answer(origin, Failure("unavailable", "this node's hint store is full"))
             return
         tally = PutTally(targets, w, dw, pw)
-        tally.ack(self.name)
         resolve_one = lww or not bool(props["allow_mult"])
         op = PutOp(
             origin,
@@ -396,19 +405,30 @@ class Coordination(NodeBase):
             resolve_one,
         )
         op_id = self._register(op)
+        # The replicas write in parallel with this node: the new version goes out before this node's
+        # copy is durable, and this node's acknowledgement counts only once its batch is (batch_written).
+        # But not before the counter lease covering its dot is durable: a crash could hand it out again.
+        lease = self._durable_after("meta", META_COUNTER)
         for target in targets:
             if target.node != self.name:
-                self._send(target.node, ReplicaPut(op_id, req.bucket, req.key, new, target.hint_for, lww))
+                self._send(target.node, ReplicaPut(op_id, req.bucket, req.key, new, target.hint_for, lww), after=lease)
+        self._staged_puts.append(op_id)
         self._advance_put(op_id, op, now_ms)
 
-    def _advance_put(self, op_id: int, op: PutOp, now_ms: int) -> None:
+    def _advance_put(self, op_id: int, op: PutOp, now_ms: int, *, durable_here: bool = False) -> None:
+        """Answer once the tally decides. `durable_here`: every acknowledgement counted is of a durable
+        copy, so the answer need not wait for the batch being staged now."""
         decision = op.tally.decision()
         if not op.replied and decision != "wait":
             op.replied = True
             if decision == OK:
-                self._answer(op.origin, self._write_response(op))
+                self._answer(op.origin, self._write_response(op), after=0 if durable_here else None)
             else:
-                self._answer(op.origin, Failure("unavailable", f"write not acknowledged: {op.tally.shortfall()}"))
+                self._answer(
+                    op.origin,
+                    Failure("unavailable", f"write not acknowledged: {op.tally.shortfall()}"),
+                    after=0 if durable_here else None,
+                )
         if op.tally.complete:
             self._finish(op_id)
 
@@ -454,7 +474,16 @@ class Coordination(NodeBase):
                 op.tally.ack(src)
             else:
                 op.tally.add_error(src)
-            self._advance_put(msg.req, op, now_ms)
+            # Every acknowledgement the tally counts is of a durable copy (this node's own included,
+            # see `_local_put_durable`): the answer depends on nothing staged here.
+            self._advance_put(msg.req, op, now_ms, durable_here=True)
+
+    def _local_put_durable(self, op_id: int, now_ms: int) -> None:
+        """The batch holding this node's copy of a write it coordinates is on disk: count it."""
+        op = self._ops.get(op_id)
+        if isinstance(op, PutOp):
+            op.tally.ack(self.name)
+            self._advance_put(op_id, op, now_ms, durable_here=True)
 
     # --- Listing ----------------------------------------------------------------------------------------
 

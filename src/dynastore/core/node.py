@@ -5,12 +5,20 @@ Theory of operation
 Inputs are client requests (`on_request`), messages from peers (`on_message`), news that a peer
 could not be reached (`on_unreachable`) and the passage of time (`on_tick`); each carries `now_ms`.
 Handling an input updates memory, stages writes for the local engine and queues effects (messages to
-send, replies to give). Nothing leaves until the staged operations are written as one batch (durable
-engines sync it): `take_batch()` hands the shell the batch and the effects queued with it, the shell
-writes the batch (from another thread, so the node keeps working meanwhile), calls `batch_written()`
-and only then performs the effects. `flush(now_ms)` does all three in one call (the simulator's way).
-So no acknowledgement ever precedes the data it acknowledges, and many inputs share one disk sync
-(group commit). Reads see staged and in-flight writes through an overlay.
+send, replies to give). By default an effect leaves only once the staged operations are written as
+one batch (durable engines sync it): `take_batch()` hands the shell the batch and the effects queued
+with it, the shell writes the batch (from another thread, so the node keeps working meanwhile), calls
+`batch_written()` and only then performs the effects. So no acknowledgement ever precedes the data it
+acknowledges, and many inputs share one disk sync (group commit). Reads see staged and in-flight
+writes through an overlay, and note which batch holds what they saw.
+
+Effects that are known to depend on nothing still being written need not wait: a request for data, a
+read answered from data already on disk, a write's answer once every acknowledgement it counts is
+durable, a write sent to the other replicas (each acknowledges only its own durable copy; this node's
+own counts only once its batch is written). `take_free()` hands them to the shell at once, even while
+a batch is being written; an effect that depends on a batch being written is held until that batch
+is, rather than the next. `flush(now_ms)` does it all in one call (the simulator's way without disk
+latency).
 
 The core never touches a socket or the clock and draws randomness only from the injected
 `random.Random`; the asyncio shell (or the simulator) moves bytes and calls it. Malformed input from
@@ -148,7 +156,14 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self._props_cache = {}
         self._props_at = -1
         self._healthy = frozenset()
+        self._batches_taken = 0
+        self._batches_written = 0
+        self._read_after = 0
         self._outbox = []
+        self._free = []
+        self._held = []
+        self._staged_puts = []
+        self._committing_puts = []
         self._ops = {}
         self._deadlines = []
         self._next_op = 1
@@ -213,11 +228,19 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
 
     def flush(self, now_ms: int) -> list[Effect]:
         """Write staged operations as one batch, then release the effects that depended on them."""
+        free = self.take_free()
         batch = self.take_batch()
         if batch.ops:
             self.engine.write(batch.ops)
         self.batch_written()
-        return list(batch.effects)
+        return free + list(batch.effects) + self.take_free()
+
+    def take_free(self) -> list[Effect]:
+        """The effects that depend on nothing not yet durable (requests for data, data read from disk,
+        answers to writes every acknowledgement of which is durable): the shell performs them at
+        once, even while a batch is being written."""
+        free, self._free = self._free, []
+        return free
 
     def take_batch(self) -> Batch:
         """Everything staged so far as one batch, with every effect queued so far.
@@ -229,17 +252,30 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         assert not self._committing, "a batch is still being written"
         ops = tuple(Op(area, key, value) for (area, key), value in self._pending.items())
         self._committing, self._pending = self._pending, {}
+        self._batches_taken += 1
+        self._committing_puts, self._staged_puts = self._staged_puts, []
         effects, self._outbox = tuple(self._outbox), []
         return Batch(ops, effects)
 
     def batch_written(self) -> None:
-        """The batch from `take_batch` is on disk: reads may now go to the engine for it."""
+        """The batch from `take_batch` is on disk: reads may now go to the engine for it, and the
+        writes this node coordinates whose copies it held count this node's acknowledgement (answers
+        that follow are queued to go at once: take them with `take_free`), as are the effects held
+        for this batch."""
         self._committing = {}
+        self._batches_written = self._batches_taken
+        if self._held:
+            done = self._batches_written
+            self._free.extend(effect for after, effect in self._held if after <= done)
+            self._held = [(after, effect) for after, effect in self._held if after > done]
+        puts, self._committing_puts = self._committing_puts, []
+        for op_id in puts:
+            self._local_put_durable(op_id, self.now_hint_ms)
 
     @property
     def has_pending(self) -> bool:
         """Whether anything is staged or queued that a batch would carry."""
-        return bool(self._pending) or bool(self._outbox)
+        return bool(self._pending) or bool(self._outbox) or bool(self._free)
 
     def next_deadline_ms(self) -> int:
         deadline = min(

@@ -94,7 +94,20 @@ class NodeBase(ABC):
     _healthy: frozenset[str]
     # The batch the shell is writing right now (taken by take_batch, cleared by batch_written).
     _committing: dict[tuple[str, bytes], bytes | None]
+    # Batches handed to the shell (take_batch) and batches written (batch_written): while they differ,
+    # batch number `_batches_taken` is being written, and what is staged goes in the one after it.
+    _batches_taken: int
+    _batches_written: int
+    # The newest batch holding something the reads since it was reset saw (see `_read_local_after`).
+    _read_after: int
+    # Effects that leave once the next batch is durable (the default), effects free to leave now,
+    # and effects held until the batch numbered with them is durable.
     _outbox: list[Effect]
+    _free: list[Effect]
+    _held: list[tuple[int, Effect]]
+    # Writes this node coordinates whose own copy is staged, and those whose copy is being written.
+    _staged_puts: list[int]
+    _committing_puts: list[int]
     _ops: dict[int, AnyOp]
     # A heap of (deadline_ms, op id); entries of finished ops are skipped when they surface.
     _deadlines: list[tuple[int, int]]
@@ -106,6 +119,10 @@ class NodeBase(ABC):
     @abstractmethod
     def _dispatch_get(self, op: GetOp, now_ms: int) -> None:
         """Register a read and ask its targets (coordination.py); reaping reads through it too."""
+
+    @abstractmethod
+    def _local_put_durable(self, op_id: int, now_ms: int) -> None:
+        """This node's copy of a write it coordinates is durable: count its ack (coordination.py)."""
 
     @abstractmethod
     def _finish_reap(self, op: GetOp, now_ms: int) -> None:
@@ -181,10 +198,20 @@ class NodeBase(ABC):
     # --- Storage helpers ------------------------------------------------------------------------------
 
     def _get(self, area: str, key: bytes) -> bytes | None:
-        for overlay in (self._pending, self._committing):
-            if (area, key) in overlay:
-                return overlay[(area, key)]
+        if (area, key) in self._pending or (area, key) in self._committing:
+            self._read_after = max(self._read_after, self._durable_after(area, key))
+            if (area, key) in self._pending:
+                return self._pending[(area, key)]
+            return self._committing[(area, key)]
         return self.engine.get(area, key)
+
+    def _durable_after(self, area: str, key: bytes) -> int:
+        """The number of the batch that makes this key's staged value durable (0: it is already)."""
+        if (area, key) in self._pending:
+            return self._batches_taken + 1
+        if (area, key) in self._committing:
+            return self._batches_taken
+        return 0
 
     def _put(self, area: str, key: bytes, value: bytes | None) -> None:
         # Re-inserting moves the key to the end, so the batch applies operations in the order made.
@@ -278,6 +305,14 @@ class NodeBase(ABC):
                     obj = hinted if obj is None else merge(obj, hinted)
         return obj
 
+    def _read_local_after(self, bucket: bytes, key: bytes) -> tuple[Object | None, int]:
+        """`_read_local`, and the batch that must be durable before what it read may be shown to
+        anyone (0: all of it is on disk already)."""
+        outer, self._read_after = self._read_after, 0
+        obj = self._read_local(bucket, key)
+        after, self._read_after = self._read_after, max(outer, self._read_after)
+        return obj, after
+
     def _set_cluster(self, state: ClusterState) -> None:
         if state == self.cluster:
             return
@@ -302,16 +337,27 @@ class NodeBase(ABC):
     def _finish(self, op_id: int) -> None:
         self._ops.pop(op_id, None)
 
-    def _send(self, dst: str, msg: Message) -> None:
-        self._outbox.append(Send(dst, msg))
+    def _queue(self, effect: Effect, after: int | None) -> None:
+        """Queue an effect to leave once the batch numbered `after` is durable. None (the default of
+        every caller that does not know better) waits for the next batch, which holds everything
+        staged so far; a caller that knows what its effect depends on names that batch (0: nothing)."""
+        if after is None:
+            self._outbox.append(effect)
+        elif after <= self._batches_written:
+            self._free.append(effect)
+        else:
+            self._held.append((after, effect))
 
-    def _answer(self, origin: Origin | None, response: ClientResponse) -> None:
+    def _send(self, dst: str, msg: Message, *, after: int | None = None) -> None:
+        self._queue(Send(dst, msg), after)
+
+    def _answer(self, origin: Origin | None, response: ClientResponse, *, after: int | None = None) -> None:
         if origin is None:
             return
         if isinstance(origin, ToClient):
-            self._outbox.append(Reply(origin.request_id, response))
+            self._queue(Reply(origin.request_id, response), after)
         else:
-            self._send(origin.node, _forward_reply(origin.req, response))
+            self._send(origin.node, _forward_reply(origin.req, response), after=after)
 
     def _timeout(self, timeout_ms: int | None, now_ms: int) -> int:
         limit = self.settings.request_timeout_ms if timeout_ms is None else timeout_ms

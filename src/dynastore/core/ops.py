@@ -50,6 +50,8 @@ class GetOp:
     replied: bool = False
     # Set for the read that precedes reaping a tombstone: the object every primary must hold.
     reap: Object | None = None
+    # The batch that makes what the local read saw durable (0: it was on disk); the answer waits for it.
+    after: int = 0
 
 
 @dataclass

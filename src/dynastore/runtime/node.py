@@ -245,13 +245,16 @@ class NodeRuntime:
     def _flush_now(self) -> None:
         core = self.core
         assert core is not None
+        free = core.take_free()
+        if free:
+            self._perform(tuple(free))
         if self._committing:
             # The batch being written ends by taking the next one, which will carry this input's work.
             return
         batch = core.take_batch()
         if not batch.ops:
             core.batch_written()
-            self._perform(batch.effects)
+            self._perform(batch.effects + tuple(core.take_free()))
             return
         self._committing = True
         self._idle.clear()

@@ -6,6 +6,11 @@ when the simulation says so; all randomness comes from one seeded `random.Random
 SimDisk that survives a crash: what the core had flushed (and synced) is kept, what it had only staged is lost,
 as on a real machine.
 
+By default a node's batch is written the instant it is taken. With `commit_ms` set, writing it takes
+that long, as on the real node: the node goes on taking inputs meanwhile, performs the effects the
+core frees at once (take_free) and the rest only when the batch is on disk; a crash before then loses
+the batch.
+
 This module never sleeps, never opens a socket and never reads the wall clock.
 """
 
@@ -21,9 +26,12 @@ import msgpack
 
 from dynastore.core import messages
 from dynastore.core.messages import ClientRequest, ClientResponse, Message
-from dynastore.core.node import ClientJoin, NodeCore, Reply, Send
+from dynastore.core.node import Batch, ClientJoin, Effect, NodeCore, Reply, Send
 from dynastore.settings import Settings
 from dynastore.sim.disk import SimDisk
+
+# The `src` of a queue entry that is not a message but the end of a node's batch write.
+_COMMIT = "\0commit"
 
 
 @dataclass(order=True)
@@ -60,6 +68,11 @@ class SimNode:
         self.engine = SimDisk(settings.durable)
         self.rng = random.Random(rng.getrandbits(64))
         self.core: NodeCore | None = None
+        # This node's own batch write time, overriding the cluster's (a slow disk).
+        self.commit_ms: tuple[int, int] | None = None
+        # The batch being written (with commit_ms), and the queue entry that ends its write.
+        self.committing: Batch | None = None
+        self.commit_seq = 0
         # This node's clock: offset (skew) plus drift in parts per million of elapsed time.
         self.clock_offset_ms = 0
         self.clock_drift_ppm = 0
@@ -86,6 +99,7 @@ class SimNode:
     def crash(self) -> int:
         """Stop without flushing: staged writes, unsent effects and unsynced disk writes are lost."""
         self.core = None
+        self.committing = None
         return self.engine.lose_unsynced()
 
     def local_ms(self, now_ms: int) -> int:
@@ -100,6 +114,8 @@ class SimCluster:
         self.rng = random.Random(seed)
         self.now_ms = 1_000_000
         self.faults = NetworkFaults()
+        # How long a node takes to write and sync a batch: (low, high) ms, drawn per batch; None: no time.
+        self.commit_ms: tuple[int, int] | None = None
         self.nodes: dict[str, SimNode] = {}
         self._queue: list[_InFlight] = []
         self._seq = 0
@@ -194,7 +210,10 @@ class SimCluster:
         if next_msg <= next_timer[0]:
             item = heapq.heappop(self._queue)
             self.now_ms = max(self.now_ms, item.deliver_at_ms)
-            self._deliver(item)
+            if item.src == _COMMIT:
+                self._written(item)
+            else:
+                self._deliver(item)
         else:
             self.now_ms = max(self.now_ms, next_timer[0])
             name = next_timer[1]
@@ -230,7 +249,39 @@ class SimCluster:
 
     def _flush(self, name: str) -> None:
         core = self.core(name)
-        for effect in core.flush(self._local_now(name)):
+        node = self.nodes[name]
+        span = node.commit_ms or self.commit_ms
+        if span is None:
+            self._perform(name, core.flush(self._local_now(name)))
+            return
+        self._perform(name, core.take_free())
+        if node.committing is not None or self.nodes[name].core is not core:
+            return
+        batch = core.take_batch()
+        if not batch.ops:
+            core.batch_written()
+            self._perform(name, [*batch.effects, *core.take_free()])
+            return
+        node.committing = batch
+        self._seq += 1
+        node.commit_seq = self._seq
+        done_at = self.now_ms + self.rng.randint(*span)
+        heapq.heappush(self._queue, _InFlight(done_at, self._seq, _COMMIT, name, b""))
+
+    def _written(self, item: _InFlight) -> None:
+        node = self.nodes[item.dst]
+        batch = node.committing
+        if node.core is None or batch is None or node.commit_seq != item.seq:
+            return  # the node crashed while writing: the batch never reached its disk
+        node.committing = None
+        node.engine.write(batch.ops)
+        node.core.batch_written()
+        self._perform(item.dst, [*batch.effects, *node.core.take_free()])
+        if node.core is not None and node.core.has_pending:
+            self._flush(item.dst)
+
+    def _perform(self, name: str, effects: list[Effect]) -> None:
+        for effect in effects:
             if isinstance(effect, Reply):
                 self.replies[effect.request_id] = effect.response
             elif isinstance(effect, Send):

@@ -71,6 +71,8 @@ class FaultPlan:
     crashes: bool
     skew: bool
     events: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)
+    # How long a node takes to write a batch (ms, drawn per batch); None: no time at all.
+    commit_ms: tuple[int, int] | None = None
 
     def describe(self) -> str:
         on = [
@@ -83,9 +85,10 @@ class FaultPlan:
             )
             if enabled
         ]
+        disk = "instant" if self.commit_ms is None else f"{self.commit_ms[0]}-{self.commit_ms[1]} ms"
         return (
             f"{self.nodes} nodes, loss {self.loss:.0%}, duplicates {self.duplicate:.0%}, "
-            f"delay {self.delay_ms[0]}-{self.delay_ms[1]} ms, faults: {', '.join(on) or 'none'}"
+            f"delay {self.delay_ms[0]}-{self.delay_ms[1]} ms, batch writes {disk}, faults: {', '.join(on) or 'none'}"
         )
 
 
@@ -222,9 +225,12 @@ class Simulation:
         rng = random.Random(seed)
         self.rng = rng
         self.plan = draw_plan(rng, self.options.safety_ms)
+        # Drawn from a stream of its own, so that every seed's other faults stay what they were.
+        self.plan.commit_ms = random.Random(f"disk {seed}").choice([None, (1, 3), (2, 12)])
         settings = Settings().with_mapping({**SIM_SETTINGS, **self.options.settings})
         self.cluster = SimCluster(self.plan.nodes, settings, seed=rng.getrandbits(32))
         self.cluster.tracing = self.options.trace
+        self.cluster.commit_ms = self.plan.commit_ms
         c = self.cluster
         c.faults.loss = 0.0
         if self.plan.skew:
