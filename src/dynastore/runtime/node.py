@@ -95,8 +95,8 @@ class Clock:
 
 class BatchWriter:
     """The one thread that writes batches, one at a time and in order. Each result comes back to the
-    event loop as one callback (an executor's two futures and their chaining cost three times as much
-    per batch)."""
+    event loop as one callback (an executor's two futures and their chaining cost two and a half
+    times as much CPU per batch)."""
 
     def __init__(self, name: str) -> None:
         # Never more than one batch waits: the runtime hands over the next only when the last is written.
