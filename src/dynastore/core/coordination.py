@@ -421,14 +421,12 @@ class Coordination(NodeBase):
         decision = op.tally.decision()
         if not op.replied and decision != "wait":
             op.replied = True
+            after = 0 if durable_here else None
             if decision == OK:
-                self._answer(op.origin, self._write_response(op), after=0 if durable_here else None)
+                self._answer(op.origin, self._write_response(op), after=after)
             else:
-                self._answer(
-                    op.origin,
-                    Failure("unavailable", f"write not acknowledged: {op.tally.shortfall()}"),
-                    after=0 if durable_here else None,
-                )
+                failure = Failure("unavailable", f"write not acknowledged: {op.tally.shortfall()}")
+                self._answer(op.origin, failure, after=after)
         if op.tally.complete:
             self._finish(op_id)
 

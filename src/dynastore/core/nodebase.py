@@ -198,11 +198,14 @@ class NodeBase(ABC):
     # --- Storage helpers ------------------------------------------------------------------------------
 
     def _get(self, area: str, key: bytes) -> bytes | None:
-        if (area, key) in self._pending or (area, key) in self._committing:
-            self._read_after = max(self._read_after, self._durable_after(area, key))
-            if (area, key) in self._pending:
-                return self._pending[(area, key)]
-            return self._committing[(area, key)]
+        # A staged value goes in the next batch; one in `_committing` is in the batch being written.
+        staged = (area, key)
+        if staged in self._pending:
+            self._read_after = self._batches_taken + 1
+            return self._pending[staged]
+        if staged in self._committing:
+            self._read_after = max(self._read_after, self._batches_taken)
+            return self._committing[staged]
         return self.engine.get(area, key)
 
     def _durable_after(self, area: str, key: bytes) -> int:

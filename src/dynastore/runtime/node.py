@@ -290,16 +290,18 @@ class NodeRuntime:
     def _flush_now(self) -> None:
         core = self.core
         assert core is not None
-        free = core.take_free()
-        if free:
-            self._perform(tuple(free))
+        # What depends on nothing unwritten leaves now, even while a batch is being written. The timer is
+        # armed with a batch's effects: what is free never sets a deadline of its own.
+        self._perform(core.take_free())
         if self._committing:
             # The batch being written ends by taking the next one, which will carry this input's work.
             return
         batch = core.take_batch()
         if not batch.ops:
             core.batch_written()
-            self._perform(batch.effects + tuple(core.take_free()))
+            self._perform(batch.effects)
+            self._perform(core.take_free())
+            self._arm_timer()
             return
         self._committing = True
         self._idle.clear()
@@ -319,10 +321,11 @@ class NodeRuntime:
             return
         core.batch_written()
         self._perform(batch.effects)
+        self._arm_timer()
         if core.has_pending:
             self._flush_now()
 
-    def _perform(self, effects: tuple[Effect, ...]) -> None:
+    def _perform(self, effects: Sequence[Effect]) -> None:
         core, transport = self.core, self.transport
         assert core is not None and transport is not None
         for effect in effects:
@@ -337,7 +340,6 @@ class NodeRuntime:
         if core.exit_requested and not self.stopping.is_set():
             log.info("%s has handed off everything it held and left the cluster; stopping", self.config.name)
             self.stopping.set()
-        self._arm_timer()
 
     def _arm_timer(self) -> None:
         assert self.core is not None

@@ -255,7 +255,7 @@ class SimCluster:
             self._perform(name, core.flush(self._local_now(name)))
             return
         self._perform(name, core.take_free())
-        if node.committing is not None or self.nodes[name].core is not core:
+        if node.committing is not None or node.core is not core:
             return
         batch = core.take_batch()
         if not batch.ops:
