@@ -60,6 +60,8 @@ class Settings:
     # An HTTP client connection with no request in progress that sends nothing for this long is closed.
     # Longer than any client keeps an idle pooled connection (aiohttp's server used the same 3630 s).
     http_idle_timeout_ms: int = 3_630_000
+    # Open HTTP client connections a node keeps at once; one more is answered 503 and closed.
+    http_connections_max: int = 2048
 
     # --- Storage ---------------------------------------------------------------------------------------
     storage_engine: str = "lmdb"
@@ -117,6 +119,8 @@ class Settings:
     # --- Network limits ------------------------------------------------------------------------------------
     frame_bytes_max: int = 64 * 1024 * 1024
     peer_queue_frames_max: int = 20_000
+    # Connections other nodes (or anyone) open to this node's peer port, held at once; one more is reset.
+    peer_connections_max: int = 1024
     connect_timeout_ms: int = 2000
 
     # --- Test-only switches (never set them in production) -------------------------------------------------
@@ -220,6 +224,8 @@ def _validate(s: Settings) -> None:
     need(s.siblings_max >= 1, "siblings_max must be positive")
     need(s.request_timeout_ms >= 1, "request_timeout_ms must be positive")
     need(s.http_idle_timeout_ms >= 1, "http_idle_timeout_ms must be positive")
+    need(s.http_connections_max >= 1, "http_connections_max must be positive")
+    need(s.peer_connections_max >= 1, "peer_connections_max must be positive")
     need(s.storage_engine in ("lmdb", "sqlite", "memory"), "storage_engine must be lmdb, sqlite or memory")
     need(s.counter_lease_count >= 1, "counter_lease_count must be positive")
     need(s.gossip_interval_ms >= 1, "gossip_interval_ms must be positive")

@@ -255,3 +255,44 @@ def test_a_deleted_key_stays_deleted_after_the_node_that_missed_the_delete_retur
     for node in cluster.nodes:
         assert get(node.url, "b", "gone", query="r=3")[0] == 404
     cluster.wait(lambda: local_copy(cluster, missed.name, "b", "gone") == [], 10, "the tombstone to reach it")
+
+
+def test_a_node_holds_at_most_http_connections_max_clients_and_tells_the_next_one_503(
+    make_cluster: MakeCluster,
+) -> None:
+    """`--set http_connections_max=3`: three kept-alive clients are served, a fourth connection gets a
+    503 naming the limit and is closed; once a client leaves, /stats counts the refusal and the rest
+    are served as before."""
+    cluster = make_cluster(1, "http_connections_max=3")
+    host, port = cluster[0].host, cluster[0].http_port
+    request = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    held = []
+    try:
+        for _ in range(3):
+            sock = socket.create_connection((host, port), timeout=10)
+            held.append(sock)
+            sock.sendall(request)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+        with socket.create_connection((host, port), timeout=10) as extra:
+            extra.sendall(request)
+            answer = b""
+            while chunk := extra.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+        assert b"too many connections (the limit is 3)" in answer
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                stats = http_json(cluster[0].url + "/stats")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the freed place never came back"
+                time.sleep(0.05)
+        assert stats["http_connections_refused_total"] == 1 and stats["http_connections"] >= 1
+        for sock in held:
+            sock.sendall(request)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        for sock in held:
+            sock.close()

@@ -15,6 +15,7 @@ import uvloop
 
 from dynastore.api.server import (
     HEADERS_COUNT_MAX,
+    REFUSALS_LINGERING_MAX,
     URL_BYTES_MAX,
     HttpServer,
     Request,
@@ -90,10 +91,12 @@ Scenario = Callable[[HttpServer, App], Awaitable[None]]
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., None]]:
-    def run(scenario: Scenario, *, idle_timeout_s: float = 30.0) -> None:
+    def run(scenario: Scenario, *, idle_timeout_s: float = 30.0, connections_max: int = 2048) -> None:
         async def main() -> None:
             app = App()
-            server = HttpServer(app, body_bytes_max=BODY_MAX, idle_timeout_s=idle_timeout_s)
+            server = HttpServer(
+                app, body_bytes_max=BODY_MAX, idle_timeout_s=idle_timeout_s, connections_max=connections_max
+            )
             await server.start("127.0.0.1", 0)
             try:
                 await asyncio.wait_for(scenario(server, app), SCENARIO_TIMEOUT_S)
@@ -606,6 +609,74 @@ def test_response_refuses_a_line_break_in_a_header(serve: Callable[..., None]) -
 
 
 # --- Timeouts, flow control, stopping -------------------------------------------------------------------
+
+
+def test_a_connection_over_the_limit_gets_503_and_is_closed_and_its_place_comes_back(
+    serve: Callable[..., None],
+) -> None:
+    """With room for two connections, a third is answered 503 (even with its request already sent) and
+    closed, while the two go on being served; when one of them closes, a new connection is served."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        held = [await connect(server) for _ in range(2)]
+        for reader, writer in held:
+            writer.write(get("/a"))
+            assert (await read_answer(reader)).status == 200
+        for request in (b"", get("/b")):
+            reader, writer = await connect(server)
+            writer.write(request)
+            answer = await read_answer(reader)
+            assert answer.status == 503 and b"too many connections (the limit is 2)" in answer.body
+            assert await closed_by_server(reader)
+            writer.close()
+        assert server.connections_refused == 2 and len(server.connections) == 2
+        assert app.order == ["/a", "/a"]
+        reader, writer = held[1]
+        writer.write(get("/c"))
+        assert (await read_answer(reader)).body == b"GET /c"
+
+        held[0][1].close()
+        async with asyncio.timeout(3):
+            while len(server.connections) > 1:
+                await asyncio.sleep(0.01)
+        reader, writer = await connect(server)
+        writer.write(get("/d"))
+        assert (await read_answer(reader)).body == b"GET /d"
+        writer.close()
+        held[1][1].close()
+
+    serve(scenario, connections_max=2)
+
+
+def test_refused_connections_linger_only_up_to_a_bound_then_are_reset(serve: Callable[..., None]) -> None:
+    """Connections turned away wait (with their 503) for the client to close, but only
+    REFUSALS_LINGERING_MAX of them at a time: one more is reset without an answer."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        held = await connect(server)
+        refused = []
+        for _ in range(REFUSALS_LINGERING_MAX):
+            reader, writer = await connect(server)
+            assert (await read_answer(reader)).status == 503
+            refused.append(writer)
+        assert server.refusals_lingering == REFUSALS_LINGERING_MAX
+        reader, writer = await connect(server)
+        try:
+            assert await asyncio.wait_for(reader.read(100), 3) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+        assert server.connections_refused == REFUSALS_LINGERING_MAX + 1
+        for w in refused:
+            w.close()
+        async with asyncio.timeout(3):
+            while server.refusals_lingering:
+                await asyncio.sleep(0.01)
+        held[1].write(get("/e"))
+        assert (await read_answer(held[0])).body == b"GET /e"
+        held[1].close()
+
+    serve(scenario, connections_max=1)
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(serve: Callable[..., None]) -> None:

@@ -22,7 +22,15 @@ def free_port() -> int:
 
 
 class Node:
-    def __init__(self, name: str, directory: dict[str, tuple[str, int]], secret: bytes = SECRET, queue_max: int = 1000):
+    def __init__(
+        self,
+        name: str,
+        directory: dict[str, tuple[str, int]],
+        secret: bytes = SECRET,
+        queue_max: int = 1000,
+        inbound_max: int = 1024,
+        connect_timeout_ms: int = 1000,
+    ):
         self.received: list[tuple[str, Message]] = []
         self.unreachable: list[str] = []
         self.port = free_port()
@@ -35,7 +43,8 @@ class Node:
             secret=secret,
             frame_bytes_max=1 << 20,
             queue_frames_max=queue_max,
-            connect_timeout_ms=1000,
+            connect_timeout_ms=connect_timeout_ms,
+            inbound_max=inbound_max,
             retry_ms=200,
             address_of=directory.get,
             on_message=lambda src, msg: self.received.append((src, msg)),
@@ -160,6 +169,52 @@ def test_frames_beyond_the_buffer_limit_are_dropped_and_counted() -> None:
             assert a.transport.dropped_frames == 15
             assert [msg for _, msg in b.received] == [Ping(seq) for seq in range(10)]
         finally:
+            await a.transport.close()
+            await b.transport.close()
+
+    run(scenario)
+
+
+def test_inbound_connections_over_the_limit_are_reset_and_a_member_gets_in_once_a_place_frees() -> None:
+    """With room for two inbound connections, two silent strangers fill it: a third connection is reset
+    at once (long before the hello timeout) and counted, and so is a member's link, which reports the
+    peer unreachable; once the strangers are gone the member's link gets through again."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        a, b = Node("a", directory), Node("b", directory, inbound_max=2, connect_timeout_ms=10_000)
+        await b.transport.start()
+        await a.transport.start()
+        strangers = [await asyncio.open_connection("127.0.0.1", b.port) for _ in range(2)]
+        try:
+            await until(lambda: len(b.transport.inbound) == 2)
+            reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+            started = asyncio.get_running_loop().time()
+            try:
+                assert await asyncio.wait_for(reader.read(100), 5) == b""
+            except ConnectionResetError:
+                pass
+            assert asyncio.get_running_loop().time() - started < 5  # the hello timeout is 10 s
+            writer.close()
+            assert b.transport.inbound_refused == 1 and len(b.transport.inbound) == 2
+
+            a.transport.send("b", Ping(1))
+            await until(lambda: b.transport.inbound_refused >= 2)
+            assert b.received == []
+            await until(lambda: "b" in a.unreachable)
+            for _, stranger in strangers:
+                stranger.close()
+            # The member backs off and tries again, like any link that failed.
+            for seq in range(2, 100):
+                a.transport.send("b", Ping(seq))
+                if b.received:
+                    break
+                await asyncio.sleep(0.1)
+            await until(lambda: bool(b.received))
+            assert {src for src, _ in b.received} == {"a"}
+        finally:
+            for _, stranger in strangers:
+                stranger.close()
             await a.transport.close()
             await b.transport.close()
 

@@ -183,6 +183,8 @@ class Api:
         self.runtime = runtime
         self.settings = runtime.settings
         self.secret = (self.settings.cluster_secret or self.settings.cluster_name).encode()
+        # The server this API answers for (its connection counts go into /stats).
+        self.server: HttpServer | None = None
 
     # --- Dispatch -------------------------------------------------------------------------------------------
 
@@ -313,6 +315,9 @@ class Api:
 
     async def stats(self, request: Request) -> Answer:
         data = self.runtime.stats()
+        if self.server is not None:
+            data["http_connections"] = len(self.server.connections)
+            data["http_connections_refused_total"] = self.server.connections_refused
         data.update(
             {
                 "riak_kv_version": RIAK_KV_VERSION,
@@ -876,8 +881,11 @@ def make_server(runtime: NodeRuntime) -> HttpServer:
     """The node's HTTP server, not yet listening. Bodies are bounded: the object limit plus room for
     nothing else (metadata travels in headers)."""
     api = Api(runtime)
-    return HttpServer(
+    server = HttpServer(
         api.dispatch,
         body_bytes_max=runtime.settings.object_bytes_max + 64 * 1024,
         idle_timeout_s=runtime.settings.http_idle_timeout_ms / 1000,
+        connections_max=runtime.settings.http_connections_max,
     )
+    api.server = server
+    return server

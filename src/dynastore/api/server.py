@@ -62,6 +62,8 @@ HEADERS_COUNT_MAX: Final = 128
 HEAD_BYTES_MAX: Final = 4 * 1024 * 1024
 # How long a connection that refused a body keeps reading (and dropping) it before closing.
 LINGER_S: Final = 5.0
+# How many connections turned away for being over the limit may linger at once with their 503.
+REFUSALS_LINGERING_MAX: Final = 64
 # How long a streamed answer waits for a client that reads nothing before the connection is dropped.
 DRAIN_TIMEOUT_S: Final = 30.0
 # How long a request's head and body may take to arrive, once it has begun (a slow client is refused).
@@ -351,6 +353,8 @@ class _Connection(asyncio.Protocol):
         self._receive_handle: asyncio.TimerHandle | None = None
         self._message_started = 0.0
         self._stream_bodiless = False
+        # Turned away at connect: over the server's connection limit.
+        self._refused = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -359,12 +363,27 @@ class _Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._tls = transport.get_extra_info("sslcontext") is not None
+        server = self.server
+        if len(server.connections) >= server.connections_max:
+            # Over the limit: the client is told why (it may come back later) and nothing is parsed for
+            # it. The answer lingers like any refusal, so the reset of a close does not eat it, but only
+            # REFUSALS_LINGERING_MAX at a time; past that a connection is reset at once.
+            server.connections_refused += 1
+            if server.refusals_lingering >= REFUSALS_LINGERING_MAX:
+                transport.abort()
+                return
+            server.refusals_lingering += 1
+            self._refused = True
+            self._stop_parsing = True
+            self._write_refusal(503, f"too many connections (the limit is {server.connections_max})")
+            self._close(linger=True)
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self.server.connections.add(self)
-        if self.server.stopping:
+        server.connections.add(self)
+        if server.stopping:
             self._close()
             return
         self._idle_since = self._loop.time()
@@ -372,6 +391,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._refused:
+            self.server.refusals_lingering -= 1
         self._closing = self._stop_parsing = True
         for handle in (self._idle_handle, self._linger_handle, self._stall_handle, self._receive_handle):
             if handle is not None:
@@ -861,14 +882,22 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """Serves `handler` on one listening socket, from `start()` until `stop()`."""
 
-    def __init__(self, handler: Handler, *, body_bytes_max: int, idle_timeout_s: float) -> None:
+    def __init__(
+        self, handler: Handler, *, body_bytes_max: int, idle_timeout_s: float, connections_max: int = 2048
+    ) -> None:
         if body_bytes_max < 0:
             raise ValueError("body_bytes_max must not be negative")
         if not idle_timeout_s > 0:
             raise ValueError("idle_timeout_s must be positive")
+        if connections_max < 1:
+            raise ValueError("connections_max must be positive")
         self.handler = handler
         self.body_bytes_max = body_bytes_max
         self.idle_timeout_s = idle_timeout_s
+        # Open connections, each holding a socket, a parser and its buffers: at most this many.
+        self.connections_max = connections_max
+        self.connections_refused = 0
+        self.refusals_lingering = 0
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.stopping = False

@@ -186,7 +186,13 @@ class _Incoming(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        stream = cast(asyncio.Transport, transport)
+        if len(self.node.inbound) >= self.node.inbound_max:
+            # Over the limit: reset at once, nothing is read or kept (a member retries its link).
+            self.node.inbound_refused += 1
+            stream.abort()
+            return
+        self.transport = stream
         self.node.inbound.add(self)
         # A connection that never says hello is closed rather than held open.
         self.timer = asyncio.get_running_loop().call_later(self.node.connect_timeout_s, self._no_hello)
@@ -238,6 +244,7 @@ class Transport:
         frame_bytes_max: int,
         queue_frames_max: int,
         connect_timeout_ms: int,
+        inbound_max: int = 1024,
         retry_ms: int,
         address_of: Callable[[str], tuple[str, int] | None],
         on_message: Callable[[str, Message], None],
@@ -262,6 +269,9 @@ class Transport:
         self.links: dict[str, PeerLink] = {}
         self.server: asyncio.Server | None = None
         self.inbound: set[_Incoming] = set()
+        # Inbound connections held at once (each a socket and a frame buffer), and those turned away.
+        self.inbound_max = inbound_max
+        self.inbound_refused = 0
         self.dropped_frames = 0
         self.peer_errors = 0
         self.hello = Hello(cluster, name, host, port)

@@ -187,6 +187,7 @@ class NodeRuntime:
             secret=secret,
             frame_bytes_max=self.settings.frame_bytes_max,
             queue_frames_max=self.settings.peer_queue_frames_max,
+            inbound_max=self.settings.peer_connections_max,
             connect_timeout_ms=self.settings.connect_timeout_ms,
             retry_ms=self.settings.unreachable_retry_ms,
             address_of=self.core.address_of,
@@ -364,5 +365,7 @@ class NodeRuntime:
                 out[f"node_{kind}_fsm_time_{name}"] = value
         out["peer_frames_dropped_total"] = self.transport.dropped_frames
         out["peer_protocol_errors_total"] = self.transport.peer_errors
+        out["peer_connections_inbound"] = len(self.transport.inbound)
+        out["peer_connections_refused_total"] = self.transport.inbound_refused
         out["uptime_s"] = int(time.time() - self.started_at)
         return out
