@@ -14,6 +14,9 @@ import pytest
 import uvloop
 
 from dynastore.api.server import (
+    FIELD_BYTES_MAX,
+    FIELD_OPEN_BYTES_MAX,
+    HEAD_BYTES_MAX,
     HEADERS_COUNT_MAX,
     REFUSALS_LINGERING_MAX,
     URL_BYTES_MAX,
@@ -511,6 +514,47 @@ def test_header_bytes_that_are_not_utf8_arrive_as_lone_surrogates_and_the_limits
         writer.write(b"GET /echo HTTP/1.1\r\nHost: t\r\n" + many + b"X-Long: " + b"v" * 8190 + b"\r\n\r\n")
         answer = await read_answer(reader)
         assert answer.status == 200 and len(seen(answer)["headers"]) == HEADERS_COUNT_MAX
+        writer.close()
+
+    serve(scenario)
+
+
+def test_a_header_field_that_never_ends_is_refused_without_buffering_the_head_limit(
+    serve: Callable[..., None],
+) -> None:
+    """A value streamed on and on is refused once the head has grown FIELD_OPEN_BYTES_MAX (plus a read)
+    with no field ending, not after HEAD_BYTES_MAX; a head at every limit at once (target and fields of
+    8190 bytes), sent whole or trickled in 1 KiB pieces, is still served."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        target = "/" + "t" * (URL_BYTES_MAX - 1)
+        fields = b"".join(
+            b"N%d" % i + b"n" * (FIELD_BYTES_MAX - 2) + b": " + b"v" * FIELD_BYTES_MAX + b"\r\n" for i in range(4)
+        )
+        head = f"GET {target} HTTP/1.1\r\nHost: t\r\n".encode() + fields + b"\r\n"
+        for piece in (len(head), 1024):
+            reader, writer = await connect(server)
+            for at in range(0, len(head), piece):
+                writer.write(head[at : at + piece])
+                await writer.drain()
+                await asyncio.sleep(0)
+            answer = await read_answer(reader)
+            assert answer.status == 200 and answer.body == f"GET {target}".encode()
+            writer.close()
+
+        reader, writer = await connect(server)
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: ")
+        answer_read = asyncio.ensure_future(read_answer(reader))
+        sent = 0
+        while not answer_read.done() and sent < HEAD_BYTES_MAX:
+            writer.write(b"v" * 4096)
+            sent += 4096
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            await asyncio.sleep(0.001)
+        answer = await asyncio.wait_for(answer_read, 5)
+        assert answer.status == 400 and b"header name or value longer than 8190 bytes" in answer.body
+        assert sent < FIELD_OPEN_BYTES_MAX + 512 * 1024, sent
         writer.close()
 
     serve(scenario)

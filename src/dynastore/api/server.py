@@ -60,6 +60,10 @@ HEADERS_COUNT_MAX: Final = 128
 # What a request's head may take in before it is complete. It is counted by whole reads, so it is set
 # well above the most that the limits above allow (about 1 MiB), never to refuse a head that keeps them.
 HEAD_BYTES_MAX: Final = 4 * 1024 * 1024
+# The parser holds a field's name and value until the field ends; a head that grows by this much with no
+# field ending (room for the request line and two fields at their limits, with their framing) is refused
+# then, instead of once the field is whole or the head reaches HEAD_BYTES_MAX.
+FIELD_OPEN_BYTES_MAX: Final = URL_BYTES_MAX + 4 * FIELD_BYTES_MAX + 1024
 # How long a connection that refused a body keeps reading (and dropping) it before closing.
 LINGER_S: Final = 5.0
 # How many connections turned away for being over the limit may linger at once with their 503.
@@ -327,6 +331,9 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         self._in_head = False
         self._message_bytes = 0
+        # Where (in _message_bytes) the last read in which a header field ended finished.
+        self._field_mark = 0
+        self._field_ended = False
         self._current: Request | None = None
         self._body_parts: list[bytes] = []
         self._body_size = 0
@@ -434,8 +441,13 @@ class _Connection(asyncio.Protocol):
         self._feed(data)
         if self._in_message and not self._stop_parsing:
             self._message_bytes += len(data)
+            if self._field_ended:
+                self._field_ended = False
+                self._field_mark = self._message_bytes
             if self._in_head and self._message_bytes > HEAD_BYTES_MAX:
                 self._refuse("request head too large")
+            elif self._in_head and self._message_bytes - self._field_mark > FIELD_OPEN_BYTES_MAX:
+                self._refuse(f"header name or value longer than {FIELD_BYTES_MAX} bytes")
             elif self._message_bytes > self._message_bytes_max() and self._current is not None:
                 # Only trailers or absurd chunking overhead get here: the body itself is bounded.
                 self._mark_too_large(self._current)
@@ -483,6 +495,8 @@ class _Connection(asyncio.Protocol):
         # The time of the read this request began in (a timer is armed only if it needs another read).
         self._message_started = self._idle_since
         self._message_bytes = 0
+        self._field_mark = 0
+        self._field_ended = False
         self._url.clear()
         self._fields = []
         self._seen.clear()
@@ -496,6 +510,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Also called for the trailer fields of a chunked body, which are kept to the same limits.
+        self._field_ended = True
         if len(name) > FIELD_BYTES_MAX or len(value) > FIELD_BYTES_MAX:
             raise _Refused(f"header name or value longer than {FIELD_BYTES_MAX} bytes")
         value = value.rstrip(b" \t")
