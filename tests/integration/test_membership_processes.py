@@ -163,14 +163,16 @@ def test_a_transfer_cut_by_kill_9_of_the_receiver_resumes_from_its_checkpoint(ma
     checkpoint (fewer keys pulled after the restart than in all) and the transfer completes."""
     # Batches of 5 keys: a partition (about 23 of the 1500 keys) takes several batches, so a kill lands
     # mid-partition and the restart must resume from a checkpoint inside it.
-    cluster = make_cluster(2, "handoff_batch_max=5", "handoff_pause_ms=20", "handoff_concurrency_max=1")
+    # A pause of 60 ms between batches keeps each partition part-way through for 60 ms or more (the
+    # whole transfer takes about 6 s): three times the window the polling below has to catch.
+    cluster = make_cluster(2, "handoff_batch_max=5", "handoff_pause_ms=60", "handoff_concurrency_max=1")
     for i in range(1500):
         assert put(cluster[i % 2].url, "bulk", f"key{i}", b"x" * 200, query="w=2")[0] == 204
     joiner = cluster.add_node(seeds=(cluster[0].peer_address,))
     joiner.start()
-    cluster.wait(lambda: cluster.stats(joiner)["handoff_keys_total"] >= 200, 60, "the transfer to start")
+    cluster.wait(lambda: cluster.stats(joiner)["handoff_keys_total"] >= 20, 60, "the transfer to start")
     # Kill only while a partition is part-way through its first source, with at least 11 of its keys
-    # still owed (two more batches, 40 ms or more away) and an earlier batch's checkpoint committed. A
+    # still owed (two more batches, 120 ms or more away) and an earlier batch's checkpoint committed. A
     # kill in the instant between two partitions would leave nothing part-way to resume.
     sizes = Counter(key_partition(b"bulk", f"key{i}".encode(), 64) for i in range(1500))
 
