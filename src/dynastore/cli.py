@@ -491,6 +491,15 @@ def detection(extra: tuple[str, ...]) -> None:
     sys.exit(run_detection(list(extra)))
 
 
+@bench.command("cost", context_settings={"ignore_unknown_options": True})
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def cost(extra: tuple[str, ...]) -> None:
+    """CPU per request on each node: ping, reads on 1 and 3 nodes, inserts (see --help of the module)."""
+    from dynastore.bench.cost import main as run_cost
+
+    sys.exit(run_cost(list(extra)))
+
+
 # The module parses its own options, so --help is passed through to it rather than answered here.
 _PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
 

@@ -1,0 +1,195 @@
+"""Where a request's CPU goes: the CPU time each node process spends per request, at a fixed rate, for
+four kinds of request, every one sent to the first node so that the coordinator's share and the
+replicas' show apart:
+
+    dynastore bench cost [--rate 800] [--seconds 10] [--runs 1] [--json FILE]
+
+- ping, 1 node: GET /ping — the HTTP server and the event loop, nothing else (the floor of any request);
+- read, 1 node: GET of a 1 KB object on a one-node cluster at n_val=1 — a read with no replication;
+- ping and read, 3 nodes: the same on a 3-node cluster at n_val=3, r=2 (the first node coordinates,
+  the other two answer it as replicas);
+- insert, 3 nodes: a PUT of a new 1 KB object at w=2, durable (each replica syncs it).
+
+The clients are open-loop (requests start on a fixed schedule, whatever the answers do), so every kind
+is measured at the same rate. CPU is user plus system time from /proc (in ticks of 10 ms: a short or
+slow run is coarse) over the measured window divided by the requests sent in it; it includes each
+node's background work over that window (gossip, heartbeats: a few microseconds per request at the
+default rate). The driver is this process and is not counted. With --runs N each figure is the
+median of N runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from dynastore.bench.ycsb_driver import cpu_seconds
+from dynastore.localcluster import LocalCluster
+
+RECORDS = 200
+VALUE = b"v" * 1000
+WARMUP_S = 2.0
+# Requests still unanswered when a kind's schedule ends get this long before the run fails.
+DRAIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Row:
+    kind: str
+    nodes: int
+    per_node_us: tuple[float, ...]
+
+    @property
+    def total_us(self) -> float:
+        return sum(self.per_node_us)
+
+
+async def _measure_kind(
+    session: aiohttp.ClientSession, url: str, kind: str, rate: float, seconds: float, pids: tuple[int, ...]
+) -> tuple[float, ...]:
+    inserted = 0
+    failures: list[str] = []
+
+    async def one() -> None:
+        nonlocal inserted
+        if kind == "ping":
+            request = session.get(url + "/ping")
+        elif kind == "read":
+            request = session.get(f"{url}/buckets/cost/keys/k{inserted % RECORDS}")
+        else:
+            inserted += 1
+            request = session.put(
+                f"{url}/buckets/cost-insert/keys/k{inserted}", data=VALUE, headers={"Content-Type": "text/plain"}
+            )
+        async with request as resp:
+            await resp.read()
+            if resp.status >= 300:
+                failures.append(f"{kind}: HTTP {resp.status}")
+
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    started = loop.time()
+    sent = 0
+    window: tuple[list[float], int] | None = None
+    while (now := loop.time() - started) < WARMUP_S + seconds:
+        if window is None and now >= WARMUP_S:
+            window = ([cpu_seconds((pid,)) or 0.0 for pid in pids], sent)
+        while sent < now * rate:
+            task = loop.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.sleep(0.001)
+    after = [cpu_seconds((pid,)) or 0.0 for pid in pids]
+    assert window is not None
+    if tasks:
+        done, pending = await asyncio.wait(tasks, timeout=DRAIN_S)
+        for task in pending:
+            task.cancel()
+        if pending:
+            raise RuntimeError(f"{len(pending)} {kind} requests unanswered {DRAIN_S:.0f} s after the last was sent")
+        for task in done:
+            task.result()
+    if failures:
+        raise RuntimeError(f"{len(failures)} {kind} requests failed, e.g. {failures[0]}")
+    before, counted_from = window
+    requests = sent - counted_from
+    return tuple((b - a) * 1e6 / requests for a, b in zip(before, after, strict=True))
+
+
+async def _drive(
+    url: str, kinds: tuple[str, ...], nodes: int, rate: float, seconds: float, pids: tuple[int, ...]
+) -> list[Row]:
+    timeout = aiohttp.ClientTimeout(total=DRAIN_S)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as session:
+        for i in range(RECORDS):
+            async with session.put(
+                f"{url}/buckets/cost/keys/k{i}", data=VALUE, headers={"Content-Type": "text/plain"}
+            ) as resp:
+                if resp.status >= 300:
+                    raise RuntimeError(f"loading the records: HTTP {resp.status}")
+        return [Row(kind, nodes, await _measure_kind(session, url, kind, rate, seconds, pids)) for kind in kinds]
+
+
+def measure(rate: float, seconds: float, root: Path) -> list[Row]:
+    rows: list[Row] = []
+    setups: tuple[tuple[int, tuple[str, ...], tuple[str, ...]], ...] = (
+        (1, ("n_val=1", "r=1", "w=1"), ("ping", "read")),
+        (3, (), ("ping", "read", "insert")),
+    )
+    for nodes, overrides, kinds in setups:
+        cluster = LocalCluster(root / f"{nodes}-nodes-{time.monotonic_ns()}", nodes, overrides=overrides)
+        try:
+            cluster.start()
+            cluster.wait_ready(60)
+            pids = tuple(node.proc.pid for node in cluster.nodes if node.proc is not None)
+            rows += asyncio.run(_drive(cluster[0].url, kinds, nodes, rate, seconds, pids))
+        finally:
+            cluster.close()
+    return rows
+
+
+def median_rows(runs: list[list[Row]]) -> list[Row]:
+    """Cell by cell, the median over runs of the same kinds in the same order."""
+    out = []
+    for same in zip(*runs, strict=True):
+        first = same[0]
+        per_node = tuple(statistics.median(row.per_node_us[i] for row in same) for i in range(len(first.per_node_us)))
+        out.append(Row(first.kind, first.nodes, per_node))
+    return out
+
+
+def format_table(rows: list[Row], rate: float) -> str:
+    lines = [
+        f"CPU microseconds per request at {rate:g} requests/s, all sent to node0",
+        f"{'request':<10} {'cluster':>8} {'node0':>7} {'node1':>7} {'node2':>7} {'all nodes':>10}",
+    ]
+    for row in rows:
+        cells = [f"{us:7.0f}" for us in row.per_node_us] + ["      -"] * (3 - len(row.per_node_us))
+        cluster = f"{row.nodes} node" + ("s" if row.nodes > 1 else "")
+        lines.append(f"{row.kind:<10} {cluster:>8} {' '.join(cells)} {row.total_us:10.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dynastore bench cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=800.0, help="requests per second (default 800)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per kind (default 10)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat and report medians (default 1)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if not 1 <= args.rate <= 100_000:
+        parser.error("--rate must be from 1 to 100000")
+    if not 0.5 <= args.seconds <= 600:
+        parser.error("--seconds must be from 0.5 to 600")
+    if not 1 <= args.runs <= 20:
+        parser.error("--runs must be from 1 to 20")
+    with tempfile.TemporaryDirectory(prefix="dynastore-cost-") as tmp:
+        runs = [measure(args.rate, args.seconds, Path(tmp)) for _ in range(args.runs)]
+    rows = median_rows(runs)
+    print(format_table(rows, args.rate))
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rate": args.rate,
+                    "seconds": args.seconds,
+                    "runs": args.runs,
+                    "rows": [{"kind": r.kind, "nodes": r.nodes, "per_node_us": list(r.per_node_us)} for r in rows],
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
