@@ -60,6 +60,8 @@ class GetTally:
     errors: set[str] = field(default_factory=set)
     # The first primary to answer: a write following this read is best coordinated there.
     fastest: str | None = None
+    # merged() of the first so many results (results only grow): answering and read repair share it.
+    _merged: tuple[int, Object | None] | None = field(default=None, repr=False, compare=False)
 
     def add(self, node: str, obj: Object | None) -> None:
         if node in self.results or node in self.errors or not self._is_target(node):
@@ -94,13 +96,19 @@ class GetTally:
         return len(self.results) + len(self.errors) >= len(self.targets)
 
     def merged(self) -> Object | None:
+        cached = self._merged
+        if cached is not None and cached[0] == len(self.results):
+            return cached[1]
         found = [obj for obj in self.results.values() if obj is not None]
-        if not found:
-            return None
-        result = found[0]
-        for obj in found[1:]:
-            result = merge(result, obj)
-        return objects.resolve_lww(result) if self.lww else result
+        result: Object | None = None
+        if found:
+            result = found[0]
+            for obj in found[1:]:
+                result = merge(result, obj)
+            if self.lww:
+                result = objects.resolve_lww(result)
+        self._merged = (len(self.results), result)
+        return result
 
     def repairs(self) -> list[Target]:
         """Primaries whose reply is missing something the merged object has (read repair)."""
@@ -112,7 +120,7 @@ class GetTally:
             if not t.primary or t.node not in self.results:
                 continue
             obj = self.results[t.node]
-            if obj is None or not _same(obj, merged):
+            if obj is None or (obj is not merged and not _same(obj, merged)):
                 stale.append(t)
         return stale
 

@@ -220,6 +220,10 @@ def update(state: Versioned[T] | None, context: Context, dot: Dot, value: T, now
 
 def merge(a: Versioned[T], b: Versioned[T]) -> Versioned[T]:
     """The join of two replica states (commutative, associative, idempotent)."""
+    if a is b:
+        # Idempotent, and common: replicas that agree send the same bytes, which decode (cached) to
+        # the very same object.
+        return a
     in_a = dict(a.siblings)
     in_b = dict(b.siblings)
     kept: dict[Dot, T] = {}
