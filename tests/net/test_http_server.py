@@ -542,20 +542,47 @@ def test_a_header_field_that_never_ends_is_refused_without_buffering_the_head_li
             assert answer.status == 200 and answer.body == f"GET {target}".encode()
             writer.close()
 
-        reader, writer = await connect(server)
-        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: ")
-        answer_read = asyncio.ensure_future(read_answer(reader))
-        sent = 0
-        while not answer_read.done() and sent < HEAD_BYTES_MAX:
-            writer.write(b"v" * 4096)
-            sent += 4096
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            await asyncio.sleep(0.001)
-        answer = await asyncio.wait_for(answer_read, 5)
-        assert answer.status == 400 and b"header name or value longer than 8190 bytes" in answer.body
-        assert sent < FIELD_OPEN_BYTES_MAX + 512 * 1024, sent
-        writer.close()
+        # In the head, and in the trailers of a chunked body (which the parser holds the same way).
+        chunked = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+        for opening in (b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: ", chunked + b"X-Trailer: "):
+            reader, writer = await connect(server)
+            writer.write(opening)
+            answer_read = asyncio.ensure_future(read_answer(reader))
+            sent = 0
+            while not answer_read.done() and sent < HEAD_BYTES_MAX:
+                writer.write(b"v" * 4096)
+                sent += 4096
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                await asyncio.sleep(0.001)
+            answer = await asyncio.wait_for(answer_read, 5)
+            assert answer.status == 400 and b"header name or value longer than 8190 bytes" in answer.body
+            assert sent < FIELD_OPEN_BYTES_MAX + 512 * 1024, sent
+            writer.close()
+
+    serve(scenario)
+
+
+def test_requests_before_a_head_in_the_same_read_do_not_count_against_its_fields(
+    serve: Callable[..., None],
+) -> None:
+    """A read that carries a large body (or many pipelined requests) and then the start of the next
+    request's head: the next request is served once its head is complete."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        body = b"b" * 60_000
+        many = get("/p") * 1500
+        for first in (b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\n" + body, many):
+            reader, writer = await connect(server)
+            writer.write(first + b"GET /last HTTP/1.1\r\nHo")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"st: t\r\n\r\n")
+            answers = [await read_answer(reader) for _ in range(1 if first is not many else 1500)]
+            assert all(a.status == 200 for a in answers)
+            last = await read_answer(reader)
+            assert (last.status, last.body) == (200, b"GET /last")
+            writer.close()
 
     serve(scenario)
 
@@ -718,6 +745,20 @@ def test_refused_connections_linger_only_up_to_a_bound_then_are_reset(serve: Cal
                 await asyncio.sleep(0.01)
         held[1].write(get("/e"))
         assert (await read_answer(held[0])).body == b"GET /e"
+        held[1].close()
+
+    serve(scenario, connections_max=1)
+
+
+def test_stopping_closes_refused_connections_that_still_linger(serve: Callable[..., None]) -> None:
+    async def scenario(server: HttpServer, app: App) -> None:
+        held = await connect(server)
+        reader, writer = await connect(server)
+        assert (await read_answer(reader)).status == 503 and server.refusals_lingering == 1
+        await server.stop(grace_s=0.5)
+        assert await closed_by_server(reader, 1.0)  # not after the 5 s linger
+        assert server.refusals_lingering == 0
+        writer.close()
         held[1].close()
 
     serve(scenario, connections_max=1)

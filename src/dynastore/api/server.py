@@ -60,9 +60,10 @@ HEADERS_COUNT_MAX: Final = 128
 # What a request's head may take in before it is complete. It is counted by whole reads, so it is set
 # well above the most that the limits above allow (about 1 MiB), never to refuse a head that keeps them.
 HEAD_BYTES_MAX: Final = 4 * 1024 * 1024
-# The parser holds a field's name and value until the field ends; a head that grows by this much with no
-# field ending (room for the request line and two fields at their limits, with their framing) is refused
-# then, instead of once the field is whole or the head reaches HEAD_BYTES_MAX.
+# The parser holds a field's name and value until the field ends; a request that grows by this much while
+# the parser hands nothing on (no field ends, no body arrives: room for the request line and two fields
+# at their limits, with their framing) is refused then, in its head or its trailers, instead of once the
+# field is whole or the head reaches HEAD_BYTES_MAX.
 FIELD_OPEN_BYTES_MAX: Final = URL_BYTES_MAX + 4 * FIELD_BYTES_MAX + 1024
 # How long a connection that refused a body keeps reading (and dropping) it before closing.
 LINGER_S: Final = 5.0
@@ -331,9 +332,10 @@ class _Connection(asyncio.Protocol):
         self._in_message = False
         self._in_head = False
         self._message_bytes = 0
-        # Where (in _message_bytes) the last read in which a header field ended finished.
+        # Where (in _message_bytes) the last read ended in which the parser handed something on (the
+        # request began, a field ended, body arrived): what it may be holding came after that.
         self._field_mark = 0
-        self._field_ended = False
+        self._progressed = False
         self._current: Request | None = None
         self._body_parts: list[bytes] = []
         self._body_size = 0
@@ -376,10 +378,10 @@ class _Connection(asyncio.Protocol):
             # it. The answer lingers like any refusal, so the reset of a close does not eat it, but only
             # REFUSALS_LINGERING_MAX at a time; past that a connection is reset at once.
             server.connections_refused += 1
-            if server.refusals_lingering >= REFUSALS_LINGERING_MAX:
+            if len(server.refused) >= REFUSALS_LINGERING_MAX:
                 transport.abort()
                 return
-            server.refusals_lingering += 1
+            server.refused.add(self)
             self._refused = True
             self._stop_parsing = True
             self._write_refusal(503, f"too many connections (the limit is {server.connections_max})")
@@ -399,7 +401,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         if self._refused:
-            self.server.refusals_lingering -= 1
+            self.server.refused.discard(self)
         self._closing = self._stop_parsing = True
         for handle in (self._idle_handle, self._linger_handle, self._stall_handle, self._receive_handle):
             if handle is not None:
@@ -441,12 +443,12 @@ class _Connection(asyncio.Protocol):
         self._feed(data)
         if self._in_message and not self._stop_parsing:
             self._message_bytes += len(data)
-            if self._field_ended:
-                self._field_ended = False
+            if self._progressed:
+                self._progressed = False
                 self._field_mark = self._message_bytes
             if self._in_head and self._message_bytes > HEAD_BYTES_MAX:
                 self._refuse("request head too large")
-            elif self._in_head and self._message_bytes - self._field_mark > FIELD_OPEN_BYTES_MAX:
+            elif self._message_bytes - self._field_mark > FIELD_OPEN_BYTES_MAX:
                 self._refuse(f"header name or value longer than {FIELD_BYTES_MAX} bytes")
             elif self._message_bytes > self._message_bytes_max() and self._current is not None:
                 # Only trailers or absurd chunking overhead get here: the body itself is bounded.
@@ -495,8 +497,9 @@ class _Connection(asyncio.Protocol):
         # The time of the read this request began in (a timer is armed only if it needs another read).
         self._message_started = self._idle_since
         self._message_bytes = 0
+        # The read this request began in may hold earlier requests too: only what follows it counts.
         self._field_mark = 0
-        self._field_ended = False
+        self._progressed = True
         self._url.clear()
         self._fields = []
         self._seen.clear()
@@ -510,7 +513,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Also called for the trailer fields of a chunked body, which are kept to the same limits.
-        self._field_ended = True
+        self._progressed = True
         if len(name) > FIELD_BYTES_MAX or len(value) > FIELD_BYTES_MAX:
             raise _Refused(f"header name or value longer than {FIELD_BYTES_MAX} bytes")
         value = value.rstrip(b" \t")
@@ -554,6 +557,7 @@ class _Connection(asyncio.Protocol):
         request = self._current
         if request is None:
             return
+        self._progressed = True
         self._body_size += len(body)
         if self._body_size > self.server.body_bytes_max:
             self._mark_too_large(request)
@@ -912,7 +916,8 @@ class HttpServer:
         # Open connections, each holding a socket, a parser and its buffers: at most this many.
         self.connections_max = connections_max
         self.connections_refused = 0
-        self.refusals_lingering = 0
+        # Connections turned away that linger with their 503 (not in `connections`).
+        self.refused: set[_Connection] = set()
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.stopping = False
@@ -926,6 +931,10 @@ class HttpServer:
         self._server = await self.loop.create_server(
             lambda: _Connection(self), host, port, ssl=ssl_context, reuse_address=True, backlog=backlog
         )
+
+    @property
+    def refusals_lingering(self) -> int:
+        return len(self.refused)
 
     @property
     def port(self) -> int:
@@ -943,6 +952,8 @@ class HttpServer:
             self._server.close()
         for conn in list(self.connections):
             conn.begin_stop()
+        for conn in list(self.refused):
+            conn.abort()
         deadline = self.loop.time() + grace_s
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
