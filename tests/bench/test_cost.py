@@ -3,13 +3,17 @@ that every request it sends is answered, and that bad options are refused before
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from pathlib import Path
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from dynastore.bench.cost import Row, format_table, main, median_rows
+from dynastore.api.server import HttpServer, Request, Response
+from dynastore.bench.cost import Row, _measure_kind, format_table, main, median_rows
 from dynastore.cli import main as cli_main
 
 
@@ -60,3 +64,31 @@ def test_bad_options_are_refused_before_any_cluster_starts(args: list[str], mess
     result = CliRunner().invoke(cli_main, ["bench", "cost", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize("failure", ["status", "refused"])
+def test_a_run_with_failed_requests_fails_instead_of_reporting_a_figure(failure: str) -> None:
+    """Every third request gets a 500, or every connection is refused: the run raises, naming the
+    failures, rather than dividing CPU by requests that were never served."""
+
+    async def scenario() -> None:
+        count = 0
+
+        async def handler(request: Request) -> Response:
+            nonlocal count
+            count += 1
+            return Response(status=500, text="no") if count % 3 == 0 else Response(text="OK")
+
+        server = HttpServer(handler, body_bytes_max=1024, idle_timeout_s=30)
+        await server.start("127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.port}"
+        if failure == "refused":
+            await server.stop(grace_s=0.1)
+        try:
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(RuntimeError, match="ping requests failed"):
+                    await _measure_kind(session, url, "ping", 100, 0.5, (os.getpid(),), warmup_s=0.1)
+        finally:
+            await server.stop(grace_s=0.5)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

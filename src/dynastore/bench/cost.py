@@ -53,42 +53,51 @@ class Row:
 
 
 async def _measure_kind(
-    session: aiohttp.ClientSession, url: str, kind: str, rate: float, seconds: float, pids: tuple[int, ...]
+    session: aiohttp.ClientSession,
+    url: str,
+    kind: str,
+    rate: float,
+    seconds: float,
+    pids: tuple[int, ...],
+    *,
+    warmup_s: float = WARMUP_S,
 ) -> tuple[float, ...]:
-    inserted = 0
     failures: list[str] = []
 
-    async def one() -> None:
-        nonlocal inserted
+    async def one(i: int) -> None:
+        # Reads go round the loaded records; each insert writes a key of its own.
         if kind == "ping":
             request = session.get(url + "/ping")
         elif kind == "read":
-            request = session.get(f"{url}/buckets/cost/keys/k{inserted % RECORDS}")
+            request = session.get(f"{url}/buckets/cost/keys/k{i % RECORDS}")
         else:
-            inserted += 1
             request = session.put(
-                f"{url}/buckets/cost-insert/keys/k{inserted}", data=VALUE, headers={"Content-Type": "text/plain"}
+                f"{url}/buckets/cost-insert/keys/k{i}", data=VALUE, headers={"Content-Type": "text/plain"}
             )
-        async with request as resp:
-            await resp.read()
-            if resp.status >= 300:
-                failures.append(f"{kind}: HTTP {resp.status}")
+        try:
+            async with request as resp:
+                await resp.read()
+                if resp.status >= 300:
+                    failures.append(f"HTTP {resp.status}")
+        except Exception as exc:
+            # Recorded here: a finished task leaves the set below, so nothing else would see it.
+            failures.append(repr(exc))
 
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
     started = loop.time()
     sent = 0
     window: tuple[list[float], int] | None = None
-    while (now := loop.time() - started) < WARMUP_S + seconds:
-        if window is None and now >= WARMUP_S:
-            window = ([cpu_seconds((pid,)) or 0.0 for pid in pids], sent)
+    while (now := loop.time() - started) < warmup_s + seconds:
+        if window is None and now >= warmup_s:
+            window = (_cpu_each(pids), sent)
         while sent < now * rate:
-            task = loop.create_task(one())
+            task = loop.create_task(one(sent))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             sent += 1
         await asyncio.sleep(0.001)
-    after = [cpu_seconds((pid,)) or 0.0 for pid in pids]
+    after = _cpu_each(pids)
     assert window is not None
     if tasks:
         done, pending = await asyncio.wait(tasks, timeout=DRAIN_S)
@@ -100,9 +109,20 @@ async def _measure_kind(
             task.result()
     if failures:
         raise RuntimeError(f"{len(failures)} {kind} requests failed, e.g. {failures[0]}")
+    # Every request sent was answered: a failure would leave CPU divided by requests never served.
     before, counted_from = window
     requests = sent - counted_from
     return tuple((b - a) * 1e6 / requests for a, b in zip(before, after, strict=True))
+
+
+def _cpu_each(pids: tuple[int, ...]) -> list[float]:
+    out = []
+    for pid in pids:
+        seconds = cpu_seconds((pid,))
+        if seconds is None:
+            raise RuntimeError(f"cannot read the CPU time of node process {pid} (has it exited?)")
+        out.append(seconds)
+    return out
 
 
 async def _drive(
@@ -131,6 +151,8 @@ def measure(rate: float, seconds: float, root: Path) -> list[Row]:
             cluster.start()
             cluster.wait_ready(60)
             pids = tuple(node.proc.pid for node in cluster.nodes if node.proc is not None)
+            if len(pids) != nodes:
+                raise RuntimeError("a node of the cluster has no process")
             rows += asyncio.run(_drive(cluster[0].url, kinds, nodes, rate, seconds, pids))
         finally:
             cluster.close()
