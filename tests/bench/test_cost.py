@@ -79,7 +79,7 @@ def test_a_run_with_failed_requests_fails_instead_of_reporting_a_figure(failure:
             count += 1
             return Response(status=500, text="no") if count % 3 == 0 else Response(text="OK")
 
-        server = HttpServer(handler, body_bytes_max=1024, idle_timeout_s=30)
+        server = HttpServer(handler, body_bytes_max=1024, idle_timeout_s=30, connections_max=16)
         await server.start("127.0.0.1", 0)
         url = f"http://127.0.0.1:{server.port}"
         if failure == "refused":

@@ -362,8 +362,6 @@ class _Connection(asyncio.Protocol):
         self._receive_handle: asyncio.TimerHandle | None = None
         self._message_started = 0.0
         self._stream_bodiless = False
-        # Turned away at connect: over the server's connection limit.
-        self._refused = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -382,7 +380,6 @@ class _Connection(asyncio.Protocol):
                 transport.abort()
                 return
             server.refused.add(self)
-            self._refused = True
             self._stop_parsing = True
             self._write_refusal(503, f"too many connections (the limit is {server.connections_max})")
             self._close(linger=True)
@@ -400,8 +397,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self._refused:
-            self.server.refused.discard(self)
+        self.server.refused.discard(self)
         self._closing = self._stop_parsing = True
         for handle in (self._idle_handle, self._linger_handle, self._stall_handle, self._receive_handle):
             if handle is not None:
@@ -451,7 +447,7 @@ class _Connection(asyncio.Protocol):
             elif self._message_bytes - self._field_mark > FIELD_OPEN_BYTES_MAX:
                 self._refuse(f"header name or value longer than {FIELD_BYTES_MAX} bytes")
             elif self._message_bytes > self._message_bytes_max() and self._current is not None:
-                # Only trailers or absurd chunking overhead get here: the body itself is bounded.
+                # Only absurd chunking overhead gets here: the body is bounded, and so are trailers above.
                 self._mark_too_large(self._current)
         if self._in_message and self._receive_handle is None and not self._stop_parsing:
             # A request that has not arrived whole in one read gets until RECEIVE_TIMEOUT_S after its start.
@@ -498,7 +494,6 @@ class _Connection(asyncio.Protocol):
         self._message_started = self._idle_since
         self._message_bytes = 0
         # The read this request began in may hold earlier requests too: only what follows it counts.
-        self._field_mark = 0
         self._progressed = True
         self._url.clear()
         self._fields = []
@@ -901,9 +896,7 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """Serves `handler` on one listening socket, from `start()` until `stop()`."""
 
-    def __init__(
-        self, handler: Handler, *, body_bytes_max: int, idle_timeout_s: float, connections_max: int = 2048
-    ) -> None:
+    def __init__(self, handler: Handler, *, body_bytes_max: int, idle_timeout_s: float, connections_max: int) -> None:
         if body_bytes_max < 0:
             raise ValueError("body_bytes_max must not be negative")
         if not idle_timeout_s > 0:

@@ -61,7 +61,7 @@ class GetTally:
     # The first primary to answer: a write following this read is best coordinated there.
     fastest: str | None = None
     # merged() of the first so many results (results only grow): answering and read repair share it.
-    _merged: tuple[int, Object | None] | None = field(default=None, repr=False, compare=False)
+    _merged: tuple[int, Object | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     def add(self, node: str, obj: Object | None) -> None:
         if node in self.results or node in self.errors or not self._is_target(node):

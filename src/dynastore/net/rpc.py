@@ -244,7 +244,7 @@ class Transport:
         frame_bytes_max: int,
         queue_frames_max: int,
         connect_timeout_ms: int,
-        inbound_max: int = 1024,
+        inbound_max: int,
         retry_ms: int,
         address_of: Callable[[str], tuple[str, int] | None],
         on_message: Callable[[str, Message], None],
