@@ -71,6 +71,11 @@ class Settings:
     lmdb_map_size_bytes: int = 64 * 1024**3
     # A node never reuses a version counter: it reserves counters in blocks and persists the block end.
     counter_lease_count: int = 10_000
+    # Keys whose local copy held versions of this node's current actor and was deleted (a hint once
+    # delivered, a stray once handed off, a reaped tombstone) are remembered, with the newest such
+    # counter, so the node never writes them again under that actor without knowing those versions;
+    # past this many bytes of keys the node takes a new actor instead (see coordination.py).
+    forgotten_dots_bytes_max: int = 4 * 1024 * 1024
 
     # --- Deletes ---------------------------------------------------------------------------------------
     tombstone_grace_ms: int = 60_000

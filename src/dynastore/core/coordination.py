@@ -48,7 +48,7 @@ from dynastore.core.messages import (
     ReplicaPutReply,
     Siblings,
 )
-from dynastore.core.nodebase import META_COUNTER, NodeBase
+from dynastore.core.nodebase import META_COUNTER, META_GENERATION, NodeBase
 from dynastore.core.objects import Content, Object
 from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
@@ -317,7 +317,18 @@ class Coordination(NodeBase):
         # The coordinator answered only once the write was durable; nothing here is staged for it.
         self._answer(op.origin, response, after=0)
 
-    def _next_dot(self, local: Object | None, context: Context) -> Dot:
+    def _next_dot(self, skey: bytes, local: Object | None, context: Context) -> Dot:
+        """A fresh dot for a write of `skey` based on `local` (everything this node holds of the key)
+        and the client's `context`. If a copy holding a newer version of this actor was deleted here
+        and neither `local` nor `context` knows that version, the dot comes from a new actor: under
+        the current one its clock entry would claim the version without holding it (see `_new_actor`)."""
+        known = max(
+            0 if local is None else local.clock.get(self.actor),
+            context.counters().get(self.actor, 0),
+            max((d.counter for d in context.dots if d.actor == self.actor), default=0),
+        )
+        if self._forgotten.get(skey, 0) > known:
+            self._new_actor()
         floor = max(
             self._counter,
             0 if local is None else local.clock.get(self.actor),
@@ -348,10 +359,10 @@ class Coordination(NodeBase):
         self.stats.coordinated_puts += 1
         lww = bool(props["last_write_wins"])
         skey = self._stored_key(req.bucket, req.key)
-        if mine.hint_for is None:
-            local = self._load("data", skey)
-        else:
-            local = self._load("hints", hints.hint_key(mine.hint_for, skey))
+        # The new version extends everything this node holds of the key, whichever copy it lands in:
+        # its dot's clock entry claims every earlier version of this actor, some of which may sit in a
+        # hint kept for another owner.
+        local = self._read_local(req.bucket, req.key)
         context = req.context if req.context is not None else Context()
         if req.content is None and req.context is None:
             # A delete without a context removes what this coordinator knows of; concurrent values it
@@ -369,7 +380,7 @@ class Coordination(NodeBase):
                 now_us,
                 content.deleted,
             )
-        dot = self._next_dot(local, context)
+        dot = self._next_dot(skey, local, context)
         new = update(local, context, dot, content, now_ms)
         if lww:
             new = Versioned(new.clock, ((dot, content),))
@@ -385,10 +396,11 @@ class Coordination(NodeBase):
             )
             return
         if mine.hint_for is None:
-            self._store_data(skey, new, local, now_ms)
+            self._store_data(skey, new, self._load("data", skey), now_ms)
         elif not self._merge_into_hints(mine.hint_for, req.bucket, req.key, new, lww):
             self._answer(origin, Failure("unavailable", "this node's hint store is full"))
             return
+        self._recall_copy(skey)
         tally = PutTally(targets, w, dw, pw)
         resolve_one = lww or not bool(props["allow_mult"])
         op = PutOp(
@@ -408,7 +420,7 @@ class Coordination(NodeBase):
         # The replicas write in parallel with this node: the new version goes out before this node's
         # copy is durable, and this node's acknowledgement counts only once its batch is (batch_written).
         # But not before the counter lease covering its dot is durable: a crash could hand it out again.
-        lease = self._durable_after("meta", META_COUNTER)
+        lease = max(self._durable_after("meta", META_COUNTER), self._durable_after("meta", META_GENERATION))
         for target in targets:
             if target.node != self.name:
                 self._send(target.node, ReplicaPut(op_id, req.bucket, req.key, new, target.hint_for, lww), after=lease)

@@ -312,6 +312,7 @@ class Handoff(NodeBase):
         for hkey, raw in op.sent:
             # Delete only what was delivered: a hint rewritten since it was sent goes next round.
             if self._get("hints", hkey) == raw:
+                self._forget_copy(hints.parse(hkey)[1], raw)
                 self._put("hints", hkey, None)
                 self._hint_count -= 1
                 self.stats.hints_delivered += 1

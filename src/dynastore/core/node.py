@@ -99,7 +99,7 @@ from dynastore.core.messages import (
     TreeReply,
     TreeRequest,
 )
-from dynastore.core.nodebase import META_CLUSTER, META_COUNTER, META_EPOCH, NodeBase, Stats
+from dynastore.core.nodebase import META_CLUSTER, META_COUNTER, META_EPOCH, META_GENERATION, NodeBase, Stats
 from dynastore.core.objects import Object
 from dynastore.core.ops import AnyOp, ForwardOp, GetOp, HintOp, JoinOp, ListOp, PullOp, PutOp, StrayOp, ToClient
 from dynastore.core.quorum import QuorumError
@@ -192,7 +192,11 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         else:
             epoch = int.from_bytes(raw_epoch, "big")
         self.epoch = epoch
-        self.actor = f"{name}#{epoch:08x}".encode()
+        # A new actor at every start: a copy this node wrote may have been lost with the process (its
+        # replicas may still hold and have acknowledged it), and the old actor's entries claim it.
+        raw_generation = self._get("meta", META_GENERATION)
+        self.generation = 0 if raw_generation is None else int.from_bytes(raw_generation, "big")
+        self._new_actor()
         raw_lease = self._get("meta", META_COUNTER)
         # Counters below the persisted lease end may have been handed out before a crash: skip them.
         self._counter = 0 if raw_lease is None else int.from_bytes(raw_lease, "big")

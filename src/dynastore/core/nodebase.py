@@ -14,6 +14,7 @@ attribute declared here.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 from abc import ABC, abstractmethod
@@ -37,8 +38,13 @@ from dynastore.settings import Settings
 from dynastore.storage.base import Engine
 
 META_EPOCH = b"epoch"
+META_GENERATION = b"actor_generation"
 META_COUNTER = b"counter_lease_end"
 META_CLUSTER = b"cluster"
+# What one remembered key costs besides its bytes (a dict entry and an int), for the byte bound.
+FORGOTTEN_ENTRY_BYTES = 100
+# Node names longer than this are shortened to a digest inside actor ids (an actor is at most 255 bytes).
+ACTOR_NAME_BYTES_MAX = 200
 
 
 @dataclass
@@ -76,8 +82,15 @@ class NodeBase(ABC):
     engine: Engine
     rng: random.Random
     secret: bytes
+    # The actor that names this node's versions: node name, the data directory's epoch, and a
+    # generation that is new at every start and whenever this node may have lost track of versions
+    # it wrote under its previous actor (see `_new_actor`).
     epoch: int
+    generation: int
     actor: bytes
+    # Keys whose deleted local copy held versions of the current actor, with the newest such counter.
+    _forgotten: dict[bytes, int]
+    _forgotten_bytes: int
     cluster: ClusterState
     stats: Stats
     detector: FailureDetector
@@ -258,7 +271,48 @@ class NodeBase(ABC):
     def _n_val_of(self, skey: bytes) -> int:
         return int(self._props(keys.decode(skey).bucket)["n_val"])
 
+    def _new_actor(self) -> None:
+        """Name this node's next versions with a fresh actor, one that has written nothing anywhere.
+
+        A version vector entry `actor: n` claims every version that actor wrote to the key up to `n`,
+        so a coordinator may extend it only from a copy that holds all of them. A node loses that
+        certainty when a copy it wrote is lost (staged but not yet durable when the process died: its
+        replicas may have acknowledged it) or deleted (a delivered hint, a handed-off stray): a later
+        write under the same actor would then claim versions it never saw, and every replica merging
+        it would drop them. A fresh actor claims nothing. The generation is persisted in the next
+        batch, and nothing carrying the new actor leaves before that batch is durable.
+        """
+        self.generation += 1
+        self._put("meta", META_GENERATION, self.generation.to_bytes(8, "big"))
+        name = self.name.encode()
+        if len(name) > ACTOR_NAME_BYTES_MAX:
+            name = hashlib.blake2b(name, digest_size=16).hexdigest().encode()
+        self.actor = name + f"#{self.epoch:08x}.{self.generation}".encode()
+        self._forgotten = {}
+        self._forgotten_bytes = 0
+
+    def _forget_copy(self, skey: bytes, raw: bytes | None) -> None:
+        """A local copy of `skey` (its data or a hint) is about to be deleted: remember the newest
+        version of the current actor it held, so the next write of this key here knows what it lacks."""
+        if raw is None:
+            return
+        counter = objects.decode(raw).clock.get(self.actor)
+        if counter == 0:
+            return
+        if skey not in self._forgotten:
+            self._forgotten_bytes += len(skey) + FORGOTTEN_ENTRY_BYTES
+        self._forgotten[skey] = max(counter, self._forgotten.get(skey, 0))
+        if self._forgotten_bytes > self.settings.forgotten_dots_bytes_max:
+            self._new_actor()
+
+    def _recall_copy(self, skey: bytes) -> None:
+        """A copy of `skey` holding the current actor's newest version of it is staged: nothing of
+        this actor is forgotten for the key any more."""
+        if self._forgotten.pop(skey, None) is not None:
+            self._forgotten_bytes -= len(skey) + FORGOTTEN_ENTRY_BYTES
+
     def _delete_data(self, skey: bytes) -> None:
+        self._forget_copy(skey, self._get("data", skey))
         self._put("data", skey, None)
         self._put("reap", skey, None)
         self.aae.on_write(skey, self._n_val_of(skey), None)
