@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
-from dynastore.core.versions import Context, Dot
+from dynastore.core.messages import ClientGet, ClientPut, Ok
+from dynastore.core.objects import Content
+from dynastore.core.versions import Clock, Context, Dot, Versioned
+from dynastore.settings import Settings
 from dynastore.sim.__main__ import main as sim_main
-from dynastore.sim.checkers import OK, UNKNOWN, RegisterWrite, SetOp, check_registers, check_sets
+from dynastore.sim.checkers import (
+    OK,
+    UNKNOWN,
+    RegisterWrite,
+    SetOp,
+    check_copies,
+    check_registers,
+    check_sets,
+)
+from dynastore.sim.cluster import SimCluster
 from dynastore.sim.run import Options, run_seed
 
 SEEDS_PER_CHUNK = 10
@@ -15,7 +28,12 @@ CHUNKS = 20  # 200 seeds in all
 # Seeds that once exposed a bug, kept so the bug can never come back unnoticed:
 # 9 - the convergence check compared replica bytes, which include clock timestamps that replicas
 #     holding the same versions need not share; it must compare versions (as anti-entropy does).
-REGRESSION_SEEDS = [9]
+# 637 - a fallback delivered its hint, stood in again and wrote the key from a read that missed what
+#     it had written: its new dot's clock entry claimed the delivered write, which every merge then
+#     dropped (a register lost; issue 13).
+# 806 - the same with a stalled node (a loaded machine): an acknowledged set element lost.
+# 1403 - the same with no partition at all: the fallback stood in for a node that crashed twice.
+REGRESSION_SEEDS = [9, 637, 806, 1403]
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
@@ -114,3 +132,54 @@ def test_a_node_with_anti_entropy_switched_off_does_not_spin_its_timer() -> None
     spinning the event loop. The simulator now fails fast on a timer that never moves on."""
     result = run_seed(2, Options(safety_ms=3_000, settings={"anti_entropy_enabled": "false"}))
     assert result.converged_ms is not None or result.problems
+
+
+def test_the_copies_checker_finds_a_clock_that_claims_a_write_its_copy_lost_and_a_write_held_too_thinly() -> None:
+    """A copy whose clock covers an acknowledged write must still hold what it wrote, and W nodes must
+    cover it; a copy that descends from it legitimately passes."""
+    a, b = Dot(b"n1#1.1", 1), Dot(b"n1#1.1", 2)
+    write = SetOp("s", 7, OK, a, frozenset({7}))
+
+    def copy(dot: Dot, elements: list[int], clock: dict[bytes, int]) -> Versioned[Content]:
+        entries = tuple((actor, counter, 0) for actor, counter in sorted(clock.items()))
+        return Versioned(Clock(entries), ((dot, Content(msgpack.packb(elements))),))
+
+    good = copy(b, [7, 8], {b"n1#1.1": 2})
+    claims = copy(b, [8], {b"n1#1.1": 2})
+    assert check_copies([write], [], {"x": {"s": [good]}, "y": {"s": [good]}}, 2, msgpack.unpackb) == []
+    problems = check_copies([write], [], {"x": {"s": [good]}, "y": {"s": [claims]}}, 2, msgpack.unpackb)
+    assert problems == ["y's copy of s covers the write of element 7 but lacks 1 of the elements it stored (e.g. 7)"]
+    problems = check_copies([write], [], {"x": {"s": [good]}, "y": {"s": []}}, 2, msgpack.unpackb)
+    assert problems == ["the write of element 7 to s is held by 1 nodes (w=2)"]
+    reg = RegisterWrite("r", b"v", Context(), OK, a)
+    lost = copy(b, [], {b"n1#1.1": 2})
+    assert check_copies([], [reg], {"x": {"r": [lost]}}, 1, msgpack.unpackb) == [
+        "x's copy of r covers b'v' but no longer holds it"
+    ]
+    seen = RegisterWrite("r", b"w", Context(((b"n1#1.1", 1),)), OK, b)
+    assert check_copies([], [reg, seen], {"x": {"r": [lost]}}, 1, msgpack.unpackb) == []
+
+
+def test_a_stalled_node_handles_nothing_until_it_resumes_then_its_backlog_in_order_and_its_timers_late() -> None:
+    """While stalled a node answers nobody and its timers stand still; its peers time out on it. Resumed,
+    it takes the requests and messages that waited, in the order they came."""
+    fast = {"heartbeat_interval_ms": 300, "phi_acceptable_pause_ms": 600, "phi_min_std_dev_ms": 100}
+    c = SimCluster(3, Settings(ring_size=16, request_timeout_ms=500).with_mapping(fast))
+    core = c.core("n1")
+    ticks_before = core.stats.gossip_rounds
+    c.stall("n1")
+    c.settle(3000)
+    # Queued behind the heartbeats that came meanwhile (which tell it its peers are up).
+    first = c.submit("n1", ClientPut(b"b", b"k", None, Content(b"one")))
+    second = c.submit("n1", ClientGet(b"b", b"k"))
+    c.settle(1000)
+    assert first not in c.replies and second not in c.replies
+    assert core.stats.gossip_rounds == ticks_before, "no timer fired while stalled"
+    assert "n1" in c.core("n0").stats_snapshot(c.now_ms)["down_nodes"]
+    c.resume("n1")
+    c.settle(2000)
+    assert core.stats.gossip_rounds > ticks_before
+    assert isinstance(c.replies[first], Ok)
+    read = c.replies[second]
+    assert isinstance(read, Ok) and read.found is not None
+    assert [content.value for _, content in read.found.values] == [b"one"], "the write was handled first"

@@ -10,15 +10,23 @@ applied) or unknown (may or may not have been applied: timeouts and most failure
   an earlier read of that key. An acknowledged write must be among the final siblings, unless the
   context given with some other attempted write (acknowledged or unknown) covered it: only a write
   that saw it may replace it.
+- The *copies* checker looks at what the nodes store rather than at what a read returns, so a loss
+  shows before any read could hide or repair it. Every acknowledged write must be covered by the clock
+  of the copies (data or hints) on at least W nodes. And a clock may cover a write only if the copy
+  still holds what the write wrote: for a set, every element the write stored is among the copy's
+  live values (later writes only ever add to what they read); for a register, the write is still a
+  live sibling, or some attempted write's context covered it. A clock that claims a version its copy
+  lost is exactly how a version vector drops an acknowledged write on the next merge.
 
 Pure: histories in, verdicts out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from dynastore.core.objects import Object
 from dynastore.core.versions import Context, Dot
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
@@ -29,6 +37,9 @@ class SetOp:
     set_key: str
     element: int
     outcome: str = UNKNOWN
+    # Known once acknowledged: the write's dot and every element it stored (what it read, plus its own).
+    dot: Dot | None = None
+    stored: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -109,3 +120,60 @@ def check_registers(writes: Iterable[RegisterWrite], final: dict[str, list[tuple
         if not replaced:
             verdict.lost.append(f"{w.key}={w.value!r}")
     return verdict
+
+
+# One node's copies of each key (its data and any hints it holds), as decoded objects.
+Copies = Mapping[str, Mapping[str, list[Object]]]
+
+
+def check_copies(
+    set_ops: Iterable[SetOp],
+    writes: Iterable[RegisterWrite],
+    copies: Copies,
+    w: int,
+    elements_of: Callable[[bytes], Iterable[int]],
+) -> list[str]:
+    """Problems with what the nodes hold (`copies[node][key]`), for acknowledged writes whose dot is known.
+
+    `elements_of` turns a stored set value back into its elements.
+    """
+    set_ops = list(set_ops)
+    writes = list(writes)
+    problems: list[str] = []
+    for op in set_ops:
+        if op.outcome != OK or op.dot is None:
+            continue
+        holders = 0
+        for node, by_key in copies.items():
+            covering = [obj for obj in by_key.get(op.set_key, []) if obj.clock.covers(op.dot)]
+            holders += bool(covering)
+            for obj in covering:
+                present: set[int] = set()
+                for _, content in obj.siblings:
+                    if not content.deleted:
+                        present.update(elements_of(content.value))
+                missing = op.stored - present
+                if missing:
+                    problems.append(
+                        f"{node}'s copy of {op.set_key} covers the write of element {op.element} but lacks "
+                        f"{len(missing)} of the elements it stored (e.g. {min(missing)})"
+                    )
+        if holders < w:
+            problems.append(f"the write of element {op.element} to {op.set_key} is held by {holders} nodes (w={w})")
+    for rw in writes:
+        if rw.outcome != OK or rw.dot is None:
+            continue
+        replaced = any(
+            other is not rw and other.key == rw.key and other.outcome != FAIL and other.given.covers(rw.dot)
+            for other in writes
+        )
+        holders = 0
+        for node, by_key in copies.items():
+            covering = [obj for obj in by_key.get(rw.key, []) if obj.clock.covers(rw.dot)]
+            holders += bool(covering)
+            for obj in covering:
+                if not replaced and rw.dot not in obj.dots():
+                    problems.append(f"{node}'s copy of {rw.key} covers {rw.value!r} but no longer holds it")
+        if holders < w:
+            problems.append(f"the write of {rw.value!r} to {rw.key} is held by {holders} nodes (w={w})")
+    return problems

@@ -11,6 +11,13 @@ that long, as on the real node: the node goes on taking inputs meanwhile, perfor
 core frees at once (take_free) and the rest only when the batch is on disk; a crash before then loses
 the batch.
 
+A node can also be *stalled*, as a process is by SIGSTOP or by a machine too loaded to schedule it:
+it handles nothing while stalled. Messages and client requests sent to it wait (as in its socket
+buffers), the end of a batch write it started is only noticed later, and its timers do not fire;
+once it resumes it works through the backlog in arrival order and every overdue timer fires late.
+Its peers meanwhile time out, judge it down and route around it, and its clients give up on it while
+their writes may still land.
+
 This module never sleeps, never opens a socket and never reads the wall clock.
 """
 
@@ -77,6 +84,9 @@ class SimNode:
         self.clock_offset_ms = 0
         self.clock_drift_ppm = 0
         self.started_ms = now_ms
+        # While stalled, what arrives waits here in order: messages, batch-write completions, requests.
+        self.stalled = False
+        self.backlog: list[_InFlight | tuple[int, ClientRequest | ClientJoin]] = []
         self.start(now_ms)
 
     def start(self, now_ms: int) -> None:
@@ -100,6 +110,8 @@ class SimNode:
         """Stop without flushing: staged writes, unsent effects and unsynced disk writes are lost."""
         self.core = None
         self.committing = None
+        self.stalled = False
+        self.backlog = []
         return self.engine.lose_unsynced()
 
     def local_ms(self, now_ms: int) -> int:
@@ -155,6 +167,30 @@ class SimCluster:
         node.start(self.now_ms)
         self._flush(name)
 
+    def stall(self, name: str) -> None:
+        """Stop `name` handling anything (SIGSTOP, or a machine too busy to run it) until `resume`."""
+        node = self.nodes[name]
+        if node.core is not None:
+            node.stalled = True
+
+    def resume(self, name: str) -> None:
+        """Let a stalled node go on: it handles its backlog in arrival order, then its overdue timers."""
+        node = self.nodes[name]
+        node.stalled = False
+        backlog, node.backlog = node.backlog, []
+        for entry in backlog:
+            if node.core is None or node.stalled:
+                break
+            if isinstance(entry, _InFlight):
+                if entry.src == _COMMIT:
+                    self._written(entry)
+                else:
+                    self._deliver(entry)
+            else:
+                rid, request = entry
+                node.core.on_request(rid, request, self._local_now(name))
+                self._flush(name)
+
     def partition(self, *groups: set[str]) -> None:
         """Cut every link between different groups (both directions)."""
         for a in groups:
@@ -170,6 +206,9 @@ class SimCluster:
     def submit(self, node: str, request: ClientRequest | ClientJoin) -> int:
         self._request_id += 1
         rid = self._request_id
+        if self.nodes[node].stalled:
+            self.nodes[node].backlog.append((rid, request))
+            return rid
         self.core(node).on_request(rid, request, self._local_now(node))
         self._flush(node)
         return rid
@@ -201,7 +240,11 @@ class SimCluster:
     def step(self, until_ms: int) -> bool:
         """Deliver the next message or fire the next timer, if either is due before `until_ms`."""
         next_timer = min(
-            ((self._global_ms(name, n.core.next_deadline_ms()), name) for name, n in self.nodes.items() if n.core),
+            (
+                (self._global_ms(name, n.core.next_deadline_ms()), name)
+                for name, n in self.nodes.items()
+                if n.core and not n.stalled
+            ),
             default=(until_ms + 1, ""),
         )
         next_msg = self._queue[0].deliver_at_ms if self._queue else until_ms + 1
@@ -240,6 +283,9 @@ class SimCluster:
         node = self.nodes.get(item.dst)
         if node is None or node.core is None:
             return
+        if node.stalled:
+            node.backlog.append(item)
+            return
         msg = messages.from_wire(msgpack.unpackb(item.payload, raw=False))
         self.delivered += 1
         if self.tracing:
@@ -273,6 +319,9 @@ class SimCluster:
         batch = node.committing
         if node.core is None or batch is None or node.commit_seq != item.seq:
             return  # the node crashed while writing: the batch never reached its disk
+        if node.stalled:
+            node.backlog.append(item)
+            return
         node.committing = None
         node.engine.write(batch.ops)
         node.core.batch_written()

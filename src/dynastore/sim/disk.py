@@ -37,6 +37,10 @@ class SimDisk:
     ) -> list[tuple[bytes, bytes]]:
         return self._view.scan(area, start, end, limit)
 
+    def durable_get(self, area: str, key: bytes) -> bytes | None:
+        """What a crash would leave of `key`: its synced value (checkers look at durable state)."""
+        return self._synced.get(area, key)
+
     def count(self, area: str) -> int:
         return self._view.count(area)
 

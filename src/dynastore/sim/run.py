@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from dynastore.core import keys, merkle, objects, placement
+from dynastore.core import hints, keys, merkle, objects, placement
 from dynastore.core.messages import ClientGet, ClientPut, ClientResponse, ClientSetBucketProps, Failure, NotFound, Ok
 from dynastore.core.objects import Content
 from dynastore.core.versions import Context
@@ -35,10 +35,12 @@ from dynastore.sim.checkers import (
     FAIL,
     OK,
     UNKNOWN,
+    Copies,
     RegisterVerdict,
     RegisterWrite,
     SetOp,
     SetVerdict,
+    check_copies,
     check_registers,
     check_sets,
 )
@@ -73,6 +75,10 @@ class FaultPlan:
     events: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)
     # How long a node takes to write a batch (ms, drawn per batch); None: no time at all.
     commit_ms: tuple[int, int] | None = None
+    # A loaded machine: nodes stalled for a while (SIGSTOP, starved of CPU), and one node whose
+    # disk is much slower than the others' (its own copy of a write it coordinates lags its replicas').
+    stalls: bool = False
+    slow_disk: tuple[str, tuple[int, int]] | None = None
 
     def describe(self) -> str:
         on = [
@@ -82,10 +88,14 @@ class FaultPlan:
                 ("one-way cuts", self.one_way),
                 ("crashes", self.crashes),
                 ("clock skew", self.skew),
+                ("stalls", self.stalls),
             )
             if enabled
         ]
         disk = "instant" if self.commit_ms is None else f"{self.commit_ms[0]}-{self.commit_ms[1]} ms"
+        if self.slow_disk is not None:
+            name, (low, high) = self.slow_disk
+            disk += f" ({name}: {low}-{high} ms)"
         return (
             f"{self.nodes} nodes, loss {self.loss:.0%}, duplicates {self.duplicate:.0%}, "
             f"delay {self.delay_ms[0]}-{self.delay_ms[1]} ms, batch writes {disk}, faults: {', '.join(on) or 'none'}"
@@ -142,6 +152,26 @@ def draw_plan(rng: random.Random, safety_ms: int) -> FaultPlan:
         t += length + rng.randint(200, 2000)
     plan.events.sort()
     return plan
+
+
+def draw_load(plan: FaultPlan, rng: random.Random, safety_ms: int) -> None:
+    """What a loaded machine adds (drawn from a stream of its own, so a seed's other faults stay what
+    they were): stalls of one node at a time, from a scheduling hiccup to a SIGSTOP of seconds, and
+    sometimes one node with a slow disk."""
+    names = [f"n{i}" for i in range(plan.nodes)]
+    plan.stalls = rng.random() < 0.5
+    if rng.random() < 0.4:
+        plan.slow_disk = (rng.choice(names), rng.choice([(10, 40), (20, 150)]))
+    if not plan.stalls:
+        return
+    t = rng.randint(300, 2000)
+    while t < safety_ms - 300:
+        victim = rng.choice(names)
+        length = rng.choice([rng.randint(20, 300), rng.randint(300, 1500), rng.randint(1500, 5000)])
+        plan.events.append((t, "stall", (victim,)))
+        plan.events.append((t + length, "resume", (victim,)))
+        t += length + rng.randint(100, 1500)
+    plan.events.sort()
 
 
 @dataclass
@@ -227,10 +257,14 @@ class Simulation:
         self.plan = draw_plan(rng, self.options.safety_ms)
         # Drawn from a stream of its own, so that every seed's other faults stay what they were.
         self.plan.commit_ms = random.Random(f"disk {seed}").choice([None, (1, 3), (2, 12)])
+        draw_load(self.plan, random.Random(f"load {seed}"), self.options.safety_ms)
         settings = Settings().with_mapping({**SIM_SETTINGS, **self.options.settings})
         self.cluster = SimCluster(self.plan.nodes, settings, seed=rng.getrandbits(32))
         self.cluster.tracing = self.options.trace
         self.cluster.commit_ms = self.plan.commit_ms
+        if self.plan.slow_disk is not None:
+            slow, span = self.plan.slow_disk
+            self.cluster.nodes[slow].commit_ms = span
         c = self.cluster
         c.faults.loss = 0.0
         if self.plan.skew:
@@ -303,7 +337,7 @@ class Simulation:
 
     def _faulty(self) -> bool:
         c = self.cluster
-        return bool(c.faults.cut) or any(not n.up for n in c.nodes.values()) or c.faults.loss > 0
+        return bool(c.faults.cut) or any(not n.up or n.stalled for n in c.nodes.values()) or c.faults.loss > 0
 
     def _on_reply(self, client: Client, response: ClientResponse) -> None:
         step = client.step
@@ -323,6 +357,7 @@ class Simulation:
             elif isinstance(response, NotFound) and response.context is not None:
                 context = response.context
             elements.add(op.element)
+            op.stored = frozenset(elements)
             client.step = "set-write"
             value = msgpack.packb(sorted(elements))
             self._submit(
@@ -345,7 +380,7 @@ class Simulation:
             )
         else:
             if isinstance(response, Ok):
-                if isinstance(op, RegisterWrite) and response.found is not None and response.found.context.dots:
+                if response.found is not None and response.found.context.dots:
                     op.dot = next(iter(response.found.context.dots))
                 self._finish(client, OK)
             elif isinstance(response, Failure) and response.kind == "bad_request":
@@ -378,6 +413,10 @@ class Simulation:
                 c.crash(args[0])
         elif kind == "restart" and not c.nodes[args[0]].up:
             c.restart(args[0])
+        elif kind == "stall":
+            c.stall(args[0])
+        elif kind == "resume":
+            c.resume(args[0])
         if self.options.trace:
             self.result.trace.append(f"{c.now_ms} FAULT {kind} {' '.join(args)}")
 
@@ -392,11 +431,14 @@ class Simulation:
         events = [(self.start_ms + t, kind, args) for t, kind, args in plan.events]
         end = self.start_ms + self.options.safety_ms
         self._loop(end, events)
+        self._check_copies("at the end of the safety phase")
         # Liveness: heal everything and stop issuing new operations.
         c.faults.loss = 0.0
         c.faults.duplicate = 0.0
         c.heal()
         for name, node in c.nodes.items():
+            if node.stalled:
+                c.resume(name)
             if not node.up:
                 c.restart(name)
         healed = c.now_ms
@@ -412,6 +454,7 @@ class Simulation:
             self.result.problems.extend(self._divergence()[:10])
             self.result.problems.append(f"not converged {self.options.liveness_bound_ms} ms after healing")
         self._final_reads()
+        self._check_copies("after convergence")
         self.result.messages = c.delivered
         if self.options.trace:
             self.result.trace = sorted(self.result.trace + c.trace, key=lambda line: int(line.split(" ", 1)[0]))
@@ -476,6 +519,31 @@ class Simulation:
                 if len(roots) > 1:
                     problems.append(f"Merkle roots of partition {partition} differ")
         return problems
+
+    def _copies(self) -> Copies:
+        """What every node holds durably of each workload key: its data and its hints for any owner."""
+        c = self.cluster
+        ring = next(node.core for node in c.nodes.values() if node.core is not None).ring
+        out: dict[str, dict[str, list[objects.Object]]] = {}
+        for name, node in c.nodes.items():
+            by_key: dict[str, list[objects.Object]] = {}
+            for bucket, names in ((SET_BUCKET, self.set_keys), (REG_BUCKET, self.reg_keys)):
+                for key in names:
+                    skey = keys.encode(ring.partition_of(bucket, key.encode()), bucket, key.encode())
+                    stored = [node.engine.durable_get("data", skey)]
+                    stored += [node.engine.durable_get("hints", hints.hint_key(owner, skey)) for owner in c.nodes]
+                    by_key[key] = [objects.decode(raw) for raw in stored if raw is not None]
+            out[name] = by_key
+        return out
+
+    def _check_copies(self, when: str) -> None:
+        if self.options.lww:
+            return  # last-write-wins drops concurrent versions by design
+        w = self.cluster.settings.w
+        # A write still in flight may already have replaced what its context covered on some copies.
+        in_flight = [cl.op for cl in self.clients if cl.step == "reg-write" and isinstance(cl.op, RegisterWrite)]
+        problems = check_copies(self.set_ops, self.writes + in_flight, self._copies(), w, msgpack.unpackb)
+        self.result.problems.extend(f"{when}: {p}" for p in problems[:10])
 
     def _final_reads(self) -> None:
         c = self.cluster
