@@ -5,7 +5,9 @@ independent keys, recording every operation as ok / fail / unknown, while a neme
 (halves, one node isolated, a bridge node seeing both sides), SIGKILLs and restarts nodes, SIGSTOPs and
 SIGCONTs them, and restarts one under `faketime` with a skewed clock. Then everything heals, the run
 waits for convergence (hint queues empty, replicas holding equal versions, Merkle roots equal) and the
-final reads go through the same checkers as the simulator.
+final reads go through the same checkers as the simulator. Last, every node is stopped and its data
+directory read offline: each acknowledged write must be covered on at least W nodes by a copy that
+still holds what it wrote (the copies checker of the simulator).
 """
 
 from __future__ import annotations
@@ -22,21 +24,28 @@ import msgpack
 from http_util import call, obj
 
 from dynastore import localnet
+from dynastore.core import hints, keys, objects
+from dynastore.core.hashing import key_partition
 from dynastore.core.versions import Context, Dot
 from dynastore.localcluster import LocalCluster, NodeProc
 from dynastore.sim.checkers import (
     FAIL,
     OK,
     UNKNOWN,
+    Copies,
     RegisterVerdict,
     RegisterWrite,
     SetOp,
     SetVerdict,
+    check_copies,
     check_registers,
     check_sets,
 )
+from dynastore.storage.lmdb_engine import LmdbEngine
 
 CLIENT_TIMEOUT_S = 4.0
+# The write quorum of the workload's buckets (the default, w=2).
+STORE_W = 2
 
 
 def parse_context(vclock: str | None, bucket: str, key: str) -> Context:
@@ -139,7 +148,8 @@ class Workload:
         except OSError:
             return None
 
-    def _put(self, node: NodeProc, bucket: str, key: str, body: bytes, vclock: str | None) -> str:
+    def _put(self, node: NodeProc, bucket: str, key: str, body: bytes, vclock: str | None) -> tuple[str, Dot | None]:
+        """Write, and say how it ended and (when acknowledged) the dot the write got."""
         headers = {"Content-Type": "application/octet-stream"}
         if vclock:
             headers["X-Riak-Vclock"] = vclock
@@ -147,11 +157,13 @@ class Workload:
             status, resp_headers, _ = call("PUT", obj(node.url, bucket, key), body, headers, timeout_s=CLIENT_TIMEOUT_S)
         except OSError:
             self._record_write(UNKNOWN)
-            return UNKNOWN
+            return UNKNOWN, None
         outcome = OK if status == 204 else FAIL if status == 400 else UNKNOWN
         self._record_write(outcome)
-        self.last_vclock = resp_headers.get("X-Riak-Vclock")
-        return outcome
+        # The context of a write's answer is what the write replaced plus the write's own dot.
+        answer = resp_headers.get("X-Riak-Vclock") if outcome == OK else None
+        dots = parse_context(answer, bucket, key).dots if answer else frozenset()
+        return outcome, next(iter(dots)) if len(dots) == 1 else None
 
     def _set_add(self, node: NodeProc, op: SetOp) -> str:
         got = self._get(node, "sets", op.set_key)
@@ -160,7 +172,11 @@ class Workload:
         status, headers, body = got
         elements = set(_set_values(status, headers, body))
         elements.add(op.element)
-        return self._put(node, "sets", op.set_key, msgpack.packb(sorted(elements)), headers.get("X-Riak-Vclock"))
+        op.stored = frozenset(elements)
+        outcome, op.dot = self._put(
+            node, "sets", op.set_key, msgpack.packb(sorted(elements)), headers.get("X-Riak-Vclock")
+        )
+        return outcome
 
     def _register_write(self, node: NodeProc, write: RegisterWrite) -> str:
         got = self._get(node, "registers", write.key)
@@ -168,10 +184,7 @@ class Workload:
             return FAIL
         vclock = got[1].get("X-Riak-Vclock")
         write.given = parse_context(vclock, "registers", write.key)
-        outcome = self._put(node, "registers", write.key, write.value, vclock)
-        if outcome == OK and self.last_vclock:
-            dots = parse_context(self.last_vclock, "registers", write.key).dots
-            write.dot = next(iter(dots)) if dots else None
+        outcome, write.dot = self._put(node, "registers", write.key, write.value, vclock)
         return outcome
 
 
@@ -272,6 +285,27 @@ def converged(cluster: LocalCluster, keys_by_bucket: dict[str, list[str]]) -> li
     return problems
 
 
+def stored_copies(cluster: LocalCluster, keys_by_bucket: dict[str, list[str]], ring_size: int) -> Copies:
+    """Every stopped node's copies of the workload keys (data and hints), read from its data directory."""
+    owners = [node.name for node in cluster.nodes]
+    out: dict[str, dict[str, list[objects.Object]]] = {}
+    for node in cluster.nodes:
+        engine = LmdbEngine(node.data_dir / "store", durable=False)
+        try:
+            by_key: dict[str, list[objects.Object]] = {}
+            for bucket, names in keys_by_bucket.items():
+                for key in names:
+                    b, k = bucket.encode(), key.encode()
+                    skey = keys.encode(key_partition(b, k, ring_size), b, k)
+                    stored = [engine.get("data", skey)]
+                    stored += [engine.get("hints", hints.hint_key(owner, skey)) for owner in owners]
+                    by_key[key] = [objects.decode(raw) for raw in stored if raw is not None]
+            out[node.name] = by_key
+        finally:
+            engine.close()
+    return out
+
+
 def run(
     net: localnet.PrivateNet,
     cluster: LocalCluster,
@@ -321,13 +355,18 @@ def run(
     for key in workload.reg_keys:
         status, headers, body = _final_siblings(cluster[0], "registers", key)
         final_regs[key] = _register_siblings(cluster, key, status, headers, body)
+    ring_size = int(json.loads(call("GET", f"{cluster[0].url}/ring", timeout_s=5)[2])["ring_size"])
+    for node in cluster.nodes:
+        node.stop()
+    copies = stored_copies(cluster, keys_by_bucket, ring_size)
+    stored_problems = check_copies(workload.set_ops, workload.writes, copies, STORE_W, msgpack.unpackb)
     return Report(
         check_sets(workload.set_ops, final_sets),
         check_registers(workload.writes, final_regs),
         workload.during[0],
         workload.during[1],
         converged_s,
-        problems if converged_s is None else [],
+        (problems if converged_s is None else []) + [f"stored: {p}" for p in stored_problems[:10]],
         nemesis.log,
     )
 
