@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +29,30 @@ class ClusterError(Exception):
     """A local cluster did not reach the state asked for in time; the message includes log tails."""
 
 
+# Ports for local nodes come from below the kernel's ephemeral range (32768-60999 by default), so an
+# outgoing connection of any process can never take a node's port between its choice and its bind,
+# and a port once handed out is never handed out again by this process (the kernel may reuse a closed
+# ephemeral port at once, which gave two nodes of one cluster the same port on a busy machine).
+_PORT_RANGE = (20_000, 32_000)
+_PORTS_TRIES_MAX = 200
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A port nothing listens on now, never handed out before by this process."""
+    rng = random.Random()
+    for _ in range(_PORTS_TRIES_MAX):
+        port = rng.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise ClusterError(f"no free port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} after {_PORTS_TRIES_MAX} tries")
 
 
 def http_json(url: str, timeout_s: float = 2.0, method: str = "GET", data: bytes | None = None) -> Any:

@@ -296,3 +296,14 @@ def test_a_node_holds_at_most_http_connections_max_clients_and_tells_the_next_on
     finally:
         for sock in held:
             sock.close()
+
+
+def test_local_node_ports_are_never_handed_out_twice_and_stay_below_the_ephemeral_range() -> None:
+    """Two nodes of one cluster once got the same port on a busy machine: free_port now never repeats
+    a port, and picks none an outgoing connection could take."""
+    from dynastore.localcluster import free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    assert all(0 < port < low for port in ports)
