@@ -135,4 +135,4 @@ def test_past_its_byte_bound_the_memory_of_deleted_copies_gives_way_to_a_new_act
     c.settle(5000)
     assert core.hints_pending == 0
     assert core.actor != before, "the remembered keys passed 500 bytes"
-    assert core._forgotten_bytes <= 500
+    assert core.actors.forgotten_bytes <= 500

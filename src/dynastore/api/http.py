@@ -17,7 +17,6 @@ the cluster commands of the CLI.
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import json
 import logging
@@ -33,12 +32,12 @@ from multidict import CIMultiDict
 
 from dynastore import __version__
 from dynastore.api import admin
+from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
+from dynastore.core import bucketprops, keys, objects, quorum, ringdoc
 from dynastore.core import context as ctxcodec
-from dynastore.core import objects
 from dynastore.core.context import ContextError
 from dynastore.core.messages import (
-    QUORUM_WORDS,
     ClientGet,
     ClientListKeys,
     ClientPut,
@@ -50,6 +49,7 @@ from dynastore.core.messages import (
     Siblings,
 )
 from dynastore.core.objects import Content
+from dynastore.core.secret import cluster_key
 from dynastore.core.versions import Context, Dot
 from dynastore.net import tls
 from dynastore.runtime.node import NodeRuntime
@@ -72,14 +72,6 @@ RESOURCES = {
     "riak_kv_wm_preflist": "/buckets",
     "riak_kv_wm_props": "/buckets",
     "riak_kv_wm_stats": "/stats",
-}
-STATUS_OF_FAILURE = {
-    "bad_request": 400,
-    "too_large": 413,
-    "too_many_siblings": 409,
-    "unavailable": 503,
-    "timeout": 503,
-    "overload": 503,
 }
 META_PREFIX = "x-riak-meta-"
 # Riak bucket properties that clients send back as they read them, or that name Riak machinery this
@@ -109,27 +101,16 @@ PROPS_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DIGITS = re.compile(r"[0-9]+")
 
-# What a handler answers: a complete response, or one it has streamed (listing keys with keys=stream).
-Answer = Response | StreamResponse
 Handler = Callable[[Request], Awaitable[Answer]]
 
 RING_HEADER = "X-Dynastore-Ring"
 
 
 def ring_epoch(runtime: NodeRuntime) -> str:
-    """Changes whenever routing by the ring changes: a new ring, or a partition switching owners."""
+    """Changes whenever routing by the ring changes (see ringdoc.epoch)."""
     core = runtime.core
     assert core is not None
-    ring = core.cluster.ring
-    return f"{ring.version}.{len(ring.done)}"
-
-
-class BadRequest(Exception):
-    """Client input that cannot be accepted; the message is the plain-text reason."""
-
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.status = status
+    return ringdoc.epoch(core.cluster)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,16 +139,8 @@ def _quote(name: bytes) -> str:
     return quote(name, safe="")
 
 
-def _text(status: int, body: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(status=status, text=body if body.endswith("\n") else body + "\n", headers=headers)
-
-
-def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(status=status, text=json.dumps(data), content_type="application/json", headers=headers)
-
-
 def _not_allowed(allowed: tuple[str, ...]) -> Response:
-    return _text(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
+    return text(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
 
 
 def _path_segments(raw_path: str) -> list[bytes]:
@@ -182,7 +155,7 @@ class Api:
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
-        self.secret = (self.settings.cluster_secret or self.settings.cluster_name).encode()
+        self.secret = cluster_key(self.settings)
         # The server this API answers for (its connection counts go into /stats).
         self.server: HttpServer | None = None
 
@@ -199,12 +172,12 @@ class Api:
         try:
             return await self._route(request)
         except BadRequest as exc:
-            return _text(exc.status, str(exc))
+            return text(exc.status, str(exc))
         except RequestEntityTooLarge:
-            return _text(413, f"request body exceeds the limit of {self.settings.object_bytes_max} bytes")
+            return text(413, f"request body exceeds the limit of {self.settings.object_bytes_max} bytes")
         except Exception:
             log.exception("internal error serving %s %r", request.method, request.raw_path)
-            return _text(500, "internal error")
+            return text(500, "internal error")
 
     async def _route(self, request: Request) -> Answer:
         parts = _path_segments(request.raw_path)
@@ -218,7 +191,7 @@ class Api:
         if head == b"ring" and not rest:
             return await self._allow(request, READ_METHODS, self.ring)
         if head == b"admin":
-            return await admin.handle(self, request, rest)
+            return await admin.handle(self.runtime, request, rest)
         if head == b"buckets":
             return await self._buckets(request, rest, CURRENT)
         if head == b"types":
@@ -226,10 +199,10 @@ class Api:
                 return await self._buckets(request, rest[2:], TYPED)
             if rest and rest[0] != b"default":
                 raise BadRequest(f"unknown bucket type {rest[0]!r}: only the default bucket type exists", 404)
-            return _text(404, "Not Found")
+            return text(404, "Not Found")
         if head == b"riak":
             return await self._legacy(request, rest)
-        return _text(404, "Not Found")
+        return text(404, "Not Found")
 
     async def _buckets(self, request: Request, rest: list[bytes], style: UrlStyle) -> Answer:
         method = request.method
@@ -248,7 +221,7 @@ class Api:
             return await self._object(request, bucket, tail[1], style)
         if len(tail) == 3 and tail[0] == b"keys" and tail[2] == b"preflist":
             return await self._allow(request, READ_METHODS, lambda r: self.preflist(bucket, tail[1]))
-        return _text(404, "Not Found")
+        return text(404, "Not Found")
 
     async def _legacy(self, request: Request, rest: list[bytes]) -> Answer:
         """Riak's pre-1.0 paths, dispatched as Riak does: a POST to a bucket creates an object, keys=true
@@ -267,10 +240,10 @@ class Api:
                 return await self.list_keys(request, bucket, with_props=with_props)
             if with_props:
                 return await self._props(request, bucket)
-            return _text(404, "Not Found")
+            return text(404, "Not Found")
         if len(rest) == 2:
             return await self._object(request, bucket, rest[1], LEGACY)
-        return _text(404, "Not Found")
+        return text(404, "Not Found")
 
     async def _props(self, request: Request, bucket: bytes) -> Answer:
         method = request.method
@@ -303,7 +276,7 @@ class Api:
         # Riak offers HTML first, so a browser or `Accept: */*` gets HTML and clients ask for JSON.
         links = ",".join(f'<{path}>; rel="{name}"' for name, path in RESOURCES.items())
         if _negotiate(request.headers.get("Accept"), ("text/html", "application/json")) == "application/json":
-            return _json(RESOURCES, headers={"Link": links})
+            return json_response(RESOURCES, headers={"Link": links})
         items = "".join(f'<li><a href="{path}">{name}</a></li>' for name, path in RESOURCES.items())
         return Response(
             text=f"<html><body><ul>{items}</ul></body></html>", content_type="text/html", headers={"Link": links}
@@ -326,44 +299,13 @@ class Api:
                 "sys_driver_version": "dynastore",
             }
         )
-        return _json(data)
+        return json_response(data)
 
     async def ring(self, request: Request) -> Answer:
         core = self.runtime.core
         assert core is not None
-        state = core.cluster
-        ring = state.ring
-        buckets = {}
-        for name, record in state.buckets:
-            n_val = record.as_dict().get("n_val")
-            if isinstance(n_val, int) and not isinstance(n_val, bool):
-                buckets[base64.b64encode(name).decode()] = n_val
-        return _json(
-            {
-                "cluster": state.cluster,
-                "version": ring.version,
-                "epoch": ring_epoch(self.runtime),
-                "ring_size": core.ring.size,
-                "owners": list(ring.owners),
-                # During a transition: the ring being moved to, and the (partition, node) transfers done;
-                # a partition whose receivers are all done is served by the next ring.
-                "next_owners": None if ring.next_owners is None else list(ring.next_owners),
-                "done": sorted([p, n] for p, n in ring.done),
-                "members": {
-                    m.name: {
-                        "host": m.host,
-                        "http_port": m.http_port,
-                        "peer_port": m.peer_port,
-                        "status": m.status,
-                        "scheme": "https" if tls.enabled(self.settings) else "http",
-                    }
-                    for m in state.members
-                },
-                "n_val": self.settings.n_val,
-                # n_val of every bucket that sets one, keyed by the bucket's name in base64.
-                "bucket_n_vals": buckets,
-            }
-        )
+        scheme = "https" if tls.enabled(self.settings) else "http"
+        return json_response(ringdoc.document(core.cluster, self.settings.n_val, scheme))
 
     async def preflist(self, bucket: bytes, key: bytes) -> Answer:
         core = self.runtime.core
@@ -377,14 +319,14 @@ class Api:
         for target in plist.targets(healthy):
             if not target.primary and target.node in where:
                 entries.append({"partition": where[target.node], "node": target.node, "primary": False})
-        return _json({"preflist": entries})
+        return json_response({"preflist": entries})
 
     # --- Bucket properties --------------------------------------------------------------------------------
 
     def _props_of(self, bucket: bytes) -> dict[str, Any]:
         core = self.runtime.core
         assert core is not None
-        self.check_names(bucket, b"-")
+        self.check_names(bucket, None)
         props = core.bucket_props(bucket)
         props["name"] = bucket.decode(errors="replace")
         props["basic_quorum"] = False
@@ -393,10 +335,10 @@ class Api:
         return props
 
     def get_props(self, bucket: bytes) -> Answer:
-        return _json({"props": self._props_of(bucket)})
+        return json_response({"props": self._props_of(bucket)})
 
     async def set_props(self, request: Request, bucket: bytes) -> Answer:
-        self.check_names(bucket, b"-")
+        self.check_names(bucket, None)
         shape = 'body must be JSON of the form {"props": {...}}'
         # Decoded here rather than by request.json(): JSON is UTF-8 whatever charset the header names
         # (an unknown one would raise LookupError there), and nesting depth is the sender's choice.
@@ -418,20 +360,8 @@ class Api:
 
     async def reset_props(self, bucket: bytes) -> Answer:
         """Every property back to the node's default (Riak: DELETE /buckets/B/props)."""
-        self.check_names(bucket, b"-")
-        s = self.settings
-        quorum = s.n_val // 2 + 1
-        # The same defaults NodeCore.bucket_props starts from before a bucket's own properties.
-        defaults = (
-            ("allow_mult", s.allow_mult),
-            ("dw", "quorum"),
-            ("last_write_wins", s.last_write_wins),
-            ("n_val", s.n_val),
-            ("pr", 0),
-            ("pw", 0),
-            ("r", "quorum" if s.r == quorum else s.r),
-            ("w", "quorum" if s.w == quorum else s.w),
-        )
+        self.check_names(bucket, None)
+        defaults = tuple(sorted(bucketprops.defaults(self.settings).items()))
         response = await self.runtime.request(ClientSetBucketProps(bucket, defaults))
         if isinstance(response, Failure):
             return self.failure(response)
@@ -447,24 +377,24 @@ class Api:
             return self.failure(response)
         assert isinstance(response, Ok)
         # A one-chunk stream is a valid stream: clients read JSON objects until the body ends.
-        return _json({"buckets": [b.decode(errors="replace") for b in response.keys]})
+        return json_response({"buckets": [b.decode(errors="replace") for b in response.keys]})
 
     async def list_keys(self, request: Request, bucket: bytes, *, with_props: bool) -> Answer:
         """`keys=true` or `keys=stream` lists the keys; without it only the props, if asked for, are
         given (Riak answers `{}` on /buckets/B/keys and the props on /riak/B)."""
-        self.check_names(bucket, b"-")
+        self.check_names(bucket, None)
         mode = request.query.get("keys")
         timeout = self._int_param(request, "timeout")
         head: dict[str, Any] = {"props": self._props_of(bucket)} if with_props else {}
         if mode not in ("true", "stream"):
-            return _json(head)
+            return json_response(head)
         response = await self.runtime.request(ClientListKeys(bucket, timeout))
         if isinstance(response, Failure):
             return self.failure(response)
         assert isinstance(response, Ok)
         names = [k.decode(errors="replace") for k in response.keys]
         if mode == "true" or request.method == "HEAD":
-            return _json({**head, "keys": names})
+            return json_response({**head, "keys": names})
         stream = StreamResponse(headers={"Content-Type": "application/json"})
         chunks = [head] if head else []
         chunks += [{"keys": names[start : start + 1000]} for start in range(0, len(names), 1000)]
@@ -500,7 +430,7 @@ class Api:
         if wanted is not None:
             chosen = next(((d, c) for d, c in found.values if objects.vtag(d) == wanted), None)
             if chosen is None:
-                return _text(404, f"no sibling with vtag {wanted!r}")
+                return text(404, f"no sibling with vtag {wanted!r}")
         elif len(found.values) == 1:
             chosen = found.values[0]
         if chosen is None:
@@ -521,10 +451,10 @@ class Api:
         limit = self.settings.object_bytes_max
         declared = request.content_length
         if declared is not None and declared > limit:
-            return _text(413, f"object of {declared} bytes exceeds the limit of {limit} bytes")
+            return text(413, f"object of {declared} bytes exceeds the limit of {limit} bytes")
         body = await request.read()
         if len(body) > limit:
-            return _text(413, f"object of {len(body)} bytes exceeds the limit of {limit} bytes")
+            return text(413, f"object of {len(body)} bytes exceeds the limit of {limit} bytes")
         if any(name.lower().startswith("x-riak-index-") for name in request.headers):
             raise BadRequest("secondary indexes (X-Riak-Index-*) are not supported")
         quorums = self._quorums(query)
@@ -568,7 +498,7 @@ class Api:
         if generated:
             headers["Location"] = style.object_url(bucket, key)
         if isinstance(response, NotFound):
-            return _text(404, "not found", headers)
+            return text(404, "not found", headers)
         assert isinstance(response, Ok) and response.found is not None
         found = response.found
         vclock = self._encode_context(found.context, bucket, key)
@@ -632,13 +562,13 @@ class Api:
             tags = {objects.vtag(dot) for dot, _ in current.found.values}
         wanted = request.headers.get("If-Match")
         if wanted is not None and not _etag_matches(wanted, tags):
-            return _text(412, "the object's ETag does not match If-Match")
+            return text(412, "the object's ETag does not match If-Match")
         unwanted = request.headers.get("If-None-Match")
         if unwanted is not None and _etag_matches(unwanted, tags):
             reason = (
                 "the object already exists" if unwanted.strip() == "*" else "the object's ETag matches If-None-Match"
             )
-            return _text(412, reason)
+            return text(412, reason)
         return None
 
     # --- Responses ------------------------------------------------------------------------------------------
@@ -649,7 +579,7 @@ class Api:
             # A tombstone: its context lets a client write over the delete without a sibling.
             headers["X-Riak-Vclock"] = self._encode_context(response.context, bucket, key)
             headers["X-Riak-Deleted"] = "true"
-        return _text(404, "not found", headers)
+        return text(404, "not found", headers)
 
     def _content_headers(self, bucket: bytes, dot: Dot, content: Content, style: UrlStyle) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict()
@@ -693,17 +623,15 @@ class Api:
         text = "Siblings:\n" + "".join(objects.vtag(dot) + "\n" for dot, _ in found.values)
         return Response(status=300, text=text, headers={"X-Riak-Vclock": vclock})
 
-    def failure(self, failure: ClientResponse) -> Response:
-        assert isinstance(failure, Failure)
-        return _text(STATUS_OF_FAILURE.get(failure.kind, 503), failure.reason)
+    def failure(self, response: ClientResponse) -> Response:
+        return failure(response)
 
     # --- Parameters ---------------------------------------------------------------------------------------------
 
-    def check_names(self, bucket: bytes, key: bytes) -> None:
-        if not bucket or len(bucket) > self.settings.bucket_bytes_max:
-            raise BadRequest(f"bucket must be 1 to {self.settings.bucket_bytes_max} bytes")
-        if not key or len(key) > self.settings.key_bytes_max:
-            raise BadRequest(f"key must be 1 to {self.settings.key_bytes_max} bytes")
+    def check_names(self, bucket: bytes, key: bytes | None) -> None:
+        problem = keys.name_problem(self.settings, bucket, key)
+        if problem is not None:
+            raise BadRequest(problem)
 
     def _quorums(self, query: Mapping[str, str]) -> dict[str, int | str | None]:
         """Every quorum parameter, validated whether or not this operation uses it (as Riak does)."""
@@ -739,17 +667,11 @@ def _quorum_param(query: Mapping[str, str], name: str) -> int | str | None:
 
 
 def _quorum_value(name: str, raw: object) -> int | str:
-    """A quorum as a client gave it: an integer or one of QUORUM_WORDS. Digits are ASCII only: `²` passes
-    str.isdigit() but not int(), and a bucket property is stored as given, so it must already be sane."""
-    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 100_000:
-        return raw
-    if isinstance(raw, str):
-        value = raw.strip().lower()
-        if value in QUORUM_WORDS:
-            return value
-        if _DIGITS.fullmatch(value) and len(value) < 6:
-            return int(value)
-    raise BadRequest(f"{name} must be an integer or one of {', '.join(QUORUM_WORDS)}; got {raw!r}")
+    """A quorum as a client gave it (see quorum.parse), or a 400."""
+    try:
+        return quorum.parse(name, raw)
+    except quorum.QuorumError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _first_given(spec: int | str | None, fallback: int | str | None) -> int | str | None:
@@ -857,7 +779,7 @@ def _read_precondition(request: Request, vtag: str, last_modified_s: int) -> Res
     If-Modified-Since). A 304 carries the validators the client compares."""
     wanted = request.headers.get("If-Match")
     if wanted is not None and not _etag_matches(wanted, {vtag}):
-        return _text(412, "the object's ETag does not match If-Match")
+        return text(412, "the object's ETag does not match If-Match")
     unchanged = {"ETag": f'"{vtag}"', "Last-Modified": _http_date(last_modified_s * 1_000_000)}
     unwanted = request.headers.get("If-None-Match")
     if unwanted is not None:

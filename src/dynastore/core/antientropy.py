@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import msgpack
 
 from dynastore.core import keys, merkle, messages, objects, placement
+from dynastore.core.controller import BackgroundController
+from dynastore.core.membership import ClusterState
 from dynastore.core.merkle import HashTree
 from dynastore.core.messages import (
     HintItem,
@@ -45,9 +47,9 @@ from dynastore.core.messages import (
     TreeRequest,
 )
 from dynastore.core.objects import Object
-
-if TYPE_CHECKING:
-    from dynastore.core.nodebase import NodeBase
+from dynastore.core.ops import AnyOp, ExchangeOp
+from dynastore.core.ring import Ring
+from dynastore.settings import Settings
 
 SEGMENTS_PER_REQUEST = 64
 QUEUE_RETRY_MS = 10
@@ -56,19 +58,46 @@ BUSY_RETRY_MS = 200
 META_CLEAN = b"clean_shutdown"
 
 
-@dataclass
-class ExchangeOp:
-    """One exchange in progress, driven by this node."""
+class AntiEntropyHost(Protocol):
+    """What anti-entropy needs from the node it runs in (NodeBase provides it): identity and settings,
+    the cluster and its placement, the background controller, the staged store, the op registry, and
+    the merge of a repaired object into the node's data."""
 
-    peer: str
-    partition: int
-    n_val: int
-    deadline_ms: int
-    level: int = 0
-    segments: list[int] = field(default_factory=list)
-    batch: list[int] = field(default_factory=list)
-    differing: list[bytes] = field(default_factory=list)
-    stage: str = "tree"
+    name: str
+    settings: Settings
+    controller: BackgroundController
+    cluster: ClusterState
+    now_hint_ms: int
+    _ops: dict[int, AnyOp]
+
+    @property
+    def ring(self) -> Ring: ...
+
+    def n_vals(self) -> list[int]: ...
+
+    def healthy(self, now_ms: int) -> frozenset[str]: ...
+
+    def has_data(self) -> bool: ...
+
+    def _props(self, bucket: bytes) -> dict[str, Any]: ...
+
+    def _get(self, area: str, key: bytes) -> bytes | None: ...
+
+    def _put(self, area: str, key: bytes, value: bytes | None) -> None: ...
+
+    def _scan_all(self, area: str, start: bytes, end: bytes | None) -> Iterable[tuple[bytes, bytes]]: ...
+
+    def _load(self, area: str, key: bytes) -> Object | None: ...
+
+    def _merge_into_data(self, bucket: bytes, key: bytes, incoming: Object, lww: bool, now_ms: int) -> None: ...
+
+    def _register(self, op: AnyOp) -> int: ...
+
+    def _extend(self, op_id: int, op: AnyOp, deadline_ms: int) -> None: ...
+
+    def _finish(self, op_id: int) -> None: ...
+
+    def _send(self, dst: str, msg: Message, *, after: int | None = None) -> None: ...
 
 
 @dataclass
@@ -99,7 +128,7 @@ def _tree_prefix(n_val: int, partition: int) -> bytes:
 
 
 class AntiEntropy:
-    def __init__(self, node: NodeBase, now_ms: int) -> None:
+    def __init__(self, node: AntiEntropyHost, now_ms: int) -> None:
         self.node = node
         self.segments = node.settings.anti_entropy_segments_count
         self.trees: dict[tuple[int, int], HashTree] = {}

@@ -24,11 +24,11 @@ they have finished (handoff.py).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from dynastore.core import membership, placement
-from dynastore.core.effects import ClientJoin, ClientRemove, Send, seed_label
-from dynastore.core.membership import ACTIVE, OWNING, ClusterState, RingState
+from dynastore.core import bucketprops, membership, placement
+from dynastore.core.bucketprops import BUCKET_PROPS
+from dynastore.core.effects import ClientJoin, ClientRemove, Send, Stop, seed_label
+from dynastore.core.membership import ACTIVE, OWNING, ClusterState, Member, RingState
 from dynastore.core.messages import (
     ClientSetBucketProps,
     Failure,
@@ -40,13 +40,9 @@ from dynastore.core.messages import (
     Ping,
     Pong,
 )
-from dynastore.core.nodebase import NodeBase
+from dynastore.core.nodebase import META_CLUSTER, NodeBase
 from dynastore.core.ops import JoinOp, Origin
-from dynastore.core.quorum import QuorumError, resolve
 from dynastore.core.ring import claim
-from dynastore.settings import Settings
-
-BUCKET_PROPS = ("n_val", "r", "w", "pr", "pw", "dw", "allow_mult", "last_write_wins")
 
 
 class ClusterOps(NodeBase):
@@ -55,8 +51,42 @@ class ClusterOps(NodeBase):
     _ping_seq: int
     _next_gossip_ms: int
     _next_heartbeat_ms: int
-    # Set once a leaving node has handed everything off: the shell stops the process.
+    # Set once a leaving node has handed everything off and asked its shell to stop (a `Stop` effect).
     exit_requested: bool
+
+    def _init_cluster(self, me: Member, now_ms: int) -> None:
+        """The cluster state from disk (or a new one-node cluster), and the membership timers."""
+        raw_state = self._get("meta", META_CLUSTER)
+        if raw_state is None:
+            state = membership.new_cluster(self.settings.cluster_name, me, self.settings.ring_size, self.settings.n_val)
+            self._put("meta", META_CLUSTER, membership.encode(state))
+        else:
+            state = membership.decode(raw_state)
+            mine = state.member(me.name)
+            if mine is not None and (mine.host, mine.peer_port, mine.http_port) != (
+                me.host,
+                me.peer_port,
+                me.http_port,
+            ):
+                # Restarted at another address: publish the new one with a higher version.
+                moved = replace(mine, host=me.host, peer_port=me.peer_port, http_port=me.http_port)
+                state = state.with_member(replace(moved, version=mine.version + 1))
+                self._put("meta", META_CLUSTER, membership.encode(state))
+        self.cluster = state
+        self._next_gossip_ms = now_ms + self.rng.randrange(max(1, self.settings.gossip_interval_ms))
+        self._next_heartbeat_ms = now_ms
+        self._ping_seq = 0
+        self.exit_requested = False
+
+    def _tick_membership(self, now_ms: int) -> None:
+        self.detector.update([n for n in self.cluster.names(ACTIVE) if n != self.name], now_ms)
+        if now_ms >= self._next_heartbeat_ms:
+            self._next_heartbeat_ms = now_ms + self.settings.heartbeat_interval_ms
+            self._heartbeat()
+        if now_ms >= self._next_gossip_ms:
+            self._next_gossip_ms = now_ms + self.settings.gossip_interval_ms
+            self._gossip(now_ms)
+            self._claim(now_ms)
 
     # --- Heartbeats and gossip ---------------------------------------------------------------------------
 
@@ -171,9 +201,17 @@ class ClusterOps(NodeBase):
         assert me is not None
         op = JoinOp(origin, self._timeout(None, now_ms), seed_label(req.seed_host, req.seed_port))
         op_id = self._register(op)
-        self._outbox.append(
-            Send("", JoinRequest(op_id, membership.encode_member(me)), address=(req.seed_host, req.seed_port))
-        )
+        request = JoinRequest(op_id, membership.encode_member(me))
+        self._queue(Send("", request, address=(req.seed_host, req.seed_port)), None)
+
+    def _expire_join(self, op_id: int, op: JoinOp, now_ms: int) -> None:
+        self._finish(op_id)
+        self._answer(op.origin, Failure("timeout", "timed out waiting for the seed to answer"))
+
+    def _lost_join(self, op_id: int, op: JoinOp, peer: str, now_ms: int) -> None:
+        if op.seed == peer:
+            self._finish(op_id)
+            self._answer(op.origin, Failure("unavailable", f"seed {peer[1:]} is unreachable"))
 
     def _on_join_request(self, src: str, msg: JoinRequest, now_ms: int) -> None:
         try:
@@ -260,11 +298,12 @@ class ClusterOps(NodeBase):
             self._set_cluster(self.cluster.with_member(replace(me, status="removed", version=me.version + 1)))
             self._push_state()
         self.exit_requested = True
+        self._queue(Stop(f"{self.name} has handed off everything it held and left the cluster"), None)
 
     # --- Bucket properties ---------------------------------------------------------------------------
 
     def _set_bucket_props(self, origin: Origin, req: ClientSetBucketProps, now_ms: int) -> None:
-        bad = self._check_key(req.bucket, b"-")
+        bad = self._check_key(req.bucket, None)
         if bad is not None:
             self._answer(origin, bad)
             return
@@ -275,7 +314,7 @@ class ClusterOps(NodeBase):
             self._answer(origin, Failure("bad_request", f"unknown bucket properties: {', '.join(unknown)}"))
             return
         merged = {**current, **changes}
-        problem = _check_props(merged, self.settings)
+        problem = bucketprops.problem(merged, self.settings)
         if problem is not None:
             self._answer(origin, Failure("bad_request", problem))
             return
@@ -284,18 +323,3 @@ class ClusterOps(NodeBase):
         # Push at once to every member so that the change is visible cluster-wide within a round trip.
         self._push_state()
         self._answer(origin, Ok())
-
-
-def _check_props(props: dict[str, Any], settings: Settings) -> str | None:
-    n_val = props.get("n_val")
-    if isinstance(n_val, bool) or not isinstance(n_val, int) or not 1 <= n_val <= settings.n_val_max:
-        return f"n_val must be an integer from 1 to {settings.n_val_max}"
-    for name, minimum in (("r", 1), ("w", 1), ("pr", 0), ("pw", 0), ("dw", 0)):
-        try:
-            resolve(name, props.get(name), n_val, "quorum", minimum)
-        except QuorumError as exc:
-            return str(exc)
-    for name in ("allow_mult", "last_write_wins"):
-        if not isinstance(props.get(name), bool):
-            return f"{name} must be true or false"
-    return None

@@ -27,7 +27,7 @@ touches the engine: it reads and writes through the staged overlay of nodebase.p
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from dynastore.core import hints, keys, objects
 from dynastore.core.messages import (
@@ -48,7 +48,7 @@ from dynastore.core.messages import (
     ReplicaPutReply,
     Siblings,
 )
-from dynastore.core.nodebase import META_COUNTER, META_GENERATION, NodeBase
+from dynastore.core.nodebase import NodeBase
 from dynastore.core.objects import Content, Object
 from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
@@ -58,13 +58,32 @@ from dynastore.core.versions import Context, Dot, Versioned, prune, update
 LIST_KEYS_MAX = 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    """A write this node will coordinate: the request, where it goes, and the quorums it needs."""
+
+    origin: Origin
+    request: ClientPut
+    plist: PreferenceList
+    # The first N healthy nodes (and the partition's new owners during a transfer); `mine` is this node.
+    targets: tuple[Target, ...]
+    mine: Target
+    w: int
+    dw: int
+    pw: int
+    lww: bool
+    # Whether a returned body shows one value only (last-write-wins, or allow_mult off).
+    resolve_one: bool
+
+
 class Coordination(NodeBase):
     """Get, put, delete and list coordination; mixed into NodeCore."""
 
-    # The last counter of this node's dots handed out (or skipped after a restart), and the end of the
-    # block of counters persisted for them.
-    _counter: int
-    _lease_end: int
+    # The writes this node coordinates whose own copy is staged, by the batch that makes it durable.
+    _own_copies: dict[int, list[int]]
+
+    def _init_coordination(self) -> None:
+        self._own_copies = {}
 
     # --- Get ------------------------------------------------------------------------------------------------
 
@@ -166,7 +185,7 @@ class Coordination(NodeBase):
                 return Target(node, False, hint_for=lost.hint_for or lost.node)
         return None
 
-    def _get_target_lost(self, op_id: int, op: GetOp, peer: str, now_ms: int) -> None:
+    def _lost_get(self, op_id: int, op: GetOp, peer: str, now_ms: int) -> None:
         if peer in op.tally.results or peer in op.tally.errors:
             return
         substitute = self._substitute(op.tally.targets, op.plist, peer, now_ms)
@@ -175,6 +194,14 @@ class Coordination(NodeBase):
             op.tally.targets += (substitute,)
             self._send(substitute.node, ReplicaGet(op_id, op.bucket, op.key), after=0)
         self._advance_get(op_id, op, now_ms)
+
+    def _expire_get(self, op_id: int, op: GetOp, now_ms: int) -> None:
+        self._finish(op_id)
+        if not op.replied:
+            op.replied = True
+            reason = f"timed out waiting for r={op.tally.r}: {len(op.tally.results)} replied"
+            self._answer(op.origin, Failure("timeout", reason))
+        self._read_repair(op, now_ms)
 
     def _on_replica_get(self, src: str, msg: ReplicaGet, now_ms: int) -> None:
         obj, after = self._read_local_after(msg.bucket, msg.key)
@@ -231,7 +258,9 @@ class Coordination(NodeBase):
                 Failure("unavailable", f"{len(targets)} healthy replicas cannot satisfy w={w} dw={dw} pw={pw}"),
             )
             return
-        self._coordinate_put(origin, req, props, plist, targets, mine, w, dw, pw, now_ms)
+        lww = bool(props["last_write_wins"])
+        resolve_one = lww or not bool(props["allow_mult"])
+        self._coordinate_put(WritePlan(origin, req, plist, targets, mine, w, dw, pw, lww, resolve_one), now_ms)
 
     def _forward(self, origin: Origin, req: ClientPut, targets: tuple[Target, ...], now_ms: int) -> None:
         if req.hops >= self.settings.coordinator_forward_retries_max:
@@ -282,6 +311,14 @@ class Coordination(NodeBase):
         op.tried.append(op.dst)
         self._send_forward(op_id, op)
 
+    def _expire_forward(self, op_id: int, op: ForwardOp, now_ms: int) -> None:
+        self._finish(op_id)
+        self._answer(op.origin, Failure("timeout", f"timed out waiting for coordinator {op.dst}"))
+
+    def _lost_forward(self, op_id: int, op: ForwardOp, peer: str, now_ms: int) -> None:
+        if op.dst == peer:
+            self._retry_forward(op_id, op, now_ms)
+
     def _on_forward_put(self, src: str, msg: ForwardPut, now_ms: int) -> None:
         request = ClientPut(
             msg.bucket,
@@ -317,47 +354,9 @@ class Coordination(NodeBase):
         # The coordinator answered only once the write was durable; nothing here is staged for it.
         self._answer(op.origin, response, after=0)
 
-    def _next_dot(self, skey: bytes, local: Object | None, context: Context) -> Dot:
-        """A fresh dot for a write of `skey` based on `local` (everything this node holds of the key)
-        and the client's `context`. If a copy holding a newer version of this actor was deleted here
-        and neither `local` nor `context` knows that version, the dot comes from a new actor: under
-        the current one its clock entry would claim the version without holding it (see `_new_actor`)."""
-        known = max(
-            0 if local is None else local.clock.get(self.actor),
-            context.counters().get(self.actor, 0),
-            max((d.counter for d in context.dots if d.actor == self.actor), default=0),
-        )
-        if self._forgotten.get(skey, 0) > known:
-            self._new_actor()
-        floor = max(
-            self._counter,
-            0 if local is None else local.clock.get(self.actor),
-            context.counters().get(self.actor, 0),
-            max((d.counter for d in context.dots if d.actor == self.actor), default=0),
-        )
-        self._counter = floor + 1
-        if self._counter > self._lease_end:
-            # Persist the end of a new block before using any counter in it; the lease rides in the
-            # same batch as the write that needed it.
-            self._lease_end = self._counter + self.settings.counter_lease_count
-            self._put("meta", META_COUNTER, self._lease_end.to_bytes(8, "big"))
-        return Dot(self.actor, self._counter)
-
-    def _coordinate_put(
-        self,
-        origin: Origin,
-        req: ClientPut,
-        props: dict[str, Any],
-        plist: PreferenceList,
-        targets: tuple[Target, ...],
-        mine: Target,
-        w: int,
-        dw: int,
-        pw: int,
-        now_ms: int,
-    ) -> None:
+    def _coordinate_put(self, plan: WritePlan, now_ms: int) -> None:
         self.stats.coordinated_puts += 1
-        lww = bool(props["last_write_wins"])
+        req = plan.request
         skey = self._stored_key(req.bucket, req.key)
         # The new version extends everything this node holds of the key, whichever copy it lands in:
         # its dot's clock entry claims every earlier version of this actor, some of which may sit in a
@@ -368,6 +367,43 @@ class Coordination(NodeBase):
             # A delete without a context removes what this coordinator knows of; concurrent values it
             # has not seen survive as siblings (nothing acknowledged is silently dropped).
             context = Context() if local is None else local.context()
+        dot = self.actors.next_dot(skey, local, context)
+        new = self._new_version(plan, local, context, dot, now_ms)
+        if len(new.siblings) > self.settings.siblings_max:
+            reason = (
+                f"write would leave {len(new.siblings)} siblings (limit {self.settings.siblings_max}); "
+                "read the key and write with its context to resolve them"
+            )
+            self._answer(plan.origin, Failure("too_many_siblings", reason))
+            return
+        if plan.mine.hint_for is None:
+            self._store_data(skey, new, self._load("data", skey), now_ms)
+        elif not self._merge_into_hints(plan.mine.hint_for, req.bucket, req.key, new, plan.lww):
+            self._answer(plan.origin, Failure("unavailable", "this node's hint store is full"))
+            return
+        self.actors.recall(skey)
+        tally = PutTally(plan.targets, plan.w, plan.dw, plan.pw)
+        deadline_ms = self._timeout(req.timeout_ms, now_ms)
+        op = PutOp(
+            plan.origin,
+            req.bucket,
+            req.key,
+            tally,
+            deadline_ms,
+            plan.plist,
+            new,
+            plan.lww,
+            context.after_write(dot),
+            req.return_body,
+            plan.resolve_one,
+        )
+        op_id = self._register(op)
+        self._replicate(op_id, op, plan.targets)
+        self._advance_put(op_id, op, now_ms)
+
+    def _new_version(self, plan: WritePlan, local: Object | None, context: Context, dot: Dot, now_ms: int) -> Object:
+        """The key's state once the client's write (or delete) with `context` is applied as `dot`."""
+        req = plan.request
         now_us = now_ms * 1000
         content = req.content if req.content is not None else objects.tombstone(now_us)
         if content.last_modified_us == 0:
@@ -380,52 +416,24 @@ class Coordination(NodeBase):
                 now_us,
                 content.deleted,
             )
-        dot = self._next_dot(skey, local, context)
         new = update(local, context, dot, content, now_ms)
-        if lww:
+        if plan.lww:
             new = Versioned(new.clock, ((dot, content),))
-        new = prune(new, self.settings.vclock_prune_entries_max)
-        if len(new.siblings) > self.settings.siblings_max:
-            self._answer(
-                origin,
-                Failure(
-                    "too_many_siblings",
-                    f"write would leave {len(new.siblings)} siblings (limit {self.settings.siblings_max}); "
-                    "read the key and write with its context to resolve them",
-                ),
-            )
-            return
-        if mine.hint_for is None:
-            self._store_data(skey, new, self._load("data", skey), now_ms)
-        elif not self._merge_into_hints(mine.hint_for, req.bucket, req.key, new, lww):
-            self._answer(origin, Failure("unavailable", "this node's hint store is full"))
-            return
-        self._recall_copy(skey)
-        tally = PutTally(targets, w, dw, pw)
-        resolve_one = lww or not bool(props["allow_mult"])
-        op = PutOp(
-            origin,
-            req.bucket,
-            req.key,
-            tally,
-            self._timeout(req.timeout_ms, now_ms),
-            plist,
-            new,
-            lww,
-            context.after_write(dot),
-            req.return_body,
-            resolve_one,
-        )
-        op_id = self._register(op)
-        # The replicas write in parallel with this node: the new version goes out before this node's
-        # copy is durable, and this node's acknowledgement counts only once its batch is (batch_written).
-        # But not before the counter lease covering its dot is durable: a crash could hand it out again.
-        lease = max(self._durable_after("meta", META_COUNTER), self._durable_after("meta", META_GENERATION))
+        return prune(new, self.settings.vclock_prune_entries_max)
+
+    def _replicate(self, op_id: int, op: PutOp, targets: tuple[Target, ...]) -> None:
+        """Send the new version to the other targets, and count this node's own copy once it is durable.
+
+        The replicas write in parallel with this node: the new version goes out before this node's copy
+        is durable, and this node's acknowledgement counts only once its batch is (batch_written). But
+        not before the actor and counter lease of its dot are durable: a crash could hand it out again.
+        """
+        lease = self.actors.durable_after()
         for target in targets:
             if target.node != self.name:
-                self._send(target.node, ReplicaPut(op_id, req.bucket, req.key, new, target.hint_for, lww), after=lease)
-        self._staged_puts.append(op_id)
-        self._advance_put(op_id, op, now_ms)
+                msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.lww)
+                self._send(target.node, msg, after=lease)
+        self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
 
     def _advance_put(self, op_id: int, op: PutOp, now_ms: int, *, durable_here: bool = False) -> None:
         """Answer once the tally decides. `durable_here`: every acknowledgement counted is of a durable
@@ -453,7 +461,7 @@ class Coordination(NodeBase):
             values = [objects.newest(values)]
         return Ok(Siblings(tuple(values), context))
 
-    def _put_target_lost(self, op_id: int, op: PutOp, peer: str, now_ms: int) -> None:
+    def _lost_put(self, op_id: int, op: PutOp, peer: str, now_ms: int) -> None:
         if peer in op.tally.acks or peer in op.tally.errors:
             return
         # Always writeable: a target found dead mid-write is replaced by the next healthy
@@ -465,6 +473,12 @@ class Coordination(NodeBase):
             msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.lww)
             self._send(substitute.node, msg)
         self._advance_put(op_id, op, now_ms)
+
+    def _expire_put(self, op_id: int, op: PutOp, now_ms: int) -> None:
+        self._finish(op_id)
+        if not op.replied:
+            op.replied = True
+            self._answer(op.origin, Failure("timeout", f"timed out: {op.tally.shortfall()}"))
 
     def _on_replica_put(self, src: str, msg: ReplicaPut, now_ms: int) -> None:
         ok = True
@@ -488,12 +502,14 @@ class Coordination(NodeBase):
             # see `_local_put_durable`): the answer depends on nothing staged here.
             self._advance_put(msg.req, op, now_ms, durable_here=True)
 
-    def _local_put_durable(self, op_id: int, now_ms: int) -> None:
-        """The batch holding this node's copy of a write it coordinates is on disk: count it."""
-        op = self._ops.get(op_id)
-        if isinstance(op, PutOp):
-            op.tally.ack(self.name)
-            self._advance_put(op_id, op, now_ms, durable_here=True)
+    def _own_copies_durable(self, batch: int, now_ms: int) -> None:
+        """Batch `batch` is on disk: the writes this node coordinates whose copies it held count this
+        node's acknowledgement."""
+        for op_id in self._own_copies.pop(batch, ()):
+            op = self._ops.get(op_id)
+            if isinstance(op, PutOp):
+                op.tally.ack(self.name)
+                self._advance_put(op_id, op, now_ms, durable_here=True)
 
     # --- Listing ----------------------------------------------------------------------------------------
 
@@ -516,6 +532,15 @@ class Coordination(NodeBase):
         elif not op.waiting:
             self._finish(op_id)
             self._answer(op.origin, Ok(None, tuple(sorted(op.items))))
+
+    def _expire_list(self, op_id: int, op: ListOp, now_ms: int) -> None:
+        self._finish(op_id)
+        self._answer(op.origin, Failure("timeout", f"timed out waiting for {', '.join(sorted(op.waiting))}"))
+
+    def _lost_list(self, op_id: int, op: ListOp, peer: str, now_ms: int) -> None:
+        if peer in op.waiting:
+            op.waiting.discard(peer)
+            self._advance_list(op_id, op)
 
     def _list_local(self, bucket: bytes | None) -> set[bytes]:
         found: set[bytes] = set()

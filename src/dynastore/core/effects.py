@@ -1,6 +1,7 @@
 """What a NodeCore and the shell that drives it hand each other, besides peer messages and client requests.
 
-The core returns effects (`Send`, `Reply`) from `flush`; the shell performs them and does nothing
+The core returns effects (`Send`, `Reply`, `Stop`) from `take_free` and `batch_written`, and batches
+of writes from `take_batch`; the shell performs the effects and writes the batches, and does nothing
 else with them. Admin requests (join, leave, remove) reach the core through `on_request` like client
 requests, but they never cross the node-to-node wire, so they are not part of the message codec.
 Plain frozen values only: this module must never hold protocol logic or import the rest of the core
@@ -32,7 +33,14 @@ class Reply:
     response: ClientResponse
 
 
-Effect = Send | Reply
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """This node has left the cluster and handed off everything it held: the shell stops the process."""
+
+    reason: str
+
+
+Effect = Send | Reply | Stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,11 @@ def seed_label(host: str, port: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Staged writes to apply atomically, and the effects to perform once they are on disk."""
+    """Staged writes to apply atomically, as batch `number` (batches are numbered from 1 and written
+    one at a time, in order). `sync`: after writing them, force the engine's buffered writes to disk
+    (buffered mode's periodic sync; a durable engine syncs every write itself). Once the batch is on
+    disk the shell calls `batch_written()` and performs the effects it returns."""
 
+    number: int
     ops: tuple[Op, ...]
-    effects: tuple[Effect, ...]
+    sync: bool = False

@@ -29,7 +29,6 @@ from typing import Any
 import msgpack
 
 from dynastore.core import hints, keys, membership, objects, placement
-from dynastore.core.antientropy import ExchangeOp
 from dynastore.core.messages import (
     GossipState,
     HandoffBatch,
@@ -39,7 +38,7 @@ from dynastore.core.messages import (
     HintItem,
 )
 from dynastore.core.nodebase import NodeBase
-from dynastore.core.ops import HintOp, PullOp, StrayOp
+from dynastore.core.ops import ExchangeOp, HintOp, PullOp, StrayOp
 
 
 class Handoff(NodeBase):
@@ -55,6 +54,35 @@ class Handoff(NodeBase):
     # Owners with a hint delivery in flight (one at a time per owner).
     _hints_inflight: set[str]
     _next_hint_scan_ms: int
+
+    def _init_handoff(self, now_ms: int) -> None:
+        self._hints_inflight = set()
+        self._pulling = set()
+        self._resumed = set()
+        self._stray_inflight = False
+        self._sweep_cursor = 0
+        self._hint_count = self.engine.count("hints")
+        self._next_hint_scan_ms = now_ms + self.settings.hint_scan_interval_ms
+        self._next_transfer_ms = now_ms
+        self._next_stray_ms = now_ms + self.settings.stray_scan_interval_ms
+
+    def _tick_hints(self, now_ms: int) -> None:
+        if now_ms >= self._next_hint_scan_ms:
+            self._next_hint_scan_ms = now_ms + self.settings.hint_scan_interval_ms
+            self._deliver_hints(now_ms)
+
+    def _tick_transfers(self, now_ms: int) -> None:
+        if now_ms >= self._next_transfer_ms:
+            self._next_transfer_ms = now_ms + self.settings.handoff_retry_ms
+            self._start_transfers(now_ms)
+
+    def _tick_strays(self, now_ms: int) -> bool:
+        """Sweep strays when it is time; says whether it was."""
+        if now_ms < self._next_stray_ms:
+            return False
+        self._next_stray_ms = now_ms + self.settings.stray_scan_interval_ms
+        self._sweep_strays(now_ms)
+        return True
 
     # --- Ownership transfers -------------------------------------------------------------------------------
 
@@ -102,6 +130,17 @@ class Handoff(NodeBase):
         self._pulling.add((partition, source))
         self._send(source, HandoffPull(op_id, transition, partition, after, not after))
 
+    def _end_pull(self, op_id: int, op: PullOp) -> None:
+        self._finish(op_id)
+        self._pulling.discard((op.partition, op.source))
+
+    def _expire_pull(self, op_id: int, op: PullOp, now_ms: int) -> None:
+        self._end_pull(op_id, op)
+
+    def _lost_pull(self, op_id: int, op: PullOp, peer: str, now_ms: int) -> None:
+        if op.source == peer:
+            self._end_pull(op_id, op)
+
     def _on_handoff_pull(self, src: str, msg: HandoffPull, now_ms: int) -> None:
         prefix = keys.partition_prefix(msg.partition)
         start = msg.after + b"\x00" if msg.after else prefix
@@ -124,8 +163,7 @@ class Handoff(NodeBase):
         op = self._ops.get(msg.req)
         if not isinstance(op, PullOp) or op.source != src or op.partition != msg.partition:
             return
-        self._finish(msg.req)
-        self._pulling.discard((op.partition, op.source))
+        self._end_pull(msg.req, op)
         if placement.transition_id(self.cluster.ring) != op.transition:
             return
         for item in msg.items:
@@ -233,18 +271,27 @@ class Handoff(NodeBase):
                 return
         self._sweep_cursor = 0
 
+    def _end_strays(self, op_id: int) -> None:
+        self._finish(op_id)
+        self._stray_inflight = False
+
+    def _expire_strays(self, op_id: int, op: StrayOp, now_ms: int) -> None:
+        self._end_strays(op_id)
+
+    def _lost_strays(self, op_id: int, op: StrayOp, peer: str, now_ms: int) -> None:
+        if peer in op.waiting:
+            self._end_strays(op_id)
+
     def _on_stray_ack(self, op_id: int, op: StrayOp, src: str, ok: bool, now_ms: int) -> None:
         if src not in op.waiting:
             return
         if not ok:
-            self._finish(op_id)
-            self._stray_inflight = False
+            self._end_strays(op_id)
             return
         op.waiting.discard(src)
         if op.waiting:
             return
-        self._finish(op_id)
-        self._stray_inflight = False
+        self._end_strays(op_id)
         for skey, raw in op.sent:
             if self._get("data", skey) == raw:
                 self._delete_data(skey)
@@ -289,6 +336,17 @@ class Handoff(NodeBase):
             self._hints_inflight.add(owner)
             self._send(owner, HintDelivery(op_id, tuple(items), tuple(lww)))
 
+    def _end_hints(self, op_id: int, op: HintOp) -> None:
+        self._finish(op_id)
+        self._hints_inflight.discard(op.owner)
+
+    def _expire_hints(self, op_id: int, op: HintOp, now_ms: int) -> None:
+        self._end_hints(op_id, op)
+
+    def _lost_hints(self, op_id: int, op: HintOp, peer: str, now_ms: int) -> None:
+        if op.owner == peer:
+            self._end_hints(op_id, op)
+
     def _on_hint_delivery(self, src: str, msg: HintDelivery, now_ms: int) -> None:
         for item, lww in zip(msg.items, msg.lww, strict=False):
             self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
@@ -305,14 +363,13 @@ class Handoff(NodeBase):
             return
         if not isinstance(op, HintOp) or op.owner != src:
             return
-        self._finish(msg.req)
-        self._hints_inflight.discard(src)
+        self._end_hints(msg.req, op)
         if not msg.ok:
             return
         for hkey, raw in op.sent:
             # Delete only what was delivered: a hint rewritten since it was sent goes next round.
             if self._get("hints", hkey) == raw:
-                self._forget_copy(hints.parse(hkey)[1], raw)
+                self.actors.forget(hints.parse(hkey)[1], raw)
                 self._put("hints", hkey, None)
                 self._hint_count -= 1
                 self.stats.hints_delivered += 1

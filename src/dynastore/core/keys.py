@@ -1,4 +1,4 @@
-"""The byte layout of keys in a node's local store.
+"""The byte layout of keys in a node's local store, and the one check of bucket and key names.
 
 A stored key is `partition (4 bytes, big-endian) | bucket length (2 bytes) | bucket | key`, so that
 every partition is one contiguous, ordered range (handoff, anti-entropy and key listing scan it in
@@ -8,6 +8,8 @@ order) and, inside a partition, every bucket is a contiguous sub-range.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from dynastore.settings import Settings
 
 PARTITION_BYTES = 4
 BUCKET_LEN_BYTES = 2
@@ -56,3 +58,12 @@ def prefix_end(prefix: bytes) -> bytes | None:
     if not trimmed:
         return None
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def name_problem(settings: Settings, bucket: bytes, key: bytes | None = None) -> str | None:
+    """Why a bucket name (and a key, when given) cannot be used (a reason fit for a 400), or None."""
+    if not bucket or len(bucket) > settings.bucket_bytes_max:
+        return f"bucket must be 1 to {settings.bucket_bytes_max} bytes"
+    if key is not None and (not key or len(key) > settings.key_bytes_max):
+        return f"key must be 1 to {settings.key_bytes_max} bytes"
+    return None

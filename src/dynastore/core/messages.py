@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from dynastore.core import objects
 from dynastore.core.objects import Content, Object, ObjectError
@@ -26,6 +26,19 @@ _INT_MAX = COUNTER_MAX
 class PeerError(ValueError):
     """A peer sent something that is not a valid message (the peer misbehaved, not us)."""
 
+
+# --- Failure kinds ---------------------------------------------------------------------------------
+
+# Why a request could not be done: malformed input, an object or a listing too large, too many
+# siblings, not enough replicas reachable, no answer in time, more requests than the node takes.
+FailureKind = Literal["bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload"]
+FAILURE_KINDS: tuple[FailureKind, ...] = typing.get_args(FailureKind)
+# What a forwarded write's coordinator answers: done, done and the key is deleted, or a failure.
+ForwardStatus = Literal[
+    "ok", "notfound", "bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload"
+]
+FORWARD_STATUSES: tuple[ForwardStatus, ...] = typing.get_args(ForwardStatus)
+assert set(FORWARD_STATUSES) == {"ok", "notfound", *FAILURE_KINDS}
 
 # --- Quorum specifications ---------------------------------------------------------------------------
 
@@ -105,7 +118,7 @@ class NotFound:
 class Failure:
     """A request that could not be done. `kind` maps to an HTTP status in the API layer."""
 
-    kind: str  # "bad_request" | "unavailable" | "timeout" | "overload" | "too_many_siblings"
+    kind: FailureKind
     reason: str
 
 
@@ -187,7 +200,7 @@ class ForwardPut:
 class ForwardPutReply:
     CODE: ClassVar[int] = 8
     req: int
-    status: str  # "ok" | "notfound" | a Failure kind
+    status: ForwardStatus
     reason: str
     values: tuple[tuple[Dot, Content], ...]
     context: Context | None
@@ -496,6 +509,11 @@ def _scalar(kind: type[Any], what: str) -> Callable[[Any], Any]:
     return check
 
 
+def _one_of(allowed: tuple[str, ...], x: Any) -> Any:
+    _check(isinstance(x, str) and x in allowed, f"must be one of {', '.join(allowed)}")
+    return x
+
+
 def _optional(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda x: None if x is None else inner(x)
 
@@ -521,6 +539,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "int": _scalar(int, "field"),
     "bool": _scalar(bool, "field"),
     "str": _scalar(str, "field"),
+    "ForwardStatus": lambda x: _one_of(FORWARD_STATUSES, x),
     "bytes": _scalar(bytes, "field"),
     "str | None": _optional(_scalar(str, "field")),
     "bytes | None": _optional(_scalar(bytes, "field")),

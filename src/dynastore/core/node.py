@@ -6,49 +6,60 @@ Inputs are client requests (`on_request`), messages from peers (`on_message`), n
 could not be reached (`on_unreachable`) and the passage of time (`on_tick`); each carries `now_ms`.
 Handling an input updates memory, stages writes for the local engine and queues effects (messages to
 send, replies to give). By default an effect leaves only once the staged operations are written as
-one batch (durable engines sync it): `take_batch()` hands the shell the batch and the effects queued
-with it, the shell writes the batch (from another thread, so the node keeps working meanwhile), calls
-`batch_written()` and only then performs the effects. So no acknowledgement ever precedes the data it
-acknowledges, and many inputs share one disk sync (group commit). Reads see staged and in-flight
-writes through an overlay, and note which batch holds what they saw.
+one batch (durable engines sync it): `take_batch()` hands the shell the batch, the shell writes it
+(from another thread, so the node keeps working meanwhile), calls `batch_written()` and only then
+performs the effects that call returns. So no acknowledgement ever precedes the data it acknowledges,
+and many inputs share one disk sync (group commit). Reads see staged and in-flight writes through an
+overlay, and note which batch holds what they saw. The pipeline itself (staged store, outbox) is
+staging.py.
 
 Effects that are known to depend on nothing still being written need not wait: a request for data, a
 read answered from data already on disk, a write's answer once every acknowledgement it counts is
 durable, a write sent to the other replicas (each acknowledges only its own durable copy; this node's
 own counts only once its batch is written). `take_free()` hands them to the shell at once, even while
 a batch is being written; an effect that depends on a batch being written is held until that batch
-is, rather than the next. `flush(now_ms)` does it all in one call (the simulator's way without disk
-latency).
+is, rather than the next. A shell drives a core with the same few lines whatever its clock and disk:
 
-The core never touches a socket or the clock and draws randomness only from the injected
-`random.Random`; the asyncio shell (or the simulator) moves bytes and calls it. Malformed input from
-clients becomes a `Failure`; malformed input from peers never reaches here (the codec rejects it).
-A broken invariant of our own raises and stops the node.
+    perform(core.take_free())
+    batch = core.take_batch()          # only when no batch is being written
+    write(batch.ops); sync if batch.sync
+    perform(core.batch_written())
+
+The core never touches a socket, the clock or its engine's writes, and draws randomness only from
+the injected `random.Random`; the asyncio shell (or the simulator) moves bytes and calls it. Malformed
+input from clients becomes a `Failure`; malformed input from peers never reaches here (the codec
+rejects it). A broken invariant of our own raises and stops the node.
 
 Layout
 ------
 This module is the shell of the state machine: construction, the public surface, the dispatch of
-messages to handlers, the timeouts of operations in flight, and stats. The protocol itself lives in
-one mixin per concern, over the shared state and helpers of nodebase.py (storage overlay, op
-registry, effects):
+messages and of op timeouts and lost peers to the concern that owns them (typed tables at the end),
+and the node's status. The protocol itself lives in one mixin per concern, over the shared state and
+helpers of nodebase.py (storage overlay, op registry, effects); each concern initialises its own
+state and owns the lifecycle of its op kinds:
 - coordination.py: get, put, delete, forwarding, listing and read repair;
 - clusterops.py: heartbeats, gossip, join, leave, remove, the claimant's ring transitions, bucket
   properties;
 - handoff.py: ownership transfers, the stray sweep, hinted-handoff delivery;
 - reaping.py: tombstone reaping;
-and anti-entropy is the composed helper of antientropy.py (`self.aae`). Effects and admin requests
-are defined in effects.py and importable from here.
+and anti-entropy is the composed helper of antientropy.py (`self.aae`), the actor and its dots that
+of actors.py (`self.actors`). Effects and admin requests are defined in effects.py and importable
+from here.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from dynastore.core import hints, membership
-from dynastore.core.antientropy import AntiEntropy, ExchangeOp
-from dynastore.core.clusterops import BUCKET_PROPS, ClusterOps
+from dynastore.core import hints, placement
+from dynastore.core.actors import Actors
+from dynastore.core.antientropy import AntiEntropy
+from dynastore.core.bucketprops import BUCKET_PROPS
+from dynastore.core.clusterops import ClusterOps
 from dynastore.core.controller import BackgroundController
 from dynastore.core.coordination import LIST_KEYS_MAX, Coordination
 from dynastore.core.effects import (
@@ -60,9 +71,9 @@ from dynastore.core.effects import (
     Effect,
     Reply,
     Send,
+    Stop,
     seed_label,
 )
-from dynastore.core.failure import FailureDetector
 from dynastore.core.handoff import Handoff
 from dynastore.core.membership import ACTIVE, Member
 from dynastore.core.messages import (
@@ -99,20 +110,30 @@ from dynastore.core.messages import (
     TreeReply,
     TreeRequest,
 )
-from dynastore.core.nodebase import META_CLUSTER, META_COUNTER, META_EPOCH, META_GENERATION, NodeBase, Stats
+from dynastore.core.nodebase import NodeBase, Stats
 from dynastore.core.objects import Object
-from dynastore.core.ops import AnyOp, ForwardOp, GetOp, HintOp, JoinOp, ListOp, PullOp, PutOp, StrayOp, ToClient
+from dynastore.core.ops import (
+    AnyOp,
+    ExchangeOp,
+    ForwardOp,
+    GetOp,
+    HintOp,
+    JoinOp,
+    ListOp,
+    PullOp,
+    PutOp,
+    StrayOp,
+    ToClient,
+)
 from dynastore.core.quorum import QuorumError
 from dynastore.core.reaping import Reaping
+from dynastore.core.secret import cluster_key
 from dynastore.settings import Settings
-from dynastore.storage.base import Engine, Op
+from dynastore.storage.base import Engine
 
 __all__ = [
     "BUCKET_PROPS",
     "LIST_KEYS_MAX",
-    "META_CLUSTER",
-    "META_COUNTER",
-    "META_EPOCH",
     "AdminRequest",
     "Batch",
     "ClientJoin",
@@ -123,6 +144,7 @@ __all__ = [
     "Reply",
     "Send",
     "Stats",
+    "Stop",
     "seed_label",
 ]
 
@@ -146,140 +168,54 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         assert name and len(name.encode()) <= hints.OWNER_BYTES_MAX
         self.name = name
         self.settings = settings
-        self.engine = engine
         self.rng = rng
-        self.secret = (settings.cluster_secret or settings.cluster_name).encode()
-        self._pending = {}
-        self._committing = {}
-        self._healthy_key = (-1, -1, -1)
-        self._cluster_changes = 0
-        self._props_cache = {}
-        self._props_at = -1
-        self._healthy = frozenset()
-        self._batches_taken = 0
-        self._batches_written = 0
-        self._read_after = 0
-        self._outbox = []
-        self._free = []
-        self._held = []
-        self._staged_puts = []
-        self._committing_puts = []
-        self._ops = {}
-        self._deadlines = []
-        self._next_op = 1
-        self.stats = Stats()
-        self.detector = FailureDetector(
-            settings.phi_threshold,
-            settings.phi_window_count,
-            float(settings.phi_min_std_dev_ms),
-            float(settings.phi_acceptable_pause_ms),
-            float(settings.heartbeat_interval_ms),
-        )
-        self._hints_inflight = set()
-        self._pulling = set()
-        self._resumed = set()
-        self._stray_inflight = False
-        self._sweep_cursor = 0
-        self._ping_seq = 0
-        self.exit_requested = False
-
-        # Identity: an epoch drawn once per data directory, so a node that lost its disk gets a new
-        # actor and can never reuse a dot it handed out before.
-        raw_epoch = self._get("meta", META_EPOCH)
-        if raw_epoch is None:
-            epoch = rng.getrandbits(32)
-            self._put("meta", META_EPOCH, epoch.to_bytes(4, "big"))
-        else:
-            epoch = int.from_bytes(raw_epoch, "big")
-        self.epoch = epoch
-        # A new actor at every start: a copy this node wrote may have been lost with the process (its
-        # replicas may still hold and have acknowledged it), and the old actor's entries claim it.
-        raw_generation = self._get("meta", META_GENERATION)
-        self.generation = 0 if raw_generation is None else int.from_bytes(raw_generation, "big")
-        self._new_actor()
-        raw_lease = self._get("meta", META_COUNTER)
-        # Counters below the persisted lease end may have been handed out before a crash: skip them.
-        self._counter = 0 if raw_lease is None else int.from_bytes(raw_lease, "big")
-        self._lease_end = self._counter
-
-        me = Member(name, host, peer_port, http_port, weight, "valid", 1)
-        raw_state = self._get("meta", META_CLUSTER)
-        if raw_state is None:
-            state = membership.new_cluster(settings.cluster_name, me, settings.ring_size, settings.n_val)
-            self._put("meta", META_CLUSTER, membership.encode(state))
-        else:
-            state = membership.decode(raw_state)
-            mine = state.member(name)
-            if mine is not None and (mine.host, mine.peer_port, mine.http_port) != (host, peer_port, http_port):
-                # Restarted at another address: publish the new one with a higher version.
-                moved = Member(name, host, peer_port, http_port, mine.weight, mine.status, mine.version + 1)
-                state = state.with_member(moved)
-                self._put("meta", META_CLUSTER, membership.encode(state))
-        self.cluster = state
-        self._hint_count = self.engine.count("hints")
-        self._next_gossip_ms = now_ms + rng.randrange(max(1, settings.gossip_interval_ms))
-        self._next_heartbeat_ms = now_ms
-        self._next_hint_scan_ms = now_ms + settings.hint_scan_interval_ms
-        self._next_reap_ms = now_ms + settings.reap_interval_ms
-        self._next_transfer_ms = now_ms
-        self._next_stray_ms = now_ms + settings.stray_scan_interval_ms
-        self.now_hint_ms = now_ms
+        self.secret = cluster_key(settings)
+        self._init_base(engine, now_ms)
+        self.actors = Actors(name, self.store, rng, settings)
+        self._init_coordination()
+        self._init_cluster(Member(name, host, peer_port, http_port, weight, "valid", 1), now_ms)
+        self._init_handoff(now_ms)
+        self._init_reaping(now_ms)
+        # Buffered mode syncs its engine this often (a batch says when); durable engines sync every batch.
         self._next_sync_ms = now_ms + settings.buffered_sync_interval_ms
+        self._sync_due = False
         self.controller = BackgroundController(settings.background_latency_target_ms, settings.background_window_ms)
         self.aae = AntiEntropy(self, now_ms)
 
-    # --- Public surface ------------------------------------------------------------------------------
-
-    def flush(self, now_ms: int) -> list[Effect]:
-        """Write staged operations as one batch, then release the effects that depended on them."""
-        free = self.take_free()
-        batch = self.take_batch()
-        if batch.ops:
-            self.engine.write(batch.ops)
-        self.batch_written()
-        return free + list(batch.effects) + self.take_free()
+    # --- Public surface: the durability pipeline ----------------------------------------------------
 
     def take_free(self) -> list[Effect]:
         """The effects that depend on nothing not yet durable (requests for data, data read from disk,
         answers to writes every acknowledgement of which is durable): the shell performs them at
         once, even while a batch is being written."""
-        free, self._free = self._free, []
-        return free
+        return self.outbox.take_free()
 
     def take_batch(self) -> Batch:
-        """Everything staged so far as one batch, with every effect queued so far.
+        """Everything staged so far as the next batch. The caller writes `batch.ops` to the engine (and
+        syncs it when `batch.sync`), then calls `batch_written()` and performs what that returns.
 
-        The caller writes `batch.ops` to the engine, calls `batch_written()`, and only then performs
-        `batch.effects`. Effects queued while a batch is being written may depend on it (a reply built
-        from its data), so they wait for the next batch, which is taken only after this one is written.
+        Effects queued while a batch is being written may depend on it (a reply built from its data),
+        so they wait for the next batch, which is taken only after this one is written.
         """
-        assert not self._committing, "a batch is still being written"
-        ops = tuple(Op(area, key, value) for (area, key), value in self._pending.items())
-        self._committing, self._pending = self._pending, {}
-        self._batches_taken += 1
-        self._committing_puts, self._staged_puts = self._staged_puts, []
-        effects, self._outbox = tuple(self._outbox), []
-        return Batch(ops, effects)
+        number, ops = self.store.take()
+        self.outbox.seal(number)
+        sync, self._sync_due = self._sync_due, False
+        return Batch(number, ops, sync)
 
-    def batch_written(self) -> None:
-        """The batch from `take_batch` is on disk: reads may now go to the engine for it, and the
-        writes this node coordinates whose copies it held count this node's acknowledgement (answers
-        that follow are queued to go at once: take them with `take_free`), as are the effects held
-        for this batch."""
-        self._committing = {}
-        self._batches_written = self._batches_taken
-        if self._held:
-            done = self._batches_written
-            self._free.extend(effect for after, effect in self._held if after <= done)
-            self._held = [(after, effect) for after, effect in self._held if after > done]
-        puts, self._committing_puts = self._committing_puts, []
-        for op_id in puts:
-            self._local_put_durable(op_id, self.now_hint_ms)
+    def batch_written(self) -> list[Effect]:
+        """The batch from `take_batch` is on disk: the effects to perform now. Reads go to the engine
+        for it; the effects queued with it and those held for it leave; the writes this node
+        coordinates whose copies it held count this node's acknowledgement."""
+        number = self.store.taken
+        self.store.mark_written(number)
+        effects = self.outbox.written(number)
+        self._own_copies_durable(number, self.now_hint_ms)
+        return effects + self.outbox.take_free()
 
     @property
     def has_pending(self) -> bool:
         """Whether anything is staged or queued that a batch would carry."""
-        return bool(self._pending) or bool(self._outbox) or bool(self._free)
+        return self.store.has_pending or self.outbox.has_waiting or self._sync_due
 
     def next_deadline_ms(self) -> int:
         deadline = min(
@@ -297,6 +233,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         if self._deadlines:
             deadline = min(deadline, self._deadlines[0][0])
         return deadline
+
+    # --- Public surface: inputs -----------------------------------------------------------------------
 
     def on_request(self, request_id: int, request: ClientRequest | AdminRequest, now_ms: int) -> None:
         self.now_hint_ms = now_ms
@@ -328,7 +266,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         handler(self, src, msg, now_ms)
 
     def on_unreachable(self, peer: str, now_ms: int) -> None:
-        """A connection to `peer` failed or was refused: it is down until it speaks again.
+        """A connection to `peer` failed or was refused: it is down until it speaks again, and every op
+        waiting on it is told (each concern decides what that means for its own ops).
 
         A seed known only by address is named by `seed_label(host, port)`.
         """
@@ -338,29 +277,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         if not peer.startswith("@"):
             self.detector.connection_failed(peer, now_ms)
         for op_id, op in list(self._ops.items()):
-            if isinstance(op, GetOp):
-                self._get_target_lost(op_id, op, peer, now_ms)
-            elif isinstance(op, PutOp):
-                self._put_target_lost(op_id, op, peer, now_ms)
-            elif isinstance(op, ForwardOp) and op.dst == peer:
-                self._retry_forward(op_id, op, now_ms)
-            elif isinstance(op, ListOp) and peer in op.waiting:
-                op.waiting.discard(peer)
-                self._advance_list(op_id, op)
-            elif isinstance(op, HintOp) and op.owner == peer:
-                self._finish(op_id)
-                self._hints_inflight.discard(peer)
-            elif isinstance(op, JoinOp) and op.seed == peer:
-                self._finish(op_id)
-                self._answer(op.origin, Failure("unavailable", f"seed {peer[1:]} is unreachable"))
-            elif isinstance(op, PullOp) and op.source == peer:
-                self._finish(op_id)
-                self._pulling.discard((op.partition, op.source))
-            elif isinstance(op, StrayOp) and peer in op.waiting:
-                self._finish(op_id)
-                self._stray_inflight = False
-            elif isinstance(op, ExchangeOp) and op.peer == peer:
-                self.aae.abandon(op_id)
+            _OP_KINDS[type(op)].lost(self, op_id, op, peer, now_ms)
 
     def on_tick(self, now_ms: int) -> None:
         self.now_hint_ms = now_ms
@@ -368,33 +285,18 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             _, op_id = heapq.heappop(self._deadlines)
             op = self._ops.get(op_id)
             if op is not None and op.deadline_ms <= now_ms:
-                self._expire(op_id, op, now_ms)
-        self.detector.update([n for n in self.cluster.names(ACTIVE) if n != self.name], now_ms)
-        if now_ms >= self._next_heartbeat_ms:
-            self._next_heartbeat_ms = now_ms + self.settings.heartbeat_interval_ms
-            self._heartbeat()
-        if now_ms >= self._next_gossip_ms:
-            self._next_gossip_ms = now_ms + self.settings.gossip_interval_ms
-            self._gossip(now_ms)
-            self._claim(now_ms)
-        if now_ms >= self._next_hint_scan_ms:
-            self._next_hint_scan_ms = now_ms + self.settings.hint_scan_interval_ms
-            self._deliver_hints(now_ms)
-        if now_ms >= self._next_reap_ms:
-            self._next_reap_ms = now_ms + self.settings.reap_interval_ms
-            self._reap_tombstones(now_ms)
-        if now_ms >= self._next_transfer_ms:
-            self._next_transfer_ms = now_ms + self.settings.handoff_retry_ms
-            self._start_transfers(now_ms)
-        if now_ms >= self._next_stray_ms:
-            self._next_stray_ms = now_ms + self.settings.stray_scan_interval_ms
-            self._sweep_strays(now_ms)
+                _OP_KINDS[type(op)].expire(self, op_id, op, now_ms)
+        self._tick_membership(now_ms)
+        self._tick_hints(now_ms)
+        self._tick_reaping(now_ms)
+        self._tick_transfers(now_ms)
+        if self._tick_strays(now_ms):
             self._maybe_exit(now_ms)
         self.aae.on_tick(now_ms)
         if not self.engine.durable and now_ms >= self._next_sync_ms:
             # Buffered mode: acknowledged writes may sit in the OS cache; bound what a machine crash loses.
             self._next_sync_ms = now_ms + self.settings.buffered_sync_interval_ms
-            self.engine.sync()
+            self._sync_due = True
 
     def observe_latency(self, latency_ms: float, now_ms: int) -> None:
         """A foreground request took this long (measured by the shell): input of the background controller."""
@@ -418,36 +320,79 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         """This node's own copy of a key (data and hints merged), read without any quorum."""
         return self._read_local(bucket, key)
 
-    # --- Timeouts ------------------------------------------------------------------------------------------
+    # --- Status: what `dynastore cluster status` and /admin show --------------------------------------------
 
-    def _expire(self, op_id: int, op: AnyOp, now_ms: int) -> None:
-        self._finish(op_id)
-        if isinstance(op, GetOp):
-            if not op.replied:
-                op.replied = True
-                self._answer(
-                    op.origin,
-                    Failure("timeout", f"timed out waiting for r={op.tally.r}: {len(op.tally.results)} replied"),
-                )
-            self._read_repair(op, now_ms)
-        elif isinstance(op, PutOp):
-            if not op.replied:
-                op.replied = True
-                self._answer(op.origin, Failure("timeout", f"timed out: {op.tally.shortfall()}"))
-        elif isinstance(op, ForwardOp):
-            self._answer(op.origin, Failure("timeout", f"timed out waiting for coordinator {op.dst}"))
-        elif isinstance(op, ListOp):
-            self._answer(op.origin, Failure("timeout", f"timed out waiting for {', '.join(sorted(op.waiting))}"))
-        elif isinstance(op, HintOp):
-            self._hints_inflight.discard(op.owner)
-        elif isinstance(op, PullOp):
-            self._pulling.discard((op.partition, op.source))
-        elif isinstance(op, StrayOp):
-            self._stray_inflight = False
-        elif isinstance(op, ExchangeOp):
-            self.aae.abandon(op_id)
-        else:
-            self._answer(op.origin, Failure("timeout", "timed out waiting for the seed to answer"))
+    def admin_status(self, now_ms: int) -> dict[str, Any]:
+        """Membership as this node sees it, the ring transition and transfers, and anti-entropy."""
+        ring = self.cluster.ring
+        transition = None
+        if ring.next_owners is not None:
+            n_vals = self.n_vals()
+            switched = sum(1 for p in range(len(ring.owners)) if all(placement.switched(ring, p, n) for n in n_vals))
+            pending = placement.transfers(self.cluster, n_vals)
+            transition = {
+                "partitions_total": len(ring.owners),
+                "partitions_switched": switched,
+                "transfers_pending": len(pending),
+                "receivers": sorted({t.receiver for t in pending}),
+            }
+        aae, controller = self.aae, self.controller
+        return {
+            "node": self.name,
+            "cluster": self.cluster.cluster,
+            "ring_version": ring.version,
+            "claimant": self.cluster.claimant(),
+            "members": self._members_status(now_ms),
+            "hints_pending": self.hints_pending,
+            "transition": transition,
+            "receiving": self.transfer_progress(),
+            "anti_entropy": {
+                "exchanges": aae.stats.exchanges,
+                "keys_repaired": aae.stats.keys_repaired,
+                "tree_builds": aae.stats.tree_builds,
+                "trees_ready": sum(1 for t in aae.trees.values() if t.ready),
+                "trees": len(aae.trees),
+                "last_exchange_age_s": {
+                    str(p): round((now_ms - t) / 1000, 1) for p, t in sorted(aae.stats.last_exchange_ms.items())
+                },
+                "background_rate_per_s": round(controller.rate_per_s, 1),
+                "background_deferred": controller.deferred,
+                "foreground_p99_ms": controller.p99(now_ms),
+                "background_latency_limit_ms": round(controller.limit_ms(now_ms), 1),
+            },
+        }
+
+    def _members_status(self, now_ms: int) -> list[dict[str, Any]]:
+        counts = self.ring.counts()
+        members = []
+        for m in self.cluster.members:
+            me = m.name == self.name
+            members.append(
+                {
+                    "name": m.name,
+                    "host": m.host,
+                    "peer_port": m.peer_port,
+                    "http_port": m.http_port,
+                    "status": m.status,
+                    "weight": m.weight,
+                    "reachable": me or self.detector.is_up(m.name, now_ms),
+                    "phi": 0.0 if me else round(self.detector.phi(m.name, now_ms), 2),
+                    "partitions": counts.get(m.name, 0),
+                }
+            )
+        return members
+
+    def aae_trees(self) -> dict[str, dict[str, Any]]:
+        """Every anti-entropy tree's root, and whether this node is a primary of its partition: replicas
+        of one partition show equal roots once converged."""
+        trees = {}
+        for (partition, n_val), tree in sorted(self.aae.trees.items()):
+            primaries = placement.placement(self.cluster.ring, partition, n_val).plist.primary_nodes
+            trees[f"{partition}/{n_val}"] = {
+                "root": tree.root().hex() if tree.ready else None,
+                "primary": self.name in primaries,
+            }
+        return trees
 
     # --- Stats ----------------------------------------------------------------------------------------------
 
@@ -504,30 +449,78 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         }
 
 
-_HANDLERS: dict[type[Any], Any] = {
-    Ping: NodeCore._on_ping,
-    Pong: NodeCore._on_pong,
-    ReplicaGet: NodeCore._on_replica_get,
-    ReplicaGetReply: NodeCore._on_replica_get_reply,
-    ReplicaPut: NodeCore._on_replica_put,
-    ReplicaPutReply: NodeCore._on_replica_put_reply,
-    ForwardPut: NodeCore._on_forward_put,
-    ForwardPutReply: NodeCore._on_forward_put_reply,
-    HintDelivery: NodeCore._on_hint_delivery,
-    HintDeliveryReply: NodeCore._on_hint_delivery_reply,
-    Reap: NodeCore._on_reap,
-    ListKeys: NodeCore._on_list_keys,
-    ListKeysReply: NodeCore._on_list_keys_reply,
-    GossipDigest: NodeCore._on_gossip_digest,
-    GossipState: NodeCore._on_gossip_state,
-    JoinRequest: NodeCore._on_join_request,
-    JoinReply: NodeCore._on_join_reply,
-    HandoffPull: NodeCore._on_handoff_pull,
-    HandoffBatch: NodeCore._on_handoff_batch,
-    TreeRequest: lambda node, src, msg, now: node.aae.on_tree_request(src, msg, now),
-    TreeReply: lambda node, src, msg, now: node.aae.on_tree_reply(src, msg, now),
-    SegmentRequest: lambda node, src, msg, now: node.aae.on_segment_request(src, msg, now),
-    SegmentReply: lambda node, src, msg, now: node.aae.on_segment_reply(src, msg, now),
-    ObjectsRequest: lambda node, src, msg, now: node.aae.on_objects_request(src, msg, now),
-    ObjectsReply: lambda node, src, msg, now: node.aae.on_objects_reply(src, msg, now),
-}
+MsgT = TypeVar("MsgT", bound=Message)
+OpT = TypeVar("OpT", bound=AnyOp)
+Handler = Callable[[NodeCore, str, Any, int], None]
+
+
+def _on(kind: type[MsgT], handler: Callable[[NodeCore, str, MsgT, int], None]) -> tuple[type[Any], Handler]:
+    """A message kind and its handler, checked to take that kind."""
+    return kind, handler
+
+
+@dataclass(frozen=True, slots=True)
+class OpKind:
+    """What ends an op of one kind: its deadline passing, and a peer found unreachable (which may or may
+    not concern it: the handler decides)."""
+
+    expire: Callable[[NodeCore, int, Any, int], None]
+    lost: Callable[[NodeCore, int, Any, str, int], None]
+
+
+def _op(
+    kind: type[OpT],
+    expire: Callable[[NodeCore, int, OpT, int], None],
+    lost: Callable[[NodeCore, int, OpT, str, int], None],
+) -> tuple[type[Any], OpKind]:
+    """An op kind and its lifecycle handlers, checked to take that kind."""
+    return kind, OpKind(expire, lost)
+
+
+_HANDLERS: dict[type[Any], Handler] = dict(
+    [
+        _on(Ping, NodeCore._on_ping),
+        _on(Pong, NodeCore._on_pong),
+        _on(ReplicaGet, NodeCore._on_replica_get),
+        _on(ReplicaGetReply, NodeCore._on_replica_get_reply),
+        _on(ReplicaPut, NodeCore._on_replica_put),
+        _on(ReplicaPutReply, NodeCore._on_replica_put_reply),
+        _on(ForwardPut, NodeCore._on_forward_put),
+        _on(ForwardPutReply, NodeCore._on_forward_put_reply),
+        _on(HintDelivery, NodeCore._on_hint_delivery),
+        _on(HintDeliveryReply, NodeCore._on_hint_delivery_reply),
+        _on(Reap, NodeCore._on_reap),
+        _on(ListKeys, NodeCore._on_list_keys),
+        _on(ListKeysReply, NodeCore._on_list_keys_reply),
+        _on(GossipDigest, NodeCore._on_gossip_digest),
+        _on(GossipState, NodeCore._on_gossip_state),
+        _on(JoinRequest, NodeCore._on_join_request),
+        _on(JoinReply, NodeCore._on_join_reply),
+        _on(HandoffPull, NodeCore._on_handoff_pull),
+        _on(HandoffBatch, NodeCore._on_handoff_batch),
+        _on(TreeRequest, lambda node, src, msg, now: node.aae.on_tree_request(src, msg, now)),
+        _on(TreeReply, lambda node, src, msg, now: node.aae.on_tree_reply(src, msg, now)),
+        _on(SegmentRequest, lambda node, src, msg, now: node.aae.on_segment_request(src, msg, now)),
+        _on(SegmentReply, lambda node, src, msg, now: node.aae.on_segment_reply(src, msg, now)),
+        _on(ObjectsRequest, lambda node, src, msg, now: node.aae.on_objects_request(src, msg, now)),
+        _on(ObjectsReply, lambda node, src, msg, now: node.aae.on_objects_reply(src, msg, now)),
+    ]
+)
+
+_OP_KINDS: dict[type[Any], OpKind] = dict(
+    [
+        _op(GetOp, NodeCore._expire_get, NodeCore._lost_get),
+        _op(PutOp, NodeCore._expire_put, NodeCore._lost_put),
+        _op(ForwardOp, NodeCore._expire_forward, NodeCore._lost_forward),
+        _op(ListOp, NodeCore._expire_list, NodeCore._lost_list),
+        _op(HintOp, NodeCore._expire_hints, NodeCore._lost_hints),
+        _op(JoinOp, NodeCore._expire_join, NodeCore._lost_join),
+        _op(PullOp, NodeCore._expire_pull, NodeCore._lost_pull),
+        _op(StrayOp, NodeCore._expire_strays, NodeCore._lost_strays),
+        _op(
+            ExchangeOp,
+            lambda node, op_id, op, now: node.aae.abandon(op_id),
+            lambda node, op_id, op, peer, now: node.aae.abandon(op_id) if op.peer == peer else None,
+        ),
+    ]
+)

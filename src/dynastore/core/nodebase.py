@@ -14,7 +14,6 @@ attribute declared here.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import random
 from abc import ABC, abstractmethod
@@ -22,7 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynastore.core import hints, keys, membership, objects, placement
+from dynastore.core import bucketprops, hints, keys, membership, objects, placement
+from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy
 from dynastore.core.controller import BackgroundController
 from dynastore.core.effects import Effect, Reply, Send
@@ -33,18 +33,12 @@ from dynastore.core.objects import Object, ObjectError
 from dynastore.core.ops import AnyOp, GetOp, Origin, ToClient
 from dynastore.core.placement import Placement
 from dynastore.core.ring import PreferenceList, Ring
+from dynastore.core.staging import Outbox, StagedStore
 from dynastore.core.versions import merge
 from dynastore.settings import Settings
 from dynastore.storage.base import Engine
 
-META_EPOCH = b"epoch"
-META_GENERATION = b"actor_generation"
-META_COUNTER = b"counter_lease_end"
 META_CLUSTER = b"cluster"
-# What one remembered key costs besides its bytes (a dict entry and an int), for the byte bound.
-FORGOTTEN_ENTRY_BYTES = 100
-# Node names longer than this are shortened to a digest inside actor ids (an actor is at most 255 bytes).
-ACTOR_NAME_BYTES_MAX = 200
 
 
 @dataclass
@@ -82,15 +76,8 @@ class NodeBase(ABC):
     engine: Engine
     rng: random.Random
     secret: bytes
-    # The actor that names this node's versions: node name, the data directory's epoch, and a
-    # generation that is new at every start and whenever this node may have lost track of versions
-    # it wrote under its previous actor (see `_new_actor`).
-    epoch: int
-    generation: int
-    actor: bytes
-    # Keys whose deleted local copy held versions of the current actor, with the newest such counter.
-    _forgotten: dict[bytes, int]
-    _forgotten_bytes: int
+    # The actor that names this node's versions, and the dots it hands out (actors.py).
+    actors: Actors
     cluster: ClusterState
     stats: Stats
     detector: FailureDetector
@@ -98,44 +85,50 @@ class NodeBase(ABC):
     aae: AntiEntropy
     # The latest `now_ms` any input carried, for the rare helper that has no `now_ms` of its own.
     now_hint_ms: int
-    # Staged writes, by (area, key); None deletes. Reads see them before the engine.
-    _pending: dict[tuple[str, bytes], bytes | None]
+    # The durability pipeline (staging.py): writes staged for the next batch and the batch being
+    # written, read through an overlay; effects and the batch each waits for.
+    store: StagedStore
+    outbox: Outbox[Effect]
     _healthy_key: tuple[int, int, int]
     _props_cache: dict[bytes, dict[str, Any]]
     _props_at: int
     _cluster_changes: int
     _healthy: frozenset[str]
-    # The batch the shell is writing right now (taken by take_batch, cleared by batch_written).
-    _committing: dict[tuple[str, bytes], bytes | None]
-    # Batches handed to the shell (take_batch) and batches written (batch_written): while they differ,
-    # batch number `_batches_taken` is being written, and what is staged goes in the one after it.
-    _batches_taken: int
-    _batches_written: int
-    # The newest batch holding something the reads since it was reset saw (see `_read_local_after`).
-    _read_after: int
-    # Effects that leave once the next batch is durable (the default), effects free to leave now,
-    # and effects held until the batch numbered with them is durable.
-    _outbox: list[Effect]
-    _free: list[Effect]
-    _held: list[tuple[int, Effect]]
-    # Writes this node coordinates whose own copy is staged, and those whose copy is being written.
-    _staged_puts: list[int]
-    _committing_puts: list[int]
     _ops: dict[int, AnyOp]
     # A heap of (deadline_ms, op id); entries of finished ops are skipped when they surface.
     _deadlines: list[tuple[int, int]]
     _next_op: int
     _hint_count: int
 
+    def _init_base(self, engine: Engine, now_ms: int) -> None:
+        """The state every concern shares: storage pipeline, caches, op registry, stats, failure detector."""
+        self.engine = engine
+        self.store = StagedStore(engine)
+        self.outbox = Outbox()
+        self.now_hint_ms = now_ms
+        self._healthy_key = (-1, -1, -1)
+        self._cluster_changes = 0
+        self._props_cache = {}
+        self._props_at = -1
+        self._healthy = frozenset()
+        self._ops = {}
+        self._deadlines = []
+        self._next_op = 1
+        self.stats = Stats()
+        s = self.settings
+        self.detector = FailureDetector(
+            s.phi_threshold,
+            s.phi_window_count,
+            float(s.phi_min_std_dev_ms),
+            float(s.phi_acceptable_pause_ms),
+            float(s.heartbeat_interval_ms),
+        )
+
     # --- Calls across concerns ---------------------------------------------------------------------------
 
     @abstractmethod
     def _dispatch_get(self, op: GetOp, now_ms: int) -> None:
         """Register a read and ask its targets (coordination.py); reaping reads through it too."""
-
-    @abstractmethod
-    def _local_put_durable(self, op_id: int, now_ms: int) -> None:
-        """This node's copy of a write it coordinates is durable: count its ack (coordination.py)."""
 
     @abstractmethod
     def _finish_reap(self, op: GetOp, now_ms: int) -> None:
@@ -154,26 +147,11 @@ class NodeBase(ABC):
             self._props_at = self._cluster_changes
         props = self._props_cache.get(bucket)
         if props is None:
-            props = self.default_bucket_props()
+            props = bucketprops.defaults(self.settings)
             props.update(self.cluster.bucket(bucket))
             if len(self._props_cache) > PROPS_CACHE_MAX:
                 self._props_cache.clear()
             self._props_cache[bucket] = props
-        return props
-
-    def default_bucket_props(self) -> dict[str, Any]:
-        """The properties of a bucket nobody configured (from the node's settings)."""
-        s = self.settings
-        props: dict[str, Any] = {
-            "n_val": s.n_val,
-            "r": "quorum" if s.r == s.n_val // 2 + 1 else s.r,
-            "w": "quorum" if s.w == s.n_val // 2 + 1 else s.w,
-            "pr": 0,
-            "pw": 0,
-            "dw": "quorum",
-            "allow_mult": s.allow_mult,
-            "last_write_wins": s.last_write_wins,
-        }
         return props
 
     def preference_list(self, bucket: bytes, key: bytes) -> tuple[int, PreferenceList]:
@@ -205,56 +183,25 @@ class NodeBase(ABC):
         return self._healthy
 
     def has_data(self) -> bool:
-        staged = any(k[0] == "data" for k in self._pending) or any(k[0] == "data" for k in self._committing)
-        return bool(self.engine.scan("data", b"", None, 1)) or staged
+        return bool(self.engine.scan("data", b"", None, 1)) or self.store.has_staged("data")
 
     # --- Storage helpers ------------------------------------------------------------------------------
 
     def _get(self, area: str, key: bytes) -> bytes | None:
-        # A staged value goes in the next batch; one in `_committing` is in the batch being written.
-        staged = (area, key)
-        if staged in self._pending:
-            self._read_after = self._batches_taken + 1
-            return self._pending[staged]
-        if staged in self._committing:
-            self._read_after = max(self._read_after, self._batches_taken)
-            return self._committing[staged]
-        return self.engine.get(area, key)
+        return self.store.get(area, key)
 
     def _durable_after(self, area: str, key: bytes) -> int:
         """The number of the batch that makes this key's staged value durable (0: it is already)."""
-        if (area, key) in self._pending:
-            return self._batches_taken + 1
-        if (area, key) in self._committing:
-            return self._batches_taken
-        return 0
+        return self.store.durable_after(area, key)
 
     def _put(self, area: str, key: bytes, value: bytes | None) -> None:
-        # Re-inserting moves the key to the end, so the batch applies operations in the order made.
-        self._pending.pop((area, key), None)
-        self._pending[(area, key)] = value
+        self.store.put(area, key, value)
 
     def _scan(self, area: str, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        staged = len(self._pending) + len(self._committing)
-        rows = dict(self.engine.scan(area, start, end, limit + staged))
-        # The batch being written first, then what was staged after it: the later write wins.
-        for overlay in (self._committing, self._pending):
-            for (a, k), v in overlay.items():
-                if a == area and k >= start and (end is None or k < end):
-                    if v is None:
-                        rows.pop(k, None)
-                    else:
-                        rows[k] = v
-        return sorted(rows.items())[:limit]
+        return self.store.scan(area, start, end, limit)
 
     def _scan_all(self, area: str, start: bytes, end: bytes | None) -> Iterable[tuple[bytes, bytes]]:
-        cursor = start
-        while True:
-            rows = self._scan(area, cursor, end, 1000)
-            yield from rows
-            if len(rows) < 1000:
-                return
-            cursor = rows[-1][0] + b"\x00"
+        return self.store.scan_all(area, start, end)
 
     def _stored_key(self, bucket: bytes, key: bytes) -> bytes:
         return keys.encode(self.ring.partition_of(bucket, key), bucket, key)
@@ -271,48 +218,13 @@ class NodeBase(ABC):
     def _n_val_of(self, skey: bytes) -> int:
         return int(self._props(keys.decode(skey).bucket)["n_val"])
 
-    def _new_actor(self) -> None:
-        """Name this node's next versions with a fresh actor, one that has written nothing anywhere.
-
-        A version vector entry `actor: n` claims every version that actor wrote to the key up to `n`,
-        so a coordinator may extend it only from a copy that holds all of them. A node loses that
-        certainty when a copy it wrote is lost (staged but not yet durable when the process died: its
-        replicas may have acknowledged it) or deleted (a delivered hint, a handed-off stray): a later
-        write under the same actor would then claim versions it never saw, and every replica merging
-        it would drop them. A fresh actor claims nothing. The generation is persisted in the next
-        batch, and nothing carrying the new actor leaves before that batch is durable.
-        """
-        self.generation += 1
-        self._put("meta", META_GENERATION, self.generation.to_bytes(8, "big"))
-        name = self.name.encode()
-        if len(name) > ACTOR_NAME_BYTES_MAX:
-            name = hashlib.blake2b(name, digest_size=16).hexdigest().encode()
-        self.actor = name + f"#{self.epoch:08x}.{self.generation}".encode()
-        self._forgotten = {}
-        self._forgotten_bytes = 0
-
-    def _forget_copy(self, skey: bytes, raw: bytes | None) -> None:
-        """A local copy of `skey` (its data or a hint) is about to be deleted: remember the newest
-        version of the current actor it held, so the next write of this key here knows what it lacks."""
-        if raw is None:
-            return
-        counter = objects.decode(raw).clock.get(self.actor)
-        if counter == 0:
-            return
-        if skey not in self._forgotten:
-            self._forgotten_bytes += len(skey) + FORGOTTEN_ENTRY_BYTES
-        self._forgotten[skey] = max(counter, self._forgotten.get(skey, 0))
-        if self._forgotten_bytes > self.settings.forgotten_dots_bytes_max:
-            self._new_actor()
-
-    def _recall_copy(self, skey: bytes) -> None:
-        """A copy of `skey` holding the current actor's newest version of it is staged: nothing of
-        this actor is forgotten for the key any more."""
-        if self._forgotten.pop(skey, None) is not None:
-            self._forgotten_bytes -= len(skey) + FORGOTTEN_ENTRY_BYTES
+    @property
+    def actor(self) -> bytes:
+        """The actor naming the versions this node writes now."""
+        return self.actors.actor
 
     def _delete_data(self, skey: bytes) -> None:
-        self._forget_copy(skey, self._get("data", skey))
+        self.actors.forget(skey, self._get("data", skey))
         self._put("data", skey, None)
         self._put("reap", skey, None)
         self.aae.on_write(skey, self._n_val_of(skey), None)
@@ -365,10 +277,9 @@ class NodeBase(ABC):
     def _read_local_after(self, bucket: bytes, key: bytes) -> tuple[Object | None, int]:
         """`_read_local`, and the batch that must be durable before what it read may be shown to
         anyone (0: all of it is on disk already)."""
-        outer, self._read_after = self._read_after, 0
+        outer = self.store.begin_read()
         obj = self._read_local(bucket, key)
-        after, self._read_after = self._read_after, max(outer, self._read_after)
-        return obj, after
+        return obj, self.store.end_read(outer)
 
     def _set_cluster(self, state: ClusterState) -> None:
         if state == self.cluster:
@@ -398,12 +309,7 @@ class NodeBase(ABC):
         """Queue an effect to leave once the batch numbered `after` is durable. None (the default of
         every caller that does not know better) waits for the next batch, which holds everything
         staged so far; a caller that knows what its effect depends on names that batch (0: nothing)."""
-        if after is None:
-            self._outbox.append(effect)
-        elif after <= self._batches_written:
-            self._free.append(effect)
-        else:
-            self._held.append((after, effect))
+        self.outbox.queue(effect, after)
 
     def _send(self, dst: str, msg: Message, *, after: int | None = None) -> None:
         self._queue(Send(dst, msg), after)
@@ -422,12 +328,9 @@ class NodeBase(ABC):
 
     # --- Validation ---------------------------------------------------------------------------------------
 
-    def _check_key(self, bucket: bytes, key: bytes) -> Failure | None:
-        if not bucket or len(bucket) > self.settings.bucket_bytes_max:
-            return Failure("bad_request", f"bucket must be 1 to {self.settings.bucket_bytes_max} bytes")
-        if not key or len(key) > self.settings.key_bytes_max:
-            return Failure("bad_request", f"key must be 1 to {self.settings.key_bytes_max} bytes")
-        return None
+    def _check_key(self, bucket: bytes, key: bytes | None) -> Failure | None:
+        problem = keys.name_problem(self.settings, bucket, key)
+        return None if problem is None else Failure("bad_request", problem)
 
 
 def _merged(local: Object | None, incoming: Object, lww: bool) -> Object:

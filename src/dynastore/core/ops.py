@@ -8,9 +8,9 @@ what is needed to finish or abandon it, and must never act on their own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
-from dynastore.core.antientropy import ExchangeOp
 from dynastore.core.messages import ClientPut
 from dynastore.core.objects import Object
 from dynastore.core.quorum import GetTally, PutTally
@@ -129,6 +129,26 @@ class StrayOp:
     waiting: set[str]
     sent: list[tuple[bytes, bytes]]
     deadline_ms: int
+
+
+# Where an exchange stands: comparing tree levels, comparing segments, waiting for the controller to
+# admit its next objects request, waiting for objects, waiting for the peer to take merged ones back.
+ExchangeStage = Literal["tree", "segments", "deferred", "objects", "push"]
+
+
+@dataclass
+class ExchangeOp:
+    """One anti-entropy exchange in progress, driven by this node (antientropy.py)."""
+
+    peer: str
+    partition: int
+    n_val: int
+    deadline_ms: int
+    level: int = 0
+    segments: list[int] = field(default_factory=list)
+    batch: list[int] = field(default_factory=list)
+    differing: list[bytes] = field(default_factory=list)
+    stage: ExchangeStage = "tree"
 
 
 AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ExchangeOp

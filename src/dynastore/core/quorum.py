@@ -9,43 +9,64 @@ anything itself (the node core does), which keeps the arithmetic testable on its
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dynastore.core import objects
+from dynastore.core.messages import QUORUM_WORDS
 from dynastore.core.objects import Object
 from dynastore.core.ring import Target
 from dynastore.core.versions import merge
 
-WAIT, OK, FAIL = "wait", "ok", "fail"
+# What a tally says of a request: answer it, it can no longer succeed, or wait for more replies.
+Decision = Literal["wait", "ok", "fail"]
+WAIT: Decision = "wait"
+OK: Decision = "ok"
+FAIL: Decision = "fail"
+# Quorum integers a client may give (any count above n_val is refused anyway).
+QUORUM_VALUE_LIMIT = 100_000
 
 
 class QuorumError(ValueError):
     """A quorum value given by a client is not acceptable (the message fits an HTTP 400)."""
 
 
+def parse(name: str, raw: object) -> int | str:
+    """A quorum value as a client or a bucket property gives it: an integer, or one of QUORUM_WORDS.
+
+    Digits are ASCII only (`²` passes str.isdigit() but not int()), and a bucket property is stored as
+    given, so it must already be sane.
+    """
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < QUORUM_VALUE_LIMIT:
+        return raw
+    if isinstance(raw, str):
+        value = raw.strip().lower()
+        if value in QUORUM_WORDS:
+            return value
+        if 0 < len(value) < 6 and all("0" <= ch <= "9" for ch in value):
+            return int(value)
+    raise QuorumError(f"{name} must be an integer or one of {', '.join(QUORUM_WORDS)}; got {raw!r}")
+
+
 def resolve(name: str, spec: object, n_val: int, default: int | str, minimum: int) -> int:
     """Turn a quorum value (an integer, or one/quorum/all/default) into a count for this n_val."""
-    value = _resolve_one(name, default if spec is None or spec == "default" else spec, n_val)
-    if value < minimum or value > n_val:
-        raise QuorumError(f"{name}={value} is invalid for a bucket with n_val={n_val}")
-    return value
+    value = parse(name, default if spec is None or spec == "default" else spec)
+    count = _count(value, n_val)
+    if count < minimum or count > n_val:
+        raise QuorumError(f"{name}={count} is invalid for a bucket with n_val={n_val}")
+    return count
 
 
-def _resolve_one(name: str, spec: object, n_val: int) -> int:
-    if isinstance(spec, bool) or not isinstance(spec, int | str):
-        raise QuorumError(f"{name} must be an integer or one, quorum, all, default")
-    if isinstance(spec, int):
-        return spec
-    word = spec.strip().lower()
-    if word == "one":
+def _count(value: int | str, n_val: int) -> int:
+    if isinstance(value, int):
+        return value
+    if value == "one":
         return 1
-    if word == "quorum":
+    if value == "quorum":
         return n_val // 2 + 1
-    if word == "all":
+    if value == "all":
         return n_val
-    # isdigit() accepts characters such as "²" that int() refuses; only ASCII digits are a count.
-    if 0 < len(word) <= 6 and all("0" <= ch <= "9" for ch in word):
-        return int(word)
-    raise QuorumError(f"{name}={spec!r} is not an integer or one, quorum, all, default")
+    # "default" names the bucket's own value, which is never "default" itself.
+    raise QuorumError(f"default is not a quorum of its own for a bucket with n_val={n_val}")
 
 
 @dataclass
@@ -74,7 +95,7 @@ class GetTally:
         if node not in self.results and self._is_target(node):
             self.errors.add(node)
 
-    def decision(self) -> str:
+    def decision(self) -> Decision:
         primaries = sum(1 for node in self.results if self._primary(node))
         if len(self.results) >= self.r and primaries >= self.pr:
             # R replies that all say "not found" are not enough while a replica that may hold the
@@ -155,7 +176,7 @@ class PutTally:
         if node not in self.acks and any(t.node == node for t in self.targets):
             self.errors.add(node)
 
-    def decision(self) -> str:
+    def decision(self) -> Decision:
         need = max(self.w, self.dw)
         primaries = sum(1 for t in self.targets if t.primary and t.node in self.acks)
         if len(self.acks) >= need and primaries >= self.pw:

@@ -29,6 +29,14 @@ class Reaping(NodeBase):
 
     _next_reap_ms: int
 
+    def _init_reaping(self, now_ms: int) -> None:
+        self._next_reap_ms = now_ms + self.settings.reap_interval_ms
+
+    def _tick_reaping(self, now_ms: int) -> None:
+        if now_ms >= self._next_reap_ms:
+            self._next_reap_ms = now_ms + self.settings.reap_interval_ms
+            self._reap_tombstones(now_ms)
+
     def _reap_tombstones(self, now_ms: int) -> None:
         rows = self._scan("reap", b"", None, self.settings.reap_batch_max)
         healthy = self.healthy(now_ms)

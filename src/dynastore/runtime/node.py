@@ -25,11 +25,12 @@ from typing import Any
 
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
 from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCore, Reply, Send
+from dynastore.core.secret import cluster_key
 from dynastore.net import tls
 from dynastore.net.rpc import Transport
 from dynastore.settings import Settings
 from dynastore.storage import open_engine
-from dynastore.storage.base import Engine, Op
+from dynastore.storage.base import Engine
 
 log = logging.getLogger("dynastore.node")
 
@@ -108,15 +109,19 @@ class BatchWriter:
         self,
         loop: asyncio.AbstractEventLoop,
         engine: Engine,
-        ops: Sequence[Op],
+        batch: Batch,
         done: Callable[[BaseException | None], None],
     ) -> None:
-        """Write `ops` to `engine` on the writer thread, then call `done(error)` on `loop`."""
+        """Write `batch` to `engine` (and sync it when it says so) on the writer thread, then call
+        `done(error)` on `loop`."""
 
         def work() -> None:
             error: BaseException | None = None
             try:
-                engine.write(ops)
+                if batch.ops:
+                    engine.write(batch.ops)
+                if batch.sync:
+                    engine.sync()
             except BaseException as exc:  # the runtime stops the node on any storage failure
                 error = exc
             with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
@@ -178,7 +183,7 @@ class NodeRuntime:
             http_port=cfg.http_port,
             weight=cfg.weight,
         )
-        secret = (self.settings.cluster_secret or self.settings.cluster_name).encode()
+        secret = cluster_key(self.settings)
         self.transport = Transport(
             name=cfg.name,
             host=cfg.host,
@@ -298,19 +303,17 @@ class NodeRuntime:
             # The batch being written ends by taking the next one, which will carry this input's work.
             return
         batch = core.take_batch()
-        if not batch.ops:
-            core.batch_written()
-            self._perform(batch.effects)
-            self._perform(core.take_free())
+        if not batch.ops and not batch.sync:
+            self._perform(core.batch_written())
             self._arm_timer()
             return
         self._committing = True
         self._idle.clear()
         engine = self.engine
         assert engine is not None
-        self._writer.submit(asyncio.get_running_loop(), engine, batch.ops, lambda error: self._written(batch, error))
+        self._writer.submit(asyncio.get_running_loop(), engine, batch, self._written)
 
-    def _written(self, batch: Batch, error: BaseException | None) -> None:
+    def _written(self, error: BaseException | None) -> None:
         core = self.core
         assert core is not None
         self._committing = False
@@ -320,8 +323,7 @@ class NodeRuntime:
             log.error("storage failure; stopping: %s", error)
             self.stopping.set()
             return
-        core.batch_written()
-        self._perform(batch.effects)
+        self._perform(core.batch_written())
         self._arm_timer()
         if core.has_pending:
             self._flush_now()
@@ -338,9 +340,9 @@ class NodeRuntime:
                 if effect.dst == self.config.name and effect.address is None:
                     continue
                 transport.send(effect.dst, effect.msg, effect.address)
-        if core.exit_requested and not self.stopping.is_set():
-            log.info("%s has handed off everything it held and left the cluster; stopping", self.config.name)
-            self.stopping.set()
+            elif not self.stopping.is_set():
+                log.info("%s; stopping", effect.reason)
+                self.stopping.set()
 
     def _arm_timer(self) -> None:
         assert self.core is not None

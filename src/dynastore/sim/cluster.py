@@ -41,6 +41,20 @@ from dynastore.sim.disk import SimDisk
 _COMMIT = "\0commit"
 
 
+def write_batch(engine: SimDisk, batch: Batch) -> None:
+    if batch.ops:
+        engine.write(batch.ops)
+    if batch.sync:
+        engine.sync()
+
+
+def write_now(core: NodeCore, engine: SimDisk) -> list[Effect]:
+    """A disk that takes no time: the free effects, the batch written at once, and what it released."""
+    effects = core.take_free()
+    write_batch(engine, core.take_batch())
+    return effects + core.batch_written()
+
+
 @dataclass(order=True)
 class _InFlight:
     deliver_at_ms: int
@@ -86,6 +100,8 @@ class SimNode:
         self.started_ms = now_ms
         # While stalled, what arrives waits here in order: messages, batch-write completions, requests.
         self.stalled = False
+        # Why the node's core asked to stop (a `Stop` effect), if it did.
+        self.stop_reason: str | None = None
         self.backlog: list[_InFlight | tuple[int, ClientRequest | ClientJoin]] = []
         self.start(now_ms)
 
@@ -100,7 +116,7 @@ class SimNode:
             peer_port=1,
             http_port=2,
         )
-        self.core.flush(now_ms)
+        write_now(self.core, self.engine)
 
     @property
     def up(self) -> bool:
@@ -298,15 +314,14 @@ class SimCluster:
         node = self.nodes[name]
         span = node.commit_ms or self.commit_ms
         if span is None:
-            self._perform(name, core.flush(self._local_now(name)))
+            self._perform(name, write_now(core, node.engine))
             return
         self._perform(name, core.take_free())
         if node.committing is not None or node.core is not core:
             return
         batch = core.take_batch()
-        if not batch.ops:
-            core.batch_written()
-            self._perform(name, [*batch.effects, *core.take_free()])
+        if not batch.ops and not batch.sync:
+            self._perform(name, core.batch_written())
             return
         node.committing = batch
         self._seq += 1
@@ -323,9 +338,8 @@ class SimCluster:
             node.backlog.append(item)
             return
         node.committing = None
-        node.engine.write(batch.ops)
-        node.core.batch_written()
-        self._perform(item.dst, [*batch.effects, *node.core.take_free()])
+        write_batch(node.engine, batch)
+        self._perform(item.dst, node.core.batch_written())
         if node.core is not None and node.core.has_pending:
             self._flush(item.dst)
 
@@ -335,6 +349,9 @@ class SimCluster:
                 self.replies[effect.request_id] = effect.response
             elif isinstance(effect, Send):
                 self._send(name, effect)
+            else:
+                # A simulated node that asks to stop keeps running: tests look at what it did before.
+                self.nodes[name].stop_reason = effect.reason
 
     def _send(self, src: str, effect: Send) -> None:
         dst = effect.dst

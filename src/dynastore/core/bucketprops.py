@@ -1,0 +1,47 @@
+"""Bucket properties: their names, the defaults a bucket nobody configured has, and the check every
+change must pass. One place, for the node that applies them and the API that resets them.
+
+Pure: settings and dictionaries in, dictionaries and reasons out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynastore.core.quorum import QuorumError, resolve
+from dynastore.settings import Settings
+
+# The properties a bucket may set (Riak's names); the API ignores the rest of Riak's (see api/http.py).
+BUCKET_PROPS = ("n_val", "r", "w", "pr", "pw", "dw", "allow_mult", "last_write_wins")
+
+
+def defaults(settings: Settings) -> dict[str, Any]:
+    """The properties of a bucket nobody configured (from the node's settings), as a new dict."""
+    s = settings
+    quorum = s.n_val // 2 + 1
+    return {
+        "n_val": s.n_val,
+        "r": "quorum" if s.r == quorum else s.r,
+        "w": "quorum" if s.w == quorum else s.w,
+        "pr": 0,
+        "pw": 0,
+        "dw": "quorum",
+        "allow_mult": s.allow_mult,
+        "last_write_wins": s.last_write_wins,
+    }
+
+
+def problem(props: dict[str, Any], settings: Settings) -> str | None:
+    """Why a bucket's complete properties are unacceptable (a reason fit for a 400), or None."""
+    n_val = props.get("n_val")
+    if isinstance(n_val, bool) or not isinstance(n_val, int) or not 1 <= n_val <= settings.n_val_max:
+        return f"n_val must be an integer from 1 to {settings.n_val_max}"
+    for name, minimum in (("r", 1), ("w", 1), ("pr", 0), ("pw", 0), ("dw", 0)):
+        try:
+            resolve(name, props.get(name), n_val, "quorum", minimum)
+        except QuorumError as exc:
+            return str(exc)
+    for name in ("allow_mult", "last_write_wins"):
+        if not isinstance(props.get(name), bool):
+            return f"{name} must be true or false"
+    return None
