@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +89,17 @@ class NodeBase(ABC):
     # written, read through an overlay; effects and the batch each waits for.
     store: StagedStore
     outbox: Outbox[Effect]
+    # The store's and the outbox's own methods, bound once (every request goes through them):
+    # reads and writes through the overlay, the batch that makes a key durable, and
+    # `_queue(effect, after)`: leave once batch `after` is durable (None, the default of every caller
+    # that does not know better, waits for the next batch, which holds everything staged so far; a
+    # caller that knows what its effect depends on names that batch, 0 for nothing).
+    _get: Callable[[str, bytes], bytes | None]
+    _put: Callable[[str, bytes, bytes | None], None]
+    _durable_after: Callable[[str, bytes], int]
+    _scan: Callable[[str, bytes, bytes | None, int], list[tuple[bytes, bytes]]]
+    _scan_all: Callable[[str, bytes, bytes | None], Iterable[tuple[bytes, bytes]]]
+    _queue: Callable[[Effect, int | None], None]
     _healthy_key: tuple[int, int, int]
     _props_cache: dict[bytes, dict[str, Any]]
     _props_at: int
@@ -103,8 +114,11 @@ class NodeBase(ABC):
     def _init_base(self, engine: Engine, now_ms: int) -> None:
         """The state every concern shares: storage pipeline, caches, op registry, stats, failure detector."""
         self.engine = engine
-        self.store = StagedStore(engine)
+        self.store = store = StagedStore(engine)
         self.outbox = Outbox()
+        self._get, self._put, self._durable_after = store.get, store.put, store.durable_after
+        self._scan, self._scan_all = store.scan, store.scan_all
+        self._queue = self.outbox.queue
         self.now_hint_ms = now_ms
         self._healthy_key = (-1, -1, -1)
         self._cluster_changes = 0
@@ -186,22 +200,6 @@ class NodeBase(ABC):
         return bool(self.engine.scan("data", b"", None, 1)) or self.store.has_staged("data")
 
     # --- Storage helpers ------------------------------------------------------------------------------
-
-    def _get(self, area: str, key: bytes) -> bytes | None:
-        return self.store.get(area, key)
-
-    def _durable_after(self, area: str, key: bytes) -> int:
-        """The number of the batch that makes this key's staged value durable (0: it is already)."""
-        return self.store.durable_after(area, key)
-
-    def _put(self, area: str, key: bytes, value: bytes | None) -> None:
-        self.store.put(area, key, value)
-
-    def _scan(self, area: str, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        return self.store.scan(area, start, end, limit)
-
-    def _scan_all(self, area: str, start: bytes, end: bytes | None) -> Iterable[tuple[bytes, bytes]]:
-        return self.store.scan_all(area, start, end)
 
     def _stored_key(self, bucket: bytes, key: bytes) -> bytes:
         return keys.encode(self.ring.partition_of(bucket, key), bucket, key)
@@ -304,12 +302,6 @@ class NodeBase(ABC):
 
     def _finish(self, op_id: int) -> None:
         self._ops.pop(op_id, None)
-
-    def _queue(self, effect: Effect, after: int | None) -> None:
-        """Queue an effect to leave once the batch numbered `after` is durable. None (the default of
-        every caller that does not know better) waits for the next batch, which holds everything
-        staged so far; a caller that knows what its effect depends on names that batch (0: nothing)."""
-        self.outbox.queue(effect, after)
 
     def _send(self, dst: str, msg: Message, *, after: int | None = None) -> None:
         self._queue(Send(dst, msg), after)

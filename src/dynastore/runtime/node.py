@@ -302,6 +302,10 @@ class NodeRuntime:
         if self._committing:
             # The batch being written ends by taking the next one, which will carry this input's work.
             return
+        if not core.has_pending:
+            # Nothing staged or queued (a read of durable data, a heartbeat): no batch to take.
+            self._arm_timer()
+            return
         batch = core.take_batch()
         if not batch.ops and not batch.sync:
             self._perform(core.batch_written())

@@ -51,6 +51,8 @@ def write_batch(engine: SimDisk, batch: Batch) -> None:
 def write_now(core: NodeCore, engine: SimDisk) -> list[Effect]:
     """A disk that takes no time: the free effects, the batch written at once, and what it released."""
     effects = core.take_free()
+    if not core.has_pending:
+        return effects
     write_batch(engine, core.take_batch())
     return effects + core.batch_written()
 
