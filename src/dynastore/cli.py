@@ -32,12 +32,23 @@ def _fail(message: str) -> None:
 
 
 def _settings(config: str | None, overrides: tuple[str, ...]) -> Settings:
+    """Settings from the config file and --set overrides; a secret may come from `cluster_secret_file`
+    or the DYNASTORE_CLUSTER_SECRET environment variable, so that it need not be on a command line."""
     try:
         base = load_file(Path(config)) if config else Settings()
-        return base.with_overrides(overrides)
+        settings = base.with_overrides(overrides)
     except SettingsError as exc:
         _fail(str(exc))
         raise AssertionError from exc
+    if settings.cluster_secret_file:
+        try:
+            secret = Path(settings.cluster_secret_file).read_text().strip()
+        except OSError as exc:
+            _fail(f"cannot read cluster_secret_file: {exc}")
+        settings = settings.replace(cluster_secret=secret)
+    elif not settings.cluster_secret and os.environ.get("DYNASTORE_CLUSTER_SECRET"):
+        settings = settings.replace(cluster_secret=os.environ["DYNASTORE_CLUSTER_SECRET"])
+    return settings
 
 
 def _address(text: str, what: str) -> tuple[str, int]:
@@ -92,11 +103,12 @@ def node(
     cfg = NodeConfig(
         name, host, http_port, peer_port, Path(data_dir), tuple(_address(s, "--seed") for s in seeds), weight
     )
+    from dynastore.core.nodebase import StartupError
     from dynastore.net.tls import TlsError
 
     try:
         serve(cfg, settings)
-    except (OSError, TlsError) as exc:
+    except (OSError, TlsError, StartupError) as exc:
         _fail(f"cannot start {name}: {exc}")
 
 
@@ -124,7 +136,7 @@ def up(
     same cluster from its data."""
     from dynastore.localcluster import LocalCluster
 
-    _settings(None, overrides)
+    settings = _settings(None, overrides)
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     stopping = False
@@ -135,7 +147,17 @@ def up(
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    cluster = LocalCluster(root, nodes, host=host, http_port=http_port, peer_port=peer_port, overrides=overrides)
+    # Every node shares one secret: the one given (the nodes read it as this command did), else one
+    # kept with the data in DATA_DIR/cluster.secret, created with the cluster.
+    cluster = LocalCluster(
+        root,
+        nodes,
+        host=host,
+        http_port=http_port,
+        peer_port=peer_port,
+        overrides=overrides,
+        make_secret=not settings.cluster_secret,
+    )
     try:
         cluster.start()
         for node in cluster.nodes:
@@ -164,6 +186,106 @@ def up(
     finally:
         cluster.close()
     sys.exit(0 if stopping else 1)
+
+
+# --- credentials -----------------------------------------------------------------------------------------------
+
+# What the command authenticates with: set by the options below (or the environment).
+_CREDENTIALS: dict[str, str] = {}
+
+
+def _remember(name: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            _CREDENTIALS[name] = value
+
+    return callback
+
+
+def _read_file(name: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            try:
+                _CREDENTIALS[name] = Path(value).read_text().strip()
+            except OSError as exc:
+                _fail(f"cannot read {value}: {exc}")
+
+    return callback
+
+
+def CREDENTIAL_OPTIONS(fn: F) -> F:
+    """--user/--password[-file] (a user, when security is on) or --secret[-file] (the cluster secret,
+    proved to the node without sending it): from a file, the environment or a prompt, so that neither
+    need appear on a command line."""
+    options = [
+        click.option(
+            "--user",
+            envvar="DYNASTORE_USER",
+            expose_value=False,
+            callback=_remember("user"),
+            help="User to authenticate as (env DYNASTORE_USER).",
+        ),
+        click.option(
+            "--password",
+            envvar="DYNASTORE_PASSWORD",
+            expose_value=False,
+            callback=_remember("password"),
+            help="Its password (env DYNASTORE_PASSWORD; prompted for when missing).",
+        ),
+        click.option(
+            "--password-file",
+            expose_value=False,
+            callback=_read_file("password"),
+            type=click.Path(dir_okay=False),
+            help="Read the password from this file.",
+        ),
+        click.option(
+            "--secret",
+            envvar="DYNASTORE_CLUSTER_SECRET",
+            expose_value=False,
+            callback=_remember("secret"),
+            help="The cluster secret (env DYNASTORE_CLUSTER_SECRET), proved without being sent.",
+        ),
+        click.option(
+            "--secret-file",
+            expose_value=False,
+            callback=_read_file("secret"),
+            type=click.Path(dir_okay=False),
+            help="Read the cluster secret from this file.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _user_auth() -> tuple[str, str] | None:
+    user = _CREDENTIALS.get("user")
+    if not user:
+        return None
+    password = _CREDENTIALS.get("password")
+    if password is None:
+        if not sys.stdin.isatty():
+            _fail("--user needs a password: --password-file, DYNASTORE_PASSWORD or a terminal to prompt on")
+        password = click.prompt(f"password for {user}", hide_input=True, err=True)
+        _CREDENTIALS["password"] = password
+    return user, password
+
+
+def _auth_headers(url: str, method: str, target: str, body: bytes) -> dict[str, str]:
+    """The headers proving who the command is: a proof with the secret, else Basic credentials."""
+    import base64
+
+    secret_text = _CREDENTIALS.get("secret")
+    if secret_text:
+        from dynastore.localcluster import secret_proof
+
+        return secret_proof(url, method, target, body, secret_text)
+    auth = _user_auth()
+    if auth is None:
+        return {}
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 # --- cluster -------------------------------------------------------------------------------------------------
@@ -203,7 +325,7 @@ _CA_OPTION = click.option(
 
 
 def NODE_OPTION(fn: F) -> F:
-    return _URL_OPTION(_CA_OPTION(fn))
+    return _URL_OPTION(_CA_OPTION(CREDENTIAL_OPTIONS(fn)))
 
 
 @cluster.command()
@@ -256,8 +378,10 @@ def _receiving(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for m in data["members"]:
         if m["status"] == "removed" or not m["reachable"]:
             continue
+        member_url = f"http://{m['host']}:{m['http_port']}"
         try:
-            theirs = http_json(f"http://{m['host']}:{m['http_port']}/admin/status", timeout_s=2.0)
+            headers = _auth_headers(member_url, "GET", "/admin/status", b"")
+            theirs = http_json(member_url + "/admin/status", timeout_s=2.0, headers=headers)
         except (OSError, urllib.error.URLError, ValueError):
             continue
         out.extend((m["name"], t) for t in theirs.get("receiving", []))
@@ -338,18 +462,160 @@ def remove(name: str, url: str) -> None:
     click.echo(f"removed {name}")
 
 
-def _admin(url: str, path: str, method: str = "GET", params: dict[str, str] | None = None) -> Any:
-    from urllib.parse import urlencode
+def _admin(
+    url: str, path: str, method: str = "GET", params: dict[str, str] | None = None, body: bytes | None = None
+) -> Any:
+    from urllib.parse import quote, urlencode
 
-    full = url.rstrip("/") + path + ("?" + urlencode(params) if params else "")
+    target = path + ("?" + urlencode(params, quote_via=quote) if params else "")
     try:
         from dynastore.localcluster import http_json
 
-        return http_json(full, timeout_s=30.0, method=method)
+        headers = _auth_headers(url, method, target, body or b"")
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        return http_json(url.rstrip("/") + target, timeout_s=30.0, method=method, data=body, headers=headers)
     except urllib.error.HTTPError as exc:
         _fail(f"{exc.code}: {exc.read().decode(errors='replace').strip()}")
     except (OSError, urllib.error.URLError) as exc:
         _fail(f"cannot reach {url}: {exc}")
+
+
+# --- security ----------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def security() -> None:
+    """Users and permissions (Riak-style): enable, disable, status, add-user, del-user, grant, revoke, list.
+
+    Each acts on --node and authenticates as a user holding dynastore.admin (--user, with its password
+    from DYNASTORE_PASSWORD, a file or a prompt) or with the cluster secret (--secret-file, or
+    DYNASTORE_CLUSTER_SECRET), which is how the first admin is made."""
+
+
+@security.command("enable")
+@NODE_OPTION
+def security_enable(url: str) -> None:
+    """Turn security on for the whole cluster (refused unless every member serves TLS or loopback only)."""
+    _admin(url, "/admin/security/enable", method="POST")
+    click.echo("security enabled")
+
+
+@security.command("disable")
+@NODE_OPTION
+def security_disable(url: str) -> None:
+    """Turn security off for the whole cluster."""
+    _admin(url, "/admin/security/disable", method="POST")
+    click.echo("security disabled")
+
+
+@security.command("status")
+@NODE_OPTION
+def security_status(url: str) -> None:
+    """Whether security is on, and how many users there are."""
+    data = _admin(url, "/admin/security")
+    click.echo(f"security {'enabled' if data['enabled'] else 'disabled'}; {len(data['users'])} users")
+
+
+@security.command("list")
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def security_list(url: str, as_json: bool) -> None:
+    """Every user and what it is granted, and on what."""
+    data = _admin(url, "/admin/security")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"security {'enabled' if data['enabled'] else 'disabled'}")
+    for user in data["users"]:
+        grants = ", ".join(f"{g['permission']} on {g['on']}" for g in user["grants"]) or "nothing"
+        click.echo(f"  {user['name']}: {grants}")
+
+
+@security.command("add-user")
+@click.argument("name")
+@click.option("--password", "new_password", default=None, help="The new user's password (else prompted for).")
+@click.option(
+    "--password-file",
+    "new_password_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the new user's password from this file.",
+)
+@_URL_OPTION
+@_CA_OPTION
+@click.option(
+    "--user",
+    envvar="DYNASTORE_USER",
+    expose_value=False,
+    callback=_remember("user"),
+    help="Admin to authenticate as (its password from DYNASTORE_PASSWORD or a prompt).",
+)
+@click.option(
+    "--secret",
+    envvar="DYNASTORE_CLUSTER_SECRET",
+    expose_value=False,
+    callback=_remember("secret"),
+    help="The cluster secret (env DYNASTORE_CLUSTER_SECRET).",
+)
+@click.option(
+    "--secret-file",
+    expose_value=False,
+    callback=_read_file("secret"),
+    type=click.Path(dir_okay=False),
+    help="Read the cluster secret from this file.",
+)
+def security_add_user(name: str, new_password: str | None, new_password_file: str | None, url: str) -> None:
+    """Add user NAME (or change its password). The password is hashed by the node (salted scrypt)."""
+    if os.environ.get("DYNASTORE_PASSWORD"):
+        _CREDENTIALS.setdefault("password", os.environ["DYNASTORE_PASSWORD"])
+    if new_password_file:
+        try:
+            new_password = Path(new_password_file).read_text().strip()
+        except OSError as exc:
+            _fail(f"cannot read {new_password_file}: {exc}")
+    if new_password is None:
+        if not sys.stdin.isatty():
+            _fail("add-user needs the new password: --password-file or a terminal to prompt on")
+        new_password = click.prompt(
+            f"password for new user {name}", hide_input=True, confirmation_prompt=True, err=True
+        )
+    body = json.dumps({"password": new_password}).encode()
+    _admin(url, "/admin/security/users", method="POST", params={"name": name}, body=body)
+    click.echo(f"user {name} added")
+
+
+@security.command("del-user")
+@click.argument("name")
+@NODE_OPTION
+def security_del_user(name: str, url: str) -> None:
+    """Delete user NAME and its grants."""
+    _admin(url, "/admin/security/users/delete", method="POST", params={"name": name})
+    click.echo(f"user {name} deleted")
+
+
+@security.command("grant")
+@click.argument("permissions")
+@click.option("--on", "scope", required=True, help="any, a bucket type or bucket name, or TYPE/BUCKET.")
+@click.option("--to", "grantee", required=True, help="The user granted them.")
+@NODE_OPTION
+def security_grant(permissions: str, scope: str, grantee: str, url: str) -> None:
+    """Grant PERM[,PERM...] (Riak's names, dynastore.status, dynastore.admin) on a scope to a user."""
+    params = {"permissions": permissions, "on": scope, "user": grantee}
+    _admin(url, "/admin/security/grant", method="POST", params=params)
+    click.echo(f"granted {permissions} on {scope} to {grantee}")
+
+
+@security.command("revoke")
+@click.argument("permissions")
+@click.option("--on", "scope", required=True, help="The scope they were granted on.")
+@click.option("--from", "grantee", required=True, help="The user they are taken from.")
+@NODE_OPTION
+def security_revoke(permissions: str, scope: str, grantee: str, url: str) -> None:
+    """Revoke PERM[,PERM...] on a scope from a user."""
+    params = {"permissions": permissions, "on": scope, "user": grantee}
+    _admin(url, "/admin/security/revoke", method="POST", params=params)
+    click.echo(f"revoked {permissions} on {scope} from {grantee}")
 
 
 # --- data commands ----------------------------------------------------------------------------------------------
@@ -383,7 +649,7 @@ def get(bucket: str, key: str, url: str, r: str | None, pr: str | None) -> None:
     from dynastore.client.http import HttpClient
 
     async def go() -> None:
-        async with HttpClient(url, ssl_context=_ssl_context()) as client:
+        async with HttpClient(url, ssl_context=_ssl_context(), auth=_user_auth()) as client:
             fetched = await client.get(bucket, key, r=r, pr=pr)
         if not fetched.exists:
             click.echo(f"not found{' (deleted)' if fetched.context else ''}", err=True)
@@ -424,7 +690,7 @@ def put(
     data = sys.stdin.buffer.read() if value == "-" else value.encode()
 
     async def go() -> None:
-        async with HttpClient(url, ssl_context=_ssl_context()) as client:
+        async with HttpClient(url, ssl_context=_ssl_context(), auth=_user_auth()) as client:
             new_context = await client.put(
                 bucket, key, data, context=context, content_type=content_type, w=w, dw=dw, pw=pw
             )
@@ -444,7 +710,7 @@ def delete(bucket: str, key: str, url: str, context: str | None, w: str | None) 
     from dynastore.client.http import HttpClient
 
     async def go() -> None:
-        async with HttpClient(url, ssl_context=_ssl_context()) as client:
+        async with HttpClient(url, ssl_context=_ssl_context(), auth=_user_auth()) as client:
             existed = await client.delete(bucket, key, context=context, w=w)
         if not existed:
             click.echo("not found", err=True)

@@ -55,9 +55,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise ClusterError(f"no free port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} after {_PORTS_TRIES_MAX} tries")
 
 
-def http_json(url: str, timeout_s: float = 2.0, method: str = "GET", data: bytes | None = None) -> Any:
+def http_json(
+    url: str,
+    timeout_s: float = 2.0,
+    method: str = "GET",
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
     """GET (or another method) a JSON document; HTTPS is verified against $DYNASTORE_CA when set."""
-    request = urllib.request.Request(url, method=method, data=data)
+    request = urllib.request.Request(url, method=method, data=data, headers=headers or {})
     context = None
     if url.startswith("https:") and os.environ.get("DYNASTORE_CA"):
         from dynastore.net.tls import http_client_context
@@ -65,6 +71,33 @@ def http_json(url: str, timeout_s: float = 2.0, method: str = "GET", data: bytes
         context = http_client_context(os.environ["DYNASTORE_CA"])
     with urllib.request.urlopen(request, timeout=timeout_s, context=context) as resp:
         return json.loads(resp.read())
+
+
+SECRET_FILE = "cluster.secret"
+
+
+def local_secret(root: Path) -> Path:
+    """The secret file of a local cluster in `root`, created (readable by its owner only) if missing."""
+    import secrets
+
+    root.mkdir(parents=True, exist_ok=True)
+    path = (root / SECRET_FILE).resolve()
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def secret_proof(url: str, method: str, target: str, body: bytes, secret: str) -> dict[str, str]:
+    """The header proving to the node at `url` that a request comes from a holder of the cluster secret
+    (the node's nonce, MAC'd with the operator key: the secret itself is never sent)."""
+    from dynastore.api.auth import PROOF_HEADER, proof
+    from dynastore.core.secret import ADMIN, derive
+
+    nonce = bytes.fromhex(http_json(url.rstrip("/") + "/admin/challenge", timeout_s=10.0)["nonce"])
+    mac = proof(derive(secret.encode(), ADMIN), nonce, method, target, body)
+    return {PROOF_HEADER: f"{nonce.hex()}:{mac.hex()}"}
 
 
 @dataclass
@@ -83,6 +116,8 @@ class NodeProc:
     # A command the node runs under, e.g. ("faketime", "+60s") to skew its clock.
     wrapper: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    # With security on, probes prove they hold this cluster secret (they are the cluster's operator).
+    secret: str | None = None
 
     @property
     def url(self) -> str:
@@ -167,7 +202,12 @@ class NodeProc:
         return "\n".join(f"  {self.name}| {line}" for line in text[-lines:])
 
     def status(self, timeout_s: float = 1.0) -> Any:
-        return http_json(self.url + "/admin/status", timeout_s=timeout_s)
+        return self.get_json("/admin/status", timeout_s)
+
+    def get_json(self, target: str, timeout_s: float = 5.0) -> Any:
+        """GET a JSON document of this node as its operator (with a proof of the secret when secure)."""
+        headers = secret_proof(self.url, "GET", target, b"", self.secret) if self.secret else None
+        return http_json(self.url + target, timeout_s=timeout_s, headers=headers)
 
 
 class LocalCluster:
@@ -184,9 +224,20 @@ class LocalCluster:
         overrides: tuple[str, ...] = (),
         hosts: list[str] | None = None,
         netns: list[str] | None = None,
+        make_secret: bool = True,
     ) -> None:
+        """Nodes share a secret kept in ROOT/cluster.secret (created if missing) unless `overrides` give
+        one, or `make_secret` is false: the secret comes from the environment, or (loopback only) the
+        cluster makes its own key."""
         self.root = root
+        self.secret: str | None = None
+        if make_secret and not any(o.startswith(("cluster_secret=", "cluster_secret_file=")) for o in overrides):
+            path = local_secret(root)
+            self.secret = path.read_text().strip()
+            overrides = (*overrides, f"cluster_secret_file={path}")
         self.overrides = overrides
+        # Set by a test that turns security on: probes then prove the secret.
+        self.secure = False
         self.nodes: list[NodeProc] = []
         self._host = host
         self._hosts = hosts
@@ -303,7 +354,13 @@ class LocalCluster:
         self.wait(lambda: self.ready(nodes), timeout_s, "the cluster to be ready")
 
     def wait_serving(self, node: NodeProc, timeout_s: float = 30.0) -> None:
-        self.wait(lambda: http_json(node.url + "/stats", 1.0) is not None, timeout_s, f"{node.name} to serve")
+        self.wait(lambda: node.get_json("/stats", 1.0) is not None, timeout_s, f"{node.name} to serve")
 
     def stats(self, node: NodeProc) -> Any:
-        return http_json(node.url + "/stats", timeout_s=5.0)
+        return node.get_json("/stats")
+
+    def set_secure(self, secure: bool) -> None:
+        """Say whether security is on, so that probes authenticate (with the cluster secret)."""
+        self.secure = secure
+        for node in self.nodes:
+            node.secret = self.secret if secure else None

@@ -25,9 +25,26 @@ class SettingsError(ValueError):
 class Settings:
     # --- Cluster identity and protocol -------------------------------------------------------------
     cluster_name: str = "dynastore"
-    # Shared secret that authenticates the inter-node handshake and keys the MAC of client contexts.
-    # Empty means the cluster name is used: contexts are then protected against corruption, not forgery.
+    # Shared secret (at least 16 characters, the same on every node) from which the keys of the peer
+    # handshake, of client contexts and of operator proofs are derived. Required on a node whose host is
+    # not a loopback address; without it a loopback cluster uses a random key created with the cluster.
+    # Give it in a file (`cluster_secret_file`) or the DYNASTORE_CLUSTER_SECRET environment variable
+    # rather than on a command line.
     cluster_secret: str = ""
+    cluster_secret_file: str = ""
+    # During a rotation, a second secret accepted (never used to sign): first the new one on every node,
+    # then the old one while the new one signs (see the README's Security section).
+    cluster_secret_accepted: str = ""
+    # The security state a new cluster starts in (users and permissions; `dynastore security ...`
+    # changes it afterwards, cluster-wide).
+    security_enabled: bool = False
+    # Host names a node on a network address accepts in requests' Host header (comma-separated; empty:
+    # any). A node on a loopback address accepts loopback names and addresses only.
+    http_allowed_hosts: str = ""
+    # Verified client credentials kept so that security costs little per request, and failed logins a
+    # client address may make per minute before it is refused for the rest of that minute.
+    auth_cache_count_max: int = 4096
+    auth_failures_per_minute_max: int = 20
 
     # TLS for the HTTP API and (mutual) for inter-node traffic; on when both files are set. The CA file
     # verifies peers (default: the certificate itself, for a cluster sharing one self-signed certificate).

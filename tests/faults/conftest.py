@@ -4,6 +4,7 @@ links can be cut with iptables. Namespaces and processes are removed even when a
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,10 +34,40 @@ def net_cluster(
             pytest.fail(f"network namespaces are required for fault tests: {reason}")
         pytest.skip(f"fault tests need network namespaces: {reason}")
     made: list[tuple[localnet.PrivateNet, LocalCluster]] = []
+    ca_before = os.environ.get("DYNASTORE_CA")
 
-    def make(count: int, *overrides: str) -> tuple[localnet.PrivateNet, LocalCluster]:
+    def make(count: int, *overrides: str, tls: bool = False) -> tuple[localnet.PrivateNet, LocalCluster]:
         net = localnet.PrivateNet(_net_id(), count)
         net.up()
+        if tls:
+            # One certificate for the cluster, naming every node's address; clients trust it as their CA.
+            cert, key = tmp_path / "cluster.pem", tmp_path / "cluster.key"
+            names = ",".join(f"IP:{address}" for address in [*net.addresses, "127.0.0.1"])
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=dynastore-test",
+                    "-addext",
+                    f"subjectAltName={names}",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(cert),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            overrides = (*overrides, f"tls_cert_file={cert}", f"tls_key_file={key}")
+            os.environ["DYNASTORE_CA"] = str(cert)
         cluster = LocalCluster(
             tmp_path / "cluster", count, overrides=FAST + overrides, hosts=net.addresses, netns=net.namespaces
         )
@@ -52,6 +83,10 @@ def net_cluster(
             print(cluster.logs(60))
         cluster.close()
         net.close()
+    if ca_before is None:
+        os.environ.pop("DYNASTORE_CA", None)
+    else:
+        os.environ["DYNASTORE_CA"] = ca_before
 
 
 @pytest.hookimpl(hookwrapper=True)

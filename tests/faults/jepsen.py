@@ -26,6 +26,7 @@ from http_util import call, obj
 from dynastore import localnet
 from dynastore.core import hints, keys, objects
 from dynastore.core.hashing import key_partition
+from dynastore.core.secret import CONTEXT, derive
 from dynastore.core.versions import Context, Dot
 from dynastore.localcluster import LocalCluster, NodeProc
 from dynastore.sim.checkers import (
@@ -44,16 +45,26 @@ from dynastore.sim.checkers import (
 from dynastore.storage.lmdb_engine import LmdbEngine
 
 CLIENT_TIMEOUT_S = 4.0
+# The credentials every request of a run carries (set by `run` when the cluster's security is on).
+_AUTH: dict[str, str] = {}
+
+
+def _call(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout_s: float = 15.0
+) -> tuple[int, dict[str, str], bytes]:
+    return call(method, url, body, {**(headers or {}), **_AUTH}, timeout_s)
+
+
 # The write quorum of the workload's buckets (the default, w=2).
 STORE_W = 2
 
 
-def parse_context(vclock: str | None, bucket: str, key: str) -> Context:
+def parse_context(vclock: str | None, bucket: str, key: str, context_key: bytes) -> Context:
     from dynastore.core import context as ctxcodec
 
     if not vclock:
         return Context()
-    return ctxcodec.decode(vclock, b"dynastore", bucket.encode(), key.encode())
+    return ctxcodec.decode(vclock, context_key, bucket.encode(), key.encode())
 
 
 @dataclass
@@ -89,6 +100,9 @@ class Report:
 class Workload:
     def __init__(self, cluster: LocalCluster, clients: int, seed: int) -> None:
         self.cluster = cluster
+        # The key of the contexts the nodes hand out (derived from the cluster's secret), to read their dots.
+        assert cluster.secret is not None, "the fault suite's clusters share a secret"
+        self.context_key = derive(cluster.secret.encode(), CONTEXT)
         self.rng = random.Random(seed)
         self.set_ops: list[SetOp] = []
         self.writes: list[RegisterWrite] = []
@@ -142,7 +156,7 @@ class Workload:
 
     def _get(self, node: NodeProc, bucket: str, key: str) -> tuple[int, dict[str, str], bytes] | None:
         try:
-            return call(
+            return _call(
                 "GET", obj(node.url, bucket, key), headers={"Accept": "multipart/mixed"}, timeout_s=CLIENT_TIMEOUT_S
             )
         except OSError:
@@ -154,7 +168,8 @@ class Workload:
         if vclock:
             headers["X-Riak-Vclock"] = vclock
         try:
-            status, resp_headers, _ = call("PUT", obj(node.url, bucket, key), body, headers, timeout_s=CLIENT_TIMEOUT_S)
+            url = obj(node.url, bucket, key)
+            status, resp_headers, _ = _call("PUT", url, body, headers, timeout_s=CLIENT_TIMEOUT_S)
         except OSError:
             self._record_write(UNKNOWN)
             return UNKNOWN, None
@@ -162,7 +177,7 @@ class Workload:
         self._record_write(outcome)
         # The context of a write's answer is what the write replaced plus the write's own dot.
         answer = resp_headers.get("X-Riak-Vclock") if outcome == OK else None
-        dots = parse_context(answer, bucket, key).dots if answer else frozenset()
+        dots = parse_context(answer, bucket, key, self.context_key).dots if answer else frozenset()
         return outcome, next(iter(dots)) if len(dots) == 1 else None
 
     def _set_add(self, node: NodeProc, op: SetOp) -> str:
@@ -183,7 +198,7 @@ class Workload:
         if got is None or got[0] not in (200, 300, 404):
             return FAIL
         vclock = got[1].get("X-Riak-Vclock")
-        write.given = parse_context(vclock, "registers", write.key)
+        write.given = parse_context(vclock, "registers", write.key, self.context_key)
         outcome, write.dot = self._put(node, "registers", write.key, write.value, vclock)
         return outcome
 
@@ -202,7 +217,7 @@ def _set_values(status: int, headers: dict[str, str], body: bytes) -> list[int]:
 
 
 def _final_siblings(node: NodeProc, bucket: str, key: str) -> tuple[int, dict[str, str], bytes]:
-    return call("GET", obj(node.url, bucket, key, "r=all"), headers={"Accept": "multipart/mixed"}, timeout_s=10)
+    return _call("GET", obj(node.url, bucket, key, "r=all"), headers={"Accept": "multipart/mixed"}, timeout_s=10)
 
 
 class Nemesis:
@@ -266,19 +281,19 @@ def converged(cluster: LocalCluster, keys_by_bucket: dict[str, list[str]]) -> li
             problems.append(f"{node.name} holds {stats['hints_pending']} hints")
     roots: dict[str, set[Any]] = {}
     for node in cluster.nodes:
-        status, _, body = call("GET", f"{node.url}/admin/aae", timeout_s=5)
+        status, _, body = _call("GET", f"{node.url}/admin/aae", timeout_s=5)
         for tree, info in json.loads(body)["trees"].items():
             if info["primary"]:
                 roots.setdefault(tree, set()).add(info["root"])
     problems += [f"Merkle roots of {tree} differ" for tree, found in roots.items() if len(found) > 1]
     for bucket, names in keys_by_bucket.items():
         for key in names:
-            status, _, body = call("GET", obj(cluster[0].url, bucket, key) + "/preflist", timeout_s=5)
+            status, _, body = _call("GET", obj(cluster[0].url, bucket, key) + "/preflist", timeout_s=5)
             replicas = [e["node"] for e in json.loads(body)["preflist"] if e["primary"]]
             summaries = set()
             for name in replicas:
                 node = next(n for n in cluster.nodes if n.name == name)
-                status, _, body = call("GET", f"{node.url}/admin/local/{bucket}/{key}", timeout_s=5)
+                status, _, body = _call("GET", f"{node.url}/admin/local/{bucket}/{key}", timeout_s=5)
                 summaries.add(json.loads(body)["summary"] if status == 200 else None)
             if len(summaries) > 1:
                 problems.append(f"replicas of {bucket}/{key} differ")
@@ -315,6 +330,26 @@ def run(
     faults: int,
     clients: int = 6,
     converge_bound_s: float = 90.0,
+    auth: dict[str, str] | None = None,
+) -> Report:
+    """One run; `auth`: headers (HTTP Basic) that every request carries, for a cluster with security on."""
+    _AUTH.clear()
+    _AUTH.update(auth or {})
+    try:
+        return _run(net, cluster, seed=seed, fault_s=fault_s, faults=faults, clients=clients, bound_s=converge_bound_s)
+    finally:
+        _AUTH.clear()
+
+
+def _run(
+    net: localnet.PrivateNet,
+    cluster: LocalCluster,
+    *,
+    seed: int,
+    fault_s: float,
+    faults: int,
+    clients: int,
+    bound_s: float,
 ) -> Report:
     rng = random.Random(seed)
     workload = Workload(cluster, clients, seed)
@@ -337,7 +372,7 @@ def run(
     keys_by_bucket = {"sets": workload.set_keys, "registers": workload.reg_keys}
     problems: list[str] = []
     converged_s = None
-    deadline = healed + converge_bound_s
+    deadline = healed + bound_s
     while time.monotonic() < deadline:
         try:
             problems = converged(cluster, keys_by_bucket)
@@ -355,7 +390,7 @@ def run(
     for key in workload.reg_keys:
         status, headers, body = _final_siblings(cluster[0], "registers", key)
         final_regs[key] = _register_siblings(cluster, key, status, headers, body)
-    ring_size = int(json.loads(call("GET", f"{cluster[0].url}/ring", timeout_s=5)[2])["ring_size"])
+    ring_size = int(json.loads(_call("GET", f"{cluster[0].url}/ring", timeout_s=5)[2])["ring_size"])
     for node in cluster.nodes:
         node.stop()
     copies = stored_copies(cluster, keys_by_bucket, ring_size)
@@ -378,10 +413,10 @@ def _register_siblings(
     if status == 404:
         return []
     values = {v.data for v in _values(status, headers, body)}
-    _, _, plist = call("GET", obj(cluster[0].url, "registers", key) + "/preflist", timeout_s=5)
+    _, _, plist = _call("GET", obj(cluster[0].url, "registers", key) + "/preflist", timeout_s=5)
     replica = json.loads(plist)["preflist"][0]["node"]
     host = next(n for n in cluster.nodes if n.name == replica)
-    status, _, raw = call("GET", f"{host.url}/admin/local/registers/{key}", timeout_s=5)
+    status, _, raw = _call("GET", f"{host.url}/admin/local/registers/{key}", timeout_s=5)
     if status != 200:
         return []
     out = []

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import http.client
+import os
 from urllib.parse import quote, urlsplit
+
+from dynastore.net.tls import http_client_context
 
 
 def call(
     method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout_s: float = 15.0
 ) -> tuple[int, dict[str, str], bytes]:
+    """One request; https:// URLs are verified against the CA in $DYNASTORE_CA."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        context = http_client_context(os.environ["DYNASTORE_CA"])
+        conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout_s, context=context)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.request(method, path, body=body, headers=headers or {})

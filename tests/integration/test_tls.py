@@ -15,7 +15,7 @@ from cluster_settings import FAST
 
 from dynastore.client import HttpClient, RingAwareClient
 from dynastore.localcluster import LocalCluster, http_json
-from dynastore.net.framing import Hello, encode_hello
+from dynastore.net.framing import NONCE_BYTES, Hello, encode_hello
 from dynastore.net.tls import http_client_context
 
 
@@ -80,7 +80,7 @@ def test_a_tls_cluster_serves_https_and_its_nodes_require_the_cluster_certificat
         # Mutual TLS: a client that trusts the CA but has no certificate of its own, sending a valid
         # handshake frame, gets the connection closed on it and never the node's own handshake back
         # (a node that did not require a certificate would answer with its handshake).
-        hello = encode_hello(Hello("dynastore", "intruder", "127.0.0.1", 1), b"dynastore")
+        hello = encode_hello(Hello("dynastore", "intruder", "127.0.0.1", 1, bytes(NONCE_BYTES)))
         answer = b"refused"
         with socket.create_connection(("127.0.0.1", cluster[0].peer_port), timeout=5) as raw:
             try:

@@ -1,17 +1,33 @@
-"""The inter-node transport delivers frames in order, authenticates peers, drops a peer that sends
-garbage while serving the others, reports unreachable peers, and bounds what it buffers."""
+"""The inter-node transport delivers frames in order, authenticates peers (both ways, with fresh nonces,
+and every frame after), drops a peer that sends garbage while serving the others, reports unreachable
+peers, and bounds what it buffers."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
-from dynastore.core.messages import Message, Ping
-from dynastore.net.framing import Hello, encode_frame, encode_hello
+from dynastore.core.messages import JoinRequest, Message, Ping
+from dynastore.core.secret import PEER, ClusterKeys
+from dynastore.net.framing import (
+    NONCE_BYTES,
+    TO_LISTENER,
+    FrameDecoder,
+    Hello,
+    Sealer,
+    decode_hello,
+    encode_finish,
+    encode_hello,
+    encode_payload,
+    matching,
+    proof,
+    session_key,
+)
 from dynastore.net.rpc import Transport
 
-SECRET = b"secret"
+SECRET = b"secret-of-this-test-cluster"
 
 
 def free_port() -> int:
@@ -30,9 +46,12 @@ class Node:
         queue_max: int = 1000,
         inbound_max: int = 1024,
         connect_timeout_ms: int = 1000,
+        configured: bool = True,
     ):
         self.received: list[tuple[str, Message]] = []
         self.unreachable: list[str] = []
+        self.reasons: list[str] = []
+        keys = ClusterKeys((secret,), configured=configured)
         self.port = free_port()
         directory[name] = ("127.0.0.1", self.port)
         self.transport = Transport(
@@ -40,7 +59,7 @@ class Node:
             host="127.0.0.1",
             port=self.port,
             cluster="test",
-            secret=secret,
+            keys=lambda: keys,
             frame_bytes_max=1 << 20,
             queue_frames_max=queue_max,
             connect_timeout_ms=connect_timeout_ms,
@@ -48,8 +67,33 @@ class Node:
             retry_ms=200,
             address_of=directory.get,
             on_message=lambda src, msg: self.received.append((src, msg)),
-            on_unreachable=self.unreachable.append,
+            on_unreachable=self._unreachable,
         )
+
+    def _unreachable(self, peer: str, reason: str) -> None:
+        self.unreachable.append(peer)
+        self.reasons.append(reason)
+
+
+async def handshake(
+    port: int, name: str, secret: bytes = SECRET
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Sealer, list[bytes]]:
+    """Dial a node as peer `name` by hand; returns the link, its sealer and the frames of the handshake sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ours = Hello("test", name, "127.0.0.1", 1, os.urandom(NONCE_BYTES))
+    sent = [encode_hello(ours)]
+    writer.write(sent[0])
+    decoder = FrameDecoder(1 << 16)
+    frames: list[bytes] = []
+    while not frames:
+        frames = decoder.feed(await asyncio.wait_for(reader.read(4096), 5))
+    theirs, proofs = decode_hello(frames[0], "test")
+    key = ClusterKeys((secret,), configured=True).signing(PEER)
+    assert any(matching((key,), "server", ours, theirs, p) for p in proofs), "the node proved the secret"
+    sent.append(encode_finish(proof(key, "client", ours, theirs)))
+    writer.write(sent[1])
+    await writer.drain()
+    return reader, writer, Sealer(session_key(key, ours, theirs), TO_LISTENER), sent
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -94,14 +138,13 @@ def test_a_peer_sending_garbage_is_dropped_and_the_node_keeps_serving_others() -
         await a.transport.start()
         await b.transport.start()
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
-            writer.write(encode_hello(Hello("test", "mallory", "127.0.0.1", 1), SECRET))
-            writer.write(encode_frame(b"\xc1\xc1 this is not msgpack"))
+            reader, writer, sealer, _ = await handshake(b.port, "mallory")
+            writer.write(sealer.seal(b"\xc1\xc1 this is not msgpack"))
             await writer.drain()
             await until(lambda: b.transport.peer_errors == 1)
             # The node answered our hello, then closed the connection on the garbage.
-            answer = await asyncio.wait_for(reader.read(), 5)
-            assert answer.startswith(b"\x00\x00")
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert b.transport.auth_failures == 0, "the garbage was sealed: a protocol error, not an auth one"
             a.transport.send("b", Ping(7))
             await until(lambda: ("a", Ping(7)) in b.received)
             writer.close()
@@ -122,9 +165,10 @@ def test_a_peer_without_the_cluster_secret_is_refused_before_any_message() -> No
         await b.transport.start()
         try:
             a.transport.send("b", Ping(1))
-            await until(lambda: b.transport.peer_errors == 1)
             await until(lambda: "b" in a.unreachable)
             assert b.received == []
+            assert a.transport.auth_failures == 1, "a saw b prove a key it does not hold"
+            assert "does not hold this cluster's secret" in a.reasons[0]
         finally:
             await a.transport.close()
             await b.transport.close()
@@ -217,5 +261,91 @@ def test_inbound_connections_over_the_limit_are_reset_and_a_member_gets_in_once_
                 stranger.close()
             await a.transport.close()
             await b.transport.close()
+
+    run(scenario)
+
+
+def test_a_recorded_handshake_replayed_later_is_refused() -> None:
+    """A listener's nonce is fresh for every connection: the proof of an old session proves nothing."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        b = Node("b", directory)
+        await b.transport.start()
+        try:
+            _, writer, sealer, recorded = await handshake(b.port, "a")
+            writer.write(sealer.seal(encode_payload(Ping(1))))
+            await writer.drain()
+            await until(lambda: ("a", Ping(1)) in b.received)
+            writer.close()
+            # The eavesdropper's copy of that session, replayed byte for byte.
+            replay_reader, replay = await asyncio.open_connection("127.0.0.1", b.port)
+            replay.write(recorded[0] + recorded[1])
+            await replay.drain()
+            await until(lambda: b.transport.auth_failures == 1)
+            # The node answered the replayed hello with a fresh challenge, then dropped the stale proof.
+            answer = await asyncio.wait_for(replay_reader.read(), 5)
+            assert answer.startswith(b"\x00") and len(answer) > 40
+            assert b.received == [("a", Ping(1))]
+            replay.close()
+        finally:
+            await b.transport.close()
+
+    run(scenario)
+
+
+def test_a_frame_altered_or_replayed_within_a_session_fails_its_mac_and_drops_the_peer() -> None:
+    """Every frame's MAC covers its sequence number: the same frame twice is refused the second time."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        b = Node("b", directory)
+        await b.transport.start()
+        try:
+            _, writer, sealer, _ = await handshake(b.port, "a")
+            frame = sealer.seal(encode_payload(Ping(1)))
+            writer.write(frame + frame)
+            await writer.drain()
+            await until(lambda: b.transport.auth_failures == 1)
+            assert b.received == [("a", Ping(1))]
+            _, writer2, sealer2, _ = await handshake(b.port, "a")
+            tampered = bytearray(sealer2.seal(encode_payload(Ping(2))))
+            tampered[-20] ^= 1
+            writer2.write(bytes(tampered))
+            await writer2.drain()
+            await until(lambda: b.transport.auth_failures == 2)
+            assert b.received == [("a", Ping(1))]
+            writer.close()
+            writer2.close()
+        finally:
+            await b.transport.close()
+
+    run(scenario)
+
+
+def test_open_nodes_with_different_keys_carry_a_join_over_an_unproven_link_and_nothing_else() -> None:
+    """Two nodes without a configured secret (loopback) whose keys differ: a join request gets through,
+    a ping does not (the link is dialled again, and given up while the keys still differ); a node with
+    a configured secret never opens such a link."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        a = Node("a", directory, secret=b"key-of-a-one-node-cluster", configured=False)
+        b = Node("b", directory, secret=b"key-of-b-one-node-cluster", configured=False)
+        c = Node("c", directory, secret=b"a-configured-secret-of-c", configured=True)
+        for node in (a, b, c):
+            await node.transport.start()
+        try:
+            a.transport.send("b", JoinRequest(1, b"member"))
+            await until(lambda: ("a", JoinRequest(1, b"member")) in b.received)
+            a.transport.send("b", Ping(5))
+            await until(lambda: "b" in a.unreachable)
+            assert ("a", Ping(5)) not in b.received
+            c.transport.send("b", JoinRequest(2, b"member"))
+            await until(lambda: "b" in c.unreachable)
+            assert ("c", JoinRequest(2, b"member")) not in b.received
+        finally:
+            for node in (a, b, c):
+                await node.transport.close()
 
     run(scenario)

@@ -81,6 +81,8 @@ def test_writes_during_a_transfer_are_never_lost() -> None:
     c = SimCluster(3, SETTINGS.replace(handoff_pause_ms=50))
     before = write_keys(c, 100)
     join(c, "n3")
+    # The seed tells every member of the joiner at once; the claimant starts the transition at its next tick.
+    assert c.run_until(lambda: c.core("n0").cluster.ring.next_owners is not None, 10_000)
     during: dict[bytes, bytes] = {}
     i = 0
     while not settled(c) and i < 300:

@@ -181,6 +181,8 @@ def test_with_two_primaries_down_a_w2_write_lands_on_fallbacks_and_hints_drain_a
     for node in owners[1:]:
         c.crash(node)
     put(c, alive, b"k", b"sloppy", w=2)
+    # w=2 answers after two acknowledgements; the third fallback's copy may still be on its way.
+    c.run_until(lambda: sum(c.core(n).hints_pending for n in c.nodes if c.nodes[n].up) >= 2, 1000)
     fallback_hints = sum(c.core(n).hints_pending for n in c.nodes if c.nodes[n].up)
     assert fallback_hints == 2
     for node in owners[1:]:

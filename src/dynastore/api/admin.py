@@ -7,18 +7,29 @@ plain-text reason for anything malformed. What the routes report is computed by 
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
+from dynastore.api.auth import Guard
 from dynastore.api.server import Request
-from dynastore.core import keys, merkle, objects
+from dynastore.core import keys, merkle, objects, security
+from dynastore.core.effects import SecurityAction
 from dynastore.core.messages import Failure
-from dynastore.core.node import ClientJoin, ClientLeave, ClientRemove
+from dynastore.core.node import ClientJoin, ClientLeave, ClientRemove, SecurityChange
 from dynastore.runtime.node import NodeRuntime
 
 
-async def handle(runtime: NodeRuntime, request: Request, rest: list[bytes]) -> Answer:
+async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: list[bytes]) -> Answer:
     core = runtime.core
     assert core is not None
     method = request.method
+    if rest == [b"challenge"] and method == "GET":
+        # A nonce for one proof with the cluster secret (auth.proof), good for a minute.
+        return json_response({"nonce": guard.challenge().hex()})
+    if rest[:1] == [b"security"]:
+        return await _security(runtime, request, rest[1:])
     if rest == [b"status"] and method == "GET":
         return json_response(core.admin_status(runtime.clock.now_ms()))
     if len(rest) == 3 and rest[0] == b"local" and method == "GET":
@@ -71,3 +82,55 @@ async def handle(runtime: NodeRuntime, request: Request, rest: list[bytes]) -> A
             return failure(response)
         return json_response({"removed": name})
     return text(404, "Not Found")
+
+
+async def _security(runtime: NodeRuntime, request: Request, rest: list[bytes]) -> Answer:
+    """Users, grants and the security switch (the guard let only operators through)."""
+    core = runtime.core
+    assert core is not None
+    method, query = request.method, request.query
+    if not rest and method == "GET":
+        state = core.cluster.security
+        users = [
+            {"name": name, "grants": [{"permission": p, "on": scope} for p, scope in state.grants_of(name)]}
+            for name in state.user_names()
+        ]
+        return json_response({"enabled": state.on, "users": users})
+    if method != "POST":
+        return text(404, "Not Found")
+    change: SecurityChange
+    if rest in ([b"enable"], [b"disable"]):
+        change = SecurityChange("enable" if rest == [b"enable"] else "disable")
+    elif rest == [b"users"]:
+        name, password = query.get("name", ""), _password(await request.read())
+        salt = os.urandom(security.SALT_BYTES)
+        digest = await asyncio.to_thread(security.hash_password, password, salt)
+        change = SecurityChange("add_user", name, digest)
+    elif rest == [b"users", b"delete"]:
+        change = SecurityChange("del_user", query.get("name", ""))
+    elif rest in ([b"grant"], [b"revoke"]):
+        try:
+            perms = tuple(security.parse_permissions(query.get("permissions", "")))
+        except security.SecurityError as exc:
+            raise BadRequest(str(exc)) from None
+        action: SecurityAction = "grant" if rest == [b"grant"] else "revoke"
+        change = SecurityChange(action, query.get("user", ""), b"", perms, query.get("on", ""))
+    else:
+        return text(404, "Not Found")
+    response = await runtime.request(change)
+    if isinstance(response, Failure):
+        return failure(response)
+    return json_response({"done": change.action, "user": change.user})
+
+
+def _password(body: bytes) -> str:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    password = data.get("password") if isinstance(data, dict) else None
+    if not isinstance(password, str) or not password:
+        raise BadRequest('body must be JSON of the form {"password": "..."}')
+    if len(password.encode()) > security.PASSWORD_BYTES_MAX:
+        raise BadRequest(f"a password is at most {security.PASSWORD_BYTES_MAX} bytes")
+    return password

@@ -26,12 +26,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote
 
 from multidict import CIMultiDict
 
 from dynastore import __version__
-from dynastore.api import admin
+from dynastore.api import admin, auth
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
 from dynastore.core import bucketprops, keys, objects, quorum, ringdoc
@@ -49,7 +49,7 @@ from dynastore.core.messages import (
     Siblings,
 )
 from dynastore.core.objects import Content
-from dynastore.core.secret import cluster_key
+from dynastore.core.secret import CONTEXT
 from dynastore.core.versions import Context, Dot
 from dynastore.net import tls
 from dynastore.runtime.node import NodeRuntime
@@ -143,21 +143,13 @@ def _not_allowed(allowed: tuple[str, ...]) -> Response:
     return text(405, "Method Not Allowed", {"Allow": ", ".join(allowed)})
 
 
-def _path_segments(raw_path: str) -> list[bytes]:
-    """The decoded segments of a raw path; `+` is a space, as in Riak (see the module docstring)."""
-    trimmed = raw_path.strip("/")
-    if not trimmed:
-        return []
-    return [unquote_to_bytes(segment.replace("+", " ")) for segment in trimmed.split("/")]
-
-
 class Api:
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
-        self.secret = cluster_key(self.settings)
         # The server this API answers for (its connection counts go into /stats).
         self.server: HttpServer | None = None
+        self.guard = auth.Guard(runtime)
 
     # --- Dispatch -------------------------------------------------------------------------------------------
 
@@ -170,7 +162,14 @@ class Api:
 
     async def _dispatch(self, request: Request) -> Answer:
         try:
-            return await self._route(request)
+            parts = auth.segments(request.raw_path)
+            guard = self.guard
+            refusal = guard.origin_problem(request, parts) or await guard.admit(
+                request, auth.need_of(request.method, parts, dict(request.query))
+            )
+            if refusal is not None:
+                return refusal
+            return await self._route(request, parts)
         except BadRequest as exc:
             return text(exc.status, str(exc))
         except RequestEntityTooLarge:
@@ -179,8 +178,7 @@ class Api:
             log.exception("internal error serving %s %r", request.method, request.raw_path)
             return text(500, "internal error")
 
-    async def _route(self, request: Request) -> Answer:
-        parts = _path_segments(request.raw_path)
+    async def _route(self, request: Request, parts: list[bytes]) -> Answer:
         if not parts:
             return await self._allow(request, READ_METHODS, self.resources)
         head, rest = parts[0], parts[1:]
@@ -191,7 +189,7 @@ class Api:
         if head == b"ring" and not rest:
             return await self._allow(request, READ_METHODS, self.ring)
         if head == b"admin":
-            return await admin.handle(self.runtime, request, rest)
+            return await admin.handle(self.runtime, self.guard, request, rest)
         if head == b"buckets":
             return await self._buckets(request, rest, CURRENT)
         if head == b"types":
@@ -649,13 +647,21 @@ class Api:
         raw = request.headers.get("X-Riak-Vclock")
         if raw is None or not raw.strip():
             return None
-        try:
-            return ctxcodec.decode(raw, self.secret, bucket, key, self.settings.context_extra_dots_max)
-        except ContextError as exc:
-            raise BadRequest(f"bad X-Riak-Vclock: {exc}") from None
+        core = self.runtime.core
+        assert core is not None
+        problem: ContextError | None = None
+        # The current key first; during a rotation of the secret, contexts made under the previous one.
+        for context_key in core.cluster_keys().keys(CONTEXT):
+            try:
+                return ctxcodec.decode(raw, context_key, bucket, key, self.settings.context_extra_dots_max)
+            except ContextError as exc:
+                problem = problem or exc
+        raise BadRequest(f"bad X-Riak-Vclock: {problem}")
 
     def _encode_context(self, context: Context, bucket: bytes, key: bytes) -> str:
-        return ctxcodec.encode(context, self.secret, bucket, key)
+        core = self.runtime.core
+        assert core is not None
+        return ctxcodec.encode(context, core.cluster_keys().signing(CONTEXT), bucket, key)
 
 
 # --- Helpers ------------------------------------------------------------------------------------------------

@@ -216,6 +216,20 @@ class Request:
         return self._query
 
     @property
+    def client_host(self) -> str:
+        """The address the client connected from ("" when the request did not come over a socket)."""
+        return "" if self._conn is None else self._conn.client_host
+
+    @property
+    def body(self) -> bytes:
+        """The body as received (empty when it was over the server's limit and not read)."""
+        return self._body
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._conn is not None and self._conn.tls else "http"
+
+    @property
     def content_length(self) -> int | None:
         """The declared Content-Length (the parser has checked it is digits); None when chunked or absent."""
         raw = self.headers.get("Content-Length")
@@ -318,11 +332,16 @@ def http_date(second: int) -> str:
 class _Connection(asyncio.Protocol):
     """One client connection: parses requests, hands them to the handler in order, writes the answers."""
 
+    @property
+    def tls(self) -> bool:
+        return self._tls
+
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self._loop = server.loop
         self._transport: asyncio.Transport | None = None
         self._tls = False
+        self.client_host = ""
         self._parser = httptools.HttpRequestParser(self)
         # The request being parsed: its target and fields so far, then (from the end of its head) the
         # request itself and its body so far.
@@ -370,6 +389,8 @@ class _Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._tls = transport.get_extra_info("sslcontext") is not None
+        peer = transport.get_extra_info("peername")
+        self.client_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         server = self.server
         if len(server.connections) >= server.connections_max:
             # Over the limit: the client is told why (it may come back later) and nothing is parsed for

@@ -2,7 +2,7 @@
 four kinds of request, every one sent to the first node so that the coordinator's share and the
 replicas' show apart:
 
-    dynastore bench cost [--rate 800] [--seconds 10] [--runs 1] [--json FILE]
+    dynastore bench cost [--rate 800] [--seconds 10] [--runs 1] [--security] [--json FILE]
 
 - ping, 1 node: GET /ping — the HTTP server and the event loop, nothing else (the floor of any request);
 - read, 1 node: GET of a 1 KB object on a one-node cluster at n_val=1 — a read with no replication;
@@ -15,7 +15,9 @@ is measured at the same rate. CPU is user plus system time from /proc (in ticks 
 slow run is coarse) over the measured window divided by the requests sent in it; it includes each
 node's background work over that window (gossip, heartbeats: a few microseconds per request at the
 default rate). The driver is this process and is not counted. With --runs N each figure is the
-median of N runs.
+median of N runs. With --security, every cluster has security on and the driver sends the
+credentials of a user granted riak_kv.get and riak_kv.put (the credential cache makes a request's
+cost what it would be in production: its first request pays one password check per node).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from dynastore.bench.ycsb_driver import cpu_seconds
-from dynastore.localcluster import LocalCluster
+from dynastore.localcluster import LocalCluster, http_json, secret_proof
 
 RECORDS = 200
 VALUE = b"v" * 1000
@@ -125,10 +127,17 @@ def _cpu_each(pids: tuple[int, ...]) -> list[float]:
 
 
 async def _drive(
-    url: str, kinds: tuple[str, ...], nodes: int, rate: float, seconds: float, pids: tuple[int, ...]
+    url: str,
+    kinds: tuple[str, ...],
+    nodes: int,
+    rate: float,
+    seconds: float,
+    pids: tuple[int, ...],
+    auth: aiohttp.BasicAuth | None = None,
 ) -> list[Row]:
     timeout = aiohttp.ClientTimeout(total=DRAIN_S)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auth=auth) as session:
         for i in range(RECORDS):
             async with session.put(
                 f"{url}/buckets/cost/keys/k{i}", data=VALUE, headers={"Content-Type": "text/plain"}
@@ -138,7 +147,26 @@ async def _drive(
         return [Row(kind, nodes, await _measure_kind(session, url, kind, rate, seconds, pids)) for kind in kinds]
 
 
-def measure(rate: float, seconds: float, root: Path) -> list[Row]:
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"
+
+
+def _secure(cluster: LocalCluster) -> aiohttp.BasicAuth:
+    """Security on, with a user that may read and write any bucket (set up with the cluster secret)."""
+    assert cluster.secret is not None
+    url = cluster[0].url
+
+    def operator(target: str, body: bytes = b"") -> None:
+        headers = {**secret_proof(url, "POST", target, body, cluster.secret or ""), "Content-Type": "application/json"}
+        http_json(url + target, timeout_s=30.0, method="POST", data=body, headers=headers)
+
+    operator(f"/admin/security/users?name={BENCH_USER}", json.dumps({"password": BENCH_PASSWORD}).encode())
+    operator(f"/admin/security/grant?permissions=riak_kv.get,riak_kv.put&on=any&user={BENCH_USER}")
+    operator("/admin/security/enable")
+    cluster.set_secure(True)
+    return aiohttp.BasicAuth(BENCH_USER, BENCH_PASSWORD)
+
+
+def measure(rate: float, seconds: float, root: Path, security: bool = False) -> list[Row]:
     rows: list[Row] = []
     setups: tuple[tuple[int, tuple[str, ...], tuple[str, ...]], ...] = (
         (1, ("n_val=1", "r=1", "w=1"), ("ping", "read")),
@@ -152,7 +180,8 @@ def measure(rate: float, seconds: float, root: Path) -> list[Row]:
             pids = tuple(node.proc.pid for node in cluster.nodes if node.proc is not None)
             if len(pids) != nodes:
                 raise RuntimeError("a node of the cluster has no process")
-            rows += asyncio.run(_drive(cluster[0].url, kinds, nodes, rate, seconds, pids))
+            auth = _secure(cluster) if security else None
+            rows += asyncio.run(_drive(cluster[0].url, kinds, nodes, rate, seconds, pids, auth))
         finally:
             cluster.close()
     return rows
@@ -185,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=800.0, help="requests per second (default 800)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per kind (default 10)")
     parser.add_argument("--runs", type=int, default=1, help="repeat and report medians (default 1)")
+    parser.add_argument("--security", action="store_true", help="with security on and credentials on every request")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if not 1 <= args.rate <= 100_000:
@@ -194,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.runs <= 20:
         parser.error("--runs must be from 1 to 20")
     with tempfile.TemporaryDirectory(prefix="dynastore-cost-") as tmp:
-        runs = [measure(args.rate, args.seconds, Path(tmp)) for _ in range(args.runs)]
+        runs = [measure(args.rate, args.seconds, Path(tmp), args.security) for _ in range(args.runs)]
     rows = median_rows(runs)
     print(format_table(rows, args.rate))
     if args.json is not None:
@@ -204,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rate": args.rate,
                     "seconds": args.seconds,
                     "runs": args.runs,
+                    "security": args.security,
                     "rows": [{"kind": r.kind, "nodes": r.nodes, "per_node_us": list(r.per_node_us)} for r in rows],
                 },
                 indent=2,

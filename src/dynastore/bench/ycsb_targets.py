@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ import aiohttp
 
 from dynastore.client.http import Fetched, HttpClient
 from dynastore.client.ring_aware import RingAwareClient
+from dynastore.net.tls import http_client_context
 
 # The table YCSB loads; dynastore stores it as one bucket.
 BUCKET = "usertable"
@@ -85,10 +87,24 @@ async def open_target(endpoint: Endpoint, concurrency: int) -> Target:
     kind = endpoint.kind
     if kind == NOOP:
         return NoopTarget()
-    if kind in (DYNASTORE_HTTP, DYNASTORE_HTTP_BUFFERED):
-        return DynastoreTarget([HttpClient(url, timeout_s=REQUEST_TIMEOUT_S) for url in endpoint.addresses])
-    if kind == DYNASTORE_RING:
-        return DynastoreTarget([RingAwareClient(list(endpoint.addresses), timeout_s=REQUEST_TIMEOUT_S)])
+    if kind in (DYNASTORE_HTTP, DYNASTORE_HTTP_BUFFERED, DYNASTORE_RING):
+        # A cluster with security on: the driver's user from the environment (as the CLI takes it);
+        # https:// nodes are verified against DYNASTORE_CA.
+        user, password = os.environ.get("DYNASTORE_USER"), os.environ.get("DYNASTORE_PASSWORD", "")
+        auth = (user, password) if user else None
+        ca = os.environ.get("DYNASTORE_CA")
+        ssl_context = http_client_context(ca) if ca else None
+        if kind == DYNASTORE_RING:
+            aware = RingAwareClient(
+                list(endpoint.addresses), timeout_s=REQUEST_TIMEOUT_S, auth=auth, ssl_context=ssl_context
+            )
+            return DynastoreTarget([aware])
+        return DynastoreTarget(
+            [
+                HttpClient(url, timeout_s=REQUEST_TIMEOUT_S, auth=auth, ssl_context=ssl_context)
+                for url in endpoint.addresses
+            ]
+        )
     if kind == ETCD:
         return EtcdTarget(endpoint.addresses, concurrency)
     if kind == PYSYNCOBJ:

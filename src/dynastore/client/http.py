@@ -173,6 +173,7 @@ class HttpClient:
         on_attempt: AttemptObserver | None = None,
         on_headers: Callable[[str, Mapping[str, str]], None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         assert self.urls, "at least one node URL is needed"
@@ -183,6 +184,8 @@ class HttpClient:
         self.on_headers = on_headers
         # For https:// nodes: the context that verifies them (dynastore.net.tls.http_client_context).
         self.ssl_context = ssl_context
+        # A user and password, sent with every request (HTTP Basic) when the cluster's security is on.
+        self.auth = None if auth is None else aiohttp.BasicAuth(auth[0], auth[1])
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
@@ -199,7 +202,7 @@ class HttpClient:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
-            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
+            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector, auth=self.auth)
         return self._session
 
     async def _call(

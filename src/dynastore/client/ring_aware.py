@@ -70,6 +70,7 @@ class RingAwareClient:
         nodes_remembered_max: int = 1024,
         clock: Callable[[], float] = time.monotonic,
         ssl_context: ssl.SSLContext | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.seeds = [_normal(url) for url in ([seeds] if isinstance(seeds, str) else seeds)]
         if not self.seeds:
@@ -90,6 +91,7 @@ class RingAwareClient:
             on_attempt=self._on_attempt,
             on_headers=self._on_headers,
             ssl_context=ssl_context,
+            auth=auth,
         )
         self._view: RingView | None = None
         self._view_fetched_s = -math.inf

@@ -101,6 +101,16 @@ class Actors:
             self._store.put("meta", META_COUNTER, self._lease_end.to_bytes(8, "big"))
         return Dot(self.actor, self._counter)
 
+    def claims_beyond_lease(self, context: Context) -> bool:
+        """Whether a client's context names a version of this node (of any generation) past every counter
+        it has leased: forged, or from nowhere. Writing from it would push the counter towards overflow,
+        so such a write is refused."""
+        prefix = self.actor.rsplit(b".", 1)[0] + b"."
+        limit = self._lease_end
+        return any(actor.startswith(prefix) and counter > limit for actor, counter in context.vector) or any(
+            dot.actor.startswith(prefix) and dot.counter > limit for dot in context.dots
+        )
+
     def durable_after(self) -> int:
         """The batch that makes the current actor and counter lease durable (0: they are)."""
         return max(self._store.durable_after("meta", META_COUNTER), self._store.durable_after("meta", META_GENERATION))

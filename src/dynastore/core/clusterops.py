@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dynastore.core import bucketprops, membership, placement
+from dynastore.core import bucketprops, membership, placement, secret, security
 from dynastore.core.bucketprops import BUCKET_PROPS
-from dynastore.core.effects import ClientJoin, ClientRemove, Send, Stop, seed_label
+from dynastore.core.effects import ClientJoin, ClientRemove, SecurityChange, Send, Stop, seed_label
 from dynastore.core.membership import ACTIVE, OWNING, ClusterState, Member, RingState
 from dynastore.core.messages import (
     ClientSetBucketProps,
@@ -40,7 +40,7 @@ from dynastore.core.messages import (
     Ping,
     Pong,
 )
-from dynastore.core.nodebase import META_CLUSTER, NodeBase
+from dynastore.core.nodebase import META_CLUSTER, META_CLUSTER_KEY, NodeBase, StartupError
 from dynastore.core.ops import JoinOp, Origin
 from dynastore.core.ring import claim
 
@@ -49,34 +49,60 @@ class ClusterOps(NodeBase):
     """Membership, gossip, ring transitions and bucket properties; mixed into NodeCore."""
 
     _ping_seq: int
+    # The random key stored with the cluster (used when no secret is configured).
+    _cluster_key: bytes
+    _keys: secret.ClusterKeys
     _next_gossip_ms: int
     _next_heartbeat_ms: int
     # Set once a leaving node has handed everything off and asked its shell to stop (a `Stop` effect).
     exit_requested: bool
 
     def _init_cluster(self, me: Member, now_ms: int) -> None:
-        """The cluster state from disk (or a new one-node cluster), and the membership timers."""
+        """The cluster state from disk (or a new one-node cluster), its key, and the membership timers."""
         raw_state = self._get("meta", META_CLUSTER)
+        stored = self._get("meta", META_CLUSTER_KEY)
         if raw_state is None:
-            state = membership.new_cluster(self.settings.cluster_name, me, self.settings.ring_size, self.settings.n_val)
+            s = self.settings
+            state = membership.new_cluster(s.cluster_name, me, s.ring_size, s.n_val, s.security_enabled)
             self._put("meta", META_CLUSTER, membership.encode(state))
+            stored = None
         else:
             state = membership.decode(raw_state)
             mine = state.member(me.name)
-            if mine is not None and (mine.host, mine.peer_port, mine.http_port) != (
-                me.host,
-                me.peer_port,
-                me.http_port,
-            ):
-                # Restarted at another address: publish the new one with a higher version.
-                moved = replace(mine, host=me.host, peer_port=me.peer_port, http_port=me.http_port)
+            where = (me.host, me.peer_port, me.http_port, me.tls)
+            if mine is not None and (mine.host, mine.peer_port, mine.http_port, mine.tls) != where:
+                # Restarted at another address (or with TLS switched): publish it with a higher version.
+                moved = replace(mine, host=me.host, peer_port=me.peer_port, http_port=me.http_port, tls=me.tls)
                 state = state.with_member(replace(moved, version=mine.version + 1))
                 self._put("meta", META_CLUSTER, membership.encode(state))
+        if raw_state is not None and membership.encode(state) != raw_state:
+            # Written by an earlier release (an older format): migrated, in the first batch.
+            self._put("meta", META_CLUSTER, membership.encode(state))
         self.cluster = state
+        if stored is None:
+            if len(state.members) > 1 and secret.configured(self.settings) is None:
+                raise StartupError(
+                    "this data directory belongs to a cluster of several nodes made before cluster keys: "
+                    "set cluster_secret (at least 16 characters, the same on every node)"
+                )
+            # Created with the cluster: the key of a cluster without a configured secret.
+            stored = self.rng.randbytes(secret.CLUSTER_KEY_BYTES)
+            self._put("meta", META_CLUSTER_KEY, stored)
+        self._cluster_key = stored
+        self._keys = secret.cluster_keys(self.settings, stored)
         self._next_gossip_ms = now_ms + self.rng.randrange(max(1, self.settings.gossip_interval_ms))
         self._next_heartbeat_ms = now_ms
         self._ping_seq = 0
         self.exit_requested = False
+
+    def cluster_keys(self) -> secret.ClusterKeys:
+        """The cluster's key material: the configured secret's, else the key stored with the cluster."""
+        return self._keys
+
+    def _store_cluster_key(self, key: bytes) -> None:
+        self._cluster_key = key
+        self._keys = secret.cluster_keys(self.settings, key)
+        self._put("meta", META_CLUSTER_KEY, key)
 
     def _tick_membership(self, now_ms: int) -> None:
         self.detector.update([n for n in self.cluster.names(ACTIVE) if n != self.name], now_ms)
@@ -208,19 +234,22 @@ class ClusterOps(NodeBase):
         self._finish(op_id)
         self._answer(op.origin, Failure("timeout", "timed out waiting for the seed to answer"))
 
-    def _lost_join(self, op_id: int, op: JoinOp, peer: str, now_ms: int) -> None:
+    def _lost_join(self, op_id: int, op: JoinOp, peer: str, reason: str, now_ms: int) -> None:
         if op.seed == peer:
             self._finish(op_id)
-            self._answer(op.origin, Failure("unavailable", f"seed {peer[1:]} is unreachable"))
+            if reason:
+                self._answer(op.origin, Failure("bad_request", f"seed {peer[1:]} refused this node: {reason}"))
+            else:
+                self._answer(op.origin, Failure("unavailable", f"seed {peer[1:]} is unreachable"))
 
     def _on_join_request(self, src: str, msg: JoinRequest, now_ms: int) -> None:
         try:
             joiner = membership.decode_member(msg.member)
         except membership.StateError as exc:
-            self._send(src, JoinReply(msg.req, False, f"malformed join request: {exc}", b""))
+            self._send(src, JoinReply(msg.req, False, f"malformed join request: {exc}", b"", b""))
             return
         if joiner.name != src:
-            self._send(src, JoinReply(msg.req, False, "a node can only ask to join for itself", b""))
+            self._send(src, JoinReply(msg.req, False, "a node can only ask to join for itself", b"", b""))
             return
         existing = self.cluster.member(joiner.name)
         if existing is None or existing.status not in ACTIVE:
@@ -229,7 +258,11 @@ class ClusterOps(NodeBase):
         elif existing.address != joiner.address:
             moved = replace(existing, host=joiner.host, peer_port=joiner.peer_port, http_port=joiner.http_port)
             self._set_cluster(self.cluster.with_member(replace(moved, version=existing.version + 1)))
-        self._send(src, JoinReply(msg.req, True, "", membership.encode(self.cluster)))
+        # A cluster without a configured secret hands its key to the node that joins it.
+        key = b"" if self.cluster_keys().configured else self._cluster_key
+        self._send(src, JoinReply(msg.req, True, "", membership.encode(self.cluster), key))
+        # Members drop what strangers send: tell them all of the new member at once.
+        self._push_state()
 
     def _on_join_reply(self, src: str, msg: JoinReply, now_ms: int) -> None:
         op = self._ops.get(msg.req)
@@ -247,8 +280,10 @@ class ClusterOps(NodeBase):
         if theirs.cluster != self.cluster.cluster:
             self._answer(op.origin, Failure("bad_request", f"seed belongs to cluster {theirs.cluster!r}"))
             return
-        # The node's one-node cluster is abandoned: it adopts the cluster it joined.
+        # The node's one-node cluster is abandoned: it adopts the cluster it joined, and its key.
         self._set_cluster(theirs)
+        if msg.key and not self.cluster_keys().configured:
+            self._store_cluster_key(msg.key)
         self._answer(op.origin, Ok())
 
     def _leave(self, origin: Origin, now_ms: int) -> None:
@@ -299,6 +334,48 @@ class ClusterOps(NodeBase):
             self._push_state()
         self.exit_requested = True
         self._queue(Stop(f"{self.name} has handed off everything it held and left the cluster"), None)
+
+    # --- Security metadata ---------------------------------------------------------------------------
+
+    def _change_security(self, origin: Origin, req: SecurityChange, now_ms: int) -> None:
+        """Apply an operator's change to users, grants or the security switch, cluster-wide."""
+        try:
+            changed = self._security_after(req)
+        except security.SecurityError as exc:
+            self._answer(origin, Failure("bad_request", str(exc)))
+            return
+        self._set_cluster(self.cluster.with_security(changed))
+        # Push at once, so that a change made here holds everywhere within a round trip.
+        self._push_state()
+        self._answer(origin, Ok())
+
+    def _security_after(self, req: SecurityChange) -> security.SecurityState:
+        state, me = self.cluster.security, self.name
+        if req.action in ("enable", "disable"):
+            if req.action == "enable":
+                members = [(m.host, m.tls) for m in self.cluster.members if m.status in ACTIVE]
+                problem = security.members_may_enable(members, secret.is_loopback)
+                if problem is not None:
+                    raise security.SecurityError(problem)
+            return state.with_enabled(req.action == "enable", me)
+        problem = security.check_user_name(req.user)
+        if problem is not None:
+            raise security.SecurityError(problem)
+        if req.action == "add_user":
+            if not req.password_hash or not security.check_stored_hash(req.password_hash):
+                raise security.SecurityError("malformed password hash")
+            return state.with_user(req.user, req.password_hash, me)
+        if state.user_hash(req.user) is None:
+            raise security.SecurityError(f"no user {req.user!r}")
+        if req.action == "del_user":
+            return state.with_user(req.user, b"", me)
+        for perm in req.permissions:
+            problem = security.check_grant(perm, req.scope)
+            if problem is not None:
+                raise security.SecurityError(problem)
+        for perm in req.permissions:
+            state = state.with_grant(req.user, perm, req.scope, req.action == "grant", me)
+        return state
 
     # --- Bucket properties ---------------------------------------------------------------------------
 

@@ -185,7 +185,7 @@ class Coordination(NodeBase):
                 return Target(node, False, hint_for=lost.hint_for or lost.node)
         return None
 
-    def _lost_get(self, op_id: int, op: GetOp, peer: str, now_ms: int) -> None:
+    def _lost_get(self, op_id: int, op: GetOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.tally.results or peer in op.tally.errors:
             return
         substitute = self._substitute(op.tally.targets, op.plist, peer, now_ms)
@@ -227,6 +227,9 @@ class Coordination(NodeBase):
         problem = None if req.content is None else objects.check_content(req.content)
         if problem is not None:
             self._answer(origin, Failure("bad_request", problem))
+            return
+        if req.context is not None and self.actors.claims_beyond_lease(req.context):
+            self._answer(origin, Failure("bad_request", "the context names versions of this node it never wrote"))
             return
         if req.content is not None and req.content.size_bytes > self.settings.object_bytes_max:
             self._answer(
@@ -315,7 +318,7 @@ class Coordination(NodeBase):
         self._finish(op_id)
         self._answer(op.origin, Failure("timeout", f"timed out waiting for coordinator {op.dst}"))
 
-    def _lost_forward(self, op_id: int, op: ForwardOp, peer: str, now_ms: int) -> None:
+    def _lost_forward(self, op_id: int, op: ForwardOp, peer: str, reason: str, now_ms: int) -> None:
         if op.dst == peer:
             self._retry_forward(op_id, op, now_ms)
 
@@ -461,7 +464,7 @@ class Coordination(NodeBase):
             values = [objects.newest(values)]
         return Ok(Siblings(tuple(values), context))
 
-    def _lost_put(self, op_id: int, op: PutOp, peer: str, now_ms: int) -> None:
+    def _lost_put(self, op_id: int, op: PutOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.tally.acks or peer in op.tally.errors:
             return
         # Always writeable: a target found dead mid-write is replaced by the next healthy
@@ -537,7 +540,7 @@ class Coordination(NodeBase):
         self._finish(op_id)
         self._answer(op.origin, Failure("timeout", f"timed out waiting for {', '.join(sorted(op.waiting))}"))
 
-    def _lost_list(self, op_id: int, op: ListOp, peer: str, now_ms: int) -> None:
+    def _lost_list(self, op_id: int, op: ListOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.waiting:
             op.waiting.discard(peer)
             self._advance_list(op_id, op)

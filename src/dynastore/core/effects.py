@@ -11,6 +11,7 @@ beyond the message types.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from dynastore.core.messages import ClientResponse, Message
 from dynastore.storage.base import Op
@@ -63,7 +64,22 @@ class ClientRemove:
     node: str
 
 
-AdminRequest = ClientJoin | ClientLeave | ClientRemove
+SecurityAction = Literal["enable", "disable", "add_user", "del_user", "grant", "revoke"]
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityChange:
+    """Admin: change the cluster's security metadata (the API has checked the caller may). A new
+    user's password arrives hashed (security.hash_password), never in clear."""
+
+    action: SecurityAction
+    user: str = ""
+    password_hash: bytes = b""
+    permissions: tuple[str, ...] = ()
+    scope: str = ""
+
+
+AdminRequest = ClientJoin | ClientLeave | ClientRemove | SecurityChange
 
 
 def seed_label(host: str, port: int) -> str:

@@ -137,7 +137,7 @@ class Handoff(NodeBase):
     def _expire_pull(self, op_id: int, op: PullOp, now_ms: int) -> None:
         self._end_pull(op_id, op)
 
-    def _lost_pull(self, op_id: int, op: PullOp, peer: str, now_ms: int) -> None:
+    def _lost_pull(self, op_id: int, op: PullOp, peer: str, reason: str, now_ms: int) -> None:
         if op.source == peer:
             self._end_pull(op_id, op)
 
@@ -278,7 +278,7 @@ class Handoff(NodeBase):
     def _expire_strays(self, op_id: int, op: StrayOp, now_ms: int) -> None:
         self._end_strays(op_id)
 
-    def _lost_strays(self, op_id: int, op: StrayOp, peer: str, now_ms: int) -> None:
+    def _lost_strays(self, op_id: int, op: StrayOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.waiting:
             self._end_strays(op_id)
 
@@ -343,7 +343,7 @@ class Handoff(NodeBase):
     def _expire_hints(self, op_id: int, op: HintOp, now_ms: int) -> None:
         self._end_hints(op_id, op)
 
-    def _lost_hints(self, op_id: int, op: HintOp, peer: str, now_ms: int) -> None:
+    def _lost_hints(self, op_id: int, op: HintOp, peer: str, reason: str, now_ms: int) -> None:
         if op.owner == peer:
             self._end_hints(op_id, op)
 

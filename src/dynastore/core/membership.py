@@ -14,6 +14,9 @@ Theory of operation
   `done` (a grow-only set, merged by union). A partition whose transfers are all done is served by
   the next ring; when all are done the claimant makes the next ring current.
 - Bucket properties are per-bucket records versioned by (version, author).
+- Security metadata (security.py): whether security is on, users and their password hashes, and
+  grants, each a record versioned by (version, author), so concurrent changes merge deterministically
+  and a grant made at one node holds at every node once gossip has spread it.
 
 Everything here is pure; encoding is canonical (sorted), so equal states have equal digests.
 """
@@ -27,7 +30,9 @@ from typing import Any
 
 import msgpack
 
+from dynastore.core import security
 from dynastore.core.ring import Ring, claim
+from dynastore.core.security import SecurityState
 
 STATUSES = ("joining", "valid", "leaving", "exiting", "removed")
 _RANK = {status: i for i, status in enumerate(STATUSES)}
@@ -50,9 +55,11 @@ class Member:
     weight: int = 1
     status: str = "valid"
     version: int = 1
+    # Whether the member serves its HTTP API and peer links over TLS.
+    tls: bool = False
 
-    def key(self) -> tuple[int, int, str, int, int, int]:
-        return (self.version, _RANK[self.status], self.host, self.peer_port, self.http_port, self.weight)
+    def key(self) -> tuple[int, int, str, int, int, int, bool]:
+        return (self.version, _RANK[self.status], self.host, self.peer_port, self.http_port, self.weight, self.tls)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -121,6 +128,7 @@ class ClusterState:
     members: tuple[Member, ...]
     ring: RingState
     buckets: tuple[tuple[bytes, BucketProps], ...] = ()
+    security: SecurityState = security.EMPTY
 
     # --- Queries ---------------------------------------------------------------------------------
 
@@ -129,6 +137,11 @@ class ClusterState:
             if m.name == name:
                 return m
         return None
+
+    def is_member(self, name: str) -> bool:
+        """Whether `name` is a member that has not been removed (strangers may only ask to join)."""
+        m = self.member(name)
+        return m is not None and m.status != "removed"
 
     def names(self, statuses: Iterable[str] = ACTIVE) -> list[str]:
         wanted = set(statuses)
@@ -166,15 +179,21 @@ class ClusterState:
         others = tuple((b, p) for b, p in self.buckets if b != bucket)
         return replace(self, buckets=tuple(sorted((*others, (bucket, record)))))
 
+    def with_security(self, state: SecurityState) -> ClusterState:
+        return replace(self, security=state)
+
     def digest(self) -> bytes:
         return hashlib.blake2b(encode(self), digest_size=16).digest()
 
 
-def new_cluster(cluster: str, founder: Member, ring_size: int, n_val: int) -> ClusterState:
+def new_cluster(
+    cluster: str, founder: Member, ring_size: int, n_val: int, security_enabled: bool = False
+) -> ClusterState:
     """The state of a one-node cluster, as a node started alone creates it."""
     founder = replace(founder, status="valid")
     owners = claim({founder.name: founder.weight}, ring_size, n_val).owners
-    return ClusterState(cluster, (founder,), RingState(1, founder.name, owners))
+    guard = security.EMPTY.with_enabled(security_enabled, founder.name) if security_enabled else security.EMPTY
+    return ClusterState(cluster, (founder,), RingState(1, founder.name, owners), (), guard)
 
 
 # --- Merge ---------------------------------------------------------------------------------------
@@ -199,6 +218,7 @@ def merge(a: ClusterState, b: ClusterState) -> ClusterState:
         tuple(sorted(members.values())),
         _merge_rings(a.ring, b.ring),
         tuple(sorted(buckets.items())),
+        security.merge(a.security, b.security),
     )
 
 
@@ -233,21 +253,29 @@ def _ring_to_wire(r: RingState) -> list[Any]:
     ]
 
 
+# 1: members, ring, buckets. 2: members say whether they serve TLS, and security metadata. Version 1
+# (a data directory of the previous release) is read and written back as 2.
+STATE_FORMAT = 2
+
+
+def _member_to_wire(m: Member) -> list[Any]:
+    return [m.name, m.host, m.peer_port, m.http_port, m.weight, m.status, m.version, m.tls]
+
+
 def encode(state: ClusterState) -> bytes:
     data = [
-        1,
+        STATE_FORMAT,
         state.cluster,
-        [[m.name, m.host, m.peer_port, m.http_port, m.weight, m.status, m.version] for m in state.members],
+        [_member_to_wire(m) for m in state.members],
         _ring_to_wire(state.ring),
         [[b, list(map(list, p.props)), p.version, p.author] for b, p in state.buckets],
+        security.to_wire(state.security),
     ]
     return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def encode_member(m: Member) -> bytes:
-    return msgpack.packb(  # type: ignore[no-any-return]
-        [m.name, m.host, m.peer_port, m.http_port, m.weight, m.status, m.version], use_bin_type=True
-    )
+    return msgpack.packb(_member_to_wire(m), use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _need(cond: bool, what: str) -> None:
@@ -260,15 +288,17 @@ def _int(x: Any, lo: int = 0, hi: int = 1 << 62) -> bool:
 
 
 def _member_from(data: Any) -> Member:
-    _need(isinstance(data, list) and len(data) == 7, "malformed member")
-    name, host, peer_port, http_port, weight, status, version = data
+    _need(isinstance(data, list) and len(data) in (7, 8), "malformed member")
+    name, host, peer_port, http_port, weight, status, version = data[:7]
+    tls = data[7] if len(data) == 8 else False
+    _need(isinstance(tls, bool), "malformed member TLS flag")
     _need(isinstance(name, str) and 0 < len(name) <= 255, "malformed member name")
     _need(isinstance(host, str) and 0 < len(host) <= 255, "malformed member host")
     _need(_int(peer_port, 0, 65535) and _int(http_port, 0, 65535), "malformed member port")
     _need(_int(weight, 1, 1000), "malformed member weight")
     _need(status in _RANK, "malformed member status")
     _need(_int(version, 0), "malformed member version")
-    return Member(name, host, peer_port, http_port, weight, status, version)
+    return Member(name, host, peer_port, http_port, weight, status, version, tls)
 
 
 def decode_member(raw: bytes) -> Member:
@@ -290,8 +320,14 @@ def decode(raw: bytes) -> ClusterState:
         data = msgpack.unpackb(raw, raw=False)
     except Exception as exc:
         raise StateError(f"undecodable cluster state: {exc}") from None
-    _need(isinstance(data, list) and len(data) == 5 and data[0] == 1, "malformed cluster state")
-    _, cluster, raw_members, raw_ring, raw_buckets = data
+    _need(isinstance(data, list) and len(data) >= 1, "malformed cluster state")
+    _need(data[0] in (1, STATE_FORMAT), f"cluster state of format {data[0]!r}, this node reads 1 and {STATE_FORMAT}")
+    _need(len(data) == (5 if data[0] == 1 else 6), "malformed cluster state")
+    cluster, raw_members, raw_ring, raw_buckets = data[1:5]
+    try:
+        guard = security.EMPTY if data[0] == 1 else security.from_wire(data[5])
+    except security.SecurityError as exc:
+        raise StateError(str(exc)) from None
     _need(isinstance(cluster, str), "malformed cluster name")
     _need(isinstance(raw_members, list) and len(raw_members) > 0, "malformed members")
     members = [_member_from(m) for m in raw_members]
@@ -327,4 +363,5 @@ def decode(raw: bytes) -> ClusterState:
         tuple(sorted(members)),
         RingState(version, claimant, ring_owners, next_ring, frozenset(done_set)),
         tuple(sorted(buckets)),
+        guard,
     )

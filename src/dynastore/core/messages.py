@@ -19,7 +19,9 @@ from dynastore.core import objects
 from dynastore.core.objects import Content, Object, ObjectError
 from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 
-PROTOCOL_VERSION = 3
+# 4: the handshake proves the key both ways and frames carry MACs; JoinReply carries the cluster key;
+# the cluster state carries security metadata.
+PROTOCOL_VERSION = 4
 _INT_MAX = COUNTER_MAX
 
 
@@ -286,6 +288,8 @@ class JoinReply:
     ok: bool
     reason: str
     state: bytes
+    # The cluster's key, when the seed has no configured secret (loopback only); else empty.
+    key: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ from dynastore.core.effects import (
     ClientRemove,
     Effect,
     Reply,
+    SecurityChange,
     Send,
     Stop,
     seed_label,
@@ -127,7 +128,6 @@ from dynastore.core.ops import (
 )
 from dynastore.core.quorum import QuorumError
 from dynastore.core.reaping import Reaping
-from dynastore.core.secret import cluster_key
 from dynastore.settings import Settings
 from dynastore.storage.base import Engine
 
@@ -142,6 +142,7 @@ __all__ = [
     "Effect",
     "NodeCore",
     "Reply",
+    "SecurityChange",
     "Send",
     "Stats",
     "Stop",
@@ -169,11 +170,11 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self.name = name
         self.settings = settings
         self.rng = rng
-        self.secret = cluster_key(settings)
         self._init_base(engine, now_ms)
         self.actors = Actors(name, self.store, rng, settings)
         self._init_coordination()
-        self._init_cluster(Member(name, host, peer_port, http_port, weight, "valid", 1), now_ms)
+        tls = bool(settings.tls_cert_file and settings.tls_key_file)
+        self._init_cluster(Member(name, host, peer_port, http_port, weight, "valid", 1, tls), now_ms)
         self._init_handoff(now_ms)
         self._init_reaping(now_ms)
         # Buffered mode syncs its engine this often (a batch says when); durable engines sync every batch.
@@ -252,6 +253,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
                 self._start_join(origin, request, now_ms)
             elif isinstance(request, ClientLeave):
                 self._leave(origin, now_ms)
+            elif isinstance(request, SecurityChange):
+                self._change_security(origin, request, now_ms)
             else:
                 self._remove(origin, request, now_ms)
         except QuorumError as exc:
@@ -259,15 +262,21 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
 
     def on_message(self, src: str, msg: Message, now_ms: int) -> None:
         self.now_hint_ms = now_ms
+        if type(msg) not in _FROM_STRANGERS and not self.cluster.is_member(src):
+            # Only members change membership or data. A stranger (a node that has not joined, or was
+            # removed) may ask to join, be answered, and ask for our state, which tells it where it stands.
+            self.stats.strangers_dropped += 1
+            return
         if self.detector.heard_from(src, now_ms):
             self._peer_up(src, now_ms)
         handler = _HANDLERS.get(type(msg))
         assert handler is not None, f"no handler for {type(msg).__name__}"
         handler(self, src, msg, now_ms)
 
-    def on_unreachable(self, peer: str, now_ms: int) -> None:
-        """A connection to `peer` failed or was refused: it is down until it speaks again, and every op
-        waiting on it is told (each concern decides what that means for its own ops).
+    def on_unreachable(self, peer: str, now_ms: int, reason: str = "") -> None:
+        """A connection to `peer` failed or was refused (`reason` says why when the peer refused it): it
+        is down until it speaks again, and every op waiting on it is told (each concern decides what
+        that means for its own ops).
 
         A seed known only by address is named by `seed_label(host, port)`.
         """
@@ -277,7 +286,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         if not peer.startswith("@"):
             self.detector.connection_failed(peer, now_ms)
         for op_id, op in list(self._ops.items()):
-            _OP_KINDS[type(op)].lost(self, op_id, op, peer, now_ms)
+            _OP_KINDS[type(op)].lost(self, op_id, op, peer, reason, now_ms)
 
     def on_tick(self, now_ms: int) -> None:
         self.now_hint_ms = now_ms
@@ -426,6 +435,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             "handoff_resumed_total": s.handoff_resumed,
             "transfers_completed_total": s.transfers_completed,
             "strays_handed_off_total": s.strays_handed_off,
+            "strangers_dropped_total": s.strangers_dropped,
             "ring_transition": self.cluster.ring.next_owners is not None,
             "aae_exchanges_total": self.aae.stats.exchanges,
             "aae_exchanges_with_differences_total": self.aae.stats.exchanges_with_differences,
@@ -449,6 +459,9 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         }
 
 
+# What a peer that is not a member may send: nothing that changes membership or data.
+_FROM_STRANGERS = frozenset({JoinRequest, JoinReply, GossipDigest, Ping, Pong})
+
 MsgT = TypeVar("MsgT", bound=Message)
 OpT = TypeVar("OpT", bound=AnyOp)
 Handler = Callable[[NodeCore, str, Any, int], None]
@@ -465,13 +478,13 @@ class OpKind:
     not concern it: the handler decides)."""
 
     expire: Callable[[NodeCore, int, Any, int], None]
-    lost: Callable[[NodeCore, int, Any, str, int], None]
+    lost: Callable[[NodeCore, int, Any, str, str, int], None]
 
 
 def _op(
     kind: type[OpT],
     expire: Callable[[NodeCore, int, OpT, int], None],
-    lost: Callable[[NodeCore, int, OpT, str, int], None],
+    lost: Callable[[NodeCore, int, OpT, str, str, int], None],
 ) -> tuple[type[Any], OpKind]:
     """An op kind and its lifecycle handlers, checked to take that kind."""
     return kind, OpKind(expire, lost)
@@ -520,7 +533,7 @@ _OP_KINDS: dict[type[Any], OpKind] = dict(
         _op(
             ExchangeOp,
             lambda node, op_id, op, now: node.aae.abandon(op_id),
-            lambda node, op_id, op, peer, now: node.aae.abandon(op_id) if op.peer == peer else None,
+            lambda node, op_id, op, peer, reason, now: node.aae.abandon(op_id) if op.peer == peer else None,
         ),
     ]
 )

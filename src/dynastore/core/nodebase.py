@@ -39,6 +39,11 @@ from dynastore.settings import Settings
 from dynastore.storage.base import Engine
 
 META_CLUSTER = b"cluster"
+META_CLUSTER_KEY = b"cluster_key"
+
+
+class StartupError(Exception):
+    """A node cannot start on this data directory with these settings; the message says why in one line."""
 
 
 @dataclass
@@ -59,6 +64,8 @@ class Stats:
     handoff_resumed: int = 0
     transfers_completed: int = 0
     strays_handed_off: int = 0
+    # Messages other than a join from a node that is not a member (or was removed): dropped.
+    strangers_dropped: int = 0
     siblings_histogram: dict[int, int] = field(default_factory=dict)
 
 
@@ -75,7 +82,6 @@ class NodeBase(ABC):
     settings: Settings
     engine: Engine
     rng: random.Random
-    secret: bytes
     # The actor that names this node's versions, and the dots it hands out (actors.py).
     actors: Actors
     cluster: ClusterState

@@ -1,10 +1,25 @@
-"""Length-prefixed frames and the connection handshake, with no I/O.
+"""Length-prefixed frames, the connection handshake and authenticated frames, with no I/O.
 
-A frame is a 4-byte big-endian length followed by that many bytes of msgpack. The first frame each
-side sends is a handshake: `["dynastore", protocol version, cluster name, node name, host, peer port,
-proof]`, where the proof is a MAC of the other fields keyed by the cluster secret. The address lets a
-node answer a peer it has not heard of through gossip yet (a node that has just joined). A peer of
-another cluster, another protocol version or without the secret is refused before any message is read.
+A frame is a 4-byte big-endian length followed by that many bytes. Every connection starts with a
+three-step handshake that proves both ends hold the cluster's peer key without sending it, with a
+fresh nonce from each side, so a recorded handshake replayed later is refused:
+
+1. the dialling side sends its hello: `["dynastore", protocol version, cluster, node, host, port,
+   nonce]`;
+2. the listening side answers with its own hello and, for each peer key it accepts (two while a
+   secret is rotated), a proof: a MAC of both hellos under that key;
+3. the dialling side checks one proof against its own keys and answers with its proof under the key
+   that matched.
+
+Both sides then derive a session key from the key and both hellos. Every later frame is msgpack plus
+a 16-byte keyed BLAKE2b MAC over a per-direction sequence number and the payload, so a frame can be
+neither altered, nor replayed, reordered or dropped within the session without the link failing.
+
+A node of a loopback-only cluster without a configured secret is *open*: when the keys do not match
+(a node that has not joined yet holds a key of its own), two open nodes still talk, over an
+*unproven* link that carries only the messages of a join. A node with a configured secret never
+accepts or makes an unproven link. A peer of another cluster or protocol version is refused with a
+reason that says so.
 """
 
 from __future__ import annotations
@@ -21,18 +36,32 @@ from dynastore.core.messages import Message, PeerError
 
 HEADER_BYTES = 4
 MAGIC = "dynastore"
+NONCE_BYTES = 16
+PROOF_BYTES = 16
+MAC_BYTES = 16
+# At most this many proofs in a hello: the current key and one being rotated out.
+PROOFS_MAX = 2
 
 
 class FrameError(PeerError):
     """The byte stream is not a sequence of acceptable frames."""
 
 
+class AuthError(FrameError):
+    """The peer does not hold the cluster's key, or a frame's MAC does not verify."""
+
+
 def encode_frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(HEADER_BYTES, "big") + payload
 
 
+def encode_payload(msg: Message) -> bytes:
+    return msgpack.packb(messages.to_wire(msg), use_bin_type=True)  # type: ignore[no-any-return]
+
+
 def encode_message(msg: Message) -> bytes:
-    return encode_frame(msgpack.packb(messages.to_wire(msg), use_bin_type=True))
+    """A message as an unsealed frame (unproven links only)."""
+    return encode_frame(encode_payload(msg))
 
 
 def decode_message(payload: bytes) -> Message:
@@ -64,36 +93,43 @@ class FrameDecoder:
         return frames
 
 
+# --- Handshake ----------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     cluster: str
     node: str
     host: str
     port: int
+    nonce: bytes
     version: int = messages.PROTOCOL_VERSION
 
-
-def _proof(secret: bytes, hello: Hello) -> bytes:
-    text = f"{MAGIC}|{hello.version}|{hello.cluster}|{hello.node}|{hello.host}|{hello.port}"
-    return hmac.new(secret, text.encode(), hashlib.sha256).digest()[:16]
+    def fields(self) -> list[Any]:
+        return [MAGIC, self.version, self.cluster, self.node, self.host, self.port, self.nonce]
 
 
-def encode_hello(hello: Hello, secret: bytes) -> bytes:
-    fields = [MAGIC, hello.version, hello.cluster, hello.node, hello.host, hello.port, _proof(secret, hello)]
-    return encode_frame(msgpack.packb(fields, use_bin_type=True))
+def encode_hello(hello: Hello, proofs: tuple[bytes, ...] = ()) -> bytes:
+    """A hello frame; the listening side's carries its proofs."""
+    return encode_frame(msgpack.packb([*hello.fields(), list(proofs)], use_bin_type=True))
 
 
-def decode_hello(payload: bytes, secret: bytes, cluster: str) -> Hello:
-    """Validate a peer's handshake; raises FrameError saying why it is refused."""
+def decode_hello(payload: bytes, cluster: str) -> tuple[Hello, tuple[bytes, ...]]:
+    """Validate a peer's hello; raises FrameError saying why it is refused."""
     try:
         data: Any = msgpack.unpackb(payload, raw=False)
     except Exception:
         raise FrameError("handshake is not msgpack") from None
-    if not (isinstance(data, list) and len(data) == 7 and data[0] == MAGIC):
+    if not (isinstance(data, list) and len(data) >= 2 and data[0] == MAGIC):
         raise FrameError("not a dynastore handshake")
-    _, version, their_cluster, node, host, port, proof = data
-    if version != messages.PROTOCOL_VERSION:
-        raise FrameError(f"protocol version {version!r} is not {messages.PROTOCOL_VERSION}")
+    if data[1] != messages.PROTOCOL_VERSION:
+        raise FrameError(
+            f"peer speaks protocol version {data[1]!r}, this node {messages.PROTOCOL_VERSION}: "
+            "every node of a cluster must run the same protocol version"
+        )
+    if len(data) != 8:
+        raise FrameError("malformed handshake")
+    _, version, their_cluster, node, host, port, nonce, proofs = data
     if not isinstance(their_cluster, str) or their_cluster != cluster:
         raise FrameError(f"peer belongs to cluster {their_cluster!r}, not {cluster!r}")
     if not isinstance(node, str) or not node or len(node) > 255:
@@ -102,7 +138,94 @@ def decode_hello(payload: bytes, secret: bytes, cluster: str) -> Hello:
         raise FrameError("handshake has no valid host")
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise FrameError("handshake has no valid port")
-    hello = Hello(their_cluster, node, host, port, version)
-    if not isinstance(proof, bytes) or not hmac.compare_digest(proof, _proof(secret, hello)):
-        raise FrameError("handshake proof does not match the cluster secret")
-    return hello
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+        raise FrameError("handshake has no valid nonce")
+    if not (
+        isinstance(proofs, list)
+        and len(proofs) <= PROOFS_MAX
+        and all(isinstance(p, bytes) and len(p) == PROOF_BYTES for p in proofs)
+    ):
+        raise FrameError("handshake has malformed proofs")
+    return Hello(their_cluster, node, host, port, nonce, version), tuple(proofs)
+
+
+def encode_finish(proof: bytes) -> bytes:
+    """The dialling side's last handshake step: its proof (empty: an unproven link between open nodes)."""
+    return encode_frame(msgpack.packb([MAGIC, proof], use_bin_type=True))
+
+
+def decode_finish(payload: bytes) -> bytes:
+    try:
+        data: Any = msgpack.unpackb(payload, raw=False)
+    except Exception:
+        raise FrameError("handshake is not msgpack") from None
+    if not (isinstance(data, list) and len(data) == 2 and data[0] == MAGIC and isinstance(data[1], bytes)):
+        raise FrameError("malformed handshake finish")
+    if len(data[1]) not in (0, PROOF_BYTES):
+        raise FrameError("malformed handshake proof")
+    return data[1]
+
+
+def _transcript(client: Hello, server: Hello) -> bytes:
+    return msgpack.packb([client.fields(), server.fields()], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def proof(key: bytes, role: str, client: Hello, server: Hello) -> bytes:
+    """What one side shows to prove it holds `key`, bound to both nonces (no replay)."""
+    return hmac.new(key, role.encode() + _transcript(client, server), hashlib.sha256).digest()[:PROOF_BYTES]
+
+
+def matching(keys: tuple[bytes, ...], role: str, client: Hello, server: Hello, given: bytes) -> bytes | None:
+    """The first of `keys` under which `given` is the proof `role` must show, if any."""
+    for key in keys:
+        if hmac.compare_digest(given, proof(key, role, client, server)):
+            return key
+    return None
+
+
+def session_key(key: bytes, client: Hello, server: Hello) -> bytes:
+    return hmac.new(key, b"session" + _transcript(client, server), hashlib.sha256).digest()
+
+
+# --- Authenticated frames -------------------------------------------------------------------------------
+
+
+class Sealer:
+    """Seals the frames one side sends: payload + MAC(session key, direction, sequence number, payload)."""
+
+    def __init__(self, key: bytes, direction: bytes) -> None:
+        self._key = key
+        self._direction = direction
+        self._seq = 0
+
+    def seal(self, payload: bytes) -> bytes:
+        mac = hashlib.blake2b(
+            self._direction + self._seq.to_bytes(8, "big") + payload, key=self._key, digest_size=MAC_BYTES
+        ).digest()
+        self._seq += 1
+        return encode_frame(payload + mac)
+
+
+class Opener:
+    """Checks the frames the other side sealed, in order; a frame altered, replayed or skipped fails."""
+
+    def __init__(self, key: bytes, direction: bytes) -> None:
+        self._key = key
+        self._direction = direction
+        self._seq = 0
+
+    def open(self, frame: bytes) -> bytes:
+        if len(frame) < MAC_BYTES:
+            raise AuthError("frame too short for its MAC")
+        payload, mac = frame[:-MAC_BYTES], frame[-MAC_BYTES:]
+        expected = hashlib.blake2b(
+            self._direction + self._seq.to_bytes(8, "big") + payload, key=self._key, digest_size=MAC_BYTES
+        ).digest()
+        if not hmac.compare_digest(mac, expected):
+            raise AuthError("frame MAC does not verify (altered, replayed or out of order)")
+        self._seq += 1
+        return payload
+
+
+# Frames go from the dialling side to the listening side on a link; only handshakes go back.
+TO_LISTENER = b">"

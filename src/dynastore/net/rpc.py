@@ -8,10 +8,17 @@ frames of a turn); received bytes are cut into frames and handed to `on_message`
 
 Outgoing sockets are bound to the node's own host address, so a node on 10.0.0.2 connects *from*
 10.0.0.2 (firewall rules and namespaces see the real source). A peer whose connection fails is
-reported once per failure through `on_unreachable`; frames buffered for it are dropped (the core
-treats them as lost and its requests fail over or time out), and it is not dialled again for a short
-while unless it reaches us first. A peer that sends garbage is logged and disconnected; the node keeps
-serving everyone else.
+reported once per failure through `on_unreachable`, with the reason when it was refused; frames
+buffered for it are dropped (the core treats them as lost and its requests fail over or time out),
+and it is not dialled again for a short while unless it reaches us first. A peer that sends garbage
+is logged and disconnected; the node keeps serving everyone else.
+
+Every link starts with the handshake of framing.py: both ends prove they hold the cluster's peer key
+(fresh nonces both ways), and every frame after it carries a MAC under the session key. A peer that
+fails the proof or sends a frame whose MAC does not verify is dropped and counted (`auth_failures`).
+Between two open nodes whose keys differ (one has not joined yet) a link may stay *unproven*: it
+carries only the messages of a join, and a link that must carry anything else is dialled again, and
+given up if it stays unproven.
 """
 
 from __future__ import annotations
@@ -19,32 +26,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable
 from typing import cast
 
-from dynastore.core.messages import Message, PeerError
+from dynastore.core.messages import JoinReply, JoinRequest, Message, PeerError
+from dynastore.core.secret import PEER, ClusterKeys
 from dynastore.net.framing import (
+    NONCE_BYTES,
+    TO_LISTENER,
+    AuthError,
     FrameDecoder,
     FrameError,
     Hello,
+    Opener,
+    Sealer,
+    decode_finish,
     decode_hello,
     decode_message,
+    encode_finish,
+    encode_frame,
     encode_hello,
-    encode_message,
+    encode_payload,
+    matching,
+    proof,
+    session_key,
 )
 
 log = logging.getLogger("dynastore.net")
 
 HELLO_BYTES_MAX = 4096
+# The only messages an unproven link (between open nodes whose keys differ) may carry.
+JOIN_MESSAGES = (JoinRequest, JoinReply)
 # Above this many bytes waiting in a socket's send buffer, frames are held back in the link's own
 # (bounded) buffer until the kernel drains it.
 WRITE_BUFFER_HIGH_BYTES = 4 * 1024 * 1024
 
 
 class _Outgoing(asyncio.Protocol):
-    """The client side of one link: handshake, then frames out; the peer never speaks after its hello."""
+    """The dialling side of one link: handshake, then frames out; the peer never speaks after its hello."""
 
     def __init__(self, link: PeerLink) -> None:
         self.link = link
@@ -52,27 +74,47 @@ class _Outgoing(asyncio.Protocol):
         self.decoder = FrameDecoder(HELLO_BYTES_MAX)
         self.ready = False
         self.paused = False
+        # Set once the handshake proved the peer: every frame is sealed. None on an unproven link.
+        self.sealer: Sealer | None = None
+        node = link.node
+        self.hello = Hello(node.cluster, node.name, node.host, node.port, os.urandom(NONCE_BYTES))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport instances but offer the same methods.
         self.transport = tcp = cast(asyncio.Transport, transport)
         tcp.set_write_buffer_limits(high=WRITE_BUFFER_HIGH_BYTES)
-        node = self.link.node
-        tcp.write(encode_hello(node.hello, node.secret))
+        tcp.write(encode_hello(self.hello))
 
     def data_received(self, data: bytes) -> None:
         if self.ready:
             return
+        node = self.link.node
         try:
             frames = self.decoder.feed(data)
             if not frames:
                 return
-            hello = decode_hello(frames[0], self.link.node.secret, self.link.node.cluster)
-            if not self.link.peer.startswith("@") and hello.node != self.link.peer:
-                raise FrameError(f"expected {self.link.peer}, reached {hello.node}")
+            theirs, proofs = decode_hello(frames[0], node.cluster)
+            if not self.link.peer.startswith("@") and theirs.node != self.link.peer:
+                raise FrameError(f"expected {self.link.peer}, reached {theirs.node}")
+            keys = node.keys()
+            key = next(
+                (k for p in proofs if (k := matching(keys.keys(PEER), "server", self.hello, theirs, p)) is not None),
+                None,
+            )
+            if key is not None:
+                assert self.transport is not None
+                self.transport.write(encode_finish(proof(key, "client", self.hello, theirs)))
+                self.sealer = Sealer(session_key(key, self.hello, theirs), TO_LISTENER)
+            elif not node.open:
+                raise AuthError(f"{theirs.node} does not hold this cluster's secret")
+            else:
+                assert self.transport is not None
+                self.transport.write(encode_finish(b""))
         except PeerError as exc:
+            if isinstance(exc, AuthError):
+                node.auth_failures += 1
             log.warning("link to %s refused: %s", self.link.peer or "?", exc)
-            self.link.failed()
+            self.link.failed(str(exc))
             return
         self.ready = True
         self.link.connected(self)
@@ -95,20 +137,23 @@ class PeerLink:
         self.node = node
         self.peer = peer
         self.address = address
-        self.buffer: list[bytes] = []
+        # Payloads not written yet, each with whether it is part of a join (an unproven link takes only those).
+        self.buffer: list[tuple[bytes, bool]] = []
         self.protocol: _Outgoing | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.flush_scheduled = False
         self.retry_after = 0.0
+        # Set when an unproven link had to carry more than a join: the next link must be proven.
+        self.need_proof = False
 
-    def send(self, frame: bytes) -> None:
+    def send(self, msg: Message) -> None:
         if time.monotonic() < self.retry_after:
             self.node.report_unreachable(self.peer)
             return
         if len(self.buffer) >= self.node.queue_frames_max:
             self.node.dropped_frames += 1
             return
-        self.buffer.append(frame)
+        self.buffer.append((encode_payload(msg), isinstance(msg, JOIN_MESSAGES)))
         if self.protocol is not None:
             self.schedule_flush()
         elif self.connecting is None:
@@ -124,8 +169,28 @@ class PeerLink:
         protocol = self.protocol
         if protocol is None or protocol.transport is None or not self.buffer or protocol.paused:
             return
-        frames, self.buffer = self.buffer, []
-        protocol.transport.write(b"".join(frames))
+        sealer = protocol.sealer
+        if sealer is not None:
+            payloads, self.buffer = self.buffer, []
+            protocol.transport.write(b"".join(sealer.seal(payload) for payload, _ in payloads))
+            return
+        # An unproven link carries the messages of a join only: those at the head of the buffer go.
+        joins = 0
+        while joins < len(self.buffer) and self.buffer[joins][1]:
+            joins += 1
+        protocol.transport.write(b"".join(encode_frame(payload) for payload, _ in self.buffer[:joins]))
+        del self.buffer[:joins]
+        if not self.buffer:
+            return
+        # Something else must go: dial again (closing lets what was written go first), now that the
+        # join may have given both ends the same key; a link that stays unproven is given up.
+        if self.need_proof:
+            self.failed(f"{self.peer} does not hold this cluster's key")
+            return
+        self.need_proof = True
+        self.protocol = None
+        protocol.transport.close()
+        self.connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         try:
@@ -152,16 +217,19 @@ class PeerLink:
 
     def connected(self, protocol: _Outgoing) -> None:
         self.protocol = protocol
+        if protocol.sealer is not None:
+            self.need_proof = False
         self.flush()
 
-    def failed(self) -> None:
+    def failed(self, reason: str = "") -> None:
         """The connection could not be made or was refused: drop what waits, back off, report."""
         protocol, self.protocol = self.protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
         self.buffer = []
+        self.need_proof = False
         self.retry_after = time.monotonic() + self.node.retry_s
-        self.node.report_unreachable(self.peer)
+        self.node.report_unreachable(self.peer, reason)
 
     def lost(self, protocol: _Outgoing) -> None:
         if self.protocol is protocol or (self.protocol is None and not protocol.ready):
@@ -180,9 +248,14 @@ class _Incoming(asyncio.Protocol):
 
     def __init__(self, node: Transport) -> None:
         self.node = node
-        self.decoder = FrameDecoder(node.frame_bytes_max)
+        # Until the peer has proved itself, no frame longer than a handshake is taken.
+        self.decoder = FrameDecoder(HELLO_BYTES_MAX)
         self.transport: asyncio.Transport | None = None
+        # The peer's hello and ours, once the first step is done; the peer's name once it is proved.
+        self.theirs: Hello | None = None
+        self.ours = Hello(node.cluster, node.name, node.host, node.port, os.urandom(NONCE_BYTES))
         self.peer = ""
+        self.opener: Opener | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,21 +277,44 @@ class _Incoming(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         node = self.node
         try:
-            frames = self.decoder.feed(data)
-            for frame in frames:
-                if not self.peer:
-                    hello = decode_hello(frame, node.secret, node.cluster)
-                    self.peer = hello.node
-                    node.heard(hello)
+            for frame in self.decoder.feed(data):
+                if self.theirs is None:
+                    self.theirs, _ = decode_hello(frame, node.cluster)
+                    proofs = tuple(proof(k, "server", self.theirs, self.ours) for k in node.keys().keys(PEER))
                     assert self.transport is not None
-                    self.transport.write(encode_hello(node.hello, node.secret))
-                    continue
-                node.on_message(self.peer, decode_message(frame))
+                    self.transport.write(encode_hello(self.ours, proofs))
+                elif not self.peer:
+                    self._finish(decode_finish(frame))
+                elif self.opener is not None:
+                    node.on_message(self.peer, decode_message(self.opener.open(frame)))
+                else:
+                    msg = decode_message(frame)
+                    if not isinstance(msg, JOIN_MESSAGES):
+                        raise AuthError(f"an unproven link carried a {type(msg).__name__}")
+                    node.on_message(self.peer, msg)
         except PeerError as exc:
             node.peer_errors += 1
-            log.warning("dropping peer %s: %s", self.peer or "?", exc)
+            if isinstance(exc, AuthError):
+                node.auth_failures += 1
+            log.warning("dropping peer %s: %s", self.peer or (self.theirs.node if self.theirs else "?"), exc)
             if self.transport is not None:
                 self.transport.abort()
+
+    def _finish(self, given: bytes) -> None:
+        """The dialling side's proof: a proved link, an unproven one between open nodes, or a refusal."""
+        node, theirs = self.node, self.theirs
+        assert theirs is not None
+        keys = node.keys()
+        if given:
+            key = matching(keys.keys(PEER), "client", theirs, self.ours, given)
+            if key is None:
+                raise AuthError(f"{theirs.node} does not hold this cluster's secret")
+            self.opener = Opener(session_key(key, theirs, self.ours), TO_LISTENER)
+        elif not node.open:
+            raise AuthError(f"{theirs.node} did not prove it holds this cluster's secret")
+        self.peer = theirs.node
+        self.decoder.frame_bytes_max = node.frame_bytes_max
+        node.heard(theirs)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
@@ -240,7 +336,7 @@ class Transport:
         host: str,
         port: int,
         cluster: str,
-        secret: bytes,
+        keys: Callable[[], ClusterKeys],
         frame_bytes_max: int,
         queue_frames_max: int,
         connect_timeout_ms: int,
@@ -248,7 +344,7 @@ class Transport:
         retry_ms: int,
         address_of: Callable[[str], tuple[str, int] | None],
         on_message: Callable[[str, Message], None],
-        on_unreachable: Callable[[str], None],
+        on_unreachable: Callable[[str, str], None],
         ssl_server: ssl.SSLContext | None = None,
         ssl_client: ssl.SSLContext | None = None,
     ) -> None:
@@ -258,7 +354,8 @@ class Transport:
         self.host = host
         self.port = port
         self.cluster = cluster
-        self.secret = secret
+        # The cluster's key material now (it changes once, when an open node joins a cluster).
+        self.keys = keys
         self.frame_bytes_max = frame_bytes_max
         self.queue_frames_max = queue_frames_max
         self.connect_timeout_s = connect_timeout_ms / 1000
@@ -274,7 +371,8 @@ class Transport:
         self.inbound_refused = 0
         self.dropped_frames = 0
         self.peer_errors = 0
-        self.hello = Hello(cluster, name, host, port)
+        # Peers that failed the handshake's proof or sent a frame whose MAC did not verify.
+        self.auth_failures = 0
         # Addresses peers announced in their handshakes: enough to answer a node that has just joined
         # and is not in our cluster state yet.
         self.learned: dict[str, tuple[str, int]] = {}
@@ -315,10 +413,16 @@ class Transport:
             link = self.links.get(peer)
             if link is None:
                 link = self.links[peer] = PeerLink(self, peer)
-        link.send(encode_message(msg))
+        link.send(msg)
 
-    def report_unreachable(self, peer: str) -> None:
-        self.on_unreachable(peer)
+    def report_unreachable(self, peer: str, reason: str = "") -> None:
+        self.on_unreachable(peer, reason)
+
+    @property
+    def open(self) -> bool:
+        """Whether this node may use unproven links for joins: it has no configured secret (so it
+        serves loopback only, and trusts this machine's processes to join it)."""
+        return not self.keys().configured
 
     def heard(self, hello: Hello) -> None:
         """A peer connected to us: remember its address, and stop refusing to send to it."""

@@ -25,7 +25,8 @@ from typing import Any
 
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
 from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCore, Reply, Send
-from dynastore.core.secret import cluster_key
+from dynastore.core.nodebase import StartupError
+from dynastore.core.secret import is_loopback, startup_problem
 from dynastore.net import tls
 from dynastore.net.rpc import Transport
 from dynastore.settings import Settings
@@ -168,6 +169,9 @@ class NodeRuntime:
 
     async def start(self) -> None:
         cfg = self.config
+        problem = startup_problem(self.settings, cfg.host)
+        if problem is not None:
+            raise StartupError(problem)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = open_engine(
             self.settings.storage_engine, cfg.data_dir / "store", durable=self.settings.durable, settings=self.settings
@@ -176,20 +180,20 @@ class NodeRuntime:
             cfg.name,
             self.settings,
             self.engine,
-            random.Random(),
+            # The operating system's randomness: the core draws the cluster's key from it too.
+            random.SystemRandom(),
             self.clock.now_ms(),
             host=cfg.host,
             peer_port=cfg.peer_port,
             http_port=cfg.http_port,
             weight=cfg.weight,
         )
-        secret = cluster_key(self.settings)
         self.transport = Transport(
             name=cfg.name,
             host=cfg.host,
             port=cfg.peer_port,
             cluster=self.settings.cluster_name,
-            secret=secret,
+            keys=self.core.cluster_keys,
             frame_bytes_max=self.settings.frame_bytes_max,
             queue_frames_max=self.settings.peer_queue_frames_max,
             inbound_max=self.settings.peer_connections_max,
@@ -201,6 +205,11 @@ class NodeRuntime:
             ssl_server=tls.server_context(self.settings, require_client_cert=True),
             ssl_client=tls.peer_client_context(self.settings),
         )
+        if self.core.cluster.security.on and not is_loopback(cfg.host) and not tls.enabled(self.settings):
+            raise StartupError(
+                f"security is on and --host {cfg.host} is not a loopback address: "
+                "set tls_cert_file and tls_key_file, or passwords would cross the network in clear"
+            )
         await self.transport.start()
         self._flush()
         if cfg.seeds and len(self.core.cluster.members) == 1 and not self.core.has_data():
@@ -270,9 +279,9 @@ class NodeRuntime:
         self.core.on_message(src, msg, self.clock.now_ms())
         self._schedule_flush()
 
-    def _on_unreachable(self, peer: str) -> None:
+    def _on_unreachable(self, peer: str, reason: str) -> None:
         assert self.core is not None
-        self.core.on_unreachable(peer, self.clock.now_ms())
+        self.core.on_unreachable(peer, self.clock.now_ms(), reason)
         self._schedule_flush()
 
     def _on_timer(self) -> None:
@@ -371,6 +380,7 @@ class NodeRuntime:
                 out[f"node_{kind}_fsm_time_{name}"] = value
         out["peer_frames_dropped_total"] = self.transport.dropped_frames
         out["peer_protocol_errors_total"] = self.transport.peer_errors
+        out["peer_auth_failures_total"] = self.transport.auth_failures
         out["peer_connections_inbound"] = len(self.transport.inbound)
         out["peer_connections_refused_total"] = self.transport.inbound_refused
         out["uptime_s"] = int(time.time() - self.started_at)

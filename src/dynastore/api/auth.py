@@ -1,0 +1,307 @@
+"""Who may do what over HTTP: the checks every request passes before its route runs.
+
+Theory of operation
+-------------------
+1. *Where the request comes from.* A node serving a loopback address answers only requests whose
+   Host is a loopback name or address (a web page cannot reach it by DNS rebinding); a node on a
+   network address accepts any Host unless `http_allowed_hosts` lists the names. A request that could
+   change something (PUT, POST, DELETE) whose Origin is not this node is refused: no cross-site
+   writes from a browser. `/ping` is exempt from both.
+2. *What the request needs* (`need_of`): nothing (`/ping`, `/health`, `/ready`), any known user, or
+   one of Riak's permissions on the bucket it names, `dynastore.status` (stats, ring, metrics), or
+   `dynastore.admin` (membership and security changes).
+3. *Who is asking.* With security off, everything is open except the operator routes, which answer
+   clients connecting from a loopback address or one of the node's own, or requests proved with the
+   cluster secret. With security on, every request but the open ones carries HTTP Basic credentials
+   (401 without them), checked against the cluster's users, and the user must hold the permission
+   (403). Password checks are slow on purpose (scrypt), so verified credentials are kept (bounded,
+   forgotten when the user changes) and run off the event loop; failed logins are limited per client
+   address. A proof with the cluster secret (an HMAC over a fresh nonce from the node, the method, the
+   target and the body: the secret never travels) counts as `dynastore.admin`, which bootstraps the
+   first user.
+
+This module decides nothing about the data; it answers 401, 403 or 429, or lets the request through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from dynastore.api.answers import text
+from dynastore.api.server import Request, Response
+from dynastore.core import security
+from dynastore.core.secret import ADMIN, is_loopback
+from dynastore.runtime.node import NodeRuntime
+
+REALM = 'Basic realm="dynastore"'
+PROOF_HEADER = "X-Dynastore-Proof"
+NONCE_BYTES = 16
+NONCE_TTL_S = 60.0
+NONCES_MAX = 1024
+FAILURE_HOSTS_MAX = 10_000
+MUTATING = ("PUT", "POST", "DELETE", "PATCH")
+OPEN_ROUTES = (b"ping", b"health", b"ready")
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """What a request needs: `permission` None is any known user; `open` nothing at all; `operator` is an
+    operator route (membership, security); the bucket it acts on, when it names one."""
+
+    permission: str | None = None
+    bucket_type: str | None = None
+    bucket: bytes | None = None
+    open: bool = False
+    operator: bool = False
+
+
+OPEN = Need(open=True)
+STATUS = Need("dynastore.status")
+OPERATOR = Need(security.ADMIN, operator=True)
+
+
+def segments(raw_path: str) -> list[bytes]:
+    """The decoded segments of a raw path; `+` is a space, as in Riak."""
+    trimmed = raw_path.strip("/")
+    if not trimmed:
+        return []
+    return [unquote_to_bytes(segment.replace("+", " ")) for segment in trimmed.split("/")]
+
+
+def _on_bucket(method: str, bucket_type: str, bucket: bytes, tail: list[bytes], query: dict[str, str]) -> Need:
+    read = method in ("GET", "HEAD")
+    if not tail:
+        # Legacy /riak/B: POST stores, keys=true lists, otherwise the bucket's properties.
+        if method == "POST":
+            return Need("riak_kv.put", bucket_type, bucket)
+        if query.get("keys") in ("true", "stream"):
+            return Need("riak_kv.list_keys", bucket_type, bucket)
+        return Need("riak_core.get_bucket" if read else "riak_core.set_bucket", bucket_type, bucket)
+    head = tail[0]
+    if head == b"props":
+        return Need("riak_core.get_bucket" if read else "riak_core.set_bucket", bucket_type, bucket)
+    if head == b"index":
+        return Need("riak_kv.index", bucket_type, bucket)
+    if head == b"keys" and len(tail) == 1:
+        return Need("riak_kv.list_keys" if read else "riak_kv.put", bucket_type, bucket)
+    if len(tail) >= 3 and tail[2] == b"preflist":
+        return Need("riak_kv.get", bucket_type, bucket)
+    if read:
+        return Need("riak_kv.get", bucket_type, bucket)
+    return Need("riak_kv.delete" if method == "DELETE" else "riak_kv.put", bucket_type, bucket)
+
+
+def need_of(method: str, parts: list[bytes], query: dict[str, str]) -> Need:
+    """What the request for `parts` (decoded path segments) with `method` needs (see the module docstring)."""
+    if not parts:
+        return Need()
+    head, rest = parts[0], parts[1:]
+    if head in OPEN_ROUTES:
+        return OPEN
+    if head in (b"stats", b"ring", b"metrics", b"dashboard"):
+        return STATUS
+    if head == b"admin":
+        if rest == [b"challenge"]:
+            return OPEN
+        if method in ("GET", "HEAD") and rest[:1] != [b"security"]:
+            return STATUS
+        return OPERATOR
+    if head == b"buckets":
+        if not rest:
+            return Need("riak_kv.list_buckets", "default")
+        return _on_bucket(method, "default", rest[0], rest[1:], query)
+    if head == b"riak":
+        if not rest:
+            return Need("riak_kv.list_buckets", "default")
+        legacy_tail = [b"keys", *rest[1:]] if len(rest) > 1 else []
+        return _on_bucket(method, "default", rest[0], legacy_tail, query)
+    if head == b"types" and rest:
+        bucket_type = rest[0].decode("utf-8", "replace")
+        if rest[1:] == [b"props"]:
+            read = method in ("GET", "HEAD")
+            return Need("riak_core.get_bucket_type" if read else "riak_core.set_bucket_type", bucket_type)
+        if rest[1:2] == [b"buckets"]:
+            if len(rest) == 2:
+                return Need("riak_kv.list_buckets", bucket_type)
+            return _on_bucket(method, bucket_type, rest[2], rest[3:], query)
+    return Need()
+
+
+class Guard:
+    """The checks of the module docstring, for one node's HTTP API."""
+
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+        settings = runtime.settings
+        host = runtime.config.host
+        self.loopback_node = is_loopback(host)
+        self.own_hosts = {host.strip("[]"), "127.0.0.1", "::1"}
+        self.allowed_hosts = {h.strip().lower() for h in settings.http_allowed_hosts.split(",") if h.strip()}
+        self.cache_max = settings.auth_cache_count_max
+        self.failures_max = settings.auth_failures_per_minute_max
+        # (user, SHA-256 of the password) -> the user record's stamp it was verified against.
+        self._verified: OrderedDict[tuple[str, bytes], security.Stamp] = OrderedDict()
+        # client address -> (minute, failed logins in it)
+        self._failures: dict[str, tuple[int, int]] = {}
+        # nonce -> expiry (monotonic seconds), for proofs with the cluster secret
+        self._nonces: OrderedDict[bytes, float] = OrderedDict()
+        self.failed_logins = 0
+        self._dummy: bytes | None = None
+
+    # --- Where a request comes from ------------------------------------------------------------------
+
+    def origin_problem(self, request: Request, parts: list[bytes]) -> Response | None:
+        if parts[:1] == [b"ping"]:
+            return None
+        host = _host_name(request.headers.get("Host", ""))
+        # A browser always names the host it thinks it talks to; a request without a Host (HTTP/1.0)
+        # cannot come from a page rebound to this address.
+        if self.loopback_node and host:
+            if not is_loopback(host):
+                return text(403, "this node serves loopback only: the Host must be a loopback name or address")
+        elif self.allowed_hosts and host.lower() not in self.allowed_hosts and host not in self.own_hosts:
+            return text(403, f"Host {host!r} is not one this node answers for (http_allowed_hosts)")
+        origin = request.headers.get("Origin")
+        here = f"{request.scheme}://{request.headers.get('Host', '')}".lower()
+        if request.method in MUTATING and origin is not None and origin.rstrip("/").lower() != here:
+            return text(403, "cross-origin requests may not change anything")
+        return None
+
+    # --- Who is asking -------------------------------------------------------------------------------
+
+    async def admit(self, request: Request, need: Need) -> Response | None:
+        """None to let the request through, else the refusal."""
+        if need.open:
+            return None
+        core = self.runtime.core
+        assert core is not None
+        state = core.cluster.security
+        if PROOF_HEADER in request.headers and self._proved(request):
+            # Proved with the cluster secret: an operator, which dynastore.admin is too.
+            return None
+        if not state.on:
+            if not need.operator or self._local(request):
+                return None
+            return text(
+                403,
+                "operator routes answer only this machine and proofs with the cluster secret "
+                "(dynastore ... --secret-file F)",
+            )
+        user = await self._authenticate(request, state)
+        if isinstance(user, Response):
+            return user
+        if need.permission is None or security.allowed(state, user, need.permission, need.bucket_type, need.bucket):
+            return None
+        return text(403, f"user {user} lacks {need.permission}")
+
+    def _local(self, request: Request) -> bool:
+        client = request.client_host
+        return is_loopback(client) or client in self.own_hosts
+
+    async def _authenticate(self, request: Request, state: security.SecurityState) -> str | Response:
+        credentials = _basic(request.headers.get("Authorization"))
+        if credentials is None:
+            return text(401, "credentials required", {"WWW-Authenticate": REALM})
+        user, password = credentials
+        client = request.client_host
+        minute = int(time.monotonic() // 60)
+        window = self._failures.get(client)
+        if window is not None and window[0] == minute and window[1] >= self.failures_max:
+            return text(
+                429, "too many failed logins from this address; try again within a minute", {"Retry-After": "60"}
+            )
+        stored = state.user_hash(user)
+        stamp = state.user_stamp(user)
+        key = (user, hashlib.sha256(password.encode()).digest())
+        if stored is not None and stamp is not None and self._verified.get(key) == stamp:
+            self._verified.move_to_end(key)
+            return user
+        # An unknown user costs a password check too, so that timing does not tell which users exist.
+        against = stored if stored is not None else self._dummy_hash()
+        ok = await asyncio.to_thread(security.verify_password, against, password) and stored is not None
+        if not ok or stamp is None:
+            self.failed_logins += 1
+            count = window[1] + 1 if window is not None and window[0] == minute else 1
+            if len(self._failures) >= FAILURE_HOSTS_MAX and client not in self._failures:
+                self._failures.clear()
+            self._failures[client] = (minute, count)
+            return text(401, "unknown user or wrong password", {"WWW-Authenticate": REALM})
+        self._verified[key] = stamp
+        if len(self._verified) > self.cache_max:
+            self._verified.popitem(last=False)
+        return user
+
+    def _dummy_hash(self) -> bytes:
+        if self._dummy is None:
+            self._dummy = security.hash_password(os.urandom(16).hex(), os.urandom(security.SALT_BYTES))
+        return self._dummy
+
+    # --- Proofs with the cluster secret ----------------------------------------------------------------
+
+    def challenge(self) -> bytes:
+        """A fresh nonce for one proof; it expires after a minute and is good once."""
+        now = time.monotonic()
+        while self._nonces and (len(self._nonces) >= NONCES_MAX or next(iter(self._nonces.values())) < now):
+            self._nonces.popitem(last=False)
+        nonce = os.urandom(NONCE_BYTES)
+        self._nonces[nonce] = now + NONCE_TTL_S
+        return nonce
+
+    def _proved(self, request: Request) -> bool:
+        raw = request.headers.get(PROOF_HEADER)
+        if not raw:
+            return False
+        core = self.runtime.core
+        assert core is not None
+        keys = core.cluster_keys()
+        if not keys.configured:
+            return False
+        try:
+            nonce_hex, _, mac_hex = raw.partition(":")
+            nonce, mac = bytes.fromhex(nonce_hex), bytes.fromhex(mac_hex)
+        except ValueError:
+            return False
+        expiry = self._nonces.pop(nonce, None)
+        if expiry is None or expiry < time.monotonic():
+            return False
+        target = request.raw_path + ("?" + request.query_string if request.query_string else "")
+        body = request.body
+        return any(
+            hmac.compare_digest(mac, proof(key, nonce, request.method, target, body)) for key in keys.keys(ADMIN)
+        )
+
+
+def proof(admin_key: bytes, nonce: bytes, method: str, target: str, body: bytes) -> bytes:
+    """What a client shows to prove it holds the cluster secret, for one request."""
+    message = nonce + method.encode() + b" " + target.encode() + b" " + hashlib.sha256(body).digest()
+    return hmac.new(admin_key, message, hashlib.sha256).digest()
+
+
+def _basic(header: str | None) -> tuple[str, str] | None:
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user or len(password.encode()) > security.PASSWORD_BYTES_MAX:
+        return None
+    return user, password
+
+
+def _host_name(host: str) -> str:
+    """The name or address of a Host header, without its port."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
