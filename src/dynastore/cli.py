@@ -34,21 +34,14 @@ def _fail(message: str) -> None:
 def _settings(config: str | None, overrides: tuple[str, ...]) -> Settings:
     """Settings from the config file and --set overrides; a secret may come from `cluster_secret_file`
     or the DYNASTORE_CLUSTER_SECRET environment variable, so that it need not be on a command line."""
+    from dynastore.runtime.secrets import resolve
+
     try:
         base = load_file(Path(config)) if config else Settings()
-        settings = base.with_overrides(overrides)
+        return resolve(base.with_overrides(overrides))
     except SettingsError as exc:
         _fail(str(exc))
         raise AssertionError from exc
-    if settings.cluster_secret_file:
-        try:
-            secret = Path(settings.cluster_secret_file).read_text().strip()
-        except OSError as exc:
-            _fail(f"cannot read cluster_secret_file: {exc}")
-        settings = settings.replace(cluster_secret=secret)
-    elif not settings.cluster_secret and os.environ.get("DYNASTORE_CLUSTER_SECRET"):
-        settings = settings.replace(cluster_secret=os.environ["DYNASTORE_CLUSTER_SECRET"])
-    return settings
 
 
 def _address(text: str, what: str) -> tuple[str, int]:
@@ -272,20 +265,26 @@ def _user_auth() -> tuple[str, str] | None:
     return user, password
 
 
-def _auth_headers(url: str, method: str, target: str, body: bytes) -> dict[str, str]:
-    """The headers proving who the command is: a proof with the secret, else Basic credentials."""
-    import base64
+def _local(host: str) -> bool:
+    from dynastore.core.secret import is_loopback
 
+    return is_loopback(host)
+
+
+def _auth_headers(url: str, method: str, target: str, body: bytes, basic: bool = True) -> dict[str, str]:
+    """The headers proving who the command is: a proof with the secret, else Basic credentials (when
+    `basic`: a password is only sent where it does not cross a network in clear)."""
     secret_text = _CREDENTIALS.get("secret")
     if secret_text:
         from dynastore.localcluster import secret_proof
 
         return secret_proof(url, method, target, body, secret_text)
-    auth = _user_auth()
+    auth = _user_auth() if basic else None
     if auth is None:
         return {}
-    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
+    from dynastore.client.http import basic_auth
+
+    return basic_auth(*auth)
 
 
 # --- cluster -------------------------------------------------------------------------------------------------
@@ -378,9 +377,13 @@ def _receiving(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for m in data["members"]:
         if m["status"] == "removed" or not m["reachable"]:
             continue
-        member_url = f"http://{m['host']}:{m['http_port']}"
+        scheme = "https" if m.get("tls") else "http"
+        member_url = f"{scheme}://{m['host']}:{m['http_port']}"
         try:
-            headers = _auth_headers(member_url, "GET", "/admin/status", b"")
+            # A password never goes to a member in clear on the network (a proof of the secret may).
+            headers = _auth_headers(
+                member_url, "GET", "/admin/status", b"", basic=scheme == "https" or _local(m["host"])
+            )
             theirs = http_json(member_url + "/admin/status", timeout_s=2.0, headers=headers)
         except (OSError, urllib.error.URLError, ValueError):
             continue

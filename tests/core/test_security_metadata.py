@@ -63,7 +63,9 @@ def test_two_grants_made_at_once_at_two_nodes_both_hold_and_a_later_deletion_win
         ("any", "default", b"x", True),
         ("b1", "default", b"b1", True),
         ("b1", "default", b"b2", False),
-        ("b1", "b1", b"whatever", True),
+        ("b1", "b1", b"whatever", False),
+        ("default", "default", b"anything", True),
+        ("default", "maps", b"anything", False),
         ("b1", None, None, False),
         ("default/b2", "default", b"b2", True),
         ("default/b2", "default", b"b1", False),
@@ -73,7 +75,8 @@ def test_two_grants_made_at_once_at_two_nodes_both_hold_and_a_later_deletion_win
 def test_a_scope_covers_any_request_a_bucket_type_or_one_bucket(
     scope: str, bucket_type: str | None, bucket: bytes | None, covered: bool
 ) -> None:
-    """any; a word names a bucket type or a bucket of the default type; TYPE/BUCKET one bucket."""
+    """any; `default` the default type, another word a bucket of it (no name means two things); TYPE/BUCKET
+    one bucket."""
     assert security.scope_covers(scope, bucket_type, bucket) is covered
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgpack
@@ -122,6 +123,9 @@ def test_with_security_on_every_route_family_answers_by_user_permission_and_scop
     assert status("PUT", obj(n0, "b1", "k"), "alice", b"x") == 403
     assert status("DELETE", obj(n0, "b1", "k"), "alice") == 403
     assert status("GET", f"{n0}/buckets/b1/props", "alice") == 403, "get_bucket was not granted"
+    # One replica's copy of an object needs what reading it needs, not dynastore.status.
+    assert status("GET", f"{n0}/admin/local/b1/k", "alice") in (200, 404)
+    assert status("GET", f"{n0}/admin/local/b2/k", "alice") == 403
     assert status("GET", obj(n0, "b3", "k"), "carol") == 200
     assert status("GET", f"{n0}/types/default/buckets/b3/keys/k", "carol") == 200
     assert status("GET", obj(n0, "b1", "k"), "carol") == 403
@@ -185,6 +189,18 @@ def test_failed_logins_are_limited_per_client_address(make_cluster: MakeCluster)
     url = f"{cluster[0].url}/buckets/b/keys/k"
     codes = [call("GET", url, headers=basic("eve", f"wrong{i}"))[0] for i in range(5)]
     assert codes[:3] == [401, 401, 401] and codes[3:] == [429, 429]
+
+
+def test_failed_logins_made_at_once_all_count_against_the_limit(make_cluster: MakeCluster) -> None:
+    """Twenty wrong passwords sent together: at most the limit of them are checked, the rest get 429."""
+    cluster = make_cluster(1, "auth_failures_per_minute_max=3")
+    sf = secret_file(cluster)
+    ok("security", "add-user", "eve", "--password", "right", "--node", cluster[0].url, "--secret-file", sf)
+    ok("security", "enable", "--node", cluster[0].url, "--secret-file", sf)
+    url = f"{cluster[0].url}/buckets/b/keys/k"
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(lambda i: call("GET", url, headers=basic("eve", f"wrong{i}"))[0], range(20)))
+    assert codes.count(401) <= 3 and codes.count(429) >= 17, codes
 
 
 def test_browsers_cannot_write_cross_site_nor_reach_a_loopback_node_by_another_name(make_cluster: MakeCluster) -> None:

@@ -349,3 +349,34 @@ def test_open_nodes_with_different_keys_carry_a_join_over_an_unproven_link_and_n
                 await node.transport.close()
 
     run(scenario)
+
+
+def test_a_first_message_larger_than_a_handshake_frame_arrives_with_the_proof_in_one_read() -> None:
+    """The dialling side writes its proof and its first frames together: a first message of 64 KiB
+    (a hint batch, a gossiped state) must not trip the small limit of the handshake's frames."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        b = Node("b", directory)
+        await b.transport.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", b.port)
+            ours = Hello("test", "a", "127.0.0.1", 1, os.urandom(NONCE_BYTES))
+            writer.write(encode_hello(ours))
+            decoder = FrameDecoder(1 << 16)
+            frames: list[bytes] = []
+            while not frames:
+                frames = decoder.feed(await asyncio.wait_for(reader.read(4096), 5))
+            theirs, _ = decode_hello(frames[0], "test")
+            key = ClusterKeys((SECRET,), configured=True).signing(PEER)
+            sealer = Sealer(session_key(key, ours, theirs), TO_LISTENER)
+            big = JoinRequest(7, b"m" * 65536)
+            writer.write(encode_finish(proof(key, "client", ours, theirs)) + sealer.seal(encode_payload(big)))
+            await writer.drain()
+            await until(lambda: ("a", big) in b.received)
+            assert b.transport.peer_errors == 0
+            writer.close()
+        finally:
+            await b.transport.close()
+
+    run(scenario)

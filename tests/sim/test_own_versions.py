@@ -136,3 +136,27 @@ def test_past_its_byte_bound_the_memory_of_deleted_copies_gives_way_to_a_new_act
     assert core.hints_pending == 0
     assert core.actor != before, "the remembered keys passed 500 bytes"
     assert core.actors.forgotten_bytes <= 500
+
+
+def test_a_clean_restart_keeps_the_actor_and_what_it_forgot_and_an_unclean_one_takes_a_new_actor() -> None:
+    """A clean stop writes down the forgotten keys after the last write: the node goes on with the same
+    actor (clocks do not grow by an entry per restart) and still knows what it must not claim; after
+    a crash it cannot know, and takes a new actor."""
+    c = cluster(anti_entropy_interval_ms=10**9)
+    primaries, fallbacks = layout(c)
+    fallback = fallbacks[0]
+    c.partition({primaries[0]}, set(c.nodes) - {primaries[0]})
+    c.settle(4000)
+    assert isinstance(c.request(fallback, ClientPut(b"b", KEY, None, Content(b"w1"))), Ok)
+    c.heal()
+    c.settle(5000)
+    core = c.core(fallback)
+    assert core.hints_pending == 0 and core.actors.forgotten, "the delivered hint's versions are remembered"
+    actor, forgotten = core.actor, dict(core.actors.forgotten)
+    c.stop(fallback)
+    c.restart(fallback)
+    again = c.core(fallback)
+    assert again.actor == actor and again.actors.forgotten == forgotten
+    c.crash(fallback)
+    c.restart(fallback)
+    assert c.core(fallback).actor != actor and not c.core(fallback).actors.forgotten

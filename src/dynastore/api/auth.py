@@ -7,9 +7,11 @@ Theory of operation
    network address accepts any Host unless `http_allowed_hosts` lists the names. A request that could
    change something (PUT, POST, DELETE) whose Origin is not this node is refused: no cross-site
    writes from a browser. `/ping` is exempt from both.
-2. *What the request needs* (`need_of`): nothing (`/ping`, `/health`, `/ready`), any known user, or
-   one of Riak's permissions on the bucket it names, `dynastore.status` (stats, ring, metrics), or
-   `dynastore.admin` (membership and security changes).
+2. *What the request needs* (`need_of`): nothing (`/ping`, and `/health` and `/ready`), any known
+   user (`/`, `/ring`), one of Riak's permissions on the bucket it names (`/admin/local/B/K` reads an
+   object: `riak_kv.get`), `dynastore.status` (`/stats`, `/admin/status`, `/admin/aae`, and
+   `/metrics` and `/dashboard`), or `dynastore.admin` (everything else under `/admin`: membership and
+   security).
 3. *Who is asking.* With security off, everything is open except the operator routes, which answer
    clients connecting from a loopback address or one of the node's own, or requests proved with the
    cluster secret. With security on, every request but the open ones carries HTTP Basic credentials
@@ -107,13 +109,20 @@ def need_of(method: str, parts: list[bytes], query: dict[str, str]) -> Need:
     head, rest = parts[0], parts[1:]
     if head in OPEN_ROUTES:
         return OPEN
-    if head in (b"stats", b"ring", b"metrics", b"dashboard"):
+    if head == b"ring":
+        # Partition-aware clients fetch it: any known user may (it names members and addresses).
+        return Need()
+    if head in (b"stats", b"metrics", b"dashboard"):
         return STATUS
     if head == b"admin":
+        read = method in ("GET", "HEAD")
         if rest == [b"challenge"]:
             return OPEN
-        if method in ("GET", "HEAD") and rest[:1] != [b"security"]:
+        if read and rest in ([b"status"], [b"aae"]):
             return STATUS
+        if read and len(rest) == 3 and rest[0] == b"local":
+            # One replica's copy of an object: what reading it needs.
+            return Need("riak_kv.get", "default", rest[1])
         return OPERATOR
     if head == b"buckets":
         if not rest:
@@ -150,10 +159,12 @@ class Guard:
         self.failures_max = settings.auth_failures_per_minute_max
         # (user, SHA-256 of the password) -> the user record's stamp it was verified against.
         self._verified: OrderedDict[tuple[str, bytes], security.Stamp] = OrderedDict()
-        # client address -> (minute, failed logins in it)
-        self._failures: dict[str, tuple[int, int]] = {}
-        # nonce -> expiry (monotonic seconds), for proofs with the cluster secret
-        self._nonces: OrderedDict[bytes, float] = OrderedDict()
+        # client address -> (minute, failed logins in it), oldest first
+        self._failures: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Nonces for proofs with the cluster secret are made statelessly (a MAC under a key of this
+        # process), so handing them out costs no memory; only those used are kept, until they expire.
+        self._nonce_key = os.urandom(32)
+        self._used: OrderedDict[bytes, float] = OrderedDict()
         self.failed_logins = 0
         self._dummy: bytes | None = None
 
@@ -225,20 +236,26 @@ class Guard:
         if stored is not None and stamp is not None and self._verified.get(key) == stamp:
             self._verified.move_to_end(key)
             return user
+        # Counted as failed until it proves right, so that attempts made at once all count.
+        self._count_failure(client, minute, +1)
         # An unknown user costs a password check too, so that timing does not tell which users exist.
         against = stored if stored is not None else self._dummy_hash()
         ok = await asyncio.to_thread(security.verify_password, against, password) and stored is not None
         if not ok or stamp is None:
             self.failed_logins += 1
-            count = window[1] + 1 if window is not None and window[0] == minute else 1
-            if len(self._failures) >= FAILURE_HOSTS_MAX and client not in self._failures:
-                self._failures.clear()
-            self._failures[client] = (minute, count)
             return text(401, "unknown user or wrong password", {"WWW-Authenticate": REALM})
+        self._count_failure(client, minute, -1)
         self._verified[key] = stamp
         if len(self._verified) > self.cache_max:
             self._verified.popitem(last=False)
         return user
+
+    def _count_failure(self, client: str, minute: int, change: int) -> None:
+        window = self._failures.pop(client, None)
+        count = window[1] if window is not None and window[0] == minute else 0
+        self._failures[client] = (minute, max(0, count + change))
+        while len(self._failures) > FAILURE_HOSTS_MAX:
+            self._failures.popitem(last=False)
 
     def _dummy_hash(self) -> bytes:
         if self._dummy is None:
@@ -248,13 +265,28 @@ class Guard:
     # --- Proofs with the cluster secret ----------------------------------------------------------------
 
     def challenge(self) -> bytes:
-        """A fresh nonce for one proof; it expires after a minute and is good once."""
+        """A fresh nonce for one proof: when it was made, randomness, and a MAC of both under a key of
+        this process. It expires after a minute and is good once; making it stores nothing."""
+        made = int(time.monotonic() * 1000).to_bytes(8, "big") + os.urandom(8)
+        return made + hmac.new(self._nonce_key, made, hashlib.sha256).digest()[:NONCE_BYTES]
+
+    def _fresh(self, nonce: bytes) -> bool:
+        """Whether `nonce` is one of ours, unexpired and not used before (then it is used)."""
+        if len(nonce) != 16 + NONCE_BYTES:
+            return False
+        made, tag = nonce[:16], nonce[16:]
+        if not hmac.compare_digest(tag, hmac.new(self._nonce_key, made, hashlib.sha256).digest()[:NONCE_BYTES]):
+            return False
         now = time.monotonic()
-        while self._nonces and (len(self._nonces) >= NONCES_MAX or next(iter(self._nonces.values())) < now):
-            self._nonces.popitem(last=False)
-        nonce = os.urandom(NONCE_BYTES)
-        self._nonces[nonce] = now + NONCE_TTL_S
-        return nonce
+        if now - int.from_bytes(made[:8], "big") / 1000 > NONCE_TTL_S:
+            return False
+        while self._used and next(iter(self._used.values())) < now:
+            self._used.popitem(last=False)
+        if nonce in self._used or len(self._used) >= NONCES_MAX:
+            # Used already, or more proofs in a minute than the node remembers: refused (fail closed).
+            return False
+        self._used[nonce] = now + NONCE_TTL_S
+        return True
 
     def _proved(self, request: Request) -> bool:
         raw = request.headers.get(PROOF_HEADER)
@@ -270,14 +302,11 @@ class Guard:
             nonce, mac = bytes.fromhex(nonce_hex), bytes.fromhex(mac_hex)
         except ValueError:
             return False
-        expiry = self._nonces.pop(nonce, None)
-        if expiry is None or expiry < time.monotonic():
-            return False
         target = request.raw_path + ("?" + request.query_string if request.query_string else "")
         body = request.body
-        return any(
-            hmac.compare_digest(mac, proof(key, nonce, request.method, target, body)) for key in keys.keys(ADMIN)
-        )
+        expected = [proof(key, nonce, request.method, target, body) for key in keys.keys(ADMIN)]
+        # The nonce is spent only by a proof that verifies: nobody without the secret can use one up.
+        return any(hmac.compare_digest(mac, candidate) for candidate in expected) and self._fresh(nonce)
 
 
 def proof(admin_key: bytes, nonce: bytes, method: str, target: str, body: bytes) -> bytes:

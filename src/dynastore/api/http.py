@@ -51,7 +51,6 @@ from dynastore.core.messages import (
 from dynastore.core.objects import Content
 from dynastore.core.secret import CONTEXT
 from dynastore.core.versions import Context, Dot
-from dynastore.net import tls
 from dynastore.runtime.node import NodeRuntime
 
 log = logging.getLogger("dynastore.http")
@@ -302,8 +301,7 @@ class Api:
     async def ring(self, request: Request) -> Answer:
         core = self.runtime.core
         assert core is not None
-        scheme = "https" if tls.enabled(self.settings) else "http"
-        return json_response(ringdoc.document(core.cluster, self.settings.n_val, scheme))
+        return json_response(ringdoc.document(core.cluster, self.settings.n_val))
 
     async def preflist(self, bucket: bytes, key: bytes) -> Answer:
         core = self.runtime.core

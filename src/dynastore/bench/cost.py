@@ -34,6 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from dynastore.bench.ycsb_driver import cpu_seconds
+from dynastore.client.http import basic_auth
 from dynastore.localcluster import LocalCluster, http_json, secret_proof
 
 RECORDS = 200
@@ -133,11 +134,11 @@ async def _drive(
     rate: float,
     seconds: float,
     pids: tuple[int, ...],
-    auth: aiohttp.BasicAuth | None = None,
+    auth: dict[str, str] | None = None,
 ) -> list[Row]:
     timeout = aiohttp.ClientTimeout(total=DRAIN_S)
     connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auth=auth) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=auth) as session:
         for i in range(RECORDS):
             async with session.put(
                 f"{url}/buckets/cost/keys/k{i}", data=VALUE, headers={"Content-Type": "text/plain"}
@@ -150,7 +151,7 @@ async def _drive(
 BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"
 
 
-def _secure(cluster: LocalCluster) -> aiohttp.BasicAuth:
+def _secure(cluster: LocalCluster) -> dict[str, str]:
     """Security on, with a user that may read and write any bucket (set up with the cluster secret)."""
     assert cluster.secret is not None
     url = cluster[0].url
@@ -163,7 +164,7 @@ def _secure(cluster: LocalCluster) -> aiohttp.BasicAuth:
     operator(f"/admin/security/grant?permissions=riak_kv.get,riak_kv.put&on=any&user={BENCH_USER}")
     operator("/admin/security/enable")
     cluster.set_secure(True)
-    return aiohttp.BasicAuth(BENCH_USER, BENCH_PASSWORD)
+    return basic_auth(BENCH_USER, BENCH_PASSWORD)
 
 
 def measure(rate: float, seconds: float, root: Path, security: bool = False) -> list[Row]:

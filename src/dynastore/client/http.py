@@ -156,6 +156,12 @@ def parse_multipart(body: bytes, content_type: str) -> tuple[Value, ...]:
     return tuple(values)
 
 
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """The HTTP Basic header of a user (the cluster's users, when its security is on)."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 class HttpClient:
     """Talks to one node (or, on failure, the next of `urls`).
 
@@ -185,7 +191,7 @@ class HttpClient:
         # For https:// nodes: the context that verifies them (dynastore.net.tls.http_client_context).
         self.ssl_context = ssl_context
         # A user and password, sent with every request (HTTP Basic) when the cluster's security is on.
-        self.auth = None if auth is None else aiohttp.BasicAuth(auth[0], auth[1])
+        self.auth_headers = {} if auth is None else basic_auth(*auth)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
@@ -202,7 +208,7 @@ class HttpClient:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
-            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector, auth=self.auth)
+            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector, headers=self.auth_headers)
         return self._session
 
     async def _call(

@@ -12,9 +12,11 @@ coordinator may extend it only from a copy that holds all of them. A node loses 
 copy it wrote is lost (staged but not yet durable when the process died: its replicas may have
 acknowledged it) or deleted (a delivered hint, a handed-off stray, a reaped tombstone): a later write
 under the same actor would claim versions it never saw, and every replica merging it would drop them.
-So the generation is new at every start, the keys whose deleted copies held the current actor's
-versions are remembered (bounded in bytes), and a write that would claim a forgotten version, or a
-memory grown past its bound, takes a new generation: a fresh actor claims nothing.
+So the generation is new at every start that follows an unclean stop, the keys whose deleted copies
+held the current actor's versions are remembered (bounded in bytes), and a write that would claim a
+forgotten version, or a memory grown past its bound, takes a new generation: a fresh actor claims
+nothing. A clean stop (`save`) writes the memory down after the last write the node coordinated, so
+the next start goes on with the same actor and clocks do not grow by an entry per restart.
 
 What this module persists (epoch, generation, lease end) is staged in the node's store; nothing
 carrying a new actor or counter may leave before the batch holding it is durable (`durable_after`).
@@ -25,6 +27,8 @@ from __future__ import annotations
 import hashlib
 import random
 
+import msgpack
+
 from dynastore.core import objects
 from dynastore.core.objects import Object
 from dynastore.core.staging import StagedStore
@@ -34,10 +38,28 @@ from dynastore.settings import Settings
 META_EPOCH = b"epoch"
 META_GENERATION = b"actor_generation"
 META_COUNTER = b"counter_lease_end"
+# Written by a clean stop (the forgotten keys), consumed by the next start.
+META_FORGOTTEN = b"forgotten_dots"
 # What one remembered key costs besides its bytes (a dict entry and an int), for the byte bound.
 FORGOTTEN_ENTRY_BYTES = 100
 # Node names longer than this are shortened to a digest inside actor ids (an actor is at most 255 bytes).
 ACTOR_NAME_BYTES_MAX = 200
+
+
+def _forgotten_from(raw: bytes | None) -> list[tuple[bytes, int]] | None:
+    """The keys a clean stop wrote down, or None (none written, or unreadable: then the stop counts
+    as unclean, which is always safe)."""
+    if raw is None:
+        return None
+    try:
+        data = msgpack.unpackb(raw, raw=False)
+    except Exception:
+        return None
+    if not isinstance(data, list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], bytes) and isinstance(e[1], int) for e in data
+    ):
+        return None
+    return [(e[0], e[1]) for e in data]
 
 
 class Actors:
@@ -60,7 +82,16 @@ class Actors:
         # Keys whose deleted local copy held versions of the current actor, with the newest such counter.
         self.forgotten: dict[bytes, int] = {}
         self.forgotten_bytes = 0
-        self.new_actor()
+        saved = _forgotten_from(store.get("meta", META_FORGOTTEN))
+        if saved is None or self.generation == 0:
+            # The last stop was not clean (or there was none): copies this node wrote may be lost.
+            self.new_actor()
+        else:
+            store.put("meta", META_FORGOTTEN, None)
+            self._set_actor()
+            for skey, counter in saved:
+                self.forgotten[skey] = counter
+                self.forgotten_bytes += len(skey) + FORGOTTEN_ENTRY_BYTES
         raw_lease = store.get("meta", META_COUNTER)
         # Counters below the persisted lease end may have been handed out before a crash: skip them.
         self._counter = 0 if raw_lease is None else int.from_bytes(raw_lease, "big")
@@ -70,12 +101,20 @@ class Actors:
         """Name the next versions with a fresh actor, one that has written nothing anywhere."""
         self.generation += 1
         self._store.put("meta", META_GENERATION, self.generation.to_bytes(8, "big"))
+        self._set_actor()
+        self.forgotten = {}
+        self.forgotten_bytes = 0
+
+    def _set_actor(self) -> None:
         name = self._name.encode()
         if len(name) > ACTOR_NAME_BYTES_MAX:
             name = hashlib.blake2b(name, digest_size=16).hexdigest().encode()
         self.actor = name + f"#{self.epoch:08x}.{self.generation}".encode()
-        self.forgotten = {}
-        self.forgotten_bytes = 0
+
+    def save(self) -> None:
+        """A clean stop, after the last write this node coordinates: what it forgot is written down, so
+        that the next start may go on with the same actor."""
+        self._store.put("meta", META_FORGOTTEN, msgpack.packb(sorted(self.forgotten.items()), use_bin_type=True))
 
     def next_dot(self, skey: bytes, local: Object | None, context: Context) -> Dot:
         """A fresh dot for a write of `skey` based on `local` (everything this node holds of the key) and
@@ -87,13 +126,8 @@ class Actors:
         )
         if self.forgotten.get(skey, 0) > known:
             self.new_actor()
-        floor = max(
-            self._counter,
-            0 if local is None else local.clock.get(self.actor),
-            context.counters().get(self.actor, 0),
-            max((d.counter for d in context.dots if d.actor == self.actor), default=0),
-        )
-        self._counter = floor + 1
+            known = 0
+        self._counter = max(self._counter, known) + 1
         if self._counter > self._lease_end:
             # Persist the end of a new block before using any counter in it; the lease rides in the
             # same batch as the write that needed it.

@@ -251,12 +251,18 @@ class ClusterOps(NodeBase):
         if joiner.name != src:
             self._send(src, JoinReply(msg.req, False, "a node can only ask to join for itself", b"", b""))
             return
+        if self.cluster.security.on and not joiner.tls and not secret.is_loopback(joiner.host):
+            reason = f"security is on: a member on {joiner.host} must serve TLS"
+            self._send(src, JoinReply(msg.req, False, reason, b"", b""))
+            return
         existing = self.cluster.member(joiner.name)
         if existing is None or existing.status not in ACTIVE:
             version = 1 if existing is None else existing.version + 1
             self._set_cluster(self.cluster.with_member(replace(joiner, status="joining", version=version)))
-        elif existing.address != joiner.address:
-            moved = replace(existing, host=joiner.host, peer_port=joiner.peer_port, http_port=joiner.http_port)
+        elif (existing.address, existing.http_port, existing.tls) != (joiner.address, joiner.http_port, joiner.tls):
+            moved = replace(
+                existing, host=joiner.host, peer_port=joiner.peer_port, http_port=joiner.http_port, tls=joiner.tls
+            )
             self._set_cluster(self.cluster.with_member(replace(moved, version=existing.version + 1)))
         # A cluster without a configured secret hands its key to the node that joins it.
         key = b"" if self.cluster_keys().configured else self._cluster_key
@@ -279,6 +285,9 @@ class ClusterOps(NodeBase):
             return
         if theirs.cluster != self.cluster.cluster:
             self._answer(op.origin, Failure("bad_request", f"seed belongs to cluster {theirs.cluster!r}"))
+            return
+        if not theirs.is_member(src) or theirs.member(self.name) is None:
+            self._answer(op.origin, Failure("unavailable", "the seed's answer lists neither itself nor this node"))
             return
         # The node's one-node cluster is abandoned: it adopts the cluster it joined, and its key.
         self._set_cluster(theirs)

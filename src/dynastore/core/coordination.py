@@ -228,6 +228,9 @@ class Coordination(NodeBase):
         if problem is not None:
             self._answer(origin, Failure("bad_request", problem))
             return
+        if self.stopping:
+            self._answer(origin, Failure("unavailable", "this node is stopping"))
+            return
         if req.context is not None and self.actors.claims_beyond_lease(req.context):
             self._answer(origin, Failure("bad_request", "the context names versions of this node it never wrote"))
             return

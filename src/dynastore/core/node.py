@@ -180,6 +180,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         # Buffered mode syncs its engine this often (a batch says when); durable engines sync every batch.
         self._next_sync_ms = now_ms + settings.buffered_sync_interval_ms
         self._sync_due = False
+        # Set by prepare_shutdown: writes are turned away.
+        self.stopping = False
         self.controller = BackgroundController(settings.background_latency_target_ms, settings.background_window_ms)
         self.aae = AntiEntropy(self, now_ms)
 
@@ -262,9 +264,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
 
     def on_message(self, src: str, msg: Message, now_ms: int) -> None:
         self.now_hint_ms = now_ms
-        if type(msg) not in _FROM_STRANGERS and not self.cluster.is_member(src):
-            # Only members change membership or data. A stranger (a node that has not joined, or was
-            # removed) may ask to join, be answered, and ask for our state, which tells it where it stands.
+        if not self._accepts(src, msg):
             self.stats.strangers_dropped += 1
             return
         if self.detector.heard_from(src, now_ms):
@@ -272,6 +272,15 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         handler = _HANDLERS.get(type(msg))
         assert handler is not None, f"no handler for {type(msg).__name__}"
         handler(self, src, msg, now_ms)
+
+    def _accepts(self, src: str, msg: Message) -> bool:
+        """Only members change membership or data. A stranger (a node that has not joined, or was
+        removed) may ask to join, be answered, and ask for our state, which tells it where it stands;
+        a removed node may still hand over the hints it holds (merges that lose nothing: they may be
+        the only copy of an acknowledged write)."""
+        if type(msg) in _FROM_STRANGERS or self.cluster.is_member(src):
+            return True
+        return isinstance(msg, HintDelivery) and self.cluster.member(src) is not None
 
     def on_unreachable(self, peer: str, now_ms: int, reason: str = "") -> None:
         """A connection to `peer` failed or was refused (`reason` says why when the peer refused it): it
@@ -312,7 +321,11 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self.controller.observe(now_ms, latency_ms)
 
     def prepare_shutdown(self) -> None:
-        """Record a clean stop, so that the next start trusts its anti-entropy index without verifying it."""
+        """Record a clean stop: the next start trusts its anti-entropy index without verifying it, and
+        goes on with this node's actor. From now on the node coordinates no write (a version written
+        after this record could be lost with the process)."""
+        self.stopping = True
+        self.actors.save()
         self.aae.mark_clean_shutdown()
 
     # --- Queries for the shell -------------------------------------------------------------------------
@@ -384,6 +397,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
                     "http_port": m.http_port,
                     "status": m.status,
                     "weight": m.weight,
+                    "tls": m.tls,
                     "reachable": me or self.detector.is_up(m.name, now_ms),
                     "phi": 0.0 if me else round(self.detector.phi(m.name, now_ms), 2),
                     "partitions": counts.get(m.name, 0),

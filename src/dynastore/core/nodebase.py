@@ -84,6 +84,8 @@ class NodeBase(ABC):
     rng: random.Random
     # The actor that names this node's versions, and the dots it hands out (actors.py).
     actors: Actors
+    # A clean stop is under way (NodeCore.prepare_shutdown): no more writes are coordinated here.
+    stopping: bool
     cluster: ClusterState
     stats: Stats
     detector: FailureDetector

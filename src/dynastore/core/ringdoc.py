@@ -23,8 +23,9 @@ def epoch(state: ClusterState) -> str:
     return f"{state.ring.version}.{len(state.ring.done)}"
 
 
-def document(state: ClusterState, n_val: int, scheme: str) -> dict[str, Any]:
-    """The ring as `GET /ring` serves it; `n_val` is the cluster's default, `scheme` http or https."""
+def document(state: ClusterState, n_val: int) -> dict[str, Any]:
+    """The ring as `GET /ring` serves it; `n_val` is the cluster's default. Each member is reached by
+    its own scheme (https when it serves TLS)."""
     ring = state.ring
     buckets = {}
     for name, record in state.buckets:
@@ -47,7 +48,7 @@ def document(state: ClusterState, n_val: int, scheme: str) -> dict[str, Any]:
                 "http_port": m.http_port,
                 "peer_port": m.peer_port,
                 "status": m.status,
-                "scheme": scheme,
+                "scheme": "https" if m.tls else "http",
             }
             for m in state.members
         },

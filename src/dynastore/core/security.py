@@ -13,8 +13,8 @@ changes made at different nodes converge deterministically:
 
 Permissions carry Riak's names, plus `dynastore.status` (stats, ring, metrics, dashboard) and
 `dynastore.admin` (membership and security changes), which implies every other. A scope is `any`, a
-bucket type or a bucket of the default type (`NAME`: either), or one bucket of one type
-(`TYPE/BUCKET`).
+bucket type (`default`) or a bucket of the default type (any other single word), or one bucket of
+one type (`TYPE/BUCKET`).
 
 Pure: the password hashing is the standard library's scrypt, given its salt; the checks read values.
 """
@@ -44,6 +44,7 @@ PERMISSIONS = (
 )
 ADMIN = "dynastore.admin"
 ANY = "any"
+DEFAULT_TYPE = "default"
 USER_BYTES_MAX = 64
 SCOPE_BYTES_MAX = 1024
 # scrypt's cost: 16 MiB of memory and some tens of milliseconds per hash, which is why verified
@@ -166,8 +167,11 @@ def scope_covers(scope: str, bucket_type: str | None, bucket: bytes | None) -> b
     if "/" in scope:
         grant_type, _, grant_bucket = scope.partition("/")
         return grant_type == bucket_type and grant_bucket == name
-    # One word: a bucket type, or a bucket of the default type.
-    return scope == bucket_type or (bucket_type == "default" and scope == name)
+    # One word: the default bucket type itself, or else a bucket of the default type (a bucket named
+    # "default" is "default/default").
+    if scope == DEFAULT_TYPE:
+        return bucket_type == DEFAULT_TYPE
+    return bucket_type == DEFAULT_TYPE and scope == name
 
 
 def allowed(state: SecurityState, user: str, perm: str, bucket_type: str | None, bucket: bytes | None) -> bool:

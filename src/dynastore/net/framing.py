@@ -73,24 +73,45 @@ def decode_message(payload: bytes) -> Message:
 
 
 class FrameDecoder:
-    """Accumulates bytes and yields complete frames; refuses frames over the size limit."""
+    """Accumulates bytes and hands out complete frames; refuses a frame over the size limit.
+
+    The limit applies to each frame as it is taken (`next`), so a caller may raise it between frames:
+    the handshake's frames are held to a small limit, the frames after it to the link's.
+    """
 
     def __init__(self, frame_bytes_max: int) -> None:
         self.frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def push(self, data: bytes) -> None:
         self._buffer += data
+        # Even an incomplete frame must announce a length within the limit.
+        if len(self._buffer) >= HEADER_BYTES:
+            self._check(int.from_bytes(self._buffer[:HEADER_BYTES], "big"))
+
+    def next(self) -> bytes | None:
+        """The next complete frame, or None until more bytes arrive."""
+        if len(self._buffer) < HEADER_BYTES:
+            return None
+        length = self._check(int.from_bytes(self._buffer[:HEADER_BYTES], "big"))
+        if len(self._buffer) < HEADER_BYTES + length:
+            return None
+        frame = bytes(self._buffer[HEADER_BYTES : HEADER_BYTES + length])
+        del self._buffer[: HEADER_BYTES + length]
+        return frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Every complete frame so far (all under the current limit)."""
+        self.push(data)
         frames: list[bytes] = []
-        while len(self._buffer) >= HEADER_BYTES:
-            length = int.from_bytes(self._buffer[:HEADER_BYTES], "big")
-            if length > self.frame_bytes_max:
-                raise FrameError(f"frame of {length} bytes exceeds the limit of {self.frame_bytes_max}")
-            if len(self._buffer) < HEADER_BYTES + length:
-                break
-            frames.append(bytes(self._buffer[HEADER_BYTES : HEADER_BYTES + length]))
-            del self._buffer[: HEADER_BYTES + length]
+        while (frame := self.next()) is not None:
+            frames.append(frame)
         return frames
+
+    def _check(self, length: int) -> int:
+        if length > self.frame_bytes_max:
+            raise FrameError(f"frame of {length} bytes exceeds the limit of {self.frame_bytes_max}")
+        return length
 
 
 # --- Handshake ----------------------------------------------------------------------------------------

@@ -174,22 +174,23 @@ class PeerLink:
             payloads, self.buffer = self.buffer, []
             protocol.transport.write(b"".join(sealer.seal(payload) for payload, _ in payloads))
             return
-        # An unproven link carries the messages of a join only: those at the head of the buffer go.
-        joins = 0
-        while joins < len(self.buffer) and self.buffer[joins][1]:
-            joins += 1
-        protocol.transport.write(b"".join(encode_frame(payload) for payload, _ in self.buffer[:joins]))
-        del self.buffer[:joins]
+        # An unproven link carries the messages of a join only: they go now, the rest wait.
+        joins = [payload for payload, join in self.buffer if join]
+        self.buffer = [(payload, join) for payload, join in self.buffer if not join]
+        protocol.transport.write(b"".join(encode_frame(payload) for payload in joins))
         if not self.buffer:
             return
         # Something else must go: dial again (closing lets what was written go first), now that the
         # join may have given both ends the same key; a link that stays unproven is given up.
-        if self.need_proof:
-            self.failed(f"{self.peer} does not hold this cluster's key")
-            return
-        self.need_proof = True
         self.protocol = None
         protocol.transport.close()
+        if self.need_proof:
+            self.buffer = []
+            self.need_proof = False
+            self.retry_after = time.monotonic() + self.node.retry_s
+            self.node.report_unreachable(self.peer, f"{self.peer} does not hold this cluster's key")
+            return
+        self.need_proof = True
         self.connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -277,7 +278,10 @@ class _Incoming(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         node = self.node
         try:
-            for frame in self.decoder.feed(data):
+            # Before the handshake is done only its small frames are taken; `_finish` raises the limit
+            # before the frames that follow the dialling side's proof (often in the same read).
+            self.decoder.push(data)
+            while (frame := self.decoder.next()) is not None:
                 if self.theirs is None:
                     self.theirs, _ = decode_hello(frame, node.cluster)
                     proofs = tuple(proof(k, "server", self.theirs, self.ours) for k in node.keys().keys(PEER))

@@ -29,6 +29,7 @@ from dynastore.core.nodebase import StartupError
 from dynastore.core.secret import is_loopback, startup_problem
 from dynastore.net import tls
 from dynastore.net.rpc import Transport
+from dynastore.runtime.secrets import resolve as resolve_secret
 from dynastore.settings import Settings
 from dynastore.storage import open_engine
 from dynastore.storage.base import Engine
@@ -145,7 +146,7 @@ class BatchWriter:
 class NodeRuntime:
     def __init__(self, config: NodeConfig, settings: Settings) -> None:
         self.config = config
-        self.settings = settings
+        self.settings = resolve_secret(settings)
         self.clock = Clock()
         self.engine: Engine | None = None
         self.core: NodeCore | None = None
