@@ -65,6 +65,9 @@ class Settings:
     vclock_prune_entries_max: int = 10
     object_bytes_max: int = 1024 * 1024
     siblings_max: int = 100
+    # All siblings of one key together (key_bytes_max bounds a key's name): a write that would take
+    # them past it is refused with 413. Concurrent writers may still merge past it; see the README.
+    key_siblings_bytes_max: int = 16 * 1024 * 1024
     context_extra_dots_max: int = 16
     key_bytes_max: int = 4096
     bucket_bytes_max: int = 512
@@ -79,6 +82,16 @@ class Settings:
     http_idle_timeout_ms: int = 3_630_000
     # Open HTTP client connections a node keeps at once; one more is answered 503 and closed.
     http_connections_max: int = 2048
+    # Request bodies held in memory at once over all HTTP connections (being received, or waiting with
+    # their request): a body that would take them past this is answered 503 and its connection closed.
+    http_body_buffer_bytes_max: int = 128 * 1024 * 1024
+    # A listing goes one page (a step of one partition, from one of its replicas) at a time: at most
+    # this many keys or buckets, and this many bytes read from disk to find them (past the row that
+    # reaches it), so no step holds an event loop for long. keys=true and buckets=true gather the
+    # whole listing in memory: past list_result_bytes_max of names they answer 503 (streams do not).
+    list_page_keys_max: int = 1000
+    list_page_bytes_max: int = 4 * 1024 * 1024
+    list_result_bytes_max: int = 64 * 1024 * 1024
 
     # --- Storage ---------------------------------------------------------------------------------------
     storage_engine: str = "lmdb"
@@ -100,7 +113,9 @@ class Settings:
     reap_batch_max: int = 200
 
     # --- Hinted handoff --------------------------------------------------------------------------------
+    # A fallback refuses hinted writes past either bound (the write may then fail; never dropped).
     hints_max: int = 1_000_000
+    hints_bytes_max: int = 4 * 1024**3
     hint_scan_interval_ms: int = 1000
     hint_batch_max: int = 200
     hint_batch_bytes_max: int = 4 * 1024 * 1024
@@ -129,6 +144,8 @@ class Settings:
     anti_entropy_interval_ms: int = 30_000
     anti_entropy_segments_count: int = 1024
     anti_entropy_keys_batch_max: int = 100
+    # The objects one step of an exchange carries, in bytes (past the object that reaches it).
+    anti_entropy_batch_bytes_max: int = 4 * 1024 * 1024
     anti_entropy_rebuild_interval_ms: int = 3_600_000
 
     # --- Background work controller ---------------------------------------------------------------------
@@ -139,8 +156,17 @@ class Settings:
     read_repair_enabled: bool = True
 
     # --- Network limits ------------------------------------------------------------------------------------
-    frame_bytes_max: int = 64 * 1024 * 1024
+    # A peer frame; a larger message (a key whose siblings add up to more) travels as fragments, put
+    # back together up to peer_message_bytes_max, with at most peer_reassembly_bytes_max held at once
+    # over all links.
+    frame_bytes_max: int = 4 * 1024 * 1024
+    peer_message_bytes_max: int = 256 * 1024 * 1024
+    peer_reassembly_bytes_max: int = 256 * 1024 * 1024
+    # What waits to be written to one peer, in messages and in bytes (one larger message still goes).
     peer_queue_frames_max: int = 20_000
+    peer_queue_bytes_max: int = 64 * 1024 * 1024
+    # A peer link or connection that carries nothing for this long is closed (members' never are).
+    peer_idle_timeout_ms: int = 300_000
     # Connections other nodes (or anyone) open to this node's peer port, held at once; one more is reset.
     peer_connections_max: int = 1024
     connect_timeout_ms: int = 2000
@@ -255,7 +281,20 @@ def _validate(s: Settings) -> None:
     need(s.phi_threshold > 0, "phi_threshold must be positive")
     need(s.anti_entropy_segments_count >= 1, "anti_entropy_segments_count must be positive")
     need(s.anti_entropy_interval_ms >= 1, "anti_entropy_interval_ms must be positive")
-    need(s.frame_bytes_max > s.object_bytes_max, "frame_bytes_max must exceed object_bytes_max")
+    need(s.frame_bytes_max >= 64 * 1024, "frame_bytes_max must be at least 64 KiB")
+    need(
+        s.peer_message_bytes_max >= s.siblings_max * (s.object_bytes_max + s.meta_bytes_max) + s.frame_bytes_max,
+        "peer_message_bytes_max must hold a key's siblings at their limits (siblings_max x object_bytes_max)",
+    )
+    need(s.peer_idle_timeout_ms >= 1, "peer_idle_timeout_ms must be positive")
+    need(s.peer_reassembly_bytes_max >= s.peer_message_bytes_max, "peer_reassembly_bytes_max must hold one message")
+    need(s.key_siblings_bytes_max >= s.object_bytes_max, "key_siblings_bytes_max must hold one object")
+    need(
+        s.http_body_buffer_bytes_max >= s.object_bytes_max + 64 * 1024,
+        "http_body_buffer_bytes_max must hold one request body (object_bytes_max and 64 KiB)",
+    )
+    for name in ("list_page_keys_max", "list_page_bytes_max", "list_result_bytes_max", "anti_entropy_batch_bytes_max"):
+        need(getattr(s, name) >= 1, f"{name} must be positive")
     need(s.hints_max >= 0, "hints_max must not be negative")
     need(s.tombstone_grace_ms >= 0, "tombstone_grace_ms must not be negative")
     for name, value in s.as_dict().items():

@@ -18,6 +18,7 @@ from dynastore.api.server import (
     FIELD_OPEN_BYTES_MAX,
     HEAD_BYTES_MAX,
     HEADERS_COUNT_MAX,
+    PIPELINED_MAX,
     REFUSALS_LINGERING_MAX,
     URL_BYTES_MAX,
     HttpServer,
@@ -94,11 +95,21 @@ Scenario = Callable[[HttpServer, App], Awaitable[None]]
 
 @pytest.fixture(params=["asyncio", "uvloop"])
 def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., None]]:
-    def run(scenario: Scenario, *, idle_timeout_s: float = 30.0, connections_max: int = 2048) -> None:
+    def run(
+        scenario: Scenario,
+        *,
+        idle_timeout_s: float = 30.0,
+        connections_max: int = 2048,
+        body_buffer_bytes_max: int = 256 * 1024 * 1024,
+    ) -> None:
         async def main() -> None:
             app = App()
             server = HttpServer(
-                app, body_bytes_max=BODY_MAX, idle_timeout_s=idle_timeout_s, connections_max=connections_max
+                app,
+                body_bytes_max=BODY_MAX,
+                idle_timeout_s=idle_timeout_s,
+                connections_max=connections_max,
+                body_buffer_bytes_max=body_buffer_bytes_max,
             )
             await server.start("127.0.0.1", 0)
             try:
@@ -877,3 +888,87 @@ def test_a_stream_waits_for_a_slow_reader_instead_of_buffering(serve: Callable[.
         writer.close()
 
     serve(scenario)
+
+
+def test_a_read_full_of_pipelined_requests_is_parsed_only_a_bounded_way_ahead(serve: Callable[..., None]) -> None:
+    """10,000 pipelined requests (about 300 KiB) sent at once behind one that hangs: the server parses at
+    most PIPELINED_MAX and one input piece's worth ahead, keeps the rest of a read unparsed, and still
+    answers all of them, in order, once the first is released; then the connection serves on."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        reader, writer = await connect(server)
+        writer.write(get("/hang") + b"".join(get(f"/p{i}") for i in range(10_000)))
+        await writer.drain()
+        while not app.order:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        (conn,) = server.connections
+        assert PIPELINED_MAX <= len(conn._queue) <= PIPELINED_MAX + 64, len(conn._queue)
+        assert len(conn._unparsed) <= 256 * 1024
+        app.release.set()
+        answers = [await read_answer(reader) for _ in range(10_001)]
+        assert answers[0].body == b"released"
+        assert [a.body for a in answers[1:]] == [f"GET /p{i}".encode() for i in range(10_000)]
+        writer.write(get("/after"))
+        assert (await read_answer(reader)).body == b"GET /after"
+        assert not conn._unparsed and not conn._queue
+        writer.close()
+
+    serve(scenario)
+
+
+def test_requests_left_unparsed_are_still_answered_when_the_client_half_closes(serve: Callable[..., None]) -> None:
+    """A client sends many pipelined requests and shuts its side down at once: every one is answered
+    before the server closes."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        reader, writer = await connect(server)
+        writer.write(get("/slow") + b"".join(get(f"/q{i}") for i in range(500)))
+        writer.write_eof()
+        answers = [await read_answer(reader) for _ in range(501)]
+        assert [a.body for a in answers[1:]] == [f"GET /q{i}".encode() for i in range(500)]
+        assert await closed_by_server(reader)
+        writer.close()
+
+    serve(scenario)
+
+
+def test_request_bodies_held_at_once_are_bounded_over_all_connections(serve: Callable[..., None]) -> None:
+    """With 160 KiB for bodies over all connections, eight clients each send 40 KiB of a 60 KiB body and
+    stop: the bodies held never pass the bound, the clients past it get 503 and are closed, and once the
+    others go away the budget is whole again and a complete body goes through."""
+
+    async def scenario(server: HttpServer, app: App) -> None:
+        clients = []
+        for _ in range(8):
+            reader, writer = await connect(server)
+            writer.write(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 61440\r\n\r\n" + b"x" * 40960)
+            await writer.drain()
+            clients.append((reader, writer))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert server.body_bytes_held <= 160 * 1024 + 40960
+        refused = []
+        for reader, _ in clients:
+            try:
+                async with asyncio.timeout(0.5):
+                    refused.append((await read_answer(reader)).status)
+            except (TimeoutError, asyncio.IncompleteReadError):
+                pass
+        assert refused and set(refused) == {503}, refused
+        assert server.bodies_refused == len(refused) and 3 <= len(refused) <= 5
+        for _, writer in clients:
+            writer.close()
+        for _ in range(100):
+            if server.body_bytes_held == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert server.body_bytes_held == 0
+        reader, writer = await connect(server)
+        writer.write(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 61440\r\n\r\n" + b"y" * 61440)
+        answer = await read_answer(reader)
+        assert answer.status == 200 and answer.body == b"y" * 61440
+        assert server.body_bytes_held == 0
+        writer.close()
+
+    serve(scenario, body_buffer_bytes_max=160 * 1024)

@@ -9,7 +9,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
-from dynastore.core.messages import JoinRequest, Message, Ping
+from dynastore.core.messages import GossipState, JoinRequest, Message, Ping
 from dynastore.core.secret import PEER, ClusterKeys
 from dynastore.net.framing import (
     NONCE_BYTES,
@@ -47,6 +47,10 @@ class Node:
         inbound_max: int = 1024,
         connect_timeout_ms: int = 1000,
         configured: bool = True,
+        frame_bytes_max: int = 1 << 20,
+        queue_bytes_max: int = 64 << 20,
+        message_bytes_max: int = 256 << 20,
+        idle_timeout_ms: int = 300_000,
     ):
         self.received: list[tuple[str, Message]] = []
         self.unreachable: list[str] = []
@@ -60,8 +64,12 @@ class Node:
             port=self.port,
             cluster="test",
             keys=lambda: keys,
-            frame_bytes_max=1 << 20,
+            frame_bytes_max=frame_bytes_max,
             queue_frames_max=queue_max,
+            queue_bytes_max=queue_bytes_max,
+            message_bytes_max=message_bytes_max,
+            reassembly_bytes_max=message_bytes_max,
+            idle_timeout_ms=idle_timeout_ms,
             connect_timeout_ms=connect_timeout_ms,
             inbound_max=inbound_max,
             retry_ms=200,
@@ -377,6 +385,88 @@ def test_a_first_message_larger_than_a_handshake_frame_arrives_with_the_proof_in
             assert b.transport.peer_errors == 0
             writer.close()
         finally:
+            await b.transport.close()
+
+    run(scenario)
+
+
+def test_a_message_larger_than_a_frame_arrives_whole_as_fragments_and_the_link_stays() -> None:
+    """A 3 MiB message over 1 MiB frames (a key whose siblings add up to more than a frame) arrives
+    whole, between the messages sent before and after it, without the link being dropped; one larger
+    than the receiver puts back together is refused as a peer error."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        a = Node("a", directory)
+        b = Node("b", directory, message_bytes_max=8 << 20)
+        await a.transport.start()
+        await b.transport.start()
+        try:
+            big = GossipState(os.urandom(3 << 20), False)
+            a.transport.send("b", Ping(1))
+            a.transport.send("b", big)
+            a.transport.send("b", Ping(2))
+            await until(lambda: len(b.received) == 3)
+            assert [msg for _, msg in b.received] == [Ping(1), big, Ping(2)]
+            assert a.unreachable == [] and b.transport.peer_errors == 0
+            assert b.transport.reassembling_bytes == 0
+            a.transport.send("b", GossipState(os.urandom(9 << 20), False))
+            await until(lambda: b.transport.peer_errors == 1)
+            assert b.transport.reassembling_bytes == 0, "what the dropped link held is given back"
+        finally:
+            await a.transport.close()
+            await b.transport.close()
+
+    run(scenario)
+
+
+def test_what_waits_for_a_peer_is_bounded_in_bytes_and_one_larger_message_still_goes() -> None:
+    """With 1 MiB allowed to wait, three 300 KiB messages wait and the other seven are dropped and
+    counted; a single 2 MiB message, alone in the queue, still goes."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        a, b = Node("a", directory, queue_bytes_max=1 << 20), Node("b", directory)
+        await a.transport.start()
+        await b.transport.start()
+        try:
+            sent = [GossipState(bytes([seq]) * (300 << 10), False) for seq in range(10)]
+            for msg in sent:
+                a.transport.send("b", msg)
+            await until(lambda: len(b.received) == 3)
+            assert a.transport.dropped_frames == 7
+            assert [msg for _, msg in b.received] == sent[:3]
+            large = GossipState(b"L" * (2 << 20), False)
+            a.transport.send("b", large)
+            await until(lambda: len(b.received) == 4)
+            assert b.received[-1] == ("a", large)
+        finally:
+            await a.transport.close()
+            await b.transport.close()
+
+    run(scenario)
+
+
+def test_links_idle_for_the_timeout_are_closed_and_forgotten_and_dialled_again_when_needed() -> None:
+    """After a message, a link that carries nothing for peer_idle_timeout_ms is closed on both sides;
+    the next message dials a new one."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        a = Node("a", directory, idle_timeout_ms=400)
+        b = Node("b", directory, idle_timeout_ms=400)
+        await a.transport.start()
+        await b.transport.start()
+        try:
+            a.transport.send("b", Ping(1))
+            await until(lambda: len(b.received) == 1)
+            assert "b" in a.transport.links and len(b.transport.inbound) == 1
+            await until(lambda: not a.transport.links and not b.transport.inbound, timeout_s=3)
+            a.transport.send("b", Ping(2))
+            await until(lambda: len(b.received) == 2)
+            assert a.unreachable == []
+        finally:
+            await a.transport.close()
             await b.transport.close()
 
     run(scenario)

@@ -59,6 +59,21 @@ def fill(engine: Engine, area: str = "data", keys: list[bytes] = AWKWARD_KEYS) -
     engine.write([Op(area, key, value_of(key)) for key in keys])
 
 
+def bounded_rows(
+    table: dict[bytes, bytes], start: bytes, end: bytes | None, limit: int, bytes_max: int | None
+) -> list[tuple[bytes, bytes]]:
+    """What a scan must return: the first `limit` pairs in range, cut after the pair whose bytes (keys and
+    values together) reach `bytes_max`."""
+    rows: list[tuple[bytes, bytes]] = []
+    size = 0
+    for key in sorted(key for key in table if key >= start and (end is None or key < end))[:limit]:
+        if bytes_max is not None and size >= bytes_max:
+            break
+        rows.append((key, table[key]))
+        size += len(key) + len(table[key])
+    return rows
+
+
 def expected_scan(keys: list[bytes], start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
     chosen = sorted(key for key in keys if key >= start and (end is None or key < end))
     return [(key, value_of(key)) for key in chosen[:limit]]
@@ -216,6 +231,17 @@ def test_a_scan_with_end_at_or_before_start_is_empty(engine: Engine) -> None:
     assert engine.scan("data", LONG + b"a", LONG) == []
 
 
+def test_a_scan_bounded_in_bytes_stops_after_the_pair_that_reaches_the_bound(engine: Engine) -> None:
+    """Three pairs of 1 MiB: a bound of 1.5 MiB returns two, a bound of one byte still returns one."""
+    big = {b"a": b"1" * (1 << 20), b"b": b"2" * (1 << 20), b"c": b"3" * (1 << 20)}
+    engine.write([Op("data", key, value) for key, value in big.items()])
+    assert [key for key, _ in engine.scan("data", b"", None, 10, 3 << 19)] == [b"a", b"b"]
+    assert [key for key, _ in engine.scan("data", b"b", None, 10, 1)] == [b"b"]
+    assert [key for key, _ in engine.scan("data", b"", None, 10, 10 << 20)] == [b"a", b"b", b"c"]
+    with pytest.raises(StorageError):
+        engine.scan("data", b"", None, 10, 0)
+
+
 def test_a_scan_with_a_negative_limit_is_refused(engine: Engine) -> None:
     with pytest.raises(StorageError):
         engine.scan("data", limit=-1)
@@ -359,10 +385,10 @@ class EngineMatchesADict(RuleBasedStateMachine):
         self.engine = self.factory.open(self.name, durable=False)
         self.model: dict[str, dict[bytes, bytes]] = {area: {} for area in AREAS}
 
-    def expected(self, area: str, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        table = self.model[area]
-        chosen = sorted(key for key in table if key >= start and (end is None or key < end))
-        return [(key, table[key]) for key in chosen[:limit]]
+    def expected(
+        self, area: str, start: bytes, end: bytes | None, limit: int, bytes_max: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        return bounded_rows(self.model[area], start, end, limit, bytes_max)
 
     @rule(batch=st.lists(ops, max_size=8))
     def write(self, batch: list[Op]) -> None:
@@ -380,6 +406,10 @@ class EngineMatchesADict(RuleBasedStateMachine):
     @rule(area=model_areas, start=keys, end=st.none() | keys, limit=st.integers(0, 6))
     def scan(self, area: str, start: bytes, end: bytes | None, limit: int) -> None:
         assert self.engine.scan(area, start, end, limit) == self.expected(area, start, end, limit)
+
+    @rule(area=model_areas, start=keys, end=st.none() | keys, limit=st.integers(0, 6), bytes_max=st.integers(1, 20))
+    def scan_bounded(self, area: str, start: bytes, end: bytes | None, limit: int, bytes_max: int) -> None:
+        assert self.engine.scan(area, start, end, limit, bytes_max) == self.expected(area, start, end, limit, bytes_max)
 
     @rule(area=model_areas, start=keys, page=st.integers(1, 3))
     def scan_all(self, area: str, start: bytes, page: int) -> None:

@@ -17,13 +17,14 @@ the cluster commands of the CLI.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -365,15 +366,95 @@ class Api:
 
     # --- Listing --------------------------------------------------------------------------------------------
 
+    async def _pages(self, bucket: bytes | None, timeout_ms: int | None) -> AsyncIterator[tuple[bytes, ...] | Failure]:
+        """A listing page by page (one step of one partition each, see ClientListKeys), until it is done
+        or a page fails; with `timeout_ms`, the whole listing must be done within it."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_ms is None else loop.time() + timeout_ms / 1000
+        resume: tuple[int, bytes] | None = (0, b"")
+        while resume is not None:
+            left = None
+            if deadline is not None:
+                left = int((deadline - loop.time()) * 1000)
+                if left <= 0:
+                    yield Failure("timeout", "the listing did not finish within its timeout")
+                    return
+            response = await self.runtime.request(ClientListKeys(bucket, left, *resume))
+            if isinstance(response, Failure):
+                yield response
+                return
+            assert isinstance(response, Ok)
+            resume = response.resume
+            if response.keys:
+                yield response.keys
+
+    async def _gathered(self, bucket: bytes | None, timeout_ms: int | None) -> list[bytes] | Failure:
+        """A whole listing in memory (keys=true, buckets=true), bounded by list_result_bytes_max."""
+        found: set[bytes] = set()
+        held = 0
+        bound = self.settings.list_result_bytes_max
+        async for page in self._pages(bucket, timeout_ms):
+            if isinstance(page, Failure):
+                return page
+            for name in page:
+                if name not in found:
+                    found.add(name)
+                    held += len(name)
+            if held > bound:
+                what = "keys" if bucket is not None else "buckets"
+                reason = f"more than {bound} bytes of {what} to list (list_result_bytes_max); use {what}=stream"
+                return Failure("overload", reason)
+        return sorted(found)
+
+    async def _streamed(
+        self, request: Request, bucket: bytes | None, timeout_ms: int | None, head: dict[str, Any]
+    ) -> StreamResponse:
+        """A listing as a stream of JSON objects, one per page; a failure once the stream has begun is
+        an `{"error": ...}` object in it, as Riak gives (a timeout's is `"timeout"`). Buckets appear in
+        many partitions: the ones already sent are remembered (bounded by list_result_bytes_max)."""
+        what = "keys" if bucket is not None else "buckets"
+        stream = StreamResponse(headers={"Content-Type": "application/json"})
+        sent: set[bytes] = set()
+        held = 0
+        bound = self.settings.list_result_bytes_max
+        try:
+            await stream.prepare(request)
+            if head:
+                await stream.write(json.dumps(head).encode())
+            async for page in self._pages(bucket, timeout_ms):
+                if isinstance(page, Failure):
+                    error = "timeout" if page.kind == "timeout" else page.reason
+                    await stream.write(json.dumps({"error": error}).encode())
+                    break
+                names = page
+                if bucket is None:
+                    names = tuple(name for name in page if name not in sent)
+                    sent.update(names)
+                    held += sum(len(name) for name in names)
+                    if held > bound:
+                        await stream.write(json.dumps({"error": f"more than {bound} bytes of buckets"}).encode())
+                        break
+                if names:
+                    await stream.write(json.dumps({what: [n.decode(errors="replace") for n in names]}).encode())
+            else:
+                await stream.write(json.dumps({what: []}).encode())
+            await stream.write_eof()
+        except ConnectionResetError:
+            # The client went away mid-stream; there is no one left to answer.
+            pass
+        return stream
+
     async def list_buckets(self, request: Request) -> Answer:
-        if request.query.get("buckets") not in ("true", "stream"):
+        mode = request.query.get("buckets")
+        if mode not in ("true", "stream"):
             raise BadRequest("list buckets with ?buckets=true or ?buckets=stream")
-        response = await self.runtime.request(ClientListKeys(None, self._int_param(request, "timeout")))
-        if isinstance(response, Failure):
-            return self.failure(response)
-        assert isinstance(response, Ok)
-        # A one-chunk stream is a valid stream: clients read JSON objects until the body ends.
-        return json_response({"buckets": [b.decode(errors="replace") for b in response.keys]})
+        timeout = self._int_param(request, "timeout")
+        if mode == "stream" and request.method != "HEAD":
+            return await self._streamed(request, None, timeout, {})
+        found = await self._gathered(None, timeout)
+        if isinstance(found, Failure):
+            return self.failure(found)
+        return json_response({"buckets": [b.decode(errors="replace") for b in found]})
 
     async def list_keys(self, request: Request, bucket: bytes, *, with_props: bool) -> Answer:
         """`keys=true` or `keys=stream` lists the keys; without it only the props, if asked for, are
@@ -384,26 +465,12 @@ class Api:
         head: dict[str, Any] = {"props": self._props_of(bucket)} if with_props else {}
         if mode not in ("true", "stream"):
             return json_response(head)
-        response = await self.runtime.request(ClientListKeys(bucket, timeout))
-        if isinstance(response, Failure):
-            return self.failure(response)
-        assert isinstance(response, Ok)
-        names = [k.decode(errors="replace") for k in response.keys]
-        if mode == "true" or request.method == "HEAD":
-            return json_response({**head, "keys": names})
-        stream = StreamResponse(headers={"Content-Type": "application/json"})
-        chunks = [head] if head else []
-        chunks += [{"keys": names[start : start + 1000]} for start in range(0, len(names), 1000)]
-        chunks.append({"keys": []})
-        try:
-            await stream.prepare(request)
-            for chunk in chunks:
-                await stream.write(json.dumps(chunk).encode())
-            await stream.write_eof()
-        except ConnectionResetError:
-            # The client went away mid-stream; there is no one left to answer.
-            pass
-        return stream
+        if mode == "stream" and request.method != "HEAD":
+            return await self._streamed(request, bucket, timeout, head)
+        found = await self._gathered(bucket, timeout)
+        if isinstance(found, Failure):
+            return self.failure(found)
+        return json_response({**head, "keys": [k.decode(errors="replace") for k in found]})
 
     # --- Objects ---------------------------------------------------------------------------------------------
 
@@ -812,6 +879,7 @@ def make_server(runtime: NodeRuntime) -> HttpServer:
         body_bytes_max=runtime.settings.object_bytes_max + 64 * 1024,
         idle_timeout_s=runtime.settings.http_idle_timeout_ms / 1000,
         connections_max=runtime.settings.http_connections_max,
+        body_buffer_bytes_max=runtime.settings.http_body_buffer_bytes_max,
     )
     api.server = server
     return server

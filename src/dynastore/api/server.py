@@ -21,7 +21,10 @@ expectation of an HTTP/1.1 request is answered 417.
 
 Flow control: while a request is being handled, at most one more read is taken from the socket; reading
 then pauses until the answer is written, so a pipelining client cannot make the server buffer more than
-one read ahead, and nothing is paused for a client that waits for its answers. No request is started
+one read ahead, and nothing is paused for a client that waits for its answers. Of a read, at most
+PIPELINED_MAX requests are parsed ahead; the rest waits, unparsed, for the queue to drain. The bodies
+held in memory, being received or waiting with their requests, are bounded over all connections by
+`body_buffer_bytes_max`: a body that would take them past it gets 503 and its connection closes. No request is started
 while the transport's write buffer is above its high-water mark; a streamed answer waits there, and
 gives up on a client that reads nothing for DRAIN_TIMEOUT_S (so does any answer left in a write buffer
 that stays over its mark that long). A request must arrive whole within RECEIVE_TIMEOUT_S of its first
@@ -75,6 +78,12 @@ DRAIN_TIMEOUT_S: Final = 30.0
 RECEIVE_TIMEOUT_S: Final = 60.0
 # How long handlers still running when the server stops get to finish before they are cancelled.
 STOP_GRACE_S: Final = 2.0
+# Requests parsed ahead of the one being answered on a connection. Past it the rest of a read is kept
+# unparsed (and the socket not read) until the queue drains: a pipelining client holds at most this
+# many parsed requests, plus what one FEED_BYTES piece of input holds, and one read of raw input.
+PIPELINED_MAX: Final = 32
+# Input is handed to the parser this much at a time (a body whose length is declared, all at once).
+FEED_BYTES: Final = 1024
 
 SERVER_SOFTWARE: Final = f"Python/{sys.version_info[0]}.{sys.version_info[1]} dynastore/{__version__}"
 
@@ -170,6 +179,7 @@ class Request:
 
     __slots__ = (
         "_body",
+        "_charged",
         "_conn",
         "_query",
         "continue_sent",
@@ -202,6 +212,8 @@ class Request:
         self._conn = conn
         self._query: Mapping[str, str] | None = None
         self._body = b""
+        # The bytes of its body counted against the server's budget until it has been answered.
+        self._charged = 0
         # Set when the body exceeded the server's limit and was not read.
         self.too_large = False
         # An HTTP/1.1 request's Expect header, lower-cased ("" when there is none), and whether the
@@ -357,7 +369,14 @@ class _Connection(asyncio.Protocol):
         self._progressed = False
         self._current: Request | None = None
         self._body_parts: list[bytes] = []
+        # The body being received, in bytes (counted against the server's budget), and what its
+        # Content-Length says is still to come.
         self._body_size = 0
+        self._body_left = 0
+        # Input not parsed yet because enough requests wait already, and whether the client has sent
+        # its last byte (what was kept is parsed and answered first).
+        self._unparsed = b""
+        self._eof = False
         # Complete requests waiting for their turn (or a refusal: status and reason), and the task
         # handling the one whose turn it is.
         self._queue: deque[Request | tuple[int, str]] = deque()
@@ -424,7 +443,12 @@ class _Connection(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         self._idle_handle = self._linger_handle = self._stall_handle = self._receive_handle = None
+        self._release_body()
+        for item in self._queue:
+            if isinstance(item, Request):
+                self.server.release(item)
         self._queue.clear()
+        self._unparsed = b""
         self._wake_drain(ConnectionResetError("the client closed the connection"))
         # A handler still running finishes (what it does may matter although the client left); the
         # server forgets the connection once it has.
@@ -434,6 +458,10 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client sends no more: what it sent is still answered, then the connection closes. (Over
         # TLS the transport closes at once whatever is returned, so nothing is asked of it there.)
+        if self._unparsed and not self._lingering and not self._tls:
+            # Requests already sent wait unparsed: they are parsed and answered, then the connection closes.
+            self._eof = True
+            return True
         self._stop_parsing = True
         if self._lingering or self._tls or (self._task is None and not self._queue):
             self._close()
@@ -457,19 +485,7 @@ class _Connection(asyncio.Protocol):
         if self._stop_parsing:
             return
         self._idle_since = self._loop.time()
-        self._feed(data)
-        if self._in_message and not self._stop_parsing:
-            self._message_bytes += len(data)
-            if self._progressed:
-                self._progressed = False
-                self._field_mark = self._message_bytes
-            if self._in_head and self._message_bytes > HEAD_BYTES_MAX:
-                self._refuse("request head too large")
-            elif self._message_bytes - self._field_mark > FIELD_OPEN_BYTES_MAX:
-                self._refuse(f"header name or value longer than {FIELD_BYTES_MAX} bytes")
-            elif self._message_bytes > self._message_bytes_max() and self._current is not None:
-                # Only absurd chunking overhead gets here: the body is bounded, and so are trailers above.
-                self._mark_too_large(self._current)
+        self._take(data)
         if self._in_message and self._receive_handle is None and not self._stop_parsing:
             # A request that has not arrived whole in one read gets until RECEIVE_TIMEOUT_S after its start.
             self._receive_handle = self._loop.call_at(
@@ -480,6 +496,38 @@ class _Connection(asyncio.Protocol):
             self._pause_reading()
         else:
             self._next()
+
+    def _take(self, data: bytes) -> None:
+        """Parse `data` a piece at a time, keeping the rest unparsed once PIPELINED_MAX requests wait."""
+        offset, size = 0, len(data)
+        while offset < size and not self._stop_parsing:
+            if len(self._queue) >= PIPELINED_MAX:
+                self._unparsed = data[offset:]
+                self._pause_reading()
+                return
+            step = max(FEED_BYTES, self._body_left)
+            piece = data if offset == 0 and step >= size else data[offset : offset + step]
+            offset += len(piece)
+            self._feed(piece)
+            self._account(len(piece))
+        if self._eof:
+            self._eof = False
+            self._stop_parsing = True
+
+    def _account(self, size: int) -> None:
+        """Count `size` more bytes of input against the request being received."""
+        if self._in_message and not self._stop_parsing:
+            self._message_bytes += size
+            if self._progressed:
+                self._progressed = False
+                self._field_mark = self._message_bytes
+            if self._in_head and self._message_bytes > HEAD_BYTES_MAX:
+                self._refuse("request head too large")
+            elif self._message_bytes - self._field_mark > FIELD_OPEN_BYTES_MAX:
+                self._refuse(f"header name or value longer than {FIELD_BYTES_MAX} bytes")
+            elif self._message_bytes > self._message_bytes_max() and self._current is not None:
+                # Only absurd chunking overhead gets here: the body is bounded, and so are trailers above.
+                self._mark_too_large(self._current)
 
     def _feed(self, data: bytes) -> None:
         while True:
@@ -519,8 +567,7 @@ class _Connection(asyncio.Protocol):
         self._url.clear()
         self._fields = []
         self._seen.clear()
-        self._body_parts = []
-        self._body_size = 0
+        self._release_body()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -566,6 +613,7 @@ class _Connection(asyncio.Protocol):
         if declared is not None and int(declared) > self.server.body_bytes_max:
             self._mark_too_large(request)
             raise _StopParsing
+        self._body_left = 0 if declared is None else int(declared)
         if request.expect == "100-continue" and self._task is None and not self._queue:
             self._send_continue(request)
 
@@ -574,10 +622,21 @@ class _Connection(asyncio.Protocol):
         if request is None:
             return
         self._progressed = True
+        server = self.server
+        # The body so far and the server's budget grow together; dropping the body gives both back.
         self._body_size += len(body)
-        if self._body_size > self.server.body_bytes_max:
+        server.body_bytes_held += len(body)
+        self._body_left = max(0, self._body_left - len(body))
+        if self._body_size > server.body_bytes_max:
             self._mark_too_large(request)
             raise _StopParsing
+        if server.body_bytes_held > server.body_buffer_bytes_max:
+            server.bodies_refused += 1
+            raise _Refused(
+                f"the server holds too many request bodies at once (over {server.body_buffer_bytes_max} bytes);"
+                " try again shortly",
+                503,
+            )
         self._body_parts.append(body)
 
     def on_message_complete(self) -> None:
@@ -591,6 +650,7 @@ class _Connection(asyncio.Protocol):
         if parts:
             request._body = parts[0] if len(parts) == 1 else b"".join(parts)
             self._body_parts = []
+        request._charged, self._body_size, self._body_left = self._body_size, 0, 0
         self._queue.append(request)
 
     # --- Serving -----------------------------------------------------------------------------------------
@@ -604,7 +664,7 @@ class _Connection(asyncio.Protocol):
         request.too_large = True
         request.keep_alive = False
         self._current = None
-        self._body_parts = []
+        self._release_body()
         self._in_message = self._in_head = False
         self._stop_parsing = True
         self._queue.append(request)
@@ -614,8 +674,15 @@ class _Connection(asyncio.Protocol):
         self._cancel_receive_timer()
         self._stop_parsing = True
         self._current = None
+        self._release_body()
         self._in_message = self._in_head = False
         self._queue.append((status, reason))
+
+    def _release_body(self) -> None:
+        """Drop the body being received, giving its bytes back to the server's budget."""
+        self.server.body_bytes_held -= self._body_size
+        self._body_parts = []
+        self._body_size = self._body_left = 0
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self._transport is not None and not self._lingering:
@@ -627,6 +694,9 @@ class _Connection(asyncio.Protocol):
         with the answers; with nothing waiting, read again and start the idle clock."""
         if self._task is not None or self._closing:
             return
+        if self._unparsed and len(self._queue) < PIPELINED_MAX and not self._writing_paused:
+            unparsed, self._unparsed = self._unparsed, b""
+            self._take(unparsed)
         if self._queue:
             if self._writing_paused:
                 self._pause_reading()
@@ -640,6 +710,8 @@ class _Connection(asyncio.Protocol):
             return
         if self._stop_parsing:
             self._close()
+            return
+        if self._unparsed:
             return
         current = self._current
         if current is not None and current.expect == "100-continue" and not current.continue_sent:
@@ -660,6 +732,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("error answering %s %r", request.method, request.raw_path)
         finally:
+            self.server.release(request)
             self._task = None
             self._streaming = False
             if self._transport is None:
@@ -917,7 +990,15 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """Serves `handler` on one listening socket, from `start()` until `stop()`."""
 
-    def __init__(self, handler: Handler, *, body_bytes_max: int, idle_timeout_s: float, connections_max: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        body_bytes_max: int,
+        idle_timeout_s: float,
+        connections_max: int,
+        body_buffer_bytes_max: int = 256 * 1024 * 1024,
+    ) -> None:
         if body_bytes_max < 0:
             raise ValueError("body_bytes_max must not be negative")
         if not idle_timeout_s > 0:
@@ -926,6 +1007,11 @@ class HttpServer:
             raise ValueError("connections_max must be positive")
         self.handler = handler
         self.body_bytes_max = body_bytes_max
+        # The bytes of request bodies held over all connections (being received, or waiting with their
+        # request until it has been answered), and the bound past which a body is refused with 503.
+        self.body_buffer_bytes_max = body_buffer_bytes_max
+        self.body_bytes_held = 0
+        self.bodies_refused = 0
         self.idle_timeout_s = idle_timeout_s
         # Open connections, each holding a socket, a parser and its buffers: at most this many.
         self.connections_max = connections_max
@@ -945,6 +1031,11 @@ class HttpServer:
         self._server = await self.loop.create_server(
             lambda: _Connection(self), host, port, ssl=ssl_context, reuse_address=True, backlog=backlog
         )
+
+    def release(self, request: Request) -> None:
+        """A request has been answered (or dropped): its body no longer counts against the budget."""
+        self.body_bytes_held -= request._charged
+        request._charged = 0
 
     @property
     def refusals_lingering(self) -> int:

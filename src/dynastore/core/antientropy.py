@@ -89,6 +89,8 @@ class AntiEntropyHost(Protocol):
 
     def _load(self, area: str, key: bytes) -> Object | None: ...
 
+    def _stored_key(self, bucket: bytes, key: bytes) -> bytes: ...
+
     def _merge_into_data(self, bucket: bytes, key: bytes, incoming: Object, lww: bool, now_ms: int) -> None: ...
 
     def _register(self, op: AnyOp) -> int: ...
@@ -337,16 +339,23 @@ class AntiEntropy:
 
     def on_objects_request(self, src: str, msg: ObjectsRequest, now_ms: int) -> None:
         self.stats.bytes_received += _size(msg)
-        if not self.node.controller.admit(now_ms):
-            self._send(src, ObjectsReply(msg.req, (), False))
+        node = self.node
+        if not node.controller.admit(now_ms):
+            self._send(src, ObjectsReply(msg.req, (), False, 0))
             return
         items = []
-        for skey in msg.keys[: self.node.settings.anti_entropy_keys_batch_max]:
-            obj = self.node._load("data", skey)
-            if obj is not None:
+        served = size = 0
+        bytes_max = node.settings.anti_entropy_batch_bytes_max
+        for skey in msg.keys[: node.settings.anti_entropy_keys_batch_max]:
+            served += 1
+            raw = node._get("data", skey)
+            if raw is not None:
                 parsed = keys.decode(skey)
-                items.append(HintItem(parsed.bucket, parsed.key, obj))
-        self._send(src, ObjectsReply(msg.req, tuple(items), True))
+                items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                size += len(raw)
+                if size >= bytes_max:
+                    break
+        self._send(src, ObjectsReply(msg.req, tuple(items), True, served))
 
     def _segment_entries(self, partition: int, n_val: int, segments: Iterable[int]) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
@@ -440,25 +449,42 @@ class AntiEntropy:
             return
         node = self.node
         limit = node.settings.anti_entropy_keys_batch_max
-        batch, op.differing = op.differing[:limit], op.differing[limit:]
+        asked = min(limit, len(op.differing))
+        if not 1 <= msg.served <= asked:
+            self.abandon(msg.req)
+            return
+        batch, op.differing = op.differing[: msg.served], op.differing[msg.served :]
+        wanted = set(batch)
         theirs: dict[tuple[bytes, bytes], Object] = {}
         for item in msg.items:
+            # Only what was asked for, and only once: a peer cannot slip other keys in.
+            if (item.bucket, item.key) in theirs or node._stored_key(item.bucket, item.key) not in wanted:
+                continue
             lww = bool(node._props(item.bucket)["last_write_wins"])
             node._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
             theirs[(item.bucket, item.key)] = item.obj
         # Send back the merged result of every differing key the peer does not hold already (a key it
-        # lacks, or one where this side added something), so both sides end equal.
+        # lacks, or one where this side added something), so both sides end equal. What does not fit
+        # the byte bound goes back to be asked for again.
         merged = []
         flags = []
-        for skey in batch:
-            obj = node._load("data", skey)
-            if obj is not None:
+        size = 0
+        bytes_max = node.settings.anti_entropy_batch_bytes_max
+        for index, skey in enumerate(batch):
+            if size >= bytes_max:
+                op.differing[:0] = batch[index:]
+                batch = batch[:index]
+                break
+            raw = node._get("data", skey)
+            if raw is not None:
+                obj = objects.decode(raw)
                 parsed = keys.decode(skey)
                 held = theirs.get((parsed.bucket, parsed.key))
                 if held is not None and objects.same(held, obj):
                     continue
                 merged.append(HintItem(parsed.bucket, parsed.key, obj))
                 flags.append(bool(node._props(parsed.bucket)["last_write_wins"]))
+                size += len(raw)
         self.stats.keys_repaired += len(batch)
         if not merged:
             self._request_objects(msg.req, op)

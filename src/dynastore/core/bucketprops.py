@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dynastore.core.quorum import QuorumError, resolve
+from dynastore.core.quorum import QuorumError, parse, resolve
 from dynastore.settings import Settings
 
 # The properties a bucket may set (Riak's names); the API ignores the rest of Riak's (see api/http.py).
@@ -29,6 +29,30 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "allow_mult": s.allow_mult,
         "last_write_wins": s.last_write_wins,
     }
+
+
+# No node's n_val_max setting reaches this: a stored n_val above it came from no honest node.
+N_VAL_LIMIT = 64
+
+
+def stored_problem(props: dict[str, Any]) -> str | None:
+    """Why properties as a cluster state stores them (only those a bucket sets) cannot be any honest
+    node's, whatever its settings (a gossiped state is checked with this), or None."""
+    for name, value in props.items():
+        if name not in BUCKET_PROPS:
+            return f"unknown bucket property {name!r}"
+        if name == "n_val":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= N_VAL_LIMIT:
+                return f"n_val must be an integer from 1 to {N_VAL_LIMIT}"
+        elif name in ("allow_mult", "last_write_wins"):
+            if not isinstance(value, bool):
+                return f"{name} must be true or false"
+        else:
+            try:
+                parse(name, value)
+            except QuorumError as exc:
+                return str(exc)
+    return None
 
 
 def problem(props: dict[str, Any], settings: Settings) -> str | None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynastore.core import hints, keys, objects
+from dynastore.core import keys, objects, placement
 from dynastore.core.messages import (
     ClientGet,
     ClientListKeys,
@@ -54,8 +54,7 @@ from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
 from dynastore.core.ring import PreferenceList, Target
 from dynastore.core.versions import Context, Dot, Versioned, prune, update
-
-LIST_KEYS_MAX = 1_000_000
+from dynastore.storage.base import truncated
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +381,14 @@ class Coordination(NodeBase):
             )
             self._answer(plan.origin, Failure("too_many_siblings", reason))
             return
+        total = sum(content.size_bytes for _, content in new.siblings)
+        if total > self.settings.key_siblings_bytes_max and total > objects.size_bytes(local):
+            reason = (
+                f"the key's siblings would add up to {total} bytes (limit key_siblings_bytes_max="
+                f"{self.settings.key_siblings_bytes_max}); read the key and write with its context to resolve them"
+            )
+            self._answer(plan.origin, Failure("too_large", reason))
+            return
         if plan.mine.hint_for is None:
             self._store_data(skey, new, self._load("data", skey), now_ms)
         elif not self._merge_into_hints(plan.mine.hint_for, req.bucket, req.key, new, plan.lww):
@@ -520,76 +527,92 @@ class Coordination(NodeBase):
     # --- Listing ----------------------------------------------------------------------------------------
 
     def _start_list(self, origin: Origin, req: ClientListKeys, now_ms: int) -> None:
-        nodes = sorted(self.healthy(now_ms))
-        op = ListOp(origin, set(nodes), set(), self._timeout(req.timeout_ms, now_ms))
-        op_id = self._register(op)
-        for node in nodes:
-            if node == self.name:
-                op.items.update(self._list_local(req.bucket))
-                op.waiting.discard(node)
-            else:
-                self._send(node, ListKeys(op_id, req.bucket))
-        self._advance_list(op_id, op)
+        """One page of a listing, from one replica of its partition (this node when it is one)."""
+        if not 0 <= req.partition < self.ring.size:
+            self._answer(origin, Failure("bad_request", f"partition must be 0 to {self.ring.size - 1}"))
+            return
+        if req.bucket is not None and (failure := self._check_key(req.bucket, None)) is not None:
+            self._answer(origin, failure)
+            return
+        replicas = self._list_replicas(req.bucket, req.partition, now_ms)
+        if not replicas:
+            self._answer(origin, Failure("unavailable", f"no replica of partition {req.partition} is reachable"))
+            return
+        if replicas[0] == self.name:
+            items, last, done = self._list_step(req.bucket, req.partition, req.after)
+            self._answer(origin, self._list_page(req, items, last, done))
+            return
+        op = ListOp(origin, req, replicas[0], replicas[1:], self._timeout(req.timeout_ms, now_ms))
+        self._send(op.peer, ListKeys(self._register(op), req.bucket, req.partition, req.after))
 
-    def _advance_list(self, op_id: int, op: ListOp) -> None:
-        if len(op.items) > LIST_KEYS_MAX:
-            self._finish(op_id)
-            self._answer(op.origin, Failure("overload", f"more than {LIST_KEYS_MAX} entries to list"))
-        elif not op.waiting:
-            self._finish(op_id)
-            self._answer(op.origin, Ok(None, tuple(sorted(op.items))))
+    def _list_replicas(self, bucket: bytes | None, partition: int, now_ms: int) -> list[str]:
+        """The reachable primaries of `partition` for the bucket's n_val (the smallest n_val when listing
+        buckets: those hold every bucket's keys), this node first."""
+        n_val = self.n_vals()[0] if bucket is None else int(self._props(bucket)["n_val"])
+        healthy = self.healthy(now_ms)
+        primaries = placement.placement(self.cluster.ring, partition, n_val).plist.primary_nodes
+        found = [node for node in primaries if node in healthy]
+        return sorted(found, key=lambda node: node != self.name)
+
+    def _list_page(self, req: ClientListKeys, items: list[bytes], last: bytes, done: bool) -> Ok:
+        if not done:
+            resume: tuple[int, bytes] | None = (req.partition, last)
+        elif req.partition + 1 < self.ring.size:
+            resume = (req.partition + 1, b"")
+        else:
+            resume = None
+        return Ok(None, tuple(items), resume)
+
+    def _list_step(self, bucket: bytes | None, partition: int, after: bytes) -> tuple[list[bytes], bytes, bool]:
+        """The live keys of `bucket` in `partition` after key `after` (the buckets after bucket `after`
+        when `bucket` is None), a bounded step: the names found, where the next step starts, and
+        whether the partition is done."""
+        settings = self.settings
+        limit = settings.list_page_keys_max
+        if bucket is None:
+            found: list[bytes] = []
+            end = keys.prefix_end(keys.partition_prefix(partition))
+            start = keys.prefix_end(keys.bucket_prefix(partition, after)) if after else keys.partition_prefix(partition)
+            cursor = start
+            # One seek per bucket: a bucket's keys are one range, skipped whole.
+            while len(found) < limit and cursor is not None and (end is None or cursor < end):
+                rows = self._scan("data", cursor, end, 1)
+                if not rows:
+                    return found, b"", True
+                name = keys.decode(rows[0][0]).bucket
+                found.append(name)
+                cursor = keys.prefix_end(keys.bucket_prefix(partition, name))
+            done = cursor is None or (end is not None and cursor >= end)
+            return found, found[-1] if found else after, done
+        prefix = keys.bucket_prefix(partition, bucket)
+        start = prefix + after + b"\x00" if after else prefix
+        rows = self._scan("data", start, keys.prefix_end(prefix), limit, settings.list_page_bytes_max)
+        live = [keys.decode(skey).key for skey, raw in rows if not objects.is_tombstone(objects.decode(raw))]
+        last = keys.decode(rows[-1][0]).key if rows else after
+        return live, last, not truncated(rows, limit, settings.list_page_bytes_max)
 
     def _expire_list(self, op_id: int, op: ListOp, now_ms: int) -> None:
         self._finish(op_id)
-        self._answer(op.origin, Failure("timeout", f"timed out waiting for {', '.join(sorted(op.waiting))}"))
+        self._answer(op.origin, Failure("timeout", f"timed out waiting for {op.peer} to list"))
 
     def _lost_list(self, op_id: int, op: ListOp, peer: str, reason: str, now_ms: int) -> None:
-        if peer in op.waiting:
-            op.waiting.discard(peer)
-            self._advance_list(op_id, op)
-
-    def _list_local(self, bucket: bytes | None) -> set[bytes]:
-        found: set[bytes] = set()
-        for partition in range(self.ring.size):
-            if bucket is None:
-                found.update(self._buckets_in(partition))
-            else:
-                start = keys.bucket_prefix(partition, bucket)
-                end = keys.prefix_end(start)
-                for raw_key, raw in self._scan_all("data", start, end):
-                    if not objects.is_tombstone(objects.decode(raw)):
-                        found.add(keys.decode(raw_key).key)
-            if len(found) > LIST_KEYS_MAX:
-                break
-        if bucket is not None and self._hint_count:
-            for raw_key, raw in self._scan_all("hints", b"", None):
-                _, skey = hints.parse(raw_key)
-                parsed = keys.decode(skey)
-                if parsed.bucket == bucket and not objects.is_tombstone(objects.decode(raw)):
-                    found.add(parsed.key)
-        return found
-
-    def _buckets_in(self, partition: int) -> set[bytes]:
-        found: set[bytes] = set()
-        cursor = keys.partition_prefix(partition)
-        end = keys.prefix_end(cursor)
-        while True:
-            rows = self._scan("data", cursor, end, 1)
-            if not rows:
-                return found
-            bucket = keys.decode(rows[0][0]).bucket
-            found.add(bucket)
-            nxt = keys.prefix_end(keys.bucket_prefix(partition, bucket))
-            if nxt is None:
-                return found
-            cursor = nxt
+        if peer != op.peer:
+            return
+        if not op.others:
+            self._finish(op_id)
+            self._answer(op.origin, Failure("unavailable", f"no replica of partition {op.request.partition} answered"))
+            return
+        op.peer = op.others.pop(0)
+        req = op.request
+        self._send(op.peer, ListKeys(op_id, req.bucket, req.partition, req.after))
 
     def _on_list_keys(self, src: str, msg: ListKeys, now_ms: int) -> None:
-        self._send(src, ListKeysReply(msg.req, tuple(sorted(self._list_local(msg.bucket)))))
+        items, last, done = self._list_step(msg.bucket, msg.partition, msg.after)
+        self._send(src, ListKeysReply(msg.req, tuple(items), last, done))
 
     def _on_list_keys_reply(self, src: str, msg: ListKeysReply, now_ms: int) -> None:
         op = self._ops.get(msg.req)
-        if isinstance(op, ListOp) and src in op.waiting:
-            op.waiting.discard(src)
-            op.items.update(msg.items)
-            self._advance_list(msg.req, op)
+        if not isinstance(op, ListOp) or op.peer != src:
+            return
+        self._finish(msg.req)
+        self._answer(op.origin, self._list_page(op.request, list(msg.items), msg.last, msg.done))

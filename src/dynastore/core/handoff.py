@@ -39,6 +39,7 @@ from dynastore.core.messages import (
 )
 from dynastore.core.nodebase import NodeBase
 from dynastore.core.ops import ExchangeOp, HintOp, PullOp, StrayOp
+from dynastore.storage.base import truncated
 
 
 class Handoff(NodeBase):
@@ -62,6 +63,7 @@ class Handoff(NodeBase):
         self._stray_inflight = False
         self._sweep_cursor = 0
         self._hint_count = self.engine.count("hints")
+        self._hint_bytes = sum(len(raw) for _, raw in self._scan_all("hints", b"", None))
         self._next_hint_scan_ms = now_ms + self.settings.hint_scan_interval_ms
         self._next_transfer_ms = now_ms
         self._next_stray_ms = now_ms + self.settings.stray_scan_interval_ms
@@ -144,19 +146,15 @@ class Handoff(NodeBase):
     def _on_handoff_pull(self, src: str, msg: HandoffPull, now_ms: int) -> None:
         prefix = keys.partition_prefix(msg.partition)
         start = msg.after + b"\x00" if msg.after else prefix
-        limit = self.settings.handoff_batch_max
-        rows = self._scan("data", start, keys.prefix_end(prefix), limit)
+        limit, bytes_max = self.settings.handoff_batch_max, self.settings.handoff_batch_bytes_max
+        rows = self._scan("data", start, keys.prefix_end(prefix), limit, bytes_max)
         items: list[HintItem] = []
-        size = 0
         last = msg.after
         for skey, raw in rows:
             parsed = keys.decode(skey)
             items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
             last = skey
-            size += len(raw)
-            if size >= self.settings.handoff_batch_bytes_max:
-                break
-        done = len(rows) < limit and len(items) == len(rows)
+        done = not truncated(rows, limit, bytes_max)
         self._send(src, HandoffBatch(msg.req, msg.transfer, msg.partition, tuple(items), last, done))
 
     def _on_handoff_batch(self, src: str, msg: HandoffBatch, now_ms: int) -> None:
@@ -241,7 +239,8 @@ class Handoff(NodeBase):
             if self.name in where.plist.primary_nodes or self.name in where.receivers:
                 continue
             prefix = keys.partition_prefix(partition)
-            rows = self._scan("data", prefix, keys.prefix_end(prefix), self.settings.hint_batch_max)
+            batch_max, bytes_max = self.settings.hint_batch_max, self.settings.hint_batch_bytes_max
+            rows = self._scan("data", prefix, keys.prefix_end(prefix), batch_max, bytes_max)
             by_targets: dict[tuple[str, ...], list[tuple[bytes, bytes]]] = {}
             for skey, raw in rows:
                 bucket = keys.decode(skey).bucket
@@ -312,7 +311,8 @@ class Handoff(NodeBase):
             if owner == self.name or owner in self._hints_inflight or not self.detector.is_up(owner, now_ms):
                 continue
             prefix = hints.owner_prefix(owner)
-            rows = self._scan("hints", prefix, keys.prefix_end(prefix), self.settings.hint_batch_max)
+            batch_max, bytes_max = self.settings.hint_batch_max, self.settings.hint_batch_bytes_max
+            rows = self._scan("hints", prefix, keys.prefix_end(prefix), batch_max, bytes_max)
             if not rows:
                 continue
             if not self.controller.admit(now_ms):
@@ -321,16 +321,12 @@ class Handoff(NodeBase):
             sent: list[tuple[bytes, bytes]] = []
             items: list[HintItem] = []
             lww: list[bool] = []
-            size = 0
             for hkey, raw in rows:
                 _, skey = hints.parse(hkey)
                 parsed = keys.decode(skey)
                 sent.append((hkey, raw))
                 items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
                 lww.append(bool(self._props(parsed.bucket)["last_write_wins"]))
-                size += len(raw)
-                if size >= self.settings.hint_batch_bytes_max:
-                    break
             op = HintOp(owner, sent, now_ms + self.settings.request_timeout_ms)
             op_id = self._register(op)
             self._hints_inflight.add(owner)
@@ -369,9 +365,7 @@ class Handoff(NodeBase):
         for hkey, raw in op.sent:
             # Delete only what was delivered: a hint rewritten since it was sent goes next round.
             if self._get("hints", hkey) == raw:
-                self.actors.forget(hints.parse(hkey)[1], raw)
-                self._put("hints", hkey, None)
-                self._hint_count -= 1
+                self._drop_hint(hkey, raw)
                 self.stats.hints_delivered += 1
         # More may be waiting for this owner.
         self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms)

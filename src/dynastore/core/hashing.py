@@ -14,8 +14,9 @@ RING_TOP = 1 << RING_BITS
 
 
 # A request computes its key's position several times (placement, stored key, anti-entropy); MD5 is
-# cheap but not free, and the answer never changes.
-@functools.lru_cache(maxsize=65_536)
+# cheap but not free, and the answer never changes. An entry holds a bucket and a key, at most about
+# 4.6 KiB at the default name limits: 4,096 entries are under 20 MiB.
+@functools.lru_cache(maxsize=4096)
 def key_position(bucket: bytes, key: bytes) -> int:
     """The 128-bit ring position of a key."""
     digest = hashlib.md5(len(bucket).to_bytes(4, "big") + bucket + key, usedforsecurity=False).digest()

@@ -60,6 +60,17 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
+def stored_key_problem(settings: Settings, raw: bytes, ring_size: int) -> str | None:
+    """Why `raw` is not a stored key this node could hold (a peer sent it), or None."""
+    try:
+        parsed = decode(raw)
+    except KeyLayoutError as exc:
+        return str(exc)
+    if parsed.partition >= ring_size:
+        return f"partition {parsed.partition} of a ring of {ring_size}"
+    return name_problem(settings, parsed.bucket, parsed.key)
+
+
 def name_problem(settings: Settings, bucket: bytes, key: bytes | None = None) -> str | None:
     """Why a bucket name (and a key, when given) cannot be used (a reason fit for a 400), or None."""
     if not bucket or len(bucket) > settings.bucket_bytes_max:

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from dynastore.core import security
+from dynastore.core import bucketprops, security
 from dynastore.core.ring import Ring, claim
 from dynastore.core.security import SecurityState
 
@@ -357,7 +357,11 @@ def decode(raw: bytes) -> ClusterState:
         for pair in props:
             _need(isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str), "malformed prop")
             pairs.append((pair[0], pair[1]))
-        buckets.append((b, BucketProps(tuple(pairs), pv, author)))
+        _need(len({name for name, _ in pairs}) == len(pairs), "a bucket property given twice")
+        problem = bucketprops.stored_problem(dict(pairs))
+        _need(problem is None, f"bucket {b!r}: {problem}")
+        buckets.append((b, BucketProps(tuple(sorted(pairs)), pv, author)))
+    _need(len({b for b, _ in buckets}) == len(buckets), "a bucket given twice")
     return ClusterState(
         cluster,
         tuple(sorted(members)),

@@ -20,8 +20,9 @@ from dynastore.core.objects import Content, Object, ObjectError
 from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 
 # 4: the handshake proves the key both ways and frames carry MACs; JoinReply carries the cluster key;
-# the cluster state carries security metadata.
-PROTOCOL_VERSION = 4
+# the cluster state carries security metadata. 5: a message larger than a frame travels as fragments;
+# ObjectsReply says how many of the asked keys it served; a listing goes a bounded step at a time.
+PROTOCOL_VERSION = 5
 _INT_MAX = COUNTER_MAX
 
 
@@ -79,10 +80,14 @@ class ClientPut:
 
 @dataclass(frozen=True, slots=True)
 class ClientListKeys:
-    """List the keys of a bucket, or the buckets themselves when `bucket` is None."""
+    """One page of a listing: the live keys of a bucket (the buckets themselves when `bucket` is None)
+    in partition `partition` after `after`. The answer is an Ok whose `resume` names where the next
+    page starts, None once every partition has been listed; a listing is the pages from (0, b"")."""
 
     bucket: bytes | None
     timeout_ms: int | None = None
+    partition: int = 0
+    after: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +110,12 @@ class Siblings:
 
 @dataclass(frozen=True, slots=True)
 class Ok:
-    """Success. `found` is the object for reads and for writes with return_body."""
+    """Success. `found` is the object for reads and for writes with return_body; a page of a listing
+    gives its `keys` and where the next page starts (`resume`, None after the last)."""
 
     found: Siblings | None = None
     keys: tuple[bytes, ...] = ()
+    resume: tuple[int, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,16 +252,25 @@ class Reap:
 
 @dataclass(frozen=True, slots=True)
 class ListKeys:
+    """One step of a listing: the live keys of `bucket` (the buckets, when None) in `partition`, after
+    `after`; the answer is bounded in count and in the bytes read to find them."""
+
     CODE: ClassVar[int] = 12
     req: int
     bucket: bytes | None
+    partition: int
+    after: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class ListKeysReply:
+    """A step's keys (or buckets); `last` is where the next step starts, `done` that the partition is."""
+
     CODE: ClassVar[int] = 13
     req: int
     items: tuple[bytes, ...]
+    last: bytes
+    done: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,12 +384,14 @@ class ObjectsRequest:
 
 @dataclass(frozen=True, slots=True)
 class ObjectsReply:
-    """The asked keys' objects (those the responder holds); `ready` false: busy, ask again later."""
+    """The objects of the first `served` asked keys (those the responder holds; it stops once their
+    bytes reach its bound, and the rest are asked again); `ready` false: busy, ask again later."""
 
     CODE: ClassVar[int] = 25
     req: int
     items: tuple[HintItem, ...]
     ready: bool
+    served: int
 
 
 Message = (

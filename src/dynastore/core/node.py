@@ -55,13 +55,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dynastore.core import hints, placement
+from dynastore.core import hints, peercheck, placement
 from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy
 from dynastore.core.bucketprops import BUCKET_PROPS
 from dynastore.core.clusterops import ClusterOps
 from dynastore.core.controller import BackgroundController
-from dynastore.core.coordination import LIST_KEYS_MAX, Coordination
+from dynastore.core.coordination import Coordination
 from dynastore.core.effects import (
     AdminRequest,
     Batch,
@@ -133,7 +133,6 @@ from dynastore.storage.base import Engine
 
 __all__ = [
     "BUCKET_PROPS",
-    "LIST_KEYS_MAX",
     "AdminRequest",
     "Batch",
     "ClientJoin",
@@ -171,6 +170,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self.settings = settings
         self.rng = rng
         self._init_base(engine, now_ms)
+        self._limits = peercheck.Limits(settings, 0)
         self.actors = Actors(name, self.store, rng, settings)
         self._init_coordination()
         tls = bool(settings.tls_cert_file and settings.tls_key_file)
@@ -263,10 +263,16 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             self._answer(origin, Failure("bad_request", str(exc)))
 
     def on_message(self, src: str, msg: Message, now_ms: int) -> None:
+        """A peer's message. Raises PeerError, before anything changes, for one that no honest member
+        sends (peercheck.py): the shell then drops the peer."""
         self.now_hint_ms = now_ms
         if not self._accepts(src, msg):
             self.stats.strangers_dropped += 1
             return
+        limits = self._limits
+        if limits.ring_size != self.ring.size:
+            limits = self._limits = peercheck.Limits(self.settings, self.ring.size)
+        peercheck.check(limits, msg)
         if self.detector.heard_from(src, now_ms):
             self._peer_up(src, now_ms)
         handler = _HANDLERS.get(type(msg))

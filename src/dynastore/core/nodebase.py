@@ -105,7 +105,8 @@ class NodeBase(ABC):
     _get: Callable[[str, bytes], bytes | None]
     _put: Callable[[str, bytes, bytes | None], None]
     _durable_after: Callable[[str, bytes], int]
-    _scan: Callable[[str, bytes, bytes | None, int], list[tuple[bytes, bytes]]]
+    # `_scan(area, start, end, limit, bytes_max=None)`: see StagedStore.scan.
+    _scan: Callable[..., list[tuple[bytes, bytes]]]
     _scan_all: Callable[[str, bytes, bytes | None], Iterable[tuple[bytes, bytes]]]
     _queue: Callable[[Effect, int | None], None]
     _healthy_key: tuple[int, int, int]
@@ -117,7 +118,9 @@ class NodeBase(ABC):
     # A heap of (deadline_ms, op id); entries of finished ops are skipped when they surface.
     _deadlines: list[tuple[int, int]]
     _next_op: int
+    # Hints held, and their bytes: both bounded (hints_max, hints_bytes_max).
     _hint_count: int
+    _hint_bytes: int
 
     def _init_base(self, engine: Engine, now_ms: int) -> None:
         """The state every concern shares: storage pipeline, caches, op registry, stats, failure detector."""
@@ -256,18 +259,33 @@ class NodeBase(ABC):
             self._store_data(skey, merged, local, now_ms)
 
     def _merge_into_hints(self, owner: str, bucket: bytes, key: bytes, incoming: Object, lww: bool) -> bool:
+        """Keep `incoming` as a hint for `owner`; False when the hint store is full (in count or bytes)."""
         skey = self._stored_key(bucket, key)
         hkey = hints.hint_key(owner, skey)
-        local = self._load("hints", hkey)
+        old_raw = self._get("hints", hkey)
+        local = None if old_raw is None else self._load("hints", hkey)
         if local is None and self._hint_count >= self.settings.hints_max:
             return False
         merged = _merged(local, incoming, lww)
+        if local is not None and objects.same(local, merged):
+            return True
+        raw = objects.encode(merged)
+        grown = len(raw) - (0 if old_raw is None else len(old_raw))
+        if grown > 0 and self._hint_bytes + grown > self.settings.hints_bytes_max:
+            return False
         if local is None:
             self._hint_count += 1
             self.stats.hinted_writes += 1
-        if local is None or not objects.same(local, merged):
-            self._put("hints", hkey, objects.encode(merged))
+        self._hint_bytes += grown
+        self._put("hints", hkey, raw)
         return True
+
+    def _drop_hint(self, hkey: bytes, raw: bytes) -> None:
+        """A hint was delivered: delete it, remembering what this node's actor had written in it."""
+        self.actors.forget(hints.parse(hkey)[1], raw)
+        self._put("hints", hkey, None)
+        self._hint_count -= 1
+        self._hint_bytes -= len(raw)
 
     def _read_local(self, bucket: bytes, key: bytes) -> Object | None:
         """This node's copy of a key: its data, merged with any hints it holds for other owners."""

@@ -15,13 +15,15 @@ import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgpack
 
 from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Clock, Dot, Versioned
 
 FORMAT_VERSION = 1
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class ObjectError(ValueError):
@@ -67,11 +69,17 @@ def tombstone(now_us: int) -> Content:
     return Content(b"", "application/octet-stream", None, None, (), now_us, True)
 
 
-@functools.lru_cache(maxsize=65_536)
+# An entry holds a dot (an actor of at most 255 bytes) and a short tag: 8,192 of them are under 3 MiB.
+@functools.lru_cache(maxsize=8192)
 def vtag(dot: Dot) -> str:
     """A short, stable tag naming one sibling (Riak's `vtag`); derived from the sibling's dot."""
     digest = hashlib.md5(dot.actor + dot.counter.to_bytes(8, "big"), usedforsecurity=False).digest()
     return base64.b32encode(digest[:10]).decode().rstrip("=").lower()
+
+
+def size_bytes(obj: Object | None) -> int:
+    """What the siblings of an object weigh together (values, types, metadata)."""
+    return 0 if obj is None else sum(content.size_bytes for _, content in obj.siblings)
 
 
 def live(obj: Object) -> list[tuple[Dot, Content]]:
@@ -125,17 +133,53 @@ def to_wire(obj: Object) -> list[Any]:
 
 
 # Objects are immutable, and hot keys are decoded and encoded over and over (every read decodes the
-# stored bytes, every replica answer encodes them again). Two bounded caches make that free: bytes ->
-# object for decoding, and object -> bytes (by identity, holding the object so its id stays its own)
-# for encoding. They change no result, only the work done.
-_ENCODED_MAX = 4096
-_encoded: OrderedDict[int, tuple[Object, bytes]] = OrderedDict()
+# stored bytes, every replica answer encodes them again). Two caches make that free: bytes -> object
+# for decoding, and object -> bytes (by identity, holding the object so its id stays its own) for
+# encoding. Each is bounded by the bytes of the objects it holds, not by their number (a thousand
+# 1 MiB objects would be a gigabyte), and an object larger than a tenth of the bound is not kept.
+# They change no result, only the work done.
+CACHE_BYTES_MAX = 32 * 1024 * 1024
+_CACHE_ITEM_BYTES_MAX = CACHE_BYTES_MAX // 10
+
+
+class _ByteBoundedCache(Generic[K, V]):
+    """Least recently used entries go first once the held bytes pass the bound."""
+
+    def __init__(self, bytes_max: int) -> None:
+        self.bytes_max = bytes_max
+        self.held = 0
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: K, value: V, size: int) -> None:
+        if size > _CACHE_ITEM_BYTES_MAX:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.held -= old[1]
+        self._entries[key] = (value, size)
+        self.held += size
+        while self.held > self.bytes_max:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.held -= dropped
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.held = 0
+
+
+_encoded: _ByteBoundedCache[int, tuple[Object, bytes]] = _ByteBoundedCache(CACHE_BYTES_MAX)
+_decoded: _ByteBoundedCache[bytes, Object] = _ByteBoundedCache(CACHE_BYTES_MAX)
 
 
 def _remember(obj: Object, raw: bytes) -> None:
-    _encoded[id(obj)] = (obj, raw)
-    if len(_encoded) > _ENCODED_MAX:
-        _encoded.popitem(last=False)
+    _encoded.put(id(obj), (obj, raw), len(raw))
 
 
 def encode(obj: Object) -> bytes:
@@ -147,20 +191,25 @@ def encode(obj: Object) -> bytes:
     return raw
 
 
-@functools.lru_cache(maxsize=8192)
-def _decode(raw: bytes) -> Object:
+def decode(raw: bytes) -> Object:
+    """Validate and rebuild an object from its bytes; raises ObjectError for anything malformed."""
+    raw = bytes(raw)
+    known = _decoded.get(raw)
+    if known is not None:
+        return known
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:
         raise ObjectError(f"undecodable object: {exc}") from None
     obj = from_wire(data)
+    _decoded.put(raw, obj, len(raw))
     _remember(obj, raw)
     return obj
 
 
-def decode(raw: bytes) -> Object:
-    """Validate and rebuild an object from its bytes; raises ObjectError for anything malformed."""
-    return _decode(bytes(raw))
+def cache_bytes() -> int:
+    """What the two caches hold now (for /stats and the tests that bound memory)."""
+    return _encoded.held + _decoded.held
 
 
 def _need(cond: bool, what: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dynastore.core.messages import ClientPut
+from dynastore.core.messages import ClientListKeys, ClientPut
 from dynastore.core.objects import Object
 from dynastore.core.quorum import GetTally, PutTally
 from dynastore.core.ring import PreferenceList
@@ -85,11 +85,13 @@ class ForwardOp:
 
 @dataclass
 class ListOp:
-    """A key or bucket listing, waiting on the nodes in `waiting`."""
+    """One page of a listing, asked of `peer` (a replica of the page's partition); `others` are the
+    replicas to ask if it cannot answer."""
 
     origin: Origin
-    waiting: set[str]
-    items: set[bytes]
+    request: ClientListKeys
+    peer: str
+    others: list[str]
     deadline_ms: int
 
 

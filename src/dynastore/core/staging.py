@@ -28,13 +28,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
-from dynastore.storage.base import Engine, Op
+from dynastore.storage.base import Engine, Op, truncated
 
 E = TypeVar("E")
 Staged = dict[tuple[str, bytes], bytes | None]
 
-# Rows fetched per engine call when a scan walks a whole range.
+# Rows fetched per engine call when a scan walks a whole range, and their bytes at most (past the
+# row that reaches it): a walk over large objects holds a few MiB at a time.
 SCAN_PAGE = 1000
+SCAN_PAGE_BYTES = 4 * 1024 * 1024
 
 
 class StagedStore:
@@ -84,25 +86,52 @@ class StagedStore:
         self._read_after = max(outer, after)
         return after
 
-    def scan(self, area: str, start: bytes, end: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        staged = len(self._pending) + len(self._committing)
-        rows = dict(self.engine.scan(area, start, end, limit + staged))
+    def scan(
+        self, area: str, start: bytes, end: bytes | None, limit: int, bytes_max: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` pairs of [start, end) as staged writes leave them, in key order; with
+        `bytes_max`, stopping after the pair that brings their bytes to it (see Engine.scan)."""
+        if limit == 0:
+            return []
+        overlay: dict[bytes, bytes | None] = {}
         # The batch being written first, then what was staged after it: the later write wins.
-        for overlay in (self._committing, self._pending):
-            for (a, k), v in overlay.items():
+        for staged in (self._committing, self._pending):
+            for (a, k), v in staged.items():
                 if a == area and k >= start and (end is None or k < end):
+                    overlay[k] = v
+        out: list[tuple[bytes, bytes]] = []
+        size = 0
+        cursor = start
+        while True:
+            # Each staged delete may hide one engine row: fetch that many more so `limit` still fills.
+            fetch = limit - len(out) + len(overlay)
+            rows = self.engine.scan(area, cursor, end, fetch, bytes_max)
+            more = truncated(rows, fetch, bytes_max)
+            # What the engine returned covers [cursor, its last key] when it stopped early, else the rest.
+            top = rows[-1][0] if more and rows else None
+            merged = dict(rows)
+            for k, v in overlay.items():
+                if k >= cursor and (top is None or k <= top):
                     if v is None:
-                        rows.pop(k, None)
+                        merged.pop(k, None)
                     else:
-                        rows[k] = v
-        return sorted(rows.items())[:limit]
+                        merged[k] = v
+            for k in sorted(merged):
+                value = merged[k]
+                out.append((k, value))
+                size += len(k) + len(value)
+                if len(out) >= limit or (bytes_max is not None and size >= bytes_max):
+                    return out
+            if top is None:
+                return out
+            cursor = top + b"\x00"
 
     def scan_all(self, area: str, start: bytes, end: bytes | None) -> Iterable[tuple[bytes, bytes]]:
         cursor = start
         while True:
-            rows = self.scan(area, cursor, end, SCAN_PAGE)
+            rows = self.scan(area, cursor, end, SCAN_PAGE, SCAN_PAGE_BYTES)
             yield from rows
-            if len(rows) < SCAN_PAGE:
+            if not truncated(rows, SCAN_PAGE, SCAN_PAGE_BYTES):
                 return
             cursor = rows[-1][0] + b"\x00"
 

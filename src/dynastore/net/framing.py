@@ -15,6 +15,11 @@ Both sides then derive a session key from the key and both hellos. Every later f
 a 16-byte keyed BLAKE2b MAC over a per-direction sequence number and the payload, so a frame can be
 neither altered, nor replayed, reordered or dropped within the session without the link failing.
 
+A message larger than a frame (a key whose siblings add up to more) travels as consecutive
+*fragments*: frames whose payload starts with a byte no msgpack message starts with, then whether
+more follow, then a piece of the message. The receiver puts them back together within a bound, so
+no message is ever refused, and no link dropped, for the size of what it carries.
+
 A node of a loopback-only cluster without a configured secret is *open*: when the keys do not match
 (a node that has not joined yet holds a key of its own), two open nodes still talk, over an
 *unproven* link that carries only the messages of a join. A node with a configured secret never
@@ -53,6 +58,49 @@ class AuthError(FrameError):
 
 def encode_frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(HEADER_BYTES, "big") + payload
+
+
+# The first byte of a fragment's payload: 0xc1 is never used by msgpack, so no message starts with it.
+FRAGMENT = 0xC1
+FRAGMENT_HEADER_BYTES = 2
+
+
+def fragments(payload: bytes, piece_bytes_max: int) -> list[bytes]:
+    """The payloads of the frames that carry one message: itself, or fragments of at most
+    `piece_bytes_max` bytes each when it is longer."""
+    if len(payload) <= piece_bytes_max:
+        return [payload]
+    step = piece_bytes_max - FRAGMENT_HEADER_BYTES
+    assert step > 0, piece_bytes_max
+    pieces = [payload[i : i + step] for i in range(0, len(payload), step)]
+    return [bytes([FRAGMENT, i + 1 < len(pieces)]) + piece for i, piece in enumerate(pieces)]
+
+
+class Reassembler:
+    """Puts a message sent as fragments back together; refuses one longer than `message_bytes_max`."""
+
+    def __init__(self, message_bytes_max: int) -> None:
+        self.message_bytes_max = message_bytes_max
+        self._pieces: list[bytes] = []
+        self.held_bytes = 0
+
+    def add(self, payload: bytes) -> bytes | None:
+        """The message payload once complete; None while a fragmented one is still arriving."""
+        if not payload or payload[0] != FRAGMENT:
+            if self._pieces:
+                raise FrameError("a message arrived in the middle of another's fragments")
+            return payload
+        if len(payload) < FRAGMENT_HEADER_BYTES or payload[1] not in (0, 1):
+            raise FrameError("malformed fragment")
+        if self.held_bytes + len(payload) - FRAGMENT_HEADER_BYTES > self.message_bytes_max:
+            raise FrameError(f"a message of more than {self.message_bytes_max} bytes")
+        self.held_bytes += len(payload) - FRAGMENT_HEADER_BYTES
+        self._pieces.append(payload[FRAGMENT_HEADER_BYTES:])
+        if payload[1]:
+            return None
+        message = b"".join(self._pieces)
+        self._pieces, self.held_bytes = [], 0
+        return message
 
 
 def encode_payload(msg: Message) -> bytes:

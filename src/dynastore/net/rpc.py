@@ -35,6 +35,7 @@ from typing import cast
 from dynastore.core.messages import JoinReply, JoinRequest, Message, PeerError
 from dynastore.core.secret import PEER, ClusterKeys
 from dynastore.net.framing import (
+    MAC_BYTES,
     NONCE_BYTES,
     TO_LISTENER,
     AuthError,
@@ -42,6 +43,7 @@ from dynastore.net.framing import (
     FrameError,
     Hello,
     Opener,
+    Reassembler,
     Sealer,
     decode_finish,
     decode_hello,
@@ -50,6 +52,7 @@ from dynastore.net.framing import (
     encode_frame,
     encode_hello,
     encode_payload,
+    fragments,
     matching,
     proof,
     session_key,
@@ -57,7 +60,11 @@ from dynastore.net.framing import (
 
 log = logging.getLogger("dynastore.net")
 
+# The largest frame accepted before a peer has proved itself (a handshake's frames are small).
 HELLO_BYTES_MAX = 4096
+# Outgoing links kept at once; past it, a message to a peer without one is dropped (members always
+# have one: they are heard from every heartbeat, and idle links are closed).
+LINKS_MAX = 4096
 # The only messages an unproven link (between open nodes whose keys differ) may carry.
 JOIN_MESSAGES = (JoinRequest, JoinReply)
 # Above this many bytes waiting in a socket's send buffer, frames are held back in the link's own
@@ -139,6 +146,8 @@ class PeerLink:
         self.address = address
         # Payloads not written yet, each with whether it is part of a join (an unproven link takes only those).
         self.buffer: list[tuple[bytes, bool]] = []
+        self.buffer_bytes = 0
+        self.last_active = time.monotonic()
         self.protocol: _Outgoing | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.flush_scheduled = False
@@ -150,10 +159,17 @@ class PeerLink:
         if time.monotonic() < self.retry_after:
             self.node.report_unreachable(self.peer)
             return
-        if len(self.buffer) >= self.node.queue_frames_max:
-            self.node.dropped_frames += 1
+        payload = encode_payload(msg)
+        # Bounded in messages and in bytes; a message larger than the byte bound still goes alone.
+        node = self.node
+        if len(self.buffer) >= node.queue_frames_max or (
+            self.buffer and self.buffer_bytes + len(payload) > node.queue_bytes_max
+        ):
+            node.dropped_frames += 1
             return
-        self.buffer.append((encode_payload(msg), isinstance(msg, JOIN_MESSAGES)))
+        self.buffer.append((payload, isinstance(msg, JOIN_MESSAGES)))
+        self.buffer_bytes += len(payload)
+        self.last_active = time.monotonic()
         if self.protocol is not None:
             self.schedule_flush()
         elif self.connecting is None:
@@ -170,14 +186,22 @@ class PeerLink:
         if protocol is None or protocol.transport is None or not self.buffer or protocol.paused:
             return
         sealer = protocol.sealer
+        # A message larger than a frame goes as fragments (a sealed frame also carries its MAC).
+        piece = self.node.frame_bytes_max - MAC_BYTES
+        self.last_active = time.monotonic()
         if sealer is not None:
-            payloads, self.buffer = self.buffer, []
-            protocol.transport.write(b"".join(sealer.seal(payload) for payload, _ in payloads))
+            payloads, self.buffer, self.buffer_bytes = self.buffer, [], 0
+            protocol.transport.write(
+                b"".join(sealer.seal(part) for payload, _ in payloads for part in fragments(payload, piece))
+            )
             return
         # An unproven link carries the messages of a join only: they go now, the rest wait.
         joins = [payload for payload, join in self.buffer if join]
         self.buffer = [(payload, join) for payload, join in self.buffer if not join]
-        protocol.transport.write(b"".join(encode_frame(payload) for payload in joins))
+        self.buffer_bytes = sum(len(payload) for payload, _ in self.buffer)
+        protocol.transport.write(
+            b"".join(encode_frame(part) for payload in joins for part in fragments(payload, piece))
+        )
         if not self.buffer:
             return
         # Something else must go: dial again (closing lets what was written go first), now that the
@@ -185,7 +209,7 @@ class PeerLink:
         self.protocol = None
         protocol.transport.close()
         if self.need_proof:
-            self.buffer = []
+            self.buffer, self.buffer_bytes = [], 0
             self.need_proof = False
             self.retry_after = time.monotonic() + self.node.retry_s
             self.node.report_unreachable(self.peer, f"{self.peer} does not hold this cluster's key")
@@ -227,7 +251,7 @@ class PeerLink:
         protocol, self.protocol = self.protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.abort()
-        self.buffer = []
+        self.buffer, self.buffer_bytes = [], 0
         self.need_proof = False
         self.retry_after = time.monotonic() + self.node.retry_s
         self.node.report_unreachable(self.peer, reason)
@@ -258,6 +282,9 @@ class _Incoming(asyncio.Protocol):
         self.peer = ""
         self.opener: Opener | None = None
         self.timer: asyncio.TimerHandle | None = None
+        # A message arriving as fragments; its bytes count against the node's budget for all links.
+        self.reassembler = Reassembler(node.message_bytes_max)
+        self.last_active = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)
@@ -281,6 +308,7 @@ class _Incoming(asyncio.Protocol):
             # Before the handshake is done only its small frames are taken; `_finish` raises the limit
             # before the frames that follow the dialling side's proof (often in the same read).
             self.decoder.push(data)
+            self.last_active = time.monotonic()
             while (frame := self.decoder.next()) is not None:
                 if self.theirs is None:
                     self.theirs, _ = decode_hello(frame, node.cluster)
@@ -289,11 +317,12 @@ class _Incoming(asyncio.Protocol):
                     self.transport.write(encode_hello(self.ours, proofs))
                 elif not self.peer:
                     self._finish(decode_finish(frame))
-                elif self.opener is not None:
-                    node.on_message(self.peer, decode_message(self.opener.open(frame)))
                 else:
-                    msg = decode_message(frame)
-                    if not isinstance(msg, JOIN_MESSAGES):
+                    payload = self._whole(self.opener.open(frame) if self.opener is not None else frame)
+                    if payload is None:
+                        continue
+                    msg = decode_message(payload)
+                    if self.opener is None and not isinstance(msg, JOIN_MESSAGES):
                         raise AuthError(f"an unproven link carried a {type(msg).__name__}")
                     node.on_message(self.peer, msg)
         except PeerError as exc:
@@ -303,6 +332,17 @@ class _Incoming(asyncio.Protocol):
             log.warning("dropping peer %s: %s", self.peer or (self.theirs.node if self.theirs else "?"), exc)
             if self.transport is not None:
                 self.transport.abort()
+
+    def _whole(self, payload: bytes) -> bytes | None:
+        """A message's payload once all of it is here (None while its fragments arrive), counting what
+        is held against the node's budget for messages in pieces on all links."""
+        node = self.node
+        before = self.reassembler.held_bytes
+        whole = self.reassembler.add(payload)
+        node.reassembling_bytes += self.reassembler.held_bytes - before
+        if node.reassembling_bytes > node.reassembly_bytes_max:
+            raise FrameError("too many large messages arriving at once")
+        return whole
 
     def _finish(self, given: bytes) -> None:
         """The dialling side's proof: a proved link, an unproven one between open nodes, or a refusal."""
@@ -323,6 +363,8 @@ class _Incoming(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        self.node.reassembling_bytes -= self.reassembler.held_bytes
+        self.reassembler.held_bytes = 0
         self.node.inbound.discard(self)
 
     def close(self) -> None:
@@ -344,6 +386,10 @@ class Transport:
         frame_bytes_max: int,
         queue_frames_max: int,
         connect_timeout_ms: int,
+        queue_bytes_max: int = 64 << 20,
+        message_bytes_max: int = 256 << 20,
+        reassembly_bytes_max: int = 256 << 20,
+        idle_timeout_ms: int = 300_000,
         inbound_max: int,
         retry_ms: int,
         address_of: Callable[[str], tuple[str, int] | None],
@@ -362,6 +408,13 @@ class Transport:
         self.keys = keys
         self.frame_bytes_max = frame_bytes_max
         self.queue_frames_max = queue_frames_max
+        self.queue_bytes_max = queue_bytes_max
+        # The largest message put back together from fragments, and all such bytes held at once.
+        self.message_bytes_max = message_bytes_max
+        self.reassembly_bytes_max = reassembly_bytes_max
+        self.reassembling_bytes = 0
+        self.idle_timeout_s = idle_timeout_ms / 1000
+        self._idle_sweep: asyncio.TimerHandle | None = None
         self.connect_timeout_s = connect_timeout_ms / 1000
         self.retry_s = retry_ms / 1000
         self.address_of = address_of
@@ -386,6 +439,20 @@ class Transport:
         self.server = await loop.create_server(
             lambda: _Incoming(self), self.host, self.port, reuse_address=True, ssl=self.ssl_server
         )
+        self._idle_sweep = loop.call_later(self.idle_timeout_s / 4, self._close_idle)
+
+    def _close_idle(self) -> None:
+        """Close links and connections that carried nothing for the idle timeout (a member's never are:
+        heartbeats cross them every second); the outgoing ones are forgotten, which bounds them."""
+        deadline = time.monotonic() - self.idle_timeout_s
+        for name, link in list(self.links.items()):
+            if link.last_active < deadline and not link.buffer and link.connecting is None:
+                link.close()
+                del self.links[name]
+        for incoming in list(self.inbound):
+            if incoming.last_active < deadline:
+                incoming.close()
+        self._idle_sweep = asyncio.get_running_loop().call_later(self.idle_timeout_s / 4, self._close_idle)
 
     async def drain(self, timeout_s: float) -> None:
         """Wait (bounded) until every buffered frame has been handed to the kernel, e.g. a last gossip."""
@@ -396,6 +463,8 @@ class Transport:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
+        if self._idle_sweep is not None:
+            self._idle_sweep.cancel()
         for link in self.links.values():
             link.close()
         if self.server is not None:
@@ -410,13 +479,13 @@ class Transport:
         if address is not None:
             # A node known only by address (a seed): a link named by that address.
             key = f"@{address[0]}:{address[1]}"
-            link = self.links.get(key)
-            if link is None:
-                link = self.links[key] = PeerLink(self, key, address)
-        else:
-            link = self.links.get(peer)
-            if link is None:
-                link = self.links[peer] = PeerLink(self, peer)
+            peer = key
+        link = self.links.get(peer)
+        if link is None:
+            if len(self.links) >= LINKS_MAX:
+                self.dropped_frames += 1
+                return
+            link = self.links[peer] = PeerLink(self, peer, address)
         link.send(msg)
 
     def report_unreachable(self, peer: str, reason: str = "") -> None:

@@ -154,6 +154,8 @@ class SimCluster:
         self.trace: list[str] = []
         self.tracing = False
         self.delivered = 0
+        # Messages a node refused as no honest peer would send them (the shell would drop the link).
+        self.peer_errors = 0
         self._last_timer: tuple[str, int] = ("", -1)
         self._same_instant = 0
         for i in range(count):
@@ -315,7 +317,16 @@ class SimCluster:
         self.delivered += 1
         if self.tracing:
             self.trace.append(f"{self.now_ms} {item.src}->{item.dst} {type(msg).__name__}")
-        node.core.on_message(item.src, msg, self._local_now(item.dst))
+        try:
+            node.core.on_message(item.src, msg, self._local_now(item.dst))
+        except messages.PeerError:
+            # The shell drops such a peer's link: what it sent is gone, and the sender hears of it.
+            self.peer_errors += 1
+            sender = self.nodes.get(item.src)
+            if sender is not None and sender.core is not None:
+                sender.core.on_unreachable(item.dst, self._local_now(item.src), "protocol error")
+                self._flush(item.src)
+            return
         self._flush(item.dst)
 
     def _flush(self, name: str) -> None:

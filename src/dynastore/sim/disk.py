@@ -20,6 +20,9 @@ class SimDisk:
         self._volatile: list[Op] = []
         self._view = MemoryEngine()
         self.syncs = 0
+        # Engine scans made and rows they returned (tests bound the work one message may cause).
+        self.rows_scanned = 0
+        self.rows_read = 0
 
     def get(self, area: str, key: bytes) -> bytes | None:
         return self._view.get(area, key)
@@ -33,9 +36,12 @@ class SimDisk:
             self._volatile.extend(ops)
 
     def scan(
-        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000
+        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000, bytes_max: int | None = None
     ) -> list[tuple[bytes, bytes]]:
-        return self._view.scan(area, start, end, limit)
+        self.rows_scanned += 1
+        rows = self._view.scan(area, start, end, limit, bytes_max)
+        self.rows_read += len(rows)
+        return rows
 
     def durable_get(self, area: str, key: bytes) -> bytes | None:
         """What a crash would leave of `key`: its synced value (checkers look at durable state)."""

@@ -47,9 +47,14 @@ class Engine(Protocol):
         ...
 
     def scan(
-        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000
+        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000, bytes_max: int | None = None
     ) -> list[tuple[bytes, bytes]]:
-        """Up to `limit` pairs with start <= key < end (end None: no upper bound), in key order."""
+        """Up to `limit` pairs with start <= key < end (end None: no upper bound), in key order.
+
+        With `bytes_max`, the scan also stops after the pair that brings the keys' and values' bytes to
+        `bytes_max` (so it returns at least one pair when the range holds any): what a scan holds in
+        memory is bounded by bytes, not only by count. A caller that needs to know whether the range
+        has more asks `truncated`."""
         ...
 
     def count(self, area: str) -> int:
@@ -63,6 +68,15 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release the files. Any later call raises StorageError."""
         ...
+
+
+def row_bytes(rows: Sequence[tuple[bytes, bytes]]) -> int:
+    return sum(len(key) + len(value) for key, value in rows)
+
+
+def truncated(rows: Sequence[tuple[bytes, bytes]], limit: int, bytes_max: int | None) -> bool:
+    """Whether a scan that returned `rows` may have stopped before the end of its range."""
+    return len(rows) >= limit or (bytes_max is not None and bool(rows) and row_bytes(rows) >= bytes_max)
 
 
 def put(engine: Engine, area: str, key: bytes, value: bytes) -> None:

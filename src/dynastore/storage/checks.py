@@ -34,7 +34,7 @@ def check_ops(ops: Sequence[Op]) -> None:
             raise StorageError(f"storage values are bytes or None, got {type(op.value).__name__}")
 
 
-def check_scan(area: str, start: bytes, end: bytes | None, limit: int) -> None:
+def check_scan(area: str, start: bytes, end: bytes | None, limit: int, bytes_max: int | None = None) -> None:
     check_area(area)
     check_key(start)
     if end is not None:
@@ -42,3 +42,5 @@ def check_scan(area: str, start: bytes, end: bytes | None, limit: int) -> None:
     # bool is an int, but a flag passed as a limit is certainly a mistake.
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise StorageError(f"scan limit must be a non-negative int, got {limit!r}")
+    if bytes_max is not None and (not isinstance(bytes_max, int) or isinstance(bytes_max, bool) or bytes_max < 1):
+        raise StorageError(f"scan bytes_max must be a positive int or None, got {bytes_max!r}")

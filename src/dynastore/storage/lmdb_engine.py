@@ -178,11 +178,12 @@ class LmdbEngine:
                     txn.put(name, extra.to_bytes(8, "big", signed=True), db=self._engine_db)
 
     def scan(
-        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000
+        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000, bytes_max: int | None = None
     ) -> list[tuple[bytes, bytes]]:
-        check_scan(area, start, end, limit)
+        check_scan(area, start, end, limit, bytes_max)
         env = self._live()
         rows: list[tuple[bytes, bytes]] = []
+        size = 0
         if limit == 0 or (end is not None and end <= start):
             return rows
         layout = self._layout
@@ -205,7 +206,8 @@ class LmdbEngine:
                     if end is not None and key >= end:
                         return rows
                     rows.append((key, value))
-                    if len(rows) == limit:
+                    size += len(key) + len(value)
+                    if len(rows) == limit or (bytes_max is not None and size >= bytes_max):
                         return rows
         return rows
 

@@ -52,15 +52,25 @@ class MemoryEngine:
                     table[op.key] = op.value
 
     def scan(
-        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000
+        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000, bytes_max: int | None = None
     ) -> list[tuple[bytes, bytes]]:
-        check_scan(area, start, end, limit)
+        check_scan(area, start, end, limit, bytes_max)
         with self._lock:
             table = self._area(area)
             if end is not None and end <= start:
                 return []
             keys = islice(table.irange(start, end, inclusive=(True, False)), limit)
-            return [(key, table[key]) for key in keys]
+            if bytes_max is None:
+                return [(key, table[key]) for key in keys]
+            rows: list[tuple[bytes, bytes]] = []
+            size = 0
+            for key in keys:
+                value = table[key]
+                rows.append((key, value))
+                size += len(key) + len(value)
+                if size >= bytes_max:
+                    break
+            return rows
 
     def count(self, area: str) -> int:
         check_area(area)

@@ -117,9 +117,9 @@ class SqliteEngine:
                 raise
 
     def scan(
-        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000
+        self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000, bytes_max: int | None = None
     ) -> list[tuple[bytes, bytes]]:
-        check_scan(area, start, end, limit)
+        check_scan(area, start, end, limit, bytes_max)
         table = _table(area)
         if end is None:
             sql = f"SELECT k, v FROM {table} WHERE k >= ? ORDER BY k LIMIT ?"
@@ -127,9 +127,16 @@ class SqliteEngine:
         else:
             sql = f"SELECT k, v FROM {table} WHERE k >= ? AND k < ? ORDER BY k LIMIT ?"
             params = (start, end, limit)
+        out: list[tuple[bytes, bytes]] = []
+        size = 0
         with self._mutex, _sqlite_errors("scan"):
-            rows = self._live().execute(sql, params).fetchall()
-        return [(bytes(key), bytes(value)) for key, value in rows]
+            # The cursor steps through the rows as they are asked for: a byte bound stops it early.
+            for key, value in self._live().execute(sql, params):
+                out.append((bytes(key), bytes(value)))
+                size += len(key) + len(value)
+                if bytes_max is not None and size >= bytes_max:
+                    break
+        return out
 
     def count(self, area: str) -> int:
         check_area(area)
