@@ -66,10 +66,15 @@ def test_group_records_round_trip_and_truncation_is_detected() -> None:
 
 
 def test_the_layout_keeps_inline_keys_apart_from_group_records() -> None:
-    layout = Layout(inline_max=2)
+    layout = Layout(inline_max=2, chunk=4)
     assert layout.record_key(b"") == b"\x00"
     assert layout.record_key(b"ab") == b"\x00ab"
     assert layout.record_key(b"abc") == layout.record_key(b"abcdef") == b"\x00abc"
     assert not layout.is_group(layout.record_key(b"ab"))
     assert layout.is_group(layout.record_key(b"abc"))
-    assert layout.suffix(b"abcdef") == b"def"
+    assert layout.tail(b"abcdef") == b"def"
+    assert layout.path(b"") == ([], b"")
+    assert layout.path(b"defg") == ([], b"defg")
+    assert layout.path(b"defgh") == ([b"defg"], b"h")
+    assert layout.path(b"defghijk") == ([b"defg"], b"hijk")
+    assert Layout.for_limit(509, 511).chunk == 502

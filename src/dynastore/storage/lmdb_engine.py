@@ -13,10 +13,10 @@ open across calls: a reader left open pins old pages and the file grows without 
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import lmdb
 
@@ -25,21 +25,28 @@ from dynastore.storage.base import AREAS, Op, StorageError
 from dynastore.storage.checks import check_area, check_key, check_ops, check_scan
 from dynastore.storage.directory import DirectoryLock, sync_directory
 from dynastore.storage.lmdb_layout import (
+    ID_BYTES,
+    INTERIOR,
+    LAYOUT_VERSION,
+    LEAF,
     Layout,
     LayoutError,
     decode_group,
-    encode_group,
+    node_id,
     prefix_of,
-    with_member,
-    without_member,
 )
 
 # A database of the engine's own bookkeeping, beside the areas: the layout chosen when the
-# environment was created, and per area how many more keys the group records hold than there are
-# group records (so that `count` stays O(1)).
+# environment was created and its version, the next free tree node id, and per area how many more
+# keys there are than records in the area's database (group records hold none, each tree leaf holds
+# one), so that `count` stays O(1).
 _ENGINE_DB_NAME = b"_engine"
 _INLINE_MAX_KEY = b"inline_max"
+_LAYOUT_KEY = b"layout"
+_NEXT_ID_KEY = b"next_id"
 _EXTRA_KEY_PREFIX = b"extra:"
+# Each area's tree of long keys lives in a database of this name after the area's.
+_LONG_SUFFIX = b"+long"
 
 
 @contextmanager
@@ -61,7 +68,7 @@ class LmdbEngine:
     LMDB serialises writers. `close` must not race another call.
     """
 
-    __slots__ = ("_dbs", "_engine_db", "_env", "_layout", "_lock", "durable", "path")
+    __slots__ = ("_dbs", "_engine_db", "_env", "_layout", "_lock", "_long", "durable", "path")
 
     def __init__(
         self,
@@ -85,11 +92,13 @@ class LmdbEngine:
                     str(path),
                     map_size=map_size_bytes,
                     subdir=True,
-                    max_dbs=len(AREAS) + 1,
+                    max_dbs=2 * len(AREAS) + 1,
                     sync=durable,
                     metasync=durable,
                 )
-                self._layout, self._dbs, self._engine_db = self._open_databases(self._env, inline_key_bytes_max)
+                self._layout, self._dbs, self._long, self._engine_db = self._open_databases(
+                    self._env, inline_key_bytes_max
+                )
             if durable:
                 sync_directory(path)
         except BaseException:
@@ -101,7 +110,7 @@ class LmdbEngine:
 
     def _open_databases(
         self, env: lmdb.Environment, inline_max_wanted: int | None
-    ) -> tuple[Layout, dict[str, lmdb._Database], lmdb._Database]:
+    ) -> tuple[Layout, dict[str, lmdb._Database], dict[str, lmdb._Database], lmdb._Database]:
         limit = env.max_key_size() - 2
         with env.begin(write=True) as txn:
             engine_db = env.open_db(_ENGINE_DB_NAME, txn=txn)
@@ -118,10 +127,22 @@ class LmdbEngine:
                 raise StorageError(
                     f"{self.path} needs inline keys of {inline_max} bytes, but this LMDB build allows 0 to {limit}"
                 )
+            raw_version = txn.get(_LAYOUT_KEY, db=engine_db)
+            # A directory that says nothing of its layout was written by layout 1 (or is new).
+            version = 1 if raw_version is None else int.from_bytes(raw_version, "big")
+            if version > LAYOUT_VERSION:
+                raise StorageError(
+                    f"{self.path} has storage layout {version}; this dynastore reads layouts 1 to {LAYOUT_VERSION}"
+                )
             if stored is None:
                 txn.put(_INLINE_MAX_KEY, inline_max.to_bytes(4, "big"), db=engine_db)
             dbs = {area: env.open_db(area.encode(), txn=txn) for area in AREAS}
-        return Layout(inline_max), dbs, engine_db
+            longs = {area: env.open_db(area.encode() + _LONG_SUFFIX, txn=txn) for area in AREAS}
+            layout = Layout.for_limit(inline_max, env.max_key_size())
+            if version < LAYOUT_VERSION:
+                _migrate_groups(txn, layout, dbs, longs, engine_db)
+                txn.put(_LAYOUT_KEY, LAYOUT_VERSION.to_bytes(4, "big"), db=engine_db)
+        return layout, dbs, longs, engine_db
 
     def _live(self) -> lmdb.Environment:
         if self._env is None:
@@ -132,26 +153,32 @@ class LmdbEngine:
         check_area(area)
         check_key(key)
         env = self._live()
-        record_key = self._layout.record_key(key)
-        with _lmdb_errors("get"), env.begin(db=self._dbs[area]) as txn:
-            record = txn.get(record_key)
-            if record is None or not self._layout.is_group(record_key):
+        layout = self._layout
+        record_key = layout.record_key(key)
+        with _lmdb_errors("get"), env.begin() as txn:
+            record = txn.get(record_key, db=self._dbs[area])
+            if record is None or not layout.is_group(record_key):
                 return record
-            members = decode_group(record)
-        suffix = self._layout.suffix(key)
-        index = bisect.bisect_left(members, suffix, key=lambda member: member[0])
-        if index < len(members) and members[index][0] == suffix:
-            return members[index][1]
-        return None
+            long_db = self._long[area]
+            interior, leaf = layout.path(layout.tail(key))
+            node = node_id(record)
+            for chunk in interior:
+                child = txn.get(node + chunk + INTERIOR, db=long_db)
+                if child is None:
+                    return None
+                node = node_id(child)
+            value: bytes | None = txn.get(node + leaf + LEAF, db=long_db)
+            return value
 
     def write(self, ops: Sequence[Op]) -> None:
         check_ops(ops)
         env = self._live()
         layout = self._layout
-        # How much each area's group records grew, in members beyond one per record.
+        # How many more keys than records each area's database holds, by the change this batch makes.
         extra_delta: dict[str, int] = {}
         # One write transaction per batch: LMDB commits it atomically, and with sync on, durably.
         with _lmdb_errors("write"), env.begin(write=True) as txn:
+            ids = _Ids(txn, self._engine_db)
             for op in ops:
                 db = self._dbs[op.area]
                 record_key = layout.record_key(op.key)
@@ -161,21 +188,15 @@ class LmdbEngine:
                     else:
                         txn.put(record_key, op.value, db=db)
                     continue
-                record = txn.get(record_key, db=db)
-                before = decode_group(record) if record is not None else []
-                suffix = layout.suffix(op.key)
-                after = without_member(before, suffix) if op.value is None else with_member(before, suffix, op.value)
-                if after:
-                    txn.put(record_key, encode_group(after), db=db)
-                elif record is not None:
-                    txn.delete(record_key, db=db)
-                grown = max(len(after) - 1, 0) - max(len(before) - 1, 0)
-                extra_delta[op.area] = extra_delta.get(op.area, 0) + grown
+                tree = _Tree(txn, db, self._long[op.area], layout, ids)
+                value = op.value
+                grown = tree.delete(record_key, op.key) if value is None else tree.put(record_key, op.key, value)
+                if grown:
+                    extra_delta[op.area] = extra_delta.get(op.area, 0) + grown
+            ids.save()
             for area, delta in extra_delta.items():
                 if delta:
-                    name = _EXTRA_KEY_PREFIX + area.encode()
-                    extra = _read_extra(txn.get(name, db=self._engine_db)) + delta
-                    txn.put(name, extra.to_bytes(8, "big", signed=True), db=self._engine_db)
+                    _add_extra(txn, self._engine_db, area, delta)
 
     def scan(
         self, area: str, start: bytes = b"", end: bytes | None = None, limit: int = 1000, bytes_max: int | None = None
@@ -187,20 +208,22 @@ class LmdbEngine:
         if limit == 0 or (end is not None and end <= start):
             return rows
         layout = self._layout
-        with _lmdb_errors("scan"), env.begin(db=self._dbs[area]) as txn:
-            cursor = txn.cursor()
+        with _lmdb_errors("scan"), env.begin() as txn:
+            cursor = txn.cursor(db=self._dbs[area])
             if not cursor.set_range(layout.record_key(start)):
                 return rows
+            long_db = self._long[area]
             # iternext yields the record the cursor is on first, then the ones after it.
             for record_key, record in cursor.iternext():
                 prefix = prefix_of(record_key)
-                pairs = (
-                    [(prefix + suffix, value) for suffix, value in decode_group(record)]
-                    if layout.is_group(record_key)
-                    else [(prefix, record)]
-                )
-                for key, value in pairs:
+                if layout.is_group(record_key):
                     # Only the group holding `start` itself can hold keys below it.
+                    within = len(start) > layout.inline_max and start[: len(prefix)] == prefix
+                    low = layout.tail(start) if within else None
+                    pairs: Iterator[tuple[bytes, bytes]] = _walk(txn, long_db, layout, node_id(record), prefix, low)
+                else:
+                    pairs = iter(((prefix, record),))
+                for key, value in pairs:
                     if key < start:
                         continue
                     if end is not None and key >= end:
@@ -236,5 +259,136 @@ class LmdbEngine:
             self._lock.release()
 
 
-def _read_extra(stored: bytes | None) -> int:
+def _read_extra(stored: bytes | memoryview | None) -> int:
     return 0 if stored is None else int.from_bytes(stored, "big", signed=True)
+
+
+def _add_extra(txn: lmdb.Transaction, engine_db: lmdb._Database, area: str, delta: int) -> None:
+    name = _EXTRA_KEY_PREFIX + area.encode()
+    extra = _read_extra(txn.get(name, db=engine_db)) + delta
+    txn.put(name, extra.to_bytes(8, "big", signed=True), db=engine_db)
+
+
+class _Ids:
+    """Tree node ids, handed out in a write transaction from a counter saved with it."""
+
+    def __init__(self, txn: lmdb.Transaction, engine_db: lmdb._Database) -> None:
+        self._txn, self._db = txn, engine_db
+        self._next: int | None = None
+        self._loaded: int | None = None
+
+    def new(self) -> bytes:
+        if self._next is None:
+            raw = self._txn.get(_NEXT_ID_KEY, db=self._db)
+            self._next = self._loaded = 1 if raw is None else int.from_bytes(raw, "big")
+        node, self._next = self._next, self._next + 1
+        return node.to_bytes(ID_BYTES, "big")
+
+    def save(self) -> None:
+        if self._next is not None and self._next != self._loaded:
+            self._txn.put(_NEXT_ID_KEY, self._next.to_bytes(ID_BYTES, "big"), db=self._db)
+
+
+class _Tree:
+    """The long keys under one group record, within one write transaction (see lmdb_layout.py)."""
+
+    def __init__(
+        self, txn: lmdb.Transaction, db: lmdb._Database, long_db: lmdb._Database, layout: Layout, ids: _Ids
+    ) -> None:
+        self.txn, self.db, self.long_db, self.layout, self.ids = txn, db, long_db, layout, ids
+
+    def put(self, record_key: bytes, key: bytes, value: bytes) -> int:
+        """Set `key`; returns how the count of keys beyond records changed (a new key: +1, and -1 for a
+        group record it created)."""
+        txn, long_db = self.txn, self.long_db
+        grown = 0
+        root = cast(bytes | None, txn.get(record_key, db=self.db))
+        if root is None:
+            root = self.ids.new()
+            txn.put(record_key, root, db=self.db)
+            grown -= 1
+        node = node_id(root)
+        interior, leaf = self.layout.path(self.layout.tail(key))
+        for chunk in interior:
+            child = cast(bytes | None, txn.get(node + chunk + INTERIOR, db=long_db))
+            if child is None:
+                child = self.ids.new()
+                txn.put(node + chunk + INTERIOR, child, db=long_db)
+            node = node_id(child)
+        if txn.replace(node + leaf + LEAF, value, db=long_db) is None:
+            grown += 1
+        return grown
+
+    def delete(self, record_key: bytes, key: bytes) -> int:
+        txn, long_db = self.txn, self.long_db
+        root = cast(bytes | None, txn.get(record_key, db=self.db))
+        if root is None:
+            return 0
+        # The records walked, each with the node it points to: (database, record key, node id).
+        walked = [(self.db, record_key, node_id(root))]
+        interior, leaf = self.layout.path(self.layout.tail(key))
+        for chunk in interior:
+            parent = walked[-1][2]
+            child = cast(bytes | None, txn.get(parent + chunk + INTERIOR, db=long_db))
+            if child is None:
+                return 0
+            walked.append((long_db, parent + chunk + INTERIOR, node_id(child)))
+        if not txn.delete(walked[-1][2] + leaf + LEAF, db=long_db):
+            return 0
+        grown = -1
+        # A node left empty goes, and so does the record pointing to it, up to the group record.
+        cursor = txn.cursor(db=long_db)
+        for db, pointer, node in reversed(walked):
+            if cursor.set_range(node) and cursor.key()[:ID_BYTES] == node:
+                break
+            txn.delete(pointer, db=db)
+            if db is self.db:
+                grown += 1
+        return grown
+
+
+def _walk(
+    txn: lmdb.Transaction, long_db: lmdb._Database, layout: Layout, node: bytes, prefix: bytes, low: bytes | None
+) -> Iterator[tuple[bytes, bytes]]:
+    """The keys under tree node `node` (whose keys start with `prefix`) in order, from the first that
+    is not below `prefix + low` when `low` is given (some below it may come too: the caller filters)."""
+    step = layout.chunk
+    cursor = txn.cursor(db=long_db)
+    if not cursor.set_range(node + (low[:step] if low else b"")):
+        return
+    for record_key, value in cast(Iterator[tuple[bytes, bytes]], cursor.iternext()):
+        if record_key[:ID_BYTES] != node:
+            return
+        chunk, marker = record_key[ID_BYTES:-1], record_key[-1:]
+        if marker == LEAF:
+            yield prefix + chunk, value
+        elif marker == INTERIOR:
+            deeper = low[step:] if low is not None and len(low) > step and chunk == low[:step] else None
+            yield from _walk(txn, long_db, layout, node_id(value), prefix + chunk, deeper)
+        else:
+            raise LayoutError(f"a tree record with marker {marker!r}")
+
+
+def _migrate_groups(
+    txn: lmdb.Transaction,
+    layout: Layout,
+    dbs: dict[str, lmdb._Database],
+    longs: dict[str, lmdb._Database],
+    engine_db: lmdb._Database,
+) -> None:
+    """Layout 1 to 2, in the transaction that opens the directory: every group record's members move
+    into the group's tree. The count of keys beyond records is the same in both (layout 1 counted a
+    group's members beyond one; layout 2 counts its leaves and not its group record)."""
+    ids = _Ids(txn, engine_db)
+    for area, db in dbs.items():
+        groups = []
+        cursor = txn.cursor(db=db)
+        for record_key, record in cursor.iternext():
+            if layout.is_group(bytes(record_key)):
+                groups.append((bytes(record_key), decode_group(bytes(record))))
+        tree = _Tree(txn, db, longs[area], layout, ids)
+        for record_key, members in groups:
+            txn.delete(record_key, db=db)
+            for suffix, value in members:
+                tree.put(record_key, prefix_of(record_key) + suffix, value)
+    ids.save()
