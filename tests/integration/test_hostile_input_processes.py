@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -425,3 +426,53 @@ def test_a_nodes_anonymous_memory_stays_under_512_mib_reading_1_gb_while_2000_bo
             sock.close()
     print(f"peak RssAnon {peak_kib / 1024:.0f} MiB")
     assert peak_kib < 512 * 1024, f"peak RssAnon {peak_kib / 1024:.0f} MiB"
+
+
+# --- Listing ---------------------------------------------------------------------------------------
+
+
+def _json_objects(body: bytes) -> list[dict[str, object]]:
+    """The JSON objects of a streamed listing, one after another."""
+    decoder, text, out, at = json.JSONDecoder(), body.decode(), [], 0
+    while at < len(text):
+        found, at = decoder.raw_decode(text, at)
+        out.append(found)
+    return out
+
+
+def test_a_streamed_listing_that_times_out_answers_200_with_the_keys_found_and_an_error_timeout_object(
+    make_cluster: MakeCluster,
+) -> None:
+    """n_val 1 so that node1's partitions are listed by node1 alone; node1 is SIGSTOPped just before the
+    listing (still judged healthy): the stream is a 200 with the keys listed before it and ends with
+    `{"error": "timeout"}`, as Riak's does; keys=true answers 503; once node1 runs again, both list
+    every key."""
+    cluster = make_cluster(3)
+    base = cluster[0].url
+    status, _, body = call(
+        "PUT", f"{base}/buckets/l/props", b'{"props": {"n_val": 1}}', {"Content-Type": "application/json"}
+    )
+    assert status == 204, body
+    names = {f"k{i}" for i in range(120)}
+    for name in names:
+        assert put(base, "l", name, b"v", query="w=1")[0] == 204
+    cluster[1].signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        status, _, body = call("GET", f"{base}/buckets/l/keys?keys=stream&timeout=1500", timeout_s=30)
+        took = time.monotonic() - started
+        assert status == 200, (status, body)
+        parts = _json_objects(body)
+        assert parts[-1] == {"error": "timeout"}, parts[-3:]
+        listed = {key for part in parts[:-1] for key in part["keys"]}  # type: ignore[attr-defined]
+        assert listed < names, len(listed)
+        assert took < 10, took
+        status, _, body = call("GET", f"{base}/buckets/l/keys?keys=true&timeout=1500", timeout_s=30)
+        assert status == 503, (status, body)
+    finally:
+        cluster[1].signal(signal.SIGCONT)
+    cluster.wait_ready(30)
+    status, _, body = call("GET", f"{base}/buckets/l/keys?keys=stream", timeout_s=30)
+    assert status == 200 and {k for part in _json_objects(body) for k in part["keys"]} == names  # type: ignore[attr-defined]
+    status, _, body = call("GET", f"{base}/buckets/l/keys?keys=true", timeout_s=30)
+    assert status == 200 and set(json.loads(body)["keys"]) == names
