@@ -125,13 +125,13 @@ def test_a_damaged_object_decodes_to_a_valid_object_or_an_error(
     decoded.check()
 
 
-def test_tombstones_and_lww_resolution() -> None:
-    """An object holding only deletions is a tombstone; last-write-wins keeps the latest timestamp."""
+def test_tombstones_and_resolution_to_one_value() -> None:
+    """An object holding only deletions is a tombstone; one value per key is the latest timestamp."""
     clock = Clock(((b"a", 2, 0),))
     older = (Dot(b"a", 1), Content(b"old", last_modified_us=5))
     newer = (Dot(b"a", 2), Content(b"new", last_modified_us=9))
     obj = Versioned(clock, (older, newer))
-    assert objects.resolve_lww(obj).siblings == (newer,)
+    assert objects.resolve(obj).siblings == (newer,)
     assert not objects.is_tombstone(obj)
     dead = Versioned(clock, ((Dot(b"a", 2), objects.tombstone(10)),))
     assert objects.is_tombstone(dead)

@@ -1,4 +1,5 @@
-"""Dotted version vectors keep every concurrent write, drop exactly what a context saw, and merge as a lattice."""
+"""Dotted version vectors keep every concurrent write, drop exactly what a context saw, and merge as a
+lattice; buckets keeping one value per key resolve concurrent writes by timestamp, still as a lattice."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynastore.core import objects
+from dynastore.core.objects import Content, Object
 from dynastore.core.versions import (
     Clock,
     Context,
@@ -256,3 +259,150 @@ def test_a_writer_reusing_its_own_context_never_overwrites_a_concurrent_writer()
     x_ctx = x_ctx.after_write(Dot(actor, 2))
     state = update(state, x_ctx, Dot(actor, 3), b"x2", 3)
     assert sorted(state.values()) == [b"x2", b"y"]
+
+
+# --- One value per key (last-write-wins, or allow_mult off) --------------------------------------------
+
+
+@dataclass
+class OneValueHistory:
+    """Copies of one key in a bucket keeping one value, built like `History` by writes and merges, with
+    the timestamp of every write drawn at random (coordinators' clocks may be skewed any way), some
+    writes deletes. `written` holds what each write stored, by its dot."""
+
+    lww: bool
+    states: list[Object] = field(default_factory=list)
+    counters: dict[bytes, int] = field(default_factory=dict)
+    written: dict[Dot, Content] = field(default_factory=dict)
+
+    def next_dot(self, actor: bytes) -> Dot:
+        self.counters[actor] = self.counters.get(actor, 0) + 1
+        return Dot(actor, self.counters[actor])
+
+
+def merge_one(a: Object, b: Object) -> Object:
+    """The merge every replica of such a bucket does (nodebase._merged, GetTally.merged)."""
+    return objects.resolve(merge(a, b))
+
+
+@st.composite
+def one_value_histories(draw: st.DrawFn, steps_max: int = 25) -> OneValueHistory:
+    h = OneValueHistory(lww=draw(st.booleans()), states=[empty(), empty(), empty()])
+    for step in range(draw(st.integers(0, steps_max))):
+        target = draw(st.integers(0, len(h.states) - 1))
+        if draw(st.booleans()):
+            source = draw(st.integers(0, len(h.states) - 1))
+            h.states[target] = merge_one(h.states[target], h.states[source])
+        else:
+            seen = draw(st.integers(0, len(h.states) - 1))
+            ctx = h.states[seen].context() if draw(st.booleans()) else Context()
+            actor = ACTORS[target % len(ACTORS)]
+            # As a node does (actors.py): an actor writes only on a copy holding everything it wrote of
+            # the key, else a fresh actor writes.
+            while h.counters.get(actor, 0) > h.states[target].clock.get(actor):
+                actor += b"+"
+            dot = h.next_dot(actor)
+            while h.states[target].clock.covers(dot) or ctx.covers(dot):
+                dot = h.next_dot(actor)
+            # A small range of timestamps, so that ties (decided by the dot) are common.
+            ts = draw(st.integers(0, 30))
+            content = (
+                objects.tombstone(ts)
+                if draw(st.integers(0, 4)) == 0
+                else Content(b"v%d" % step, "t", None, None, (), ts)
+            )
+            new = objects.update_one(h.states[target], ctx, dot, content, step, lww=h.lww)
+            h.written[dot] = dict(new.siblings).get(dot, content)
+            h.states[target] = new
+        if draw(st.booleans()) and len(h.states) < 6:
+            h.states.append(h.states[target])
+    return h
+
+
+def newest_covered(h: OneValueHistory, state: Object) -> tuple[Dot, Content] | None:
+    covered = [(dot, content) for dot, content in h.written.items() if state.clock.covers(dot)]
+    return objects.newest(covered) if covered else None
+
+
+@settings(max_examples=400, deadline=None)
+@given(h=one_value_histories(), picks=st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)))
+def test_resolving_to_one_value_merges_as_a_lattice_whatever_the_timestamps(
+    h: OneValueHistory, picks: tuple[int, int, int]
+) -> None:
+    """Merging then keeping the newest is commutative, associative and idempotent, even when writes
+    carry timestamps skewed every which way: replicas agree on the value whatever order they meet in."""
+    a, b, c = (h.states[i % len(h.states)] for i in picks)
+    assert same(merge_one(a, b), merge_one(b, a))
+    assert same(merge_one(merge_one(a, b), c), merge_one(a, merge_one(b, c)))
+    assert same(merge_one(a, a), a)
+    for state in (a, b, c, merge_one(a, b)):
+        state.check()
+
+
+@settings(max_examples=400, deadline=None)
+@given(h=one_value_histories(), pick=st.integers(0, 5))
+def test_a_copy_keeps_exactly_the_newest_of_every_version_its_clock_covers(h: OneValueHistory, pick: int) -> None:
+    """The invariant that makes the merge a lattice: one sibling, and it is the newest (timestamp, then
+    dot) of all versions ever written that the copy's clock covers; none is ever left without a value."""
+    state = h.states[pick % len(h.states)]
+    expected = newest_covered(h, state)
+    assert state.siblings == (() if expected is None else (expected,))
+
+
+@settings(max_examples=200, deadline=None)
+@given(h=one_value_histories(), pick=st.integers(0, 5), ts=st.integers(0, 30))
+def test_a_write_with_the_context_of_its_copy_wins_even_with_an_older_timestamp(
+    h: OneValueHistory, pick: int, ts: int
+) -> None:
+    """A write that saw the value replaces it, even from a coordinator whose clock is behind: it is
+    dated just past what it replaced."""
+    state = h.states[pick % len(h.states)]
+    dot = Dot(b"z#1", 1)
+    after = objects.update_one(state, state.context(), dot, Content(b"new", last_modified_us=ts), 99, lww=h.lww)
+    assert after.dots() == [dot] and after.values()[0].value == b"new"
+    assert descends(after.clock, state.clock)
+    for old in state.values():
+        assert after.values()[0].last_modified_us > old.last_modified_us
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    h=one_value_histories(),
+    pick=st.integers(0, 5),
+    times=st.tuples(st.integers(0, 30), st.integers(0, 30)),
+    deletes=st.tuples(st.booleans(), st.booleans()),
+)
+def test_concurrent_writes_and_deletes_resolve_to_the_newest_on_every_replica(
+    h: OneValueHistory, pick: int, times: tuple[int, int], deletes: tuple[bool, bool]
+) -> None:
+    """Two writes (or deletes) from the same context on two replicas: whichever order they merge in,
+    both replicas keep the later timestamp (the greater dot on a tie), and the clock covers both."""
+    state = h.states[pick % len(h.states)]
+    ctx = state.context()
+    floor = max((c.last_modified_us + 1 for c in state.values()), default=0)
+    made = []
+    for dot, ts, delete, value in zip((Dot(b"x#1", 1), Dot(b"y#1", 1)), times, deletes, (b"l", b"r"), strict=True):
+        content = objects.tombstone(ts) if delete else Content(value, last_modified_us=ts)
+        made.append(objects.update_one(state, ctx, dot, content, 50, lww=h.lww))
+    left, right = made
+    merged = merge_one(left, right)
+    assert same(merged, merge_one(right, left))
+    winner = max(zip(times, (Dot(b"x#1", 1), Dot(b"y#1", 1)), strict=True), key=lambda p: (max(p[0], floor), p[1]))
+    assert merged.dots() == [winner[1]]
+    assert merged.clock.covers(Dot(b"x#1", 1)) and merged.clock.covers(Dot(b"y#1", 1))
+    # A later merge with an older copy changes nothing.
+    assert same(merge_one(merged, state), merged)
+
+
+def test_blind_writes_to_a_key_keeping_one_value_never_pile_up_siblings() -> None:
+    """300 writes without a context, through two coordinators that merge after each write, leave one
+    sibling on each: the newest (the blind writes of an allow_mult=true bucket would keep them all)."""
+    replicas: list[Object] = [empty(), empty()]
+    actors = [b"node0#1", b"node1#1"]
+    for i in range(300):
+        here = i % 2
+        content = Content(b"%d" % i, last_modified_us=1000 + i)
+        replicas[here] = objects.update_one(replicas[here], Context(), Dot(actors[here], i + 1), content, i, lww=False)
+        replicas[1 - here] = merge_one(replicas[1 - here], replicas[here])
+        assert all(len(r.siblings) == 1 for r in replicas)
+    assert same(replicas[0], replicas[1]) and replicas[0].values()[0].value == b"299"

@@ -355,6 +355,25 @@ def test_bucket_props_are_read_changed_everywhere_refused_when_bad_and_reset(clu
     assert (reset["allow_mult"], reset["pw"]) == (True, 0)
 
 
+def test_blind_writes_to_an_allow_mult_false_bucket_never_reach_the_sibling_limit(cluster: LocalCluster) -> None:
+    """With allow_mult=false, 150 writes without a vclock through every node (siblings_max is 100) all
+    get 200 with one value, and every node then reads the last one: no hidden siblings pile up."""
+    urls = [cluster[i].url for i in range(3)]
+    props = json.dumps({"props": {"allow_mult": False}}).encode()
+    assert call("PUT", urls[0] + "/buckets/onevalue/props", props, {"Content-Type": "application/json"})[0] == 204
+
+    def spread() -> bool:
+        return all(http_json(url + "/buckets/onevalue/props")["props"]["allow_mult"] is False for url in urls)
+
+    cluster.wait(spread, 10, "the props change to spread")
+    for i in range(150):
+        target = urls[i % 3] + path("onevalue", "k") + "?returnbody=true"
+        status, _, body = call("PUT", target, b"v%03d" % i, {"Content-Type": "text/plain"})
+        assert (status, body) == (200, b"v%03d" % i)
+    for url in urls:
+        assert call("GET", url + path("onevalue", "k"))[:3:2] == (200, b"v149")
+
+
 def test_keys_and_buckets_are_listed_whole_or_streamed(base: str) -> None:
     """?keys=true lists a bucket's keys, ?keys=stream the same as a stream of {"keys": [...]} objects
     ending with an empty one; /buckets?buckets=true lists buckets; the legacy form adds the props."""

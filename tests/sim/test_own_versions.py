@@ -4,12 +4,18 @@ not. Each scenario below lost an acknowledged write before the fix (issue 13).""
 
 from __future__ import annotations
 
+import random
+
+from dynastore.core import objects
+from dynastore.core.actors import Actors
 from dynastore.core.messages import ClientGet, ClientPut, ClientResponse, NotFound, Ok
 from dynastore.core.objects import Content
-from dynastore.core.versions import Context
+from dynastore.core.staging import StagedStore
+from dynastore.core.versions import Context, update
 from dynastore.settings import Settings
 from dynastore.sim.cluster import SimCluster
 from dynastore.sim.run import SIM_SETTINGS
+from dynastore.storage.memory import MemoryEngine
 
 KEY = b"k3"
 
@@ -160,3 +166,16 @@ def test_a_clean_restart_keeps_the_actor_and_what_it_forgot_and_an_unclean_one_t
     c.crash(fallback)
     c.restart(fallback)
     assert c.core(fallback).actor != actor and not c.core(fallback).actors.forgotten
+
+
+def test_a_write_keeping_one_value_never_claims_a_forgotten_version_even_one_its_context_names() -> None:
+    """A forgotten version of this node's actor that the client's context names may be claimed by the
+    next write (the client saw it), but not by a write to a bucket keeping one value, which must know
+    the timestamp of all it replaces: that write takes a new actor."""
+    actors = Actors("n0", StagedStore(MemoryEngine()), random.Random(1), Settings())
+    first = actors.next_dot(b"k", None, Context())
+    actors.forget(b"k", objects.encode(update(None, Context(), first, Content(b"v"), 1)))
+    seen = Context(((first.actor, first.counter),))
+    assert actors.next_dot(b"k", None, seen).actor == first.actor
+    fresh = actors.next_dot(b"k", None, seen, trust_context=False)
+    assert fresh.actor != first.actor and fresh.actor == actors.actor

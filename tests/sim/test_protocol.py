@@ -413,8 +413,8 @@ def test_joining_twice_is_harmless_and_a_node_with_data_cannot_join() -> None:
     assert isinstance(refused, Failure) and "holds data" in refused.reason
 
 
-def test_a_put_with_allow_mult_false_shows_one_value() -> None:
-    """allow_mult=false keeps siblings internally but every read shows only the newest."""
+def test_a_put_with_allow_mult_false_shows_and_keeps_one_value() -> None:
+    """allow_mult=false: a blind write over another leaves one value, the newest, on every replica."""
     c = SimCluster(3)
     c.request("n0", ClientSetBucketProps(b"b", (("allow_mult", False),)))
     c.settle(100)
@@ -422,6 +422,10 @@ def test_a_put_with_allow_mult_false_shows_one_value() -> None:
     c.now_ms += 10
     put(c, "n1", b"k", b"two")
     assert values(get(c, "n2", b"k")) == [b"two"]
+    c.settle(1000)
+    for node in c.nodes:
+        copy = local(c, node, b"k")
+        assert copy is not None and [content.value for content in copy.values()] == [b"two"]
 
 
 @settings(max_examples=300, deadline=None)

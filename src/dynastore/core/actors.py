@@ -116,18 +116,22 @@ class Actors:
         that the next start may go on with the same actor."""
         self._store.put("meta", META_FORGOTTEN, msgpack.packb(sorted(self.forgotten.items()), use_bin_type=True))
 
-    def next_dot(self, skey: bytes, local: Object | None, context: Context) -> Dot:
+    def next_dot(self, skey: bytes, local: Object | None, context: Context, *, trust_context: bool = True) -> Dot:
         """A fresh dot for a write of `skey` based on `local` (everything this node holds of the key) and
-        the client's `context`; from a new actor if the current one would claim a forgotten version."""
-        known = max(
-            0 if local is None else local.clock.get(self.actor),
+        the client's `context`; from a new actor if the current one would claim a forgotten version.
+
+        A forgotten version the context names may be claimed (the client saw it), unless `trust_context`
+        is off: a bucket keeping one value needs the timestamp of every version a write replaces, which
+        only a version held here has (objects.py, "One value per key")."""
+        held = 0 if local is None else local.clock.get(self.actor)
+        named = max(
             context.counters().get(self.actor, 0),
             max((d.counter for d in context.dots if d.actor == self.actor), default=0),
         )
-        if self.forgotten.get(skey, 0) > known:
+        if self.forgotten.get(skey, 0) > (max(held, named) if trust_context else held):
             self.new_actor()
-            known = 0
-        self._counter = max(self._counter, known) + 1
+            held = named = 0
+        self._counter = max(self._counter, held, named) + 1
         if self._counter > self._lease_end:
             # Persist the end of a new block before using any counter in it; the lease rides in the
             # same batch as the write that needed it.

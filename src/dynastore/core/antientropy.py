@@ -91,7 +91,9 @@ class AntiEntropyHost(Protocol):
 
     def _stored_key(self, bucket: bytes, key: bytes) -> bytes: ...
 
-    def _merge_into_data(self, bucket: bytes, key: bytes, incoming: Object, lww: bool, now_ms: int) -> None: ...
+    def _keeps_one(self, bucket: bytes) -> bool: ...
+
+    def _merge_into_data(self, bucket: bytes, key: bytes, incoming: Object, one: bool, now_ms: int) -> None: ...
 
     def _register(self, op: AnyOp) -> int: ...
 
@@ -460,8 +462,7 @@ class AntiEntropy:
             # Only what was asked for, and only once: a peer cannot slip other keys in.
             if (item.bucket, item.key) in theirs or node._stored_key(item.bucket, item.key) not in wanted:
                 continue
-            lww = bool(node._props(item.bucket)["last_write_wins"])
-            node._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
+            node._merge_into_data(item.bucket, item.key, item.obj, node._keeps_one(item.bucket), now_ms)
             theirs[(item.bucket, item.key)] = item.obj
         # Send back the merged result of every differing key the peer does not hold already (a key it
         # lacks, or one where this side added something), so both sides end equal. What does not fit
@@ -483,7 +484,7 @@ class AntiEntropy:
                 if held is not None and objects.same(held, obj):
                     continue
                 merged.append(HintItem(parsed.bucket, parsed.key, obj))
-                flags.append(bool(node._props(parsed.bucket)["last_write_wins"]))
+                flags.append(node._keeps_one(parsed.bucket))
                 size += len(raw)
         self.stats.keys_repaired += len(batch)
         if not merged:

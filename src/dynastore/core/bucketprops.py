@@ -31,6 +31,12 @@ def defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
+def keeps_one(props: dict[str, Any]) -> bool:
+    """Whether a bucket with these properties keeps one value per key: last-write-wins, or allow_mult
+    off (objects.py says how each resolves siblings)."""
+    return bool(props["last_write_wins"]) or not bool(props["allow_mult"])
+
+
 # No node's n_val_max setting reaches this: a stored n_val above it came from no honest node.
 N_VAL_LIMIT = 64
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynastore.core import keys, objects, placement
+from dynastore.core import bucketprops, keys, objects, placement
 from dynastore.core.messages import (
     ClientGet,
     ClientListKeys,
@@ -53,7 +53,7 @@ from dynastore.core.objects import Content, Object
 from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
 from dynastore.core.ring import PreferenceList, Target
-from dynastore.core.versions import Context, Dot, Versioned, prune, update
+from dynastore.core.versions import Context, Dot, prune, update
 from dynastore.storage.base import truncated
 
 
@@ -70,8 +70,9 @@ class WritePlan:
     w: int
     dw: int
     pw: int
+    # A last-write-wins bucket: a write replaces whatever its coordinator holds, whatever its context.
     lww: bool
-    # Whether a returned body shows one value only (last-write-wins, or allow_mult off).
+    # The bucket keeps one value per key (last-write-wins, or allow_mult off; objects.py).
     resolve_one: bool
 
 
@@ -105,9 +106,8 @@ class Coordination(NodeBase):
                 Failure("unavailable", f"{len(targets)} healthy replicas ({primaries} primaries): r={r} pr={pr}"),
             )
             return
-        tally = GetTally(targets, r, pr, lww=bool(props["last_write_wins"]))
-        resolve_one = bool(props["last_write_wins"]) or not bool(props["allow_mult"])
-        op = GetOp(origin, req.bucket, req.key, tally, self._timeout(req.timeout_ms, now_ms), resolve_one, plist)
+        tally = GetTally(targets, r, pr, resolve_one=bucketprops.keeps_one(props))
+        op = GetOp(origin, req.bucket, req.key, tally, self._timeout(req.timeout_ms, now_ms), plist)
         self._dispatch_get(op, now_ms)
 
     def _dispatch_get(self, op: GetOp, now_ms: int) -> None:
@@ -150,8 +150,6 @@ class Coordination(NodeBase):
         if objects.is_tombstone(merged) or not merged.siblings:
             return NotFound(context)
         values = objects.live(merged)
-        if op.resolve_one:
-            values = [objects.newest(values)]
         count = len(values)
         self.stats.siblings_histogram[count] = self.stats.siblings_histogram.get(count, 0) + 1
         return Ok(Siblings(tuple(values), context))
@@ -162,13 +160,13 @@ class Coordination(NodeBase):
         merged = op.tally.merged()
         if merged is None:
             return
-        lww = op.tally.lww
+        one = op.tally.resolve_one
         for target in op.tally.repairs():
             self.stats.read_repairs += 1
             if target.node == self.name:
-                self._merge_into_data(op.bucket, op.key, merged, lww, now_ms)
+                self._merge_into_data(op.bucket, op.key, merged, one, now_ms)
             else:
-                self._send(target.node, ReplicaPut(0, op.bucket, op.key, merged, None, lww))
+                self._send(target.node, ReplicaPut(0, op.bucket, op.key, merged, None, one))
 
     def _substitute(
         self, targets: tuple[Target, ...], plist: PreferenceList | None, failed: str, now_ms: int
@@ -264,8 +262,8 @@ class Coordination(NodeBase):
             )
             return
         lww = bool(props["last_write_wins"])
-        resolve_one = lww or not bool(props["allow_mult"])
-        self._coordinate_put(WritePlan(origin, req, plist, targets, mine, w, dw, pw, lww, resolve_one), now_ms)
+        plan = WritePlan(origin, req, plist, targets, mine, w, dw, pw, lww, bucketprops.keeps_one(props))
+        self._coordinate_put(plan, now_ms)
 
     def _forward(self, origin: Origin, req: ClientPut, targets: tuple[Target, ...], now_ms: int) -> None:
         if req.hops >= self.settings.coordinator_forward_retries_max:
@@ -372,7 +370,7 @@ class Coordination(NodeBase):
             # A delete without a context removes what this coordinator knows of; concurrent values it
             # has not seen survive as siblings (nothing acknowledged is silently dropped).
             context = Context() if local is None else local.context()
-        dot = self.actors.next_dot(skey, local, context)
+        dot = self.actors.next_dot(skey, local, context, trust_context=not plan.resolve_one)
         new = self._new_version(plan, local, context, dot, now_ms)
         if len(new.siblings) > self.settings.siblings_max:
             reason = (
@@ -391,7 +389,7 @@ class Coordination(NodeBase):
             return
         if plan.mine.hint_for is None:
             self._store_data(skey, new, self._load("data", skey), now_ms)
-        elif not self._merge_into_hints(plan.mine.hint_for, req.bucket, req.key, new, plan.lww):
+        elif not self._merge_into_hints(plan.mine.hint_for, req.bucket, req.key, new, plan.resolve_one):
             self._answer(plan.origin, Failure("unavailable", "this node's hint store is full"))
             return
         self.actors.recall(skey)
@@ -405,10 +403,9 @@ class Coordination(NodeBase):
             deadline_ms,
             plan.plist,
             new,
-            plan.lww,
+            plan.resolve_one,
             context.after_write(dot),
             req.return_body,
-            plan.resolve_one,
         )
         op_id = self._register(op)
         self._replicate(op_id, op, plan.targets)
@@ -429,9 +426,10 @@ class Coordination(NodeBase):
                 now_us,
                 content.deleted,
             )
-        new = update(local, context, dot, content, now_ms)
-        if plan.lww:
-            new = Versioned(new.clock, ((dot, content),))
+        if plan.resolve_one:
+            new = objects.update_one(local, context, dot, content, now_ms, lww=plan.lww)
+        else:
+            new = update(local, context, dot, content, now_ms)
         return prune(new, self.settings.vclock_prune_entries_max)
 
     def _replicate(self, op_id: int, op: PutOp, targets: tuple[Target, ...]) -> None:
@@ -444,7 +442,7 @@ class Coordination(NodeBase):
         lease = self.actors.durable_after()
         for target in targets:
             if target.node != self.name:
-                msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.lww)
+                msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.resolve_one)
                 self._send(target.node, msg, after=lease)
         self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
 
@@ -469,10 +467,7 @@ class Coordination(NodeBase):
         context = op.obj.context(self.name)
         if objects.is_tombstone(op.obj):
             return NotFound(context)
-        values = objects.live(op.obj)
-        if op.resolve_one:
-            values = [objects.newest(values)]
-        return Ok(Siblings(tuple(values), context))
+        return Ok(Siblings(tuple(objects.live(op.obj)), context))
 
     def _lost_put(self, op_id: int, op: PutOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.tally.acks or peer in op.tally.errors:
@@ -483,7 +478,7 @@ class Coordination(NodeBase):
         op.tally.add_error(peer)
         if substitute is not None:
             op.tally.targets += (substitute,)
-            msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.lww)
+            msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.resolve_one)
             self._send(substitute.node, msg)
         self._advance_put(op_id, op, now_ms)
 
@@ -497,10 +492,10 @@ class Coordination(NodeBase):
         ok = True
         reason = ""
         if msg.hint_for is not None and msg.hint_for != self.name:
-            ok = self._merge_into_hints(msg.hint_for, msg.bucket, msg.key, msg.obj, msg.lww)
+            ok = self._merge_into_hints(msg.hint_for, msg.bucket, msg.key, msg.obj, msg.resolve_one)
             reason = "" if ok else "hint store full"
         else:
-            self._merge_into_data(msg.bucket, msg.key, msg.obj, msg.lww, now_ms)
+            self._merge_into_data(msg.bucket, msg.key, msg.obj, msg.resolve_one, now_ms)
         if msg.req:
             self._send(src, ReplicaPutReply(msg.req, ok, reason))
 

@@ -165,8 +165,7 @@ class Handoff(NodeBase):
         if placement.transition_id(self.cluster.ring) != op.transition:
             return
         for item in msg.items:
-            lww = bool(self._props(item.bucket)["last_write_wins"])
-            self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
+            self._merge_into_data(item.bucket, item.key, item.obj, self._keeps_one(item.bucket), now_ms)
         _, _, count = self._checkpoint(op.transition, op.partition, op.source)
         count += len(msg.items)
         # The checkpoint rides in the same batch as the data it covers: a crash resumes exactly here.
@@ -256,15 +255,15 @@ class Handoff(NodeBase):
                 if not self.controller.admit(now_ms):
                     return
                 items = []
-                lww = []
+                one = []
                 for skey, raw in batch:
                     parsed = keys.decode(skey)
                     items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
-                    lww.append(bool(self._props(parsed.bucket)["last_write_wins"]))
+                    one.append(self._keeps_one(parsed.bucket))
                 op = StrayOp(set(replicas), batch, now_ms + self.settings.request_timeout_ms)
                 op_id = self._register(op)
                 for node in replicas:
-                    self._send(node, HintDelivery(op_id, tuple(items), tuple(lww)))
+                    self._send(node, HintDelivery(op_id, tuple(items), tuple(one)))
                 self._stray_inflight = True
                 self._sweep_cursor = partition
                 return
@@ -320,17 +319,17 @@ class Handoff(NodeBase):
                 return
             sent: list[tuple[bytes, bytes]] = []
             items: list[HintItem] = []
-            lww: list[bool] = []
+            one: list[bool] = []
             for hkey, raw in rows:
                 _, skey = hints.parse(hkey)
                 parsed = keys.decode(skey)
                 sent.append((hkey, raw))
                 items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
-                lww.append(bool(self._props(parsed.bucket)["last_write_wins"]))
+                one.append(self._keeps_one(parsed.bucket))
             op = HintOp(owner, sent, now_ms + self.settings.request_timeout_ms)
             op_id = self._register(op)
             self._hints_inflight.add(owner)
-            self._send(owner, HintDelivery(op_id, tuple(items), tuple(lww)))
+            self._send(owner, HintDelivery(op_id, tuple(items), tuple(one)))
 
     def _end_hints(self, op_id: int, op: HintOp) -> None:
         self._finish(op_id)
@@ -344,8 +343,8 @@ class Handoff(NodeBase):
             self._end_hints(op_id, op)
 
     def _on_hint_delivery(self, src: str, msg: HintDelivery, now_ms: int) -> None:
-        for item, lww in zip(msg.items, msg.lww, strict=False):
-            self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
+        for item, one in zip(msg.items, msg.resolve_one, strict=False):
+            self._merge_into_data(item.bucket, item.key, item.obj, one, now_ms)
         self._send(src, HintDeliveryReply(msg.req, True))
 
     def _on_hint_delivery_reply(self, src: str, msg: HintDeliveryReply, now_ms: int) -> None:

@@ -22,7 +22,9 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # 4: the handshake proves the key both ways and frames carry MACs; JoinReply carries the cluster key;
 # the cluster state carries security metadata. 5: a message larger than a frame travels as fragments;
 # ObjectsReply says how many of the asked keys it served; a listing goes a bounded step at a time.
-PROTOCOL_VERSION = 5
+# 6: ReplicaPut's and HintDelivery's flag (was `lww`) is set for allow_mult=false buckets too: the
+# receiver resolves what it merges to one value (objects.py, "One value per key").
+PROTOCOL_VERSION = 6
 _INT_MAX = COUNTER_MAX
 
 
@@ -176,7 +178,8 @@ class ReplicaPut:
     key: bytes
     obj: Object
     hint_for: str | None
-    lww: bool
+    # The bucket keeps one value per key (last-write-wins, or allow_mult off): resolve once merged.
+    resolve_one: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +233,8 @@ class HintDelivery:
     CODE: ClassVar[int] = 9
     req: int
     items: tuple[HintItem, ...]
-    lww: tuple[bool, ...]
+    # Per item, as ReplicaPut's: its bucket keeps one value per key.
+    resolve_one: tuple[bool, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -179,6 +179,10 @@ class NodeBase(ABC):
             self._props_cache[bucket] = props
         return props
 
+    def _keeps_one(self, bucket: bytes) -> bool:
+        """Whether a bucket keeps one value per key (last-write-wins, or allow_mult off; objects.py)."""
+        return bucketprops.keeps_one(self._props(bucket))
+
     def preference_list(self, bucket: bytes, key: bytes) -> tuple[int, PreferenceList]:
         """The preference list serving a key now (the next ring's once its partition has switched)."""
         partition, where = self.placement_for(bucket, key)
@@ -247,10 +251,11 @@ class NodeBase(ABC):
         elif previous is not None and objects.is_tombstone(previous):
             self._put("reap", skey, None)
 
-    def _merge_into_data(self, bucket: bytes, key: bytes, incoming: Object, lww: bool, now_ms: int) -> None:
+    def _merge_into_data(self, bucket: bytes, key: bytes, incoming: Object, one: bool, now_ms: int) -> None:
+        """Merge `incoming` into this node's copy; `one`: the bucket keeps one value per key."""
         skey = self._stored_key(bucket, key)
         local = self._load("data", skey)
-        merged = _merged(local, incoming, lww)
+        merged = _merged(local, incoming, one)
         if local is None or not objects.same(local, merged):
             # The usual case is a newer version replacing an older one: store the incoming object
             # itself, whose bytes are already known (it arrived as them), rather than an equal copy.
@@ -258,7 +263,7 @@ class NodeBase(ABC):
                 merged = incoming
             self._store_data(skey, merged, local, now_ms)
 
-    def _merge_into_hints(self, owner: str, bucket: bytes, key: bytes, incoming: Object, lww: bool) -> bool:
+    def _merge_into_hints(self, owner: str, bucket: bytes, key: bytes, incoming: Object, one: bool) -> bool:
         """Keep `incoming` as a hint for `owner`; False when the hint store is full (in count or bytes)."""
         skey = self._stored_key(bucket, key)
         hkey = hints.hint_key(owner, skey)
@@ -266,7 +271,7 @@ class NodeBase(ABC):
         local = None if old_raw is None else self._load("hints", hkey)
         if local is None and self._hint_count >= self.settings.hints_max:
             return False
-        merged = _merged(local, incoming, lww)
+        merged = _merged(local, incoming, one)
         if local is not None and objects.same(local, merged):
             return True
         raw = objects.encode(merged)
@@ -351,10 +356,10 @@ class NodeBase(ABC):
         return None if problem is None else Failure("bad_request", problem)
 
 
-def _merged(local: Object | None, incoming: Object, lww: bool) -> Object:
-    """What a copy becomes once `incoming` is merged into it (resolved to one value in a last-write-wins bucket)."""
+def _merged(local: Object | None, incoming: Object, one: bool) -> Object:
+    """What a copy becomes once `incoming` is merged into it (resolved to one value when `one`)."""
     merged = incoming if local is None else merge(local, incoming)
-    return objects.resolve_lww(merged) if lww else merged
+    return objects.resolve(merged) if one else merged
 
 
 def _forward_reply(req: int, response: ClientResponse) -> ForwardPutReply:

@@ -1,16 +1,43 @@
 """Stored objects: the siblings of a key (value, content type, user metadata, last-modified, deleted
-flag), their byte encoding for disk and wire, and the resolution rules of last-write-wins buckets.
+flag), their byte encoding for disk and wire, and the rules of buckets that keep one value per key.
 
 An object on a replica is a `Versioned[Content]` (see versions.py): a clock and the live siblings,
 each with its dot. A delete is a write of a sibling with `deleted=True` (a tombstone): it takes part
 in merges like any value, so a replica that missed the delete cannot bring the old value back.
 Decoding validates everything; a malformed object from disk or from a peer raises ObjectError and is
 never half-applied.
+
+One value per key
+-----------------
+A bucket with `last_write_wins`, or with `allow_mult` off, keeps one sibling per key: wherever a
+write or a merge would leave several, only the newest stays (the latest last-modified time, then the
+greatest dot), and the clock goes on covering all of them. The two differ in what a write replaces:
+a last-write-wins write replaces whatever its coordinator holds, whatever the client's context says;
+with allow_mult off a write replaces what its context covers, and only values concurrent with it are
+left for the timestamps to decide (tombstones included: a delete concurrent with a write is decided
+the same way).
+
+Which value is kept must not depend on the order in which copies meet, or replicas would settle on
+different values. One invariant makes it so: the value a copy keeps is newer than every version its
+clock covers. A copy is then just its clock plus the newest version the clock covers, and a merge is
+the union of the clocks with the newer of the two values, a join whatever the order (the newer value
+is never dropped by versions.merge: the other clock could cover it only by keeping something newer).
+A write keeps the invariant in two ways. Its last-modified time is raised just past that of every
+value it replaces, so a coordinator whose clock runs behind cannot make a value that has seen another
+lose to it. And it replaces only values its coordinator holds: a version that the client's context
+names but the coordinator lacks has a timestamp nobody here knows, so it stays concurrent with the
+write and the timestamps decide (as they would have had the context not named it); for the same
+reason its dot's clock entry, which claims every earlier version of its actor, comes from a new actor
+if this copy lacks one of them (actors.py, `trust_context`). Objects written while a bucket kept
+siblings may not hold the invariant; they are resolved the same way, and their copies still converge
+(a merge only ever adds to what a copy knows), though the value kept may then depend on the order the
+copies met in.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 from collections import OrderedDict
@@ -19,7 +46,7 @@ from typing import Any, Generic, TypeVar
 
 import msgpack
 
-from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Clock, Dot, Versioned
+from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Clock, Context, Dot, Versioned, keep_only, update
 
 FORMAT_VERSION = 1
 K = TypeVar("K")
@@ -93,14 +120,31 @@ def is_tombstone(obj: Object) -> bool:
 
 
 def newest(siblings: list[tuple[Dot, Content]]) -> tuple[Dot, Content]:
-    """Last-write-wins choice: the latest timestamp, then the greatest dot (deterministic)."""
+    """The value a bucket keeping one value keeps: the latest timestamp, then the greatest dot."""
     return max(siblings, key=lambda pair: (pair[1].last_modified_us, pair[0]))
 
 
-def resolve_lww(obj: Object) -> Object:
-    if len(obj.siblings) <= 1:
-        return obj
-    return Versioned(obj.clock, (newest(list(obj.siblings)),))
+def resolve(obj: Object) -> Object:
+    """One value: the newest sibling, with the whole clock (see "One value per key" above)."""
+    return keep_only(obj, newest)
+
+
+def update_one(state: Object | None, context: Context, dot: Dot, content: Content, now_ms: int, *, lww: bool) -> Object:
+    """A coordinator's new state of a key in a bucket keeping one value, once the client's write (or
+    delete) of `content` with `context` is applied as `dot`.
+
+    `state` is everything the coordinator holds of the key. The write replaces all of it when `lww`,
+    else the siblings `context` covers; it is dated just past every value it replaces, and what else
+    remains is resolved to the newest. The clock is `state`'s, advanced by `dot`: versions the context
+    names beyond it stay concurrent with the write (the module docstring says why).
+    """
+    current: Object = state if state is not None else Versioned(Clock(), ())
+    replaced = [(d, c) for d, c in current.siblings if lww or context.covers(d)]
+    floor_us = max((c.last_modified_us + 1 for _, c in replaced), default=0)
+    if content.last_modified_us < floor_us:
+        content = dataclasses.replace(content, last_modified_us=floor_us)
+    held = Context((), frozenset(d for d, _ in replaced))
+    return resolve(update(current, held, dot, content, now_ms))
 
 
 def same(a: Object, b: Object) -> bool:

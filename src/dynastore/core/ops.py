@@ -45,7 +45,6 @@ class GetOp:
     key: bytes
     tally: GetTally
     deadline_ms: int
-    resolve_one: bool
     plist: PreferenceList | None
     replied: bool = False
     # Set for the read that precedes reaping a tombstone: the object every primary must hold.
@@ -65,10 +64,10 @@ class PutOp:
     deadline_ms: int
     plist: PreferenceList
     obj: Object
-    lww: bool
+    # The bucket keeps one value per key: replicas resolve what they merge to it.
+    resolve_one: bool
     reply_context: Context
     return_body: bool
-    resolve_one: bool
     replied: bool = False
 
 

@@ -96,7 +96,7 @@ def _forward_put(limits: Limits, msg: ForwardPut) -> None:
 
 def _hint_delivery(limits: Limits, msg: HintDelivery) -> None:
     _items(limits, msg.items)
-    _need(len(msg.lww) == len(msg.items), "a hint batch needs one flag per item")
+    _need(len(msg.resolve_one) == len(msg.items), "a hint batch needs one flag per item")
 
 
 def _reap(limits: Limits, msg: Reap) -> None:

@@ -76,7 +76,8 @@ class GetTally:
     targets: tuple[Target, ...]
     r: int
     pr: int
-    lww: bool = False
+    # The bucket keeps one value per key: merged() resolves to it (objects.py, "One value per key").
+    resolve_one: bool = False
     results: dict[str, Object | None] = field(default_factory=dict)
     errors: set[str] = field(default_factory=set)
     # The first primary to answer: a write following this read is best coordinated there.
@@ -126,8 +127,8 @@ class GetTally:
             result = found[0]
             for obj in found[1:]:
                 result = merge(result, obj)
-            if self.lww:
-                result = objects.resolve_lww(result)
+            if self.resolve_one:
+                result = objects.resolve(result)
         self._merged = (len(self.results), result)
         return result
 

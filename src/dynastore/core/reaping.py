@@ -59,7 +59,7 @@ class Reaping(NodeBase):
             targets = tuple(Target(p, True) for p in primaries)
             tally = GetTally(targets, len(targets), len(targets))
             deadline_ms = now_ms + self.settings.request_timeout_ms
-            op = GetOp(None, parsed.bucket, parsed.key, tally, deadline_ms, False, None)
+            op = GetOp(None, parsed.bucket, parsed.key, tally, deadline_ms, None)
             op.reap = local
             self._dispatch_get(op, now_ms)
 

@@ -254,7 +254,7 @@ def discard_older(state: Versioned[T], context: Context) -> Versioned[T]:
 
 
 def keep_only(state: Versioned[T], choose: Callable[[list[tuple[Dot, T]]], tuple[Dot, T]]) -> Versioned[T]:
-    """Keep one sibling, picked by `choose` (last-write-wins), with the whole clock."""
+    """Keep one sibling, picked by `choose` (buckets keeping one value, objects.py), with the whole clock."""
     if len(state.siblings) <= 1:
         return state
     return Versioned(state.clock, (choose(list(state.siblings)),))

@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--seeds", type=_seed_range, help="sweep seeds A..B")
     parser.add_argument("--safety-ms", type=int, default=12_000)
     parser.add_argument("--lww", action="store_true", help="use last-write-wins buckets (the checker must find losses)")
+    parser.add_argument(
+        "--no-allow-mult",
+        dest="allow_mult",
+        action="store_false",
+        help="use allow_mult=false buckets, one value per key (the checker must find losses)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--quiet", action="store_true", help="with --seed: no trace")
     args = parser.parse_args(argv)
@@ -35,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         settings[name] = value
     if args.seed is not None:
         result = run_seed(
-            args.seed, Options(safety_ms=args.safety_ms, lww=args.lww, settings=settings, trace=not args.quiet)
+            args.seed,
+            Options(
+                safety_ms=args.safety_ms,
+                lww=args.lww,
+                allow_mult=args.allow_mult,
+                settings=settings,
+                trace=not args.quiet,
+            ),
         )
         for line in result.trace:
             print(line)
@@ -44,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     started = time.monotonic()
     for seed in args.seeds:
-        result = run_seed(seed, Options(safety_ms=args.safety_ms, lww=args.lww, settings=settings))
+        result = run_seed(
+            seed, Options(safety_ms=args.safety_ms, lww=args.lww, allow_mult=args.allow_mult, settings=settings)
+        )
         if not result.ok:
             failed.append(seed)
             print(result.summary(), flush=True)

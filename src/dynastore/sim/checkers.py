@@ -18,6 +18,13 @@ applied) or unknown (may or may not have been applied: timeouts and most failure
   live sibling, or some attempted write's context covered it. A clock that claims a version its copy
   lost is exactly how a version vector drops an acknowledged write on the next merge.
 
+A bucket keeping one value per key (last-write-wins, or allow_mult off) drops, by design, every write
+that loses to a concurrent newer one (core/objects.py), so the set checker finds lost elements there,
+and the register checker judges them with `one_value`: a register ends with exactly one value, one
+that was attempted, once any write to it was acknowledged. The copies checker does not apply: a copy
+need not hold a write that lost, and pruning may drop the clock entry of one (which is harmless there:
+should it come back from a stale copy, it loses again).
+
 Pure: histories in, verdicts out.
 """
 
@@ -96,7 +103,9 @@ class RegisterVerdict:
         return not self.lost and not self.unexpected
 
 
-def check_registers(writes: Iterable[RegisterWrite], final: dict[str, list[tuple[Dot, bytes]]]) -> RegisterVerdict:
+def check_registers(
+    writes: Iterable[RegisterWrite], final: dict[str, list[tuple[Dot, bytes]]], *, one_value: bool = False
+) -> RegisterVerdict:
     writes = list(writes)
     verdict = RegisterVerdict(
         acknowledged=sum(1 for w in writes if w.outcome == OK),
@@ -107,6 +116,13 @@ def check_registers(writes: Iterable[RegisterWrite], final: dict[str, list[tuple
         for _, value in siblings:
             if (key, value) not in attempted_values:
                 verdict.unexpected.append(f"{key}={value!r}")
+        if one_value and len(siblings) > 1:
+            verdict.unexpected.append(f"{key} holds {len(siblings)} values")
+    if one_value:
+        # Any acknowledged write may have lost to a concurrent newer one, but not all of them to nothing.
+        acked = sorted({w.key for w in writes if w.outcome == OK})
+        verdict.lost = [f"{key}: every value" for key in acked if not final.get(key)]
+        return verdict
     for w in writes:
         if w.outcome != OK or w.dot is None:
             continue
