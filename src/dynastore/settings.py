@@ -107,6 +107,11 @@ class Settings:
     # past this many bytes of keys the node takes a new actor instead (see coordination.py).
     forgotten_dots_bytes_max: int = 4 * 1024 * 1024
 
+    # Every stored copy is re-read (its checksum verified) once per this interval, in steps of at most
+    # scrub_batch_bytes_max admitted by the background controller (see core/scrub.py).
+    scrub_interval_ms: int = 24 * 3_600_000
+    scrub_batch_bytes_max: int = 4 * 1024 * 1024
+
     # --- Deletes ---------------------------------------------------------------------------------------
     tombstone_grace_ms: int = 60_000
     reap_interval_ms: int = 10_000
@@ -293,7 +298,14 @@ def _validate(s: Settings) -> None:
         s.http_body_buffer_bytes_max >= s.object_bytes_max + 64 * 1024,
         "http_body_buffer_bytes_max must hold one request body (object_bytes_max and 64 KiB)",
     )
-    for name in ("list_page_keys_max", "list_page_bytes_max", "list_result_bytes_max", "anti_entropy_batch_bytes_max"):
+    for name in (
+        "list_page_keys_max",
+        "list_page_bytes_max",
+        "list_result_bytes_max",
+        "anti_entropy_batch_bytes_max",
+        "scrub_interval_ms",
+        "scrub_batch_bytes_max",
+    ):
         need(getattr(s, name) >= 1, f"{name} must be positive")
     need(s.hints_max >= 0, "hints_max must not be negative")
     need(s.tombstone_grace_ms >= 0, "tombstone_grace_ms must not be negative")

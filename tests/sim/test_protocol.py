@@ -50,7 +50,7 @@ def local(c: SimCluster, node: str, key: bytes, bucket: bytes = b"b") -> objects
     core = c.core(node)
     skey = keys.encode(core.ring.partition_of(bucket, key), bucket, key)
     raw = core.engine.get("data", skey)
-    return None if raw is None else objects.decode(raw)
+    return None if raw is None else objects.decode_stored(raw)
 
 
 def test_a_cluster_forms_by_joining_and_every_node_owns_partitions() -> None:

@@ -154,7 +154,12 @@ class Actors:
         of the current actor it held, so the next write of this key here knows what it lacks."""
         if raw is None:
             return
-        counter = objects.decode(raw).clock.get(self.actor)
+        try:
+            counter = objects.decode_stored(raw).clock.get(self.actor)
+        except objects.CorruptCopy:
+            # What it held cannot be known: name the next versions with a fresh actor.
+            self.new_actor()
+            return
         if counter == 0:
             return
         if skey not in self.forgotten:

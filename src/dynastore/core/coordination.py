@@ -587,7 +587,11 @@ class Coordination(NodeBase):
         prefix = keys.bucket_prefix(partition, bucket)
         start = prefix + after + b"\x00" if after else prefix
         rows = self._scan("data", start, keys.prefix_end(prefix), limit, settings.list_page_bytes_max)
-        live = [keys.decode(skey).key for skey, raw in rows if not objects.is_tombstone(objects.decode(raw))]
+        live = [
+            keys.decode(skey).key
+            for skey, raw in rows
+            if (obj := self._decode_copy("data", skey, raw)) is not None and not objects.is_tombstone(obj)
+        ]
         last = keys.decode(rows[-1][0]).key if rows else after
         return live, last, not truncated(rows, limit, settings.list_page_bytes_max)
 

@@ -151,9 +151,11 @@ class Handoff(NodeBase):
         items: list[HintItem] = []
         last = msg.after
         for skey, raw in rows:
-            parsed = keys.decode(skey)
-            items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
             last = skey
+            obj = self._decode_copy("data", skey, raw)
+            if obj is not None:
+                parsed = keys.decode(skey)
+                items.append(HintItem(parsed.bucket, parsed.key, obj))
         done = not truncated(rows, limit, bytes_max)
         self._send(src, HandoffBatch(msg.req, msg.transfer, msg.partition, tuple(items), last, done))
 
@@ -248,6 +250,8 @@ class Handoff(NodeBase):
                 here = placement.placement(self.cluster.ring, partition, n_val)
                 if self.name in here.plist.primary_nodes or self.name in here.receivers:
                     continue
+                if self._decode_copy("data", skey, raw) is None:
+                    continue
                 replicas = tuple(n for n in here.plist.primary_nodes if n != self.name)
                 by_targets.setdefault(replicas, []).append((skey, raw))
             for replicas, batch in by_targets.items():
@@ -259,7 +263,7 @@ class Handoff(NodeBase):
                 lww = []
                 for skey, raw in batch:
                     parsed = keys.decode(skey)
-                    items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                    items.append(HintItem(parsed.bucket, parsed.key, objects.decode_stored(raw)))
                     lww.append(bool(self._props(parsed.bucket)["last_write_wins"]))
                 op = StrayOp(set(replicas), batch, now_ms + self.settings.request_timeout_ms)
                 op_id = self._register(op)
@@ -322,10 +326,13 @@ class Handoff(NodeBase):
             items: list[HintItem] = []
             lww: list[bool] = []
             for hkey, raw in rows:
+                obj = self._decode_copy("hints", hkey, raw)
+                if obj is None:
+                    continue
                 _, skey = hints.parse(hkey)
                 parsed = keys.decode(skey)
                 sent.append((hkey, raw))
-                items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                items.append(HintItem(parsed.bucket, parsed.key, obj))
                 lww.append(bool(self._props(parsed.bucket)["last_write_wins"]))
             op = HintOp(owner, sent, now_ms + self.settings.request_timeout_ms)
             op_id = self._register(op)

@@ -128,6 +128,7 @@ from dynastore.core.ops import (
 )
 from dynastore.core.quorum import QuorumError
 from dynastore.core.reaping import Reaping
+from dynastore.core.scrub import Scrub
 from dynastore.settings import Settings
 from dynastore.storage.base import Engine
 
@@ -149,7 +150,7 @@ __all__ = [
 ]
 
 
-class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
+class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, NodeBase):
     """One node's protocol state machine. See the module docstring."""
 
     def __init__(
@@ -177,6 +178,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self._init_cluster(Member(name, host, peer_port, http_port, weight, "valid", 1, tls), now_ms)
         self._init_handoff(now_ms)
         self._init_reaping(now_ms)
+        self._init_scrub(now_ms)
         # Buffered mode syncs its engine this often (a batch says when); durable engines sync every batch.
         self._next_sync_ms = now_ms + settings.buffered_sync_interval_ms
         self._sync_due = False
@@ -226,6 +228,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             self._next_heartbeat_ms,
             self._next_hint_scan_ms,
             self._next_reap_ms,
+            self._scrub_deadline_ms(),
             self._next_transfer_ms,
             self._next_stray_ms,
             self.aae.next_deadline_ms(),
@@ -313,6 +316,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self._tick_membership(now_ms)
         self._tick_hints(now_ms)
         self._tick_reaping(now_ms)
+        self._tick_scrub(now_ms)
         self._tick_transfers(now_ms)
         if self._tick_strays(now_ms):
             self._maybe_exit(now_ms)
@@ -456,6 +460,10 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             "transfers_completed_total": s.transfers_completed,
             "strays_handed_off_total": s.strays_handed_off,
             "strangers_dropped_total": s.strangers_dropped,
+            "storage_corrupt_copies_total": s.corrupt_copies,
+            "scrub_copies_total": s.scrubbed_copies,
+            "scrub_passes_total": s.scrub_passes,
+            "scrub_copies_upgraded_total": s.scrub_upgraded,
             "ring_transition": self.cluster.ring.next_owners is not None,
             "aae_exchanges_total": self.aae.stats.exchanges,
             "aae_exchanges_with_differences_total": self.aae.stats.exchanges_with_differences,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynastore.core.effects import Log
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
 from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCore, Reply, Send
 from dynastore.core.nodebase import StartupError
@@ -358,6 +359,8 @@ class NodeRuntime:
                 if effect.dst == self.config.name and effect.address is None:
                     continue
                 transport.send(effect.dst, effect.msg, effect.address)
+            elif isinstance(effect, Log):
+                log.log(logging.getLevelName(effect.level.upper()), "%s", effect.text)
             elif not self.stopping.is_set():
                 log.info("%s; stopping", effect.reason)
                 self.stopping.set()

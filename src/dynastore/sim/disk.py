@@ -59,6 +59,16 @@ class SimDisk:
     def close(self) -> None:
         return
 
+    def rot(self, area: str, key: bytes, index: int) -> None:
+        """A byte of a stored record flips on disk (bit 0 of byte `index` of its value), as a failing
+        medium does: what is read back, now and after a crash, is the flipped record."""
+        for engine in (self._view, self._synced):
+            raw = engine.get(area, key)
+            assert raw is not None, (area, key)
+            flipped = bytearray(raw)
+            flipped[index] ^= 1
+            engine.write([Op(area, key, bytes(flipped))])
+
     def lose_unsynced(self) -> int:
         """A crash: whatever was not synced is gone. Returns how many operations were lost."""
         lost = len(self._volatile)

@@ -506,7 +506,7 @@ class Simulation:
                     raw = c.core(replica).engine.get("data", keys.encode(partition, bucket, key.encode()))
                     # Compare versions (what anti-entropy compares), not bytes: clock entry timestamps
                     # are bookkeeping for pruning and may differ between replicas holding the same versions.
-                    versions.add(None if raw is None else merkle.summary(objects.decode(raw)))
+                    versions.add(None if raw is None else merkle.summary(objects.decode_stored(raw)))
                 if len(versions) > 1:
                     problems.append(f"replicas of {bucket.decode()}/{key} differ")
         for partition in range(c.core("n0").ring.size):
@@ -532,7 +532,7 @@ class Simulation:
                     skey = keys.encode(ring.partition_of(bucket, key.encode()), bucket, key.encode())
                     stored = [node.engine.durable_get("data", skey)]
                     stored += [node.engine.durable_get("hints", hints.hint_key(owner, skey)) for owner in c.nodes]
-                    by_key[key] = [objects.decode(raw) for raw in stored if raw is not None]
+                    by_key[key] = [objects.decode_stored(raw) for raw in stored if raw is not None]
             out[name] = by_key
         return out
 
