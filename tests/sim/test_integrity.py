@@ -11,6 +11,7 @@ from dynastore.core.objects import Content
 from dynastore.settings import Settings
 from dynastore.sim.cluster import SimCluster
 from dynastore.sim.disk import SimDisk
+from dynastore.storage.base import Op
 
 BASE = Settings(ring_size=16, hinted_handoff_enabled=False, anti_entropy_segments_count=64)
 VALUE = b"the value that must survive " * 8
@@ -117,9 +118,7 @@ def test_copies_written_before_checksums_read_as_before_and_the_scrub_gives_them
         assert c.core(name).stats.corrupt_copies == 0
 
 
-def objects_op(c: SimCluster, raw: bytes) -> "Op":
-    from dynastore.storage.base import Op
-
+def objects_op(c: SimCluster, raw: bytes) -> Op:
     return Op("data", skey(c, b"k"), raw)
 
 
