@@ -87,7 +87,7 @@ class LmdbEngine:
         self.durable = durable
         self._lock = DirectoryLock.acquire(path)
         try:
-            with _lmdb_errors(f"open of {path}"):
+            with _lmdb_errors(f"open of {path / 'data.mdb'}"):
                 self._env: lmdb.Environment | None = lmdb.open(
                     str(path),
                     map_size=map_size_bytes,
