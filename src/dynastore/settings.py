@@ -112,6 +112,11 @@ class Settings:
     scrub_interval_ms: int = 24 * 3_600_000
     scrub_batch_bytes_max: int = 4 * 1024 * 1024
 
+    # Writes are refused (they go to other replicas) once what the disk can take falls below this;
+    # deletes still go into the reserve down to a quarter of it. Space is measured this often.
+    storage_reserve_bytes: int = 128 * 1024 * 1024
+    storage_check_interval_ms: int = 1000
+
     # --- Deletes ---------------------------------------------------------------------------------------
     tombstone_grace_ms: int = 60_000
     reap_interval_ms: int = 10_000
@@ -305,9 +310,11 @@ def _validate(s: Settings) -> None:
         "anti_entropy_batch_bytes_max",
         "scrub_interval_ms",
         "scrub_batch_bytes_max",
+        "storage_check_interval_ms",
     ):
         need(getattr(s, name) >= 1, f"{name} must be positive")
     need(s.hints_max >= 0, "hints_max must not be negative")
+    need(s.storage_reserve_bytes >= 0, "storage_reserve_bytes must not be negative")
     need(s.tombstone_grace_ms >= 0, "tombstone_grace_ms must not be negative")
     for name, value in s.as_dict().items():
         if isinstance(value, int) and not isinstance(value, bool) and name.endswith(("_max", "_count")):

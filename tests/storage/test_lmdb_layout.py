@@ -10,7 +10,7 @@ import lmdb
 import pytest
 
 from dynastore.storage import StorageError
-from dynastore.storage.base import AREAS, Op
+from dynastore.storage.base import AREAS, NoSpaceError, Op
 from dynastore.storage.lmdb_engine import LmdbEngine
 from dynastore.storage.lmdb_layout import encode_group
 
@@ -145,3 +145,31 @@ def test_a_data_directory_of_a_later_layout_is_refused_in_one_line(tmp_path: Pat
     env.close()
     with pytest.raises(StorageError, match="has storage layout 3; this dynastore reads layouts 1 to 2"):
         LmdbEngine(path)
+
+
+def test_the_map_grows_by_itself_up_to_its_maximum_then_a_batch_is_refused_whole_and_deletes_free_room(
+    tmp_path: Path,
+) -> None:
+    """From a 1 MiB map with a 16 MiB maximum: 8 MiB of values fit (the map doubled); past the
+    maximum a batch raises NoSpaceError and leaves nothing of itself; reads go on, deletes are
+    taken, and the room they free takes a new batch."""
+    engine = LmdbEngine(tmp_path / "store", durable=False, map_size_bytes=16 << 20, map_initial_bytes=1 << 20)
+    try:
+        value = b"v" * 100_000
+        for i in range(80):
+            engine.write([Op("data", b"k%03d" % i, value)])
+        assert engine.count("data") == 80
+        with pytest.raises(NoSpaceError):
+            for i in range(80, 400):
+                engine.write([Op("data", b"k%03d" % i, value), Op("meta", b"marker%d" % i, b"m")])
+        stopped = engine.count("data")
+        assert engine.count("meta") == stopped - 80
+        assert engine.get("data", b"k000") == value
+        space = engine.space()
+        assert space is not None and space.free_bytes < 1 << 20
+        engine.write([Op("data", b"k%03d" % i, None) for i in range(40)])
+        assert engine.space().free_bytes > 3 << 20  # type: ignore[union-attr]
+        engine.write([Op("data", b"again%d" % i, value) for i in range(20)])
+        assert engine.get("data", b"again19") == value
+    finally:
+        engine.close()

@@ -168,6 +168,15 @@ class Actors:
         if self.forgotten_bytes > self._forgotten_max:
             self.new_actor()
 
+    def written_elsewhere(self, skey: bytes, counter: int) -> None:
+        """This actor's version `counter` of `skey` was written to other nodes only (this node's disk
+        was full): like a deleted copy, the next write of the key here must know it or take a new actor."""
+        if skey not in self.forgotten:
+            self.forgotten_bytes += len(skey) + FORGOTTEN_ENTRY_BYTES
+        self.forgotten[skey] = max(counter, self.forgotten.get(skey, 0))
+        if self.forgotten_bytes > self._forgotten_max:
+            self.new_actor()
+
     def recall(self, skey: bytes) -> None:
         """A copy of `skey` holding the current actor's newest version of it is staged: nothing of this
         actor is forgotten for the key any more."""

@@ -95,6 +95,8 @@ class AntiEntropyHost(Protocol):
 
     def _decode_copy(self, area: str, key: bytes, raw: bytes) -> Object | None: ...
 
+    def _refuses(self, *, delete: bool) -> bool: ...
+
     def _stored_key(self, bucket: bytes, key: bytes) -> bytes: ...
 
     def _merge_into_data(self, bucket: bytes, key: bytes, incoming: Object, lww: bool, now_ms: int) -> None: ...
@@ -489,6 +491,10 @@ class AntiEntropy:
         limit = node.settings.anti_entropy_keys_batch_max
         asked = min(limit, len(op.differing))
         if not 1 <= msg.served <= asked:
+            self.abandon(msg.req)
+            return
+        if node._refuses(delete=False):
+            # No room on this disk: the exchange waits for a later round (diskspace.py).
             self.abandon(msg.req)
             return
         batch, op.differing = op.differing[: msg.served], op.differing[msg.served :]

@@ -30,12 +30,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dynastore.core import keys, objects, placement
+from dynastore.core.diskspace import DISK_FULL
 from dynastore.core.messages import (
     ClientGet,
     ClientListKeys,
     ClientPut,
     ClientResponse,
     Failure,
+    FailureKind,
     ForwardPut,
     ForwardPutReply,
     ListKeys,
@@ -64,9 +66,10 @@ class WritePlan:
     origin: Origin
     request: ClientPut
     plist: PreferenceList
-    # The first N healthy nodes (and the partition's new owners during a transfer); `mine` is this node.
+    # The first N healthy nodes (and the partition's new owners during a transfer); `mine` is this node
+    # (None: this node keeps no copy, its disk being full).
     targets: tuple[Target, ...]
-    mine: Target
+    mine: Target | None
     w: int
     dw: int
     pw: int
@@ -166,7 +169,8 @@ class Coordination(NodeBase):
         for target in op.tally.repairs():
             self.stats.read_repairs += 1
             if target.node == self.name:
-                self._merge_into_data(op.bucket, op.key, merged, lww, now_ms)
+                if not self._refuses(delete=objects.is_tombstone(merged)):
+                    self._merge_into_data(op.bucket, op.key, merged, lww, now_ms)
             else:
                 self._send(target.node, ReplicaPut(0, op.bucket, op.key, merged, None, lww))
 
@@ -254,22 +258,36 @@ class Coordination(NodeBase):
         if mine is None:
             self._forward(origin, req, targets, now_ms)
             return
+        full_here = self._refuses(delete=req.content is None)
+        if full_here:
+            # No room on this node's disk: for this write it is a down primary, and a fallback keeps
+            # its copy as a hint (diskspace.py). It still coordinates: it holds what the key was.
+            self.stats.writes_refused_full += 1
+            healthy = healthy - {self.name}
+            targets = plist.targets(healthy)
+            mine = None
         # While the key's partition moves, its new owners get every write too.
         chosen = {t.node for t in targets}
         targets += tuple(Target(n, False) for n in where.receivers if n in healthy and n not in chosen)
         if len(targets) < max(w, dw) or sum(1 for t in targets if t.primary) < pw:
-            self._answer(
-                origin,
-                Failure("unavailable", f"{len(targets)} healthy replicas cannot satisfy w={w} dw={dw} pw={pw}"),
-            )
+            kind: FailureKind = "insufficient_storage" if full_here else "unavailable"
+            with_room = " with room" if full_here else ""
+            reason = f"{len(targets)} healthy replicas{with_room} cannot satisfy w={w} dw={dw} pw={pw}"
+            self._answer(origin, Failure(kind, reason))
             return
         lww = bool(props["last_write_wins"])
         resolve_one = lww or not bool(props["allow_mult"])
+        if not targets:
+            self._answer(origin, Failure("insufficient_storage", "no node with room on its disk holds this key"))
+            return
         self._coordinate_put(WritePlan(origin, req, plist, targets, mine, w, dw, pw, lww, resolve_one), now_ms)
 
     def _forward(self, origin: Origin, req: ClientPut, targets: tuple[Target, ...], now_ms: int) -> None:
         if req.hops >= self.settings.coordinator_forward_retries_max:
-            self._answer(origin, Failure("unavailable", "no coordinator accepted the write"))
+            if self._refuses(delete=req.content is None):
+                self._answer(origin, Failure("insufficient_storage", "no coordinator had room on its disk"))
+            else:
+                self._answer(origin, Failure("unavailable", "no coordinator accepted the write"))
             return
         nodes = [t.node for t in targets]
         preferred = req.context.coordinator if req.context is not None else None
@@ -389,12 +407,17 @@ class Coordination(NodeBase):
             )
             self._answer(plan.origin, Failure("too_large", reason))
             return
-        if plan.mine.hint_for is None:
+        if plan.mine is None:
+            # The new version lives on other nodes only: this actor must never claim it unseen here.
+            self.actors.written_elsewhere(skey, dot.counter)
+        elif plan.mine.hint_for is None:
             self._store_data(skey, new, self._load("data", skey), now_ms)
+            self.actors.recall(skey)
         elif not self._merge_into_hints(plan.mine.hint_for, req.bucket, req.key, new, plan.lww):
             self._answer(plan.origin, Failure("unavailable", "this node's hint store is full"))
             return
-        self.actors.recall(skey)
+        else:
+            self.actors.recall(skey)
         tally = PutTally(plan.targets, plan.w, plan.dw, plan.pw)
         deadline_ms = self._timeout(req.timeout_ms, now_ms)
         op = PutOp(
@@ -446,7 +469,8 @@ class Coordination(NodeBase):
             if target.node != self.name:
                 msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.lww)
                 self._send(target.node, msg, after=lease)
-        self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
+        if any(target.node == self.name for target in targets):
+            self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
 
     def _advance_put(self, op_id: int, op: PutOp, now_ms: int, *, durable_here: bool = False) -> None:
         """Answer once the tally decides. `durable_here`: every acknowledgement counted is of a durable
@@ -457,6 +481,9 @@ class Coordination(NodeBase):
             after = 0 if durable_here else None
             if decision == OK:
                 self._answer(op.origin, self._write_response(op), after=after)
+            elif op.full_replicas:
+                reason = f"write not acknowledged: {op.tally.shortfall()}; {op.full_replicas} replicas' disks are full"
+                self._answer(op.origin, Failure("insufficient_storage", reason), after=after)
             else:
                 failure = Failure("unavailable", f"write not acknowledged: {op.tally.shortfall()}")
                 self._answer(op.origin, failure, after=after)
@@ -477,6 +504,10 @@ class Coordination(NodeBase):
     def _lost_put(self, op_id: int, op: PutOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.tally.acks or peer in op.tally.errors:
             return
+        self._replace_target(op_id, op, peer, now_ms)
+        self._advance_put(op_id, op, now_ms)
+
+    def _replace_target(self, op_id: int, op: PutOp, peer: str, now_ms: int) -> None:
         # Always writeable: a target found dead mid-write is replaced by the next healthy
         # fallback, which keeps the write as a hint for the node it stands in for.
         substitute = self._substitute(op.tally.targets, op.plist, peer, now_ms)
@@ -485,7 +516,6 @@ class Coordination(NodeBase):
             op.tally.targets += (substitute,)
             msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.lww)
             self._send(substitute.node, msg)
-        self._advance_put(op_id, op, now_ms)
 
     def _expire_put(self, op_id: int, op: PutOp, now_ms: int) -> None:
         self._finish(op_id)
@@ -496,6 +526,11 @@ class Coordination(NodeBase):
     def _on_replica_put(self, src: str, msg: ReplicaPut, now_ms: int) -> None:
         ok = True
         reason = ""
+        if self._refuses(delete=objects.is_tombstone(msg.obj)):
+            self.stats.writes_refused_full += 1
+            if msg.req:
+                self._send(src, ReplicaPutReply(msg.req, False, DISK_FULL))
+            return
         if msg.hint_for is not None and msg.hint_for != self.name:
             ok = self._merge_into_hints(msg.hint_for, msg.bucket, msg.key, msg.obj, msg.lww)
             reason = "" if ok else "hint store full"
@@ -509,8 +544,12 @@ class Coordination(NodeBase):
         if isinstance(op, PutOp):
             if msg.ok:
                 op.tally.ack(src)
-            else:
-                op.tally.add_error(src)
+            elif src not in op.tally.errors:
+                # A replica that could not take the copy (its disk or hint store is full) is, for this
+                # write, a lost target: the next healthy fallback takes the copy instead.
+                if msg.reason == DISK_FULL:
+                    op.full_replicas += 1
+                self._replace_target(msg.req, op, src, now_ms)
             # Every acknowledgement the tally counts is of a durable copy (this node's own included,
             # see `_local_put_durable`): the answer depends on nothing staged here.
             self._advance_put(msg.req, op, now_ms, durable_here=True)

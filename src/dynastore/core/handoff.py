@@ -166,6 +166,11 @@ class Handoff(NodeBase):
         self._end_pull(msg.req, op)
         if placement.transition_id(self.cluster.ring) != op.transition:
             return
+        if msg.items and self._refuses(delete=False):
+            # No room: the pull resumes from its checkpoint once there is (diskspace.py).
+            self.stats.writes_refused_full += 1
+            self._next_transfer_ms = min(self._next_transfer_ms, now_ms + self.settings.handoff_retry_ms)
+            return
         for item in msg.items:
             lww = bool(self._props(item.bucket)["last_write_wins"])
             self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
@@ -351,6 +356,11 @@ class Handoff(NodeBase):
             self._end_hints(op_id, op)
 
     def _on_hint_delivery(self, src: str, msg: HintDelivery, now_ms: int) -> None:
+        if any(self._refuses(delete=objects.is_tombstone(item.obj)) for item in msg.items):
+            # No room: the sender keeps its copies and tries again later (diskspace.py).
+            self.stats.writes_refused_full += 1
+            self._send(src, HintDeliveryReply(msg.req, False))
+            return
         for item, lww in zip(msg.items, msg.lww, strict=False):
             self._merge_into_data(item.bucket, item.key, item.obj, lww, now_ms)
         self._send(src, HintDeliveryReply(msg.req, True))

@@ -22,7 +22,8 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # 4: the handshake proves the key both ways and frames carry MACs; JoinReply carries the cluster key;
 # the cluster state carries security metadata. 5: a message larger than a frame travels as fragments;
 # ObjectsReply says how many of the asked keys it served; a listing goes a bounded step at a time.
-# 6: anti-entropy summaries cover the siblings' values (merkle.SUMMARY_VERSION 2).
+# 6: anti-entropy summaries cover the siblings' values (merkle.SUMMARY_VERSION 2); a forwarded write
+# may fail as insufficient_storage.
 PROTOCOL_VERSION = 6
 _INT_MAX = COUNTER_MAX
 
@@ -34,12 +35,23 @@ class PeerError(ValueError):
 # --- Failure kinds ---------------------------------------------------------------------------------
 
 # Why a request could not be done: malformed input, an object or a listing too large, too many
-# siblings, not enough replicas reachable, no answer in time, more requests than the node takes.
-FailureKind = Literal["bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload"]
+# siblings, not enough replicas reachable, no answer in time, more requests than the node takes, not
+# enough replicas with room on their disks.
+FailureKind = Literal[
+    "bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload", "insufficient_storage"
+]
 FAILURE_KINDS: tuple[FailureKind, ...] = typing.get_args(FailureKind)
 # What a forwarded write's coordinator answers: done, done and the key is deleted, or a failure.
 ForwardStatus = Literal[
-    "ok", "notfound", "bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload"
+    "ok",
+    "notfound",
+    "bad_request",
+    "too_large",
+    "too_many_siblings",
+    "unavailable",
+    "timeout",
+    "overload",
+    "insufficient_storage",
 ]
 FORWARD_STATUSES: tuple[ForwardStatus, ...] = typing.get_args(ForwardStatus)
 assert set(FORWARD_STATUSES) == {"ok", "notfound", *FAILURE_KINDS}

@@ -62,6 +62,7 @@ from dynastore.core.bucketprops import BUCKET_PROPS
 from dynastore.core.clusterops import ClusterOps
 from dynastore.core.controller import BackgroundController
 from dynastore.core.coordination import Coordination
+from dynastore.core.diskspace import DiskSpace
 from dynastore.core.effects import (
     AdminRequest,
     Batch,
@@ -150,7 +151,7 @@ __all__ = [
 ]
 
 
-class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, NodeBase):
+class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, NodeBase):
     """One node's protocol state machine. See the module docstring."""
 
     def __init__(
@@ -179,6 +180,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, NodeBase):
         self._init_handoff(now_ms)
         self._init_reaping(now_ms)
         self._init_scrub(now_ms)
+        self._init_space()
         # Buffered mode syncs its engine this often (a batch says when); durable engines sync every batch.
         self._next_sync_ms = now_ms + settings.buffered_sync_interval_ms
         self._sync_due = False
@@ -213,6 +215,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, NodeBase):
         coordinates whose copies it held count this node's acknowledgement."""
         number = self.store.taken
         self.store.mark_written(number)
+        self._space_failed = False
         effects = self.outbox.written(number)
         self._own_copies_durable(number, self.now_hint_ms)
         return effects + self.outbox.take_free()
@@ -461,6 +464,10 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, NodeBase):
             "strays_handed_off_total": s.strays_handed_off,
             "strangers_dropped_total": s.strangers_dropped,
             "storage_corrupt_copies_total": s.corrupt_copies,
+            "storage_used_bytes": None if self.space is None else self.space.used_bytes,
+            "storage_free_bytes": None if self.space is None else self.space.free_bytes,
+            "storage_full": self.space_full,
+            "storage_writes_refused_total": s.writes_refused_full,
             "scrub_copies_total": s.scrubbed_copies,
             "scrub_passes_total": s.scrub_passes,
             "scrub_copies_upgraded_total": s.scrub_upgraded,

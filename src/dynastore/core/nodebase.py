@@ -68,6 +68,8 @@ class Stats:
     strangers_dropped: int = 0
     # Stored copies that failed their checksum or did not decode (discarded, repaired from replicas).
     corrupt_copies: int = 0
+    # Writes this node turned away because its disk is (nearly) full (diskspace.py).
+    writes_refused_full: int = 0
     # The scrub: copies it re-read, passes it finished, copies it rewrote with a checksum.
     scrubbed_copies: int = 0
     scrub_passes: int = 0
@@ -164,6 +166,10 @@ class NodeBase(ABC):
     @abstractmethod
     def _finish_reap(self, op: GetOp, now_ms: int) -> None:
         """Reap a tombstone once the read that preceded it is complete (reaping.py)."""
+
+    @abstractmethod
+    def _refuses(self, *, delete: bool) -> bool:
+        """Whether a write (a delete: `delete`) must not be staged here for lack of room (diskspace.py)."""
 
     # --- Queries: bucket properties, placement, health -------------------------------------------------
 

@@ -70,6 +70,8 @@ class PutOp:
     return_body: bool
     resolve_one: bool
     replied: bool = False
+    # Targets that answered they have no room (diskspace.py): a failed write then says so (507).
+    full_replicas: int = 0
 
 
 @dataclass

@@ -364,6 +364,7 @@ class SimCluster:
             return
         node.committing = None
         write_batch(node.engine, batch)
+        node.core.observe_space(node.engine.space())
         self._perform(item.dst, node.core.batch_written())
         if node.core is not None and node.core.has_pending:
             self._flush(item.dst)
