@@ -22,7 +22,8 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # 4: the handshake proves the key both ways and frames carry MACs; JoinReply carries the cluster key;
 # the cluster state carries security metadata. 5: a message larger than a frame travels as fragments;
 # ObjectsReply says how many of the asked keys it served; a listing goes a bounded step at a time.
-PROTOCOL_VERSION = 5
+# 6: a bucket's props in the cluster state may hold `rw` (an older node refuses such a state).
+PROTOCOL_VERSION = 6
 _INT_MAX = COUNTER_MAX
 
 
