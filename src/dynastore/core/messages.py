@@ -23,7 +23,7 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # the cluster state carries security metadata. 5: a message larger than a frame travels as fragments;
 # ObjectsReply says how many of the asked keys it served; a listing goes a bounded step at a time.
 # 6: anti-entropy summaries cover the siblings' values (merkle.SUMMARY_VERSION 2); a forwarded write
-# may fail as insufficient_storage.
+# may fail as insufficient_storage; a bucket's props in the cluster state may hold `rw`.
 PROTOCOL_VERSION = 6
 _INT_MAX = COUNTER_MAX
 

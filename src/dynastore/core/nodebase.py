@@ -185,7 +185,8 @@ class NodeBase(ABC):
         props = self._props_cache.get(bucket)
         if props is None:
             props = bucketprops.defaults(self.settings)
-            props.update(self.cluster.bucket(bucket))
+            # A quorum set to "default" follows the node's default: it is no count of its own.
+            props.update((k, v) for k, v in self.cluster.bucket(bucket).items() if v != "default")
             if len(self._props_cache) > PROPS_CACHE_MAX:
                 self._props_cache.clear()
             self._props_cache[bucket] = props
