@@ -173,3 +173,30 @@ def test_the_map_grows_by_itself_up_to_its_maximum_then_a_batch_is_refused_whole
         assert engine.get("data", b"again19") == value
     finally:
         engine.close()
+
+
+def test_the_chunk_size_is_kept_with_the_directory_not_worked_out_again_from_the_lmdb_build(tmp_path: Path) -> None:
+    """A directory whose trees were written in chunks other than this build's would (a build with a
+    larger key limit) is read with its own chunks: simulated by rewriting the stored chunk before any
+    tree exists, then writing and reading keys of many chunks."""
+    path = tmp_path / "store"
+    LmdbEngine(path, durable=False).close()
+    env = lmdb.open(str(path), max_dbs=20)
+    with env.begin(write=True) as txn:
+        txn.put(b"chunk", (100).to_bytes(4, "big"), db=env.open_db(b"_engine", txn=txn))
+    env.close()
+    keys = [HEAD + b"x" * n for n in (1, 99, 100, 101, 350)]
+    engine = LmdbEngine(path, durable=False)
+    try:
+        engine.write([Op("data", key, b"%d" % len(key)) for key in keys])
+        assert [engine.get("data", key) for key in keys] == [b"%d" % len(key) for key in keys]
+    finally:
+        engine.close()
+    records = raw_records(path)
+    assert max(len(k) for k, _ in records[b"data+long"]) <= 8 + 100 + 1
+    env = lmdb.open(str(path), max_dbs=20)
+    with env.begin(write=True) as txn:
+        txn.put(b"chunk", (5000).to_bytes(4, "big"), db=env.open_db(b"_engine", txn=txn))
+    env.close()
+    with pytest.raises(StorageError, match="chunks of 5000 bytes"):
+        LmdbEngine(path, durable=False)

@@ -47,6 +47,7 @@ from dynastore.storage.lmdb_layout import (
 _ENGINE_DB_NAME = b"_engine"
 _INLINE_MAX_KEY = b"inline_max"
 _LAYOUT_KEY = b"layout"
+_CHUNK_KEY = b"chunk"
 _NEXT_ID_KEY = b"next_id"
 _EXTRA_KEY_PREFIX = b"extra:"
 _NUDGE_KEY = b"nudge"
@@ -194,6 +195,19 @@ class LmdbEngine:
             dbs = {area: env.open_db(area.encode(), txn=txn) for area in AREAS}
             longs = {area: env.open_db(area.encode() + _LONG_SUFFIX, txn=txn) for area in AREAS}
             layout = Layout.for_limit(inline_max, env.max_key_size())
+            # The tail bytes per tree record are fixed when the trees are first written: an LMDB build
+            # with another key limit must walk them with the same chunks.
+            raw_chunk = txn.get(_CHUNK_KEY, db=engine_db)
+            if raw_chunk is not None:
+                chunk = int.from_bytes(raw_chunk, "big")
+                if not 1 <= chunk <= layout.chunk:
+                    raise StorageError(
+                        f"{self.path} keeps long keys in chunks of {chunk} bytes, "
+                        f"but this LMDB build allows at most {layout.chunk}"
+                    )
+                layout = Layout(inline_max, chunk)
+            else:
+                txn.put(_CHUNK_KEY, layout.chunk.to_bytes(4, "big"), db=engine_db)
             if version < LAYOUT_VERSION:
                 _migrate_groups(txn, layout, dbs, longs, engine_db)
                 txn.put(_LAYOUT_KEY, LAYOUT_VERSION.to_bytes(4, "big"), db=engine_db)
