@@ -3,6 +3,8 @@ handoff, read repair, deletes and reaping, bucket properties, forwarding and fai
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -508,3 +510,25 @@ def test_a_read_waits_for_the_replica_that_has_the_value_before_answering_not_fo
     # The coordinator's own read is instant; make the holder slow by reading from another node.
     assert values(get(c, owners[1], b"k", r=2)) == [b"only-here"]
     assert isinstance(get(c, owners[1], b"absent", r=2), NotFound)
+
+
+def test_a_listing_step_reply_that_does_not_move_forward_is_not_taken_as_a_page() -> None:
+    """A replica answering a step with done=False and `last` where the step began (or names before
+    it) would send a listing round the same page for ever: the reply counts as a lost replica, and
+    with no other the page fails rather than repeat."""
+    c = SimCluster(3, Settings(ring_size=16))
+    status = c.request("n0", ClientSetBucketProps(b"one", (("n_val", 1),)))
+    assert isinstance(status, Ok), status
+    c.settle(1000)
+    core = c.core("n0")
+    partition = next(p for p in range(core.ring.size) if core._list_replicas(b"one", p, c.now_ms) == ["n1"])
+    for bad in (
+        messages.ListKeysReply(0, (), b"", False),
+        messages.ListKeysReply(0, (b"a",), b"a", False),
+    ):
+        core.on_request(7001, ClientListKeys(b"one", None, partition, b"a" if bad.items else b""), c.now_ms)
+        op_id = max(i for i, op in core._ops.items() if type(op).__name__ == "ListOp")
+        core.on_message("n1", dataclasses.replace(bad, req=op_id), c.now_ms)
+        c._flush("n0")
+        answer = c.replies.pop(7001)
+        assert isinstance(answer, Failure), (bad, answer)

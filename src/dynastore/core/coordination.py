@@ -613,11 +613,19 @@ class Coordination(NodeBase):
             end = keys.prefix_end(keys.partition_prefix(partition))
             start = keys.prefix_end(keys.bucket_prefix(partition, after)) if after else keys.partition_prefix(partition)
             cursor = start
-            # One seek per bucket: a bucket's keys are one range, skipped whole.
-            while len(found) < limit and cursor is not None and (end is None or cursor < end):
-                rows = self._scan("data", cursor, end, 1)
+            read = 0
+            # One seek per bucket: a bucket's keys are one range, skipped whole. Each seek reads one
+            # object: their bytes are bounded per step too.
+            while (
+                len(found) < limit
+                and read < settings.list_page_bytes_max
+                and cursor is not None
+                and (end is None or cursor < end)
+            ):
+                rows = self._scan("data", cursor, end, 1, 1)
                 if not rows:
                     return found, b"", True
+                read += len(rows[0][0]) + len(rows[0][1])
                 name = keys.decode(rows[0][0]).bucket
                 found.append(name)
                 cursor = keys.prefix_end(keys.bucket_prefix(partition, name))
@@ -657,5 +665,29 @@ class Coordination(NodeBase):
         op = self._ops.get(msg.req)
         if not isinstance(op, ListOp) or op.peer != src:
             return
+        if not _progresses(op.request, msg):
+            # A step that goes nowhere (or lists names outside it) would make the listing loop for
+            # ever: the next replica is asked instead.
+            self._lost_list(msg.req, op, src, "a listing step that does not move forward", now_ms)
+            return
         self._finish(msg.req)
         self._answer(op.origin, self._list_page(op.request, list(msg.items), msg.last, msg.done))
+
+
+def _progresses(req: ClientListKeys, msg: ListKeysReply) -> bool:
+    """Whether a listing step's reply lies after where it started: its names in (after, last], and
+    `last` past `after` unless the partition is done. Buckets order as their stored prefixes do
+    (length first), keys bytewise."""
+
+    def position(name: bytes) -> bytes:
+        return name if req.bucket is not None else keys.bucket_prefix(0, name)
+
+    after = position(req.after) if req.after else None
+    last = position(msg.last) if msg.last else None
+    if not msg.done and (last is None or (after is not None and last <= after)):
+        return False
+    for name in msg.items:
+        at = position(name)
+        if (after is not None and at <= after) or (last is not None and at > last):
+            return False
+    return True
