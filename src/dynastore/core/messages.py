@@ -23,7 +23,8 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # the cluster state carries security metadata. 5: a message larger than a frame travels as fragments;
 # ObjectsReply says how many of the asked keys it served; a listing goes a bounded step at a time.
 # 6: anti-entropy summaries cover the siblings' values (merkle.SUMMARY_VERSION 2); a forwarded write
-# may fail as insufficient_storage; a bucket's props in the cluster state may hold `rw`.
+# may fail as insufficient_storage; a bucket's props in the cluster state may hold `rw`; ReapCheck /
+# ReapCheckReply: a tombstone is reaped only once no member holds another copy of its key.
 PROTOCOL_VERSION = 6
 _INT_MAX = COUNTER_MAX
 
@@ -264,6 +265,30 @@ class Reap:
 
 
 @dataclass(frozen=True, slots=True)
+class ReapCheck:
+    """Before reaping: which of these keys (storage keys) does the receiver hold a copy of, as a hint
+    for any owner or in its data?"""
+
+    CODE: ClassVar[int] = 26
+    req: int
+    keys: tuple[bytes, ...]
+
+
+# What a member holds of a key it was asked about before reaping (ReapCheckReply), as flags.
+HELD_HINT = 1
+HELD_DATA = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ReapCheckReply:
+    """One entry per asked key, in order: what the receiver holds of it (HELD_* flags, 0 for nothing)."""
+
+    CODE: ClassVar[int] = 27
+    req: int
+    held: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ListKeys:
     """One step of a listing: the live keys of `bucket` (the buckets, when None) in `partition`, after
     `after`; the answer is bounded in count and in the bytes read to find them."""
@@ -419,6 +444,8 @@ Message = (
     | HintDelivery
     | HintDeliveryReply
     | Reap
+    | ReapCheck
+    | ReapCheckReply
     | ListKeys
     | ListKeysReply
     | GossipDigest

@@ -103,6 +103,8 @@ from dynastore.core.messages import (
     Ping,
     Pong,
     Reap,
+    ReapCheck,
+    ReapCheckReply,
     ReplicaGet,
     ReplicaGetReply,
     ReplicaPut,
@@ -124,6 +126,7 @@ from dynastore.core.ops import (
     ListOp,
     PullOp,
     PutOp,
+    ReapCheckOp,
     StrayOp,
     ToClient,
 )
@@ -538,6 +541,8 @@ _HANDLERS: dict[type[Any], Handler] = dict(
         _on(HintDelivery, NodeCore._on_hint_delivery),
         _on(HintDeliveryReply, NodeCore._on_hint_delivery_reply),
         _on(Reap, NodeCore._on_reap),
+        _on(ReapCheck, NodeCore._on_reap_check),
+        _on(ReapCheckReply, NodeCore._on_reap_check_reply),
         _on(ListKeys, NodeCore._on_list_keys),
         _on(ListKeysReply, NodeCore._on_list_keys_reply),
         _on(GossipDigest, NodeCore._on_gossip_digest),
@@ -565,6 +570,7 @@ _OP_KINDS: dict[type[Any], OpKind] = dict(
         _op(JoinOp, NodeCore._expire_join, NodeCore._lost_join),
         _op(PullOp, NodeCore._expire_pull, NodeCore._lost_pull),
         _op(StrayOp, NodeCore._expire_strays, NodeCore._lost_strays),
+        _op(ReapCheckOp, NodeCore._expire_reap_check, NodeCore._lost_reap_check),
         _op(
             ExchangeOp,
             lambda node, op_id, op, now: node.aae.abandon(op_id),

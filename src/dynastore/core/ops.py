@@ -135,6 +135,21 @@ class StrayOp:
     deadline_ms: int
 
 
+@dataclass
+class ReapCheckOp:
+    """One round of asking every member whether it holds a copy (a hint, or data it does not replicate)
+    of keys whose tombstones this node would reap; `keys` in the order asked, with the tombstone held
+    here and the primaries of each."""
+
+    keys: tuple[bytes, ...]
+    tombstones: dict[bytes, Object]
+    primaries: dict[bytes, tuple[str, ...]]
+    waiting: set[str]
+    deadline_ms: int
+    # Keys some member holds another copy of: not reaped this round.
+    held: set[bytes] = field(default_factory=set)
+
+
 # Where an exchange stands: comparing tree levels, comparing segments, waiting for the controller to
 # admit its next objects request, waiting for objects, waiting for the peer to take merged ones back.
 ExchangeStage = Literal["tree", "segments", "deferred", "objects", "push"]
@@ -155,4 +170,4 @@ class ExchangeOp:
     stage: ExchangeStage = "tree"
 
 
-AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ExchangeOp
+AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ReapCheckOp | ExchangeOp

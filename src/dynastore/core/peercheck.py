@@ -18,6 +18,8 @@ from typing import Any
 
 from dynastore.core import hints, keys
 from dynastore.core.messages import (
+    HELD_DATA,
+    HELD_HINT,
     MESSAGE_TYPES,
     ForwardPut,
     HandoffBatch,
@@ -31,6 +33,8 @@ from dynastore.core.messages import (
     ObjectsRequest,
     PeerError,
     Reap,
+    ReapCheck,
+    ReapCheckReply,
     ReplicaGet,
     ReplicaPut,
     SegmentRequest,
@@ -103,6 +107,17 @@ def _reap(limits: Limits, msg: Reap) -> None:
     _names(limits, msg.bucket, msg.key)
 
 
+def _reap_check(limits: Limits, msg: ReapCheck) -> None:
+    _need(len(msg.keys) <= ITEMS_MAX, f"more than {ITEMS_MAX} keys")
+    for raw in msg.keys:
+        _stored(limits, raw)
+
+
+def _reap_check_reply(limits: Limits, msg: ReapCheckReply) -> None:
+    _need(len(msg.held) <= ITEMS_MAX, f"more than {ITEMS_MAX} answers")
+    _need(all(0 <= flags <= HELD_HINT | HELD_DATA for flags in msg.held), "an answer that is no set of flags")
+
+
 def _list_keys(limits: Limits, msg: ListKeys) -> None:
     if msg.bucket is not None:
         _names(limits, msg.bucket, None)
@@ -166,6 +181,8 @@ _CHECKS.update(
         ForwardPut: _forward_put,
         HintDelivery: _hint_delivery,
         Reap: _reap,
+        ReapCheck: _reap_check,
+        ReapCheckReply: _reap_check_reply,
         ListKeys: _list_keys,
         ListKeysReply: _list_keys_reply,
         HandoffPull: _handoff_pull,
