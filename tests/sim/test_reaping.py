@@ -18,7 +18,7 @@ FAST = Settings(ring_size=16, tombstone_grace_ms=3_000, reap_interval_ms=500, hi
 def stored(c: SimCluster, node: str, key: bytes) -> objects.Object | None:
     core = c.core(node)
     raw = core.engine.get("data", keys.encode(core.ring.partition_of(b"b", key), b"b", key))
-    return None if raw is None else objects.decode(raw)
+    return None if raw is None else objects.decode_stored(raw)
 
 
 def read(c: SimCluster, node: str, key: bytes) -> Ok | NotFound:
