@@ -97,11 +97,14 @@ class ListOp:
 
 @dataclass
 class HintOp:
-    """A batch of hints delivered to `owner`; `sent` is what to delete once it is acknowledged."""
+    """A batch of hints held for `owner`, delivered to the nodes in `waiting` (the owner itself, or the
+    keys' current replicas once the owner has left the cluster); `sent` is what to delete once every
+    one of them has acknowledged."""
 
     owner: str
     sent: list[tuple[bytes, bytes]]
     deadline_ms: int
+    waiting: set[str]
 
 
 @dataclass
