@@ -15,7 +15,7 @@ from dynastore.core.messages import ClientListKeys, ClientPut
 from dynastore.core.objects import Object
 from dynastore.core.quorum import GetTally, PutTally
 from dynastore.core.ring import PreferenceList
-from dynastore.core.versions import Context
+from dynastore.core.versions import Context, Dot
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,9 @@ class PutOp:
     return_body: bool
     resolve_one: bool
     replied: bool = False
+    # A forwarded write's identity and the dot it was given, sent along to every replica.
+    write_id: bytes = b""
+    dot: Dot | None = None
 
 
 @dataclass
