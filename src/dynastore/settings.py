@@ -77,6 +77,9 @@ class Settings:
     request_timeout_ms: int = 5000
     requests_inflight_max: int = 20_000
     coordinator_forward_retries_max: int = 2
+    # The forwarded writes a node applied lately, remembered by write id so that a retry of one is not
+    # applied twice (recentwrites.py); each entry is under 400 bytes.
+    recent_writes_max: int = 20_000
     # An HTTP client connection with no request in progress that sends nothing for this long is closed.
     # Longer than any client keeps an idle pooled connection (aiohttp's server used the same 3630 s).
     http_idle_timeout_ms: int = 3_630_000

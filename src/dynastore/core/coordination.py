@@ -15,8 +15,11 @@ Theory of operation
   written. (Only a dot whose counter lease is not yet on disk waits for it: a crash must never hand a
   dot out twice.) A fallback target stores the object in its hint store, naming the primary it
   stands in for (handoff.py delivers hints). A target found dead mid-request is replaced by the next
-  healthy fallback. A forwarded write is retried at another coordinator only when the first could not
-  be reached, so it is never applied twice.
+  healthy fallback. A forwarded write carries a write id that every retry keeps; a forwarded write
+  is retried at another coordinator when the link to the first breaks, which may be after the first
+  applied it. A node that applied a write remembers its id (recentwrites.py), so a retry that reaches
+  a coordinator holding the first attempt's version sends that version again instead of writing a
+  second one: a retry never adds a sibling of its own.
 - delete writes a tombstone, a sibling like any other (reaping.py removes it later).
 - list: every healthy node lists what it holds (data and hints); the coordinator answers with the union.
 
@@ -27,7 +30,7 @@ touches the engine: it reads and writes through the staged overlay of nodebase.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dynastore.core import keys, objects, placement
 from dynastore.core.diskspace import DISK_FULL
@@ -54,6 +57,7 @@ from dynastore.core.nodebase import NodeBase
 from dynastore.core.objects import Content, Object
 from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
+from dynastore.core.recentwrites import WRITE_ID_BYTES, RecentWrites
 from dynastore.core.ring import PreferenceList, Target
 from dynastore.core.versions import Context, Dot, Versioned, prune, update
 from dynastore.storage.base import truncated
@@ -83,9 +87,14 @@ class Coordination(NodeBase):
 
     # The writes this node coordinates whose own copy is staged, by the batch that makes it durable.
     _own_copies: dict[int, list[int]]
+    # Forwarded writes applied here lately (coordinated or replicated), by write id.
+    _recent_writes: RecentWrites
 
     def _init_coordination(self) -> None:
         self._own_copies = {}
+        # A forwarded write lives at most 10 request timeouts (`_timeout`); remember it twice as long.
+        s = self.settings
+        self._recent_writes = RecentWrites(s.recent_writes_max, 20 * s.request_timeout_ms)
 
     # --- Get ------------------------------------------------------------------------------------------------
 
@@ -293,6 +302,9 @@ class Coordination(NodeBase):
         preferred = req.context.coordinator if req.context is not None else None
         dst = preferred if preferred in nodes else nodes[0]
         assert dst is not None
+        if not req.write_id:
+            # The write's identity from here on, whichever coordinator applies it (recentwrites.py).
+            req = replace(req, write_id=self.rng.randbytes(WRITE_ID_BYTES))
         op = ForwardOp(origin, req, dst, [dst], self._timeout(req.timeout_ms, now_ms))
         op_id = self._register(op)
         self.stats.forwarded_puts += 1
@@ -318,12 +330,14 @@ class Coordination(NodeBase):
                 req.timeout_ms if req.timeout_ms is not None else self.settings.request_timeout_ms,
                 req.return_body,
                 req.hops + 1,
+                req.write_id,
             ),
         )
 
     def _retry_forward(self, op_id: int, op: ForwardOp, now_ms: int) -> None:
-        # The coordinator could not be reached, so the write was never applied there: another
-        # target may coordinate it without risk of applying it twice.
+        # The link to the coordinator broke: it may or may not have applied the write. The retry keeps
+        # the write's id, so a coordinator that holds the first attempt's version does not write it
+        # again (recentwrites.py).
         _, plist = self.preference_list(op.request.bucket, op.request.key)
         others = [t.node for t in plist.targets(self.healthy(now_ms)) if t.node not in op.tried]
         if not others or len(op.tried) > self.settings.coordinator_forward_retries_max:
@@ -354,6 +368,7 @@ class Coordination(NodeBase):
             msg.timeout_ms,
             msg.return_body,
             msg.hops,
+            msg.write_id,
         )
         origin = ToPeer(src, msg.req)
         try:
@@ -385,6 +400,10 @@ class Coordination(NodeBase):
         # its dot's clock entry claims every earlier version of this actor, some of which may sit in a
         # hint kept for another owner.
         local = self._read_local(req.bucket, req.key)
+        applied = self._recent_writes.find(req.write_id, skey, now_ms)
+        if applied is not None and local is not None and local.clock.covers(applied):
+            self._coordinate_again(plan, skey, local, applied, now_ms)
+            return
         context = req.context if req.context is not None else Context()
         if req.content is None and req.context is None:
             # A delete without a context removes what this coordinator knows of; concurrent values it
@@ -418,6 +437,31 @@ class Coordination(NodeBase):
             return
         else:
             self.actors.recall(skey)
+        self._replicate_write(plan, skey, new, context.after_write(dot), dot, now_ms)
+
+    def _coordinate_again(self, plan: WritePlan, skey: bytes, local: Object, dot: Dot, now_ms: int) -> None:
+        """A retry of a forwarded write this node already holds as `dot` (it coordinated or replicated
+        the first attempt): no new version, no new sibling. What this node holds of the key goes to the
+        targets again, under the same quorums, and the answer carries the context the first attempt
+        answers with: the client's, plus the write's dot (for a delete without a context, the dot
+        alone: a smaller context only ever keeps more siblings, never drops one)."""
+        req = plan.request
+        if plan.mine is None:
+            pass  # this node's disk is full: its copy stays as it is
+        elif plan.mine.hint_for is None:
+            self._merge_into_data(req.bucket, req.key, local, plan.lww, now_ms)
+        elif not self._merge_into_hints(plan.mine.hint_for, req.bucket, req.key, local, plan.lww):
+            self._answer(plan.origin, Failure("unavailable", "this node's hint store is full"))
+            return
+        context = req.context if req.context is not None else Context()
+        self._replicate_write(plan, skey, local, context.after_write(dot), dot, now_ms)
+
+    def _replicate_write(
+        self, plan: WritePlan, skey: bytes, new: Object, reply_context: Context, dot: Dot, now_ms: int
+    ) -> None:
+        """Send the version written here (as `dot`) to the other targets and wait for the quorums."""
+        req = plan.request
+        self._recent_writes.remember(req.write_id, skey, dot, now_ms)
         tally = PutTally(plan.targets, plan.w, plan.dw, plan.pw)
         deadline_ms = self._timeout(req.timeout_ms, now_ms)
         op = PutOp(
@@ -429,9 +473,11 @@ class Coordination(NodeBase):
             plan.plist,
             new,
             plan.lww,
-            context.after_write(dot),
+            reply_context,
             req.return_body,
             plan.resolve_one,
+            write_id=req.write_id,
+            dot=dot if req.write_id else None,
         )
         op_id = self._register(op)
         self._replicate(op_id, op, plan.targets)
@@ -467,7 +513,7 @@ class Coordination(NodeBase):
         lease = self.actors.durable_after()
         for target in targets:
             if target.node != self.name:
-                msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.lww)
+                msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.lww, op.write_id, op.dot)
                 self._send(target.node, msg, after=lease)
         if any(target.node == self.name for target in targets):
             self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
@@ -514,7 +560,7 @@ class Coordination(NodeBase):
         op.tally.add_error(peer)
         if substitute is not None:
             op.tally.targets += (substitute,)
-            msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.lww)
+            msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.lww, op.write_id, op.dot)
             self._send(substitute.node, msg)
 
     def _expire_put(self, op_id: int, op: PutOp, now_ms: int) -> None:
@@ -536,6 +582,9 @@ class Coordination(NodeBase):
             reason = "" if ok else "hint store full"
         else:
             self._merge_into_data(msg.bucket, msg.key, msg.obj, msg.lww, now_ms)
+        if ok and msg.dot is not None:
+            # This node now holds the forwarded write: a retry of it coordinated here adds nothing.
+            self._recent_writes.remember(msg.write_id, self._stored_key(msg.bucket, msg.key), msg.dot, now_ms)
         if msg.req:
             self._send(src, ReplicaPutReply(msg.req, ok, reason))
 

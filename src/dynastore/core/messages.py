@@ -24,7 +24,9 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # ObjectsReply says how many of the asked keys it served; a listing goes a bounded step at a time.
 # 6: anti-entropy summaries cover the siblings' values (merkle.SUMMARY_VERSION 2); a forwarded write
 # may fail as insufficient_storage; a bucket's props in the cluster state may hold `rw`; ReapCheck /
-# ReapCheckReply: a tombstone is reaped only once no member holds another copy of its key.
+# ReapCheckReply: a tombstone is reaped only once no member holds another copy of its key; a forwarded
+# write carries its write id, and ReplicaPut the write id and dot of the write it carries
+# (recentwrites.py), so that a retried forwarded write is not applied twice.
 PROTOCOL_VERSION = 6
 _INT_MAX = COUNTER_MAX
 
@@ -90,6 +92,9 @@ class ClientPut:
     return_body: bool = False
     # How many times this request was already forwarded between nodes (bounded).
     hops: int = 0
+    # The identity of a forwarded write, which every retry keeps (recentwrites.py); set by the node
+    # that forwards it, never by a client. Empty: a write nobody retries.
+    write_id: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +187,9 @@ class ReplicaGetReply:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaPut:
-    """Merge `obj` into the receiver's replica (or into its hint store when `hint_for` names the owner)."""
+    """Merge `obj` into the receiver's replica (or into its hint store when `hint_for` names the owner).
+    For a forwarded write, `write_id` and `dot` name it and the dot it was given (recentwrites.py);
+    empty and None otherwise (a write nobody retries, a read repair)."""
 
     CODE: ClassVar[int] = 5
     req: int
@@ -191,6 +198,8 @@ class ReplicaPut:
     obj: Object
     hint_for: str | None
     lww: bool
+    write_id: bytes = b""
+    dot: Dot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +226,8 @@ class ForwardPut:
     timeout_ms: int
     return_body: bool
     hops: int
+    # The write's identity, the same in every retry (recentwrites.py).
+    write_id: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +548,14 @@ def _object_from_wire(data: Any) -> Object:
         raise PeerError(f"malformed object: {exc}") from None
 
 
+def _dot_from_wire(data: Any) -> Dot:
+    _check(isinstance(data, list) and len(data) == 2, "malformed dot")
+    actor, counter = data
+    _check(isinstance(actor, bytes) and 0 < len(actor) <= ACTOR_BYTES_MAX, "malformed dot actor")
+    _check(_is_int(counter) and 0 < counter <= COUNTER_MAX, "malformed dot counter")
+    return Dot(actor, counter)
+
+
 def _values_to_wire(values: tuple[tuple[Dot, Content], ...]) -> list[Any]:
     return [[d.actor, d.counter, _content_to_wire(c)] for d, c in values]
 
@@ -593,6 +612,7 @@ _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "Object | None": lambda o: None if o is None else objects.encode(o),
     "Context | None": lambda c: None if c is None else context_to_wire(c),
     "Content | None": lambda c: None if c is None else _content_to_wire(c),
+    "Dot | None": lambda d: None if d is None else [d.actor, d.counter],
     "tuple[tuple[Dot, Content], ...]": _values_to_wire,
     "tuple[HintItem, ...]": lambda items: [[i.bucket, i.key, objects.encode(i.obj)] for i in items],
 }
@@ -609,6 +629,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "Object | None": _optional(_object_from_wire),
     "Context | None": _optional(context_from_wire),
     "Content | None": _optional(_content_from_wire),
+    "Dot | None": _optional(_dot_from_wire),
     "tuple[tuple[Dot, Content], ...]": _values_from_wire,
     "tuple[HintItem, ...]": _tuple_of(_hint_item_from_wire, "items"),
     "tuple[bytes, ...]": _tuple_of(_scalar(bytes, "item"), "items"),

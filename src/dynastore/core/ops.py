@@ -15,7 +15,7 @@ from dynastore.core.messages import ClientListKeys, ClientPut
 from dynastore.core.objects import Object
 from dynastore.core.quorum import GetTally, PutTally
 from dynastore.core.ring import PreferenceList
-from dynastore.core.versions import Context
+from dynastore.core.versions import Context, Dot
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,9 @@ class PutOp:
     replied: bool = False
     # Targets that answered they have no room (diskspace.py): a failed write then says so (507).
     full_replicas: int = 0
+    # A forwarded write's identity and the dot it was given, sent along to every replica.
+    write_id: bytes = b""
+    dot: Dot | None = None
 
 
 @dataclass
@@ -99,11 +102,14 @@ class ListOp:
 
 @dataclass
 class HintOp:
-    """A batch of hints delivered to `owner`; `sent` is what to delete once it is acknowledged."""
+    """A batch of hints held for `owner`, delivered to the nodes in `waiting` (the owner itself, or the
+    keys' current replicas once the owner has left the cluster); `sent` is what to delete once every
+    one of them has acknowledged."""
 
     owner: str
     sent: list[tuple[bytes, bytes]]
     deadline_ms: int
+    waiting: set[str]
 
 
 @dataclass

@@ -40,6 +40,7 @@ from dynastore.core.messages import (
     SegmentRequest,
     TreeRequest,
 )
+from dynastore.core.recentwrites import WRITE_ID_BYTES
 from dynastore.settings import Settings
 
 # More items than any honest batch holds (every batch is bounded by settings far below this).
@@ -91,11 +92,14 @@ def _replica_put(limits: Limits, msg: ReplicaPut) -> None:
     _names(limits, msg.bucket, msg.key)
     owner = msg.hint_for
     _need(owner is None or 0 < len(owner.encode()) <= hints.OWNER_BYTES_MAX, "a hint's owner must be a member name")
+    _need(len(msg.write_id) in (0, WRITE_ID_BYTES), f"a write id must be {WRITE_ID_BYTES} bytes")
+    _need((msg.dot is None) == (not msg.write_id), "a replicated write names its dot exactly when it has an id")
 
 
 def _forward_put(limits: Limits, msg: ForwardPut) -> None:
     _names(limits, msg.bucket, msg.key)
     _need(0 <= msg.hops <= HOPS_MAX, f"a forwarded write of {msg.hops} hops")
+    _need(len(msg.write_id) == WRITE_ID_BYTES, f"a forwarded write's id must be {WRITE_ID_BYTES} bytes")
 
 
 def _hint_delivery(limits: Limits, msg: HintDelivery) -> None:

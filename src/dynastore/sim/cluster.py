@@ -233,6 +233,12 @@ class SimCluster:
     def heal(self) -> None:
         self.faults.cut.clear()
 
+    def link_failed(self, node: str, peer: str) -> None:
+        """`node`'s connection to `peer` broke (a reset, an idle link closed): its shell reports the
+        peer unreachable, whatever was or was not delivered before the break."""
+        self.core(node).on_unreachable(peer, self._local_now(node))
+        self._flush(node)
+
     # --- Driving ---------------------------------------------------------------------------------
 
     def submit(self, node: str, request: ClientRequest | ClientJoin) -> int:
