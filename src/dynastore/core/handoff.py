@@ -372,7 +372,10 @@ class Handoff(NodeBase):
             replicas = [n for n in (*where.plist.primary_nodes, *where.receivers) if n in active]
             if not replicas or not all(n in healthy for n in replicas):
                 continue
-            obj, lww = objects.decode(raw), bool(props["last_write_wins"])
+            obj = self._decode_copy("hints", hkey, raw)
+            if obj is None:
+                continue
+            lww = bool(props["last_write_wins"])
             sent.append((hkey, raw))
             for node in replicas:
                 if node == self.name:
