@@ -98,10 +98,11 @@ def node(
     )
     from dynastore.core.nodebase import StartupError
     from dynastore.net.tls import TlsError
+    from dynastore.storage.base import StorageError
 
     try:
         serve(cfg, settings)
-    except (OSError, TlsError, StartupError) as exc:
+    except (OSError, TlsError, StartupError, StorageError) as exc:
         _fail(f"cannot start {name}: {exc}")
 
 

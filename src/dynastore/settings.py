@@ -77,6 +77,9 @@ class Settings:
     request_timeout_ms: int = 5000
     requests_inflight_max: int = 20_000
     coordinator_forward_retries_max: int = 2
+    # The forwarded writes a node applied lately, remembered by write id so that a retry of one is not
+    # applied twice (recentwrites.py); each entry is under 400 bytes.
+    recent_writes_max: int = 20_000
     # An HTTP client connection with no request in progress that sends nothing for this long is closed.
     # Longer than any client keeps an idle pooled connection (aiohttp's server used the same 3630 s).
     http_idle_timeout_ms: int = 3_630_000
@@ -106,6 +109,16 @@ class Settings:
     # counter, so the node never writes them again under that actor without knowing those versions;
     # past this many bytes of keys the node takes a new actor instead (see coordination.py).
     forgotten_dots_bytes_max: int = 4 * 1024 * 1024
+
+    # Every stored copy is re-read (its checksum verified) once per this interval, in steps of at most
+    # scrub_batch_bytes_max admitted by the background controller (see core/scrub.py).
+    scrub_interval_ms: int = 24 * 3_600_000
+    scrub_batch_bytes_max: int = 4 * 1024 * 1024
+
+    # Writes are refused (they go to other replicas) once what the disk can take falls below this;
+    # deletes still go into the reserve down to a quarter of it. Space is measured this often.
+    storage_reserve_bytes: int = 128 * 1024 * 1024
+    storage_check_interval_ms: int = 1000
 
     # --- Deletes ---------------------------------------------------------------------------------------
     tombstone_grace_ms: int = 60_000
@@ -293,9 +306,18 @@ def _validate(s: Settings) -> None:
         s.http_body_buffer_bytes_max >= s.object_bytes_max + 64 * 1024,
         "http_body_buffer_bytes_max must hold one request body (object_bytes_max and 64 KiB)",
     )
-    for name in ("list_page_keys_max", "list_page_bytes_max", "list_result_bytes_max", "anti_entropy_batch_bytes_max"):
+    for name in (
+        "list_page_keys_max",
+        "list_page_bytes_max",
+        "list_result_bytes_max",
+        "anti_entropy_batch_bytes_max",
+        "scrub_interval_ms",
+        "scrub_batch_bytes_max",
+        "storage_check_interval_ms",
+    ):
         need(getattr(s, name) >= 1, f"{name} must be positive")
     need(s.hints_max >= 0, "hints_max must not be negative")
+    need(s.storage_reserve_bytes >= 0, "storage_reserve_bytes must not be negative")
     need(s.tombstone_grace_ms >= 0, "tombstone_grace_ms must not be negative")
     for name, value in s.as_dict().items():
         if isinstance(value, int) and not isinstance(value, bool) and name.endswith(("_max", "_count")):

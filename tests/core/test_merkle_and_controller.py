@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from dynastore.core import merkle
 from dynastore.core.controller import BackgroundController
 from dynastore.core.merkle import HashTree
-from dynastore.core.versions import Context, Dot, update
+from dynastore.core.objects import Content
+from dynastore.core.versions import Context, Dot, Versioned, update
 
 SEGMENTS = 256
 
@@ -73,11 +74,22 @@ def test_a_tree_updated_incrementally_equals_one_built_from_scratch(base: dict[b
 
 def test_summaries_ignore_timestamps_and_merge_order() -> None:
     """Two replicas with the same versions agree on the summary whatever their clock timestamps."""
-    a = update(None, Context(), Dot(b"n1#1", 1), b"x", now_ms=5)
-    b = update(None, Context(), Dot(b"n1#1", 1), b"x", now_ms=99)
-    assert merkle.summary(a) == merkle.summary(b)  # type: ignore[arg-type]
-    c = update(a, Context(), Dot(b"n2#1", 1), b"y", now_ms=6)
-    assert merkle.summary(c) != merkle.summary(a)  # type: ignore[arg-type]
+    a = update(None, Context(), Dot(b"n1#1", 1), Content(b"x"), now_ms=5)
+    b = update(None, Context(), Dot(b"n1#1", 1), Content(b"x"), now_ms=99)
+    assert merkle.summary(a) == merkle.summary(b)
+    c = update(a, Context(), Dot(b"n2#1", 1), Content(b"y"), now_ms=6)
+    d = update(None, Context(), Dot(b"n2#1", 1), Content(b"y"), now_ms=7)
+    assert merkle.summary(c) != merkle.summary(a)
+    assert merkle.summary(update(d, Context(), Dot(b"n1#1", 1), Content(b"x"), now_ms=8)) == merkle.summary(c)
+
+
+def test_a_summary_covers_the_values_so_a_copy_changed_under_the_same_versions_differs() -> None:
+    """Same clock, same dots, one byte of one value different (or its metadata): the summaries differ,
+    so anti-entropy finds a copy whose bytes changed without a new version."""
+    base = update(None, Context(), Dot(b"n1#1", 1), Content(b"value", "text/plain"), now_ms=5)
+    flipped = Versioned(base.clock, ((Dot(b"n1#1", 1), Content(b"valuf", "text/plain")),))
+    retyped = Versioned(base.clock, ((Dot(b"n1#1", 1), Content(b"value", "text/html")),))
+    assert len({merkle.summary(base), merkle.summary(flipped), merkle.summary(retyped)}) == 3
 
 
 def _busy(c: BackgroundController, second: int) -> None:

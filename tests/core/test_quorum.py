@@ -66,3 +66,30 @@ def test_replicas_that_sent_the_same_object_are_not_repaired_and_a_differing_one
     merged = tally.merged()
     assert merged is not None and sorted(merged.values()) == [b"v", b"w"]
     assert [t.node for t in tally.repairs()] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("given", "bucket_rw", "expected"),
+    [
+        # Neither r nor w: the rw parameter for both halves, else the bucket's rw (also for rw=default).
+        ({}, "all", ("all", "all")),
+        ({}, 1, (1, 1)),
+        ({"rw": 2}, "all", (2, 2)),
+        ({"rw": "default"}, "one", ("one", "one")),
+        # A given w is the write's, and leaves the read to the bucket's r (None), as riak_kv_delete does.
+        ({"w": 3}, "one", (None, 3)),
+        ({"w": 3, "rw": 1}, "all", (None, 3)),
+        # A given r is the read's; the write still takes rw.
+        ({"r": 3}, "one", (3, "one")),
+        ({"r": 3, "rw": 2}, "all", (3, 2)),
+        ({"r": "one", "w": "all", "rw": 2}, 1, ("one", "all")),
+        ({"r": "default"}, 1, ("default", 1)),
+    ],
+)
+def test_a_delete_takes_its_quorums_from_r_and_w_else_rw_else_the_bucket_rw(
+    given: dict[str, int | str], bucket_rw: int | str, expected: tuple[int | str | None, int | str | None]
+) -> None:
+    """The r of a delete's read and the w of its write follow Riak's riak_kv_delete: r and w when
+    given, otherwise the rw parameter, otherwise the bucket's rw."""
+    r, w, rw = (given.get(name) for name in ("r", "w", "rw"))
+    assert quorum.delete_quorums(r, w, rw, bucket_rw) == expected

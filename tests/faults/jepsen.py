@@ -314,7 +314,7 @@ def stored_copies(cluster: LocalCluster, keys_by_bucket: dict[str, list[str]], r
                     skey = keys.encode(key_partition(b, k, ring_size), b, k)
                     stored = [engine.get("data", skey)]
                     stored += [engine.get("hints", hints.hint_key(owner, skey)) for owner in owners]
-                    by_key[key] = [objects.decode(raw) for raw in stored if raw is not None]
+                    by_key[key] = [objects.decode_stored(raw) for raw in stored if raw is not None]
             out[node.name] = by_key
         finally:
             engine.close()

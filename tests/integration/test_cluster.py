@@ -257,6 +257,50 @@ def test_a_deleted_key_stays_deleted_after_the_node_that_missed_the_delete_retur
     cluster.wait(lambda: local_copy(cluster, missed.name, "b", "gone") == [], 10, "the tombstone to reach it")
 
 
+def set_props(base: str, bucket: str, props: dict[str, object]) -> None:
+    body = json.dumps({"props": props}).encode()
+    status, _, reply = call("PUT", f"{base}/buckets/{bucket}/props", body, {"Content-Type": "application/json"})
+    assert status == 204, reply
+
+
+def test_with_a_primary_stopped_pr_pw_and_a_bucket_rw_of_all_refuse_what_one_accepts(make_cluster: MakeCluster) -> None:
+    """3 nodes, one stopped. In a bucket of n_val 2, r=all and w=all are met with the fallback while
+    pr=all and pw=all get 503, and pr=1 and pw=1 succeed. In a bucket of n_val 3 with rw=all (no
+    fallback left), a DELETE naming no quorum gets 503 and deletes nothing; given r and w win over the
+    bucket's rw; with the bucket's rw set to 1 the same DELETE succeeds."""
+    cluster = make_cluster(3)
+    base, stopped = cluster[0].url, cluster[2]
+    set_props(base, "pp", {"n_val": 2})
+    set_props(base, "rw", {"rw": "all"})
+    cluster.wait(lambda: http_json(cluster[1].url + "/buckets/pp/props")["props"]["n_val"] == 2, 10, "props")
+    key = next(k for k in (f"k{i}" for i in range(100)) if stopped.name in preflist(base, "pp", k))
+    for bucket, name in (("pp", key), ("rw", "k1"), ("rw", "k2")):
+        assert put(base, bucket, name, b"v", query="w=all")[0] == 204
+    stopped.stop()
+
+    def fallback_in_use() -> bool:
+        status, _, body = call("GET", obj(base, "pp", key) + "/preflist")
+        return status == 200 and any(not entry["primary"] for entry in json.loads(body)["preflist"])
+
+    cluster.wait(fallback_in_use, 20, f"{stopped.name} to be judged down")
+    assert get(base, "pp", key, query="r=all")[:3:2] == (200, b"v")
+    assert get(base, "pp", key, query="pr=all")[0] == 503
+    assert get(base, "pp", key, query="pr=1")[:3:2] == (200, b"v")
+    assert put(base, "pp", key, b"w", query="w=all")[0] == 204
+    assert put(base, "pp", key, b"x", query="pw=all")[0] == 503
+    assert put(base, "pp", key, b"y", query="pw=1")[0] == 204
+
+    status, _, body = call("DELETE", obj(base, "rw", "k1"))
+    assert status == 503, body
+    assert get(base, "rw", "k1")[:3:2] == (200, b"v")
+    assert call("DELETE", obj(base, "rw", "k2") + "?r=1&w=1")[0] == 204
+    assert call("DELETE", obj(base, "rw", "k1") + "?rw=quorum")[0] == 204
+    assert put(base, "rw", "k1", b"again")[0] == 204
+    set_props(base, "rw", {"rw": 1})
+    assert call("DELETE", obj(base, "rw", "k1"))[0] == 204
+    assert get(base, "rw", "k1")[0] == get(base, "rw", "k2")[0] == 404
+
+
 def test_a_node_holds_at_most_http_connections_max_clients_and_tells_the_next_one_503(
     make_cluster: MakeCluster,
 ) -> None:

@@ -314,24 +314,25 @@ def test_delete_answers_204_then_404_with_the_tombstone_vclock_and_a_write_with_
 
 
 def test_bucket_props_are_read_changed_everywhere_refused_when_bad_and_reset(cluster: LocalCluster) -> None:
-    """GET /buckets/B/props shows the defaults; a PUT changes them on every node; malformed or invalid
-    props get 400 and change nothing; DELETE resets every prop, including ones set long ago."""
+    """GET /buckets/B/props shows the defaults; a PUT changes them on every node (rw included); malformed
+    or invalid props get 400 and change nothing; DELETE resets every prop, including ones set long ago."""
     base, last = cluster[0].url, cluster[2].url
     url = "/buckets/props/props"
     props = http_json(base + url)["props"]
     assert props["name"] == "props"
-    assert {k: props[k] for k in ("n_val", "allow_mult", "last_write_wins", "r", "w")} == {
+    assert {k: props[k] for k in ("n_val", "allow_mult", "last_write_wins", "r", "w", "rw")} == {
         "n_val": 3,
         "allow_mult": True,
         "last_write_wins": False,
         "r": "quorum",
         "w": "quorum",
+        "rw": "quorum",
     }
-    change = json.dumps({"props": {"n_val": 2, "allow_mult": False, "pw": 1}}).encode()
+    change = json.dumps({"props": {"n_val": 2, "allow_mult": False, "pw": 1, "rw": 1}}).encode()
     assert call("PUT", base + url, change, {"Content-Type": "application/json"})[0] == 204
     cluster.wait(lambda: http_json(last + url)["props"]["n_val"] == 2, 10, "the props change to spread")
     changed = http_json(last + url)["props"]
-    assert (changed["allow_mult"], changed["pw"]) == (False, 1)
+    assert (changed["allow_mult"], changed["pw"], changed["rw"]) == (False, 1, 1)
 
     for bad in (
         b"not json",
@@ -342,6 +343,9 @@ def test_bucket_props_are_read_changed_everywhere_refused_when_bad_and_reset(clu
         b'{"props": {"r": [1]}}',
         b'{"props": {"w": "\\u00b2"}}',
         b'{"props": {"allow_mult": "yes"}}',
+        b'{"props": {"rw": 3}}',
+        b'{"props": {"rw": 0}}',
+        b'{"props": {"rw": "most"}}',
         b'{"props": {"no_such_prop": 1}}',
         b"[" * 100_000,
     ):
@@ -352,7 +356,7 @@ def test_bucket_props_are_read_changed_everywhere_refused_when_bad_and_reset(clu
     assert call("DELETE", base + url)[0] == 204
     cluster.wait(lambda: http_json(last + url)["props"]["n_val"] == 3, 10, "the props reset to spread")
     reset = http_json(last + url)["props"]
-    assert (reset["allow_mult"], reset["pw"]) == (True, 0)
+    assert (reset["allow_mult"], reset["pw"], reset["rw"]) == (True, 0, "quorum")
 
 
 def test_blind_writes_to_an_allow_mult_false_bucket_never_reach_the_sibling_limit(cluster: LocalCluster) -> None:

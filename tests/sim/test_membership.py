@@ -255,3 +255,40 @@ def test_a_write_during_a_transition_reaches_the_receiving_node() -> None:
     assert "n2" in holders(c, key)
     response = c.request("n1", ClientGet(b"b", key))
     assert isinstance(response, Ok) and response.found is not None
+
+
+def test_hints_held_for_a_removed_node_drain_to_the_keys_current_owners() -> None:
+    """A fallback holds hints for a node that is then removed for good: the hints go to each key's
+    current owners and are dropped, so hints_pending returns to 0 and no acknowledged write is lost."""
+    c = SimCluster(5, SETTINGS)
+    gone = "n4"
+    ring = c.core("n0").ring
+    keys_of_gone = [
+        f"h{i}".encode() for i in range(200) if gone in ring.replicas(ring.partition_of(b"b", f"h{i}".encode()), 3)
+    ][:20]
+    assert len(keys_of_gone) == 20
+    c.crash(gone)
+    # Let the others see it down, so the writes go to fallbacks at once.
+    c.settle(10_000)
+    written = {}
+    for key in keys_of_gone:
+        response = c.request("n0", ClientPut(b"b", key, None, Content(b"v-" + key), w=3))
+        assert isinstance(response, Ok), response
+        written[key] = b"v-" + key
+    assert sum(c.core(n).hints_pending for n in c.nodes if n != gone) >= len(written)
+    assert isinstance(c.request("n0", ClientRemove(gone)), Ok)
+    # Writes made while the ring still lists the removed node are hinted for it too.
+    assert c.run_until(lambda: c.core("n0").cluster.ring.next_owners is not None, 10_000)
+    for key in [f"t{i}".encode() for i in range(40)]:
+        response = c.request("n2", ClientPut(b"b", key, None, Content(b"v-" + key), w=3))
+        assert isinstance(response, Ok), response
+        written[key] = b"v-" + key
+    assert c.run_until(lambda: settled(c) and gone not in c.core("n1").ring.owners, 120_000)
+    assert c.run_until(lambda: sum(c.core(n).hints_pending for n in c.nodes if n != gone) == 0, 30_000)
+    c.settle(3_000)
+    ring = c.core("n0").ring
+    for key, value in written.items():
+        response = c.request("n1", ClientGet(b"b", key, r=3))
+        assert isinstance(response, Ok) and response.found is not None, (key, response)
+        assert [content.value for _, content in response.found.values] == [value], key
+        assert set(ring.replicas(ring.partition_of(b"b", key), 3)) <= holders(c, key), key

@@ -33,7 +33,7 @@ def cluster() -> SimCluster:
 def stored(c: SimCluster, node: str, key: bytes) -> objects.Object | None:
     core = c.core(node)
     raw = core.engine.get("data", keys.encode(core.ring.partition_of(BUCKET, key), BUCKET, key))
-    return None if raw is None else objects.decode(raw)
+    return None if raw is None else objects.decode_stored(raw)
 
 
 def write(c: SimCluster, node: str, key: bytes, value: bytes | None, **kw: object) -> None:

@@ -32,7 +32,7 @@ INTS = st.sampled_from(
 NAMES = st.sampled_from(["", "n0", "n1", "n2", "n3", "@127.0.0.1:1", "x" * 300, "\x00"]) | st.text(max_size=6)
 STORAGE_KEYS = [keys.encode(p, b"b", b"k%d" % i) for p in (0, 3, RING - 1) for i in range(3)]
 BYTES = st.sampled_from(
-    [b"", b"\x00", b"\xff" * 8, b"b", b"k0", b"x" * 600, b"\x00\x00\x00\x01\x00\x09b", *STORAGE_KEYS]
+    [b"", b"\x00", b"\xff" * 8, b"b", b"k0", b"x" * 600, b"\x00\x00\x00\x01\x00\x09b", b"i" * 16, *STORAGE_KEYS]
 ) | st.binary(max_size=24)
 DOT = Dot(b"n1.1", 1)
 SIMPLE: Object = Versioned(Clock(((b"n1.1", 1, 5),)), ((DOT, Content(b"v")),))
@@ -90,6 +90,7 @@ STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "Object | None": st.none() | OBJECTS,
     "Context | None": CONTEXTS,
     "Content | None": CONTENTS,
+    "Dot | None": st.none() | st.sampled_from([DOT, Dot(b"x" * 255, 2**63 - 1)]),
     "ForwardStatus": st.sampled_from(messages.FORWARD_STATUSES),
     "tuple[tuple[Dot, Content], ...]": st.lists(st.tuples(st.just(DOT), st.just(Content(b"v"))), max_size=3).map(tuple),
     "tuple[HintItem, ...]": st.lists(hint_items(), max_size=4).map(tuple),
@@ -203,6 +204,27 @@ def test_what_once_raised_in_a_handler_is_refused_as_a_peer_error_and_changes_no
     assert not deliver(c, "n1", "n0", msg)
     after = dict(core.engine._view._areas["data"]), dict(core.engine._view._areas["hints"])  # type: ignore[attr-defined]
     assert after == before
+    still_serves(c)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        messages.ReplicaPut(7, b"b", b"k", SIMPLE, None, False, b"short", DOT),
+        messages.ReplicaPut(7, b"b", b"k", SIMPLE, None, False, b"", DOT),
+        messages.ReplicaPut(7, b"b", b"k", SIMPLE, None, False, b"i" * 16, None),
+        messages.ForwardPut(7, b"b", b"k", None, Content(b"v"), "default", "default", "default", 100, False, 1, b""),
+    ],
+    ids=["short id", "dot without id", "id without dot", "forward without id"],
+)
+def test_a_write_id_of_the_wrong_size_or_a_dot_without_its_id_is_refused_and_changes_nothing(msg: Message) -> None:
+    """A forwarded write always carries a 16-byte id and a replicated one names its dot exactly when
+    it carries an id: anything else is a peer error, and nothing is written."""
+    c = cluster()
+    core = c.core("n0")
+    before = dict(core.engine._view._areas["data"])  # type: ignore[attr-defined]
+    assert not deliver(c, "n1", "n0", msg)
+    assert dict(core.engine._view._areas["data"]) == before  # type: ignore[attr-defined]
     still_serves(c)
 
 

@@ -3,6 +3,8 @@ handoff, read repair, deletes and reaping, bucket properties, forwarding and fai
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -50,7 +52,7 @@ def local(c: SimCluster, node: str, key: bytes, bucket: bytes = b"b") -> objects
     core = c.core(node)
     skey = keys.encode(core.ring.partition_of(bucket, key), bucket, key)
     raw = core.engine.get("data", skey)
-    return None if raw is None else objects.decode(raw)
+    return None if raw is None else objects.decode_stored(raw)
 
 
 def test_a_cluster_forms_by_joining_and_every_node_owns_partitions() -> None:
@@ -512,3 +514,73 @@ def test_a_read_waits_for_the_replica_that_has_the_value_before_answering_not_fo
     # The coordinator's own read is instant; make the holder slow by reading from another node.
     assert values(get(c, owners[1], b"k", r=2)) == [b"only-here"]
     assert isinstance(get(c, owners[1], b"absent", r=2), NotFound)
+
+
+def test_a_listing_step_reply_that_does_not_move_forward_is_not_taken_as_a_page() -> None:
+    """A replica answering a step with done=False and `last` where the step began (or names before
+    it) would send a listing round the same page for ever: the reply counts as a lost replica, and
+    with no other the page fails rather than repeat."""
+    c = SimCluster(3, Settings(ring_size=16))
+    status = c.request("n0", ClientSetBucketProps(b"one", (("n_val", 1),)))
+    assert isinstance(status, Ok), status
+    c.settle(1000)
+    core = c.core("n0")
+    partition = next(p for p in range(core.ring.size) if core._list_replicas(b"one", p, c.now_ms) == ["n1"])
+    for bad in (
+        messages.ListKeysReply(0, (), b"", False),
+        messages.ListKeysReply(0, (b"a",), b"a", False),
+    ):
+        core.on_request(7001, ClientListKeys(b"one", None, partition, b"a" if bad.items else b""), c.now_ms)
+        op_id = max(i for i, op in core._ops.items() if type(op).__name__ == "ListOp")
+        core.on_message("n1", dataclasses.replace(bad, req=op_id), c.now_ms)
+        c._flush("n0")
+        answer = c.replies.pop(7001)
+        assert isinstance(answer, Failure), (bad, answer)
+
+
+def _forwarding_setup() -> tuple[SimCluster, str, list[str]]:
+    """Five nodes; a node outside the key's preference list (which forwards its writes), and the
+    key's primaries in order."""
+    c = SimCluster(5)
+    owners = primaries(c, b"k")
+    origin = next(n for n in c.nodes if n not in owners)
+    return c, origin, owners
+
+
+def test_a_forwarded_write_retried_after_its_reply_was_lost_leaves_one_sibling() -> None:
+    """The first coordinator applies a forwarded write, its reply is lost and the link breaks: the
+    origin retries at a second coordinator, which must recognise the write and not add a sibling."""
+    c, origin, owners = _forwarding_setup()
+    first = owners[0]
+    # Everything the first coordinator says to the origin is lost, its ForwardPutReply included.
+    c.faults.cut.add((first, origin))
+    rid = c.submit(origin, ClientPut(b"b", b"k", None, Content(b"once", "text/plain")))
+    assert c.run_until(
+        lambda: c.core(first).stats.coordinated_puts == 1 and c.stats(first)["requests_in_flight"] == 0, 1_000
+    )
+    assert all(local(c, n, b"k") is not None for n in owners)
+    c.link_failed(origin, first)
+    assert c.run_until(lambda: rid in c.replies, 5_000)
+    assert isinstance(c.replies.pop(rid), Ok)
+    # The retry was coordinated (not refused, not forwarded back) by the second primary.
+    assert c.core(owners[1]).stats.coordinated_puts == 1
+    c.heal()
+    c.settle(2_000)
+    assert values(get(c, origin, b"k", r=3)) == [b"once"]
+    for node in owners:
+        obj = local(c, node, b"k")
+        assert obj is not None and len(obj.siblings) == 1, (node, obj)
+
+
+def test_a_forwarded_write_delivered_twice_to_its_coordinator_is_applied_once() -> None:
+    """A ForwardPut that arrives twice (the network duplicated it) is applied once: one sibling."""
+    c, origin, owners = _forwarding_setup()
+    c.faults.duplicate = 1.0
+    put(c, origin, b"k", b"once")
+    c.faults.duplicate = 0.0
+    assert c.core(owners[0]).stats.coordinated_puts == 2
+    c.settle(2_000)
+    assert values(get(c, origin, b"k", r=3)) == [b"once"]
+    for node in owners:
+        obj = local(c, node, b"k")
+        assert obj is not None and len(obj.siblings) == 1, (node, obj)

@@ -33,7 +33,9 @@ CHUNKS = 20  # 200 seeds in all
 #     dropped (a register lost; issue 13).
 # 806 - the same with a stalled node (a loaded machine): an acknowledged set element lost.
 # 1403 - the same with no partition at all: the fallback stood in for a node that crashed twice.
-REGRESSION_SEEDS = [9, 637, 806, 1403]
+# 323, 1486 - a deleted key came back: its tombstone was reaped once every primary held it, while a
+#     fallback still held a hint of the value, delivered afterwards (issue 17).
+REGRESSION_SEEDS = [9, 323, 637, 806, 1403, 1486]
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
@@ -129,6 +131,30 @@ def test_the_register_checker_for_buckets_keeping_one_value_wants_exactly_one_at
     both = {"k": [(Dot(b"n#1", 1), b"a"), (Dot(b"n#1", 2), b"b")]}
     assert check_registers([a, blind], both, one_value=True).unexpected == ["k holds 2 values"]
     assert check_registers([a], {"k": [(Dot(b"n#1", 3), b"z")]}, one_value=True).unexpected == ["k=b'z'"]
+
+
+def test_the_register_checker_calls_a_deleted_value_that_comes_back_unexpected() -> None:
+    """A value an acknowledged delete's context covered must not be among the final siblings (it was
+    resurrected); an unknown delete may not have been applied, and a deleted value is not lost."""
+    written = RegisterWrite("d", b"v", Context(), OK, Dot(b"n#1", 1))
+    deleted = RegisterWrite("d", b"", Context(((b"n#1", 1),)), OK, Dot(b"n#1", 2), delete=True)
+    back = {"d": [(Dot(b"n#1", 1), b"v")]}
+    verdict = check_registers([written, deleted], back)
+    assert verdict.unexpected == ["d=b'v' (deleted, then back)"] and not verdict.ok
+    assert check_registers([written, deleted], {"d": []}).ok
+    maybe = RegisterWrite("d", b"", Context(((b"n#1", 1),)), UNKNOWN, None, delete=True)
+    assert check_registers([written, maybe], back).ok
+    assert check_registers([written, maybe], {"d": []}).ok
+
+
+def test_the_copies_checker_lets_a_reaped_delete_leave_no_copy() -> None:
+    """Once a delete covered a write, its tombstone may be reaped: no node need hold the write."""
+    written = RegisterWrite("d", b"v", Context(), OK, Dot(b"n#1", 1))
+    deleted = RegisterWrite("d", b"", Context(((b"n#1", 1),)), OK, Dot(b"n#1", 2), delete=True)
+    assert check_copies([], [written, deleted], {"x": {"d": []}, "y": {"d": []}}, 2, msgpack.unpackb) == []
+    assert check_copies([], [written], {"x": {"d": []}, "y": {"d": []}}, 2, msgpack.unpackb) == [
+        "the write of b'v' to d is held by 0 nodes (w=2)"
+    ]
 
 
 def test_the_command_line_replays_a_seed_and_sweeps(capsys: pytest.CaptureFixture[str]) -> None:

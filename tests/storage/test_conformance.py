@@ -452,3 +452,26 @@ def test_the_awkward_keys_really_cover_long_and_grouped_keys() -> None:
     """Guard the fixture itself: without long keys sharing a prefix, LMDB's groups would go untested."""
     long_keys = [key for key in AWKWARD_KEYS if len(key) > 511]
     assert len({key[:510] for key in long_keys}) < len(long_keys)
+
+
+def test_a_disk_engine_reports_its_used_and_free_space_and_used_grows_with_data(disk_factory: StoreFactory) -> None:
+    engine = disk_factory.open()
+    try:
+        before = engine.space()
+        assert before is not None and before.used_bytes > 0 and before.free_bytes > 0
+        engine.write([Op("data", b"big%d" % i, b"x" * 100_000) for i in range(40)])
+        after = engine.space()
+        assert after is not None and after.used_bytes >= before.used_bytes + 3_000_000
+    finally:
+        engine.close()
+
+
+def test_the_memory_engine_is_bounded_by_nothing_but_memory(factory: StoreFactory) -> None:
+    engine = factory.open()
+    try:
+        if factory.kind == "memory":
+            assert engine.space() is None
+        else:
+            assert engine.space() is not None
+    finally:
+        engine.close()

@@ -10,7 +10,7 @@ import lmdb
 import pytest
 
 from dynastore.storage import StorageError
-from dynastore.storage.base import AREAS, Op
+from dynastore.storage.base import AREAS, NoSpaceError, Op
 from dynastore.storage.lmdb_engine import LmdbEngine
 from dynastore.storage.lmdb_layout import encode_group
 
@@ -145,3 +145,58 @@ def test_a_data_directory_of_a_later_layout_is_refused_in_one_line(tmp_path: Pat
     env.close()
     with pytest.raises(StorageError, match="has storage layout 3; this dynastore reads layouts 1 to 2"):
         LmdbEngine(path)
+
+
+def test_the_map_grows_by_itself_up_to_its_maximum_then_a_batch_is_refused_whole_and_deletes_free_room(
+    tmp_path: Path,
+) -> None:
+    """From a 1 MiB map with a 16 MiB maximum: 8 MiB of values fit (the map doubled); past the
+    maximum a batch raises NoSpaceError and leaves nothing of itself; reads go on, deletes are
+    taken, and the room they free takes a new batch."""
+    engine = LmdbEngine(tmp_path / "store", durable=False, map_size_bytes=16 << 20, map_initial_bytes=1 << 20)
+    try:
+        value = b"v" * 100_000
+        for i in range(80):
+            engine.write([Op("data", b"k%03d" % i, value)])
+        assert engine.count("data") == 80
+        with pytest.raises(NoSpaceError):
+            for i in range(80, 400):
+                engine.write([Op("data", b"k%03d" % i, value), Op("meta", b"marker%d" % i, b"m")])
+        stopped = engine.count("data")
+        assert engine.count("meta") == stopped - 80
+        assert engine.get("data", b"k000") == value
+        space = engine.space()
+        assert space is not None and space.free_bytes < 1 << 20
+        engine.write([Op("data", b"k%03d" % i, None) for i in range(40)])
+        assert engine.space().free_bytes > 3 << 20  # type: ignore[union-attr]
+        engine.write([Op("data", b"again%d" % i, value) for i in range(20)])
+        assert engine.get("data", b"again19") == value
+    finally:
+        engine.close()
+
+
+def test_the_chunk_size_is_kept_with_the_directory_not_worked_out_again_from_the_lmdb_build(tmp_path: Path) -> None:
+    """A directory whose trees were written in chunks other than this build's would (a build with a
+    larger key limit) is read with its own chunks: simulated by rewriting the stored chunk before any
+    tree exists, then writing and reading keys of many chunks."""
+    path = tmp_path / "store"
+    LmdbEngine(path, durable=False).close()
+    env = lmdb.open(str(path), max_dbs=20)
+    with env.begin(write=True) as txn:
+        txn.put(b"chunk", (100).to_bytes(4, "big"), db=env.open_db(b"_engine", txn=txn))
+    env.close()
+    keys = [HEAD + b"x" * n for n in (1, 99, 100, 101, 350)]
+    engine = LmdbEngine(path, durable=False)
+    try:
+        engine.write([Op("data", key, b"%d" % len(key)) for key in keys])
+        assert [engine.get("data", key) for key in keys] == [b"%d" % len(key) for key in keys]
+    finally:
+        engine.close()
+    records = raw_records(path)
+    assert max(len(k) for k, _ in records[b"data+long"]) <= 8 + 100 + 1
+    env = lmdb.open(str(path), max_dbs=20)
+    with env.begin(write=True) as txn:
+        txn.put(b"chunk", (5000).to_bytes(4, "big"), db=env.open_db(b"_engine", txn=txn))
+    env.close()
+    with pytest.raises(StorageError, match="chunks of 5000 bytes"):
+        LmdbEngine(path, durable=False)

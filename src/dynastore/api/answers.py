@@ -22,6 +22,7 @@ STATUS_OF_FAILURE = {
     "unavailable": 503,
     "timeout": 503,
     "overload": 503,
+    "insufficient_storage": 507,
 }
 
 

@@ -81,7 +81,6 @@ IGNORED_PROPS = frozenset(
         "name",
         "basic_quorum",
         "notfound_ok",
-        "rw",
         "young_vclock",
         "old_vclock",
         "small_vclock",
@@ -328,7 +327,6 @@ class Api:
         props["name"] = bucket.decode(errors="replace")
         props["basic_quorum"] = False
         props["notfound_ok"] = True
-        props["rw"] = "quorum"
         return props
 
     def get_props(self, bucket: bytes) -> Answer:
@@ -581,11 +579,12 @@ class Api:
         quorums = self._quorums(request.query)
         timeout = self._int_param(request, "timeout")
         context = self._context_header(request, bucket, key)
+        core = self.runtime.core
+        assert core is not None
+        r, w = quorum.delete_quorums(quorums["r"], quorums["w"], quorums["rw"], core.bucket_props(bucket)["rw"])
         # Riak answers 404 for a key that does not exist, or is already deleted; find out first, with
         # the delete's read quorum.
-        existing = await self.runtime.request(
-            ClientGet(bucket, key, r=_first_given(quorums["r"], quorums["rw"]), pr=quorums["pr"], timeout_ms=timeout)
-        )
+        existing = await self.runtime.request(ClientGet(bucket, key, r=r, pr=quorums["pr"], timeout_ms=timeout))
         if isinstance(existing, Failure):
             return self.failure(existing)
         if isinstance(existing, NotFound):
@@ -601,7 +600,7 @@ class Api:
                 key,
                 context if context is not None else existing.found.context,
                 None,
-                w=_first_given(quorums["w"], quorums["rw"]),
+                w=w,
                 dw=quorums["dw"],
                 pw=quorums["pw"],
                 timeout_ms=timeout,
@@ -743,11 +742,6 @@ def _quorum_value(name: str, raw: object) -> int | str:
         return quorum.parse(name, raw)
     except quorum.QuorumError as exc:
         raise BadRequest(str(exc)) from None
-
-
-def _first_given(spec: int | str | None, fallback: int | str | None) -> int | str | None:
-    # `rw` is Riak's older single quorum for both halves of a delete; r and w, when given, win.
-    return fallback if spec is None else spec
 
 
 def _bool_param(query: Mapping[str, str], name: str) -> bool:

@@ -158,9 +158,23 @@ class Actors:
         of the current actor it held, so the next write of this key here knows what it lacks."""
         if raw is None:
             return
-        counter = objects.decode(raw).clock.get(self.actor)
+        try:
+            counter = objects.decode_stored(raw).clock.get(self.actor)
+        except objects.CorruptCopy:
+            # What it held cannot be known: name the next versions with a fresh actor.
+            self.new_actor()
+            return
         if counter == 0:
             return
+        if skey not in self.forgotten:
+            self.forgotten_bytes += len(skey) + FORGOTTEN_ENTRY_BYTES
+        self.forgotten[skey] = max(counter, self.forgotten.get(skey, 0))
+        if self.forgotten_bytes > self._forgotten_max:
+            self.new_actor()
+
+    def written_elsewhere(self, skey: bytes, counter: int) -> None:
+        """This actor's version `counter` of `skey` was written to other nodes only (this node's disk
+        was full): like a deleted copy, the next write of the key here must know it or take a new actor."""
         if skey not in self.forgotten:
             self.forgotten_bytes += len(skey) + FORGOTTEN_ENTRY_BYTES
         self.forgotten[skey] = max(counter, self.forgotten.get(skey, 0))

@@ -56,6 +56,10 @@ QUEUE_RETRY_MS = 10
 # A responder too busy to send objects is asked again after this long.
 BUSY_RETRY_MS = 200
 META_CLEAN = b"clean_shutdown"
+# The summary version the segment index was written with (none: version 1).
+META_SUMMARY_VERSION = b"aae_summary_version"
+# Partitions with a copy found corrupt, exchanged before any other (at most this many remembered).
+URGENT_MAX = 1024
 
 
 class AntiEntropyHost(Protocol):
@@ -88,6 +92,10 @@ class AntiEntropyHost(Protocol):
     def _scan_all(self, area: str, start: bytes, end: bytes | None) -> Iterable[tuple[bytes, bytes]]: ...
 
     def _load(self, area: str, key: bytes) -> Object | None: ...
+
+    def _decode_copy(self, area: str, key: bytes, raw: bytes) -> Object | None: ...
+
+    def _refuses(self, *, delete: bool) -> bool: ...
 
     def _stored_key(self, bucket: bytes, key: bytes) -> bytes: ...
 
@@ -146,8 +154,19 @@ class AntiEntropy:
         self._deferred: tuple[int, int] | None = None
         self._next_exchange_ms = now_ms + node.settings.anti_entropy_interval_ms // 4
         self._next_verify_all_ms = now_ms + node.settings.anti_entropy_rebuild_interval_ms
+        # Partitions to exchange before the others (a copy in them was found corrupt and discarded).
+        self.urgent: dict[int, None] = {}
         clean = node._get("meta", META_CLEAN) is not None
         node._put("meta", META_CLEAN, None)
+        raw_version = node._get("meta", META_SUMMARY_VERSION)
+        current = raw_version is not None and int.from_bytes(raw_version, "big") == merkle.SUMMARY_VERSION
+        if not current:
+            node._put("meta", META_SUMMARY_VERSION, merkle.SUMMARY_VERSION.to_bytes(4, "big"))
+        if not current and node.has_data():
+            # Summaries of another version: recompute the index from the data before any exchange (a
+            # verification builds the partition's trees; until then they are not ready).
+            self.verify_queue.extend(range(node.ring.size))
+            return
         for partition in range(node.ring.size):
             for n_val in node.n_vals():
                 self.build_queue.append((partition, n_val))
@@ -209,10 +228,11 @@ class AntiEntropy:
         prefix = keys.partition_prefix(partition)
         expected: dict[bytes, bytes] = {}
         for skey, raw in node._scan_all("data", prefix, keys.prefix_end(prefix)):
+            obj = node._decode_copy("data", skey, raw)
+            if obj is None:
+                continue
             n_val = int(node._props(keys.decode(skey).bucket)["n_val"])
-            expected[index_key(n_val, skey, merkle.segment_of(skey, self.segments))] = merkle.summary(
-                objects.decode(raw)
-            )
+            expected[index_key(n_val, skey, merkle.segment_of(skey, self.segments))] = merkle.summary(obj)
         present: dict[bytes, bytes] = {}
         for n_val in self._all_n_vals():
             tprefix = _tree_prefix(n_val, partition)
@@ -273,6 +293,12 @@ class AntiEntropy:
             if candidates and not self._exchanging and controller.admit(now_ms):
                 self._start(candidates, now_ms)
 
+    def repair_soon(self, partition: int) -> None:
+        """A copy in `partition` was discarded: exchange the partition with its other replicas first."""
+        if len(self.urgent) < URGENT_MAX:
+            self.urgent[partition] = None
+        self._next_exchange_ms = min(self._next_exchange_ms, self.node.now_hint_ms)
+
     def _candidates(self) -> list[tuple[int, int, list[str]]]:
         node = self.node
         out = []
@@ -288,6 +314,17 @@ class AntiEntropy:
     def _start(self, candidates: list[tuple[int, int, list[str]]], now_ms: int) -> None:
         node = self.node
         healthy = node.healthy(now_ms)
+        while self.urgent:
+            partition = next(iter(self.urgent))
+            for candidate_partition, n_val, peers in candidates:
+                tree = self.trees.get((candidate_partition, n_val))
+                live = [p for p in peers if p in healthy]
+                if candidate_partition == partition and tree is not None and tree.ready and live:
+                    del self.urgent[partition]
+                    self._begin(live[self.stats.exchanges % len(live)], partition, n_val, now_ms)
+                    return
+            # Not a replica of it any more, no tree yet, or no live peer: the regular rounds will do.
+            del self.urgent[partition]
         for step in range(len(candidates)):
             partition, n_val, peers = candidates[(self._cursor + step) % len(candidates)]
             tree = self.trees.get((partition, n_val))
@@ -297,12 +334,14 @@ class AntiEntropy:
             if not live:
                 continue
             self._cursor = (self._cursor + step + 1) % len(candidates)
-            peer = live[self.stats.exchanges % len(live)]
-            op = ExchangeOp(peer, partition, n_val, now_ms + node.settings.request_timeout_ms)
-            op_id = node._register(op)
-            self._exchanging = True
-            self._send(peer, TreeRequest(op_id, partition, n_val, 0, (0,)))
+            self._begin(live[self.stats.exchanges % len(live)], partition, n_val, now_ms)
             return
+
+    def _begin(self, peer: str, partition: int, n_val: int, now_ms: int) -> None:
+        op = ExchangeOp(peer, partition, n_val, now_ms + self.node.settings.request_timeout_ms)
+        op_id = self.node._register(op)
+        self._exchanging = True
+        self._send(peer, TreeRequest(op_id, partition, n_val, 0, (0,)))
 
     def _send(self, dst: str, msg: Message) -> None:
         self.stats.bytes_sent += _size(msg)
@@ -351,9 +390,10 @@ class AntiEntropy:
         for skey in msg.keys[: node.settings.anti_entropy_keys_batch_max]:
             served += 1
             raw = node._get("data", skey)
-            if raw is not None:
+            obj = None if raw is None else node._decode_copy("data", skey, raw)
+            if raw is not None and obj is not None:
                 parsed = keys.decode(skey)
-                items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                items.append(HintItem(parsed.bucket, parsed.key, obj))
                 size += len(raw)
                 if size >= bytes_max:
                     break
@@ -455,6 +495,10 @@ class AntiEntropy:
         if not 1 <= msg.served <= asked:
             self.abandon(msg.req)
             return
+        if node._refuses(delete=False):
+            # No room on this disk: the exchange waits for a later round (diskspace.py).
+            self.abandon(msg.req)
+            return
         batch, op.differing = op.differing[: msg.served], op.differing[msg.served :]
         wanted = set(batch)
         theirs: dict[tuple[bytes, bytes], Object] = {}
@@ -477,8 +521,8 @@ class AntiEntropy:
                 batch = batch[:index]
                 break
             raw = node._get("data", skey)
-            if raw is not None:
-                obj = objects.decode(raw)
+            obj = None if raw is None else node._decode_copy("data", skey, raw)
+            if raw is not None and obj is not None:
                 parsed = keys.decode(skey)
                 held = theirs.get((parsed.bucket, parsed.key))
                 if held is not None and objects.same(held, obj):

@@ -12,7 +12,8 @@ from dynastore.core.quorum import QuorumError, parse, resolve
 from dynastore.settings import Settings
 
 # The properties a bucket may set (Riak's names); the API ignores the rest of Riak's (see api/http.py).
-BUCKET_PROPS = ("n_val", "r", "w", "pr", "pw", "dw", "allow_mult", "last_write_wins")
+# `rw` is the quorum of both halves of a delete that names neither r nor w (see quorum.delete_quorums).
+BUCKET_PROPS = ("n_val", "r", "w", "rw", "pr", "pw", "dw", "allow_mult", "last_write_wins")
 
 
 def defaults(settings: Settings) -> dict[str, Any]:
@@ -23,6 +24,7 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "n_val": s.n_val,
         "r": "quorum" if s.r == quorum else s.r,
         "w": "quorum" if s.w == quorum else s.w,
+        "rw": "quorum",
         "pr": 0,
         "pw": 0,
         "dw": "quorum",
@@ -66,9 +68,11 @@ def problem(props: dict[str, Any], settings: Settings) -> str | None:
     n_val = props.get("n_val")
     if isinstance(n_val, bool) or not isinstance(n_val, int) or not 1 <= n_val <= settings.n_val_max:
         return f"n_val must be an integer from 1 to {settings.n_val_max}"
-    for name, minimum in (("r", 1), ("w", 1), ("pr", 0), ("pw", 0), ("dw", 0)):
+    # "default" stands for the node's own default (see NodeBase._props), which must fit this n_val too.
+    fallback = defaults(settings)
+    for name, minimum in (("r", 1), ("w", 1), ("rw", 1), ("pr", 0), ("pw", 0), ("dw", 0)):
         try:
-            resolve(name, props.get(name), n_val, "quorum", minimum)
+            resolve(name, props.get(name), n_val, fallback[name], minimum)
         except QuorumError as exc:
             return str(exc)
     for name in ("allow_mult", "last_write_wins"):

@@ -404,7 +404,8 @@ class ClusterOps(NodeBase):
         if problem is not None:
             self._answer(origin, Failure("bad_request", problem))
             return
-        stored = {k: merged[k] for k in BUCKET_PROPS if k in changes or k in self.cluster.bucket(req.bucket)}
+        # What was set stays as it was set (a "default" keeps following the node's default).
+        stored = {**self.cluster.bucket(req.bucket), **changes}
         self._set_cluster(self.cluster.with_bucket(req.bucket, stored, self.name))
         # Push at once to every member so that the change is visible cluster-wide within a round trip.
         self._push_state()

@@ -15,8 +15,11 @@ Theory of operation
   written. (Only a dot whose counter lease is not yet on disk waits for it: a crash must never hand a
   dot out twice.) A fallback target stores the object in its hint store, naming the primary it
   stands in for (handoff.py delivers hints). A target found dead mid-request is replaced by the next
-  healthy fallback. A forwarded write is retried at another coordinator only when the first could not
-  be reached, so it is never applied twice.
+  healthy fallback. A forwarded write carries a write id that every retry keeps; a forwarded write
+  is retried at another coordinator when the link to the first breaks, which may be after the first
+  applied it. A node that applied a write remembers its id (recentwrites.py), so a retry that reaches
+  a coordinator holding the first attempt's version sends that version again instead of writing a
+  second one: a retry never adds a sibling of its own.
 - delete writes a tombstone, a sibling like any other (reaping.py removes it later).
 - list: every healthy node lists what it holds (data and hints); the coordinator answers with the union.
 
@@ -27,15 +30,17 @@ touches the engine: it reads and writes through the staged overlay of nodebase.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dynastore.core import bucketprops, keys, objects, placement
+from dynastore.core.diskspace import DISK_FULL
 from dynastore.core.messages import (
     ClientGet,
     ClientListKeys,
     ClientPut,
     ClientResponse,
     Failure,
+    FailureKind,
     ForwardPut,
     ForwardPutReply,
     ListKeys,
@@ -52,6 +57,7 @@ from dynastore.core.nodebase import NodeBase
 from dynastore.core.objects import Content, Object
 from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
+from dynastore.core.recentwrites import WRITE_ID_BYTES, RecentWrites
 from dynastore.core.ring import PreferenceList, Target
 from dynastore.core.versions import Context, Dot, prune, update
 from dynastore.storage.base import truncated
@@ -64,9 +70,10 @@ class WritePlan:
     origin: Origin
     request: ClientPut
     plist: PreferenceList
-    # The first N healthy nodes (and the partition's new owners during a transfer); `mine` is this node.
+    # The first N healthy nodes (and the partition's new owners during a transfer); `mine` is this node
+    # (None: this node keeps no copy, its disk being full).
     targets: tuple[Target, ...]
-    mine: Target
+    mine: Target | None
     w: int
     dw: int
     pw: int
@@ -81,9 +88,14 @@ class Coordination(NodeBase):
 
     # The writes this node coordinates whose own copy is staged, by the batch that makes it durable.
     _own_copies: dict[int, list[int]]
+    # Forwarded writes applied here lately (coordinated or replicated), by write id.
+    _recent_writes: RecentWrites
 
     def _init_coordination(self) -> None:
         self._own_copies = {}
+        # A forwarded write lives at most 10 request timeouts (`_timeout`); remember it twice as long.
+        s = self.settings
+        self._recent_writes = RecentWrites(s.recent_writes_max, 20 * s.request_timeout_ms)
 
     # --- Get ------------------------------------------------------------------------------------------------
 
@@ -164,7 +176,8 @@ class Coordination(NodeBase):
         for target in op.tally.repairs():
             self.stats.read_repairs += 1
             if target.node == self.name:
-                self._merge_into_data(op.bucket, op.key, merged, one, now_ms)
+                if not self._refuses(delete=objects.is_tombstone(merged)):
+                    self._merge_into_data(op.bucket, op.key, merged, one, now_ms)
             else:
                 self._send(target.node, ReplicaPut(0, op.bucket, op.key, merged, None, one))
 
@@ -252,27 +265,44 @@ class Coordination(NodeBase):
         if mine is None:
             self._forward(origin, req, targets, now_ms)
             return
+        full_here = self._refuses(delete=req.content is None)
+        if full_here:
+            # No room on this node's disk: for this write it is a down primary, and a fallback keeps
+            # its copy as a hint (diskspace.py). It still coordinates: it holds what the key was.
+            self.stats.writes_refused_full += 1
+            healthy = healthy - {self.name}
+            targets = plist.targets(healthy)
+            mine = None
         # While the key's partition moves, its new owners get every write too.
         chosen = {t.node for t in targets}
         targets += tuple(Target(n, False) for n in where.receivers if n in healthy and n not in chosen)
         if len(targets) < max(w, dw) or sum(1 for t in targets if t.primary) < pw:
-            self._answer(
-                origin,
-                Failure("unavailable", f"{len(targets)} healthy replicas cannot satisfy w={w} dw={dw} pw={pw}"),
-            )
+            kind: FailureKind = "insufficient_storage" if full_here else "unavailable"
+            with_room = " with room" if full_here else ""
+            reason = f"{len(targets)} healthy replicas{with_room} cannot satisfy w={w} dw={dw} pw={pw}"
+            self._answer(origin, Failure(kind, reason))
             return
         lww = bool(props["last_write_wins"])
+        if not targets:
+            self._answer(origin, Failure("insufficient_storage", "no node with room on its disk holds this key"))
+            return
         plan = WritePlan(origin, req, plist, targets, mine, w, dw, pw, lww, bucketprops.keeps_one(props))
         self._coordinate_put(plan, now_ms)
 
     def _forward(self, origin: Origin, req: ClientPut, targets: tuple[Target, ...], now_ms: int) -> None:
         if req.hops >= self.settings.coordinator_forward_retries_max:
-            self._answer(origin, Failure("unavailable", "no coordinator accepted the write"))
+            if self._refuses(delete=req.content is None):
+                self._answer(origin, Failure("insufficient_storage", "no coordinator had room on its disk"))
+            else:
+                self._answer(origin, Failure("unavailable", "no coordinator accepted the write"))
             return
         nodes = [t.node for t in targets]
         preferred = req.context.coordinator if req.context is not None else None
         dst = preferred if preferred in nodes else nodes[0]
         assert dst is not None
+        if not req.write_id:
+            # The write's identity from here on, whichever coordinator applies it (recentwrites.py).
+            req = replace(req, write_id=self.rng.randbytes(WRITE_ID_BYTES))
         op = ForwardOp(origin, req, dst, [dst], self._timeout(req.timeout_ms, now_ms))
         op_id = self._register(op)
         self.stats.forwarded_puts += 1
@@ -298,12 +328,14 @@ class Coordination(NodeBase):
                 req.timeout_ms if req.timeout_ms is not None else self.settings.request_timeout_ms,
                 req.return_body,
                 req.hops + 1,
+                req.write_id,
             ),
         )
 
     def _retry_forward(self, op_id: int, op: ForwardOp, now_ms: int) -> None:
-        # The coordinator could not be reached, so the write was never applied there: another
-        # target may coordinate it without risk of applying it twice.
+        # The link to the coordinator broke: it may or may not have applied the write. The retry keeps
+        # the write's id, so a coordinator that holds the first attempt's version does not write it
+        # again (recentwrites.py).
         _, plist = self.preference_list(op.request.bucket, op.request.key)
         others = [t.node for t in plist.targets(self.healthy(now_ms)) if t.node not in op.tried]
         if not others or len(op.tried) > self.settings.coordinator_forward_retries_max:
@@ -334,6 +366,7 @@ class Coordination(NodeBase):
             msg.timeout_ms,
             msg.return_body,
             msg.hops,
+            msg.write_id,
         )
         origin = ToPeer(src, msg.req)
         try:
@@ -365,6 +398,10 @@ class Coordination(NodeBase):
         # its dot's clock entry claims every earlier version of this actor, some of which may sit in a
         # hint kept for another owner.
         local = self._read_local(req.bucket, req.key)
+        applied = self._recent_writes.find(req.write_id, skey, now_ms)
+        if applied is not None and local is not None and local.clock.covers(applied):
+            self._coordinate_again(plan, skey, local, applied, now_ms)
+            return
         context = req.context if req.context is not None else Context()
         if req.content is None and req.context is None:
             # A delete without a context removes what this coordinator knows of; concurrent values it
@@ -387,12 +424,42 @@ class Coordination(NodeBase):
             )
             self._answer(plan.origin, Failure("too_large", reason))
             return
-        if plan.mine.hint_for is None:
+        if plan.mine is None:
+            # The new version lives on other nodes only: this actor must never claim it unseen here.
+            self.actors.written_elsewhere(skey, dot.counter)
+        elif plan.mine.hint_for is None:
             self._store_data(skey, new, self._load("data", skey), now_ms)
+            self.actors.recall(skey)
         elif not self._merge_into_hints(plan.mine.hint_for, req.bucket, req.key, new, plan.resolve_one):
             self._answer(plan.origin, Failure("unavailable", "this node's hint store is full"))
             return
-        self.actors.recall(skey)
+        else:
+            self.actors.recall(skey)
+        self._replicate_write(plan, skey, new, context.after_write(dot), dot, now_ms)
+
+    def _coordinate_again(self, plan: WritePlan, skey: bytes, local: Object, dot: Dot, now_ms: int) -> None:
+        """A retry of a forwarded write this node already holds as `dot` (it coordinated or replicated
+        the first attempt): no new version, no new sibling. What this node holds of the key goes to the
+        targets again, under the same quorums, and the answer carries the context the first attempt
+        answers with: the client's, plus the write's dot (for a delete without a context, the dot
+        alone: a smaller context only ever keeps more siblings, never drops one)."""
+        req = plan.request
+        if plan.mine is None:
+            pass  # this node's disk is full: its copy stays as it is
+        elif plan.mine.hint_for is None:
+            self._merge_into_data(req.bucket, req.key, local, plan.resolve_one, now_ms)
+        elif not self._merge_into_hints(plan.mine.hint_for, req.bucket, req.key, local, plan.resolve_one):
+            self._answer(plan.origin, Failure("unavailable", "this node's hint store is full"))
+            return
+        context = req.context if req.context is not None else Context()
+        self._replicate_write(plan, skey, local, context.after_write(dot), dot, now_ms)
+
+    def _replicate_write(
+        self, plan: WritePlan, skey: bytes, new: Object, reply_context: Context, dot: Dot, now_ms: int
+    ) -> None:
+        """Send the version written here (as `dot`) to the other targets and wait for the quorums."""
+        req = plan.request
+        self._recent_writes.remember(req.write_id, skey, dot, now_ms)
         tally = PutTally(plan.targets, plan.w, plan.dw, plan.pw)
         deadline_ms = self._timeout(req.timeout_ms, now_ms)
         op = PutOp(
@@ -404,8 +471,10 @@ class Coordination(NodeBase):
             plan.plist,
             new,
             plan.resolve_one,
-            context.after_write(dot),
+            reply_context,
             req.return_body,
+            write_id=req.write_id,
+            dot=dot if req.write_id else None,
         )
         op_id = self._register(op)
         self._replicate(op_id, op, plan.targets)
@@ -442,9 +511,10 @@ class Coordination(NodeBase):
         lease = self.actors.durable_after()
         for target in targets:
             if target.node != self.name:
-                msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.resolve_one)
+                msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.resolve_one, op.write_id, op.dot)
                 self._send(target.node, msg, after=lease)
-        self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
+        if any(target.node == self.name for target in targets):
+            self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
 
     def _advance_put(self, op_id: int, op: PutOp, now_ms: int, *, durable_here: bool = False) -> None:
         """Answer once the tally decides. `durable_here`: every acknowledgement counted is of a durable
@@ -455,6 +525,9 @@ class Coordination(NodeBase):
             after = 0 if durable_here else None
             if decision == OK:
                 self._answer(op.origin, self._write_response(op), after=after)
+            elif op.full_replicas:
+                reason = f"write not acknowledged: {op.tally.shortfall()}; {op.full_replicas} replicas' disks are full"
+                self._answer(op.origin, Failure("insufficient_storage", reason), after=after)
             else:
                 failure = Failure("unavailable", f"write not acknowledged: {op.tally.shortfall()}")
                 self._answer(op.origin, failure, after=after)
@@ -472,15 +545,18 @@ class Coordination(NodeBase):
     def _lost_put(self, op_id: int, op: PutOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.tally.acks or peer in op.tally.errors:
             return
+        self._replace_target(op_id, op, peer, now_ms)
+        self._advance_put(op_id, op, now_ms)
+
+    def _replace_target(self, op_id: int, op: PutOp, peer: str, now_ms: int) -> None:
         # Always writeable: a target found dead mid-write is replaced by the next healthy
         # fallback, which keeps the write as a hint for the node it stands in for.
         substitute = self._substitute(op.tally.targets, op.plist, peer, now_ms)
         op.tally.add_error(peer)
         if substitute is not None:
             op.tally.targets += (substitute,)
-            msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.resolve_one)
+            msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.resolve_one, op.write_id, op.dot)
             self._send(substitute.node, msg)
-        self._advance_put(op_id, op, now_ms)
 
     def _expire_put(self, op_id: int, op: PutOp, now_ms: int) -> None:
         self._finish(op_id)
@@ -491,11 +567,19 @@ class Coordination(NodeBase):
     def _on_replica_put(self, src: str, msg: ReplicaPut, now_ms: int) -> None:
         ok = True
         reason = ""
+        if self._refuses(delete=objects.is_tombstone(msg.obj)):
+            self.stats.writes_refused_full += 1
+            if msg.req:
+                self._send(src, ReplicaPutReply(msg.req, False, DISK_FULL))
+            return
         if msg.hint_for is not None and msg.hint_for != self.name:
             ok = self._merge_into_hints(msg.hint_for, msg.bucket, msg.key, msg.obj, msg.resolve_one)
             reason = "" if ok else "hint store full"
         else:
             self._merge_into_data(msg.bucket, msg.key, msg.obj, msg.resolve_one, now_ms)
+        if ok and msg.dot is not None:
+            # This node now holds the forwarded write: a retry of it coordinated here adds nothing.
+            self._recent_writes.remember(msg.write_id, self._stored_key(msg.bucket, msg.key), msg.dot, now_ms)
         if msg.req:
             self._send(src, ReplicaPutReply(msg.req, ok, reason))
 
@@ -504,8 +588,12 @@ class Coordination(NodeBase):
         if isinstance(op, PutOp):
             if msg.ok:
                 op.tally.ack(src)
-            else:
-                op.tally.add_error(src)
+            elif src not in op.tally.errors:
+                # A replica that could not take the copy (its disk or hint store is full) is, for this
+                # write, a lost target: the next healthy fallback takes the copy instead.
+                if msg.reason == DISK_FULL:
+                    op.full_replicas += 1
+                self._replace_target(msg.req, op, src, now_ms)
             # Every acknowledgement the tally counts is of a durable copy (this node's own included,
             # see `_local_put_durable`): the answer depends on nothing staged here.
             self._advance_put(msg.req, op, now_ms, durable_here=True)
@@ -569,11 +657,19 @@ class Coordination(NodeBase):
             end = keys.prefix_end(keys.partition_prefix(partition))
             start = keys.prefix_end(keys.bucket_prefix(partition, after)) if after else keys.partition_prefix(partition)
             cursor = start
-            # One seek per bucket: a bucket's keys are one range, skipped whole.
-            while len(found) < limit and cursor is not None and (end is None or cursor < end):
-                rows = self._scan("data", cursor, end, 1)
+            read = 0
+            # One seek per bucket: a bucket's keys are one range, skipped whole. Each seek reads one
+            # object: their bytes are bounded per step too.
+            while (
+                len(found) < limit
+                and read < settings.list_page_bytes_max
+                and cursor is not None
+                and (end is None or cursor < end)
+            ):
+                rows = self._scan("data", cursor, end, 1, 1)
                 if not rows:
                     return found, b"", True
+                read += len(rows[0][0]) + len(rows[0][1])
                 name = keys.decode(rows[0][0]).bucket
                 found.append(name)
                 cursor = keys.prefix_end(keys.bucket_prefix(partition, name))
@@ -582,7 +678,11 @@ class Coordination(NodeBase):
         prefix = keys.bucket_prefix(partition, bucket)
         start = prefix + after + b"\x00" if after else prefix
         rows = self._scan("data", start, keys.prefix_end(prefix), limit, settings.list_page_bytes_max)
-        live = [keys.decode(skey).key for skey, raw in rows if not objects.is_tombstone(objects.decode(raw))]
+        live = [
+            keys.decode(skey).key
+            for skey, raw in rows
+            if (obj := self._decode_copy("data", skey, raw)) is not None and not objects.is_tombstone(obj)
+        ]
         last = keys.decode(rows[-1][0]).key if rows else after
         return live, last, not truncated(rows, limit, settings.list_page_bytes_max)
 
@@ -609,5 +709,29 @@ class Coordination(NodeBase):
         op = self._ops.get(msg.req)
         if not isinstance(op, ListOp) or op.peer != src:
             return
+        if not _progresses(op.request, msg):
+            # A step that goes nowhere (or lists names outside it) would make the listing loop for
+            # ever: the next replica is asked instead.
+            self._lost_list(msg.req, op, src, "a listing step that does not move forward", now_ms)
+            return
         self._finish(msg.req)
         self._answer(op.origin, self._list_page(op.request, list(msg.items), msg.last, msg.done))
+
+
+def _progresses(req: ClientListKeys, msg: ListKeysReply) -> bool:
+    """Whether a listing step's reply lies after where it started: its names in (after, last], and
+    `last` past `after` unless the partition is done. Buckets order as their stored prefixes do
+    (length first), keys bytewise."""
+
+    def position(name: bytes) -> bytes:
+        return name if req.bucket is not None else keys.bucket_prefix(0, name)
+
+    after = position(req.after) if req.after else None
+    last = position(msg.last) if msg.last else None
+    if not msg.done and (last is None or (after is not None and last <= after)):
+        return False
+    for name in msg.items:
+        at = position(name)
+        if (after is not None and at <= after) or (last is not None and at > last):
+            return False
+    return True

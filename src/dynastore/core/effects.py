@@ -1,6 +1,6 @@
 """What a NodeCore and the shell that drives it hand each other, besides peer messages and client requests.
 
-The core returns effects (`Send`, `Reply`, `Stop`) from `take_free` and `batch_written`, and batches
+The core returns effects (`Send`, `Reply`, `Stop`, `Log`) from `take_free` and `batch_written`, and batches
 of writes from `take_batch`; the shell performs the effects and writes the batches, and does nothing
 else with them. Admin requests (join, leave, remove) reach the core through `on_request` like client
 requests, but they never cross the node-to-node wire, so they are not part of the message codec.
@@ -41,7 +41,15 @@ class Stop:
     reason: str
 
 
-Effect = Send | Reply | Stop
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Something an operator must hear of (the core does no I/O: the shell writes it to the log)."""
+
+    level: Literal["info", "warning", "error"]
+    text: str
+
+
+Effect = Send | Reply | Stop | Log
 
 
 @dataclass(frozen=True, slots=True)

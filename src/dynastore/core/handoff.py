@@ -14,7 +14,9 @@ Theory of operation
   and deleted here once every replica has acknowledged, and only if the local copy did not change
   meanwhile.
 - Hints: a fallback that took a write for a primary delivers it, in batches, once that primary is
-  reachable again, and deletes a hint only if it was not rewritten since it was sent.
+  reachable again, and deletes a hint only if it was not rewritten since it was sent. A primary that
+  left the cluster or was removed will never take its hints back: they go to each key's replicas in
+  the current ring instead, and are deleted once every one of those has acknowledged them.
 
 Every step is admitted by the background controller, so handoff slows down when foreground latency
 rises. This module must never delete the only copy of anything: data leaves a node only after its
@@ -29,6 +31,7 @@ from typing import Any
 import msgpack
 
 from dynastore.core import hints, keys, membership, objects, placement
+from dynastore.core.membership import ACTIVE
 from dynastore.core.messages import (
     GossipState,
     HandoffBatch,
@@ -151,9 +154,11 @@ class Handoff(NodeBase):
         items: list[HintItem] = []
         last = msg.after
         for skey, raw in rows:
-            parsed = keys.decode(skey)
-            items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
             last = skey
+            obj = self._decode_copy("data", skey, raw)
+            if obj is not None:
+                parsed = keys.decode(skey)
+                items.append(HintItem(parsed.bucket, parsed.key, obj))
         done = not truncated(rows, limit, bytes_max)
         self._send(src, HandoffBatch(msg.req, msg.transfer, msg.partition, tuple(items), last, done))
 
@@ -163,6 +168,11 @@ class Handoff(NodeBase):
             return
         self._end_pull(msg.req, op)
         if placement.transition_id(self.cluster.ring) != op.transition:
+            return
+        if msg.items and self._refuses(delete=False):
+            # No room: the pull resumes from its checkpoint once there is (diskspace.py).
+            self.stats.writes_refused_full += 1
+            self._next_transfer_ms = min(self._next_transfer_ms, now_ms + self.settings.handoff_retry_ms)
             return
         for item in msg.items:
             self._merge_into_data(item.bucket, item.key, item.obj, self._keeps_one(item.bucket), now_ms)
@@ -247,6 +257,8 @@ class Handoff(NodeBase):
                 here = placement.placement(self.cluster.ring, partition, n_val)
                 if self.name in here.plist.primary_nodes or self.name in here.receivers:
                     continue
+                if self._decode_copy("data", skey, raw) is None:
+                    continue
                 replicas = tuple(n for n in here.plist.primary_nodes if n != self.name)
                 by_targets.setdefault(replicas, []).append((skey, raw))
             for replicas, batch in by_targets.items():
@@ -258,7 +270,7 @@ class Handoff(NodeBase):
                 one = []
                 for skey, raw in batch:
                     parsed = keys.decode(skey)
-                    items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                    items.append(HintItem(parsed.bucket, parsed.key, objects.decode_stored(raw)))
                     one.append(self._keeps_one(parsed.bucket))
                 op = StrayOp(set(replicas), batch, now_ms + self.settings.request_timeout_ms)
                 op_id = self._register(op)
@@ -306,8 +318,12 @@ class Handoff(NodeBase):
     def _deliver_hints(self, now_ms: int) -> None:
         if not self._hint_count or not self.settings.hinted_handoff_enabled:
             return
+        active = set(self.cluster.names(ACTIVE))
         for owner in self.cluster.names(membership.STATUSES):
-            if owner == self.name or owner in self._hints_inflight or not self.detector.is_up(owner, now_ms):
+            if owner == self.name or owner in self._hints_inflight:
+                continue
+            gone = owner not in active
+            if not gone and not self.detector.is_up(owner, now_ms):
                 continue
             prefix = hints.owner_prefix(owner)
             batch_max, bytes_max = self.settings.hint_batch_max, self.settings.hint_batch_bytes_max
@@ -317,19 +333,73 @@ class Handoff(NodeBase):
             if not self.controller.admit(now_ms):
                 self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms + 100)
                 return
+            if gone:
+                self._rehome_hints(owner, rows, active, now_ms)
+                continue
             sent: list[tuple[bytes, bytes]] = []
             items: list[HintItem] = []
             one: list[bool] = []
             for hkey, raw in rows:
+                obj = self._decode_copy("hints", hkey, raw)
+                if obj is None:
+                    continue
                 _, skey = hints.parse(hkey)
                 parsed = keys.decode(skey)
                 sent.append((hkey, raw))
-                items.append(HintItem(parsed.bucket, parsed.key, objects.decode(raw)))
+                items.append(HintItem(parsed.bucket, parsed.key, obj))
                 one.append(self._keeps_one(parsed.bucket))
-            op = HintOp(owner, sent, now_ms + self.settings.request_timeout_ms)
+            op = HintOp(owner, sent, now_ms + self.settings.request_timeout_ms, {owner})
             op_id = self._register(op)
             self._hints_inflight.add(owner)
             self._send(owner, HintDelivery(op_id, tuple(items), tuple(one)))
+
+    def _rehome_hints(self, owner: str, rows: list[tuple[bytes, bytes]], active: set[str], now_ms: int) -> None:
+        """Hints for an owner that left the cluster or was removed: it will never take them back, so
+        each goes to its key's replicas in the current ring instead (the primaries serving the key now
+        and, while its partition moves, its new owners: where a write of the key made now would go),
+        and is dropped once every one of them has acknowledged it. A replica that is this node merges
+        it into its own data here. A hint whose replicas are not all reachable waits for a later scan.
+        """
+        healthy = self.healthy(now_ms)
+        sent: list[tuple[bytes, bytes]] = []
+        batches: dict[str, tuple[list[HintItem], list[bool]]] = {}
+        for hkey, raw in rows:
+            _, skey = hints.parse(hkey)
+            parsed = keys.decode(skey)
+            props = self._props(parsed.bucket)
+            where = placement.placement(self.cluster.ring, parsed.partition, int(props["n_val"]))
+            replicas = [n for n in (*where.plist.primary_nodes, *where.receivers) if n in active]
+            if not replicas or not all(n in healthy for n in replicas):
+                continue
+            obj = self._decode_copy("hints", hkey, raw)
+            if obj is None:
+                continue
+            one = self._keeps_one(parsed.bucket)
+            sent.append((hkey, raw))
+            for node in replicas:
+                if node == self.name:
+                    self._merge_into_data(parsed.bucket, parsed.key, obj, one, now_ms)
+                else:
+                    items, flags = batches.setdefault(node, ([], []))
+                    items.append(HintItem(parsed.bucket, parsed.key, obj))
+                    flags.append(one)
+        if not batches:
+            # Nothing to wait for: every hint sent (if any) is merged into this node's data, in the
+            # same batch that deletes it.
+            self._drop_delivered(sent)
+            return
+        op = HintOp(owner, sent, now_ms + self.settings.request_timeout_ms, set(batches))
+        op_id = self._register(op)
+        self._hints_inflight.add(owner)
+        for node, (items, flags) in sorted(batches.items()):
+            self._send(node, HintDelivery(op_id, tuple(items), tuple(flags)))
+
+    def _drop_delivered(self, sent: list[tuple[bytes, bytes]]) -> None:
+        for hkey, raw in sent:
+            # Delete only what was delivered: a hint rewritten since it was sent goes next round.
+            if self._get("hints", hkey) == raw:
+                self._drop_hint(hkey, raw)
+                self.stats.hints_delivered += 1
 
     def _end_hints(self, op_id: int, op: HintOp) -> None:
         self._finish(op_id)
@@ -339,10 +409,15 @@ class Handoff(NodeBase):
         self._end_hints(op_id, op)
 
     def _lost_hints(self, op_id: int, op: HintOp, peer: str, reason: str, now_ms: int) -> None:
-        if op.owner == peer:
+        if peer in op.waiting:
             self._end_hints(op_id, op)
 
     def _on_hint_delivery(self, src: str, msg: HintDelivery, now_ms: int) -> None:
+        if any(self._refuses(delete=objects.is_tombstone(item.obj)) for item in msg.items):
+            # No room: the sender keeps its copies and tries again later (diskspace.py).
+            self.stats.writes_refused_full += 1
+            self._send(src, HintDeliveryReply(msg.req, False))
+            return
         for item, one in zip(msg.items, msg.resolve_one, strict=False):
             self._merge_into_data(item.bucket, item.key, item.obj, one, now_ms)
         self._send(src, HintDeliveryReply(msg.req, True))
@@ -356,16 +431,16 @@ class Handoff(NodeBase):
             if op.peer == src and op.stage == "push":
                 self.aae.on_push_ack(msg.req, op, msg.ok)
             return
-        if not isinstance(op, HintOp) or op.owner != src:
+        if not isinstance(op, HintOp) or src not in op.waiting:
+            return
+        if not msg.ok:
+            self._end_hints(msg.req, op)
+            return
+        op.waiting.discard(src)
+        if op.waiting:
             return
         self._end_hints(msg.req, op)
-        if not msg.ok:
-            return
-        for hkey, raw in op.sent:
-            # Delete only what was delivered: a hint rewritten since it was sent goes next round.
-            if self._get("hints", hkey) == raw:
-                self._drop_hint(hkey, raw)
-                self.stats.hints_delivered += 1
+        self._drop_delivered(op.sent)
         # More may be waiting for this owner.
         self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms)
 

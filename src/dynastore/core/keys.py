@@ -44,6 +44,17 @@ def decode(raw: bytes) -> StorageKey:
     return StorageKey(partition, raw[header : header + blen], raw[header + blen :])
 
 
+def describe(raw: bytes) -> str:
+    """A stored key as an operator reads it in a log line: bucket/key (partition), bytes escaped."""
+    try:
+        parsed = decode(raw)
+    except KeyLayoutError:
+        return f"stored key {raw[:64]!r}"
+    bucket = parsed.bucket.decode(errors="backslashreplace")[:128]
+    key = parsed.key.decode(errors="backslashreplace")[:256]
+    return f"{bucket}/{key} (partition {parsed.partition})"
+
+
 def partition_prefix(partition: int) -> bytes:
     return partition.to_bytes(PARTITION_BYTES, "big")
 

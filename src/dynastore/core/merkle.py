@@ -7,8 +7,10 @@ A key belongs to one of S *segments* (a hash of its stored key). A leaf is the X
 out the old summary's hash and XORing in the new one; no rescan is ever needed to keep a tree current.
 Interior nodes hash their children (fan-out F), computed lazily when an exchange asks for them.
 
-The version summary of an object hashes its clock counters and its siblings' dots, never timestamps
-or the order siblings were merged in: two replicas holding the same versions have the same summary.
+The version summary of an object hashes its clock counters, its siblings' dots and their contents
+(value and metadata, made once by the write's coordinator), never the clock's timestamps or the order
+siblings were merged in: two replicas holding the same versions have the same summary, and a copy
+whose bytes changed under the same versions does not.
 
 Two replicas compare roots, then only the children of nodes that differ, level by level, down to the
 differing segments, then only the keys of those segments (listed from the on-disk segment index, see
@@ -22,22 +24,37 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from dynastore.core.objects import Object
+import msgpack
+
+from dynastore.core import objects
+from dynastore.core.objects import Content, Object
 
 HASH_BYTES = 16
 FANOUT = 32
 _ZERO = bytes(HASH_BYTES)
 
 
+# 2: a summary covers the siblings' values and metadata, not only clock and dots. An index written
+# with another version is recomputed from the data when the node starts (antientropy.py).
+SUMMARY_VERSION = 2
+
+
 def summary(obj: Object) -> bytes:
-    """What two replicas must agree on for a key: clock counters and sibling dots."""
+    """What two replicas must agree on for a key: clock counters, sibling dots, and every sibling's
+    value and metadata (so that a copy whose bytes changed under the same versions differs)."""
     h = hashlib.blake2b(digest_size=HASH_BYTES)
     for actor, counter, _ in obj.clock.entries:
         h.update(len(actor).to_bytes(1, "big") + actor + counter.to_bytes(8, "big"))
     h.update(b"|")
-    for dot, _ in obj.siblings:
+    for dot, content in obj.siblings:
         h.update(len(dot.actor).to_bytes(1, "big") + dot.actor + dot.counter.to_bytes(8, "big"))
+        h.update(content_digest(content))
     return h.digest()
+
+
+def content_digest(content: Content) -> bytes:
+    fields = objects.content_fields(content)
+    return hashlib.blake2b(msgpack.packb(fields, use_bin_type=True), digest_size=HASH_BYTES).digest()
 
 
 def key_hash(storage_key: bytes, version: bytes) -> int:

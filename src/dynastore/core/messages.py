@@ -22,8 +22,13 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # 4: the handshake proves the key both ways and frames carry MACs; JoinReply carries the cluster key;
 # the cluster state carries security metadata. 5: a message larger than a frame travels as fragments;
 # ObjectsReply says how many of the asked keys it served; a listing goes a bounded step at a time.
-# 6: ReplicaPut's and HintDelivery's flag (was `lww`) is set for allow_mult=false buckets too: the
-# receiver resolves what it merges to one value (objects.py, "One value per key").
+# 6: anti-entropy summaries cover the siblings' values (merkle.SUMMARY_VERSION 2); a forwarded write
+# may fail as insufficient_storage; a bucket's props in the cluster state may hold `rw`; ReapCheck /
+# ReapCheckReply: a tombstone is reaped only once no member holds another copy of its key; a forwarded
+# write carries its write id, and ReplicaPut the write id and dot of the write it carries
+# (recentwrites.py), so that a retried forwarded write is not applied twice; ReplicaPut's and
+# HintDelivery's flag (was `lww`) is set for allow_mult=false buckets too: the receiver resolves what
+# it merges to one value (objects.py, "One value per key").
 PROTOCOL_VERSION = 6
 _INT_MAX = COUNTER_MAX
 
@@ -35,12 +40,23 @@ class PeerError(ValueError):
 # --- Failure kinds ---------------------------------------------------------------------------------
 
 # Why a request could not be done: malformed input, an object or a listing too large, too many
-# siblings, not enough replicas reachable, no answer in time, more requests than the node takes.
-FailureKind = Literal["bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload"]
+# siblings, not enough replicas reachable, no answer in time, more requests than the node takes, not
+# enough replicas with room on their disks.
+FailureKind = Literal[
+    "bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload", "insufficient_storage"
+]
 FAILURE_KINDS: tuple[FailureKind, ...] = typing.get_args(FailureKind)
 # What a forwarded write's coordinator answers: done, done and the key is deleted, or a failure.
 ForwardStatus = Literal[
-    "ok", "notfound", "bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload"
+    "ok",
+    "notfound",
+    "bad_request",
+    "too_large",
+    "too_many_siblings",
+    "unavailable",
+    "timeout",
+    "overload",
+    "insufficient_storage",
 ]
 FORWARD_STATUSES: tuple[ForwardStatus, ...] = typing.get_args(ForwardStatus)
 assert set(FORWARD_STATUSES) == {"ok", "notfound", *FAILURE_KINDS}
@@ -78,6 +94,9 @@ class ClientPut:
     return_body: bool = False
     # How many times this request was already forwarded between nodes (bounded).
     hops: int = 0
+    # The identity of a forwarded write, which every retry keeps (recentwrites.py); set by the node
+    # that forwards it, never by a client. Empty: a write nobody retries.
+    write_id: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +189,9 @@ class ReplicaGetReply:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaPut:
-    """Merge `obj` into the receiver's replica (or into its hint store when `hint_for` names the owner)."""
+    """Merge `obj` into the receiver's replica (or into its hint store when `hint_for` names the owner).
+    For a forwarded write, `write_id` and `dot` name it and the dot it was given (recentwrites.py);
+    empty and None otherwise (a write nobody retries, a read repair)."""
 
     CODE: ClassVar[int] = 5
     req: int
@@ -180,6 +201,8 @@ class ReplicaPut:
     hint_for: str | None
     # The bucket keeps one value per key (last-write-wins, or allow_mult off): resolve once merged.
     resolve_one: bool
+    write_id: bytes = b""
+    dot: Dot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +229,8 @@ class ForwardPut:
     timeout_ms: int
     return_body: bool
     hops: int
+    # The write's identity, the same in every retry (recentwrites.py).
+    write_id: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +277,30 @@ class Reap:
     bucket: bytes
     key: bytes
     obj: Object
+
+
+@dataclass(frozen=True, slots=True)
+class ReapCheck:
+    """Before reaping: which of these keys (storage keys) does the receiver hold a copy of, as a hint
+    for any owner or in its data?"""
+
+    CODE: ClassVar[int] = 26
+    req: int
+    keys: tuple[bytes, ...]
+
+
+# What a member holds of a key it was asked about before reaping (ReapCheckReply), as flags.
+HELD_HINT = 1
+HELD_DATA = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ReapCheckReply:
+    """One entry per asked key, in order: what the receiver holds of it (HELD_* flags, 0 for nothing)."""
+
+    CODE: ClassVar[int] = 27
+    req: int
+    held: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +459,8 @@ Message = (
     | HintDelivery
     | HintDeliveryReply
     | Reap
+    | ReapCheck
+    | ReapCheckReply
     | ListKeys
     | ListKeysReply
     | GossipDigest
@@ -501,6 +552,14 @@ def _object_from_wire(data: Any) -> Object:
         raise PeerError(f"malformed object: {exc}") from None
 
 
+def _dot_from_wire(data: Any) -> Dot:
+    _check(isinstance(data, list) and len(data) == 2, "malformed dot")
+    actor, counter = data
+    _check(isinstance(actor, bytes) and 0 < len(actor) <= ACTOR_BYTES_MAX, "malformed dot actor")
+    _check(_is_int(counter) and 0 < counter <= COUNTER_MAX, "malformed dot counter")
+    return Dot(actor, counter)
+
+
 def _values_to_wire(values: tuple[tuple[Dot, Content], ...]) -> list[Any]:
     return [[d.actor, d.counter, _content_to_wire(c)] for d, c in values]
 
@@ -557,6 +616,7 @@ _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "Object | None": lambda o: None if o is None else objects.encode(o),
     "Context | None": lambda c: None if c is None else context_to_wire(c),
     "Content | None": lambda c: None if c is None else _content_to_wire(c),
+    "Dot | None": lambda d: None if d is None else [d.actor, d.counter],
     "tuple[tuple[Dot, Content], ...]": _values_to_wire,
     "tuple[HintItem, ...]": lambda items: [[i.bucket, i.key, objects.encode(i.obj)] for i in items],
 }
@@ -573,6 +633,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "Object | None": _optional(_object_from_wire),
     "Context | None": _optional(context_from_wire),
     "Content | None": _optional(_content_from_wire),
+    "Dot | None": _optional(_dot_from_wire),
     "tuple[tuple[Dot, Content], ...]": _values_from_wire,
     "tuple[HintItem, ...]": _tuple_of(_hint_item_from_wire, "items"),
     "tuple[bytes, ...]": _tuple_of(_scalar(bytes, "item"), "items"),

@@ -62,6 +62,7 @@ from dynastore.core.bucketprops import BUCKET_PROPS
 from dynastore.core.clusterops import ClusterOps
 from dynastore.core.controller import BackgroundController
 from dynastore.core.coordination import Coordination
+from dynastore.core.diskspace import DiskSpace
 from dynastore.core.effects import (
     AdminRequest,
     Batch,
@@ -102,6 +103,8 @@ from dynastore.core.messages import (
     Ping,
     Pong,
     Reap,
+    ReapCheck,
+    ReapCheckReply,
     ReplicaGet,
     ReplicaGetReply,
     ReplicaPut,
@@ -123,11 +126,13 @@ from dynastore.core.ops import (
     ListOp,
     PullOp,
     PutOp,
+    ReapCheckOp,
     StrayOp,
     ToClient,
 )
 from dynastore.core.quorum import QuorumError
 from dynastore.core.reaping import Reaping
+from dynastore.core.scrub import Scrub
 from dynastore.settings import Settings
 from dynastore.storage.base import Engine
 
@@ -149,7 +154,7 @@ __all__ = [
 ]
 
 
-class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
+class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, NodeBase):
     """One node's protocol state machine. See the module docstring."""
 
     def __init__(
@@ -177,6 +182,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self._init_cluster(Member(name, host, peer_port, http_port, weight, "valid", 1, tls), now_ms)
         self._init_handoff(now_ms)
         self._init_reaping(now_ms)
+        self._init_scrub(now_ms)
+        self._init_space()
         # Buffered mode syncs its engine this often (a batch says when); durable engines sync every batch.
         self._next_sync_ms = now_ms + settings.buffered_sync_interval_ms
         self._sync_due = False
@@ -211,6 +218,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         coordinates whose copies it held count this node's acknowledgement."""
         number = self.store.taken
         self.store.mark_written(number)
+        self._space_failed = False
         effects = self.outbox.written(number)
         self._own_copies_durable(number, self.now_hint_ms)
         return effects + self.outbox.take_free()
@@ -226,6 +234,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             self._next_heartbeat_ms,
             self._next_hint_scan_ms,
             self._next_reap_ms,
+            self._scrub_deadline_ms(),
             self._next_transfer_ms,
             self._next_stray_ms,
             self.aae.next_deadline_ms(),
@@ -313,6 +322,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
         self._tick_membership(now_ms)
         self._tick_hints(now_ms)
         self._tick_reaping(now_ms)
+        self._tick_scrub(now_ms)
         self._tick_transfers(now_ms)
         if self._tick_strays(now_ms):
             self._maybe_exit(now_ms)
@@ -456,6 +466,14 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, NodeBase):
             "transfers_completed_total": s.transfers_completed,
             "strays_handed_off_total": s.strays_handed_off,
             "strangers_dropped_total": s.strangers_dropped,
+            "storage_corrupt_copies_total": s.corrupt_copies,
+            "storage_used_bytes": None if self.space is None else self.space.used_bytes,
+            "storage_free_bytes": None if self.space is None else self.space.free_bytes,
+            "storage_full": self.space_full,
+            "storage_writes_refused_total": s.writes_refused_full,
+            "scrub_copies_total": s.scrubbed_copies,
+            "scrub_passes_total": s.scrub_passes,
+            "scrub_copies_upgraded_total": s.scrub_upgraded,
             "ring_transition": self.cluster.ring.next_owners is not None,
             "aae_exchanges_total": self.aae.stats.exchanges,
             "aae_exchanges_with_differences_total": self.aae.stats.exchanges_with_differences,
@@ -523,6 +541,8 @@ _HANDLERS: dict[type[Any], Handler] = dict(
         _on(HintDelivery, NodeCore._on_hint_delivery),
         _on(HintDeliveryReply, NodeCore._on_hint_delivery_reply),
         _on(Reap, NodeCore._on_reap),
+        _on(ReapCheck, NodeCore._on_reap_check),
+        _on(ReapCheckReply, NodeCore._on_reap_check_reply),
         _on(ListKeys, NodeCore._on_list_keys),
         _on(ListKeysReply, NodeCore._on_list_keys_reply),
         _on(GossipDigest, NodeCore._on_gossip_digest),
@@ -550,6 +570,7 @@ _OP_KINDS: dict[type[Any], OpKind] = dict(
         _op(JoinOp, NodeCore._expire_join, NodeCore._lost_join),
         _op(PullOp, NodeCore._expire_pull, NodeCore._lost_pull),
         _op(StrayOp, NodeCore._expire_strays, NodeCore._lost_strays),
+        _op(ReapCheckOp, NodeCore._expire_reap_check, NodeCore._lost_reap_check),
         _op(
             ExchangeOp,
             lambda node, op_id, op, now: node.aae.abandon(op_id),

@@ -25,11 +25,11 @@ from dynastore.core import bucketprops, hints, keys, membership, objects, placem
 from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy
 from dynastore.core.controller import BackgroundController
-from dynastore.core.effects import Effect, Reply, Send
+from dynastore.core.effects import Effect, Log, Reply, Send
 from dynastore.core.failure import FailureDetector
 from dynastore.core.membership import ACTIVE, ClusterState
 from dynastore.core.messages import ClientResponse, Failure, ForwardPutReply, Message, NotFound, Ok
-from dynastore.core.objects import Object, ObjectError
+from dynastore.core.objects import CorruptCopy, Object
 from dynastore.core.ops import AnyOp, GetOp, Origin, ToClient
 from dynastore.core.placement import Placement
 from dynastore.core.ring import PreferenceList, Ring
@@ -66,6 +66,14 @@ class Stats:
     strays_handed_off: int = 0
     # Messages other than a join from a node that is not a member (or was removed): dropped.
     strangers_dropped: int = 0
+    # Stored copies that failed their checksum or did not decode (discarded, repaired from replicas).
+    corrupt_copies: int = 0
+    # Writes this node turned away because its disk is (nearly) full (diskspace.py).
+    writes_refused_full: int = 0
+    # The scrub: copies it re-read, passes it finished, copies it rewrote with a checksum.
+    scrubbed_copies: int = 0
+    scrub_passes: int = 0
+    scrub_upgraded: int = 0
     siblings_histogram: dict[int, int] = field(default_factory=dict)
 
 
@@ -159,6 +167,10 @@ class NodeBase(ABC):
     def _finish_reap(self, op: GetOp, now_ms: int) -> None:
         """Reap a tombstone once the read that preceded it is complete (reaping.py)."""
 
+    @abstractmethod
+    def _refuses(self, *, delete: bool) -> bool:
+        """Whether a write (a delete: `delete`) must not be staged here for lack of room (diskspace.py)."""
+
     # --- Queries: bucket properties, placement, health -------------------------------------------------
 
     def bucket_props(self, bucket: bytes) -> dict[str, Any]:
@@ -173,7 +185,8 @@ class NodeBase(ABC):
         props = self._props_cache.get(bucket)
         if props is None:
             props = bucketprops.defaults(self.settings)
-            props.update(self.cluster.bucket(bucket))
+            # A quorum set to "default" follows the node's default: it is no count of its own.
+            props.update((k, v) for k, v in self.cluster.bucket(bucket).items() if v != "default")
             if len(self._props_cache) > PROPS_CACHE_MAX:
                 self._props_cache.clear()
             self._props_cache[bucket] = props
@@ -220,13 +233,37 @@ class NodeBase(ABC):
         return keys.encode(self.ring.partition_of(bucket, key), bucket, key)
 
     def _load(self, area: str, key: bytes) -> Object | None:
+        """A stored copy (data or hint); None when there is none or it is corrupt (then discarded)."""
         raw = self._get(area, key)
         if raw is None:
             return None
+        return self._decode_copy(area, key, raw)
+
+    def _decode_copy(self, area: str, key: bytes, raw: bytes) -> Object | None:
+        """The object of a stored copy of `key` in `area`; None when it fails its checksum or does not
+        decode: it is then discarded and counted, and replicas bring it back (read repair, and an
+        anti-entropy exchange of its partition started at once)."""
         try:
-            return objects.decode(raw)
-        except ObjectError as exc:
-            raise AssertionError(f"corrupt object in {area} at {key!r}: {exc}") from None
+            return objects.decode_stored(raw)
+        except CorruptCopy as exc:
+            self._discard_corrupt(area, key, raw, str(exc))
+            return None
+
+    def _discard_corrupt(self, area: str, key: bytes, raw: bytes, reason: str) -> None:
+        self.stats.corrupt_copies += 1
+        where = keys.describe(key if area == "data" else hints.parse(key)[1])
+        self._queue(Log("warning", f"corrupt copy of {where} in {area} ({reason}): discarded, to be repaired"), 0)
+        # It may have held versions of this node's actor that no other copy holds: never claim them.
+        self.actors.new_actor()
+        self._put(area, key, None)
+        if area == "hints":
+            self._hint_count -= 1
+            self._hint_bytes -= len(raw)
+            return
+        self._put("reap", key, None)
+        # The segment index still holds the summary of what the copy was: now the tree shows it missing.
+        self.aae.on_write(key, self._n_val_of(key), None)
+        self.aae.repair_soon(int.from_bytes(key[: keys.PARTITION_BYTES], "big"))
 
     def _n_val_of(self, skey: bytes) -> int:
         return int(self._props(keys.decode(skey).bucket)["n_val"])
@@ -243,7 +280,7 @@ class NodeBase(ABC):
         self.aae.on_write(skey, self._n_val_of(skey), None)
 
     def _store_data(self, skey: bytes, obj: Object, previous: Object | None, now_ms: int) -> None:
-        self._put("data", skey, objects.encode(obj))
+        self._put("data", skey, objects.encode_stored(obj))
         self.aae.on_write(skey, self._n_val_of(skey), obj, previous)
         if objects.is_tombstone(obj):
             if previous is None or not objects.is_tombstone(previous) or self._get("reap", skey) is None:
@@ -268,13 +305,15 @@ class NodeBase(ABC):
         skey = self._stored_key(bucket, key)
         hkey = hints.hint_key(owner, skey)
         old_raw = self._get("hints", hkey)
-        local = None if old_raw is None else self._load("hints", hkey)
+        local = None if old_raw is None else self._decode_copy("hints", hkey, old_raw)
+        if local is None:
+            old_raw = None
         if local is None and self._hint_count >= self.settings.hints_max:
             return False
         merged = _merged(local, incoming, one)
         if local is not None and objects.same(local, merged):
             return True
-        raw = objects.encode(merged)
+        raw = objects.encode_stored(merged)
         grown = len(raw) - (0 if old_raw is None else len(old_raw))
         if grown > 0 and self._hint_bytes + grown > self.settings.hints_bytes_max:
             return False

@@ -49,12 +49,23 @@ import msgpack
 from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Clock, Context, Dot, Versioned, keep_only, update
 
 FORMAT_VERSION = 1
+# What a stored copy (data or hint) is on disk: this byte, a checksum of the payload, the payload (the
+# object's wire bytes). Copies written before checksums are the bare payload, a msgpack array of three
+# (0x93): read unchecked, and rewritten with a checksum by the next write or the scrub.
+STORED_CHECKED = 0x01
+STORED_LEGACY = 0x93
+CHECKSUM_BYTES = 8
 K = TypeVar("K")
 V = TypeVar("V")
 
 
 class ObjectError(ValueError):
     """Bytes that should hold an object do not."""
+
+
+class CorruptCopy(ObjectError):
+    """A stored copy fails its checksum or does not decode: the disk or something beside dynastore
+    changed it. It is treated as missing, never served or sent."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -155,7 +166,7 @@ def same(a: Object, b: Object) -> bool:
 # --- Encoding ------------------------------------------------------------------------------------
 
 
-def _content_fields(c: Content) -> list[Any]:
+def content_fields(c: Content) -> list[Any]:
     return [
         c.value,
         c.content_type,
@@ -172,7 +183,7 @@ def to_wire(obj: Object) -> list[Any]:
     return [
         FORMAT_VERSION,
         [[a, c, ts] for a, c, ts in obj.clock.entries],
-        [[d.actor, d.counter, *_content_fields(content)] for d, content in obj.siblings],
+        [[d.actor, d.counter, *content_fields(content)] for d, content in obj.siblings],
     ]
 
 
@@ -249,6 +260,46 @@ def decode(raw: bytes) -> Object:
     _decoded.put(raw, obj, len(raw))
     _remember(obj, raw)
     return obj
+
+
+def _checksum(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=CHECKSUM_BYTES, person=b"dynastore-copy").digest()
+
+
+def encode_stored(obj: Object) -> bytes:
+    """A copy as it is stored: checksummed, so that a flipped byte anywhere in it is found on reading."""
+    payload = encode(obj)
+    return bytes((STORED_CHECKED,)) + _checksum(payload) + payload
+
+
+def decode_stored(raw: bytes) -> Object:
+    """The object of a stored copy; raises CorruptCopy when it fails its checksum or does not decode."""
+    raw = bytes(raw)
+    known = _decoded.get(raw)
+    if known is not None:
+        return known
+    if not raw:
+        raise CorruptCopy("empty stored copy")
+    if raw[0] == STORED_CHECKED:
+        payload = raw[1 + CHECKSUM_BYTES :]
+        if _checksum(payload) != raw[1 : 1 + CHECKSUM_BYTES]:
+            raise CorruptCopy("checksum mismatch")
+    elif raw[0] == STORED_LEGACY:
+        payload = raw
+    else:
+        raise CorruptCopy(f"unknown stored format 0x{raw[0]:02x}")
+    try:
+        obj = decode(payload)
+    except ObjectError as exc:
+        raise CorruptCopy(str(exc)) from None
+    if payload is not raw:
+        _decoded.put(raw, obj, len(raw))
+    return obj
+
+
+def is_checked(raw: bytes) -> bool:
+    """Whether a stored copy carries a checksum (copies written before checksums do not)."""
+    return bool(raw) and raw[0] == STORED_CHECKED
 
 
 def cache_bytes() -> int:

@@ -15,7 +15,7 @@ from dynastore.core.messages import ClientListKeys, ClientPut
 from dynastore.core.objects import Object
 from dynastore.core.quorum import GetTally, PutTally
 from dynastore.core.ring import PreferenceList
-from dynastore.core.versions import Context
+from dynastore.core.versions import Context, Dot
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,11 @@ class PutOp:
     reply_context: Context
     return_body: bool
     replied: bool = False
+    # Targets that answered they have no room (diskspace.py): a failed write then says so (507).
+    full_replicas: int = 0
+    # A forwarded write's identity and the dot it was given, sent along to every replica.
+    write_id: bytes = b""
+    dot: Dot | None = None
 
 
 @dataclass
@@ -96,11 +101,14 @@ class ListOp:
 
 @dataclass
 class HintOp:
-    """A batch of hints delivered to `owner`; `sent` is what to delete once it is acknowledged."""
+    """A batch of hints held for `owner`, delivered to the nodes in `waiting` (the owner itself, or the
+    keys' current replicas once the owner has left the cluster); `sent` is what to delete once every
+    one of them has acknowledged."""
 
     owner: str
     sent: list[tuple[bytes, bytes]]
     deadline_ms: int
+    waiting: set[str]
 
 
 @dataclass
@@ -132,6 +140,21 @@ class StrayOp:
     deadline_ms: int
 
 
+@dataclass
+class ReapCheckOp:
+    """One round of asking every member whether it holds a copy (a hint, or data it does not replicate)
+    of keys whose tombstones this node would reap; `keys` in the order asked, with the tombstone held
+    here and the primaries of each."""
+
+    keys: tuple[bytes, ...]
+    tombstones: dict[bytes, Object]
+    primaries: dict[bytes, tuple[str, ...]]
+    waiting: set[str]
+    deadline_ms: int
+    # Keys some member holds another copy of: not reaped this round.
+    held: set[bytes] = field(default_factory=set)
+
+
 # Where an exchange stands: comparing tree levels, comparing segments, waiting for the controller to
 # admit its next objects request, waiting for objects, waiting for the peer to take merged ones back.
 ExchangeStage = Literal["tree", "segments", "deferred", "objects", "push"]
@@ -152,4 +175,4 @@ class ExchangeOp:
     stage: ExchangeStage = "tree"
 
 
-AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ExchangeOp
+AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ReapCheckOp | ExchangeOp

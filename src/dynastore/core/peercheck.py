@@ -18,6 +18,8 @@ from typing import Any
 
 from dynastore.core import hints, keys
 from dynastore.core.messages import (
+    HELD_DATA,
+    HELD_HINT,
     MESSAGE_TYPES,
     ForwardPut,
     HandoffBatch,
@@ -31,11 +33,14 @@ from dynastore.core.messages import (
     ObjectsRequest,
     PeerError,
     Reap,
+    ReapCheck,
+    ReapCheckReply,
     ReplicaGet,
     ReplicaPut,
     SegmentRequest,
     TreeRequest,
 )
+from dynastore.core.recentwrites import WRITE_ID_BYTES
 from dynastore.settings import Settings
 
 # More items than any honest batch holds (every batch is bounded by settings far below this).
@@ -87,11 +92,14 @@ def _replica_put(limits: Limits, msg: ReplicaPut) -> None:
     _names(limits, msg.bucket, msg.key)
     owner = msg.hint_for
     _need(owner is None or 0 < len(owner.encode()) <= hints.OWNER_BYTES_MAX, "a hint's owner must be a member name")
+    _need(len(msg.write_id) in (0, WRITE_ID_BYTES), f"a write id must be {WRITE_ID_BYTES} bytes")
+    _need((msg.dot is None) == (not msg.write_id), "a replicated write names its dot exactly when it has an id")
 
 
 def _forward_put(limits: Limits, msg: ForwardPut) -> None:
     _names(limits, msg.bucket, msg.key)
     _need(0 <= msg.hops <= HOPS_MAX, f"a forwarded write of {msg.hops} hops")
+    _need(len(msg.write_id) == WRITE_ID_BYTES, f"a forwarded write's id must be {WRITE_ID_BYTES} bytes")
 
 
 def _hint_delivery(limits: Limits, msg: HintDelivery) -> None:
@@ -101,6 +109,17 @@ def _hint_delivery(limits: Limits, msg: HintDelivery) -> None:
 
 def _reap(limits: Limits, msg: Reap) -> None:
     _names(limits, msg.bucket, msg.key)
+
+
+def _reap_check(limits: Limits, msg: ReapCheck) -> None:
+    _need(len(msg.keys) <= ITEMS_MAX, f"more than {ITEMS_MAX} keys")
+    for raw in msg.keys:
+        _stored(limits, raw)
+
+
+def _reap_check_reply(limits: Limits, msg: ReapCheckReply) -> None:
+    _need(len(msg.held) <= ITEMS_MAX, f"more than {ITEMS_MAX} answers")
+    _need(all(0 <= flags <= HELD_HINT | HELD_DATA for flags in msg.held), "an answer that is no set of flags")
 
 
 def _list_keys(limits: Limits, msg: ListKeys) -> None:
@@ -166,6 +185,8 @@ _CHECKS.update(
         ForwardPut: _forward_put,
         HintDelivery: _hint_delivery,
         Reap: _reap,
+        ReapCheck: _reap_check,
+        ReapCheckReply: _reap_check_reply,
         ListKeys: _list_keys,
         ListKeysReply: _list_keys_reply,
         HandoffPull: _handoff_pull,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dynastore.core import objects
-from dynastore.core.messages import QUORUM_WORDS
+from dynastore.core.messages import QUORUM_WORDS, Quorum
 from dynastore.core.objects import Object
 from dynastore.core.ring import Target
 from dynastore.core.versions import merge
@@ -54,6 +54,22 @@ def resolve(name: str, spec: object, n_val: int, default: int | str, minimum: in
     if count < minimum or count > n_val:
         raise QuorumError(f"{name}={count} is invalid for a bucket with n_val={n_val}")
     return count
+
+
+def delete_quorums(
+    r: Quorum | None, w: Quorum | None, rw: Quorum | None, bucket_rw: Quorum
+) -> tuple[Quorum | None, Quorum | None]:
+    """The r of a delete's read and the w of its tombstone's write, chosen as Riak's riak_kv_delete
+    chooses them from a client's parameters (None where not given) and the bucket's `rw`.
+
+    `rw` is Riak's single quorum for both halves: the `rw` parameter, else (also for `rw=default`) the
+    bucket's. A given w replaces it for the write, and a given r or w for the read (whose r, when only
+    w is given, is then the bucket's r). None leaves a quorum to the bucket's own prop.
+    """
+    both = bucket_rw if rw is None or rw == "default" else rw
+    read = r if r is not None or w is not None else both
+    write = w if w is not None else both
+    return read, write
 
 
 def _count(value: int | str, n_val: int) -> int:

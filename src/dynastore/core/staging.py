@@ -53,6 +53,9 @@ class StagedStore:
         self.written = 0
         # The newest batch holding something read since `begin_read` (0: everything read was durable).
         self._read_after = 0
+        # The bytes of what is staged and being written (what the disk must still take).
+        self._pending_bytes = 0
+        self._committing_bytes = 0
 
     # --- Reads ----------------------------------------------------------------------------------------
 
@@ -142,8 +145,17 @@ class StagedStore:
 
     def put(self, area: str, key: bytes, value: bytes | None) -> None:
         # Re-inserting moves the key to the end, so the batch applies operations in the order made.
-        self._pending.pop((area, key), None)
+        old = self._pending.pop((area, key), None)
+        if old is not None:
+            self._pending_bytes -= len(key) + len(old)
         self._pending[(area, key)] = value
+        if value is not None:
+            self._pending_bytes += len(key) + len(value)
+
+    @property
+    def unwritten_bytes(self) -> int:
+        """The bytes of the values staged and being written: what the disk has not taken yet."""
+        return self._pending_bytes + self._committing_bytes
 
     @property
     def has_pending(self) -> bool:
@@ -158,6 +170,7 @@ class StagedStore:
         assert not self.committing, "a batch is still being written"
         ops = tuple(Op(area, key, value) for (area, key), value in self._pending.items())
         self._committing, self._pending = self._pending, {}
+        self._committing_bytes, self._pending_bytes = self._pending_bytes, 0
         self.taken += 1
         return self.taken, ops
 
@@ -165,6 +178,7 @@ class StagedStore:
         """Batch `number`, the one being written, is on disk: reads of it go to the engine now."""
         assert number == self.taken == self.written + 1, f"batch {number} is not the one being written"
         self._committing = {}
+        self._committing_bytes = 0
         self.written = number
 
 

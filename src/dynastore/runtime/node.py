@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import random
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynastore.core.effects import Log
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
 from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCore, Reply, Send
 from dynastore.core.nodebase import StartupError
@@ -32,12 +34,14 @@ from dynastore.net.rpc import Transport
 from dynastore.runtime.secrets import resolve as resolve_secret
 from dynastore.settings import Settings
 from dynastore.storage import open_engine
-from dynastore.storage.base import Engine
+from dynastore.storage.base import Engine, NoSpaceError, Space, StorageError
 
 log = logging.getLogger("dynastore.node")
 
 LATENCY_WINDOW_S = 60.0
 LATENCY_SAMPLES_MAX = 200_000
+# A batch the disk had no room for is written again this often.
+STUCK_RETRY_S = 1.0
 
 
 @dataclass
@@ -112,22 +116,25 @@ class BatchWriter:
         loop: asyncio.AbstractEventLoop,
         engine: Engine,
         batch: Batch,
-        done: Callable[[BaseException | None], None],
+        done: Callable[[BaseException | None, Space | None], None],
     ) -> None:
         """Write `batch` to `engine` (and sync it when it says so) on the writer thread, then call
-        `done(error)` on `loop`."""
+        `done(error, space)` on `loop`, with the engine's space measured after the write."""
 
         def work() -> None:
             error: BaseException | None = None
+            space: Space | None = None
             try:
                 if batch.ops:
                     engine.write(batch.ops)
                 if batch.sync:
                     engine.sync()
-            except BaseException as exc:  # the runtime stops the node on any storage failure
+            except BaseException as exc:  # the runtime stops the node on any other storage failure
                 error = exc
+            with contextlib.suppress(StorageError):
+                space = engine.space()
             with contextlib.suppress(RuntimeError):  # the loop is already closed: nobody is waiting
-                loop.call_soon_threadsafe(done, error)
+                loop.call_soon_threadsafe(done, error, space)
 
         self._queue.put(work)
 
@@ -162,6 +169,9 @@ class NodeRuntime:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at_ms: int | None = None
         self._join_task: asyncio.Task[None] | None = None
+        # A batch the disk had no room for, written again every STUCK_RETRY_S until it fits.
+        self._stuck: Batch | None = None
+        self._space_timer: asyncio.TimerHandle | None = None
         self.latency = {"get": LatencyWindow(), "put": LatencyWindow()}
         self.started_at = time.time()
         self.stopping = asyncio.Event()
@@ -189,6 +199,8 @@ class NodeRuntime:
             http_port=cfg.http_port,
             weight=cfg.weight,
         )
+        # On a full disk the node starts refusing writes before its first batch (diskspace.py).
+        self.core.observe_space(self.engine.space())
         self.transport = Transport(
             name=cfg.name,
             host=cfg.host,
@@ -216,6 +228,7 @@ class NodeRuntime:
                 "set tls_cert_file and tls_key_file, or passwords would cross the network in clear"
             )
         await self.transport.start()
+        self._check_space()
         self._flush()
         if cfg.seeds and len(self.core.cluster.members) == 1 and not self.core.has_data():
             self._join_task = asyncio.get_running_loop().create_task(self._join_seeds())
@@ -225,6 +238,14 @@ class NodeRuntime:
             self._join_task.cancel()
         if self._timer is not None:
             self._timer.cancel()
+        if self._space_timer is not None:
+            self._space_timer.cancel()
+        if self._stuck is not None:
+            # A batch with no room is never written: nothing that depends on it was acknowledged.
+            log.warning("stopping with a batch the disk had no room for (its writes were not acknowledged)")
+            self._stuck = None
+            self._committing = False
+            self._idle.set()
         if self.core is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._idle.wait(), 30)
@@ -329,13 +350,43 @@ class NodeRuntime:
         self._idle.clear()
         engine = self.engine
         assert engine is not None
-        self._writer.submit(asyncio.get_running_loop(), engine, batch, self._written)
+        self._writer.submit(asyncio.get_running_loop(), engine, batch, functools.partial(self._written, batch))
 
-    def _written(self, error: BaseException | None) -> None:
+    def _check_space(self) -> None:
+        """Measure the disk every storage_check_interval_ms (room freed by others shows up here)."""
+        core, engine = self.core, self.engine
+        assert core is not None and engine is not None
+        if not self._committing:
+            with contextlib.suppress(StorageError):
+                core.observe_space(engine.space())
+            self._schedule_flush()
+        interval_s = self.settings.storage_check_interval_ms / 1000
+        self._space_timer = asyncio.get_running_loop().call_later(interval_s, self._check_space)
+
+    def _retry_stuck(self) -> None:
+        batch, self._stuck = self._stuck, None
+        assert batch is not None and self.engine is not None
+        if self.stopping.is_set():
+            return
+        self._writer.submit(asyncio.get_running_loop(), self.engine, batch, functools.partial(self._written, batch))
+
+    def _written(self, batch: Batch, error: BaseException | None, space: Space | None) -> None:
         core = self.core
         assert core is not None
+        if isinstance(error, NoSpaceError):
+            # Nothing of the batch was written and nothing that depends on it was acknowledged: the
+            # node stays up, serves reads, refuses new writes and writes this batch once it fits.
+            if self._stuck is None:
+                log.warning("no room for a batch (%s); writing it again every %.0f s", error, STUCK_RETRY_S)
+            core.observe_space(space, failed=True)
+            self._stuck = batch
+            asyncio.get_running_loop().call_later(STUCK_RETRY_S, self._retry_stuck)
+            self._perform(core.take_free())
+            return
         self._committing = False
         self._idle.set()
+        if space is not None or error is None:
+            core.observe_space(space)
         if error is not None:
             # A write that cannot be made durable must not be acknowledged: stop the node, acking nothing.
             log.error("storage failure; stopping: %s", error)
@@ -358,6 +409,8 @@ class NodeRuntime:
                 if effect.dst == self.config.name and effect.address is None:
                     continue
                 transport.send(effect.dst, effect.msg, effect.address)
+            elif isinstance(effect, Log):
+                log.log(logging.getLevelName(effect.level.upper()), "%s", effect.text)
             elif not self.stopping.is_set():
                 log.info("%s; stopping", effect.reason)
                 self.stopping.set()

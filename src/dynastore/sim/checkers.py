@@ -9,14 +9,18 @@ applied) or unknown (may or may not have been applied: timeouts and most failure
 - The *register* checker: clients write unique values to independent keys, each with the context of
   an earlier read of that key. An acknowledged write must be among the final siblings, unless the
   context given with some other attempted write (acknowledged or unknown) covered it: only a write
-  that saw it may replace it.
+  that saw it may replace it. Some writes are deletes (of keys written once, then deleted with the
+  context of a read, and never written again). A final sibling is unexpected when no write attempted
+  its value, and also when an acknowledged delete's context covered it: the delete superseded it on
+  W replicas, so nothing but a resurrection (a reaped tombstone outrun by an older copy) brings it back.
 - The *copies* checker looks at what the nodes store rather than at what a read returns, so a loss
   shows before any read could hide or repair it. Every acknowledged write must be covered by the clock
   of the copies (data or hints) on at least W nodes. And a clock may cover a write only if the copy
   still holds what the write wrote: for a set, every element the write stored is among the copy's
   live values (later writes only ever add to what they read); for a register, the write is still a
   live sibling, or some attempted write's context covered it. A clock that claims a version its copy
-  lost is exactly how a version vector drops an acknowledged write on the next merge.
+  lost is exactly how a version vector drops an acknowledged write on the next merge. A register
+  write that an attempted delete covered may be held by no node at all: its tombstone may be reaped.
 
 A bucket keeping one value per key (last-write-wins, or allow_mult off) drops, by design, every write
 that loses to a concurrent newer one (core/objects.py), so the set checker finds lost elements there,
@@ -89,6 +93,8 @@ class RegisterWrite:
     given: Context
     outcome: str = UNKNOWN
     dot: Dot | None = None  # known once acknowledged (the context a write returns names its dot)
+    # A delete: `value` is empty and the write leaves a tombstone (which may later be reaped).
+    delete: bool = False
 
 
 @dataclass
@@ -111,20 +117,25 @@ def check_registers(
         acknowledged=sum(1 for w in writes if w.outcome == OK),
         unknown=sum(1 for w in writes if w.outcome == UNKNOWN),
     )
-    attempted_values = {(w.key, w.value) for w in writes}
+    attempted_values = {(w.key, w.value) for w in writes if not w.delete}
+    deletes = [w for w in writes if w.delete and w.outcome == OK]
     for key, siblings in final.items():
-        for _, value in siblings:
+        for dot, value in siblings:
             if (key, value) not in attempted_values:
                 verdict.unexpected.append(f"{key}={value!r}")
+            elif any(d.key == key and d.given.covers(dot) for d in deletes):
+                verdict.unexpected.append(f"{key}={value!r} (deleted, then back)")
         if one_value and len(siblings) > 1:
             verdict.unexpected.append(f"{key} holds {len(siblings)} values")
     if one_value:
-        # Any acknowledged write may have lost to a concurrent newer one, but not all of them to nothing.
-        acked = sorted({w.key for w in writes if w.outcome == OK})
+        # Any acknowledged write may have lost to a concurrent newer one (or been deleted), but not all
+        # of them to nothing.
+        deleted = {w.key for w in writes if w.delete and w.outcome != FAIL}
+        acked = sorted({w.key for w in writes if w.outcome == OK and not w.delete and w.key not in deleted})
         verdict.lost = [f"{key}: every value" for key in acked if not final.get(key)]
         return verdict
     for w in writes:
-        if w.outcome != OK or w.dot is None:
+        if w.outcome != OK or w.dot is None or w.delete:
             continue
         survivors = {dot for dot, _ in final.get(w.key, [])}
         if w.dot in survivors:
@@ -177,12 +188,15 @@ def check_copies(
         if holders < w:
             problems.append(f"the write of element {op.element} to {op.set_key} is held by {holders} nodes (w={w})")
     for rw in writes:
-        if rw.outcome != OK or rw.dot is None:
+        if rw.outcome != OK or rw.dot is None or rw.delete:
             continue
-        replaced = any(
-            other is not rw and other.key == rw.key and other.outcome != FAIL and other.given.covers(rw.dot)
+        replacing = [
+            other
             for other in writes
-        )
+            if other is not rw and other.key == rw.key and other.outcome != FAIL and other.given.covers(rw.dot)
+        ]
+        replaced = bool(replacing)
+        reapable = any(other.delete for other in replacing)
         holders = 0
         for node, by_key in copies.items():
             covering = [obj for obj in by_key.get(rw.key, []) if obj.clock.covers(rw.dot)]
@@ -190,6 +204,6 @@ def check_copies(
             for obj in covering:
                 if not replaced and rw.dot not in obj.dots():
                     problems.append(f"{node}'s copy of {rw.key} covers {rw.value!r} but no longer holds it")
-        if holders < w:
+        if holders < w and not reapable:
             problems.append(f"the write of {rw.value!r} to {rw.key} is held by {holders} nodes (w={w})")
     return problems

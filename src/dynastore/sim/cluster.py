@@ -23,6 +23,7 @@ This module never sleeps, never opens a socket and never reads the wall clock.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import random
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import Any
 import msgpack
 
 from dynastore.core import messages
+from dynastore.core.effects import Log
 from dynastore.core.messages import ClientRequest, ClientResponse, Message
 from dynastore.core.node import Batch, ClientJoin, Effect, NodeCore, Reply, Send
 from dynastore.settings import Settings
@@ -39,6 +41,7 @@ from dynastore.sim.disk import SimDisk
 
 # The `src` of a queue entry that is not a message but the end of a node's batch write.
 _COMMIT = "\0commit"
+LOGGED_MAX = 1000
 
 
 def write_batch(engine: SimDisk, batch: Batch) -> None:
@@ -104,6 +107,8 @@ class SimNode:
         self.stalled = False
         # Why the node's core asked to stop (a `Stop` effect), if it did.
         self.stop_reason: str | None = None
+        # What the core asked to be logged (the last LOGGED_MAX).
+        self.logged: collections.deque[Log] = collections.deque(maxlen=LOGGED_MAX)
         self.backlog: list[_InFlight | tuple[int, ClientRequest | ClientJoin]] = []
         self.start(now_ms)
 
@@ -227,6 +232,12 @@ class SimCluster:
 
     def heal(self) -> None:
         self.faults.cut.clear()
+
+    def link_failed(self, node: str, peer: str) -> None:
+        """`node`'s connection to `peer` broke (a reset, an idle link closed): its shell reports the
+        peer unreachable, whatever was or was not delivered before the break."""
+        self.core(node).on_unreachable(peer, self._local_now(node))
+        self._flush(node)
 
     # --- Driving ---------------------------------------------------------------------------------
 
@@ -359,6 +370,7 @@ class SimCluster:
             return
         node.committing = None
         write_batch(node.engine, batch)
+        node.core.observe_space(node.engine.space())
         self._perform(item.dst, node.core.batch_written())
         if node.core is not None and node.core.has_pending:
             self._flush(item.dst)
@@ -369,6 +381,8 @@ class SimCluster:
                 self.replies[effect.request_id] = effect.response
             elif isinstance(effect, Send):
                 self._send(name, effect)
+            elif isinstance(effect, Log):
+                self.nodes[name].logged.append(effect)
             else:
                 # A simulated node that asks to stop keeps running: tests look at what it did before.
                 self.nodes[name].stop_reason = effect.reason

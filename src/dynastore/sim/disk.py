@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dynastore.storage.base import Op
+from dynastore.storage.base import AREAS, Op, Space, row_bytes
 from dynastore.storage.memory import MemoryEngine
 
 
@@ -23,6 +23,8 @@ class SimDisk:
         # Engine scans made and rows they returned (tests bound the work one message may cause).
         self.rows_scanned = 0
         self.rows_read = 0
+        # What `space` reports as free (None: unbounded); a test fills the disk by lowering it.
+        self.free_bytes: int | None = None
 
     def get(self, area: str, key: bytes) -> bytes | None:
         return self._view.get(area, key)
@@ -58,6 +60,22 @@ class SimDisk:
 
     def close(self) -> None:
         return
+
+    def space(self) -> Space | None:
+        if self.free_bytes is None:
+            return None
+        used = sum(row_bytes(self._view.scan(area, b"", None, 1 << 30)) for area in AREAS)
+        return Space(used, self.free_bytes)
+
+    def rot(self, area: str, key: bytes, index: int) -> None:
+        """A byte of a stored record flips on disk (bit 0 of byte `index` of its value), as a failing
+        medium does: what is read back, now and after a crash, is the flipped record."""
+        for engine in (self._view, self._synced):
+            raw = engine.get(area, key)
+            assert raw is not None, (area, key)
+            flipped = bytearray(raw)
+            flipped[index] ^= 1
+            engine.write([Op(area, key, bytes(flipped))])
 
     def lose_unsynced(self) -> int:
         """A crash: whatever was not synced is gone. Returns how many operations were lost."""

@@ -8,14 +8,15 @@ loss, duplication, delay spread that reorders messages, symmetric and one-way pa
 with restarts, clock skew and drift), the workload, and every random choice inside the cluster. The
 same seed replays the same run exactly, message for message.
 
-Safety phase: clients add unique elements to a few sets by read-modify-write (merging siblings) and
-write unique values to independent keys with contexts from earlier reads, while the faults happen.
-Every operation is recorded as ok, fail or unknown.
+Safety phase: clients add unique elements to a few sets by read-modify-write (merging siblings),
+write unique values to independent keys with contexts from earlier reads, and write fresh keys once
+then delete them with the context of a read (their tombstones are reaped while the run goes on), while
+the faults happen. Every operation is recorded as ok, fail or unknown.
 
 Liveness phase: partitions heal, crashed nodes restart, the network stops losing messages. Within a
 bound, every replica of every key must hold the same versions, the Merkle roots of every replica set
 must agree and every hint queue must be empty. Then the final reads feed the set and register checkers:
-no acknowledged write may be lost and nothing never written may appear.
+no acknowledged write may be lost, nothing never written may appear and nothing deleted may come back.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ from dynastore.sim.cluster import SimCluster
 SET_BUCKET = b"sets"
 REG_BUCKET = b"registers"
 CLIENT_TIMEOUT_MS = 3000
+# The steps of an op that write (the rest read): a write cut short may still have been applied.
+WRITE_STEPS = frozenset({"set-write", "reg-write", "del-create", "del-write"})
 REQUEST_TIMEOUT_MS = 1500
 
 
@@ -290,6 +293,8 @@ class Simulation:
         self.writes: list[RegisterWrite] = []
         self.set_keys = [f"s{i}" for i in range(3)]
         self.reg_keys = [f"r{i}" for i in range(4)]
+        # Keys written once and then deleted, never written again: one for each such op begun.
+        self.del_keys: list[str] = []
         self.next_element = 0
         self.result = RunResult(seed, self.plan)
         self.start_ms = c.now_ms
@@ -305,22 +310,34 @@ class Simulation:
             client.next_at_ms = self.cluster.now_ms + 200
             return
         client.node = client.rng.choice(nodes)
-        if client.rng.random() < 0.5:
+        kind = client.rng.random()
+        if kind < 0.45:
             self.next_element += 1
             client.op = SetOp(client.rng.choice(self.set_keys), self.next_element)
             client.step = "set-read"
             self._submit(client, ClientGet(SET_BUCKET, client.op.set_key.encode(), timeout_ms=REQUEST_TIMEOUT_MS))
-        else:
+        elif kind < 0.85:
             client.counter += 1
             key = client.rng.choice(self.reg_keys)
             client.op = RegisterWrite(key, f"{client.name}-{client.counter}".encode(), Context())
             client.step = "reg-read"
             self._submit(client, ClientGet(REG_BUCKET, key.encode(), timeout_ms=REQUEST_TIMEOUT_MS))
+        else:
+            # A fresh key, written blind once; then read and deleted (see _on_reply).
+            client.counter += 1
+            key = f"d-{client.name}-{client.counter}"
+            self.del_keys.append(key)
+            client.op = RegisterWrite(key, f"{client.name}-{client.counter}".encode(), Context())
+            client.step = "del-create"
+            self._submit(
+                client,
+                ClientPut(REG_BUCKET, key.encode(), None, Content(client.op.value), timeout_ms=REQUEST_TIMEOUT_MS),
+            )
 
     def _submit(self, client: Client, request: ClientGet | ClientPut) -> None:
         c = self.cluster
         if not c.nodes[client.node].up:
-            self._finish(client, UNKNOWN if client.step.endswith("write") else FAIL)
+            self._finish(client, UNKNOWN if client.step in WRITE_STEPS else FAIL)
             return
         client.waiting = c.submit(client.node, request)
         client.waiting_since_ms = c.now_ms
@@ -333,7 +350,7 @@ class Simulation:
                 self.set_ops.append(op)
             else:
                 self.writes.append(op)
-            if client.step.endswith("write") and self._faulty():
+            if client.step in WRITE_STEPS and self._faulty():
                 self.result.writes_attempted_during_faults += 1
                 if outcome == OK:
                     self.result.writes_acknowledged_during_faults += 1
@@ -371,6 +388,17 @@ class Simulation:
                 client,
                 ClientPut(SET_BUCKET, op.set_key.encode(), context, Content(value), timeout_ms=REQUEST_TIMEOUT_MS),
             )
+        elif step == "del-read":
+            assert isinstance(op, RegisterWrite)
+            if isinstance(response, Failure):
+                self._finish(client, FAIL)
+                return
+            if isinstance(response, Ok) and response.found is not None:
+                op.given = response.found.context
+            elif isinstance(response, NotFound) and response.context is not None:
+                op.given = response.context
+            client.step = "del-write"
+            self._submit(client, ClientPut(REG_BUCKET, op.key.encode(), op.given, None, timeout_ms=REQUEST_TIMEOUT_MS))
         elif step == "reg-read":
             assert isinstance(op, RegisterWrite)
             if isinstance(response, Failure):
@@ -390,6 +418,11 @@ class Simulation:
                 if response.found is not None and response.found.context.dots:
                     op.dot = next(iter(response.found.context.dots))
                 self._finish(client, OK)
+                if step == "del-create":
+                    # Written: now read it and delete it with what the read saw.
+                    client.step = "del-read"
+                    client.op = RegisterWrite(op.key, b"", Context(), delete=True)
+                    self._submit(client, ClientGet(REG_BUCKET, op.key.encode(), timeout_ms=REQUEST_TIMEOUT_MS))
             elif isinstance(response, Failure) and response.kind == "bad_request":
                 self._finish(client, FAIL)
             else:
@@ -403,7 +436,7 @@ class Simulation:
                 self._on_reply(client, c.replies.pop(client.waiting))
             elif client.waiting is not None and c.now_ms - client.waiting_since_ms > CLIENT_TIMEOUT_MS:
                 c.replies.pop(client.waiting, None)
-                self._finish(client, UNKNOWN if client.step.endswith("write") else FAIL)
+                self._finish(client, UNKNOWN if client.step in WRITE_STEPS else FAIL)
 
     # --- Faults ---------------------------------------------------------------------------------------------
 
@@ -503,7 +536,7 @@ class Simulation:
         if len(states) > 1:
             problems.append("nodes disagree on the ring")
         ring_state = c.core("n0").cluster.ring
-        for bucket, names in ((SET_BUCKET, self.set_keys), (REG_BUCKET, self.reg_keys)):
+        for bucket, names in self._workload_keys():
             for key in names:
                 partition = c.core("n0").ring.partition_of(bucket, key.encode())
                 n_val = int(c.core("n0").bucket_props(bucket)["n_val"])
@@ -513,7 +546,7 @@ class Simulation:
                     raw = c.core(replica).engine.get("data", keys.encode(partition, bucket, key.encode()))
                     # Compare versions (what anti-entropy compares), not bytes: clock entry timestamps
                     # are bookkeeping for pruning and may differ between replicas holding the same versions.
-                    versions.add(None if raw is None else merkle.summary(objects.decode(raw)))
+                    versions.add(None if raw is None else merkle.summary(objects.decode_stored(raw)))
                 if len(versions) > 1:
                     problems.append(f"replicas of {bucket.decode()}/{key} differ")
         for partition in range(c.core("n0").ring.size):
@@ -527,6 +560,9 @@ class Simulation:
                     problems.append(f"Merkle roots of partition {partition} differ")
         return problems
 
+    def _workload_keys(self) -> tuple[tuple[bytes, list[str]], ...]:
+        return ((SET_BUCKET, self.set_keys), (REG_BUCKET, self.reg_keys + self.del_keys))
+
     def _copies(self) -> Copies:
         """What every node holds durably of each workload key: its data and its hints for any owner."""
         c = self.cluster
@@ -534,12 +570,12 @@ class Simulation:
         out: dict[str, dict[str, list[objects.Object]]] = {}
         for name, node in c.nodes.items():
             by_key: dict[str, list[objects.Object]] = {}
-            for bucket, names in ((SET_BUCKET, self.set_keys), (REG_BUCKET, self.reg_keys)):
+            for bucket, names in self._workload_keys():
                 for key in names:
                     skey = keys.encode(ring.partition_of(bucket, key.encode()), bucket, key.encode())
                     stored = [node.engine.durable_get("data", skey)]
                     stored += [node.engine.durable_get("hints", hints.hint_key(owner, skey)) for owner in c.nodes]
-                    by_key[key] = [objects.decode(raw) for raw in stored if raw is not None]
+                    by_key[key] = [objects.decode_stored(raw) for raw in stored if raw is not None]
             out[name] = by_key
         return out
 
@@ -553,7 +589,7 @@ class Simulation:
             return  # a copy keeps one value by design, and may even forget the clock entry of one that lost
         w = self.cluster.settings.w
         # A write still in flight may already have replaced what its context covered on some copies.
-        in_flight = [cl.op for cl in self.clients if cl.step == "reg-write" and isinstance(cl.op, RegisterWrite)]
+        in_flight = [cl.op for cl in self.clients if cl.step in WRITE_STEPS and isinstance(cl.op, RegisterWrite)]
         problems = check_copies(self.set_ops, self.writes + in_flight, self._copies(), w, msgpack.unpackb)
         self.result.problems.extend(f"{when}: {p}" for p in problems[:10])
 
@@ -570,7 +606,7 @@ class Simulation:
                 self.result.problems.append(f"final read of {key} failed: {response.reason}")
             final_sets[key] = elements
         final_regs = {}
-        for key in self.reg_keys:
+        for key in self.reg_keys + self.del_keys:
             response = c.request("n0", ClientGet(REG_BUCKET, key.encode(), r="all"))
             siblings = []
             if isinstance(response, Ok) and response.found is not None:

@@ -24,6 +24,20 @@ class StorageError(Exception):
     """The engine could not do what was asked (disk full, corrupt file, closed engine)."""
 
 
+class NoSpaceError(StorageError):
+    """A batch did not fit: the disk, or the engine's file at its maximum size, is full. Nothing of
+    the batch was written; the same batch may be written again once there is room."""
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """What an engine holds and what more it can take, in bytes: the free disk space it may grow
+    into (within its own maximum size) plus the room inside its files it can reuse."""
+
+    used_bytes: int
+    free_bytes: int
+
+
 @dataclass(frozen=True, slots=True)
 class Op:
     """One operation of a batch: put `value` at `key` in `area`, or delete the key when value is None."""
@@ -63,6 +77,10 @@ class Engine(Protocol):
 
     def sync(self) -> None:
         """Force everything written so far onto disk (a no-op for the memory engine)."""
+        ...
+
+    def space(self) -> Space | None:
+        """Used and free bytes (None: the engine is bounded by nothing but memory)."""
         ...
 
     def close(self) -> None:

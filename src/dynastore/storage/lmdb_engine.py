@@ -13,15 +13,19 @@ open across calls: a reader left open pins old pages and the file grows without 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import lmdb
 
 from dynastore.settings import DEFAULTS
-from dynastore.storage.base import AREAS, Op, StorageError
+from dynastore.storage.base import AREAS, NoSpaceError, Op, Space, StorageError
 from dynastore.storage.checks import check_area, check_key, check_ops, check_scan
 from dynastore.storage.directory import DirectoryLock, sync_directory
 from dynastore.storage.lmdb_layout import (
@@ -43,10 +47,56 @@ from dynastore.storage.lmdb_layout import (
 _ENGINE_DB_NAME = b"_engine"
 _INLINE_MAX_KEY = b"inline_max"
 _LAYOUT_KEY = b"layout"
+_CHUNK_KEY = b"chunk"
 _NEXT_ID_KEY = b"next_id"
 _EXTRA_KEY_PREFIX = b"extra:"
+_NUDGE_KEY = b"nudge"
 # Each area's tree of long keys lives in a database of this name after the area's.
 _LONG_SUFFIX = b"+long"
+# The map starts this large (or twice the file, if larger) and doubles when full, up to the maximum.
+MAP_INITIAL_BYTES = 64 * 1024 * 1024
+# A commit that fails with an I/O error while the disk has less than this free ran out of space
+# (LMDB reports a short write as EIO).
+_NEARLY_FULL_BYTES = 16 * 1024 * 1024
+
+
+class _Gate:
+    """Many calls at once, or one map resize alone: LMDB resizes the map only with no transaction
+    open in the process."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
 
 
 @contextmanager
@@ -54,10 +104,12 @@ def _lmdb_errors(action: str) -> Iterator[None]:
     try:
         yield
     except lmdb.MapFullError as exc:
-        raise StorageError(f"lmdb {action}: the map is full; raise lmdb_map_size_bytes") from exc
+        raise NoSpaceError(f"lmdb {action}: the map is full at lmdb_map_size_bytes") from exc
     except LayoutError as exc:
         raise StorageError(f"lmdb {action}: corrupt record: {exc}") from exc
     except (lmdb.Error, OSError) as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            raise NoSpaceError(f"lmdb {action}: {exc}") from exc
         raise StorageError(f"lmdb {action} failed: {exc}") from exc
 
 
@@ -68,7 +120,7 @@ class LmdbEngine:
     LMDB serialises writers. `close` must not race another call.
     """
 
-    __slots__ = ("_dbs", "_engine_db", "_env", "_layout", "_lock", "_long", "durable", "path")
+    __slots__ = ("_dbs", "_engine_db", "_env", "_gate", "_layout", "_lock", "_long", "_map_max", "durable", "path")
 
     def __init__(
         self,
@@ -77,6 +129,7 @@ class LmdbEngine:
         durable: bool = True,
         map_size_bytes: int = DEFAULTS.lmdb_map_size_bytes,
         inline_key_bytes_max: int | None = None,
+        map_initial_bytes: int = MAP_INITIAL_BYTES,
     ) -> None:
         """Open (creating if needed) the environment in directory `path`.
 
@@ -85,12 +138,15 @@ class LmdbEngine:
         """
         self.path = path
         self.durable = durable
+        # The map grows as the data does, up to map_size_bytes: a small disk is never promised more.
+        self._map_max = map_size_bytes
+        self._gate = _Gate()
         self._lock = DirectoryLock.acquire(path)
         try:
-            with _lmdb_errors(f"open of {path}"):
+            with _lmdb_errors(f"open of {path / 'data.mdb'}"):
                 self._env: lmdb.Environment | None = lmdb.open(
                     str(path),
-                    map_size=map_size_bytes,
+                    map_size=min(map_size_bytes, max(map_initial_bytes, 2 * _file_bytes(path))),
                     subdir=True,
                     max_dbs=2 * len(AREAS) + 1,
                     sync=durable,
@@ -139,6 +195,19 @@ class LmdbEngine:
             dbs = {area: env.open_db(area.encode(), txn=txn) for area in AREAS}
             longs = {area: env.open_db(area.encode() + _LONG_SUFFIX, txn=txn) for area in AREAS}
             layout = Layout.for_limit(inline_max, env.max_key_size())
+            # The tail bytes per tree record are fixed when the trees are first written: an LMDB build
+            # with another key limit must walk them with the same chunks.
+            raw_chunk = txn.get(_CHUNK_KEY, db=engine_db)
+            if raw_chunk is not None:
+                chunk = int.from_bytes(raw_chunk, "big")
+                if not 1 <= chunk <= layout.chunk:
+                    raise StorageError(
+                        f"{self.path} keeps long keys in chunks of {chunk} bytes, "
+                        f"but this LMDB build allows at most {layout.chunk}"
+                    )
+                layout = Layout(inline_max, chunk)
+            else:
+                txn.put(_CHUNK_KEY, layout.chunk.to_bytes(4, "big"), db=engine_db)
             if version < LAYOUT_VERSION:
                 _migrate_groups(txn, layout, dbs, longs, engine_db)
                 txn.put(_LAYOUT_KEY, LAYOUT_VERSION.to_bytes(4, "big"), db=engine_db)
@@ -155,7 +224,7 @@ class LmdbEngine:
         env = self._live()
         layout = self._layout
         record_key = layout.record_key(key)
-        with _lmdb_errors("get"), env.begin() as txn:
+        with self._gate.shared(), _lmdb_errors("get"), env.begin() as txn:
             record = txn.get(record_key, db=self._dbs[area])
             if record is None or not layout.is_group(record_key):
                 return record
@@ -173,11 +242,66 @@ class LmdbEngine:
     def write(self, ops: Sequence[Op]) -> None:
         check_ops(ops)
         env = self._live()
+        nudged = False
+        while True:
+            with _lmdb_errors("write"):
+                try:
+                    with self._gate.shared():
+                        self._write_once(env, ops)
+                    return
+                except lmdb.MapFullError:
+                    if self._grow(env):
+                        continue
+                    if nudged:
+                        raise
+                except lmdb.Error as exc:
+                    # A short write (the disk is full) reaches LMDB's commit as EIO.
+                    if "Input/output error" not in str(exc) or self._disk_free_bytes() >= _NEARLY_FULL_BYTES:
+                        raise
+                    if nudged:
+                        raise NoSpaceError(f"lmdb write: the disk holding {self.path} is full") from exc
+                # LMDB reuses the pages a commit freed only from the commit after it: after deletes,
+                # one tiny commit makes their room usable, then the batch is tried once more.
+                nudged = True
+                self._nudge(env)
+
+    def _nudge(self, env: lmdb.Environment) -> None:
+        with contextlib.suppress(lmdb.Error), self._gate.shared(), env.begin(write=True) as txn:
+            txn.put(_NUDGE_KEY, b"", db=self._engine_db)
+
+    def _grow(self, env: lmdb.Environment) -> bool:
+        """Double the map (up to its maximum); False when it is at its maximum already."""
+        current = int(env.info()["map_size"])
+        if current >= self._map_max:
+            return False
+        with self._gate.alone():
+            env.set_mapsize(min(self._map_max, 2 * current))
+        return True
+
+    def _disk_free_bytes(self) -> int:
+        fs = os.statvfs(self.path)
+        return fs.f_bavail * fs.f_frsize
+
+    def space(self) -> Space | None:
+        """Used pages, and what more fits: the pages LMDB can reuse inside its file, plus the disk it
+        may grow into within the map's maximum."""
+        env = self._live()
+        with self._gate.shared(), _lmdb_errors("space"), env.begin() as txn:
+            page = int(env.stat()["psize"])
+            used = 2 + _pages(env.stat())
+            for db in (*self._dbs.values(), *self._long.values(), self._engine_db):
+                used += _pages(txn.stat(db))
+            in_file = int(env.info()["last_pgno"]) + 1
+        reusable = max(0, in_file - used) * page
+        room = max(0, min(self._disk_free_bytes(), self._map_max - in_file * page))
+        return Space(used * page, reusable + room)
+
+    def _write_once(self, env: lmdb.Environment, ops: Sequence[Op]) -> None:
         layout = self._layout
         # How many more keys than records each area's database holds, by the change this batch makes.
         extra_delta: dict[str, int] = {}
         # One write transaction per batch: LMDB commits it atomically, and with sync on, durably.
-        with _lmdb_errors("write"), env.begin(write=True) as txn:
+        with env.begin(write=True) as txn:
             ids = _Ids(txn, self._engine_db)
             for op in ops:
                 db = self._dbs[op.area]
@@ -208,7 +332,7 @@ class LmdbEngine:
         if limit == 0 or (end is not None and end <= start):
             return rows
         layout = self._layout
-        with _lmdb_errors("scan"), env.begin() as txn:
+        with self._gate.shared(), _lmdb_errors("scan"), env.begin() as txn:
             cursor = txn.cursor(db=self._dbs[area])
             if not cursor.set_range(layout.record_key(start)):
                 return rows
@@ -237,7 +361,7 @@ class LmdbEngine:
     def count(self, area: str) -> int:
         check_area(area)
         env = self._live()
-        with _lmdb_errors("count"), env.begin() as txn:
+        with self._gate.shared(), _lmdb_errors("count"), env.begin() as txn:
             records = int(txn.stat(self._dbs[area])["entries"])
             extra = _read_extra(txn.get(_EXTRA_KEY_PREFIX + area.encode(), db=self._engine_db))
         return records + extra
@@ -257,6 +381,17 @@ class LmdbEngine:
                 env.close()
         finally:
             self._lock.release()
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return (path / "data.mdb").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _pages(stat: Any) -> int:
+    return int(stat["branch_pages"]) + int(stat["leaf_pages"]) + int(stat["overflow_pages"])
 
 
 def _read_extra(stored: bytes | memoryview | None) -> int:

@@ -13,7 +13,7 @@ from itertools import islice
 
 from sortedcontainers import SortedDict
 
-from dynastore.storage.base import AREAS, Op, StorageError
+from dynastore.storage.base import AREAS, Op, Space, StorageError
 from dynastore.storage.checks import check_area, check_key, check_ops, check_scan
 
 
@@ -81,6 +81,9 @@ class MemoryEngine:
         with self._lock:
             if self._areas is None:
                 raise StorageError("the memory engine is closed")
+
+    def space(self) -> Space | None:
+        return None
 
     def close(self) -> None:
         """Drop every area; closing twice is harmless, any other later call raises StorageError."""

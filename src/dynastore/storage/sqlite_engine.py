@@ -13,14 +13,16 @@ never leave a transaction open when a call returns.
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from dynastore.storage.base import AREAS, Op, StorageError
+from dynastore.storage.base import AREAS, NoSpaceError, Op, Space, StorageError
 from dynastore.storage.checks import check_area, check_key, check_ops, check_scan
 from dynastore.storage.directory import DirectoryLock, sync_directory
 
@@ -31,7 +33,13 @@ FILE_NAME = "store.sqlite3"
 def _sqlite_errors(action: str) -> Iterator[None]:
     try:
         yield
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc):
+            raise NoSpaceError(f"sqlite {action}: {exc}") from exc
+        raise StorageError(f"sqlite {action} failed: {exc}") from exc
     except (sqlite3.Error, OSError) as exc:
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            raise NoSpaceError(f"sqlite {action}: {exc}") from exc
         raise StorageError(f"sqlite {action} failed: {exc}") from exc
 
 
@@ -152,6 +160,15 @@ class SqliteEngine:
             busy, _, _ = self._live().execute("PRAGMA wal_checkpoint(FULL)").fetchone()
         if busy:
             raise StorageError(f"sqlite sync at {self.path} could not checkpoint: the database is busy")
+
+    def space(self) -> Space | None:
+        with self._mutex, _sqlite_errors("space"):
+            conn = self._live()
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+            unused = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            fs = os.statvfs(self.path)
+        return Space((pages - unused) * page, unused * page + fs.f_bavail * fs.f_frsize)
 
     def close(self) -> None:
         """Close the file and free the directory; closing twice is harmless."""
