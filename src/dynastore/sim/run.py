@@ -388,7 +388,8 @@ class Simulation:
                 client,
                 ClientPut(SET_BUCKET, op.set_key.encode(), context, Content(value), timeout_ms=REQUEST_TIMEOUT_MS),
             )
-        elif step == "del-read":
+        elif step in ("del-read", "reg-read"):
+            # A register write or a delete: the read's context, then the write (no content: a delete).
             assert isinstance(op, RegisterWrite)
             if isinstance(response, Failure):
                 self._finish(client, FAIL)
@@ -397,21 +398,10 @@ class Simulation:
                 op.given = response.found.context
             elif isinstance(response, NotFound) and response.context is not None:
                 op.given = response.context
-            client.step = "del-write"
-            self._submit(client, ClientPut(REG_BUCKET, op.key.encode(), op.given, None, timeout_ms=REQUEST_TIMEOUT_MS))
-        elif step == "reg-read":
-            assert isinstance(op, RegisterWrite)
-            if isinstance(response, Failure):
-                self._finish(client, FAIL)
-                return
-            if isinstance(response, Ok) and response.found is not None:
-                op.given = response.found.context
-            elif isinstance(response, NotFound) and response.context is not None:
-                op.given = response.context
-            client.step = "reg-write"
+            client.step = "del-write" if step == "del-read" else "reg-write"
+            written: Content | None = None if step == "del-read" else Content(op.value)
             self._submit(
-                client,
-                ClientPut(REG_BUCKET, op.key.encode(), op.given, Content(op.value), timeout_ms=REQUEST_TIMEOUT_MS),
+                client, ClientPut(REG_BUCKET, op.key.encode(), op.given, written, timeout_ms=REQUEST_TIMEOUT_MS)
             )
         else:
             if isinstance(response, Ok):
