@@ -485,6 +485,94 @@ def _admin(
         _fail(f"cannot reach {url}: {exc}")
 
 
+# --- bucket types ------------------------------------------------------------------------------------------------
+
+
+@main.group("bucket-type")
+def bucket_type() -> None:
+    """Bucket types (as in Riak 2): create, activate, update, status, list.
+
+    A type is created inactive, with properties given as JSON ('{"props":{"datatype":"counter"}}'),
+    and used once activated. Each command acts on --node with the credentials of `security`."""
+
+
+def _type_body(props_json: str) -> bytes:
+    try:
+        data = json.loads(props_json)
+    except ValueError as exc:
+        _fail(f'properties must be JSON such as \'{{"props":{{"n_val":3}}}}\': {exc}')
+    if not isinstance(data, dict) or not isinstance(data.get("props", {}), dict):
+        _fail("properties must be JSON of the form '{\"props\":{...}}'")
+    return json.dumps(data).encode()
+
+
+def _print_type(data: dict[str, Any]) -> None:
+    click.echo(f"{data['name']} is {'active' if data['active'] else 'not active'}")
+    for name, value in sorted(data["props"].items()):
+        click.echo(f"  {name}: {json.dumps(value)}")
+
+
+@bucket_type.command("create")
+@click.argument("name")
+@click.argument("props", default='{"props":{}}')
+@NODE_OPTION
+def bucket_type_create(name: str, props: str, url: str) -> None:
+    """Create bucket type NAME (inactive) with PROPS, JSON as '{"props":{...}}'."""
+    _admin(url, f"/admin/bucket-types/{_quote_segment(name)}", method="POST", body=_type_body(props))
+    click.echo(f"{name} created")
+
+
+@bucket_type.command("activate")
+@click.argument("name")
+@NODE_OPTION
+def bucket_type_activate(name: str, url: str) -> None:
+    """Make bucket type NAME usable (its datatype is fixed from then on)."""
+    _admin(url, f"/admin/bucket-types/{_quote_segment(name)}/activate", method="POST")
+    click.echo(f"{name} has been activated")
+
+
+@bucket_type.command("update")
+@click.argument("name")
+@click.argument("props")
+@NODE_OPTION
+def bucket_type_update(name: str, props: str, url: str) -> None:
+    """Change the properties of bucket type NAME (PROPS as for create)."""
+    _admin(url, f"/admin/bucket-types/{_quote_segment(name)}", method="PUT", body=_type_body(props))
+    click.echo(f"{name} updated")
+
+
+@bucket_type.command("status")
+@click.argument("name")
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def bucket_type_status(name: str, url: str, as_json: bool) -> None:
+    """Whether bucket type NAME is active, and the properties it sets."""
+    data = _admin(url, f"/admin/bucket-types/{_quote_segment(name)}")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    _print_type(data)
+
+
+@bucket_type.command("list")
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def bucket_type_list(url: str, as_json: bool) -> None:
+    """Every bucket type, and whether it is active."""
+    data = _admin(url, "/admin/bucket-types")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for entry in data["types"]:
+        click.echo(f"{entry['name']} ({'active' if entry['active'] else 'not active'})")
+
+
+def _quote_segment(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
 # --- security ----------------------------------------------------------------------------------------------------
 
 
@@ -720,6 +808,69 @@ def delete(bucket: str, key: str, url: str, context: str | None, w: str | None) 
             click.echo("not found", err=True)
             sys.exit(2)
         click.echo("deleted")
+
+    _run(go())
+
+
+# --- data types --------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def dt() -> None:
+    """Data types (counters, sets, maps, HyperLogLogs) in bucket types whose datatype is set."""
+
+
+@dt.command("get")
+@click.argument("bucket_type", metavar="TYPE")
+@click.argument("bucket")
+@click.argument("key")
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print type, value and context as JSON.")
+@_quorum_options("r")
+def dt_get(bucket_type: str, bucket: str, key: str, url: str, as_json: bool, r: str | None) -> None:
+    """Fetch the value of a data type (its context on standard error, for removes)."""
+    from dynastore.client.http import HttpClient
+
+    async def go() -> None:
+        async with HttpClient(url, ssl_context=_ssl_context(), auth=_user_auth()) as client:
+            found = await client.dt_get(bucket_type, bucket, key, r=r)
+        if found is None:
+            click.echo("not found", err=True)
+            sys.exit(2)
+        if as_json:
+            click.echo(json.dumps({"type": found.type, "value": found.value, "context": found.context}))
+            return
+        click.echo(json.dumps(found.value))
+        if found.context:
+            click.echo(f"context: {found.context}", err=True)
+
+    _run(go())
+
+
+@dt.command("update")
+@click.argument("bucket_type", metavar="TYPE")
+@click.argument("bucket")
+@click.argument("key")
+@click.argument("operation")
+@NODE_OPTION
+@click.option("--context", default=None, help="Context from a previous dt get (a remove removes what it saw).")
+@_quorum_options("w")
+def dt_update(
+    bucket_type: str, bucket: str, key: str, operation: str, url: str, context: str | None, w: str | None
+) -> None:
+    """Apply OPERATION, Riak's JSON ('{"increment":1}', '{"add":"x"}', '{"update":{"n_counter":1}}'),
+    and print the new value."""
+    from dynastore.client.http import HttpClient
+
+    try:
+        op = json.loads(operation)
+    except ValueError as exc:
+        _fail(f"the operation must be JSON: {exc}")
+
+    async def go() -> None:
+        async with HttpClient(url, ssl_context=_ssl_context(), auth=_user_auth()) as client:
+            _, found = await client.dt_update(bucket_type, bucket, key, op, context=context, w=w, return_body=True)
+        click.echo(json.dumps(None if found is None else found.value))
 
     _run(go())
 

@@ -72,6 +72,15 @@ class Settings:
     key_bytes_max: int = 4096
     bucket_bytes_max: int = 512
     meta_bytes_max: int = 64 * 1024
+    # Bucket types a cluster may hold (each is gossiped to every node).
+    bucket_types_max: int = 256
+
+    # --- Data types (core/crdt.py): what one key of a datatype bucket may hold ------------------------
+    dt_set_elements_max: int = 10_000
+    dt_map_fields_max: int = 1_000
+    dt_depth_max: int = 4
+    dt_element_bytes_max: int = 64 * 1024
+    dt_deferred_max: int = 64
 
     # --- Requests ------------------------------------------------------------------------------------
     request_timeout_ms: int = 5000

@@ -30,6 +30,7 @@ def test_a_short_run_reports_every_kind_per_node_as_table_and_json(
         ("ping", 3, 3),
         ("read", 3, 3),
         ("insert", 3, 3),
+        ("increment", 3, 3),
     ]
     # /proc counts CPU in ticks of 10 ms, so a second at 40 requests/s may see none on a node: the
     # figures only have to be there and not negative, and some CPU seen somewhere.
@@ -37,7 +38,7 @@ def test_a_short_run_reports_every_kind_per_node_as_table_and_json(
     assert sum(us for row in doc["rows"] for us in row["per_node_us"]) > 0
     table = capsys.readouterr().out
     assert "CPU microseconds per request at 40 requests/s, all sent to node0" in table
-    assert len([line for line in table.splitlines() if line.startswith(("ping", "read", "insert"))]) == 5
+    assert len([line for line in table.splitlines() if line.startswith(("ping", "read", "insert", "increment"))]) == 6
 
 
 def test_medians_are_taken_cell_by_cell_and_the_table_pads_one_node_rows() -> None:

@@ -1,7 +1,8 @@
 """A Jepsen-style run against real node processes in network namespaces.
 
-Clients (threads) add unique elements to a few sets by read-modify-write and write unique values to
-independent keys, recording every operation as ok / fail / unknown, while a nemesis cuts the network
+Clients (threads) add unique elements to a few sets by read-modify-write, write unique values to
+independent keys, increment data-type counters and add (and, with the context of a read, remove)
+unique elements of data-type sets, recording every operation as ok / fail / unknown, while a nemesis cuts the network
 (halves, one node isolated, a bridge node seeing both sides), SIGKILLs and restarts nodes, SIGSTOPs and
 SIGCONTs them, and restarts one under `faketime` with a skewed clock. Then everything heals, the run
 waits for convergence (hint queues empty, replicas holding equal versions, Merkle roots equal) and the
@@ -34,17 +35,23 @@ from dynastore.sim.checkers import (
     OK,
     UNKNOWN,
     Copies,
+    CounterOp,
+    DataTypeVerdict,
+    ElementOp,
     RegisterVerdict,
     RegisterWrite,
     SetOp,
     SetVerdict,
     check_copies,
+    check_datatypes,
     check_registers,
     check_sets,
 )
 from dynastore.storage.lmdb_engine import LmdbEngine
 
 CLIENT_TIMEOUT_S = 4.0
+# The bucket types of the data-type workload, created and activated before it starts.
+COUNTER_TYPE, SET_TYPE = "jepsen-counters", "jepsen-sets"
 # The credentials every request of a run carries (set by `run` when the cluster's security is on).
 _AUTH: dict[str, str] = {}
 
@@ -71,6 +78,7 @@ def parse_context(vclock: str | None, bucket: str, key: str, context_key: bytes)
 class Report:
     sets: SetVerdict
     registers: RegisterVerdict
+    datatypes: DataTypeVerdict
     writes_during_faults: int
     acked_during_faults: int
     converged_s: float | None
@@ -79,7 +87,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return self.sets.ok and self.registers.ok and not self.problems
+        return self.sets.ok and self.registers.ok and self.datatypes.ok and not self.problems
 
     def text(self) -> str:
         availability = self.acked_during_faults / self.writes_during_faults if self.writes_during_faults else 1.0
@@ -88,6 +96,9 @@ class Report:
             f"{len(self.sets.unexpected)} unexpected, {self.sets.unknown} unknown",
             f"registers: {self.registers.acknowledged} acknowledged, {len(self.registers.lost)} lost, "
             f"{len(self.registers.unexpected)} unexpected, {self.registers.unknown} unknown",
+            f"data types: {self.datatypes.counters} increments, {self.datatypes.elements} set adds and removes, "
+            f"{len(self.datatypes.lost)} lost, {len(self.datatypes.unexpected)} unexpected",
+            *(f"data type: {p}" for p in (self.datatypes.lost + self.datatypes.unexpected)[:10]),
             f"write availability during faults: {availability:.1%} "
             f"({self.acked_during_faults}/{self.writes_during_faults})",
             f"converged {self.converged_s:.1f} s after healing" if self.converged_s is not None else "did not converge",
@@ -113,6 +124,10 @@ class Workload:
         self.next_element = 0
         self.set_keys = [f"s{i}" for i in range(3)]
         self.reg_keys = [f"r{i}" for i in range(6)]
+        self.counter_keys = [f"k{i}" for i in range(2)]
+        self.dt_set_keys = [f"t{i}" for i in range(2)]
+        self.counter_ops: list[CounterOp] = []
+        self.element_ops: list[ElementOp] = []
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
     def start(self) -> None:
@@ -138,7 +153,10 @@ class Workload:
         counter = 0
         while not self.stop.is_set():
             node = self._node(rng)
-            if rng.random() < 0.5:
+            kind = rng.random()
+            if kind >= 0.7:
+                self._datatype_op(node, rng, (kind - 0.7) / 0.3)
+            elif kind < 0.35:
                 with self.lock:
                     self.next_element += 1
                     element = self.next_element
@@ -153,6 +171,55 @@ class Workload:
                 with self.lock:
                     self.writes.append(write)
             time.sleep(rng.uniform(0.01, 0.05))
+
+    def _datatype_op(self, node: NodeProc, rng: random.Random, kind: float) -> None:
+        """A counter increment, a set add, or a read of a set and a remove of one element it showed."""
+        if kind < 0.45:
+            op = CounterOp(rng.choice(self.counter_keys), rng.randint(1, 5))
+            op.outcome = self._dt_update(node, COUNTER_TYPE, op.key, {"increment": op.amount})
+            with self.lock:
+                self.counter_ops.append(op)
+            return
+        if kind < 0.85:
+            with self.lock:
+                self.next_element += 1
+                element = f"e{self.next_element}"
+            add = ElementOp(rng.choice(self.dt_set_keys), element)
+            add.outcome = self._dt_update(node, SET_TYPE, add.key, {"add": element})
+            with self.lock:
+                self.element_ops.append(add)
+            return
+        key = rng.choice(self.dt_set_keys)
+        try:
+            status, _, body = _call("GET", dt_url(node.url, SET_TYPE, key), timeout_s=CLIENT_TIMEOUT_S)
+        except OSError:
+            return
+        if status != 200:
+            return
+        found = json.loads(body)
+        if not found["value"]:
+            return
+        remove = ElementOp(key, rng.choice(found["value"]), remove=True)
+        remove.outcome = self._dt_update(node, SET_TYPE, key, {"remove": remove.element, "context": found["context"]})
+        with self.lock:
+            self.element_ops.append(remove)
+
+    def _dt_update(self, node: NodeProc, type_name: str, key: str, op: dict[str, Any]) -> str:
+        try:
+            status, _, _ = _call(
+                "POST",
+                dt_url(node.url, type_name, key),
+                json.dumps(op).encode(),
+                {"Content-Type": "application/json"},
+                timeout_s=CLIENT_TIMEOUT_S,
+            )
+        except OSError:
+            self._record_write(UNKNOWN)
+            return UNKNOWN
+        # 400 and 412 change nothing; a 503 may come after the operation was applied somewhere.
+        outcome = OK if status == 204 else FAIL if status in (400, 412) else UNKNOWN
+        self._record_write(outcome)
+        return outcome
 
     def _get(self, node: NodeProc, bucket: str, key: str) -> tuple[int, dict[str, str], bytes] | None:
         try:
@@ -201,6 +268,51 @@ class Workload:
         write.given = parse_context(vclock, "registers", write.key, self.context_key)
         outcome, write.dot = self._put(node, "registers", write.key, write.value, vclock)
         return outcome
+
+
+def dt_url(base: str, type_name: str, key: str, query: str = "") -> str:
+    return f"{base}/types/{type_name}/buckets/b/datatypes/{key}" + (f"?{query}" if query else "")
+
+
+def create_datatype_types(cluster: LocalCluster) -> None:
+    """The workload's bucket types, created and activated as an operator (with a proof of the secret),
+    then waited for on every node."""
+    from dynastore.localcluster import secret_proof
+
+    assert cluster.secret is not None
+    url = cluster[0].url
+    for name, datatype in ((COUNTER_TYPE, "counter"), (SET_TYPE, "set")):
+        for target, body in (
+            (f"/admin/bucket-types/{name}", json.dumps({"props": {"datatype": datatype}}).encode()),
+            (f"/admin/bucket-types/{name}/activate", b""),
+        ):
+            headers = {"Content-Type": "application/json", **secret_proof(url, "POST", target, body, cluster.secret)}
+            status, _, answer = call("POST", url + target, body, headers, timeout_s=10)
+            assert status == 200, f"{target}: {status} {answer!r}"
+
+    def known_everywhere() -> bool:
+        for node in cluster.nodes:
+            for name in (COUNTER_TYPE, SET_TYPE):
+                status, _, body = _call("GET", f"{node.url}/types/{name}/props", timeout_s=5)
+                if status != 200 or not json.loads(body)["props"].get("active"):
+                    return False
+        return True
+
+    cluster.wait(known_everywhere, 30, "the data-type bucket types on every node")
+
+
+def _final_datatypes(node: NodeProc, workload: Workload) -> tuple[dict[str, int], dict[str, set[str]]]:
+    counters: dict[str, int] = {}
+    sets: dict[str, set[str]] = {}
+    for type_name, names in ((COUNTER_TYPE, workload.counter_keys), (SET_TYPE, workload.dt_set_keys)):
+        for key in names:
+            status, _, body = _call("GET", dt_url(node.url, type_name, key, "r=all"), timeout_s=10)
+            value = json.loads(body)["value"] if status == 200 else None
+            if type_name == COUNTER_TYPE:
+                counters[key] = value or 0
+            else:
+                sets[key] = set(value or [])
+    return counters, sets
 
 
 def _set_values(status: int, headers: dict[str, str], body: bytes) -> list[int]:
@@ -352,6 +464,7 @@ def _run(
     bound_s: float,
 ) -> Report:
     rng = random.Random(seed)
+    create_datatype_types(cluster)
     workload = Workload(cluster, clients, seed)
     nemesis = Nemesis(net, cluster, rng)
     workload.start()
@@ -390,6 +503,7 @@ def _run(
     for key in workload.reg_keys:
         status, headers, body = _final_siblings(cluster[0], "registers", key)
         final_regs[key] = _register_siblings(cluster, key, status, headers, body)
+    final_counters, final_dt_sets = _final_datatypes(cluster[0], workload)
     ring_size = int(json.loads(_call("GET", f"{cluster[0].url}/ring", timeout_s=5)[2])["ring_size"])
     for node in cluster.nodes:
         node.stop()
@@ -398,6 +512,7 @@ def _run(
     return Report(
         check_sets(workload.set_ops, final_sets),
         check_registers(workload.writes, final_regs),
+        check_datatypes(workload.counter_ops, workload.element_ops, final_counters, final_dt_sets),
         workload.during[0],
         workload.during[1],
         converged_s,

@@ -31,10 +31,10 @@ def riak_python() -> Path:
         pytest.skip(f"PyPI is unreachable, so the Riak client cannot be installed: {exc}")
 
 
-def run_scenario(python: Path, cluster: LocalCluster) -> dict[str, Any]:
+def run_scenario(python: Path, cluster: LocalCluster, script: str = scenario.__file__) -> dict[str, Any]:
     nodes = [f"{node.host}:{node.http_port}" for node in cluster.nodes]
     done = subprocess.run(
-        [str(python), "-W", "ignore", scenario.__file__, *nodes],
+        [str(python), "-W", "ignore", script, *nodes],
         capture_output=True,
         text=True,
         timeout=SCENARIO_TIMEOUT_S,
@@ -114,3 +114,61 @@ def test_basho_riak_client_stores_fetches_resolves_siblings_and_deletes_over_htt
     assert (status, body, response_headers["Content-Type"]) == (200, b"hello from riak", "text/plain")
     status, _, _ = get(base, scenario.BUCKET, scenario.KEY)
     assert status == 404
+
+
+def test_basho_riak_client_uses_counters_sets_maps_and_hlls_in_bucket_types_made_with_the_cli(
+    make_cluster: MakeCluster, riak_python: Path
+) -> None:
+    """basho's Riak client over HTTP, on 3 nodes, in bucket types created and activated with
+    `dynastore bucket-type`: counters incremented at every node and read back the same everywhere;
+    a set updated, fetched with its context, an element discarded with it; a map of a register, a
+    counter, a flag, a set and a nested map, a field removed; an HLL's estimate; a delete through the
+    client; an operation of the wrong type refused."""
+    import sys
+
+    cluster = make_cluster(3)
+    url = cluster[0].url
+    for name, datatype in (("counters", "counter"), ("sets", "set"), ("maps", "map"), ("hlls", "hll")):
+        for args in (("create", name, json.dumps({"props": {"datatype": datatype}})), ("activate", name)):
+            done = subprocess.run(
+                [sys.executable, "-m", "dynastore", "bucket-type", *args, "--node", url],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+
+    def everywhere() -> bool:
+        for node in cluster.nodes:
+            for name in ("counters", "sets", "maps", "hlls"):
+                status, _, body = call("GET", f"{node.url}/types/{name}/props")
+                if status != 200 or not json.loads(body)["props"]["active"]:
+                    return False
+        return True
+
+    cluster.wait(everywhere, 30, "the bucket types on every node")
+    seen = run_scenario(riak_python, cluster, str(Path(scenario.__file__).with_name("riak_client_dt_scenario.py")))
+
+    assert seen["type_props"] == {"datatype": "counter", "active": True}
+    assert seen["counter"] == [6, 6, 6]
+    assert seen["counter_after_decrement"] == 4
+    assert seen["counter_missing"] == 0
+    assert seen["set"] == ["blue", "green", "red"] and seen["set_has_context"]
+    assert seen["set_after_discard"] == [["blue", "green"]] * 3
+    assert seen["map"] == {
+        "address_map": {"city_register": "London"},
+        "admin_flag": True,
+        "langs_set": ["en", "fr"],
+        "name_register": "Ada",
+        "visits_counter": 3,
+    }
+    assert seen["map_after_remove"] == {
+        "address_map": {"city_register": "London"},
+        "admin_flag": True,
+        "name_register": "Ada",
+        "visits_counter": 4,
+    }
+    assert abs(seen["hll"] - 300) <= 15
+    assert seen["set_after_delete"] == [[]] * 3 or all(not v for v in seen["set_after_delete"])
+    assert seen["wrong_type"] != "stored"

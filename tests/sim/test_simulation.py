@@ -11,11 +11,15 @@ from dynastore.core.versions import Clock, Context, Dot, Versioned
 from dynastore.settings import Settings
 from dynastore.sim.__main__ import main as sim_main
 from dynastore.sim.checkers import (
+    FAIL,
     OK,
     UNKNOWN,
+    CounterOp,
+    ElementOp,
     RegisterWrite,
     SetOp,
     check_copies,
+    check_datatypes,
     check_registers,
     check_sets,
 )
@@ -222,3 +226,36 @@ def test_a_stalled_node_handles_nothing_until_it_resumes_then_its_backlog_in_ord
     read = c.replies[second]
     assert isinstance(read, Ok) and read.found is not None
     assert [content.value for _, content in read.found.values] == [b"one"], "the write was handled first"
+
+
+def test_the_data_type_checker_bounds_counters_and_judges_adds_and_removes() -> None:
+    ops = [CounterOp("k", 3, OK), CounterOp("k", 2, UNKNOWN), CounterOp("k", 7, FAIL)]
+    assert check_datatypes(ops, [], {"k": 3}, {}).ok
+    assert check_datatypes(ops, [], {"k": 5}, {}).ok
+    assert check_datatypes(ops, [], {"k": 2}, {}).lost
+    assert check_datatypes(ops, [], {"k": 6}, {}).unexpected
+    elements = [
+        ElementOp("t", "e1", outcome=OK),
+        ElementOp("t", "e2", outcome=OK),
+        ElementOp("t", "e2", remove=True, outcome=OK),
+        ElementOp("t", "e3", outcome=UNKNOWN),
+        ElementOp("t", "e4", outcome=OK),
+        ElementOp("t", "e4", remove=True, outcome=UNKNOWN),
+    ]
+    assert check_datatypes([], elements, {}, {"t": {"e1", "e3"}}).ok
+    assert check_datatypes([], elements, {}, {"t": {"e1", "e4"}}).ok
+    assert check_datatypes([], elements, {}, {"t": set()}).lost == ["set t: e1"]
+    assert check_datatypes([], elements, {}, {"t": {"e1", "e2"}}).unexpected == ["set t: e2 (removed, then back)"]
+    assert check_datatypes([], elements, {}, {"t": {"e1", "e9"}}).unexpected == ["set t: e9 (never added)"]
+
+
+def test_a_coordinator_that_ignores_what_it_holds_of_a_data_type_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a coordinator applied operations to a fresh state instead of the join of its copies, counters
+    would lose increments and sets elements; the data-type checker finds it in the first seeds."""
+    from dynastore.core import datatypes
+
+    fresh = datatypes.next_content
+    monkeypatch.setattr(datatypes, "next_content", lambda local, dt, dot, now_us, s: fresh(None, dt, dot, now_us, s))
+    caught = [seed for seed in range(4) if not (result := run_seed(seed, Options(safety_ms=6_000))).ok]
+    assert caught, "the broken coordinator went unnoticed"
+    del result

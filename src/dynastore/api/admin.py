@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from typing import Any
 
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.auth import Guard
 from dynastore.api.server import Request
-from dynastore.core import keys, merkle, objects, security
+from dynastore.core import buckettypes, keys, merkle, objects, security
 from dynastore.core.effects import SecurityAction
-from dynastore.core.messages import Failure
+from dynastore.core.messages import ClientBucketType, Failure, NotFound
 from dynastore.core.node import ClientJoin, ClientLeave, ClientRemove, SecurityChange
 from dynastore.runtime.node import NodeRuntime
 
@@ -30,6 +31,8 @@ async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: lis
         return json_response({"nonce": guard.challenge().hex()})
     if rest[:1] == [b"security"]:
         return await _security(runtime, request, rest[1:])
+    if rest[:1] == [b"bucket-types"]:
+        return await _bucket_types(runtime, request, rest[1:])
     if rest == [b"status"] and method == "GET":
         return json_response(core.admin_status(runtime.clock.now_ms()))
     if len(rest) == 3 and rest[0] == b"local" and method == "GET":
@@ -121,6 +124,66 @@ async def _security(runtime: NodeRuntime, request: Request, rest: list[bytes]) -
     if isinstance(response, Failure):
         return failure(response)
     return json_response({"done": change.action, "user": change.user})
+
+
+def _type_record(runtime: NodeRuntime, name: str) -> dict[str, Any] | None:
+    core = runtime.core
+    assert core is not None
+    if name == buckettypes.DEFAULT:
+        record = core.cluster.bucket_type(name)
+        return {"name": name, "active": True, "props": {} if record is None else record.as_dict()}
+    record = core.cluster.bucket_type(name)
+    if record is None:
+        return None
+    return {"name": name, "active": record.active, "props": record.as_dict()}
+
+
+async def _bucket_types(runtime: NodeRuntime, request: Request, rest: list[bytes]) -> Answer:
+    """`dynastore bucket-type ...`: list, status, create, activate, update (operators only). A type's
+    properties here are the ones it sets; `/types/T/props` shows them over the defaults."""
+    core = runtime.core
+    assert core is not None
+    method = request.method
+    if not rest:
+        if method != "GET":
+            return text(405, "Method Not Allowed", {"Allow": "GET"})
+        names = [buckettypes.DEFAULT] + [n for n, _ in core.cluster.types if n != buckettypes.DEFAULT]
+        return json_response({"types": [_type_record(runtime, n) for n in names]})
+    name = rest[0].decode("utf-8", "replace")
+    problem = buckettypes.name_problem(name)
+    if problem is not None:
+        raise BadRequest(problem)
+    if len(rest) == 1 and method == "GET":
+        found = _type_record(runtime, name)
+        if found is None:
+            return text(404, f"unknown bucket type {name!r}")
+        return json_response(found)
+    request_: ClientBucketType
+    if len(rest) == 1 and method in ("POST", "PUT"):
+        props = _type_props(await request.read())
+        request_ = ClientBucketType("create" if method == "POST" else "update", name, props)
+    elif rest[1:] == [b"activate"] and method == "POST":
+        request_ = ClientBucketType("activate", name)
+    else:
+        return text(404, "Not Found")
+    response = await runtime.request(request_)
+    if isinstance(response, NotFound):
+        return text(404, f"unknown bucket type {name!r}")
+    if isinstance(response, Failure):
+        return failure(response)
+    return json_response(_type_record(runtime, name))
+
+
+def _type_props(body: bytes) -> tuple[tuple[str, Any], ...]:
+    shape = 'body must be JSON of the form {"props": {...}}'
+    try:
+        data = json.loads(body.decode("utf-8")) if body.strip() else {"props": {}}
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest(shape) from None
+    if not isinstance(data, dict) or not isinstance(data.get("props", {}), dict):
+        raise BadRequest(shape)
+    props: dict[str, Any] = data.get("props", {})
+    return tuple(sorted(props.items()))
 
 
 def _password(body: bytes) -> str:

@@ -23,6 +23,7 @@ STATUS_OF_FAILURE = {
     "timeout": 503,
     "overload": 503,
     "insufficient_storage": 507,
+    "precondition": 412,
 }
 
 

@@ -4,8 +4,10 @@ Routes are parsed from the raw path. Bucket and key segments are decoded as Riak
 default `http_url_encoding = on`, i.e. mochiweb's unquote): `+` is a space and `%XX` is any byte, so a
 client that escapes with `quote_plus` (riak-python-client does) and one that uses `%20` name the same
 key, a literal plus is `%2B`, and any binary key round-trips, `%2F` included. The current
-(`/buckets/B/keys/K`), typed (`/types/default/buckets/...`) and legacy (`/riak/B/K`) forms are served,
-and the URLs we hand back (Location, Link) use the form the request used.
+(`/buckets/B/keys/K`), typed (`/types/T/buckets/...`) and legacy (`/riak/B/K`) forms are served,
+and the URLs we hand back (Location, Link) use the form the request used. A bucket of a type other
+than `default` is named inside the node with its type (buckettypes.typed); the data types of such a
+type are served by datatypes.py.
 
 Every input is validated here before it reaches the node; bad input gets a 4xx with a plain-text
 reason and changes nothing. Header text that is not UTF-8 (the server hands it over as lone surrogates)
@@ -32,13 +34,14 @@ from urllib.parse import quote
 from multidict import CIMultiDict
 
 from dynastore import __version__
-from dynastore.api import admin, auth
+from dynastore.api import admin, auth, datatypes
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
-from dynastore.core import bucketprops, keys, objects, quorum, ringdoc
+from dynastore.core import bucketprops, buckettypes, keys, objects, quorum, ringdoc
 from dynastore.core import context as ctxcodec
 from dynastore.core.context import ContextError
 from dynastore.core.messages import (
+    ClientBucketType,
     ClientGet,
     ClientListKeys,
     ClientPut,
@@ -58,14 +61,13 @@ log = logging.getLogger("dynastore.http")
 
 # The Riak KV release whose HTTP API this one follows; clients use it for feature detection.
 RIAK_KV_VERSION = "2.2.3"
-# What `GET /` advertises, as Riak 2.2 does. riak_kv_wm_bucket_type must be there although only the
-# default type exists: clients decide that bucket types work from the version alone (riak-python-client
-# does, for 2.0 and later) and use `/types/T/...` only when this resource is listed. Without it, a
-# bucket of another type is addressed as `/buckets/B/...` and silently lands in the default type; with
-# it, the typed path answers 404 (unknown type) and the client sees the error.
+# What `GET /` advertises, as Riak 2.2 does: clients decide that bucket types work from the version
+# (riak-python-client does, for 2.0 and later) and use `/types/T/...` only when riak_kv_wm_bucket_type
+# is listed; the legacy counters of Riak 1.4 when riak_kv_wm_counter is.
 RESOURCES = {
     "riak_kv_wm_bucket_type": "/types",
     "riak_kv_wm_buckets": "/buckets",
+    "riak_kv_wm_counter": "/buckets",
     "riak_kv_wm_keylist": "/buckets",
     "riak_kv_wm_object": "/buckets",
     "riak_kv_wm_ping": "/ping",
@@ -92,6 +94,8 @@ IGNORED_PROPS = frozenset(
         "dvv_enabled",
     }
 )
+# What GET shows of a type or bucket that a client may send back but not change that way.
+TYPE_READ_ONLY_PROPS = frozenset({"active", "claimant"})
 QUORUM_PARAMS = ("r", "w", "dw", "rw", "pr", "pw")
 READ_METHODS = ("GET", "HEAD")
 OBJECT_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
@@ -119,19 +123,33 @@ class UrlStyle:
     # Where an object lives: `{objects}/{bucket}/keys/{key}`, or `{objects}/{bucket}/{key}` when legacy.
     objects: str
     legacy: bool
+    # The bucket type the request named.
+    type_name: str = buckettypes.DEFAULT
 
-    def object_url(self, bucket: bytes, key: bytes) -> str:
-        middle = "/" if self.legacy else "/keys/"
-        return self.objects + "/" + _quote(bucket) + middle + _quote(key)
+    def internal(self, bucket: bytes) -> bytes:
+        """The node's name for the request's bucket (buckettypes.typed)."""
+        return buckettypes.typed(self.type_name, bucket)
+
+    def object_url(self, bucket: bytes, key: bytes, where: str = "keys") -> str:
+        middle = "/" if self.legacy else f"/{where}/"
+        return self.objects + "/" + _quote(buckettypes.split(bucket)[1]) + middle + _quote(key)
 
     def bucket_url(self, bucket: bytes) -> str:
-        # Riak links a typed object to its bucket by the untyped path too.
+        # Riak links an object of the default type to its bucket by the untyped path.
+        if self.type_name != buckettypes.DEFAULT:
+            return self.objects + "/" + _quote(buckettypes.split(bucket)[1])
         return ("/riak/" if self.legacy else "/buckets/") + _quote(bucket)
 
 
 CURRENT = UrlStyle("/buckets", legacy=False)
 TYPED = UrlStyle("/types/default/buckets", legacy=False)
 LEGACY = UrlStyle("/riak", legacy=True)
+
+
+def typed_style(type_name: str) -> UrlStyle:
+    if type_name == buckettypes.DEFAULT:
+        return TYPED
+    return UrlStyle(f"/types/{_quote(type_name.encode())}/buckets", legacy=False, type_name=type_name)
 
 
 def _quote(name: bytes) -> str:
@@ -192,29 +210,84 @@ class Api:
         if head == b"buckets":
             return await self._buckets(request, rest, CURRENT)
         if head == b"types":
-            if rest[:2] == [b"default", b"buckets"]:
-                return await self._buckets(request, rest[2:], TYPED)
-            if rest and rest[0] != b"default":
-                raise BadRequest(f"unknown bucket type {rest[0]!r}: only the default bucket type exists", 404)
-            return text(404, "Not Found")
+            return await self._types(request, rest)
         if head == b"riak":
             return await self._legacy(request, rest)
         return text(404, "Not Found")
 
+    async def _types(self, request: Request, rest: list[bytes]) -> Answer:
+        """`/types/T/props` and `/types/T/buckets/...`: an unknown type is a 404, one created but not
+        yet active a 400."""
+        if not rest:
+            return text(404, "Not Found")
+        type_name = rest[0].decode("utf-8", "replace")
+        core = self.runtime.core
+        assert core is not None
+        record = core.cluster.bucket_type(type_name)
+        known = type_name == buckettypes.DEFAULT or record is not None
+        if rest[1:] == [b"props"]:
+            if not known:
+                raise BadRequest(f"unknown bucket type {type_name!r}", 404)
+            return await self._type_props(request, type_name)
+        if rest[1:2] != [b"buckets"]:
+            return text(404, "Not Found")
+        if not known:
+            raise BadRequest(f"unknown bucket type {type_name!r}", 404)
+        if record is not None and not record.active:
+            raise BadRequest(f"bucket type {type_name!r} is not active: activate it first")
+        return await self._buckets(request, rest[2:], typed_style(type_name))
+
+    async def _type_props(self, request: Request, type_name: str) -> Answer:
+        method = request.method
+        if method in READ_METHODS:
+            return json_response({"props": self.type_props_of(type_name)})
+        if method not in ("PUT", "POST"):
+            return _not_allowed(("GET", "HEAD", "PUT", "POST"))
+        given = await self._props_body(request)
+        props = tuple(sorted((k, v) for k, v in given.items() if k not in IGNORED_PROPS | TYPE_READ_ONLY_PROPS))
+        response = await self.runtime.request(ClientBucketType("update", type_name, props))
+        if isinstance(response, NotFound):
+            return text(404, f"unknown bucket type {type_name!r}")
+        if isinstance(response, Failure):
+            return self.failure(response)
+        return Response(status=204)
+
+    def type_props_of(self, type_name: str) -> dict[str, Any]:
+        """A type's properties as Riak shows them: the defaults overlaid by the type's own, and whether
+        it is active."""
+        core = self.runtime.core
+        assert core is not None
+        record = core.cluster.bucket_type(type_name)
+        props = bucketprops.defaults(self.settings)
+        if record is not None:
+            props.update((k, v) for k, v in record.props if v != "default")
+        props["name"] = type_name
+        props["active"] = type_name == buckettypes.DEFAULT or (record is not None and record.active)
+        props["basic_quorum"] = False
+        props["notfound_ok"] = True
+        return props
+
     async def _buckets(self, request: Request, rest: list[bytes], style: UrlStyle) -> Answer:
         method = request.method
         if not rest:
-            return await self._allow(request, READ_METHODS, self.list_buckets)
-        bucket, tail = rest[0], rest[1:]
+            return await self._allow(request, READ_METHODS, lambda r: self.list_buckets(r, style.type_name))
+        bucket, tail = style.internal(rest[0]), rest[1:]
         if tail == [b"props"]:
             return await self._props(request, bucket)
+        if tail[:1] in ([b"datatypes"], [b"counters"]):
+            return await datatypes.route(self, request, bucket, tail, style)
+        datatype = self._datatype_of(bucket)
         if tail == [b"keys"]:
             if method in READ_METHODS:
                 return await self.list_keys(request, bucket, with_props=False)
             if method == "POST":
+                if datatype is not None:
+                    raise BadRequest(_datatype_bucket(style, datatype))
                 return await self.store(request, bucket, None, style)
             return _not_allowed(("GET", "HEAD", "POST"))
         if len(tail) == 2 and tail[0] == b"keys":
+            if datatype is not None:
+                return await datatypes.on_plain_object(self, request, bucket, tail[1], style, datatype)
             return await self._object(request, bucket, tail[1], style)
         if len(tail) == 3 and tail[0] == b"keys" and tail[2] == b"preflist":
             return await self._allow(request, READ_METHODS, lambda r: self.preflist(bucket, tail[1]))
@@ -319,12 +392,21 @@ class Api:
 
     # --- Bucket properties --------------------------------------------------------------------------------
 
+    def _datatype_of(self, bucket: bytes) -> str | None:
+        """The datatype a bucket's type gives its keys (None: plain objects)."""
+        if not buckettypes.is_typed(bucket):
+            return None
+        core = self.runtime.core
+        assert core is not None
+        datatype = core.bucket_props(bucket).get("datatype")
+        return None if datatype is None else str(datatype)
+
     def _props_of(self, bucket: bytes) -> dict[str, Any]:
         core = self.runtime.core
         assert core is not None
         self.check_names(bucket, None)
         props = core.bucket_props(bucket)
-        props["name"] = bucket.decode(errors="replace")
+        props["name"] = buckettypes.split(bucket)[1].decode(errors="replace")
         props["basic_quorum"] = False
         props["notfound_ok"] = True
         return props
@@ -332,8 +414,8 @@ class Api:
     def get_props(self, bucket: bytes) -> Answer:
         return json_response({"props": self._props_of(bucket)})
 
-    async def set_props(self, request: Request, bucket: bytes) -> Answer:
-        self.check_names(bucket, None)
+    async def _props_body(self, request: Request) -> dict[str, Any]:
+        """The `{"props": {...}}` of a PUT of bucket or type properties, its quorums checked."""
         shape = 'body must be JSON of the form {"props": {...}}'
         # Decoded here rather than by request.json(): JSON is UTF-8 whatever charset the header names
         # (an unknown one would raise LookupError there), and nesting depth is the sender's choice.
@@ -347,16 +429,28 @@ class Api:
         for name in QUORUM_PARAMS:
             if name in given:
                 _quorum_value(name, given[name])
-        props = tuple(sorted((k, v) for k, v in given.items() if k not in IGNORED_PROPS))
+        return given
+
+    async def set_props(self, request: Request, bucket: bytes) -> Answer:
+        self.check_names(bucket, None)
+        given = await self._props_body(request)
+        props = tuple(sorted((k, v) for k, v in given.items() if k not in IGNORED_PROPS | TYPE_READ_ONLY_PROPS))
         response = await self.runtime.request(ClientSetBucketProps(bucket, props))
         if isinstance(response, Failure):
             return self.failure(response)
         return Response(status=204)
 
     async def reset_props(self, bucket: bytes) -> Answer:
-        """Every property back to the node's default (Riak: DELETE /buckets/B/props)."""
+        """Every property back to its type's (Riak: DELETE /buckets/B/props): the node's defaults for
+        the default type."""
         self.check_names(bucket, None)
-        defaults = tuple(sorted(bucketprops.defaults(self.settings).items()))
+        props = bucketprops.defaults(self.settings)
+        core = self.runtime.core
+        assert core is not None
+        record = core.cluster.bucket_type(buckettypes.split(bucket)[0])
+        if record is not None:
+            props.update((k, v) for k, v in record.props if k in bucketprops.BUCKET_PROPS)
+        defaults = tuple(sorted(props.items()))
         response = await self.runtime.request(ClientSetBucketProps(bucket, defaults))
         if isinstance(response, Failure):
             return self.failure(response)
@@ -386,14 +480,19 @@ class Api:
             if response.keys:
                 yield response.keys
 
-    async def _gathered(self, bucket: bytes | None, timeout_ms: int | None) -> list[bytes] | Failure:
-        """A whole listing in memory (keys=true, buckets=true), bounded by list_result_bytes_max."""
+    async def _gathered(
+        self, bucket: bytes | None, timeout_ms: int | None, type_name: str = buckettypes.DEFAULT
+    ) -> list[bytes] | Failure:
+        """A whole listing in memory (keys=true, buckets=true), bounded by list_result_bytes_max; a
+        listing of buckets names those of `type_name`."""
         found: set[bytes] = set()
         held = 0
         bound = self.settings.list_result_bytes_max
         async for page in self._pages(bucket, timeout_ms):
             if isinstance(page, Failure):
                 return page
+            if bucket is None:
+                page = _of_type(page, type_name)
             for name in page:
                 if name not in found:
                     found.add(name)
@@ -405,7 +504,12 @@ class Api:
         return sorted(found)
 
     async def _streamed(
-        self, request: Request, bucket: bytes | None, timeout_ms: int | None, head: dict[str, Any]
+        self,
+        request: Request,
+        bucket: bytes | None,
+        timeout_ms: int | None,
+        head: dict[str, Any],
+        type_name: str = buckettypes.DEFAULT,
     ) -> StreamResponse:
         """A listing as a stream of JSON objects, one per page; a failure once the stream has begun is
         an `{"error": ...}` object in it, as Riak gives (a timeout's is `"timeout"`). Buckets appear in
@@ -426,7 +530,7 @@ class Api:
                     break
                 names = page
                 if bucket is None:
-                    names = tuple(name for name in page if name not in sent)
+                    names = tuple(name for name in _of_type(page, type_name) if name not in sent)
                     sent.update(names)
                     held += sum(len(name) for name in names)
                     if held > bound:
@@ -442,14 +546,14 @@ class Api:
             pass
         return stream
 
-    async def list_buckets(self, request: Request) -> Answer:
+    async def list_buckets(self, request: Request, type_name: str = buckettypes.DEFAULT) -> Answer:
         mode = request.query.get("buckets")
         if mode not in ("true", "stream"):
             raise BadRequest("list buckets with ?buckets=true or ?buckets=stream")
         timeout = self._int_param(request, "timeout")
         if mode == "stream" and request.method != "HEAD":
-            return await self._streamed(request, None, timeout, {})
-        found = await self._gathered(None, timeout)
+            return await self._streamed(request, None, timeout, {}, type_name)
+        found = await self._gathered(None, timeout, type_name)
         if isinstance(found, Failure):
             return self.failure(found)
         return json_response({"buckets": [b.decode(errors="replace") for b in found]})
@@ -711,6 +815,10 @@ class Api:
         raw = request.headers.get("X-Riak-Vclock")
         if raw is None or not raw.strip():
             return None
+        return self._decode_context(raw, bucket, key, "X-Riak-Vclock")
+
+    def _decode_context(self, raw: str, bucket: bytes, key: bytes, what: str) -> Context:
+        """A context a client sends back (`what` names where it came in), or a 400."""
         core = self.runtime.core
         assert core is not None
         problem: ContextError | None = None
@@ -720,7 +828,7 @@ class Api:
                 return ctxcodec.decode(raw, context_key, bucket, key, self.settings.context_extra_dots_max)
             except ContextError as exc:
                 problem = problem or exc
-        raise BadRequest(f"bad X-Riak-Vclock: {problem}")
+        raise BadRequest(f"bad {what}: {problem}")
 
     def _encode_context(self, context: Context, bucket: bytes, key: bytes) -> str:
         core = self.runtime.core
@@ -729,6 +837,23 @@ class Api:
 
 
 # --- Helpers ------------------------------------------------------------------------------------------------
+
+
+def _of_type(names: tuple[bytes, ...], type_name: str) -> tuple[bytes, ...]:
+    """The buckets of `type_name` among node-side bucket names, as their clients name them."""
+    out: list[bytes] = []
+    for name in names:
+        of, bucket = buckettypes.split(name)
+        if of == type_name:
+            out.append(bucket)
+    return tuple(out)
+
+
+def _datatype_bucket(style: UrlStyle, datatype: str) -> str:
+    return (
+        f"bucket type {style.type_name} holds {datatype}s: use {style.objects}/BUCKET/datatypes/KEY"
+        " (a plain object cannot be stored there)"
+    )
 
 
 def _quorum_param(query: Mapping[str, str], name: str) -> int | str | None:

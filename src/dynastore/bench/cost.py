@@ -8,7 +8,9 @@ replicas' show apart:
 - read, 1 node: GET of a 1 KB object on a one-node cluster at n_val=1 — a read with no replication;
 - ping and read, 3 nodes: the same on a 3-node cluster at n_val=3, r=2 (the first node coordinates,
   the other two answer it as replicas);
-- insert, 3 nodes: a PUT of a new 1 KB object at w=2, durable (each replica syncs it).
+- insert, 3 nodes: a PUT of a new 1 KB object at w=2, durable (each replica syncs it);
+- increment, 3 nodes: a counter increment (a data type, in a bucket type whose datatype is counter)
+  on one of the loaded keys at w=2, durable: the cost of a data type next to a plain put.
 
 The clients are open-loop (requests start on a fixed schedule, whatever the answers do), so every kind
 is measured at the same rate. CPU is user plus system time from /proc (in ticks of 10 ms: a short or
@@ -38,6 +40,7 @@ from dynastore.client.http import basic_auth
 from dynastore.localcluster import LocalCluster, http_json, secret_proof
 
 RECORDS = 200
+COUNTER_TYPE = "cost-counters"
 VALUE = b"v" * 1000
 WARMUP_S = 2.0
 # Requests still unanswered when a kind's schedule ends get this long before the run fails.
@@ -73,6 +76,12 @@ async def _measure_kind(
             request = session.get(url + "/ping")
         elif kind == "read":
             request = session.get(f"{url}/buckets/cost/keys/k{i % RECORDS}")
+        elif kind == "increment":
+            request = session.post(
+                f"{url}/types/{COUNTER_TYPE}/buckets/cost/datatypes/k{i % RECORDS}",
+                data=b'{"increment": 1}',
+                headers={"Content-Type": "application/json"},
+            )
         else:
             request = session.put(
                 f"{url}/buckets/cost-insert/keys/k{i}", data=VALUE, headers={"Content-Type": "text/plain"}
@@ -145,6 +154,14 @@ async def _drive(
             ) as resp:
                 if resp.status >= 300:
                     raise RuntimeError(f"loading the records: HTTP {resp.status}")
+            if "increment" in kinds:
+                async with session.post(
+                    f"{url}/types/{COUNTER_TYPE}/buckets/cost/datatypes/k{i}",
+                    data=b'{"increment": 1}',
+                    headers={"Content-Type": "application/json"},
+                ) as resp:
+                    if resp.status >= 300:
+                        raise RuntimeError(f"loading the counters: HTTP {resp.status}")
         return [Row(kind, nodes, await _measure_kind(session, url, kind, rate, seconds, pids)) for kind in kinds]
 
 
@@ -167,11 +184,31 @@ def _secure(cluster: LocalCluster) -> dict[str, str]:
     return basic_auth(BENCH_USER, BENCH_PASSWORD)
 
 
+def _counter_type(cluster: LocalCluster) -> None:
+    """A bucket type of counters, created and activated on every node (as an operator, with the
+    cluster secret when there is one), before any increment is sent."""
+    url = cluster[0].url
+    for target, body in (
+        (f"/admin/bucket-types/{COUNTER_TYPE}", json.dumps({"props": {"datatype": "counter"}}).encode()),
+        (f"/admin/bucket-types/{COUNTER_TYPE}/activate", b""),
+    ):
+        headers = {"Content-Type": "application/json"}
+        if cluster.secret is not None:
+            headers.update(secret_proof(url, "POST", target, body, cluster.secret))
+        http_json(url + target, timeout_s=30.0, method="POST", data=body, headers=headers)
+    deadline = time.monotonic() + 30
+    for node in cluster.nodes:
+        while not http_json(f"{node.url}/admin/bucket-types/{COUNTER_TYPE}", timeout_s=5.0).get("active"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.name} did not learn of the counter type within 30 s")
+            time.sleep(0.1)
+
+
 def measure(rate: float, seconds: float, root: Path, security: bool = False) -> list[Row]:
     rows: list[Row] = []
     setups: tuple[tuple[int, tuple[str, ...], tuple[str, ...]], ...] = (
         (1, ("n_val=1", "r=1", "w=1"), ("ping", "read")),
-        (3, (), ("ping", "read", "insert")),
+        (3, (), ("ping", "read", "insert", "increment")),
     )
     for nodes, overrides, kinds in setups:
         cluster = LocalCluster(root / f"{nodes}-nodes-{time.monotonic_ns()}", nodes, overrides=overrides)
@@ -181,6 +218,8 @@ def measure(rate: float, seconds: float, root: Path, security: bool = False) -> 
             pids = tuple(node.proc.pid for node in cluster.nodes if node.proc is not None)
             if len(pids) != nodes:
                 raise RuntimeError("a node of the cluster has no process")
+            if "increment" in kinds:
+                _counter_type(cluster)
             auth = _secure(cluster) if security else None
             rows += asyncio.run(_drive(cluster[0].url, kinds, nodes, rate, seconds, pids, auth))
         finally:

@@ -60,6 +60,16 @@ class Fetched:
         return self.values[0]
 
 
+@dataclass(frozen=True, slots=True)
+class DataType:
+    """A data type's value as fetched (Riak's JSON value: a number, a list, a map of `name_type`
+    fields) and the context a remove names to remove what was seen (sets and maps)."""
+
+    type: str
+    value: Any
+    context: str | None = None
+
+
 Resolver = Callable[[tuple[Value, ...]], Value]
 # Told, after each try of one node URL, the connection error, or None when the node answered.
 AttemptObserver = Callable[[str, BaseException | None], None]
@@ -71,6 +81,15 @@ def _path(bucket: str | bytes, key: str | bytes | None = None) -> str:
         return f"/buckets/{b}/keys"
     k = quote(key if isinstance(key, bytes) else key.encode(), safe="")
     return f"/buckets/{b}/keys/{k}"
+
+
+def _dt_path(bucket_type: str, bucket: str | bytes, key: str | bytes | None = None) -> str:
+    t = quote(bucket_type.encode(), safe="")
+    b = quote(bucket if isinstance(bucket, bytes) else bucket.encode(), safe="")
+    if key is None:
+        return f"/types/{t}/buckets/{b}/datatypes"
+    k = quote(key if isinstance(key, bytes) else key.encode(), safe="")
+    return f"/types/{t}/buckets/{b}/datatypes/{k}"
 
 
 def _query(params: Mapping[str, Any]) -> dict[str, str]:
@@ -327,6 +346,82 @@ class HttpClient:
         status, _, body = await self._call(
             "DELETE", _path(bucket, key), params={"w": w, "timeout": timeout_ms}, headers=headers, urls=urls
         )
+        if status == 404:
+            return False
+        if status != 204:
+            raise ClientError(status, body.decode(errors="replace").strip())
+        return True
+
+    # --- Data types (bucket types whose `datatype` is set) -------------------------------------------
+
+    async def dt_get(
+        self,
+        bucket_type: str,
+        bucket: str | bytes,
+        key: str | bytes,
+        *,
+        r: int | str | None = None,
+        timeout_ms: int | None = None,
+        urls: list[str] | None = None,
+    ) -> DataType | None:
+        """A data type's value and context; None when the key does not exist."""
+        status, _, body = await self._call(
+            "GET", _dt_path(bucket_type, bucket, key), params={"r": r, "timeout": timeout_ms}, urls=urls
+        )
+        if status == 404:
+            return None
+        if status != 200:
+            raise ClientError(status, body.decode(errors="replace").strip())
+        import json
+
+        data = json.loads(body)
+        return DataType(data["type"], data["value"], data.get("context"))
+
+    async def dt_update(
+        self,
+        bucket_type: str,
+        bucket: str | bytes,
+        key: str | bytes | None,
+        operation: Any,
+        *,
+        context: str | None = None,
+        w: int | str | None = None,
+        return_body: bool = False,
+        timeout_ms: int | None = None,
+        urls: list[str] | None = None,
+    ) -> tuple[str | None, DataType | None]:
+        """Apply one of Riak's JSON operations (`{"increment": 1}`, `{"add": "x"}`, `{"update": {...}}`)
+        to a key (a server-chosen one when `key` is None); returns the key and, with `return_body`,
+        the new value. A remove of what is not there is a ClientError with status 412."""
+        import json
+
+        body = operation if not isinstance(operation, dict) else dict(operation)
+        if context is not None and isinstance(body, dict):
+            body["context"] = context
+        status, headers, answer = await self._call(
+            "POST",
+            _dt_path(bucket_type, bucket, key),
+            params={"w": w, "returnbody": return_body or None, "timeout": timeout_ms},
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            urls=urls,
+        )
+        if status not in (200, 201, 204):
+            raise ClientError(status, answer.decode(errors="replace").strip())
+        made_key = key.decode() if isinstance(key, bytes) else key
+        if key is None:
+            made_key = headers.get("Location", "").rsplit("/", 1)[-1] or None
+        found = None
+        if answer and status in (200, 201):
+            data = json.loads(answer)
+            found = DataType(data["type"], data["value"], data.get("context"))
+        return made_key, found
+
+    async def dt_delete(
+        self, bucket_type: str, bucket: str | bytes, key: str | bytes, *, urls: list[str] | None = None
+    ) -> bool:
+        """Delete a data type; False when it did not exist."""
+        status, _, body = await self._call("DELETE", _dt_path(bucket_type, bucket, key), urls=urls)
         if status == 404:
             return False
         if status != 204:

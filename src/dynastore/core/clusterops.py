@@ -25,17 +25,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dynastore.core import bucketprops, membership, placement, secret, security
+from dynastore.core import bucketprops, buckettypes, crdt, membership, placement, secret, security
 from dynastore.core.bucketprops import BUCKET_PROPS
 from dynastore.core.effects import ClientJoin, ClientRemove, SecurityChange, Send, Stop, seed_label
 from dynastore.core.membership import ACTIVE, OWNING, ClusterState, Member, RingState
 from dynastore.core.messages import (
+    ClientBucketType,
     ClientSetBucketProps,
     Failure,
     GossipDigest,
     GossipState,
     JoinReply,
     JoinRequest,
+    NotFound,
     Ok,
     Ping,
     Pong,
@@ -395,6 +397,12 @@ class ClusterOps(NodeBase):
             return
         current = self._props(req.bucket)
         changes = dict(req.props)
+        # A typed bucket's datatype is its type's: sent back as read it is no change, else refused.
+        problem = buckettypes.bucket_change_problem(changes, current)
+        if problem is not None:
+            self._answer(origin, Failure("bad_request", problem))
+            return
+        changes = {k: v for k, v in changes.items() if k not in buckettypes.TYPE_ONLY_PROPS}
         unknown = sorted(set(changes) - set(BUCKET_PROPS))
         if unknown:
             self._answer(origin, Failure("bad_request", f"unknown bucket properties: {', '.join(unknown)}"))
@@ -408,5 +416,57 @@ class ClusterOps(NodeBase):
         stored = {**self.cluster.bucket(req.bucket), **changes}
         self._set_cluster(self.cluster.with_bucket(req.bucket, stored, self.name))
         # Push at once to every member so that the change is visible cluster-wide within a round trip.
+        self._push_state()
+        self._answer(origin, Ok())
+
+    # --- Bucket types ----------------------------------------------------------------------------------
+
+    def _bucket_type(self, origin: Origin, req: ClientBucketType, now_ms: int) -> None:
+        """Create, activate or update a bucket type (buckettypes.py). An unknown type is a not-found
+        (it is never created by an update), a bad change a bad request."""
+        problem = buckettypes.name_problem(req.name)
+        if problem is not None:
+            self._answer(origin, Failure("bad_request", problem))
+            return
+        record = self.cluster.bucket_type(req.name)
+        if req.action == "create":
+            if req.name == buckettypes.DEFAULT or record is not None:
+                self._answer(origin, Failure("bad_request", f"bucket type {req.name} already exists"))
+                return
+            if len(self.cluster.types) >= self.settings.bucket_types_max:
+                limit = self.settings.bucket_types_max
+                self._answer(origin, Failure("bad_request", f"the cluster holds its limit of {limit} bucket types"))
+                return
+        elif record is None and req.name != buckettypes.DEFAULT:
+            self._answer(origin, NotFound(None))
+            return
+        current = {} if record is None else record.as_dict()
+        # The default type is always active; another is active once activated.
+        active = req.name == buckettypes.DEFAULT or (record is not None and record.active)
+        if req.action == "activate":
+            if record is not None and record.active:
+                self._answer(origin, Ok())
+                return
+            props = current
+            active = True
+        else:
+            changes = dict(req.props)
+            if req.name == buckettypes.DEFAULT and changes.get("datatype") is not None:
+                self._answer(origin, Failure("bad_request", "the default bucket type holds no datatype"))
+                return
+            base = {**bucketprops.defaults(self.settings), **current}
+            merged = {**base, **{k: v for k, v in changes.items() if v is not None}}
+            problem = buckettypes.change_problem(None if record is None else current, active, changes, merged)
+            if problem is None and any(k not in buckettypes.TYPE_ONLY_PROPS for k in changes):
+                problem = bucketprops.problem(
+                    {k: v for k, v in merged.items() if k in bucketprops.BUCKET_PROPS}, self.settings
+                )
+            if problem is not None:
+                self._answer(origin, Failure("bad_request", problem))
+                return
+            props = {**current, **{k: v for k, v in changes.items() if v is not None}}
+            if props.get("datatype") == "hll" and "hll_precision" not in props:
+                props["hll_precision"] = crdt.HLL_PRECISION_DEFAULT
+        self._set_cluster(self.cluster.with_type(req.name, props, active, self.name))
         self._push_state()
         self._answer(origin, Ok())

@@ -19,7 +19,8 @@ Theory of operation
   is retried at another coordinator when the link to the first breaks, which may be after the first
   applied it. A node that applied a write remembers its id (recentwrites.py), so a retry that reaches
   a coordinator holding the first attempt's version sends that version again instead of writing a
-  second one: a retry never adds a sibling of its own.
+  second one: a retry never adds a sibling of its own. A data-type operation (datatypes.py) is never
+  retried at a second coordinator: one that did not hold the first attempt would apply it again.
 - delete writes a tombstone, a sibling like any other (reaping.py removes it later).
 - list: every healthy node lists what it holds (data and hints); the coordinator answers with the union.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dynastore.core import bucketprops, keys, objects, placement
+from dynastore.core import bucketprops, crdt, datatypes, keys, objects, placement
 from dynastore.core.diskspace import DISK_FULL
 from dynastore.core.messages import (
     ClientGet,
@@ -120,6 +121,7 @@ class Coordination(NodeBase):
             return
         tally = GetTally(targets, r, pr, resolve_one=bucketprops.keeps_one(props))
         op = GetOp(origin, req.bucket, req.key, tally, self._timeout(req.timeout_ms, now_ms), plist)
+        op.with_deletions = req.with_deletions
         self._dispatch_get(op, now_ms)
 
     def _dispatch_get(self, op: GetOp, now_ms: int) -> None:
@@ -161,7 +163,8 @@ class Coordination(NodeBase):
         context = merged.context(op.tally.fastest)
         if objects.is_tombstone(merged) or not merged.siblings:
             return NotFound(context)
-        values = objects.live(merged)
+        # A data-type read joins deletions' states too (datatypes.py).
+        values = list(merged.siblings) if op.with_deletions else objects.live(merged)
         count = len(values)
         self.stats.siblings_histogram[count] = self.stats.siblings_histogram.get(count, 0) + 1
         return Ok(Siblings(tuple(values), context))
@@ -226,7 +229,8 @@ class Coordination(NodeBase):
     # --- Put and delete ---------------------------------------------------------------------------------
 
     def _start_put(self, origin: Origin, req: ClientPut, now_ms: int) -> None:
-        if req.content is None:
+        deleting = _deletes(req)
+        if deleting:
             self.stats.deletes += 1
         else:
             self.stats.puts += 1
@@ -235,6 +239,8 @@ class Coordination(NodeBase):
             self._answer(origin, bad)
             return
         problem = None if req.content is None else objects.check_content(req.content)
+        if req.dt is not None:
+            problem = _dt_problem(req)
         if problem is not None:
             self._answer(origin, Failure("bad_request", problem))
             return
@@ -265,7 +271,7 @@ class Coordination(NodeBase):
         if mine is None:
             self._forward(origin, req, targets, now_ms)
             return
-        full_here = self._refuses(delete=req.content is None)
+        full_here = self._refuses(delete=deleting)
         if full_here:
             # No room on this node's disk: for this write it is a down primary, and a fallback keeps
             # its copy as a hint (diskspace.py). It still coordinates: it holds what the key was.
@@ -291,7 +297,7 @@ class Coordination(NodeBase):
 
     def _forward(self, origin: Origin, req: ClientPut, targets: tuple[Target, ...], now_ms: int) -> None:
         if req.hops >= self.settings.coordinator_forward_retries_max:
-            if self._refuses(delete=req.content is None):
+            if self._refuses(delete=_deletes(req)):
                 self._answer(origin, Failure("insufficient_storage", "no coordinator had room on its disk"))
             else:
                 self._answer(origin, Failure("unavailable", "no coordinator accepted the write"))
@@ -329,6 +335,7 @@ class Coordination(NodeBase):
                 req.return_body,
                 req.hops + 1,
                 req.write_id,
+                req.dt,
             ),
         )
 
@@ -338,6 +345,14 @@ class Coordination(NodeBase):
         # again (recentwrites.py).
         _, plist = self.preference_list(op.request.bucket, op.request.key)
         others = [t.node for t in plist.targets(self.healthy(now_ms)) if t.node not in op.tried]
+        dt = op.request.dt
+        if dt is not None and dt.op:
+            # A data-type operation is not idempotent (an increment applied twice counts twice): one
+            # the first coordinator may have applied is never sent to a second.
+            self._finish(op_id)
+            reason = f"coordinator {op.dst} is unreachable; the operation may have been applied"
+            self._answer(op.origin, Failure("unavailable", reason))
+            return
         if not others or len(op.tried) > self.settings.coordinator_forward_retries_max:
             self._finish(op_id)
             self._answer(op.origin, Failure("unavailable", f"coordinator {op.dst} is unreachable"))
@@ -367,6 +382,7 @@ class Coordination(NodeBase):
             msg.return_body,
             msg.hops,
             msg.write_id,
+            msg.dt,
         )
         origin = ToPeer(src, msg.req)
         try:
@@ -407,8 +423,20 @@ class Coordination(NodeBase):
             # A delete without a context removes what this coordinator knows of; concurrent values it
             # has not seen survive as siblings (nothing acknowledged is silently dropped).
             context = Context() if local is None else local.context()
-        dot = self.actors.next_dot(skey, local, context, trust_context=not plan.resolve_one)
-        new = self._new_version(plan, local, context, dot, now_ms)
+        if req.dt is not None:
+            # A data-type version replaces exactly the states held here (datatypes.py).
+            context = Context((), datatypes.state_dots(local, req.dt.datatype))
+        trust = not plan.resolve_one and req.dt is None
+        dot = self.actors.next_dot(skey, local, context, trust_context=trust)
+        if req.dt is not None:
+            try:
+                content = datatypes.next_content(local, req.dt, dot, now_ms * 1000, self.settings)
+            except crdt.CrdtError as exc:
+                self._answer(plan.origin, Failure(exc.kind, str(exc)))
+                return
+            new = prune(update(local, context, dot, content, now_ms), self.settings.vclock_prune_entries_max)
+        else:
+            new = self._new_version(plan, local, context, dot, now_ms)
         if len(new.siblings) > self.settings.siblings_max:
             reason = (
                 f"write would leave {len(new.siblings)} siblings (limit {self.settings.siblings_max}); "
@@ -475,6 +503,7 @@ class Coordination(NodeBase):
             req.return_body,
             write_id=req.write_id,
             dot=dot if req.write_id else None,
+            with_deletions=req.dt is not None,
         )
         op_id = self._register(op)
         self._replicate(op_id, op, plan.targets)
@@ -540,7 +569,8 @@ class Coordination(NodeBase):
         context = op.obj.context(self.name)
         if objects.is_tombstone(op.obj):
             return NotFound(context)
-        return Ok(Siblings(tuple(objects.live(op.obj)), context))
+        values = op.obj.siblings if op.with_deletions else tuple(objects.live(op.obj))
+        return Ok(Siblings(values, context))
 
     def _lost_put(self, op_id: int, op: PutOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.tally.acks or peer in op.tally.errors:
@@ -735,3 +765,19 @@ def _progresses(req: ClientListKeys, msg: ListKeysReply) -> bool:
         if (after is not None and at <= after) or (last is not None and at > last):
             return False
     return True
+
+
+def _deletes(req: ClientPut) -> bool:
+    """Whether a write deletes its key (a tombstone; a data-type delete is one too)."""
+    return req.content is None and (req.dt is None or not req.dt.op)
+
+
+def _dt_problem(req: ClientPut) -> str | None:
+    """Why a data-type write is malformed before anything is looked up (a reason for a 400), or None."""
+    dt = req.dt
+    assert dt is not None
+    if req.content is not None:
+        return "a data-type operation carries no content"
+    if dt.datatype not in crdt.DATATYPES:
+        return f"unknown datatype {dt.datatype!r}"
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dynastore.core import buckettypes
 from dynastore.settings import Settings
 
 PARTITION_BYTES = 4
@@ -83,7 +84,13 @@ def stored_key_problem(settings: Settings, raw: bytes, ring_size: int) -> str | 
 
 
 def name_problem(settings: Settings, bucket: bytes, key: bytes | None = None) -> str | None:
-    """Why a bucket name (and a key, when given) cannot be used (a reason fit for a 400), or None."""
+    """Why a bucket name (and a key, when given) cannot be used (a reason fit for a 400), or None.
+    `bucket` is the node's name for it: a typed bucket's name carries its type (buckettypes.py)."""
+    if buckettypes.is_typed(bucket):
+        problem = buckettypes.internal_problem(bucket)
+        if problem is not None:
+            return problem
+        bucket = buckettypes.split(bucket)[1]
     if not bucket or len(bucket) > settings.bucket_bytes_max:
         return f"bucket must be 1 to {settings.bucket_bytes_max} bytes"
     if key is not None and (not key or len(key) > settings.key_bytes_max):

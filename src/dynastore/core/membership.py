@@ -13,7 +13,8 @@ Theory of operation
   by ownership handoff. Each (partition, receiving node) transfer that completes is recorded in
   `done` (a grow-only set, merged by union). A partition whose transfers are all done is served by
   the next ring; when all are done the claimant makes the next ring current.
-- Bucket properties are per-bucket records versioned by (version, author).
+- Bucket properties are per-bucket records versioned by (version, author); bucket types
+  (buckettypes.py) are per-type records of properties and an active flag, versioned the same way.
 - Security metadata (security.py): whether security is on, users and their password hashes, and
   grants, each a record versioned by (version, author), so concurrent changes merge deterministically
   and a grant made at one node holds at every node once gossip has spread it.
@@ -30,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-from dynastore.core import bucketprops, security
+from dynastore.core import bucketprops, buckettypes, security
 from dynastore.core.ring import Ring, claim
 from dynastore.core.security import SecurityState
 
@@ -123,12 +124,26 @@ class BucketProps:
 
 
 @dataclass(frozen=True, slots=True)
+class BucketType:
+    """A bucket type's record: its properties, whether it is active, and its stamp."""
+
+    props: tuple[tuple[str, Any], ...]
+    active: bool
+    version: int
+    author: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.props)
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     cluster: str
     members: tuple[Member, ...]
     ring: RingState
     buckets: tuple[tuple[bytes, BucketProps], ...] = ()
     security: SecurityState = security.EMPTY
+    types: tuple[tuple[str, BucketType], ...] = ()
 
     # --- Queries ---------------------------------------------------------------------------------
 
@@ -159,6 +174,12 @@ class ClusterState:
                 return props
         return None
 
+    def bucket_type(self, name: str) -> BucketType | None:
+        for type_name, record in self.types:
+            if type_name == name:
+                return record
+        return None
+
     def claimant(self) -> str | None:
         valid = self.names(("valid",))
         if valid:
@@ -178,6 +199,13 @@ class ClusterState:
         record = BucketProps(tuple(sorted(props.items())), version, author)
         others = tuple((b, p) for b, p in self.buckets if b != bucket)
         return replace(self, buckets=tuple(sorted((*others, (bucket, record)))))
+
+    def with_type(self, name: str, props: Mapping[str, Any], active: bool, author: str) -> ClusterState:
+        current = self.bucket_type(name)
+        version = 1 if current is None else current.version + 1
+        record = BucketType(tuple(sorted(props.items())), active, version, author)
+        others = tuple((n, t) for n, t in self.types if n != name)
+        return replace(self, types=tuple(sorted((*others, (name, record)))))
 
     def with_security(self, state: SecurityState) -> ClusterState:
         return replace(self, security=state)
@@ -213,17 +241,27 @@ def merge(a: ClusterState, b: ClusterState) -> ClusterState:
         mine_props = buckets.get(bucket)
         if mine_props is None or _props_order(props) > _props_order(mine_props):
             buckets[bucket] = props
+    types: dict[str, BucketType] = dict(a.types)
+    for name, record in b.types:
+        mine_type = types.get(name)
+        if mine_type is None or _type_order(record) > _type_order(mine_type):
+            types[name] = record
     return ClusterState(
         a.cluster,
         tuple(sorted(members.values())),
         _merge_rings(a.ring, b.ring),
         tuple(sorted(buckets.items())),
         security.merge(a.security, b.security),
+        tuple(sorted(types.items())),
     )
 
 
 def _props_order(p: BucketProps) -> tuple[int, str, bytes]:
     return (p.version, p.author, msgpack.packb(list(p.props), use_bin_type=True))
+
+
+def _type_order(t: BucketType) -> tuple[int, str, bool, bytes]:
+    return (t.version, t.author, t.active, msgpack.packb(list(t.props), use_bin_type=True))
 
 
 def _merge_rings(a: RingState, b: RingState) -> RingState:
@@ -253,9 +291,9 @@ def _ring_to_wire(r: RingState) -> list[Any]:
     ]
 
 
-# 1: members, ring, buckets. 2: members say whether they serve TLS, and security metadata. Version 1
-# (a data directory of the previous release) is read and written back as 2.
-STATE_FORMAT = 2
+# 1: members, ring, buckets. 2: members say whether they serve TLS, and security metadata. 3: bucket
+# types. Versions 1 and 2 (data directories of earlier releases) are read and written back as 3.
+STATE_FORMAT = 3
 
 
 def _member_to_wire(m: Member) -> list[Any]:
@@ -270,6 +308,7 @@ def encode(state: ClusterState) -> bytes:
         _ring_to_wire(state.ring),
         [[b, list(map(list, p.props)), p.version, p.author] for b, p in state.buckets],
         security.to_wire(state.security),
+        [[n, list(map(list, t.props)), t.active, t.version, t.author] for n, t in state.types],
     ]
     return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -321,8 +360,8 @@ def decode(raw: bytes) -> ClusterState:
     except Exception as exc:
         raise StateError(f"undecodable cluster state: {exc}") from None
     _need(isinstance(data, list) and len(data) >= 1, "malformed cluster state")
-    _need(data[0] in (1, STATE_FORMAT), f"cluster state of format {data[0]!r}, this node reads 1 and {STATE_FORMAT}")
-    _need(len(data) == (5 if data[0] == 1 else 6), "malformed cluster state")
+    _need(data[0] in (1, 2, STATE_FORMAT), f"cluster state of format {data[0]!r}, this node reads 1 to {STATE_FORMAT}")
+    _need(len(data) == {1: 5, 2: 6}.get(data[0], 7), "malformed cluster state")
     cluster, raw_members, raw_ring, raw_buckets = data[1:5]
     try:
         guard = security.EMPTY if data[0] == 1 else security.from_wire(data[5])
@@ -362,10 +401,38 @@ def decode(raw: bytes) -> ClusterState:
         _need(problem is None, f"bucket {b!r}: {problem}")
         buckets.append((b, BucketProps(tuple(sorted(pairs)), pv, author)))
     _need(len({b for b, _ in buckets}) == len(buckets), "a bucket given twice")
+    types = _types_from(data[6] if data[0] >= 3 else [])
     return ClusterState(
         cluster,
         tuple(sorted(members)),
         RingState(version, claimant, ring_owners, next_ring, frozenset(done_set)),
         tuple(sorted(buckets)),
         guard,
+        types,
     )
+
+
+def _props_from(raw: Any) -> dict[str, Any]:
+    _need(isinstance(raw, list), "malformed properties")
+    pairs: list[tuple[str, Any]] = []
+    for pair in raw:
+        _need(isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str), "malformed prop")
+        pairs.append((pair[0], pair[1]))
+    _need(len({name for name, _ in pairs}) == len(pairs), "a property given twice")
+    return dict(pairs)
+
+
+def _types_from(raw: Any) -> tuple[tuple[str, BucketType], ...]:
+    _need(isinstance(raw, list), "malformed bucket types")
+    types: dict[str, BucketType] = {}
+    for entry in raw:
+        _need(isinstance(entry, list) and len(entry) == 5, "malformed bucket type")
+        name, raw_props, active, version, author = entry
+        _need(isinstance(name, str) and buckettypes.name_problem(name) is None, "malformed bucket type name")
+        _need(name not in types, "a bucket type given twice")
+        _need(isinstance(active, bool) and _int(version) and isinstance(author, str), "malformed bucket type")
+        props = _props_from(raw_props)
+        problem = buckettypes.check_props(props)
+        _need(problem is None, f"bucket type {name!r}: {problem}")
+        types[name] = BucketType(tuple(sorted(props.items())), active, version, author)
+    return tuple(sorted(types.items()))

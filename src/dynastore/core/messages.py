@@ -29,7 +29,7 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # (recentwrites.py), so that a retried forwarded write is not applied twice; ReplicaPut's and
 # HintDelivery's flag (was `lww`) is set for allow_mult=false buckets too: the receiver resolves what
 # it merges to one value (objects.py, "One value per key").
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 _INT_MAX = COUNTER_MAX
 
 
@@ -42,8 +42,16 @@ class PeerError(ValueError):
 # Why a request could not be done: malformed input, an object or a listing too large, too many
 # siblings, not enough replicas reachable, no answer in time, more requests than the node takes, not
 # enough replicas with room on their disks.
+# A data-type remove of an element or field that is not there is a failed precondition (HTTP 412).
 FailureKind = Literal[
-    "bad_request", "too_large", "too_many_siblings", "unavailable", "timeout", "overload", "insufficient_storage"
+    "bad_request",
+    "too_large",
+    "too_many_siblings",
+    "unavailable",
+    "timeout",
+    "overload",
+    "insufficient_storage",
+    "precondition",
 ]
 FAILURE_KINDS: tuple[FailureKind, ...] = typing.get_args(FailureKind)
 # What a forwarded write's coordinator answers: done, done and the key is deleted, or a failure.
@@ -57,6 +65,7 @@ ForwardStatus = Literal[
     "timeout",
     "overload",
     "insufficient_storage",
+    "precondition",
 ]
 FORWARD_STATUSES: tuple[ForwardStatus, ...] = typing.get_args(ForwardStatus)
 assert set(FORWARD_STATUSES) == {"ok", "notfound", *FAILURE_KINDS}
@@ -77,6 +86,20 @@ class ClientGet:
     r: Quorum | None = None
     pr: Quorum | None = None
     timeout_ms: int | None = None
+    # Show deletions' siblings as well as the live ones (a data-type read joins them; datatypes.py).
+    with_deletions: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DtUpdate:
+    """A data-type operation on one key (crdt.py): the key's datatype and HLL precision, the operation
+    in Riak's JSON form (b"" deletes the key), and the clock the client read (its context), if any.
+    The coordinator parses the operation, so a forwarded one is checked where it is applied."""
+
+    datatype: str
+    hll_precision: int
+    op: bytes
+    context: tuple[tuple[bytes, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +120,8 @@ class ClientPut:
     # The identity of a forwarded write, which every retry keeps (recentwrites.py); set by the node
     # that forwards it, never by a client. Empty: a write nobody retries.
     write_id: bytes = b""
+    # A data-type operation: `content` is then None and the coordinator makes the value.
+    dt: DtUpdate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +142,16 @@ class ClientSetBucketProps:
     props: tuple[tuple[str, Any], ...]
 
 
-ClientRequest = ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps
+@dataclass(frozen=True, slots=True)
+class ClientBucketType:
+    """Create, activate or update a bucket type (buckettypes.py); `props` are the changes."""
+
+    action: Literal["create", "activate", "update"]
+    name: str
+    props: tuple[tuple[str, Any], ...] = ()
+
+
+ClientRequest = ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps | ClientBucketType
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +265,7 @@ class ForwardPut:
     hops: int
     # The write's identity, the same in every retry (recentwrites.py).
     write_id: bytes = b""
+    dt: DtUpdate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +611,23 @@ def _values_from_wire(data: Any) -> tuple[tuple[Dot, Content], ...]:
     return tuple(out)
 
 
+def _dt_to_wire(dt: DtUpdate) -> list[Any]:
+    context = None if dt.context is None else [[a, c] for a, c in dt.context]
+    return [dt.datatype, dt.hll_precision, dt.op, context]
+
+
+def _dt_from_wire(data: Any) -> DtUpdate:
+    _check(isinstance(data, list) and len(data) == 4, "malformed data-type operation")
+    datatype, precision, op, raw_context = data
+    _check(isinstance(datatype, str) and _is_int(precision) and isinstance(op, bytes), "malformed data-type operation")
+    context = None
+    if raw_context is not None:
+        vector = context_from_wire([raw_context, [], None]).vector
+        _check(len(vector) == len(raw_context), "a data-type context names an actor twice")
+        context = vector
+    return DtUpdate(datatype, precision, op, context)
+
+
 def _hint_item_from_wire(data: Any) -> HintItem:
     _check(isinstance(data, list) and len(data) == 3, "malformed item")
     bucket, key, obj = data
@@ -617,6 +669,7 @@ _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "Context | None": lambda c: None if c is None else context_to_wire(c),
     "Content | None": lambda c: None if c is None else _content_to_wire(c),
     "Dot | None": lambda d: None if d is None else [d.actor, d.counter],
+    "DtUpdate | None": lambda dt: None if dt is None else _dt_to_wire(dt),
     "tuple[tuple[Dot, Content], ...]": _values_to_wire,
     "tuple[HintItem, ...]": lambda items: [[i.bucket, i.key, objects.encode(i.obj)] for i in items],
 }
@@ -634,6 +687,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "Context | None": _optional(context_from_wire),
     "Content | None": _optional(_content_from_wire),
     "Dot | None": _optional(_dot_from_wire),
+    "DtUpdate | None": _optional(_dt_from_wire),
     "tuple[tuple[Dot, Content], ...]": _values_from_wire,
     "tuple[HintItem, ...]": _tuple_of(_hint_item_from_wire, "items"),
     "tuple[bytes, ...]": _tuple_of(_scalar(bytes, "item"), "items"),

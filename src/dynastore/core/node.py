@@ -79,6 +79,7 @@ from dynastore.core.effects import (
 from dynastore.core.handoff import Handoff
 from dynastore.core.membership import ACTIVE, Member
 from dynastore.core.messages import (
+    ClientBucketType,
     ClientGet,
     ClientListKeys,
     ClientPut,
@@ -260,6 +261,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
                 self._start_list(origin, request, now_ms)
             elif isinstance(request, ClientSetBucketProps):
                 self._set_bucket_props(origin, request, now_ms)
+            elif isinstance(request, ClientBucketType):
+                self._bucket_type(origin, request, now_ms)
             elif isinstance(request, ClientJoin):
                 self._start_join(origin, request, now_ms)
             elif isinstance(request, ClientLeave):

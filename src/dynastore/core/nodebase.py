@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynastore.core import bucketprops, hints, keys, membership, objects, placement
+from dynastore.core import bucketprops, buckettypes, hints, keys, membership, objects, placement
 from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy
 from dynastore.core.controller import BackgroundController
@@ -185,7 +185,11 @@ class NodeBase(ABC):
         props = self._props_cache.get(bucket)
         if props is None:
             props = bucketprops.defaults(self.settings)
-            # A quorum set to "default" follows the node's default: it is no count of its own.
+            # The type's properties, then the bucket's own (buckettypes.py). A quorum set to "default"
+            # follows the node's default: it is no count of its own.
+            record = self.cluster.bucket_type(buckettypes.split(bucket)[0])
+            if record is not None:
+                props.update((k, v) for k, v in record.props if v != "default")
             props.update((k, v) for k, v in self.cluster.bucket(bucket).items() if v != "default")
             if len(self._props_cache) > PROPS_CACHE_MAX:
                 self._props_cache.clear()

@@ -51,6 +51,8 @@ class GetOp:
     reap: Object | None = None
     # The batch that makes what the local read saw durable (0: it was on disk); the answer waits for it.
     after: int = 0
+    # A data-type read: the answer shows deletions' siblings too (datatypes.py).
+    with_deletions: bool = False
 
 
 @dataclass
@@ -74,6 +76,8 @@ class PutOp:
     # A forwarded write's identity and the dot it was given, sent along to every replica.
     write_id: bytes = b""
     dot: Dot | None = None
+    # A data-type write: the answer with the body shows deletions' siblings too.
+    with_deletions: bool = False
 
 
 @dataclass

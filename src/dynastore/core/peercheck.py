@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dynastore.core import hints, keys
+from dynastore.core import buckettypes, crdt, hints, keys
+from dynastore.core import context as ctxcodec
 from dynastore.core.messages import (
     HELD_DATA,
     HELD_HINT,
@@ -100,6 +101,16 @@ def _forward_put(limits: Limits, msg: ForwardPut) -> None:
     _names(limits, msg.bucket, msg.key)
     _need(0 <= msg.hops <= HOPS_MAX, f"a forwarded write of {msg.hops} hops")
     _need(len(msg.write_id) == WRITE_ID_BYTES, f"a forwarded write's id must be {WRITE_ID_BYTES} bytes")
+    dt = msg.dt
+    if dt is not None:
+        _need(msg.content is None, "a data-type operation carries no content")
+        _need(dt.datatype in crdt.DATATYPES, f"unknown datatype {dt.datatype!r}")
+        _need(
+            buckettypes.HLL_PRECISION_MIN <= dt.hll_precision <= buckettypes.HLL_PRECISION_MAX,
+            "hll precision out of range",
+        )
+        _need(len(dt.op) <= limits.settings.object_bytes_max, "a data-type operation larger than an object")
+        _need(dt.context is None or len(dt.context) <= ctxcodec.ACTORS_MAX, "a data-type context of too many actors")
 
 
 def _hint_delivery(limits: Limits, msg: HintDelivery) -> None:

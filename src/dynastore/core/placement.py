@@ -73,8 +73,10 @@ def placement(ring: RingState, partition: int, n_val: int) -> Placement:
 
 def n_vals_in_use(state: ClusterState, default_n_val: int) -> list[int]:
     found = {default_n_val}
-    for _, props in state.buckets:
-        value = props.as_dict().get("n_val")
+    # A bucket type's n_val is its buckets' unless they set their own.
+    records = [props.as_dict() for _, props in state.buckets] + [t.as_dict() for _, t in state.types]
+    for props in records:
+        value = props.get("n_val")
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             found.add(value)
     return sorted(found)

@@ -13,6 +13,11 @@ applied) or unknown (may or may not have been applied: timeouts and most failure
   context of a read, and never written again). A final sibling is unexpected when no write attempted
   its value, and also when an acknowledged delete's context covered it: the delete superseded it on
   W replicas, so nothing but a resurrection (a reaped tombstone outrun by an older copy) brings it back.
+- The *data-type* checker (counters and sets of core/crdt.py): clients increment a few counters by
+  positive amounts, add unique elements to a few sets and remove some of them with the context of a
+  read that showed them. A counter must end within [the sum of acknowledged increments, that sum
+  plus every unknown one]; an acknowledged add not followed by an attempted remove must be present,
+  an element whose remove was acknowledged must be absent, and nothing never added may appear.
 - The *copies* checker looks at what the nodes store rather than at what a read returns, so a loss
   shows before any read could hide or repair it. Every acknowledged write must be covered by the clock
   of the copies (data or hints) on at least W nodes. And a clock may cover a write only if the copy
@@ -146,6 +151,69 @@ def check_registers(
         )
         if not replaced:
             verdict.lost.append(f"{w.key}={w.value!r}")
+    return verdict
+
+
+@dataclass
+class CounterOp:
+    key: str
+    amount: int
+    outcome: str = UNKNOWN
+
+
+@dataclass
+class ElementOp:
+    """An add (or, with `remove`, a remove with the context of a read that showed it) of one element."""
+
+    key: str
+    element: str
+    remove: bool = False
+    outcome: str = UNKNOWN
+
+
+@dataclass
+class DataTypeVerdict:
+    counters: int
+    elements: int
+    lost: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.unexpected
+
+
+def check_datatypes(
+    counter_ops: Iterable[CounterOp],
+    element_ops: Iterable[ElementOp],
+    final_counters: Mapping[str, int],
+    final_sets: Mapping[str, set[str]],
+) -> DataTypeVerdict:
+    counter_ops = list(counter_ops)
+    element_ops = list(element_ops)
+    verdict = DataTypeVerdict(len(counter_ops), len(element_ops))
+    for key, value in final_counters.items():
+        low = sum(op.amount for op in counter_ops if op.key == key and op.outcome == OK)
+        high = low + sum(op.amount for op in counter_ops if op.key == key and op.outcome == UNKNOWN)
+        if value < low:
+            verdict.lost.append(f"counter {key} is {value}, below the {low} acknowledged")
+        elif value > high:
+            verdict.unexpected.append(f"counter {key} is {value}, above the {high} acknowledged or unknown")
+    adds = {(op.key, op.element): op for op in element_ops if not op.remove}
+    removes: dict[tuple[str, str], list[ElementOp]] = {}
+    for op in element_ops:
+        if op.remove:
+            removes.setdefault((op.key, op.element), []).append(op)
+    present = {(key, element) for key, elements in final_sets.items() for element in elements}
+    for where, add in adds.items():
+        tried = [op for op in removes.get(where, []) if op.outcome != FAIL]
+        if any(op.outcome == OK for op in tried):
+            if where in present:
+                verdict.unexpected.append(f"set {where[0]}: {where[1]} (removed, then back)")
+        elif add.outcome == OK and not tried and where not in present:
+            verdict.lost.append(f"set {where[0]}: {where[1]}")
+    for where in present - set(adds):
+        verdict.unexpected.append(f"set {where[0]}: {where[1]} (never added)")
     return verdict
 
 

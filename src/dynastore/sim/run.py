@@ -9,26 +9,38 @@ with restarts, clock skew and drift), the workload, and every random choice insi
 same seed replays the same run exactly, message for message.
 
 Safety phase: clients add unique elements to a few sets by read-modify-write (merging siblings),
-write unique values to independent keys with contexts from earlier reads, and write fresh keys once
-then delete them with the context of a read (their tombstones are reaped while the run goes on), while
-the faults happen. Every operation is recorded as ok, fail or unknown.
+write unique values to independent keys with contexts from earlier reads, write fresh keys once
+then delete them with the context of a read (their tombstones are reaped while the run goes on),
+increment data-type counters, and add unique elements to data-type sets and remove some with the
+context of a read (core/datatypes.py), while the faults happen. Every operation is recorded as ok, fail or unknown.
 
 Liveness phase: partitions heal, crashed nodes restart, the network stops losing messages. Within a
 bound, every replica of every key must hold the same versions, the Merkle roots of every replica set
 must agree and every hint queue must be empty. Then the final reads feed the set and register checkers:
-no acknowledged write may be lost, nothing never written may appear and nothing deleted may come back.
+no acknowledged write may be lost, nothing never written may appear and nothing deleted may come back;
+the data-type checker judges the counters and sets (checkers.py).
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from dynastore.core import hints, keys, merkle, objects, placement
-from dynastore.core.messages import ClientGet, ClientPut, ClientResponse, ClientSetBucketProps, Failure, NotFound, Ok
+from dynastore.core import buckettypes, crdt, datatypes, hints, keys, merkle, objects, placement
+from dynastore.core.messages import (
+    ClientGet,
+    ClientPut,
+    ClientResponse,
+    ClientSetBucketProps,
+    DtUpdate,
+    Failure,
+    NotFound,
+    Ok,
+)
 from dynastore.core.objects import Content
 from dynastore.core.versions import Context
 from dynastore.settings import Settings
@@ -37,11 +49,15 @@ from dynastore.sim.checkers import (
     OK,
     UNKNOWN,
     Copies,
+    CounterOp,
+    DataTypeVerdict,
+    ElementOp,
     RegisterVerdict,
     RegisterWrite,
     SetOp,
     SetVerdict,
     check_copies,
+    check_datatypes,
     check_registers,
     check_sets,
 )
@@ -49,9 +65,13 @@ from dynastore.sim.cluster import SimCluster
 
 SET_BUCKET = b"sets"
 REG_BUCKET = b"registers"
+# Data-type keys live in buckets of a type (the core needs no record of it: an operation names its
+# datatype).
+COUNTER_BUCKET = buckettypes.typed("counters", b"c")
+DT_SET_BUCKET = buckettypes.typed("sets", b"s")
 CLIENT_TIMEOUT_MS = 3000
 # The steps of an op that write (the rest read): a write cut short may still have been applied.
-WRITE_STEPS = frozenset({"set-write", "reg-write", "del-create", "del-write"})
+WRITE_STEPS = frozenset({"set-write", "reg-write", "del-create", "del-write", "dt-increment", "dt-add", "dt-remove"})
 REQUEST_TIMEOUT_MS = 1500
 
 
@@ -199,6 +219,7 @@ class RunResult:
     plan: FaultPlan
     sets: SetVerdict | None = None
     registers: RegisterVerdict | None = None
+    datatypes: DataTypeVerdict | None = None
     converged_ms: int | None = None
     problems: list[str] = field(default_factory=list)
     writes_attempted_during_faults: int = 0
@@ -214,6 +235,8 @@ class RunResult:
             and self.sets.ok
             and self.registers is not None
             and self.registers.ok
+            and self.datatypes is not None
+            and self.datatypes.ok
         )
 
     def summary(self) -> str:
@@ -229,6 +252,13 @@ class RunResult:
                 f"  registers: {regs.acknowledged} acknowledged, {len(regs.lost)} lost, "
                 f"{len(regs.unexpected)} unexpected, {regs.unknown} unknown"
             )
+        dts = self.datatypes
+        if dts is not None:
+            parts.append(
+                f"  data types: {dts.counters} increments, {dts.elements} adds and removes, {len(dts.lost)} lost, "
+                f"{len(dts.unexpected)} unexpected"
+            )
+            parts.extend(f"  data type: {p}" for p in (dts.lost + dts.unexpected)[:10])
         if self.writes_attempted_during_faults:
             availability = self.writes_acknowledged_during_faults / self.writes_attempted_during_faults
             parts.append(f"  write availability during faults: {availability:.1%}")
@@ -296,6 +326,10 @@ class Simulation:
         # Keys written once and then deleted, never written again: one for each such op begun.
         self.del_keys: list[str] = []
         self.next_element = 0
+        self.counter_keys = [f"k{i}" for i in range(2)]
+        self.dt_set_keys = [f"t{i}" for i in range(2)]
+        self.counter_ops: list[CounterOp] = []
+        self.element_ops: list[ElementOp] = []
         self.result = RunResult(seed, self.plan)
         self.start_ms = c.now_ms
 
@@ -311,6 +345,10 @@ class Simulation:
             return
         client.node = client.rng.choice(nodes)
         kind = client.rng.random()
+        if kind >= 0.75:
+            self._begin_datatype(client, (kind - 0.75) / 0.25)
+            return
+        kind /= 0.75
         if kind < 0.45:
             self.next_element += 1
             client.op = SetOp(client.rng.choice(self.set_keys), self.next_element)
@@ -334,6 +372,26 @@ class Simulation:
                 ClientPut(REG_BUCKET, key.encode(), None, Content(client.op.value), timeout_ms=REQUEST_TIMEOUT_MS),
             )
 
+    def _begin_datatype(self, client: Client, kind: float) -> None:
+        """A counter increment, a set add, or a read of a set followed by a remove of what it showed."""
+        if kind < 0.45:
+            amount = client.rng.randint(1, 5)
+            client.op = CounterOp(client.rng.choice(self.counter_keys), amount)
+            client.step = "dt-increment"
+            self._submit(client, _dt_put(COUNTER_BUCKET, client.op.key, "counter", {"increment": amount}))
+        elif kind < 0.85:
+            self.next_element += 1
+            client.op = ElementOp(client.rng.choice(self.dt_set_keys), f"e{self.next_element}")
+            client.step = "dt-add"
+            self._submit(client, _dt_put(DT_SET_BUCKET, client.op.key, "set", {"add": client.op.element}))
+        else:
+            client.op = ElementOp(client.rng.choice(self.dt_set_keys), "", remove=True)
+            client.step = "dt-read"
+            self._submit(
+                client,
+                ClientGet(DT_SET_BUCKET, client.op.key.encode(), timeout_ms=REQUEST_TIMEOUT_MS, with_deletions=True),
+            )
+
     def _submit(self, client: Client, request: ClientGet | ClientPut) -> None:
         c = self.cluster
         if not c.nodes[client.node].up:
@@ -348,6 +406,11 @@ class Simulation:
             op.outcome = outcome
             if isinstance(op, SetOp):
                 self.set_ops.append(op)
+            elif isinstance(op, CounterOp):
+                self.counter_ops.append(op)
+            elif isinstance(op, ElementOp):
+                if op.element:  # a remove whose read showed nothing to remove is no operation
+                    self.element_ops.append(op)
             else:
                 self.writes.append(op)
             if client.step in WRITE_STEPS and self._faulty():
@@ -367,6 +430,32 @@ class Simulation:
         step = client.step
         op = client.op
         client.waiting = None
+        if step == "dt-read":
+            assert isinstance(op, ElementOp)
+            state = None
+            if isinstance(response, Ok) and response.found is not None:
+                state = datatypes.visible(response.found.values, "set")
+            if state is None:
+                self._finish(client, FAIL)  # nothing to remove (or the read failed): nothing was written
+                return
+            present = crdt.value(state)
+            assert isinstance(present, list)
+            if not present:
+                self._finish(client, FAIL)
+                return
+            op.element = client.rng.choice(present).decode()
+            client.step = "dt-remove"
+            seen_clock = crdt.clock_vector(state)
+            self._submit(client, _dt_put(DT_SET_BUCKET, op.key, "set", {"remove": op.element}, seen_clock))
+            return
+        if step in ("dt-increment", "dt-add", "dt-remove"):
+            if isinstance(response, Ok):
+                self._finish(client, OK)
+            elif isinstance(response, Failure) and response.kind in ("bad_request", "precondition"):
+                self._finish(client, FAIL)
+            else:
+                self._finish(client, UNKNOWN)
+            return
         if step == "set-read":
             assert isinstance(op, SetOp)
             if isinstance(response, Failure):
@@ -551,7 +640,12 @@ class Simulation:
         return problems
 
     def _workload_keys(self) -> tuple[tuple[bytes, list[str]], ...]:
-        return ((SET_BUCKET, self.set_keys), (REG_BUCKET, self.reg_keys + self.del_keys))
+        return (
+            (SET_BUCKET, self.set_keys),
+            (REG_BUCKET, self.reg_keys + self.del_keys),
+            (COUNTER_BUCKET, self.counter_keys),
+            (DT_SET_BUCKET, self.dt_set_keys),
+        )
 
     def _copies(self) -> Copies:
         """What every node holds durably of each workload key: its data and its hints for any owner."""
@@ -604,9 +698,35 @@ class Simulation:
             elif isinstance(response, Failure):
                 self.result.problems.append(f"final read of {key} failed: {response.reason}")
             final_regs[key] = siblings
+        final_counters: dict[str, int] = {}
+        final_dt_sets: dict[str, set[str]] = {}
+        for bucket, names, kind in (
+            (COUNTER_BUCKET, self.counter_keys, "counter"),
+            (DT_SET_BUCKET, self.dt_set_keys, "set"),
+        ):
+            for key in names:
+                response = c.request("n0", ClientGet(bucket, key.encode(), r="all", with_deletions=True))
+                state = None
+                if isinstance(response, Ok) and response.found is not None:
+                    state = datatypes.visible(response.found.values, kind)
+                elif isinstance(response, Failure):
+                    self.result.problems.append(f"final read of {key} failed: {response.reason}")
+                value = None if state is None else crdt.value(state)
+                if kind == "counter":
+                    final_counters[key] = int(value) if isinstance(value, int) else 0
+                else:
+                    final_dt_sets[key] = {e.decode() for e in value} if isinstance(value, list) else set()
+        self.result.datatypes = check_datatypes(self.counter_ops, self.element_ops, final_counters, final_dt_sets)
         self.result.sets = check_sets(self.set_ops, final_sets)
         self.result.registers = check_registers(self.writes, final_regs, one_value=self.one_value)
 
 
 def run_seed(seed: int, options: Options | None = None) -> RunResult:
     return Simulation(seed, options).run()
+
+
+def _dt_put(
+    bucket: bytes, key: str, datatype: str, op: dict[str, Any], context: tuple[tuple[bytes, int], ...] | None = None
+) -> ClientPut:
+    dt = DtUpdate(datatype, crdt.HLL_PRECISION_DEFAULT, json.dumps(op).encode(), context)
+    return ClientPut(bucket, key.encode(), None, None, timeout_ms=REQUEST_TIMEOUT_MS, dt=dt)
