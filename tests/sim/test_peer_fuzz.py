@@ -91,6 +91,18 @@ STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "Context | None": CONTEXTS,
     "Content | None": CONTENTS,
     "Dot | None": st.none() | st.sampled_from([DOT, Dot(b"x" * 255, 2**63 - 1)]),
+    # Data-type operations as a peer may forward them, honest or not (the coordinator parses them).
+    "DtUpdate | None": st.none()
+    | st.builds(
+        messages.DtUpdate,
+        st.sampled_from(["counter", "set", "map", "hll", "tree", ""]),
+        st.integers(-1, 20),
+        st.sampled_from(
+            [b"", b'{"increment": 1}', b'{"add": "x"}', b'{"remove": "x"}', b'{"update": {"a_flag": "enable"}}']
+        )
+        | st.binary(max_size=40),
+        st.none() | st.lists(st.tuples(st.sampled_from([DOT.actor, b"q" * 300]), INTS), max_size=3).map(tuple),
+    ),
     "ForwardStatus": st.sampled_from(messages.FORWARD_STATUSES),
     "tuple[tuple[Dot, Content], ...]": st.lists(st.tuples(st.just(DOT), st.just(Content(b"v"))), max_size=3).map(tuple),
     "tuple[HintItem, ...]": st.lists(hint_items(), max_size=4).map(tuple),
