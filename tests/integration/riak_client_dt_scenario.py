@@ -89,7 +89,7 @@ def run(nodes: list[tuple[str, int]], seen: dict[str, Any]) -> None:
     seen["step"] = "delete"
     gone = each_node[0].bucket_type("sets").bucket("s").get("tags")
     gone.delete()
-    seen["set_after_delete"] = [c.bucket_type("sets").bucket("s").get("tags").value for c in each_node]
+    seen["set_after_delete"] = [plain(c.bucket_type("sets").bucket("s").get("tags").value) for c in each_node]
 
     seen["step"] = "a wrong operation"
     try:

@@ -223,3 +223,54 @@ def test_the_ring_aware_client_routes_by_the_new_ring_once_a_fourth_node_has_joi
             assert coordinated_since(before, after) == Counter({newcomer.name: len(keys)})
 
     run(scenario)
+
+
+def test_both_clients_update_read_and_delete_data_types_and_the_ring_aware_one_reaches_a_replica(
+    make_cluster: MakeCluster,
+) -> None:
+    """In a counter type with n_val 1, the ring-aware client's data-type updates reach each key's owner
+    directly (it hashes the type with the bucket and learns the type's n_val), so nothing is
+    redirected; the plain client's go through any node. Both read, update with returnbody and delete."""
+    cluster = make_cluster(3)
+    url = cluster[0].url
+    for target, body in (
+        ("/admin/bucket-types/ones", json.dumps({"props": {"datatype": "counter", "n_val": 1}}).encode()),
+        ("/admin/bucket-types/ones/activate", b""),
+    ):
+        status, _, answer = call("POST", url + target, body, {"Content-Type": "application/json"})
+        assert status == 200, answer
+    cluster.wait(
+        lambda: all(
+            http_json(f"{n.url}/types/ones/buckets/b/props")["props"].get("datatype") == "counter"
+            and http_json(f"{n.url}/types/ones/props")["props"]["active"]
+            for n in cluster.nodes
+        ),
+        15,
+        "the type on every node",
+    )
+    keys = [f"k{i}" for i in range(20)]
+
+    async def scenario() -> None:
+        before = counters(cluster.nodes)
+        async with RingAwareClient(cluster[0].url) as aware:
+            for k in keys:
+                await aware.dt_update("ones", "b", k, {"increment": 2})
+            _, found = await aware.dt_update("ones", "b", keys[0], {"increment": 1}, return_body=True)
+            assert found is not None and found.value == 3
+            fetched = await aware.dt_get("ones", "b", keys[1])
+            assert fetched is not None and (fetched.type, fetched.value) == ("counter", 2)
+            assert await aware.dt_delete("ones", "b", keys[2])
+            assert await aware.dt_get("ones", "b", keys[2]) is None
+        after = counters(cluster.nodes)
+        assert redirects_since(before, after) == 0
+        async with HttpClient(cluster[0].url) as plain:
+            for k in keys:
+                await plain.dt_update("ones", "b", k, {"increment": 1})
+            assert (await plain.dt_get("ones", "b", keys[3])).value == 3  # type: ignore[union-attr]
+            assert await plain.dt_get("ones", "b", "absent") is None
+            with pytest.raises(ClientError) as err:
+                await plain.dt_update("ones", "b", keys[3], {"add": "x"})
+            assert err.value.status == 400
+        assert redirects_since(after, counters(cluster.nodes)) > 0
+
+    run(scenario)

@@ -151,14 +151,15 @@ def test_a_quorum_prop_set_to_default_follows_the_node_default_and_requests_stil
 
 def test_a_cluster_state_persisted_before_rw_existed_loads_with_rw_quorum() -> None:
     """A data directory whose cluster state was written by a release without rw (bucket props lacking
-    it, in the same format 2) loads, keeps the props it has, and gives the bucket rw=quorum."""
+    it, in format 2, before bucket types) loads, keeps the props it has, and gives the bucket rw=quorum."""
     c = SimCluster(1, Settings(ring_size=16, n_val=1, r=1, w=1))
     c.stop("n0")
     disk = c.nodes["n0"].engine
     raw = disk.get("meta", META_CLUSTER)
     assert raw is not None
     state = msgpack.unpackb(raw, raw=False)
-    assert state[0] == 2 and state[4] == []
+    assert state[0] == 3 and state[4] == [] and state[6] == []
+    state = [2, *state[1:6]]
     # The bucket entry as such a release wrote it: [bucket, [[name, value], ...], version, author].
     state[4] = [[b"old", [["allow_mult", False], ["n_val", 1], ["r", "all"]], 3, "n0"]]
     disk.write([Op("meta", META_CLUSTER, msgpack.packb(state, use_bin_type=True))])

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from dynastore.api.answers import Answer, BadRequest, json_response, text
 from dynastore.api.server import Request, Response
@@ -21,9 +22,35 @@ from dynastore.core import buckettypes, crdt
 from dynastore.core import datatypes as dt
 from dynastore.core.messages import ClientGet, ClientPut, DtUpdate, Failure, NotFound, Ok
 from dynastore.core.versions import Context
+from dynastore.runtime.node import NodeRuntime
+from dynastore.settings import Settings
 
-if TYPE_CHECKING:
-    from dynastore.api.http import Api, UrlStyle
+
+class UrlStyle(Protocol):
+    """How the request named its bucket (api/http.py's UrlStyle)."""
+
+    @property
+    def objects(self) -> str: ...
+    @property
+    def type_name(self) -> str: ...
+
+    def object_url(self, bucket: bytes, key: bytes, where: str = "keys") -> str: ...
+
+
+class Api(Protocol):
+    """What these routes use of the HTTP API (api/http.py's Api, which calls them)."""
+
+    runtime: NodeRuntime
+    settings: Settings
+
+    def check_names(self, bucket: bytes, key: bytes | None) -> None: ...
+    def _datatype_of(self, bucket: bytes) -> str | None: ...
+    def _quorums(self, query: Mapping[str, str]) -> dict[str, int | str | None]: ...
+    def _int_param(self, request: Request, name: str) -> int | None: ...
+    def _encode_context(self, context: Context, bucket: bytes, key: bytes) -> str: ...
+    def _decode_context(self, raw: str, bucket: bytes, key: bytes, what: str) -> Context: ...
+    def failure(self, response: Any) -> Response: ...
+
 
 # Data types whose value a remove must name with a context to remove what the client saw.
 WITH_CONTEXT = ("set", "map")

@@ -37,11 +37,12 @@ import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
-from dynastore.client.http import ClientError, Fetched, HttpClient, Resolver
+from dynastore.client.http import ClientError, DataType, Fetched, HttpClient, Resolver
 from dynastore.client.routing import Expiring, RingView, RingViewError, Route, route
+from dynastore.core import buckettypes
 
 T = TypeVar("T")
 
@@ -213,6 +214,64 @@ class RingAwareClient:
             lambda urls: self._http.delete(bucket, key, context=context, w=w, timeout_ms=timeout_ms, urls=urls),
         )
 
+    # --- Data types: routed by the key's place, which hashes its type, bucket and key -----------------
+
+    async def dt_get(
+        self,
+        bucket_type: str,
+        bucket: str | bytes,
+        key: str | bytes,
+        *,
+        r: int | str | None = None,
+        timeout_ms: int | None = None,
+    ) -> DataType | None:
+        """A data type's value and context; None when the key does not exist."""
+        return await self._routed(
+            "dt get",
+            buckettypes.typed(bucket_type, _bytes(bucket)),
+            key,
+            lambda urls: self._http.dt_get(bucket_type, bucket, key, r=r, timeout_ms=timeout_ms, urls=urls),
+        )
+
+    async def dt_update(
+        self,
+        bucket_type: str,
+        bucket: str | bytes,
+        key: str | bytes,
+        operation: Any,
+        *,
+        context: str | None = None,
+        w: int | str | None = None,
+        return_body: bool = False,
+        timeout_ms: int | None = None,
+    ) -> tuple[str | None, DataType | None]:
+        """Apply one of Riak's JSON operations (see HttpClient.dt_update) at a replica of the key."""
+        return await self._routed(
+            "dt update",
+            buckettypes.typed(bucket_type, _bytes(bucket)),
+            key,
+            lambda urls: self._http.dt_update(
+                bucket_type,
+                bucket,
+                key,
+                operation,
+                context=context,
+                w=w,
+                return_body=return_body,
+                timeout_ms=timeout_ms,
+                urls=urls,
+            ),
+        )
+
+    async def dt_delete(self, bucket_type: str, bucket: str | bytes, key: str | bytes) -> bool:
+        """Delete a data type; False when it did not exist."""
+        return await self._routed(
+            "dt delete",
+            buckettypes.typed(bucket_type, _bytes(bucket)),
+            key,
+            lambda urls: self._http.dt_delete(bucket_type, bucket, key, urls=urls),
+        )
+
     async def _routed(
         self, what: str, bucket: str | bytes, key: str | bytes, send: Callable[[list[str]], Awaitable[T]]
     ) -> T:
@@ -273,8 +332,10 @@ class RingAwareClient:
 
     async def _learn_n_val(self, bucket: bytes, urls: list[str]) -> int | None:
         """The bucket's n_val, asked of the cluster and cached; None (use the default) when no node says."""
+        type_name, name = buckettypes.split(bucket)
+        path = "/buckets/" if type_name == buckettypes.DEFAULT else f"/types/{quote(type_name, safe='')}/buckets/"
         try:
-            body = await self._http.json("/buckets/" + quote(bucket, safe="") + "/props", urls=urls)
+            body = await self._http.json(path + quote(name, safe="") + "/props", urls=urls)
             n_val = body["props"]["n_val"]
         except (ClientError, ValueError, KeyError, TypeError):
             return None
