@@ -104,3 +104,14 @@ def test_a_malformed_type_record_from_a_peer_is_refused(entry: list[object]) -> 
     data[6] = [entry]
     with pytest.raises(membership.StateError):
         membership.decode(msgpack.packb(data, use_bin_type=True))
+
+
+def test_an_active_record_wins_over_a_concurrent_change_of_an_inactive_one() -> None:
+    """One node activates a type while another, that has not heard of it, changes its datatype: every
+    node ends with the active type and the datatype it was activated with."""
+    base = _state().with_type("t", {"datatype": "counter"}, False, "n0")
+    activated = base.with_type("t", {"datatype": "counter"}, True, "n0")
+    changed = base.with_type("t", {"datatype": "set"}, False, "n1")
+    for merged in (membership.merge(activated, changed), membership.merge(changed, activated)):
+        record = merged.bucket_type("t")
+        assert record is not None and record.active and record.as_dict()["datatype"] == "counter"

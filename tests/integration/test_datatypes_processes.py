@@ -125,6 +125,18 @@ def test_bucket_types_are_created_activated_checked_and_persisted(make_cluster: 
     assert call("PUT", f"{a}/types/two/buckets/pics/props", b'{"props":{"n_val":1}}')[0] == 204
     eventually(lambda: json.loads(call("GET", f"{c}/types/two/buckets/pics/props")[2])["props"]["n_val"] == 1)
     assert call("PUT", f"{a}/types/two/buckets/pics/props", b'{"props":{"datatype":"set"}}')[0] == 400
+    # A reset bucket follows its type again, later changes of the type included.
+    assert call("DELETE", f"{a}/types/two/buckets/pics/props")[0] == 204
+    assert call("PUT", f"{a}/types/two/props", b'{"props":{"n_val":1}}')[0] == 204
+    eventually(lambda: json.loads(call("GET", f"{c}/types/two/buckets/pics/props")[2])["props"]["n_val"] == 1)
+    # A default bucket may not be named like a typed one (NUL type NUL bucket): no way around a type.
+    for method, url in (
+        ("GET", f"{a}/riak/%00two%00pics/k"),
+        ("GET", f"{a}/buckets/%00two%00pics/keys/k"),
+        ("PUT", f"{a}/buckets/%00two%00pics/keys/k"),
+        ("GET", f"{a}/types/default/buckets/%00two%00pics/props"),
+    ):
+        assert call(method, url, b"x" if method == "PUT" else None)[0] == 400, url
     # Types are cluster metadata: they survive a restart of every node.
     for node in cluster.nodes:
         node.stop()
@@ -158,6 +170,12 @@ def test_counters_sets_maps_and_hlls_converge_and_refuse_what_is_wrong(make_clus
     assert update(a, "counters", "c", "hits", {"add": "x"})[0] == 400
     assert update(a, "counters", "c", "hits", {"increment": "many"})[0] == 400
     assert call("PUT", f"{a}/types/counters/buckets/c/keys/hits", b"5", {"Content-Type": "text/plain"})[0] == 400
+    # A data type's bucket keeps siblings whatever it is told: one value per key would lose increments.
+    assert call("PUT", f"{a}/types/counters/buckets/c/props", b'{"props":{"allow_mult":false}}')[0] == 400
+    assert call("PUT", f"{a}/types/counters/buckets/c/props", b'{"props":{"last_write_wins":true}}')[0] == 400
+    # The data types' content types are theirs: a plain object cannot pose as one.
+    fake = {"Content-Type": "application/riak_counter"}
+    assert call("PUT", f"{a}/buckets/legacy/keys/n", b"garbage", fake)[0] == 400
     # A server-chosen key.
     status, headers, _ = update(a, "counters", "c", None, {"increment": 7})
     assert status == 201 and headers["Location"].startswith("/types/counters/buckets/c/datatypes/")
@@ -235,6 +253,7 @@ def test_counters_sets_maps_and_hlls_converge_and_refuse_what_is_wrong(make_clus
     assert call("POST", f"{b}/buckets/legacy/counters/n", b"-2")[0] == 204
     assert call("GET", f"{c}/buckets/legacy/counters/n")[2].strip() == b"3"
     assert call("POST", f"{c}/buckets/legacy/counters/n", b"lots")[0] == 400
+    assert call("POST", f"{c}/buckets/legacy/counters/n", b" " * 60 + b"1000000")[0] == 400
     assert call("PUT", f"{a}/buckets/single/props", b'{"props":{"allow_mult":false}}')[0] == 204
     eventually(lambda: call("POST", f"{a}/buckets/single/counters/n", b"1")[0] == 409)
 

@@ -39,6 +39,8 @@ async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: lis
         # This node's own copy of a key, without any quorum.
         bucket, key = rest[1], rest[2]
         problem = keys.name_problem(runtime.settings, bucket, key)
+        if buckettypes.is_typed(bucket):
+            problem = "a bucket name may not start with a NUL byte"
         if problem is not None:
             raise BadRequest(problem)
         obj = core.local_copy(bucket, key)

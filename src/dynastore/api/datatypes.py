@@ -121,7 +121,16 @@ async def _read(api: Api, request: Request, bucket: bytes, key: bytes, datatype:
     if isinstance(response, NotFound):
         return None
     assert isinstance(response, Ok) and response.found is not None
-    return dt.visible(response.found.values, datatype)
+    return _joined(lambda: dt.visible(response.found.values, datatype), datatype)
+
+
+def _joined(join: Any, datatype: str) -> crdt.State | None:
+    """A join of stored states, or _Refused (409) when one is not a `datatype` this node can read."""
+    try:
+        state: crdt.State | None = join()
+    except crdt.CrdtError as exc:
+        raise _Refused(text(409, f"the key holds no readable {datatype}: {exc}")) from None
+    return state
 
 
 def _body(api: Api, state: crdt.State, datatype: str, bucket: bytes, key: bytes, with_context: bool) -> dict[str, Any]:
@@ -194,7 +203,10 @@ async def update(
     context = _decode_context(api, raw_context, bucket, key)
     quorums = api._quorums(request.query)
     return_body = _bool(request, "returnbody")
-    op = json.dumps(body, separators=(",", ":")).encode()
+    op = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    limit = api.settings.object_bytes_max
+    if len(op) > limit:
+        raise BadRequest(f"operation of {len(op)} bytes exceeds the limit of {limit} bytes", 413)
     update = DtUpdate(datatype, _precision(api, bucket), op, context)
     response = await api.runtime.request(
         ClientPut(
@@ -218,7 +230,11 @@ async def update(
         return Response(status=201 if generated else 204, headers=headers)
     if not isinstance(response, Ok) or response.found is None:
         return Response(status=201 if generated else 204, headers=headers)
-    state = dt.join(response.found.values, datatype)
+    found = response.found
+    try:
+        state = _joined(lambda: dt.join(found.values, datatype), datatype)
+    except _Refused as refused:
+        return refused.answer
     if state is None:
         return Response(status=201 if generated else 204, headers=headers)
     answer = json_response(_body(api, state, datatype, bucket, key, _include_context(request)), status=status)
@@ -236,6 +252,8 @@ async def delete(api: Api, request: Request, bucket: bytes, key: bytes, datatype
     if found is None:
         return text(404, "not found")
     quorums = api._quorums(request.query)
+    # The delete removes what the read saw, wherever its coordinator stands.
+    seen = crdt.clock_vector(found)
     response = await api.runtime.request(
         ClientPut(
             bucket,
@@ -246,7 +264,7 @@ async def delete(api: Api, request: Request, bucket: bytes, key: bytes, datatype
             dw=quorums["dw"],
             pw=quorums["pw"],
             timeout_ms=api._int_param(request, "timeout"),
-            dt=DtUpdate(datatype, _precision(api, bucket), b"", None),
+            dt=DtUpdate(datatype, _precision(api, bucket), b"", seen),
         )
     )
     if isinstance(response, Failure):
@@ -273,8 +291,9 @@ async def _legacy_counter(api: Api, request: Request, bucket: bytes, key: bytes)
         return Response(text=str(crdt.value(found)), content_type="text/plain")
     if method != "POST":
         return text(405, "Method Not Allowed", {"Allow": "GET, HEAD, POST"})
-    raw = (await request.read())[:64].decode("ascii", "replace")
-    if not _INTEGER.fullmatch(raw) or abs(int(raw)) > COUNTER_MAX:
+    body = await request.read()
+    raw = body[:64].decode("ascii", "replace")
+    if len(body) > 64 or not _INTEGER.fullmatch(raw) or abs(int(raw)) > COUNTER_MAX:
         raise BadRequest(f"a counter takes a signed 64-bit integer; got {raw.strip()[:32]!r}")
     quorums = api._quorums(request.query)
     return_value = _bool(request, "returnvalue")
@@ -296,7 +315,11 @@ async def _legacy_counter(api: Api, request: Request, bucket: bytes, key: bytes)
     if isinstance(response, Failure):
         return api.failure(response)
     if return_value and isinstance(response, Ok) and response.found is not None:
-        state = dt.join(response.found.values, "counter")
+        written = response.found
+        try:
+            state = _joined(lambda: dt.join(written.values, "counter"), "counter")
+        except _Refused as refused:
+            return refused.answer
         if state is not None:
             return Response(text=str(crdt.value(state)), content_type="text/plain")
     return Response(status=204)

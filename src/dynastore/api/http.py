@@ -37,7 +37,7 @@ from dynastore import __version__
 from dynastore.api import admin, auth, datatypes
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
-from dynastore.core import bucketprops, buckettypes, keys, objects, quorum, ringdoc
+from dynastore.core import bucketprops, buckettypes, crdt, keys, objects, quorum, ringdoc
 from dynastore.core import context as ctxcodec
 from dynastore.core.context import ContextError
 from dynastore.core.messages import (
@@ -94,6 +94,7 @@ IGNORED_PROPS = frozenset(
         "dvv_enabled",
     }
 )
+DATATYPE_CONTENT_TYPES = frozenset(crdt.CONTENT_TYPES.values())
 # What GET shows of a type or bucket that a client may send back but not change that way.
 TYPE_READ_ONLY_PROPS = frozenset({"active", "claimant"})
 QUORUM_PARAMS = ("r", "w", "dw", "rw", "pr", "pw")
@@ -127,7 +128,10 @@ class UrlStyle:
     type_name: str = buckettypes.DEFAULT
 
     def internal(self, bucket: bytes) -> bytes:
-        """The node's name for the request's bucket (buckettypes.typed)."""
+        """The node's name for the request's bucket (buckettypes.typed); a default bucket may not
+        start with NUL, which would name a bucket of another type."""
+        if self.type_name == buckettypes.DEFAULT and buckettypes.is_typed(bucket):
+            raise BadRequest("a bucket name may not start with a NUL byte")
         return buckettypes.typed(self.type_name, bucket)
 
     def object_url(self, bucket: bytes, key: bytes, where: str = "keys") -> str:
@@ -212,6 +216,8 @@ class Api:
         if head == b"types":
             return await self._types(request, rest)
         if head == b"riak":
+            if rest and buckettypes.is_typed(rest[0]):
+                raise BadRequest("a bucket name may not start with a NUL byte")
             return await self._legacy(request, rest)
         return text(404, "Not Found")
 
@@ -444,14 +450,7 @@ class Api:
         """Every property back to its type's (Riak: DELETE /buckets/B/props): the node's defaults for
         the default type."""
         self.check_names(bucket, None)
-        props = bucketprops.defaults(self.settings)
-        core = self.runtime.core
-        assert core is not None
-        record = core.cluster.bucket_type(buckettypes.split(bucket)[0])
-        if record is not None:
-            props.update((k, v) for k, v in record.props if k in bucketprops.BUCKET_PROPS)
-        defaults = tuple(sorted(props.items()))
-        response = await self.runtime.request(ClientSetBucketProps(bucket, defaults))
+        response = await self.runtime.request(ClientSetBucketProps(bucket, (), reset=True))
         if isinstance(response, Failure):
             return self.failure(response)
         return Response(status=204)
@@ -622,6 +621,8 @@ class Api:
             return text(413, f"object of {len(body)} bytes exceeds the limit of {limit} bytes")
         if any(name.lower().startswith("x-riak-index-") for name in request.headers):
             raise BadRequest("secondary indexes (X-Riak-Index-*) are not supported")
+        if request.headers.get("Content-Type", "").split(";")[0].strip().lower() in DATATYPE_CONTENT_TYPES:
+            raise BadRequest("application/riak_* content types are the data types' own: update them as data types")
         quorums = self._quorums(query)
         timeout = self._int_param(request, "timeout")
         return_body = _bool_param(query, "returnbody")

@@ -409,8 +409,16 @@ class ClusterOps(NodeBase):
             return
         merged = {**current, **changes}
         problem = bucketprops.problem(merged, self.settings)
+        if problem is None and current.get("datatype") is not None and bucketprops.keeps_one(merged):
+            problem = "a bucket of data types needs allow_mult=true and last_write_wins=false"
         if problem is not None:
             self._answer(origin, Failure("bad_request", problem))
+            return
+        if req.reset:
+            # Back to what its type (or the node's defaults) says: the bucket sets nothing of its own.
+            self._set_cluster(self.cluster.with_bucket(req.bucket, {}, self.name))
+            self._push_state()
+            self._answer(origin, Ok())
             return
         # What was set stays as it was set (a "default" keeps following the node's default).
         stored = {**self.cluster.bucket(req.bucket), **changes}

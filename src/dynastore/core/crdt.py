@@ -24,8 +24,10 @@ it); if it has, it saw it and removed it. Nested values in maps use the same two
   holds one, else starts one keyed by its dot, so an entry's versions form one chain of growing
   values and are never reused after a reset. An entry is one number: one extended concurrently with
   a delete survives whole, counts the delete saw included (as in Riak, the update wins).
-- register (in maps): last-write-wins by (timestamp, value, dot); a new value is dated just past the
-  one it replaces, so a coordinator whose clock is behind cannot make a value lose to the one it saw.
+- register (in maps): last-write-wins by its own timestamp. It keeps every version no other has seen
+  (observed-remove by the versions' dots, so joins stay associative) and shows the newest by
+  (timestamp, value); a write replaces the versions it saw and is dated just past the newest of them,
+  so a coordinator whose clock is behind cannot make a value lose to one it saw.
 - flag (in maps): enable-wins: enabling gives it the operation's dot, disabling drops what it had.
 - map: (name, type) -> (presence dots, nested value). Any update of a field gives it the operation's
   dot; removing a field drops it. A field one side removed and the other updated concurrently
@@ -155,7 +157,7 @@ class State:
     """One key's value. Bodies are canonical (sorted tuples), so equal states are equal values:
     counter ((actor, start, p, n, dot counter), ...); set ((element, dots), ...); map
     ((field key, presence dots, body), ...); hll (precision, registers); inside maps a register is
-    () or (timestamp µs, value, dot) and a flag its dots."""
+    its versions ((timestamp µs, value, dot), ...) and a flag its dots."""
 
     kind: str
     clock: Clock
@@ -259,13 +261,10 @@ def _join_set(a: Any, b: Any, ca: Mapping[bytes, int], cb: Mapping[bytes, int]) 
 
 
 def _join_register(a: Any, b: Any, ca: Mapping[bytes, int], cb: Mapping[bytes, int]) -> Any:
-    if a and b:
-        return max(a, b)
-    if a:
-        return a if not _covers(cb, a[2]) else ()
-    if b:
-        return b if not _covers(ca, b[2]) else ()
-    return ()
+    va = {v[2]: v for v in a}
+    vb = {v[2]: v for v in b}
+    kept = [va.get(d) or vb[d] for d in _join_dots(va, vb, ca, cb)]
+    return tuple(sorted(kept, key=lambda v: v[2]))
 
 
 def _join_map(a: Any, b: Any, ca: Mapping[bytes, int], cb: Mapping[bytes, int]) -> Any:
@@ -311,11 +310,15 @@ def join_all(states: Iterable[State]) -> State | None:
     return result
 
 
-def delete_state(state: State, dot: Dot) -> State:
-    """What a delete of the key writes: nothing, with the clock of what it saw (and its own dot)."""
+def delete_state(state: State, dot: Dot, seen: tuple[tuple[bytes, int], ...] | None = None) -> State:
+    """What a delete of the key writes: nothing, with the clock of what it saw (and its own dot): the
+    coordinator's state, and `seen`, the clock of the read that preceded it (what its client saw).
+    An HLL has no removes: a delete empties it, and an HLL state concurrent with it comes back whole."""
     clock = _clock_join(dict(state.clock), {dot.actor: dot.counter})
+    clock = _clock_join(clock, dict(seen or ()))
     precision = state.body[0] if state.kind == "hll" else HLL_PRECISION_DEFAULT
-    return State(state.kind, _freeze_clock(clock), _empty_body(state.kind, precision))
+    # Removes still waiting for their context stay: what they name may arrive after the delete.
+    return _settle(State(state.kind, _freeze_clock(clock), _empty_body(state.kind, precision), state.deferred))
 
 
 # --- Deferred removes ------------------------------------------------------------------------------
@@ -387,6 +390,7 @@ class _Apply:
     clock: dict[bytes, int]
     seen: bool  # the state's clock (before the operation) descends the context
     deferred: list[Deferred]
+    context_map: dict[bytes, int] = field(default_factory=dict)
 
 
 def apply(
@@ -403,6 +407,7 @@ def apply(
         raise CrdtError("bad_request", "the operation's dot was already applied")
     ctx = None if context is None else tuple(sorted(dict(context).items()))
     run = _Apply(dot, now_us, limits, ctx, before, ctx is None or _descends(before, ctx), list(state.deferred))
+    run.context_map = {} if ctx is None else dict(ctx)
     if state.kind == "counter":
         if not isinstance(op, CounterOp):
             raise CrdtError("bad_request", "a counter takes increment or decrement")
@@ -421,7 +426,7 @@ def apply(
         body = _apply_hll(state.body, op, limits)
     else:
         raise CrdtError("bad_request", f"unknown datatype {state.kind!r}")
-    if len(run.deferred) > limits.deferred_max:
+    if len(run.deferred) > len(state.deferred) and len(run.deferred) > limits.deferred_max:
         raise CrdtError(
             "too_large", f"more than {limits.deferred_max} removes wait for a context (deferred_max); retry later"
         )
@@ -465,7 +470,7 @@ def _apply_set(body: Any, op: SetOp, run: _Apply, path: tuple[FieldKey, ...]) ->
                 raise CrdtError("precondition", f"{element.decode(errors='replace')!r} is not in the set")
             del elements[element]
             continue
-        ctx = dict(run.context)
+        ctx = run.context_map
         if element in elements:
             kept = _filter_dots(elements[element], ctx)
             if kept:
@@ -476,10 +481,13 @@ def _apply_set(body: Any, op: SetOp, run: _Apply, path: tuple[FieldKey, ...]) ->
             raise CrdtError("precondition", f"{element.decode(errors='replace')!r} is not in the set")
         if not run.seen:
             run.deferred.append(Deferred(run.context, path, element=element))
+    grows = len(elements) >= len(body)
     for element in op.adds:
         _check_element(element, run.limits, "a set element")
         elements[element] = (run.dot,)
-    if len(elements) > run.limits.set_elements_max:
+        if grows and len(elements) > run.limits.set_elements_max:
+            break
+    if len(elements) > run.limits.set_elements_max and len(elements) > len(body):
         raise CrdtError(
             "too_large", f"a set of {len(elements)} elements (limit set_elements_max={run.limits.set_elements_max})"
         )
@@ -497,7 +505,7 @@ def _apply_map(body: Any, op: MapOp, run: _Apply, path: tuple[FieldKey, ...], de
                 raise CrdtError("precondition", f"field {label!r} is not in the map")
             del fields[key]
             continue
-        ctx = dict(run.context)
+        ctx = run.context_map
         if key in fields:
             presence, inner = fields[key]
             presence = _filter_dots(presence, ctx)
@@ -516,7 +524,7 @@ def _apply_map(body: Any, op: MapOp, run: _Apply, path: tuple[FieldKey, ...], de
         if field_op is not None:
             inner = _apply_field(inner, kind, field_op, run, (*path, key), depth)
         fields[key] = ((run.dot,), inner)
-    if len(fields) > run.limits.map_fields_max:
+    if len(fields) > run.limits.map_fields_max and len(fields) > len(body):
         raise CrdtError(
             "too_large", f"a map of {len(fields)} fields (limit map_fields_max={run.limits.map_fields_max})"
         )
@@ -537,8 +545,8 @@ def _apply_field(inner: Any, kind: str, op: FieldOp, run: _Apply, path: tuple[Fi
         if not isinstance(op, RegisterOp):
             raise wrong
         _check_element(op.value, run.limits, "a register value")
-        timestamp = run.now_us if not inner else max(run.now_us, inner[0] + 1)
-        return (min(timestamp, COUNTER_MAX), op.value, run.dot)
+        timestamp = max([run.now_us, *(v[0] + 1 for v in inner)])
+        return ((min(timestamp, COUNTER_MAX), op.value, run.dot),)
     if kind == "flag":
         if not isinstance(op, FlagOp):
             raise wrong
@@ -592,7 +600,7 @@ def _value_of(kind: str, body: Any) -> Any:
     if kind == "flag":
         return bool(body)
     if kind == "register":
-        return body[1] if body else None
+        return max((v[0], v[1]) for v in body)[1] if body else None
     if kind == "map":
         out = {}
         for key, _, inner in body:
@@ -662,8 +670,7 @@ def _collect(kind: str, body: Any, into: set[bytes]) -> None:
     elif kind == "flag":
         into.update(d.actor for d in body)
     elif kind == "register":
-        if body:
-            into.add(body[2].actor)
+        into.update(v[2].actor for v in body)
     elif kind == "map":
         for key, presence, inner in body:
             into.update(d.actor for d in presence)
@@ -682,7 +689,7 @@ def _enc_body(kind: str, body: Any, actors: _Actors) -> Any:
     if kind == "flag":
         return _enc_dots(body, actors)
     if kind == "register":
-        return [] if not body else [body[0], body[1], [actors.of(body[2].actor), body[2].counter]]
+        return [[ts, val, [actors.of(dot.actor), dot.counter]] for ts, val, dot in body]
     if kind == "map":
         return [[k[0], k[1], _enc_dots(p, actors), _enc_body(k[1], inner, actors)] for k, p, inner in body]
     if kind == "hll":
@@ -780,11 +787,15 @@ class _Decoder:
         if kind == "flag":
             return self.dots(raw)
         if kind == "register":
-            _need(isinstance(raw, list) and len(raw) in (0, 3), "malformed register")
-            if not raw:
-                return ()
-            _need(_int(raw[0], 0, COUNTER_MAX) and isinstance(raw[1], bytes), "malformed register")
-            return (raw[0], raw[1], self.dot(raw[2]))
+            _need(isinstance(raw, list), "malformed register")
+            versions = []
+            for v in raw:
+                _need(isinstance(v, list) and len(v) == 3, "malformed register version")
+                _need(_int(v[0], 0, COUNTER_MAX) and isinstance(v[1], bytes), "malformed register version")
+                versions.append((v[0], v[1], self.dot(v[2])))
+            version_dots = [v[2] for v in versions]
+            _need(version_dots == sorted(set(version_dots)), "register versions not sorted and distinct")
+            return tuple(versions)
         if kind == "map":
             _need(depth <= DEPTH_HARD_MAX, "maps nested too deep")
             _need(isinstance(raw, list), "malformed map")

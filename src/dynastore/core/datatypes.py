@@ -93,7 +93,8 @@ def next_content(local: Object | None, dt: DtUpdate, dot: Dot, now_us: int, sett
     if current is None:
         current = crdt.new(dt.datatype, dt.hll_precision)
     if op is None:
-        state = crdt.delete_state(current, dot)
+        # A delete removes what the read before it saw (its context) as well as what is here.
+        state = crdt.delete_state(current, dot, dt.context)
         return Content(crdt.encode(state), crdt.CONTENT_TYPES[dt.datatype], last_modified_us=now_us, deleted=True)
     state = crdt.apply(current, op, dot, now_us, limits(settings), dt.context)
     return Content(crdt.encode(state), crdt.CONTENT_TYPES[dt.datatype], last_modified_us=now_us)

@@ -260,8 +260,10 @@ def _props_order(p: BucketProps) -> tuple[int, str, bytes]:
     return (p.version, p.author, msgpack.packb(list(p.props), use_bin_type=True))
 
 
-def _type_order(t: BucketType) -> tuple[int, str, bool, bytes]:
-    return (t.version, t.author, t.active, msgpack.packb(list(t.props), use_bin_type=True))
+def _type_order(t: BucketType) -> tuple[bool, int, str, bytes]:
+    # An active record beats every inactive one: a type once active stays active with its datatype,
+    # whatever a node that had not heard of the activation changed concurrently.
+    return (t.active, t.version, t.author, msgpack.packb(list(t.props), use_bin_type=True))
 
 
 def _merge_rings(a: RingState, b: RingState) -> RingState:

@@ -140,6 +140,8 @@ class ClientListKeys:
 class ClientSetBucketProps:
     bucket: bytes
     props: tuple[tuple[str, Any], ...]
+    # Drop every property the bucket set, so it follows its type (or the node's defaults) again.
+    reset: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,9 @@ class NodeBase(ABC):
             if record is not None:
                 props.update((k, v) for k, v in record.props if v != "default")
             props.update((k, v) for k, v in self.cluster.bucket(bucket).items() if v != "default")
+            if props.get("datatype") is not None:
+                # A data type's copies merge as siblings, whatever the settings (datatypes.py).
+                props["allow_mult"], props["last_write_wins"] = True, False
             if len(self._props_cache) > PROPS_CACHE_MAX:
                 self._props_cache.clear()
             self._props_cache[bucket] = props
