@@ -63,7 +63,9 @@ def test_two_grants_made_at_once_at_two_nodes_both_hold_and_a_later_deletion_win
         ("any", "default", b"x", True),
         ("b1", "default", b"b1", True),
         ("b1", "default", b"b2", False),
-        ("b1", "b1", b"whatever", False),
+        ("b1", "b1", b"whatever", True),
+        ("maps", "maps", b"anything", True),
+        ("maps", "sets", b"maps", False),
         ("default", "default", b"anything", True),
         ("default", "maps", b"anything", False),
         ("b1", None, None, False),
@@ -75,8 +77,8 @@ def test_two_grants_made_at_once_at_two_nodes_both_hold_and_a_later_deletion_win
 def test_a_scope_covers_any_request_a_bucket_type_or_one_bucket(
     scope: str, bucket_type: str | None, bucket: bytes | None, covered: bool
 ) -> None:
-    """any; `default` the default type, another word a bucket of it (no name means two things); TYPE/BUCKET
-    one bucket."""
+    """any; one word a bucket type (every bucket of it) or a bucket of the default type of that name;
+    TYPE/BUCKET one bucket."""
     assert security.scope_covers(scope, bucket_type, bucket) is covered
 
 

@@ -167,10 +167,12 @@ def scope_covers(scope: str, bucket_type: str | None, bucket: bytes | None) -> b
     if "/" in scope:
         grant_type, _, grant_bucket = scope.partition("/")
         return grant_type == bucket_type and grant_bucket == name
-    # One word: the default bucket type itself, or else a bucket of the default type (a bucket named
-    # "default" is "default/default").
+    # One word: a bucket type (every bucket of it, as in Riak; "default" is the default type), or a
+    # bucket of the default type of that name (a bucket named "default" is "default/default").
+    if scope == bucket_type:
+        return True
     if scope == DEFAULT_TYPE:
-        return bucket_type == DEFAULT_TYPE
+        return False
     return bucket_type == DEFAULT_TYPE and scope == name
 
 
