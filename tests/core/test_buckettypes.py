@@ -115,3 +115,10 @@ def test_an_active_record_wins_over_a_concurrent_change_of_an_inactive_one() -> 
     for merged in (membership.merge(activated, changed), membership.merge(changed, activated)):
         record = merged.bucket_type("t")
         assert record is not None and record.active and record.as_dict()["datatype"] == "counter"
+
+
+def test_a_type_made_an_hll_while_inactive_may_choose_its_precision_once() -> None:
+    check = buckettypes.change_problem
+    changes = {"datatype": "hll", "hll_precision": 12}
+    assert check({}, False, changes, changes) is None
+    assert "fixed" in (check({"datatype": "hll", "hll_precision": 12}, False, {"hll_precision": 10}, {}) or "")

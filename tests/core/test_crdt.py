@@ -446,3 +446,15 @@ def test_a_state_merged_past_a_limit_can_still_shrink_but_not_grow() -> None:
     assert crdt.value(crdt.apply(both, SetOp((), (b"a",)), Dot(b"A", 2), 0, small)) == [b"b", b"c", b"d"]
     with pytest.raises(CrdtError):
         crdt.apply(both, SetOp((b"e",)), Dot(b"A", 2), 0, small)
+
+
+def test_an_operation_naming_more_elements_than_a_set_may_hold_is_refused_before_any_work() -> None:
+    small = Limits(set_elements_max=3)
+    for kind, op in (
+        ("set", SetOp((), (b"a", b"b", b"c", b"d"))),
+        ("hll", HllOp((b"a", b"b", b"c", b"d"))),
+        ("map", MapOp(((b"s", "set", SetOp((b"a", b"b", b"c"))),))),
+    ):
+        with pytest.raises(CrdtError) as err:
+            crdt.apply(crdt.new(kind), op, Dot(b"a", 1), 0, small)
+        assert err.value.kind == "too_large"

@@ -238,9 +238,10 @@ def test_counters_sets_maps_and_hlls_converge_and_refuse_what_is_wrong(make_clus
 
     # HyperLogLogs: distinct elements, estimated.
     elements = [f"visitor-{i}" for i in range(2000)]
-    for start in range(0, 2000, 500):
-        url = (a, b, c, a)[start // 500]
-        assert update(url, "hlls", "h", "day", {"add_all": elements[start : start + 500]})[0] == 204
+    for start in range(0, 2000, 50):  # an operation names at most dt_set_elements_max (here 50) elements
+        url = (a, b, c)[start // 50 % 3]
+        assert update(url, "hlls", "h", "day", {"add_all": elements[start : start + 50]})[0] == 204
+    assert update(a, "hlls", "h", "day", {"add_all": elements[:51]})[0] == 413
     assert update(b, "hlls", "h", "day", {"add": "visitor-1"})[0] == 204
     estimate = fetch(c, "hlls", "h", "day")[1]["value"]
     assert abs(estimate - 2000) < 2000 * 0.05, estimate

@@ -118,7 +118,8 @@ def change_problem(
     if current is not None:
         if active and "datatype" in changes and changes["datatype"] != current.get("datatype"):
             return "datatype is fixed once a bucket type is active"
-        if "hll_precision" in changes and changes["hll_precision"] != current.get("hll_precision"):
+        fixed = current.get("hll_precision")
+        if "hll_precision" in changes and fixed is not None and changes["hll_precision"] != fixed:
             return "hll_precision is fixed once a bucket type is created"
     if "hll_precision" in merged and merged.get("datatype") != "hll":
         return "hll_precision is a property of types whose datatype is hll"

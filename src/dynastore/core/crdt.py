@@ -405,6 +405,10 @@ def apply(
     before = dict(state.clock)
     if _covers(before, dot):
         raise CrdtError("bad_request", "the operation's dot was already applied")
+    touched = _elements_named(op)
+    if touched > limits.set_elements_max:
+        # Bounds the work of one operation, whatever its size in bytes.
+        raise CrdtError("too_large", f"an operation naming {touched} elements (limit {limits.set_elements_max})")
     ctx = None if context is None else tuple(sorted(dict(context).items()))
     run = _Apply(dot, now_us, limits, ctx, before, ctx is None or _descends(before, ctx), list(state.deferred))
     run.context_map = {} if ctx is None else dict(ctx)
@@ -437,6 +441,17 @@ def apply(
     if size > limits.state_bytes_max:
         raise CrdtError("too_large", f"the {state.kind} would take {size} bytes (limit {limits.state_bytes_max})")
     return result
+
+
+def _elements_named(op: Op | FieldOp | None) -> int:
+    """How many elements and fields an operation names, nested ones included."""
+    if isinstance(op, SetOp):
+        return len(op.adds) + len(op.removes)
+    if isinstance(op, HllOp):
+        return len(op.adds)
+    if isinstance(op, MapOp):
+        return len(op.updates) + len(op.removes) + sum(_elements_named(u[2]) for u in op.updates)
+    return 1
 
 
 def _apply_counter(body: Any, op: CounterOp, run: _Apply) -> Any:
