@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgpack
 
 from dynastore.core import keys, merkle, messages, objects, placement
 from dynastore.core.controller import BackgroundController
+from dynastore.core.effects import EventField
 from dynastore.core.membership import ClusterState
 from dynastore.core.merkle import HashTree
 from dynastore.core.messages import (
@@ -110,6 +111,10 @@ class AntiEntropyHost(Protocol):
     def _finish(self, op_id: int) -> None: ...
 
     def _send(self, dst: str, msg: Message, *, after: int | None = None) -> None: ...
+
+    def _event(
+        self, kind: str, level: Literal["debug", "info", "warning", "error"], text: str, **fields: EventField
+    ) -> None: ...
 
 
 @dataclass
@@ -352,6 +357,16 @@ class AntiEntropy:
         self._exchanging = False
         self.stats.exchanges += 1
         self.stats.last_exchange_ms[op.partition] = now_ms
+        if op.repaired:
+            self.node._event(
+                "aae_repaired",
+                "info",
+                f"anti-entropy with {op.peer} repaired {op.repaired} keys of partition {op.partition}",
+                partition=op.partition,
+                peer=op.peer,
+                keys=op.repaired,
+                n_val=op.n_val,
+            )
 
     def abandon(self, op_id: int) -> None:
         self.node._finish(op_id)
@@ -531,6 +546,7 @@ class AntiEntropy:
                 flags.append(node._keeps_one(parsed.bucket))
                 size += len(raw)
         self.stats.keys_repaired += len(batch)
+        op.repaired += len(batch)
         if not merged:
             self._request_objects(msg.req, op)
             return

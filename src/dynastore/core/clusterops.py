@@ -107,7 +107,18 @@ class ClusterOps(NodeBase):
         self._put("meta", META_CLUSTER_KEY, key)
 
     def _tick_membership(self, now_ms: int) -> None:
-        self.detector.update([n for n in self.cluster.names(ACTIVE) if n != self.name], now_ms)
+        detector = self.detector
+        for peer in detector.update([n for n in self.cluster.names(ACTIVE) if n != self.name], now_ms):
+            phi = round(detector.phi(peer, now_ms), 2)
+            why = "its connection failed" if peer in detector.unreachable else f"phi {phi} >= {detector.threshold}"
+            self._event(
+                "peer_down",
+                "warning",
+                f"{peer} is judged down ({why})",
+                peer=peer,
+                phi=phi,
+                unreachable=peer in detector.unreachable,
+            )
         if now_ms >= self._next_heartbeat_ms:
             self._next_heartbeat_ms = now_ms + self.settings.heartbeat_interval_ms
             self._heartbeat()

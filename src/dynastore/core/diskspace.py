@@ -19,7 +19,6 @@ room cannot be found does the client get `insufficient_storage` (HTTP 507).
 
 from __future__ import annotations
 
-from dynastore.core.effects import Log
 from dynastore.core.nodebase import NodeBase
 from dynastore.storage.base import Space
 
@@ -55,9 +54,9 @@ class DiskSpace(NodeBase):
                     f"the disk is nearly full ({free} free, storage_reserve_bytes="
                     f"{self.settings.storage_reserve_bytes}): writes go to other replicas until there is room"
                 )
-                self._queue(Log("warning", text), 0)
+                self._event("disk_full", "warning", text, free=free)
             else:
-                self._queue(Log("info", f"room on the disk again ({free} free): writes are taken"), 0)
+                self._event("disk_room", "info", f"room on the disk again ({free} free): writes are taken", free=free)
 
     @property
     def space_full(self) -> bool:

@@ -1,6 +1,6 @@
 """What a NodeCore and the shell that drives it hand each other, besides peer messages and client requests.
 
-The core returns effects (`Send`, `Reply`, `Stop`, `Log`) from `take_free` and `batch_written`, and batches
+The core returns effects (`Send`, `Reply`, `Stop`, `Event`) from `take_free` and `batch_written`, and batches
 of writes from `take_batch`; the shell performs the effects and writes the batches, and does nothing
 else with them. Admin requests (join, leave, remove) reach the core through `on_request` like client
 requests, but they never cross the node-to-node wire, so they are not part of the message codec.
@@ -41,15 +41,25 @@ class Stop:
     reason: str
 
 
+EventField = str | int | float | bool
+
+
 @dataclass(frozen=True, slots=True)
-class Log:
-    """Something an operator must hear of (the core does no I/O: the shell writes it to the log)."""
+class Event:
+    """Something an operator may want to hear of: a peer judged down or back, a ring change, a transfer
+    started or finished, hints delivered, keys repaired by anti-entropy, a membership or security
+    change, a full disk, a corrupt copy. The core does no I/O: the shell logs it, as `text` in the text
+    log format and as `kind` plus every field in the JSON one.
 
-    level: Literal["info", "warning", "error"]
+    `kind` is a stable, snake_case name (the README lists them); `fields` are plain values, in order."""
+
+    kind: str
+    level: Literal["debug", "info", "warning", "error"]
     text: str
+    fields: tuple[tuple[str, EventField], ...] = ()
 
 
-Effect = Send | Reply | Stop | Log
+Effect = Send | Reply | Stop | Event
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,8 @@ class FailureDetector:
     down_since: dict[str, int] = field(default_factory=dict)
     # Bumped whenever a judgement may change other than by time passing (callers cache on it).
     version: int = 0
+    # How long the last peer that `heard_from` brought back up had been judged down.
+    recovered_after_ms: int = 0
 
     def _detector(self, peer: str) -> PhiAccrual:
         det = self.peers.get(peer)
@@ -80,6 +82,8 @@ class FailureDetector:
         was_down = peer in self.unreachable or peer in self.down_since
         if was_down:
             self.version += 1
+            since = self.down_since.get(peer, self.unreachable.get(peer, now_ms))
+            self.recovered_after_ms = max(0, now_ms - since)
         self._detector(peer).heartbeat(now_ms)
         self.unreachable.pop(peer, None)
         self.down_since.pop(peer, None)

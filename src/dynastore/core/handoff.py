@@ -128,9 +128,19 @@ class Handoff(NodeBase):
     def _pull(self, transition: bytes, partition: int, source: str, after: bytes, now_ms: int) -> None:
         op = PullOp(transition, partition, source, after, now_ms + self.settings.request_timeout_ms)
         op_id = self._register(op)
-        if after and (partition, source) not in self._resumed:
-            # The first pull of this transfer since the node started, from a checkpoint: a resume.
-            self.stats.handoff_resumed += 1
+        if (partition, source) not in self._resumed:
+            if after:
+                # The first pull of this transfer since the node started, from a checkpoint: a resume.
+                self.stats.handoff_resumed += 1
+            how = "resumed" if after else "started"
+            self._event(
+                "transfer_started",
+                "info",
+                f"transfer of partition {partition} from {source} {how}",
+                partition=partition,
+                source=source,
+                resumed=bool(after),
+            )
         self._resumed.add((partition, source))
         self._pulling.add((partition, source))
         self._send(source, HandoffPull(op_id, transition, partition, after, not after))
@@ -201,8 +211,17 @@ class Handoff(NodeBase):
         self.stats.transfers_completed += 1
         self._set_cluster(replace(state, ring=replace(ring, done=ring.done | {(partition, self.name)})))
         prefix = _checkpoint_prefix(transition, partition)
-        for raw_key, _ in self._scan("handoff", prefix, keys.prefix_end(prefix), 64):
+        received = 0
+        for raw_key, raw in self._scan("handoff", prefix, keys.prefix_end(prefix), 64):
+            received += _checkpoint_count(raw)
             self._put("handoff", raw_key, None)
+        self._event(
+            "transfer_finished",
+            "info",
+            f"transfer of partition {partition} finished ({received} keys received)",
+            partition=partition,
+            keys=received,
+        )
         claimant = state.claimant()
         if claimant is not None and claimant != self.name:
             self._send(claimant, GossipState(membership.encode(self.cluster), False))
@@ -386,7 +405,7 @@ class Handoff(NodeBase):
         if not batches:
             # Nothing to wait for: every hint sent (if any) is merged into this node's data, in the
             # same batch that deletes it.
-            self._drop_delivered(sent)
+            self._drop_delivered(owner, sent)
             return
         op = HintOp(owner, sent, now_ms + self.settings.request_timeout_ms, set(batches))
         op_id = self._register(op)
@@ -394,12 +413,17 @@ class Handoff(NodeBase):
         for node, (items, flags) in sorted(batches.items()):
             self._send(node, HintDelivery(op_id, tuple(items), tuple(flags)))
 
-    def _drop_delivered(self, sent: list[tuple[bytes, bytes]]) -> None:
+    def _drop_delivered(self, owner: str, sent: list[tuple[bytes, bytes]]) -> None:
+        delivered = 0
         for hkey, raw in sent:
             # Delete only what was delivered: a hint rewritten since it was sent goes next round.
             if self._get("hints", hkey) == raw:
                 self._drop_hint(hkey, raw)
-                self.stats.hints_delivered += 1
+                delivered += 1
+        self.stats.hints_delivered += delivered
+        if delivered:
+            text = f"{delivered} hints delivered to {owner} ({self._hint_count} still held)"
+            self._event("hints_delivered", "info", text, owner=owner, count=delivered, pending=self._hint_count)
 
     def _end_hints(self, op_id: int, op: HintOp) -> None:
         self._finish(op_id)
@@ -440,9 +464,18 @@ class Handoff(NodeBase):
         if op.waiting:
             return
         self._end_hints(msg.req, op)
-        self._drop_delivered(op.sent)
+        self._drop_delivered(op.owner, op.sent)
         # More may be waiting for this owner.
         self._next_hint_scan_ms = min(self._next_hint_scan_ms, now_ms)
+
+
+def _checkpoint_count(raw: bytes) -> int:
+    """The keys a checkpoint says its pull has received so far (0 for one that does not decode)."""
+    try:
+        _, _, count = msgpack.unpackb(raw)
+        return int(count)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return 0
 
 
 def _checkpoint_prefix(transition: bytes, partition: int) -> bytes:

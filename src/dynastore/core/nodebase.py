@@ -19,13 +19,13 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from dynastore.core import bucketprops, buckettypes, hints, keys, membership, objects, placement
+from dynastore.core import bucketprops, buckettypes, changes, hints, keys, membership, objects, placement
 from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy
 from dynastore.core.controller import BackgroundController
-from dynastore.core.effects import Effect, Log, Reply, Send
+from dynastore.core.effects import Effect, Event, EventField, Reply, Send
 from dynastore.core.failure import FailureDetector
 from dynastore.core.membership import ACTIVE, ClusterState
 from dynastore.core.messages import ClientResponse, Failure, ForwardPutReply, Message, NotFound, Ok
@@ -259,7 +259,8 @@ class NodeBase(ABC):
     def _discard_corrupt(self, area: str, key: bytes, raw: bytes, reason: str) -> None:
         self.stats.corrupt_copies += 1
         where = keys.describe(key if area == "data" else hints.parse(key)[1])
-        self._queue(Log("warning", f"corrupt copy of {where} in {area} ({reason}): discarded, to be repaired"), 0)
+        text = f"corrupt copy of {where} in {area} ({reason}): discarded, to be repaired"
+        self._event("corrupt_copy", "warning", text, key=where, area=area, reason=reason)
         # It may have held versions of this node's actor that no other copy holds: never claim them.
         self.actors.new_actor()
         self._put(area, key, None)
@@ -359,9 +360,11 @@ class NodeBase(ABC):
     def _set_cluster(self, state: ClusterState) -> None:
         if state == self.cluster:
             return
-        self.cluster = state
+        old, self.cluster = self.cluster, state
         self._cluster_changes += 1
         self._put("meta", META_CLUSTER, membership.encode(state))
+        for event in changes.between(old, state):
+            self._queue(event, 0)
 
     # --- Op bookkeeping ------------------------------------------------------------------------------
 
@@ -382,6 +385,12 @@ class NodeBase(ABC):
 
     def _send(self, dst: str, msg: Message, *, after: int | None = None) -> None:
         self._queue(Send(dst, msg), after)
+
+    def _event(
+        self, kind: str, level: Literal["debug", "info", "warning", "error"], text: str, **fields: EventField
+    ) -> None:
+        """Tell the operator (the shell logs it at once: an event reports, it acknowledges nothing)."""
+        self._queue(Event(kind, level, text, tuple(fields.items())), 0)
 
     def _answer(self, origin: Origin | None, response: ClientResponse, *, after: int | None = None) -> None:
         if origin is None:

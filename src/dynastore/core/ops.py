@@ -177,6 +177,8 @@ class ExchangeOp:
     batch: list[int] = field(default_factory=list)
     differing: list[bytes] = field(default_factory=list)
     stage: ExchangeStage = "tree"
+    # Differing keys exchanged so far (each side then holds the merge of both copies).
+    repaired: int = 0
 
 
 AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ReapCheckOp | ExchangeOp

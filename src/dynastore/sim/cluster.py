@@ -33,7 +33,7 @@ from typing import Any
 import msgpack
 
 from dynastore.core import messages
-from dynastore.core.effects import Log
+from dynastore.core.effects import Event
 from dynastore.core.messages import ClientRequest, ClientResponse, Message
 from dynastore.core.node import Batch, ClientJoin, Effect, NodeCore, Reply, Send
 from dynastore.settings import Settings
@@ -108,7 +108,7 @@ class SimNode:
         # Why the node's core asked to stop (a `Stop` effect), if it did.
         self.stop_reason: str | None = None
         # What the core asked to be logged (the last LOGGED_MAX).
-        self.logged: collections.deque[Log] = collections.deque(maxlen=LOGGED_MAX)
+        self.logged: collections.deque[Event] = collections.deque(maxlen=LOGGED_MAX)
         self.backlog: list[_InFlight | tuple[int, ClientRequest | ClientJoin]] = []
         self.start(now_ms)
 
@@ -381,7 +381,7 @@ class SimCluster:
                 self.replies[effect.request_id] = effect.response
             elif isinstance(effect, Send):
                 self._send(name, effect)
-            elif isinstance(effect, Log):
+            elif isinstance(effect, Event):
                 self.nodes[name].logged.append(effect)
             else:
                 # A simulated node that asks to stop keeps running: tests look at what it did before.
