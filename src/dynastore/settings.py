@@ -145,6 +145,10 @@ class Settings:
     # --- Membership, gossip and failure detection ------------------------------------------------------
     gossip_interval_ms: int = 1000
     heartbeat_interval_ms: int = 1000
+    # How long a new node started with seeds keeps trying while none of them answers (nodes started
+    # together come up in any order); then it stops with an error. A seed that answers and refuses it
+    # (another cluster, another secret) stops it at once.
+    seed_join_timeout_ms: int = 120_000
     phi_threshold: float = 8.0
     phi_window_count: int = 100
     phi_min_std_dev_ms: int = 200
@@ -300,6 +304,7 @@ def _validate(s: Settings) -> None:
     need(s.counter_lease_count >= 1, "counter_lease_count must be positive")
     need(s.gossip_interval_ms >= 1, "gossip_interval_ms must be positive")
     need(s.heartbeat_interval_ms >= 1, "heartbeat_interval_ms must be positive")
+    need(s.seed_join_timeout_ms >= 1, "seed_join_timeout_ms must be positive")
     need(s.phi_threshold > 0, "phi_threshold must be positive")
     need(s.anti_entropy_segments_count >= 1, "anti_entropy_segments_count must be positive")
     need(s.anti_entropy_interval_ms >= 1, "anti_entropy_interval_ms must be positive")

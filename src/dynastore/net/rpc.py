@@ -279,6 +279,7 @@ class _Incoming(asyncio.Protocol):
         # The peer's hello and ours, once the first step is done; the peer's name once it is proved.
         self.theirs: Hello | None = None
         self.ours = Hello(node.cluster, node.name, node.host, node.port, os.urandom(NONCE_BYTES))
+        self.refused_hello = False
         self.peer = ""
         self.opener: Opener | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -311,7 +312,14 @@ class _Incoming(asyncio.Protocol):
             self.last_active = time.monotonic()
             while (frame := self.decoder.next()) is not None:
                 if self.theirs is None:
-                    self.theirs, _ = decode_hello(frame, node.cluster)
+                    try:
+                        self.theirs, _ = decode_hello(frame, node.cluster)
+                    except FrameError:
+                        # Answer with our own hello (no proofs) before closing, so that the dialling
+                        # side can say why it was refused (another cluster, another protocol version)
+                        # instead of seeing a dead link.
+                        self.refused_hello = True
+                        raise
                     proofs = tuple(proof(k, "server", self.theirs, self.ours) for k in node.keys().keys(PEER))
                     assert self.transport is not None
                     self.transport.write(encode_hello(self.ours, proofs))
@@ -331,7 +339,12 @@ class _Incoming(asyncio.Protocol):
                 node.auth_failures += 1
             log.warning("dropping peer %s: %s", self.peer or (self.theirs.node if self.theirs else "?"), exc)
             if self.transport is not None:
-                self.transport.abort()
+                if self.refused_hello:
+                    self.refused_hello = False
+                    self.transport.write(encode_hello(self.ours))
+                    self.transport.close()
+                else:
+                    self.transport.abort()
 
     def _whole(self, payload: bytes) -> bytes | None:
         """A message's payload once all of it is here (None while its fragments arrive), counting what

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynastore.core.effects import Log
+from dynastore.core.effects import Event
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
 from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCore, Reply, Send
 from dynastore.core.nodebase import StartupError
@@ -37,6 +37,10 @@ from dynastore.storage import open_engine
 from dynastore.storage.base import Engine, NoSpaceError, Space, StorageError
 
 log = logging.getLogger("dynastore.node")
+# What the core reports as events (core/effects.py Event), one line each; the JSON log format gives
+# each event's kind and fields (runtime/logs.py).
+events = logging.getLogger("dynastore.events")
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 LATENCY_WINDOW_S = 60.0
 LATENCY_SAMPLES_MAX = 200_000
@@ -83,6 +87,12 @@ class NodeConfig:
     data_dir: Path
     seeds: tuple[tuple[str, int], ...] = ()
     weight: int = 1
+
+
+def log_event(event: Event) -> None:
+    level = LEVELS[event.level]
+    if events.isEnabledFor(level):
+        events.log(level, "%s", event.text, extra={"event": event.kind, "fields": dict(event.fields)})
 
 
 class Clock:
@@ -175,6 +185,8 @@ class NodeRuntime:
         self.latency = {"get": LatencyWindow(), "put": LatencyWindow()}
         self.started_at = time.time()
         self.stopping = asyncio.Event()
+        # Why the node stops on its own when it must (a seed refused it): the process exits with it.
+        self.failure: str | None = None
 
     # --- Lifecycle ------------------------------------------------------------------------------------
 
@@ -263,17 +275,42 @@ class NodeRuntime:
             self.engine.close()
 
     async def _join_seeds(self) -> None:
-        """A fresh node started with seeds joins their cluster, retrying until one answers."""
+        """A fresh node started with seeds joins their cluster. A seed that answers and refuses it
+        (another cluster, another secret, ...) stops the node with the reason; while none answers it
+        retries, warning, for up to seed_join_timeout_ms (nodes started together come up in any
+        order), then stops with an error: a node meant to join must never carry on alone."""
+        deadline = time.monotonic() + self.settings.seed_join_timeout_ms / 1000
+        attempt = 0
         while True:
+            attempt += 1
+            problems: list[str] = []
             for host, port in self.config.seeds:
                 response = await self.request(ClientJoin(host, port))
                 if not isinstance(response, Failure):
                     log.info("%s joined the cluster through %s:%d", self.config.name, host, port)
                     return
-                log.info("join through %s:%d failed: %s", host, port, response.reason)
                 if response.kind == "bad_request":
+                    self.fail(f"seed {host}:{port} refused {self.config.name}: {response.reason}")
                     return
+                problems.append(f"{host}:{port}: {response.reason}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.fail(
+                    f"no seed answered in seed_join_timeout_ms={self.settings.seed_join_timeout_ms} "
+                    f"({'; '.join(problems)})"
+                )
+                return
+            # Every attempt at first, then every tenth: a seed slow to start is not an emergency.
+            if attempt <= 3 or attempt % 10 == 0:
+                log.warning("no seed answered yet (%s); retrying for %.0f s more", "; ".join(problems), left)
             await asyncio.sleep(1.0)
+
+    def fail(self, reason: str) -> None:
+        """Stop the node because it cannot go on as it was asked to; the process exits with `reason`."""
+        log.error("%s; stopping", reason)
+        if self.failure is None:
+            self.failure = reason
+        self.stopping.set()
 
     # --- Inputs ------------------------------------------------------------------------------------------
 
@@ -409,8 +446,8 @@ class NodeRuntime:
                 if effect.dst == self.config.name and effect.address is None:
                     continue
                 transport.send(effect.dst, effect.msg, effect.address)
-            elif isinstance(effect, Log):
-                log.log(logging.getLevelName(effect.level.upper()), "%s", effect.text)
+            elif isinstance(effect, Event):
+                log_event(effect)
             elif not self.stopping.is_set():
                 log.info("%s; stopping", effect.reason)
                 self.stopping.set()

@@ -9,6 +9,7 @@ import logging
 import signal
 
 from dynastore.api.http import make_server
+from dynastore.core.nodebase import StartupError
 from dynastore.net import tls
 from dynastore.runtime.node import NodeConfig, NodeRuntime
 from dynastore.settings import Settings
@@ -45,6 +46,8 @@ async def run_node(config: NodeConfig, settings: Settings) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.stop(), 5)
         await runtime.stop()
+    if runtime.failure is not None:
+        raise StartupError(runtime.failure)
 
 
 def serve(config: NodeConfig, settings: Settings) -> None:
