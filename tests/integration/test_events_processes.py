@@ -71,9 +71,8 @@ def test_a_seed_that_holds_another_secret_refuses_a_new_node_which_stops(
     other.write_text("a different secret, long enough\n")
     other.chmod(0o600)
     stranger = cluster.add_node(seeds=(cluster[0].peer_address,))
-    stranger.overrides = tuple(o for o in stranger.overrides if not o.startswith("cluster_secret_file=")) + (
-        f"cluster_secret_file={other}",
-    )
+    kept = [o for o in stranger.overrides if not o.startswith("cluster_secret_file=")]
+    stranger.overrides = (*kept, f"cluster_secret_file={other}")
     stranger.start()
     code = wait_exit(stranger, 30)
     assert code is not None and code != 0, stranger.log_tail()
