@@ -883,64 +883,49 @@ def bench() -> None:
     """Benchmarks and experiments."""
 
 
-@bench.command("partitioning", context_settings={"ignore_unknown_options": True})
-@click.option("--nodes", type=click.IntRange(1, 1000), default=30, show_default=True)
-@click.option("--n", "n_val", type=click.IntRange(1, 10), default=3, show_default=True)
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def partitioning(nodes: int, n_val: int, extra: tuple[str, ...]) -> None:
-    """The Dynamo paper's partitioning experiment (load balance of three strategies)."""
-    from dynastore.bench.partitioning import main as run_partitioning
-
-    sys.exit(run_partitioning(["--nodes", str(nodes), "--n", str(n_val), *extra]))
-
-
-@bench.command("repair", context_settings={"ignore_unknown_options": True})
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def repair(extra: tuple[str, ...]) -> None:
-    """Anti-entropy: bytes exchanged per difference (traffic) and foreground p99 during repair (pacing)."""
-    from dynastore.bench.repair import main as run_repair
-
-    sys.exit(run_repair(list(extra)))
-
-
-@bench.command("detection", context_settings={"ignore_unknown_options": True})
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def detection(extra: tuple[str, ...]) -> None:
-    """Time failure detection after SIGKILL and SIGSTOP of one node (see --help of the module)."""
-    from dynastore.bench.detection import main as run_detection
-
-    sys.exit(run_detection(list(extra)))
-
-
-@bench.command("cost", context_settings={"ignore_unknown_options": True})
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def cost(extra: tuple[str, ...]) -> None:
-    """CPU per request on each node: ping, reads on 1 and 3 nodes, inserts (see --help of the module)."""
-    from dynastore.bench.cost import main as run_cost
-
-    sys.exit(run_cost(list(extra)))
-
-
-# The module parses its own options, so --help is passed through to it rather than answered here.
+# Each bench module parses its own options (argparse), so its command hands it every argument, --help
+# included: the help then lists the module's options rather than click's one EXTRA argument.
 _PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
 
+# name -> (module, its entry point, summary shown by `dynastore bench --help`)
+_BENCH_COMMANDS = {
+    "partitioning": (
+        "dynastore.bench.partitioning",
+        "main",
+        "The Dynamo paper's partitioning experiment (load balance of three strategies).",
+    ),
+    "repair": (
+        "dynastore.bench.repair",
+        "main",
+        "Anti-entropy: bytes exchanged per difference (traffic) and foreground p99 during repair (pacing).",
+    ),
+    "detection": ("dynastore.bench.detection", "main", "Time failure detection after SIGKILL and SIGSTOP of one node."),
+    "cost": (
+        "dynastore.bench.cost",
+        "main",
+        "CPU per request on each node: ping, reads on 1 and 3 nodes, inserts, counter increments.",
+    ),
+    "ycsb": ("dynastore.bench.ycsb", "main", "YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj."),
+    "paper": (
+        "dynastore.bench.ycsb",
+        "paper_main",
+        "The Dynamo paper's measurements: client- vs server-driven coordination, buffered vs durable writes.",
+    ),
+}
 
-@bench.command("ycsb", context_settings=_PASS_THROUGH, add_help_option=False)
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def ycsb(extra: tuple[str, ...]) -> None:
-    """YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj (see --help)."""
-    from dynastore.bench.ycsb import main as run_ycsb
 
-    sys.exit(run_ycsb(list(extra)))
+def _bench_command(name: str, module: str, entry: str, summary: str) -> None:
+    @bench.command(name, context_settings=_PASS_THROUGH, add_help_option=False, help=summary)
+    @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+    def command(extra: tuple[str, ...]) -> None:
+        import importlib
+
+        run: Callable[[list[str]], int] = getattr(importlib.import_module(module), entry)
+        sys.exit(run(list(extra)))
 
 
-@bench.command("paper", context_settings=_PASS_THROUGH, add_help_option=False)
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def paper(extra: tuple[str, ...]) -> None:
-    """The Dynamo paper's measurements: client- vs server-driven coordination, buffered vs durable writes."""
-    from dynastore.bench.ycsb import paper_main
-
-    sys.exit(paper_main(list(extra)))
+for _name, (_module, _entry, _summary) in _BENCH_COMMANDS.items():
+    _bench_command(_name, _module, _entry, _summary)
 
 
 if __name__ == "__main__":
