@@ -2,4 +2,4 @@
 
 from dynastore.cli import main
 
-main()
+main(prog_name="dynastore")

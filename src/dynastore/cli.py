@@ -1,6 +1,8 @@
 """The `dynastore` command: run nodes, a local cluster, cluster administration, data commands, benchmarks.
 
-Every command has --help; an error is one line on stderr and a non-zero exit status.
+Every command has --help; an error is one line on stderr. Exit status: 0 done, 1 error, 2 usage (a bad
+option or argument, as click reports it), 3 not found (a key, a bucket type, a user...). Every command
+that reads takes --json (`JSON_OPTION`) and prints the answer as one JSON document instead of text.
 """
 
 from __future__ import annotations
@@ -17,18 +19,60 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
+from dynastore import __version__
 from dynastore.settings import Settings, SettingsError, load_file
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # click's own, for a bad option or argument
+EXIT_NOT_FOUND = 3
 
-def _fail(message: str) -> None:
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     click.echo(f"dynastore: {message}", err=True)
-    sys.exit(1)
+    sys.exit(code)
+
+
+def _not_found(message: str) -> NoReturn:
+    _fail(message, EXIT_NOT_FOUND)
+
+
+# --- --json ----------------------------------------------------------------------------------------------
+
+_JSON_META = "dynastore.json"
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    ctx.meta[_JSON_META] = value
+
+
+def JSON_OPTION(fn: F) -> F:
+    """--json on a command that reads: the command hands what it read to `_output`, which prints it as
+    JSON with this option and as text (the command's own printer) without."""
+    return click.option(
+        "--json",
+        is_flag=True,
+        expose_value=False,
+        callback=_remember_json,
+        help="Print the answer as JSON (for scripts) instead of text.",
+    )(fn)
+
+
+def _json_wanted() -> bool:
+    return bool(click.get_current_context().meta.get(_JSON_META))
+
+
+def _output(data: Any, text: Callable[[Any], None]) -> None:
+    """Print `data` as JSON when --json was given, else as `text` prints it."""
+    if _json_wanted():
+        click.echo(json.dumps(data, indent=2))
+    else:
+        text(data)
 
 
 def _settings(config: str | None, overrides: tuple[str, ...]) -> Settings:
@@ -52,6 +96,7 @@ def _address(text: str, what: str) -> tuple[str, int]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="dynastore", message="%(prog)s %(version)s")
 def main() -> None:
     """dynastore: a highly available, decentralised key-value store (Dynamo design)."""
 
@@ -293,14 +338,31 @@ def _auth_headers(url: str, method: str, target: str, body: bytes, basic: bool =
 
 @main.group()
 def cluster() -> None:
-    """Membership: status, ring, join, leave."""
+    """Membership: status, ring, join, leave, remove."""
 
 
 def _remember_ca(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     # The CA travels in the environment so that every helper that talks to nodes (the HTTP client, the
     # admin calls, LocalCluster's probes) verifies https:// nodes the same way.
     if value:
+        from dynastore.net.tls import http_client_context
+
+        # Loaded once here so that a missing or unreadable CA is a usage error, not a traceback later.
+        try:
+            http_client_context(value)
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"{value!r}: {exc}") from None
         os.environ["DYNASTORE_CA"] = value
+
+
+def _check_node(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # --ca is eager, so it has been seen (and is in the environment) by the time --node is checked.
+    from dynastore.addresses import node_url
+
+    try:
+        return node_url(value, tls=bool(os.environ.get("DYNASTORE_CA")))
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from None
 
 
 def _ssl_context() -> Any:
@@ -313,12 +375,20 @@ def _ssl_context() -> Any:
 
 
 _URL_OPTION = click.option(
-    "--node", "url", default="http://127.0.0.1:8098", show_default=True, help="HTTP address of the node to act on."
+    "--node",
+    "url",
+    default="http://127.0.0.1:8098",
+    show_default=True,
+    metavar="URL|HOST[:PORT]",
+    callback=_check_node,
+    help="The node to act on: its URL, or host[:port] (http://, or https:// with --ca; port 8098).",
 )
 _CA_OPTION = click.option(
     "--ca",
     envvar="DYNASTORE_CA",
+    metavar="FILE",
     expose_value=False,
+    is_eager=True,
     callback=_remember_ca,
     help="CA file that verifies https:// nodes (env DYNASTORE_CA).",
 )
@@ -330,14 +400,14 @@ def NODE_OPTION(fn: F) -> F:
 
 @cluster.command()
 @NODE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@JSON_OPTION
 @click.option("--watch/--no-watch", default=None, help="Follow transfers until they finish (default: in a terminal).")
-def status(url: str, as_json: bool, watch: bool | None) -> None:
+def status(url: str, watch: bool | None) -> None:
     """Members as this node sees them (status, reachability, phi, partitions) and ring transfers."""
-    data = _admin(url, "/admin/status")
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
+    _output(_admin(url, "/admin/status"), lambda data: _print_status(url, data, watch))
+
+
+def _print_status(url: str, data: dict[str, Any], watch: bool | None) -> None:
     click.echo(
         f"cluster {data['cluster']}  seen from {data['node']}  ring v{data['ring_version']}  "
         f"claimant {data['claimant']}  hints pending {data['hints_pending']}"
@@ -428,9 +498,13 @@ def _watch_transfers(url: str, data: dict[str, Any]) -> None:
 
 @cluster.command()
 @NODE_OPTION
+@JSON_OPTION
 def ring(url: str) -> None:
     """Partition ownership."""
-    data = _admin(url, "/ring")
+    _output(_admin(url, "/ring"), _print_ring)
+
+
+def _print_ring(data: dict[str, Any]) -> None:
     click.echo(f"ring v{data['version']}: {data['ring_size']} partitions")
     counts: dict[str, int] = {}
     for owner in data["owners"]:
@@ -480,9 +554,13 @@ def _admin(
             headers["Content-Type"] = "application/json"
         return http_json(url.rstrip("/") + target, timeout_s=30.0, method=method, data=body, headers=headers)
     except urllib.error.HTTPError as exc:
-        _fail(f"{exc.code}: {exc.read().decode(errors='replace').strip()}")
+        reason = exc.read().decode(errors="replace").strip()
+        _fail(f"{exc.code}: {reason}", EXIT_NOT_FOUND if exc.code == 404 else EXIT_ERROR)
     except (OSError, urllib.error.URLError) as exc:
         _fail(f"cannot reach {url}: {exc}")
+    except ValueError as exc:
+        # Not JSON: whatever answers there is not a dynastore node (or not this version of one).
+        _fail(f"{url} answered {path} with something other than JSON: {exc}")
 
 
 # --- bucket types ------------------------------------------------------------------------------------------------
@@ -544,27 +622,23 @@ def bucket_type_update(name: str, props: str, url: str) -> None:
 @bucket_type.command("status")
 @click.argument("name")
 @NODE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def bucket_type_status(name: str, url: str, as_json: bool) -> None:
-    """Whether bucket type NAME is active, and the properties it sets."""
-    data = _admin(url, f"/admin/bucket-types/{_quote_segment(name)}")
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    _print_type(data)
+@JSON_OPTION
+def bucket_type_status(name: str, url: str) -> None:
+    """Whether bucket type NAME is active, and the properties it sets (exit 3 when there is no such type)."""
+    _output(_admin(url, f"/admin/bucket-types/{_quote_segment(name)}"), _print_type)
 
 
 @bucket_type.command("list")
 @NODE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def bucket_type_list(url: str, as_json: bool) -> None:
+@JSON_OPTION
+def bucket_type_list(url: str) -> None:
     """Every bucket type, and whether it is active."""
-    data = _admin(url, "/admin/bucket-types")
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    for entry in data["types"]:
-        click.echo(f"{entry['name']} ({'active' if entry['active'] else 'not active'})")
+
+    def text(data: dict[str, Any]) -> None:
+        for entry in data["types"]:
+            click.echo(f"{entry['name']} ({'active' if entry['active'] else 'not active'})")
+
+    _output(_admin(url, "/admin/bucket-types"), text)
 
 
 def _quote_segment(name: str) -> str:
@@ -603,25 +677,30 @@ def security_disable(url: str) -> None:
 
 @security.command("status")
 @NODE_OPTION
+@JSON_OPTION
 def security_status(url: str) -> None:
     """Whether security is on, and how many users there are."""
     data = _admin(url, "/admin/security")
-    click.echo(f"security {'enabled' if data['enabled'] else 'disabled'}; {len(data['users'])} users")
+
+    def text(summary: dict[str, Any]) -> None:
+        click.echo(f"security {'enabled' if summary['enabled'] else 'disabled'}; {summary['users']} users")
+
+    _output({"enabled": data["enabled"], "users": len(data["users"])}, text)
 
 
 @security.command("list")
 @NODE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def security_list(url: str, as_json: bool) -> None:
+@JSON_OPTION
+def security_list(url: str) -> None:
     """Every user and what it is granted, and on what."""
-    data = _admin(url, "/admin/security")
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    click.echo(f"security {'enabled' if data['enabled'] else 'disabled'}")
-    for user in data["users"]:
-        grants = ", ".join(f"{g['permission']} on {g['on']}" for g in user["grants"]) or "nothing"
-        click.echo(f"  {user['name']}: {grants}")
+
+    def text(data: dict[str, Any]) -> None:
+        click.echo(f"security {'enabled' if data['enabled'] else 'disabled'}")
+        for user in data["users"]:
+            grants = ", ".join(f"{g['permission']} on {g['on']}" for g in user["grants"]) or "nothing"
+            click.echo(f"  {user['name']}: {grants}")
+
+    _output(_admin(url, "/admin/security"), text)
 
 
 @security.command("add-user")
@@ -728,33 +807,139 @@ def _run(coro: Any) -> Any:
     try:
         return asyncio.run(coro)
     except ClientError as exc:
-        _fail(str(exc))
+        _fail(str(exc), EXIT_NOT_FOUND if exc.status == 404 else EXIT_ERROR)
 
 
 @main.command()
 @click.argument("bucket")
 @click.argument("key")
 @NODE_OPTION
+@JSON_OPTION
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the value's bytes to this file, unchanged (binary values).",
+)
+@click.option("--raw", is_flag=True, help="Write the value's bytes to standard output, unchanged.")
+@click.option(
+    "--sibling",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only sibling N (numbered as get lists them); -o and --raw need it when there are siblings.",
+)
 @_quorum_options("r", "pr")
-def get(bucket: str, key: str, url: str, r: str | None, pr: str | None) -> None:
-    """Fetch a key; every sibling is shown, numbered."""
+def get(
+    bucket: str,
+    key: str,
+    url: str,
+    output: str | None,
+    raw: bool,
+    sibling: int | None,
+    r: str | None,
+    pr: str | None,
+) -> None:
+    """Fetch a key; every sibling is shown, numbered (exit 3 when it does not exist).
+
+    Values that are not UTF-8 text are not printed: -o FILE or --raw writes the bytes as stored. A key
+    with siblings has several values, so -o and --raw refuse it (exit 1, naming the count) unless
+    --sibling N picks one. The context, for a put that resolves what was read, goes to standard error.
+    """
     from dynastore.client.http import HttpClient
 
-    async def go() -> None:
+    if output is not None and raw:
+        raise click.UsageError("-o/--output and --raw both say where the value goes: give one")
+    if _json_wanted() and (output is not None or raw):
+        raise click.UsageError("--json prints the value itself (base64 too): it does not go with -o or --raw")
+
+    async def fetch() -> Any:
         async with HttpClient(url, ssl_context=_ssl_context(), auth=_user_auth()) as client:
-            fetched = await client.get(bucket, key, r=r, pr=pr)
-        if not fetched.exists:
-            click.echo(f"not found{' (deleted)' if fetched.context else ''}", err=True)
-            sys.exit(2)
-        if len(fetched.values) == 1:
-            click.echo(fetched.values[0].data.decode(errors="replace"))
+            return await client.get(bucket, key, r=r, pr=pr)
+
+    fetched = _run(fetch())
+    if not fetched.exists:
+        _not_found(f"{bucket}/{key} not found{' (deleted)' if fetched.context else ''}")
+    values = list(fetched.values)
+    if sibling is not None:
+        if sibling > len(values):
+            _fail(f"{bucket}/{key} has {_siblings(len(values))}: there is no sibling {sibling}")
+        values = [values[sibling - 1]]
+    if output is not None or raw:
+        if len(values) > 1:
+            _fail(
+                f"{bucket}/{key} has {len(values)} siblings: pick one with --sibling N (1 to {len(values)}), "
+                "or see them all without -o/--raw"
+            )
+        if raw:
+            sys.stdout.buffer.write(values[0].data)
+            sys.stdout.buffer.flush()
         else:
-            click.echo(f"{len(fetched.values)} siblings:")
-            for i, value in enumerate(fetched.values, 1):
-                click.echo(f"  [{i}] ({value.content_type}, vtag {value.vtag}) {value.data.decode(errors='replace')}")
+            assert output is not None
+            _write_file(Path(output), values[0].data)
+        click.echo(f"context: {fetched.context}", err=True)
+        return
+
+    def text(_: object) -> None:
+        if len(values) == 1:
+            click.echo(_printable(values[0]))
+        else:
+            click.echo(f"{len(values)} siblings:")
+            for i, value in enumerate(values, 1):
+                click.echo(f"  [{i}] ({value.content_type}, vtag {value.vtag}) {_printable(value)}")
         click.echo(f"context: {fetched.context}", err=True)
 
-    _run(go())
+    numbers = range(sibling, sibling + 1) if sibling is not None else range(1, len(values) + 1)
+    document = {
+        "bucket": bucket,
+        "key": key,
+        "context": fetched.context,
+        "siblings": [_value_json(number, value) for number, value in zip(numbers, values, strict=True)],
+    }
+    _output(document, text)
+
+
+def _siblings(count: int) -> str:
+    return "1 value" if count == 1 else f"{count} siblings"
+
+
+def _printable(value: Any) -> str:
+    """A value as text, or what it is when it is not UTF-8 text (bytes are not for a terminal)."""
+    try:
+        return str(value.data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return f"<{len(value.data)} bytes of binary data ({value.content_type}): use -o FILE or --raw>"
+
+
+def _value_json(number: int, value: Any) -> dict[str, Any]:
+    """One sibling for --json: `value` is its text (null when it is not UTF-8), `value_base64` its bytes."""
+    import base64
+
+    try:
+        text: str | None = value.data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "sibling": number,
+        "content_type": value.content_type,
+        "vtag": value.vtag,
+        "last_modified": value.last_modified,
+        "usermeta": dict(value.usermeta),
+        "value": text,
+        "value_base64": base64.b64encode(value.data).decode("ascii"),
+    }
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all: a temporary file beside it, renamed over it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        _fail(f"cannot write {path}: {exc}")
 
 
 @main.command()
@@ -805,8 +990,7 @@ def delete(bucket: str, key: str, url: str, context: str | None, w: str | None) 
         async with HttpClient(url, ssl_context=_ssl_context(), auth=_user_auth()) as client:
             existed = await client.delete(bucket, key, context=context, w=w)
         if not existed:
-            click.echo("not found", err=True)
-            sys.exit(2)
+            _not_found(f"{bucket}/{key} not found")
         click.echo("deleted")
 
     _run(go())
@@ -825,26 +1009,26 @@ def dt() -> None:
 @click.argument("bucket")
 @click.argument("key")
 @NODE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print type, value and context as JSON.")
+@JSON_OPTION
 @_quorum_options("r")
-def dt_get(bucket_type: str, bucket: str, key: str, url: str, as_json: bool, r: str | None) -> None:
-    """Fetch the value of a data type (its context on standard error, for removes)."""
+def dt_get(bucket_type: str, bucket: str, key: str, url: str, r: str | None) -> None:
+    """Fetch the value of a data type (its context on standard error, for removes; exit 3 when absent)."""
     from dynastore.client.http import HttpClient
 
-    async def go() -> None:
+    async def fetch() -> Any:
         async with HttpClient(url, ssl_context=_ssl_context(), auth=_user_auth()) as client:
-            found = await client.dt_get(bucket_type, bucket, key, r=r)
-        if found is None:
-            click.echo("not found", err=True)
-            sys.exit(2)
-        if as_json:
-            click.echo(json.dumps({"type": found.type, "value": found.value, "context": found.context}))
-            return
+            return await client.dt_get(bucket_type, bucket, key, r=r)
+
+    found = _run(fetch())
+    if found is None:
+        _not_found(f"{bucket_type}/{bucket}/{key} not found")
+
+    def text(_: object) -> None:
         click.echo(json.dumps(found.value))
         if found.context:
             click.echo(f"context: {found.context}", err=True)
 
-    _run(go())
+    _output({"type": found.type, "value": found.value, "context": found.context}, text)
 
 
 @dt.command("update")
@@ -883,64 +1067,49 @@ def bench() -> None:
     """Benchmarks and experiments."""
 
 
-@bench.command("partitioning", context_settings={"ignore_unknown_options": True})
-@click.option("--nodes", type=click.IntRange(1, 1000), default=30, show_default=True)
-@click.option("--n", "n_val", type=click.IntRange(1, 10), default=3, show_default=True)
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def partitioning(nodes: int, n_val: int, extra: tuple[str, ...]) -> None:
-    """The Dynamo paper's partitioning experiment (load balance of three strategies)."""
-    from dynastore.bench.partitioning import main as run_partitioning
-
-    sys.exit(run_partitioning(["--nodes", str(nodes), "--n", str(n_val), *extra]))
-
-
-@bench.command("repair", context_settings={"ignore_unknown_options": True})
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def repair(extra: tuple[str, ...]) -> None:
-    """Anti-entropy: bytes exchanged per difference (traffic) and foreground p99 during repair (pacing)."""
-    from dynastore.bench.repair import main as run_repair
-
-    sys.exit(run_repair(list(extra)))
-
-
-@bench.command("detection", context_settings={"ignore_unknown_options": True})
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def detection(extra: tuple[str, ...]) -> None:
-    """Time failure detection after SIGKILL and SIGSTOP of one node (see --help of the module)."""
-    from dynastore.bench.detection import main as run_detection
-
-    sys.exit(run_detection(list(extra)))
-
-
-@bench.command("cost", context_settings={"ignore_unknown_options": True})
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def cost(extra: tuple[str, ...]) -> None:
-    """CPU per request on each node: ping, reads on 1 and 3 nodes, inserts (see --help of the module)."""
-    from dynastore.bench.cost import main as run_cost
-
-    sys.exit(run_cost(list(extra)))
-
-
-# The module parses its own options, so --help is passed through to it rather than answered here.
+# Each bench module parses its own options (argparse), so its command hands it every argument, --help
+# included: the help then lists the module's options rather than click's one EXTRA argument.
 _PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
 
+# name -> (module, its entry point, summary shown by `dynastore bench --help`)
+_BENCH_COMMANDS = {
+    "partitioning": (
+        "dynastore.bench.partitioning",
+        "main",
+        "The Dynamo paper's partitioning experiment (load balance of three strategies).",
+    ),
+    "repair": (
+        "dynastore.bench.repair",
+        "main",
+        "Anti-entropy: bytes exchanged per difference (traffic) and foreground p99 during repair (pacing).",
+    ),
+    "detection": ("dynastore.bench.detection", "main", "Time failure detection after SIGKILL and SIGSTOP of one node."),
+    "cost": (
+        "dynastore.bench.cost",
+        "main",
+        "CPU per request on each node: ping, reads on 1 and 3 nodes, inserts, counter increments.",
+    ),
+    "ycsb": ("dynastore.bench.ycsb", "main", "YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj."),
+    "paper": (
+        "dynastore.bench.ycsb",
+        "paper_main",
+        "The Dynamo paper's measurements: client- vs server-driven coordination, buffered vs durable writes.",
+    ),
+}
 
-@bench.command("ycsb", context_settings=_PASS_THROUGH, add_help_option=False)
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def ycsb(extra: tuple[str, ...]) -> None:
-    """YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj (see --help)."""
-    from dynastore.bench.ycsb import main as run_ycsb
 
-    sys.exit(run_ycsb(list(extra)))
+def _bench_command(name: str, module: str, entry: str, summary: str) -> None:
+    @bench.command(name, context_settings=_PASS_THROUGH, add_help_option=False, help=summary)
+    @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+    def command(extra: tuple[str, ...]) -> None:
+        import importlib
+
+        run: Callable[[list[str]], int] = getattr(importlib.import_module(module), entry)
+        sys.exit(run(list(extra)))
 
 
-@bench.command("paper", context_settings=_PASS_THROUGH, add_help_option=False)
-@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
-def paper(extra: tuple[str, ...]) -> None:
-    """The Dynamo paper's measurements: client- vs server-driven coordination, buffered vs durable writes."""
-    from dynastore.bench.ycsb import paper_main
-
-    sys.exit(paper_main(list(extra)))
+for _name, (_module, _entry, _summary) in _BENCH_COMMANDS.items():
+    _bench_command(_name, _module, _entry, _summary)
 
 
 if __name__ == "__main__":

@@ -82,8 +82,10 @@ def format_table(results: dict[str, list[float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dynastore bench detection", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--runs", type=int, default=5, help="kills and stops timed, 1 to 100 (default 5)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE", help="a setting of every node"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runs <= 100:
         parser.error("--runs must be from 1 to 100")

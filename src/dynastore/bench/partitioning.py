@@ -504,7 +504,7 @@ def _efficiency(balance: Balance) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dynastore.bench.partitioning",
+        prog="dynastore bench partitioning",
         description="Dynamo's partitioning experiment: load balance of three placement strategies "
         "at equal membership metadata.",
     )
@@ -526,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ring-size", type=int, default=None, help="Q for strategies 2 and 3 (default: nearest S*T)")
     parser.add_argument("--strategy2-ring-size", type=int, default=None, help="Q for strategy 2 only (default: as 3)")
     args = parser.parse_args(argv)
+    # The bounds `dynastore bench partitioning` checked before it handed its options over to this parser.
+    if not 1 <= args.nodes <= 1000:
+        parser.error("--nodes must be from 1 to 1000")
+    if not 1 <= args.n_val <= 10:
+        parser.error("--n must be from 1 to 10")
     results: list[Result] = []
     try:
         for tokens_per_node in args.tokens:

@@ -1,4 +1,4 @@
-"""Anti-entropy measurements (issue 5), two of them:
+"""Anti-entropy measurements, two of them:
 
 dynastore bench repair traffic [--keys 100000] [--differences 10 100 1000]
     Two replicas (simulated, exact byte counts of every anti-entropy message) that differ in D keys
@@ -215,17 +215,22 @@ async def _fill(urls: list[str], keys: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dynastore bench repair", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="what", required=True)
-    t = sub.add_parser("traffic")
-    t.add_argument("--keys", type=int, default=100_000)
-    t.add_argument("--differences", type=int, nargs="+", default=[10, 100, 1000])
-    t.add_argument("--segments", type=int, default=1024)
-    p = sub.add_parser("pacing")
-    p.add_argument("--keys", type=int, default=20_000)
-    p.add_argument("--rate", type=float, default=300.0)
-    p.add_argument("--target-ms", type=float, default=25.0)
-    p.add_argument("--runs", type=int, default=1, help="alternate controller on/off this many times")
+    # The whole docstring is the help: it names both measurements and their options.
+    parser = argparse.ArgumentParser(
+        prog="dynastore bench repair", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="what", required=True, metavar="{traffic,pacing}")
+    t = sub.add_parser("traffic", help="bytes exchanged per difference (simulated replicas)")
+    t.add_argument("--keys", type=int, default=100_000, help="keys per replica (default 100000)")
+    t.add_argument(
+        "--differences", type=int, nargs="+", default=[10, 100, 1000], help="differing keys D (default 10 100 1000)"
+    )
+    t.add_argument("--segments", type=int, default=1024, help="segments per Merkle tree (default 1024)")
+    p = sub.add_parser("pacing", help="foreground p99 while a node is rebuilt (a real 3-node cluster)")
+    p.add_argument("--keys", type=int, default=20_000, help="keys loaded (default 20000)")
+    p.add_argument("--rate", type=float, default=300.0, help="client requests per second (default 300)")
+    p.add_argument("--target-ms", type=float, default=25.0, help="background controller's p99 target (default 25)")
+    p.add_argument("--runs", type=int, default=1, help="alternate controller on/off this many times (default 1)")
     args = parser.parse_args(argv)
     if args.what == "pacing" and (args.runs < 1 or args.keys < 1 or args.rate <= 0 or args.target_ms <= 0):
         parser.error("--runs, --keys, --rate and --target-ms must be positive")

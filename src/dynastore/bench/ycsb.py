@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
+from dynastore.addresses import node_url
 from dynastore.bench.ycsb_driver import LOAD, DriverError, Outcome, Phase, run_phase
 from dynastore.bench.ycsb_machine import describe
 from dynastore.bench.ycsb_peers import PeerError, PeerUnavailable, RunningPeer, running
@@ -405,6 +406,10 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser, paper: bo
         parser.error("buffered writes and the paper's comparisons need clusters the benchmark starts, not --url")
     if not (1 <= args.nodes <= 16 and 1 <= args.paper_nodes <= 16):
         parser.error("--nodes and --paper-nodes must be from 1 to 16")
+    try:
+        urls = tuple(node_url(url) for url in args.url)
+    except ValueError as exc:
+        parser.error(f"--url: {exc}")
     return BenchConfig(
         targets=targets,
         workloads=workloads,
@@ -417,7 +422,7 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser, paper: bo
         seed=args.seed,
         value_bytes=args.value_bytes,
         overrides=tuple(args.overrides),
-        urls=tuple(args.url),
+        urls=urls,
         nodes=args.nodes,
         paper=wants_paper,
         paper_nodes=args.paper_nodes,
