@@ -194,7 +194,10 @@ class Browser:
             await asyncio.sleep(interval_s)
 
     async def screenshot(self, path: Path) -> Path:
-        reply = await self.command("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        """The whole page (not only the window) as a PNG at `path`."""
+        size = (await self.command("Page.getLayoutMetrics"))["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        reply = await self.command("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(reply["data"]))
         return path

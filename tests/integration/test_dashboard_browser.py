@@ -62,11 +62,16 @@ class Load:
             self.stop.wait(0.02)
 
 
+# DYNASTORE_SCREENSHOT_DIR=docs saves the screenshot as docs/dashboard.png too (the README's), after
+# SCREENSHOT_LOAD_S of load so that the charts have a history to show.
+SCREENSHOT_DIR = os.environ.get("DYNASTORE_SCREENSHOT_DIR")
+SCREENSHOT_LOAD_S = 45.0
+
+
 def screenshot_targets(tmp_path: Path) -> list[Path]:
     targets = [tmp_path / "dashboard.png"]
-    extra = os.environ.get("DYNASTORE_SCREENSHOT_DIR")
-    if extra:
-        targets.append(Path(extra) / "dashboard.png")
+    if SCREENSHOT_DIR:
+        targets.append(Path(SCREENSHOT_DIR) / "dashboard.png")
     return targets
 
 
@@ -99,6 +104,8 @@ def test_the_dashboard_shows_three_members_up_then_a_killed_one_down_within_ten_
                 await page.wait_for(
                     "parseFloat(document.querySelector('#throughput-legend li').textContent.split(': ')[1]) > 0", 20
                 )
+                if SCREENSHOT_DIR:
+                    await asyncio.sleep(SCREENSHOT_LOAD_S)
                 killed_at = time.monotonic()
                 victim.kill()
                 await page.wait_for(
