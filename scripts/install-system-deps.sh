@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite needs when they are missing:
-# iproute2 (network namespaces, veth), iptables (cutting links), faketime (clock skew) and strace
-# (the storage tests count fsync calls with it).
+# iproute2 (network namespaces, veth), iptables (cutting links), faketime (clock skew), strace
+# (the storage tests count fsync calls with it) and chromium with a font (the dashboard's test drives
+# it headless; nothing downloads a browser at run time).
 # Needs root and apt; on any other machine it says what is missing and stops.
 set -euo pipefail
 
@@ -10,6 +11,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

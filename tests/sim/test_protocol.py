@@ -198,6 +198,39 @@ def test_with_two_primaries_down_a_w2_write_lands_on_fallbacks_and_hints_drain_a
     assert all(local(c, n, b"k") is None for n in fallbacks)
 
 
+def test_admin_status_counts_hints_per_owner_across_a_restart_and_to_zero_once_delivered() -> None:
+    """The dashboard's hints per peer: each fallback's status names the down owners it holds hints for,
+    the counts add up to its total, survive its own restart (counted from storage) and fall to zero
+    once the owners are back and the hints delivered."""
+    c = SimCluster(5)
+    owners = primaries(c, b"k")
+    down = owners[1:]
+    for node in down:
+        c.crash(node)
+    put(c, owners[0], b"k", b"sloppy", w=2)
+    put(c, owners[0], b"k2", b"sloppy", w=2)
+    c.run_until(lambda: sum(c.core(n).hints_pending for n in c.nodes if c.nodes[n].up) >= 2, 1000)
+
+    def per_owner(node: str) -> dict[str, int]:
+        status = c.core(node).admin_status(c.now_ms)
+        return {m["name"]: m["hints_pending"] for m in status["members"] if m["hints_pending"]}
+
+    holders = [n for n in c.nodes if c.nodes[n].up and c.core(n).hints_pending]
+    assert holders
+    for node in holders:
+        counts = per_owner(node)
+        assert sum(counts.values()) == c.core(node).hints_pending
+        assert set(counts) <= set(down)
+    before = {n: per_owner(n) for n in holders}
+    c.stop(holders[0])
+    c.restart(holders[0])
+    assert per_owner(holders[0]) == before[holders[0]]
+    for node in down:
+        c.restart(node)
+    c.settle(5_000)
+    assert all(per_owner(n) == {} for n in c.nodes)
+
+
 def test_a_replica_that_missed_a_write_has_it_after_one_get() -> None:
     """Read repair: a primary that was down during a write is repaired by the next read."""
     c = SimCluster(3, Settings(ring_size=16, hinted_handoff_enabled=False))

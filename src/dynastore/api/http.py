@@ -13,8 +13,8 @@ Every input is validated here before it reaches the node; bad input gets a 4xx w
 reason and changes nothing. Header text that is not UTF-8 (the server hands it over as lone surrogates)
 is refused, because it could not be stored. A 500 means a bug.
 
-Beyond Riak's resources, `/ring` serves the ring for partition-aware clients and `/admin/...` serves
-the cluster commands of the CLI.
+Beyond Riak's resources, `/ring` serves the ring for partition-aware clients, `/admin/...` serves
+the cluster commands of the CLI and `/dashboard` the operator's page (dashboard.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from urllib.parse import quote
 from multidict import CIMultiDict
 
 from dynastore import __version__
-from dynastore.api import admin, auth, datatypes
+from dynastore.api import admin, auth, dashboard, datatypes
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
 from dynastore.core import bucketprops, buckettypes, crdt, keys, objects, quorum, ringdoc
@@ -211,6 +211,8 @@ class Api:
             return await self._allow(request, READ_METHODS, self.ring)
         if head == b"admin":
             return await admin.handle(self.runtime, self.guard, request, rest)
+        if head == b"dashboard":
+            return dashboard.handle(request, rest)
         if head == b"buckets":
             return await self._buckets(request, rest, CURRENT)
         if head == b"types":

@@ -66,7 +66,11 @@ class Handoff(NodeBase):
         self._stray_inflight = False
         self._sweep_cursor = 0
         self._hint_count = self.engine.count("hints")
-        self._hint_bytes = sum(len(raw) for _, raw in self._scan_all("hints", b"", None))
+        self._hint_bytes = 0
+        self._hints_by_owner = {}
+        for hkey, raw in self._scan_all("hints", b"", None):
+            self._hint_bytes += len(raw)
+            self._count_hint_owner(hkey, +1)
         self._next_hint_scan_ms = now_ms + self.settings.hint_scan_interval_ms
         self._next_transfer_ms = now_ms
         self._next_stray_ms = now_ms + self.settings.stray_scan_interval_ms

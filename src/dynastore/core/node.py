@@ -424,6 +424,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
                     "reachable": me or self.detector.is_up(m.name, now_ms),
                     "phi": 0.0 if me else round(self.detector.phi(m.name, now_ms), 2),
                     "partitions": counts.get(m.name, 0),
+                    # Hints this node holds for the member, to hand over when it is reachable.
+                    "hints_pending": self._hints_by_owner.get(m.name, 0),
                 }
             )
         return members

@@ -129,6 +129,8 @@ class NodeBase(ABC):
     # Hints held, and their bytes: both bounded (hints_max, hints_bytes_max).
     _hint_count: int
     _hint_bytes: int
+    # Hints held per owner they are for (owners with none are absent): what the dashboard shows.
+    _hints_by_owner: dict[str, int]
 
     def _init_base(self, engine: Engine, now_ms: int) -> None:
         """The state every concern shares: storage pipeline, caches, op registry, stats, failure detector."""
@@ -267,6 +269,7 @@ class NodeBase(ABC):
         if area == "hints":
             self._hint_count -= 1
             self._hint_bytes -= len(raw)
+            self._count_hint_owner(key, -1)
             return
         self._put("reap", key, None)
         # The segment index still holds the summary of what the copy was: now the tree shows it missing.
@@ -327,6 +330,7 @@ class NodeBase(ABC):
             return False
         if local is None:
             self._hint_count += 1
+            self._count_hint_owner(hkey, +1)
             self.stats.hinted_writes += 1
         self._hint_bytes += grown
         self._put("hints", hkey, raw)
@@ -338,6 +342,19 @@ class NodeBase(ABC):
         self._put("hints", hkey, None)
         self._hint_count -= 1
         self._hint_bytes -= len(raw)
+        self._count_hint_owner(hkey, -1)
+
+    def _count_hint_owner(self, hkey: bytes, change: int) -> None:
+        """Count one hint more or fewer for the owner `hkey` names (a key that names none is not counted)."""
+        try:
+            owner = hints.parse(hkey)[0]
+        except hints.HintKeyError:
+            return
+        count = self._hints_by_owner.get(owner, 0) + change
+        if count > 0:
+            self._hints_by_owner[owner] = count
+        else:
+            self._hints_by_owner.pop(owner, None)
 
     def _read_local(self, bucket: bytes, key: bytes) -> Object | None:
         """This node's copy of a key: its data, merged with any hints it holds for other owners."""
