@@ -3,6 +3,7 @@ came after the backup by anti-entropy, keeps deleted keys deleted and never reus
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from http_util import call, get, obj, put
 
@@ -166,7 +167,7 @@ def test_a_sqlite_node_restored_from_its_backup_holds_the_same_copies(
     make_cluster: MakeCluster, tmp_path: Path
 ) -> None:
     """SQLite's backup API round trip on one node: every stored copy (values, tombstones, clocks) is as
-    it was, and the node takes a new epoch."""
+    it was, and the node takes a new epoch. A backup while one is streaming is refused (409)."""
     cluster = make_cluster(1, "storage_engine=sqlite", "n_val=1", "r=1", "w=1", "tombstone_grace_ms=600000")
     node = cluster[0]
     keys = [f"key{i}" for i in range(200)]
@@ -174,11 +175,31 @@ def test_a_sqlite_node_restored_from_its_backup_holds_the_same_copies(
         assert put(node.url, BUCKET, key, b"v%d" % i)[0] == 204
     for key in keys[::10]:
         assert call("DELETE", obj(node.url, BUCKET, key))[0] == 204
+    # Large values, so that a backup whose client reads nothing stays stalled in its stream.
+    for i in range(12):
+        assert put(node.url, BUCKET, f"large{i}", bytes([65 + i]) * 1_000_000)[0] == 204
+    keys += [f"large{i}" for i in range(12)]
     before = {key: local(node, key) for key in keys}
     actor_before = cluster.stats(node)["actor"]
+    parts = urlsplit(node.url)
+    stalled = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        stalled.request("GET", "/admin/backup")
+        assert stalled.getresponse().status == 200
+        second = cli("backup", "--node", node.url, "--out", str(tmp_path / "second"))
+        assert second.returncode == 1 and "409" in second.stderr and "already running" in second.stderr
+        assert not (tmp_path / "second").exists()
+    finally:
+        stalled.close()
     out = tmp_path / "backup"
-    result = cli("backup", "--node", node.url, "--out", str(out))
-    assert result.returncode == 0, result.stderr
+
+    def backed_up() -> bool:
+        result = cli("backup", "--node", node.url, "--out", str(out))
+        # Until the node has seen the stalled client go, it still refuses a second backup.
+        assert result.returncode == 0 or "already running" in result.stderr, result.stderr
+        return result.returncode == 0
+
+    cluster.wait(backed_up, 60, "the backup once the stalled one has gone", poll_s=0.5)
     assert json.loads((out / "manifest.json").read_text())["engine"] == "sqlite"
     # A second backup into the same directory is refused, and changes nothing there.
     files = sorted((p.name, p.stat().st_size) for p in out.iterdir())
