@@ -217,8 +217,14 @@ def test_a_sqlite_node_restored_from_its_backup_holds_the_same_copies(
     assert epoch_of(cluster.stats(node)["actor"]) != epoch_of(actor_before)
 
 
-def test_a_memory_node_refuses_a_backup_with_its_reason(make_cluster: MakeCluster, tmp_path: Path) -> None:
+def test_a_backup_needs_an_operator_and_a_memory_node_refuses_it(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    """With security on, a backup without credentials gets 401; the operator (proving the cluster secret)
+    reaches the route, which a node on the memory engine refuses with its reason. Nothing is written."""
     cluster = make_cluster(1, "storage_engine=memory", "n_val=1", "r=1", "w=1")
-    result = cli("backup", "--node", cluster[0].url, "--out", str(tmp_path / "backup"))
+    url, secret = cluster[0].url, str(cluster.root / "cluster.secret")
+    assert cli("security", "enable", "--node", url, "--secret-file", secret).returncode == 0
+    anonymous = cli("backup", "--node", url, "--out", str(tmp_path / "backup"))
+    assert anonymous.returncode == 1 and "401" in anonymous.stderr
+    result = cli("backup", "--node", url, "--out", str(tmp_path / "backup"), "--secret-file", secret)
     assert result.returncode == 1 and "409" in result.stderr and "nothing durable" in result.stderr
     assert not (tmp_path / "backup").exists()

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from dynastore import backup
+from dynastore.api import auth
 from dynastore.backup import BackupError
 from dynastore.core.actors import META_COUNTER, META_EPOCH, META_GENERATION
 from dynastore.storage import open_engine
@@ -261,3 +262,8 @@ def test_a_damaged_or_short_stream_leaves_no_backup_behind(tmp_path: Path, strea
 
 def test_the_memory_engine_is_refused_with_its_reason() -> None:
     assert "nothing durable" in (backup.refusal_of(MemoryEngine()) or "")
+
+
+def test_the_backup_route_is_an_operator_route() -> None:
+    """It hands out every stored object and the users' password hashes: dynastore.admin only."""
+    assert auth.need_of("GET", [b"admin", b"backup"], {}) == auth.OPERATOR
