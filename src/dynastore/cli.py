@@ -563,6 +563,99 @@ def _admin(
         _fail(f"{url} answered {path} with something other than JSON: {exc}")
 
 
+# --- backup and restore ------------------------------------------------------------------------------------------
+
+
+@main.command("backup")
+@NODE_OPTION
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="New or empty directory.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(1, 86_400),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait for the node to send anything (it sends nothing while it copies its store).",
+)
+def backup_command(url: str, out_dir: str, timeout_s: float) -> None:
+    """Back up the node at --node: a consistent copy of its store, made while it serves, streamed by
+    it and written here into --out with a manifest (checksums, node, epoch, cluster metadata)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from dynastore import backup
+
+    out = Path(out_dir)
+    try:
+        backup.check_out_dir(out)
+    except backup.BackupError as exc:
+        _fail(str(exc))
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        _fail(f"--node must be an http:// or https:// address, got {url!r}")
+    host = parts.hostname or ""
+    target = "/admin/backup"
+    conn: http.client.HTTPConnection
+    try:
+        headers = _auth_headers(url, "GET", target, b"")
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout_s, context=_ssl_context())
+        else:
+            conn = http.client.HTTPConnection(host, parts.port, timeout=timeout_s)
+        started = time.monotonic()
+        try:
+            conn.request("GET", target, headers=headers)
+            resp = conn.getresponse()
+            if resp.status != 200:
+                _fail(f"{resp.status}: {resp.read(64 * 1024).decode(errors='replace').strip()}")
+            manifest = backup.receive(resp.read, out)
+        finally:
+            conn.close()
+    except backup.BackupError as exc:
+        _fail(str(exc))
+    except urllib.error.HTTPError as exc:
+        _fail(f"{exc.code}: {exc.read().decode(errors='replace').strip()}")
+    except (OSError, http.client.HTTPException, urllib.error.URLError) as exc:
+        _fail(f"backup from {url} failed: {exc or type(exc).__name__}")
+    total = sum(entry["size"] for entry in manifest["files"])
+    click.echo(
+        f"backed up {manifest['node']} ({manifest['engine']}, epoch {manifest['epoch']}): {total} bytes "
+        f"in {time.monotonic() - started:.1f} s into {out}"
+    )
+
+
+@main.command("restore")
+@click.argument("backup_dir", metavar="DIR", type=click.Path(file_okay=False, exists=True))
+@click.option("--data-dir", type=click.Path(file_okay=False), required=True, help="New or empty data directory.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Restore a backup older than tombstone_grace_ms (keys deleted since it may come back).",
+)
+def restore_command(backup_dir: str, data_dir: str, force: bool) -> None:
+    """Check the backup in DIR and make --data-dir a node's data directory holding it, under a new
+    epoch so that the restored node never reuses a version counter. Start the node on it with its old
+    --name: it rejoins, and anti-entropy brings it what was written after the backup."""
+    import random
+
+    from dynastore import backup
+    from dynastore.storage.base import StorageError
+
+    try:
+        done = backup.restore(
+            Path(backup_dir), Path(data_dir), now_ms=int(time.time() * 1000), force=force, rng=random.SystemRandom()
+        )
+    except (backup.BackupError, StorageError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"restore into {data_dir} failed: {exc}")
+    manifest = done.manifest
+    click.echo(
+        f"restored {manifest['node']} ({manifest['engine']}, backed up {done.age_ms / 1000:.0f} s ago) into "
+        f"{data_dir}; epoch {done.old_epoch:08x} -> {done.new_epoch:08x}; start it with --name {manifest['node']}"
+    )
+
+
 # --- bucket types ------------------------------------------------------------------------------------------------
 
 

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import time
 from typing import Any
 
+from dynastore import __version__, backup
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.auth import Guard
-from dynastore.api.server import Request
-from dynastore.core import buckettypes, keys, merkle, objects, security
+from dynastore.api.server import Request, StreamResponse
+from dynastore.core import buckettypes, keys, membership, merkle, objects, security
 from dynastore.core.effects import SecurityAction
-from dynastore.core.messages import ClientBucketType, Failure, NotFound
+from dynastore.core.messages import PROTOCOL_VERSION, ClientBucketType, Failure, NotFound
 from dynastore.core.node import ClientJoin, ClientLeave, ClientRemove, SecurityChange
 from dynastore.runtime.node import NodeRuntime
+from dynastore.storage.base import NoSpaceError, StorageError
+from dynastore.storage.lmdb_layout import LAYOUT_VERSION
+
+log = logging.getLogger("dynastore.backup")
 
 
 async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: list[bytes]) -> Answer:
@@ -62,6 +69,8 @@ async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: lis
                 ],
             }
         )
+    if rest == [b"backup"] and method == "GET":
+        return await _backup(runtime, request)
     if rest == [b"aae"] and method == "GET":
         return json_response({"node": core.name, "trees": core.aae_trees()})
     if rest == [b"join"] and method == "POST":
@@ -87,6 +96,116 @@ async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: lis
             return failure(response)
         return json_response({"removed": name})
     return text(404, "Not Found")
+
+
+async def _backup(runtime: NodeRuntime, request: Request) -> Answer:
+    """A consistent copy of this node's store, streamed as backup.py describes (`dynastore backup`).
+    The copy is made in the node's own data directory, off the event loop, and removed afterwards."""
+    engine = runtime.engine
+    assert engine is not None
+    refusal = backup.refusal_of(engine)
+    if refusal is not None:
+        return text(409, refusal)
+    if runtime.backup_running:
+        return text(409, "a backup of this node is already running; try again once it has finished")
+    runtime.backup_running = True
+    directory = runtime.config.data_dir / backup.TEMP_DIR_NAME
+    try:
+        # The actor and metadata as the copy starts (the epoch never changes while a node runs).
+        manifest = _manifest_head(runtime)
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(backup.remove_temp, runtime.config.data_dir)
+            await asyncio.to_thread(directory.mkdir, 0o700)
+            files = await asyncio.to_thread(backup.snapshot, engine, directory)  # type: ignore[arg-type]
+        except NoSpaceError as exc:
+            return text(507, f"no room for the backup's copy in the node's data directory: {exc}")
+        except (StorageError, OSError) as exc:
+            log.error("backup copy failed: %s", exc)
+            return text(503, f"the backup's copy failed: {exc}")
+        manifest["files"] = [entry.as_dict() for entry in files]
+        total = sum(entry.size for entry in files)
+        log.info("backup: copied %d bytes in %.2f s; streaming", total, time.monotonic() - started)
+        stream = StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        try:
+            await stream.prepare(request)
+            await stream.write(backup.encode_head(manifest))
+            for entry in files:
+                with open(directory / entry.name, "rb") as source:
+                    while chunk := await asyncio.to_thread(source.read, backup.CHUNK_BYTES):
+                        await stream.write(chunk)
+            log.info("backup: streamed %d bytes in %.2f s", total, time.monotonic() - started)
+        except ConnectionResetError:
+            log.warning("backup: the client went away mid-stream")
+        except OSError as exc:
+            # The stream ends short of what the manifest promises: the CLI refuses it.
+            log.error("backup: reading the copy failed mid-stream: %s", exc)
+        return stream
+    finally:
+        await asyncio.to_thread(backup.remove_temp, runtime.config.data_dir)
+        runtime.backup_running = False
+
+
+def _manifest_head(runtime: NodeRuntime) -> dict[str, Any]:
+    """Everything of the manifest but its files: who, what, when, and the cluster metadata. Users are
+    listed with their grants but not their password hashes (the copy holds those, for the restore)."""
+    core, engine = runtime.core, runtime.engine
+    assert core is not None and engine is not None
+    state = core.cluster
+    kind = backup.engine_kind(engine)
+    formats: dict[str, int] = {
+        "cluster_state": membership.STATE_FORMAT,
+        "object": objects.FORMAT_VERSION,
+        "merkle_summary": merkle.SUMMARY_VERSION,
+        "peer_protocol": PROTOCOL_VERSION,
+    }
+    if kind == "lmdb":
+        formats["lmdb_layout"] = LAYOUT_VERSION
+    now_ms = int(time.time() * 1000)
+    return {
+        "format": backup.BACKUP_FORMAT,
+        "format_version": backup.BACKUP_FORMAT_VERSION,
+        "dynastore_version": __version__,
+        "node": core.name,
+        "cluster": state.cluster,
+        "engine": kind,
+        "formats": formats,
+        "created_ms": now_ms,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000)),
+        "epoch": f"{core.actors.epoch:08x}",
+        "generation": core.actors.generation,
+        "actor": core.actor.decode(errors="replace"),
+        "tombstone_grace_ms": runtime.settings.tombstone_grace_ms,
+        "metadata": {
+            "ring_version": state.ring.version,
+            "ring_size": len(state.ring.owners),
+            "members": [
+                {
+                    "name": m.name,
+                    "host": m.host,
+                    "peer_port": m.peer_port,
+                    "http_port": m.http_port,
+                    "status": m.status,
+                    "weight": m.weight,
+                }
+                for m in state.members
+            ],
+            "bucket_types": [record for n, _ in state.types if (record := _type_record(runtime, n)) is not None],
+            "bucket_props": {_bucket_label(name): props.as_dict() for name, props in state.buckets},
+            "security_enabled": state.security.on,
+            "users": [
+                {"name": name, "grants": [{"permission": p, "on": on} for p, on in state.security.grants_of(name)]}
+                for name in state.security.user_names()
+            ],
+        },
+    }
+
+
+def _bucket_label(internal: bytes) -> str:
+    """A bucket's name as an operator writes it: BUCKET, or TYPE/BUCKET for a bucket of another type."""
+    type_name, bucket = buckettypes.split(internal)
+    name = bucket.decode(errors="replace")
+    return name if type_name == buckettypes.DEFAULT else f"{type_name}/{name}"
 
 
 async def _security(runtime: NodeRuntime, request: Request, rest: list[bytes]) -> Answer:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynastore.backup import remove_temp as remove_backup_temp
 from dynastore.core.effects import Event
 from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
 from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCore, Reply, Send
@@ -35,6 +36,7 @@ from dynastore.runtime.secrets import resolve as resolve_secret
 from dynastore.settings import Settings
 from dynastore.storage import open_engine
 from dynastore.storage.base import Engine, NoSpaceError, Space, StorageError
+from dynastore.storage.directory import STORE_DIR_NAME
 
 log = logging.getLogger("dynastore.node")
 # What the core reports as events (core/effects.py Event), one line each; the JSON log format gives
@@ -187,6 +189,8 @@ class NodeRuntime:
         self.stopping = asyncio.Event()
         # Why the node stops on its own when it must (a seed refused it): the process exits with it.
         self.failure: str | None = None
+        # A backup is being copied or streamed (api/admin.py): one at a time.
+        self.backup_running = False
 
     # --- Lifecycle ------------------------------------------------------------------------------------
 
@@ -196,8 +200,13 @@ class NodeRuntime:
         if problem is not None:
             raise StartupError(problem)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        # A backup's copy left behind by a crash during it (backup.py).
+        remove_backup_temp(cfg.data_dir)
         self.engine = open_engine(
-            self.settings.storage_engine, cfg.data_dir / "store", durable=self.settings.durable, settings=self.settings
+            self.settings.storage_engine,
+            cfg.data_dir / STORE_DIR_NAME,
+            durable=self.settings.durable,
+            settings=self.settings,
         )
         self.core = NodeCore(
             cfg.name,

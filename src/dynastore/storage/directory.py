@@ -23,6 +23,8 @@ from pathlib import Path
 from dynastore.storage.base import StorageError
 
 LOCK_FILE_NAME = "LOCK"
+# The engine's directory inside a node's data directory.
+STORE_DIR_NAME = "store"
 
 
 class DirectoryLock:

@@ -58,6 +58,8 @@ MAP_INITIAL_BYTES = 64 * 1024 * 1024
 # A commit that fails with an I/O error while the disk has less than this free ran out of space
 # (LMDB reports a short write as EIO).
 _NEARLY_FULL_BYTES = 16 * 1024 * 1024
+# The one file of an environment that holds its data (a copy has no lock file).
+COPY_FILE_NAME = "data.mdb"
 
 
 class _Gate:
@@ -370,6 +372,15 @@ class LmdbEngine:
         env = self._live()
         with _lmdb_errors("sync"):
             env.sync(True)
+
+    def copy_to(self, directory: Path) -> tuple[str, ...]:
+        """Write a consistent, compacted copy of the environment into the empty `directory` (a backup)
+        and return the names of the files written. It runs in one read transaction, so writes go on
+        meanwhile; a map resize waits for it (LMDB resizes only with no transaction open)."""
+        env = self._live()
+        with self._gate.shared(), _lmdb_errors(f"copy to {directory}"):
+            env.copy(str(directory), compact=True)
+        return (COPY_FILE_NAME,)
 
     def close(self) -> None:
         """Close the environment and free the directory; closing twice is harmless."""

@@ -27,6 +27,8 @@ from dynastore.storage.checks import check_area, check_key, check_ops, check_sca
 from dynastore.storage.directory import DirectoryLock, sync_directory
 
 FILE_NAME = "store.sqlite3"
+# A copy (copy_to) takes this many pages per step, between which the engine serves other calls.
+COPY_STEP_PAGES = 256
 
 
 @contextmanager
@@ -169,6 +171,33 @@ class SqliteEngine:
             unused = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             fs = os.statvfs(self.path)
         return Space((pages - unused) * page, unused * page + fs.f_bavail * fs.f_frsize)
+
+    def copy_to(self, directory: Path) -> tuple[str, ...]:
+        """Write a consistent copy of the database into the empty `directory` with SQLite's backup API
+        (a backup) and return the names of the files written.
+
+        The copy goes COPY_STEP_PAGES pages at a time, and the engine's lock is released between steps,
+        so reads and batches go on during a long copy. They use the connection the copy reads from,
+        and SQLite then carries every change they make into the copy as well: the finished copy is the
+        database as it was after the last step, never a mix."""
+        target_path = directory / FILE_NAME
+        with _sqlite_errors(f"copy to {target_path}"):
+            target = sqlite3.connect(target_path, isolation_level=None)
+            try:
+
+                def between_steps(status: int, remaining: int, total: int) -> None:
+                    # Called by `backup` (on this thread, holding the lock) after every step.
+                    self._mutex.release()
+                    self._mutex.acquire()
+
+                with self._mutex:
+                    self._live().backup(target, pages=COPY_STEP_PAGES, progress=between_steps)
+                (mode,) = target.execute("PRAGMA journal_mode=DELETE").fetchone()
+            finally:
+                target.close()
+        if str(mode).lower() != "delete":
+            raise StorageError(f"sqlite copy at {target_path} kept journal mode {mode!r}")
+        return (FILE_NAME,)
 
     def close(self) -> None:
         """Close the file and free the directory; closing twice is harmless."""

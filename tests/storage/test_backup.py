@@ -1,0 +1,269 @@
+"""Backups without processes: each disk engine's consistent copy, the manifest's checks, the stream's
+checks, and a restore that gives a new epoch; bad input is refused and changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynastore import backup
+from dynastore.api import auth
+from dynastore.backup import BackupError
+from dynastore.core.actors import META_COUNTER, META_EPOCH, META_GENERATION
+from dynastore.storage import open_engine
+from dynastore.storage.base import Op, scan_all
+from dynastore.storage.directory import STORE_DIR_NAME
+from dynastore.storage.lmdb_engine import LmdbEngine
+from dynastore.storage.memory import MemoryEngine
+from dynastore.storage.sqlite_engine import SqliteEngine
+
+NOW_MS = 1_700_000_000_000
+GRACE_MS = 60_000
+EPOCH = 0x1234ABCD
+
+
+def _store(kind: str, path: Path) -> LmdbEngine | SqliteEngine:
+    engine = open_engine(kind, path, durable=False)
+    assert isinstance(engine, (LmdbEngine, SqliteEngine))
+    return engine
+
+
+def _fill(engine: LmdbEngine | SqliteEngine, keys: int = 300) -> None:
+    engine.write(
+        [
+            Op("meta", META_EPOCH, EPOCH.to_bytes(4, "big")),
+            Op("meta", META_GENERATION, (3).to_bytes(8, "big")),
+            Op("meta", META_COUNTER, (5000).to_bytes(8, "big")),
+        ]
+    )
+    engine.write([Op("data", b"key%05d" % i, b"value%d" % i * 10) for i in range(keys)])
+
+
+def _make_backup(kind: str, tmp_path: Path, created_ms: int = NOW_MS) -> Path:
+    """A backup directory as `dynastore backup` writes it: the stream of a copy, received."""
+    engine = _store(kind, tmp_path / "live")
+    try:
+        _fill(engine)
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        files = backup.snapshot(engine, copy)
+    finally:
+        engine.close()
+    manifest = _manifest(kind, files, created_ms)
+    stream = io.BytesIO(backup.encode_head(manifest) + b"".join((copy / f.name).read_bytes() for f in files))
+    out = tmp_path / "backup"
+    backup.receive(stream.read, out)
+    return out
+
+
+def _manifest(kind: str, files: list[backup.FileEntry], created_ms: int = NOW_MS) -> dict[str, Any]:
+    return {
+        "format": backup.BACKUP_FORMAT,
+        "format_version": backup.BACKUP_FORMAT_VERSION,
+        "node": "node1",
+        "engine": kind,
+        "created_ms": created_ms,
+        "tombstone_grace_ms": GRACE_MS,
+        "epoch": f"{EPOCH:08x}",
+        "files": [f.as_dict() for f in files],
+    }
+
+
+def _rewrite_manifest(out: Path, change: dict[str, Any]) -> None:
+    path = out / backup.MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data.update(change)
+    path.write_text(json.dumps(data))
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "sqlite"])
+def test_a_restored_store_holds_the_backed_up_data_under_a_new_epoch(kind: str, tmp_path: Path) -> None:
+    """Backup then restore gives every key back, another epoch, no generation (the node takes a fresh
+    one at start) and no other change."""
+    out = _make_backup(kind, tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*backup.ENGINE_FILES[kind], backup.MANIFEST_NAME])
+    done = backup.restore(out, tmp_path / "data", now_ms=NOW_MS + 1000, force=False, rng=random.Random(1))
+    assert done.old_epoch == EPOCH and done.new_epoch != EPOCH
+    restored = _store(kind, tmp_path / "data" / STORE_DIR_NAME)
+    try:
+        rows = list(scan_all(restored, "data"))
+        assert rows == [(b"key%05d" % i, b"value%d" % i * 10) for i in range(300)]
+        assert restored.get("meta", META_EPOCH) == done.new_epoch.to_bytes(4, "big")
+        assert restored.get("meta", META_GENERATION) is None
+        assert restored.get("meta", META_COUNTER) == (5000).to_bytes(8, "big")
+    finally:
+        restored.close()
+
+
+def test_the_new_epoch_is_never_the_old_one(tmp_path: Path) -> None:
+    """Even a random source that draws the old epoch first gets another."""
+
+    class Repeats(random.Random):
+        def __init__(self) -> None:
+            super().__init__(0)
+            self.draws = [EPOCH, EPOCH, 7]
+
+        def getrandbits(self, k: int) -> int:
+            return self.draws.pop(0)
+
+    out = _make_backup("lmdb", tmp_path)
+    done = backup.restore(out, tmp_path / "data", now_ms=NOW_MS, force=False, rng=Repeats())
+    assert done.new_epoch == 7
+
+
+def test_a_sqlite_copy_taken_under_writes_is_one_consistent_state(tmp_path: Path) -> None:
+    """The SQLite copy releases the engine between steps; batches written meanwhile are in the copy
+    whole or not at all (each batch writes a key and the count of keys together)."""
+    engine = _store("sqlite", tmp_path / "live")
+    engine.write([Op("data", b"big%05d" % i, b"x" * 4000) for i in range(2000)])
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            engine.write([Op("hints", b"n%08d" % i, b""), Op("meta", b"count", i.to_bytes(8, "big"))])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        copy = tmp_path / "copy"
+        copy.mkdir()
+        backup.snapshot(engine, copy)
+    finally:
+        stop.set()
+        thread.join(30)
+        engine.close()
+    snapshot = _store("sqlite", copy)
+    try:
+        raw = snapshot.get("meta", b"count")
+        count = 0 if raw is None else int.from_bytes(raw, "big")
+        assert snapshot.count("hints") == count
+        assert snapshot.count("data") == 2000
+    finally:
+        snapshot.close()
+
+
+def test_a_damaged_file_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    out = _make_backup("lmdb", tmp_path)
+    path = out / "data.mdb"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BackupError, match="sha256"):
+        backup.restore(out, tmp_path / "data", now_ms=NOW_MS, force=True, rng=random.Random(1))
+    assert not (tmp_path / "data").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": 2}, "backup format version 2"),
+        ({"format": "tarball"}, "not a dynastore backup"),
+        ({"engine": "memory"}, "restorable engines"),
+        ({"files": [{"name": "../../etc/passwd", "size": 1, "sha256": "0" * 64}]}, "no lmdb copy has"),
+        ({"created_ms": "yesterday"}, "created_ms"),
+    ],
+)
+def test_a_manifest_this_dynastore_cannot_restore_is_refused(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    out = _make_backup("lmdb", tmp_path)
+    _rewrite_manifest(out, change)
+    with pytest.raises(BackupError, match=message):
+        backup.restore(out, tmp_path / "data", now_ms=NOW_MS, force=True, rng=random.Random(1))
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_file_of_another_size_is_refused(tmp_path: Path) -> None:
+    out = _make_backup("sqlite", tmp_path)
+    with open(out / "store.sqlite3", "ab") as grow:
+        grow.write(b"\0" * 10)
+    with pytest.raises(BackupError, match="bytes, the manifest says"):
+        backup.verify(out)
+
+
+def test_a_non_empty_data_directory_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    out = _make_backup("lmdb", tmp_path)
+    data = tmp_path / "data"
+    (data / STORE_DIR_NAME).mkdir(parents=True)
+    (data / STORE_DIR_NAME / "data.mdb").write_bytes(b"someone else's")
+    before = _tree(data)
+    with pytest.raises(BackupError, match="not empty"):
+        backup.restore(out, data, now_ms=NOW_MS, force=True, rng=random.Random(1))
+    assert _tree(data) == before
+
+
+def test_an_empty_data_directory_is_filled(tmp_path: Path) -> None:
+    out = _make_backup("lmdb", tmp_path)
+    (tmp_path / "data").mkdir()
+    backup.restore(out, tmp_path / "data", now_ms=NOW_MS, force=False, rng=random.Random(1))
+    assert (tmp_path / "data" / STORE_DIR_NAME / "data.mdb").is_file()
+
+
+def test_a_backup_older_than_the_tombstone_grace_needs_force(tmp_path: Path) -> None:
+    """Deletes made after it may have been reaped everywhere: restoring it would bring them back."""
+    out = _make_backup("lmdb", tmp_path)
+    later = NOW_MS + GRACE_MS + 1
+    with pytest.raises(BackupError, match="tombstone_grace_ms"):
+        backup.restore(out, tmp_path / "data", now_ms=later, force=False, rng=random.Random(1))
+    assert not (tmp_path / "data").exists()
+    backup.restore(out, tmp_path / "data", now_ms=later, force=True, rng=random.Random(1))
+    assert (tmp_path / "data" / STORE_DIR_NAME / "data.mdb").is_file()
+
+
+def test_receiving_refuses_a_non_empty_directory_and_keeps_its_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(BackupError, match="not empty"):
+        backup.receive(io.BytesIO(b"").read, out)
+    assert _tree(out) == {"notes.txt": b"mine"}
+
+
+def _stream(kind: str, payload: bytes, digest: str | None = None, size: int | None = None) -> bytes:
+    entry = backup.FileEntry(
+        backup.ENGINE_FILES[kind][0],
+        len(payload) if size is None else size,
+        digest or hashlib.sha256(payload).hexdigest(),
+    )
+    return backup.encode_head(_manifest(kind, [entry])) + payload
+
+
+@pytest.mark.parametrize(
+    ("stream", "message"),
+    [
+        (_stream("lmdb", b"abc" * 1000, digest="0" * 64), "another sha256"),
+        (_stream("lmdb", b"abc" * 1000, size=5000), "stream ended 3000 bytes into"),
+        (_stream("lmdb", b"abc") + b"more", "more than its manifest lists"),
+        (_stream("lmdb", b"abc")[:5], "inside the manifest's length"),
+        ((10**9).to_bytes(8, "big"), "more than"),
+        ((3).to_bytes(8, "big") + b"{{{", "not JSON"),
+    ],
+)
+def test_a_damaged_or_short_stream_leaves_no_backup_behind(tmp_path: Path, stream: bytes, message: str) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(BackupError, match=message):
+        backup.receive(io.BytesIO(stream).read, out)
+    assert not out.exists()
+
+
+def test_the_memory_engine_is_refused_with_its_reason() -> None:
+    assert "nothing durable" in (backup.refusal_of(MemoryEngine()) or "")
+
+
+def test_the_backup_route_is_an_operator_route() -> None:
+    """It hands out every stored object and the users' password hashes: dynastore.admin only."""
+    assert auth.need_of("GET", [b"admin", b"backup"], {}) == auth.OPERATOR
