@@ -331,10 +331,9 @@ def config_check(file: str) -> None:
         except SettingsError as exc:
             problems.append(str(exc))
         else:
+            # A wildcard bind is checked as the node will run: advertising an address still to come.
             advertised = options.advertise_host or options.host
-            problem = startup_problem(settings, options.host, advertised)
-            if problem is None and advertised in WILDCARD_HOSTS:
-                problem = f"[node] advertise_host: needed when host is {options.host} (every interface)"
+            problem = startup_problem(settings, options.host, "" if advertised in WILDCARD_HOSTS else advertised)
             if problem is not None:
                 problems.append(problem)
     if problems:
@@ -342,7 +341,9 @@ def config_check(file: str) -> None:
             click.echo(f"{file}: {problem}", err=True)
         sys.exit(1)
     missing = [what for what in ("name", "data_dir") if not getattr(options, what)]
-    later = f"; {' and '.join(missing)} to come from flags or DYNASTORE_NODE_*" if missing else ""
+    if (options.advertise_host or options.host) in WILDCARD_HOSTS:
+        missing.append("advertise_host")
+    later = f"; {', '.join(missing)} to come from flags or DYNASTORE_NODE_*" if missing else ""
     who = f"node {options.name} " if options.name else ""
     where = options.host + (f" advertised as {options.advertise_host}" if options.advertise_host else "")
     click.echo(f"{file}: OK ({who}on {where}, {len(layers[0].settings)} settings{later})")
