@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -24,7 +23,16 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from dynastore import __version__
-from dynastore.settings import Settings, SettingsError, load_file
+from dynastore.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    NodeOptions,
+    Settings,
+    SettingsError,
+    combine,
+    parse_address,
+    read_config,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,24 +83,47 @@ def _output(data: Any, text: Callable[[Any], None]) -> None:
         text(data)
 
 
-def _settings(config: str | None, overrides: tuple[str, ...]) -> Settings:
-    """Settings from the config file and --set overrides; a secret may come from `cluster_secret_file`
-    or the DYNASTORE_CLUSTER_SECRET environment variable, so that it need not be on a command line."""
+def _layers(config: str | None, overrides: tuple[str, ...], flags: dict[str, Any]) -> list[Any]:
+    """The configuration's sources, lowest precedence first: the config file, the DYNASTORE_*
+    environment, `--set`, then the command's own flags (those given: None is not given)."""
+    from dynastore.settings import Layer, SettingsError, environment_layer, overrides_layer, parse_node_option
+
+    layers = [read_config(Path(config))] if config else []
+    layers += [environment_layer(os.environ), overrides_layer(overrides)]
+    given: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in flags.items():
+        if value is None or value == ():
+            continue
+        try:
+            given[name] = parse_node_option(name, value)
+        except SettingsError as exc:
+            problems.append(f"--{name.replace('_', '-')}: {exc}")
+    return [*layers, Layer({}, given, problems)]
+
+
+def _configure(
+    config: str | None, overrides: tuple[str, ...], flags: dict[str, Any] | None = None
+) -> tuple[Settings, NodeOptions]:
+    """Settings and node options, flag > environment > file > default; a secret may come from
+    `cluster_secret_file` or DYNASTORE_CLUSTER_SECRET (the `cluster_secret` setting's variable), so that
+    it need not be on a command line."""
     from dynastore.runtime.secrets import resolve
 
     try:
-        base = load_file(Path(config)) if config else Settings()
-        return resolve(base.with_overrides(overrides))
+        settings, options = combine(*_layers(config, overrides, flags or {}))
+        return resolve(settings), options
     except SettingsError as exc:
         _fail(str(exc))
         raise AssertionError from exc
 
 
 def _address(text: str, what: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        _fail(f"{what} must be host:port, got {text!r}")
-    return host, int(port)
+    try:
+        return parse_address(text, what)
+    except SettingsError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,42 +135,93 @@ def main() -> None:
 # --- node ------------------------------------------------------------------------------------------------
 
 
+def LOG_OPTIONS(fn: F) -> F:
+    """--log-level and --log-format (also `log_level`/`log_format` in [node], DYNASTORE_NODE_LOG_*)."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS, case_sensitive=False),
+        default=None,
+        help="text (default): one line per record; json: one object per line (ts, level, logger, msg, event fields).",
+    )(fn)
+    return click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default=None,
+        help="The least severe records logged (default: info).",
+    )(fn)
+
+
 @main.command()
-@click.option("--name", required=True, help="Node name, unique in the cluster.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on and connect from.")
-@click.option("--http-port", type=int, default=8098, show_default=True)
-@click.option("--peer-port", type=int, default=9000, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), required=True)
+@click.option("--name", default=None, help="Node name, unique in the cluster (required: here, in [node] or env).")
+@click.option("--host", default=None, help="Address to listen on; 0.0.0.0 for every interface. [default: 127.0.0.1]")
+@click.option(
+    "--advertise-host",
+    default=None,
+    help="Address peers and clients are told (member record, /ring, seeds). [default: --host; needed with 0.0.0.0]",
+)
+@click.option("--http-port", type=int, default=None, help="[default: 8098]")
+@click.option("--peer-port", type=int, default=None, help="[default: 9000]")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Its data directory (required).")
 @click.option("--seed", "seeds", multiple=True, help="A member's host:peer-port; a new node joins its cluster.")
-@click.option("--weight", type=int, default=1, show_default=True, help="Share of partitions relative to others.")
-@click.option("--config", type=click.Path(dir_okay=False, exists=True), help="TOML file of settings.")
+@click.option("--weight", type=int, default=None, help="Share of partitions relative to others. [default: 1]")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, exists=True),
+    help="TOML file: settings at the top level, node options in a [node] table.",
+)
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE", help="Override a setting.")
-@click.option("--log-level", default="info", show_default=True)
+@LOG_OPTIONS
 def node(
-    name: str,
-    host: str,
-    http_port: int,
-    peer_port: int,
-    data_dir: str,
+    name: str | None,
+    host: str | None,
+    advertise_host: str | None,
+    http_port: int | None,
+    peer_port: int | None,
+    data_dir: str | None,
     seeds: tuple[str, ...],
-    weight: int,
+    weight: int | None,
     config: str | None,
     overrides: tuple[str, ...],
-    log_level: str,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
-    """Run one node in the foreground (one per machine on real hosts)."""
+    """Run one node in the foreground (one per machine on real hosts).
+
+    Every option may also be given in the config file's [node] table (name, host, advertise_host,
+    http_port, peer_port, data_dir, seeds, weight, log_level, log_format) or a DYNASTORE_NODE_<OPTION>
+    variable (DYNASTORE_NODE_ADVERTISE_HOST), and every setting as DYNASTORE_<SETTING>
+    (DYNASTORE_N_VAL): flag > environment > file > default."""
+    from dynastore.runtime import logs
     from dynastore.runtime.node import NodeConfig
     from dynastore.runtime.serve import serve
 
-    settings = _settings(config, overrides)
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-    )
-    if not 1 <= weight <= 1000:
-        _fail("--weight must be from 1 to 1000")
+    flags = {
+        "name": name,
+        "host": host,
+        "advertise_host": advertise_host,
+        "http_port": http_port,
+        "peer_port": peer_port,
+        "data_dir": data_dir,
+        "seeds": seeds,
+        "weight": weight,
+        "log_level": log_level,
+        "log_format": log_format,
+    }
+    settings, options = _configure(config, overrides, flags)
+    if not options.name:
+        _fail("a node needs a name: --name, DYNASTORE_NODE_NAME or name in the config's [node] table")
+    if not options.data_dir:
+        _fail("a node needs a data directory: --data-dir, DYNASTORE_NODE_DATA_DIR or data_dir in [node]")
+    logs.configure(options.log_level, options.log_format, node=options.name)
     cfg = NodeConfig(
-        name, host, http_port, peer_port, Path(data_dir), tuple(_address(s, "--seed") for s in seeds), weight
+        options.name,
+        options.host,
+        options.http_port,
+        options.peer_port,
+        Path(options.data_dir),
+        tuple(_address(s, "--seed") for s in options.seeds),
+        options.weight,
+        advertise_host=options.advertise_host,
     )
     from dynastore.core.nodebase import StartupError
     from dynastore.net.tls import TlsError
@@ -148,35 +230,69 @@ def node(
     try:
         serve(cfg, settings)
     except (OSError, TlsError, StartupError, StorageError) as exc:
-        _fail(f"cannot start {name}: {exc}")
+        _fail(f"cannot start {options.name}: {exc}")
 
 
 # --- up ----------------------------------------------------------------------------------------------------
 
+# Node options `up` decides for each node itself (names node<i>, seeds node1.. with node0, equal weights).
+_PER_NODE = ("name", "seeds", "weight")
+
 
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 64), default=3, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), default="./data", show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--http-port", type=int, default=8098, show_default=True)
-@click.option("--peer-port", type=int, default=9000, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="[default: ./data]")
+@click.option("--host", default=None, help="[default: 127.0.0.1]")
+@click.option("--http-port", type=int, default=None, help="Node 0's; node i serves on +i. [default: 8098]")
+@click.option("--peer-port", type=int, default=None, help="Node 0's; node i on +i. [default: 9000]")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, exists=True),
+    help="TOML file of settings for every node; its [node] table's host, advertise_host, ports and "
+    "data_dir are the bases of the nodes' own (name, seeds and weight are per node: refused).",
+)
 @click.option("--set", "overrides", multiple=True, metavar="NAME=VALUE", help="Override a setting on every node.")
+@LOG_OPTIONS
 @click.option("--ready-timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for `ready`.")
 def up(
     nodes: int,
-    data_dir: str,
-    host: str,
-    http_port: int,
-    peer_port: int,
+    data_dir: str | None,
+    host: str | None,
+    http_port: int | None,
+    peer_port: int | None,
+    config: str | None,
     overrides: tuple[str, ...],
+    log_level: str | None,
+    log_format: str | None,
     ready_timeout: float,
 ) -> None:
     """Start a local cluster of NODES processes; Ctrl-C stops them all. Running it again restarts the
-    same cluster from its data."""
+    same cluster from its data. Settings and node options come as for `node` (flag > DYNASTORE_*
+    environment > --config file > default); every node gets the same."""
     from dynastore.localcluster import LocalCluster
 
-    settings = _settings(None, overrides)
-    root = Path(data_dir)
+    flags = {
+        "host": host,
+        "http_port": http_port,
+        "peer_port": peer_port,
+        "data_dir": data_dir,
+        "log_level": log_level,
+        "log_format": log_format,
+    }
+    settings, options = _configure(config, overrides, flags)
+    from dynastore.settings import NODE_TABLE, env_variable, environment_layer
+
+    given = environment_layer(os.environ).node
+    file_node = read_config(Path(config)).node if config else {}
+    for name in _PER_NODE:
+        if name in file_node:
+            _fail(f"[{NODE_TABLE}] {name}: up gives each node its own {name}; remove it from {config}")
+        if name in given:
+            _fail(f"{env_variable(name)}: up gives each node its own {name}; unset it")
+    for port_name in ("http_port", "peer_port"):
+        if getattr(options, port_name) + nodes - 1 > 65535:
+            _fail(f"{port_name} {getattr(options, port_name)} leaves no room for {nodes} nodes")
+    root = Path(options.data_dir or "./data")
     root.mkdir(parents=True, exist_ok=True)
     stopping = False
 
@@ -187,15 +303,21 @@ def up(
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     # Every node shares one secret: the one given (the nodes read it as this command did), else one
-    # kept with the data in DATA_DIR/cluster.secret, created with the cluster.
+    # kept with the data in DATA_DIR/cluster.secret, created with the cluster. The nodes read the same
+    # config file and environment; what this command resolved goes to them as flags.
+    node_args = ["--log-level", options.log_level, "--log-format", options.log_format]
+    if config:
+        node_args += ["--config", str(Path(config).resolve())]
     cluster = LocalCluster(
         root,
         nodes,
-        host=host,
-        http_port=http_port,
-        peer_port=peer_port,
+        host=options.host,
+        advertise_host=options.advertise_host,
+        http_port=options.http_port,
+        peer_port=options.peer_port,
         overrides=overrides,
         make_secret=not settings.cluster_secret,
+        node_args=tuple(node_args),
     )
     try:
         cluster.start()
@@ -225,6 +347,51 @@ def up(
     finally:
         cluster.close()
     sys.exit(0 if stopping else 1)
+
+
+# --- config ------------------------------------------------------------------------------------------------
+
+
+@main.group("config")
+def config_group() -> None:
+    """Config files: check."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file: str) -> None:
+    """Check FILE as `dynastore node --config FILE` would read it, with this DYNASTORE_* environment:
+    exit 0 with one line saying OK, or 1 with every problem, one a line, each naming its key."""
+    from dynastore.core.secret import startup_problem
+    from dynastore.net.rpc import WILDCARD_HOSTS
+    from dynastore.runtime.secrets import resolve
+    from dynastore.settings import environment_layer, problems_of
+
+    layers = [read_config(Path(file)), environment_layer(os.environ)]
+    problems = problems_of(*layers)
+    if not problems:
+        settings, options = combine(*layers)
+        try:
+            settings = resolve(settings)
+        except SettingsError as exc:
+            problems.append(str(exc))
+        else:
+            # A wildcard bind is checked as the node will run: advertising an address still to come.
+            advertised = options.advertise_host or options.host
+            problem = startup_problem(settings, options.host, "" if advertised in WILDCARD_HOSTS else advertised)
+            if problem is not None:
+                problems.append(problem)
+    if problems:
+        for problem in problems:
+            click.echo(f"{file}: {problem}", err=True)
+        sys.exit(1)
+    missing = [what for what in ("name", "data_dir") if not getattr(options, what)]
+    if (options.advertise_host or options.host) in WILDCARD_HOSTS:
+        missing.append("advertise_host")
+    later = f"; {', '.join(missing)} to come from flags or DYNASTORE_NODE_*" if missing else ""
+    who = f"node {options.name} " if options.name else ""
+    where = options.host + (f" advertised as {options.advertise_host}" if options.advertise_host else "")
+    click.echo(f"{file}: OK ({who}on {where}, {len(layers[0].settings)} settings{later})")
 
 
 # --- credentials -----------------------------------------------------------------------------------------------

@@ -118,15 +118,23 @@ class NodeProc:
     proc: subprocess.Popen[bytes] | None = None
     # With security on, probes prove they hold this cluster secret (they are the cluster's operator).
     secret: str | None = None
+    # The address the node tells peers and clients (--advertise-host), when not its --host.
+    advertise_host: str = ""
+    # More arguments for `dynastore node` (--config, --log-level, ...).
+    args: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return self.advertise_host or self.host
 
     @property
     def url(self) -> str:
         scheme = "https" if any(o.startswith("tls_cert_file=") for o in self.overrides) else "http"
-        return f"{scheme}://{self.host}:{self.http_port}"
+        return f"{scheme}://{self.address}:{self.http_port}"
 
     @property
     def peer_address(self) -> str:
-        return f"{self.host}:{self.peer_port}"
+        return f"{self.address}:{self.peer_port}"
 
     def command(self) -> list[str]:
         cmd = [
@@ -145,10 +153,13 @@ class NodeProc:
             "--data-dir",
             str(self.data_dir),
         ]
+        if self.advertise_host:
+            cmd += ["--advertise-host", self.advertise_host]
         for seed in self.seeds:
             cmd += ["--seed", seed]
         for pair in self.overrides:
             cmd += ["--set", pair]
+        cmd += self.args
         cmd = [*self.wrapper, *cmd]
         if self.netns is not None:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
@@ -225,6 +236,8 @@ class LocalCluster:
         hosts: list[str] | None = None,
         netns: list[str] | None = None,
         make_secret: bool = True,
+        advertise_host: str = "",
+        node_args: tuple[str, ...] = (),
     ) -> None:
         """Nodes share a secret kept in ROOT/cluster.secret (created if missing) unless `overrides` give
         one, or `make_secret` is false: the secret comes from the environment, or (loopback only) the
@@ -240,6 +253,8 @@ class LocalCluster:
         self.secure = False
         self.nodes: list[NodeProc] = []
         self._host = host
+        self._advertise_host = advertise_host
+        self._node_args = node_args
         self._hosts = hosts
         self._netns = netns
         self._http_base = http_port
@@ -269,6 +284,8 @@ class LocalCluster:
             seeds,
             self.overrides,
             self._netns[i] if self._netns else None,
+            advertise_host=self._advertise_host,
+            args=self._node_args,
         )
         self.nodes.append(node)
         return node

@@ -4,7 +4,15 @@ A node's behaviour is fully described by a `Settings` value. The CLI overrides a
 (`--set anti_entropy_interval_ms=2000`); a config file (TOML) may do the same. Names carry their unit
 last (`_ms`, `_bytes`, `_count`) so that a value is never read in the wrong unit.
 
-This module must never read the environment or the clock: it only describes and validates.
+The config file may also hold the node's identity and process options (name, addresses, ports,
+data directory, seeds, weight, log level and format) in a `[node]` table: `NodeOptions`. Every setting
+may come from a `DYNASTORE_<SETTING>` environment variable (`DYNASTORE_N_VAL=5`) and every node
+option from `DYNASTORE_NODE_<OPTION>` (`DYNASTORE_NODE_ADVERTISE_HOST=10.0.0.5`); no setting's name
+starts with `node_`, so the two cannot clash. The precedence is flag > environment > file > default.
+Variables that name neither (`DYNASTORE_CA`, `DYNASTORE_USER`, ...) are left alone.
+
+This module must never read the environment or the clock: it only describes and validates. The
+environment is handed in by the caller (the CLI).
 """
 
 from __future__ import annotations
@@ -284,9 +292,18 @@ def load_file(path: Path, base: Settings | None = None) -> Settings:
 
 
 def _validate(s: Settings) -> None:
+    problems = validation_problems(s)
+    if problems:
+        raise SettingsError(problems[0])
+
+
+def validation_problems(s: Settings) -> list[str]:
+    """Every rule these settings break, each naming the setting (empty when they are valid)."""
+    problems: list[str] = []
+
     def need(cond: bool, msg: str) -> None:
         if not cond:
-            raise SettingsError(msg)
+            problems.append(msg)
 
     need(s.ring_size >= 1 and s.ring_size & (s.ring_size - 1) == 0, "ring_size must be a power of two")
     need(s.ring_size <= 1 << 16, "ring_size must be at most 65536")
@@ -336,6 +353,221 @@ def _validate(s: Settings) -> None:
     for name, value in s.as_dict().items():
         if isinstance(value, int) and not isinstance(value, bool) and name.endswith(("_max", "_count")):
             need(value >= 0, f"{name} must not be negative")
+    return problems
 
 
 DEFAULTS = Settings()
+
+
+# --- The config file, the environment, and the node's own options ------------------------------------------
+
+ENV_PREFIX = "DYNASTORE_"
+NODE_ENV_PREFIX = "DYNASTORE_NODE_"
+NODE_TABLE = "node"
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+WEIGHT_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    """What a node process is told besides its settings: who it is, where it listens and what it says
+    (the `[node]` table of the config file, `DYNASTORE_NODE_*` variables and the `node` command's flags).
+
+    `host` is the address bound (0.0.0.0 for every interface); `advertise_host` the one peers and
+    clients are told (empty: `host`). `data_dir` and `name` have no default: a node needs both.
+    """
+
+    name: str = ""
+    host: str = "127.0.0.1"
+    advertise_host: str = ""
+    http_port: int = 8098
+    peer_port: int = 9000
+    data_dir: str = ""
+    seeds: tuple[str, ...] = ()
+    weight: int = 1
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def replace(self, **changes: Any) -> NodeOptions:
+        return dataclasses.replace(self, **changes)
+
+
+NODE_OPTION_NAMES = tuple(f.name for f in fields(NodeOptions))
+# The other commands' variables: not settings, so never read as one.
+_OTHER_VARIABLES = ("ca", "user", "password")
+assert not any(name.startswith(NODE_TABLE + "_") or name in _OTHER_VARIABLES for name in _FIELD_TYPES), (
+    "a setting's name would clash with a DYNASTORE_NODE_* or another command's variable"
+)
+
+
+def env_variable(name: str) -> str:
+    """The environment variable of a setting or (by its name in NodeOptions) of a node option."""
+    prefix = NODE_ENV_PREFIX if name in NODE_OPTION_NAMES and name not in _FIELD_TYPES else ENV_PREFIX
+    return prefix + name.upper()
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    """`host:port` as (host, port); SettingsError naming `what` otherwise."""
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{what} must be host:port, got {text!r}")
+    return host, int(port)
+
+
+def parse_node_option(name: str, value: Any) -> Any:
+    """A node option's value from TOML (typed) or text (a flag, a variable); SettingsError if bad."""
+    if name not in NODE_OPTION_NAMES:
+        raise SettingsError(f"unknown node option {name!r} (known: {', '.join(NODE_OPTION_NAMES)})")
+    if name in ("http_port", "peer_port", "weight"):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SettingsError(f"{name} expects an integer, got {value!r}")
+        low, high = (1, WEIGHT_MAX) if name == "weight" else (1, 65535)
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be from {low} to {high}, got {value}")
+        return value
+    if name == "seeds":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise SettingsError(f"seeds expects a list of host:port strings, got {value!r}")
+        seeds = tuple(i.strip() for i in items if i.strip())
+        for seed in seeds:
+            parse_address(seed, "a seed")
+        return seeds
+    if not isinstance(value, str):
+        raise SettingsError(f"{name} expects a string, got {value!r}")
+    if name in ("log_level", "log_format"):
+        allowed = LOG_LEVELS if name == "log_level" else LOG_FORMATS
+        if value.lower() not in allowed:
+            raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value.lower()
+    if name in ("name", "host") and not value.strip():
+        raise SettingsError(f"{name} must not be empty")
+    return value.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One source of configuration: setting values and node options, already parsed, and the problems
+    found reading it (each naming the key or variable)."""
+
+    settings: dict[str, Any]
+    node: dict[str, Any]
+    problems: list[str]
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise SettingsError("; ".join(self.problems))
+
+
+def read_config(path: Path) -> Layer:
+    """A TOML config file: top-level keys are settings, the `[node]` table holds node options."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return Layer({}, {}, [f"cannot read config {path}: {exc}"])
+    return config_layer(data)
+
+
+def config_layer(data: Mapping[str, Any]) -> Layer:
+    settings: dict[str, Any] = {}
+    node: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in data.items():
+        if key == NODE_TABLE:
+            if not isinstance(value, dict):
+                problems.append(f"[{NODE_TABLE}] must be a table of node options")
+                continue
+            for name, option in value.items():
+                try:
+                    node[name] = parse_node_option(name, option)
+                except SettingsError as exc:
+                    problems.append(f"[{NODE_TABLE}] {name}: {exc}")
+            continue
+        try:
+            settings[key] = parse_value(key, value) if isinstance(value, str) else _coerce(key, value)
+        except SettingsError as exc:
+            hint = f" (a node option? put it in the [{NODE_TABLE}] table)" if key in NODE_OPTION_NAMES else ""
+            problems.append(f"{key}: {exc}{hint}")
+    return Layer(settings, node, problems)
+
+
+def environment_layer(environ: Mapping[str, str]) -> Layer:
+    """The settings and node options named by DYNASTORE_* variables of `environ` (handed in: this
+    module never reads the environment). A variable naming neither is left alone."""
+    settings: dict[str, Any] = {}
+    node: dict[str, Any] = {}
+    problems: list[str] = []
+    for variable in sorted(environ):
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        raw = environ[variable]
+        if variable.startswith(NODE_ENV_PREFIX):
+            name = variable[len(NODE_ENV_PREFIX) :].lower()
+            if name in NODE_OPTION_NAMES:
+                try:
+                    node[name] = parse_node_option(name, raw)
+                except SettingsError as exc:
+                    problems.append(f"{variable}: {exc}")
+            continue
+        name = variable[len(ENV_PREFIX) :].lower()
+        if name in _FIELD_TYPES:
+            try:
+                settings[name] = parse_value(name, raw.strip())
+            except SettingsError as exc:
+                problems.append(f"{variable}: {exc}")
+    return Layer(settings, node, problems)
+
+
+def overrides_layer(pairs: Iterable[str]) -> Layer:
+    """`--set name=value` strings as a layer."""
+    settings: dict[str, Any] = {}
+    problems: list[str] = []
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip()
+        try:
+            if not sep:
+                raise SettingsError(f"--set expects name=value, got {pair!r}")
+            settings[name] = parse_value(name, raw.strip())
+        except SettingsError as exc:
+            problems.append(str(exc))
+    return Layer(settings, {}, problems)
+
+
+def problems_of(*layers: Layer) -> list[str]:
+    """Every problem of these layers together (lowest precedence first): each layer's own, then every
+    rule the combined settings break."""
+    problems = [p for layer in layers for p in layer.problems]
+    if problems:
+        return problems
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update(layer.settings)
+    # All layers at once: one layer alone may break a rule (r above n_val) that another mends.
+    return validation_problems(_unchecked(values))
+
+
+def combine(*layers: Layer) -> tuple[Settings, NodeOptions]:
+    """Settings and node options from layers given lowest precedence first (file, environment, flags)
+    over the defaults; SettingsError with every problem found."""
+    problems = problems_of(*layers)
+    if problems:
+        raise SettingsError("; ".join(problems))
+    values: dict[str, Any] = {}
+    node: dict[str, Any] = {}
+    for layer in layers:
+        values.update(layer.settings)
+        node.update(layer.node)
+    return Settings(**values), NodeOptions(**node)
+
+
+def _unchecked(values: Mapping[str, Any]) -> Settings:
+    """Settings with these values and no validation, so that every rule they break can be listed."""
+    s = object.__new__(Settings)
+    for f in fields(Settings):
+        object.__setattr__(s, f.name, values.get(f.name, f.default))
+    return s

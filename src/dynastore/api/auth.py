@@ -6,7 +6,7 @@ Theory of operation
    Host is a loopback name or address (a web page cannot reach it by DNS rebinding); a node on a
    network address accepts any Host unless `http_allowed_hosts` lists the names. A request that could
    change something (PUT, POST, DELETE) whose Origin is not this node is refused: no cross-site
-   writes from a browser. `/ping` is exempt from both.
+   writes from a browser. `/ping`, `/health` and `/ready` are exempt from both.
 2. *What the request needs* (`need_of`): nothing (`/ping`, and `/health` and `/ready`), any known
    user (`/`, `/ring`), one of Riak's permissions on the bucket it names (`/admin/local/B/K` reads an
    object: `riak_kv.get`), `dynastore.status` (`/stats`, `/admin/status`, `/admin/aae`, and
@@ -151,9 +151,10 @@ class Guard:
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
         settings = runtime.settings
-        host = runtime.config.host
-        self.loopback_node = is_loopback(host)
-        self.own_hosts = {host.strip("[]"), "127.0.0.1", "::1"}
+        config = runtime.config
+        # Bound to 0.0.0.0 and advertised on loopback is still a node on the network (every interface).
+        self.loopback_node = config.loopback_only
+        self.own_hosts = {config.host.strip("[]"), config.advertised.strip("[]"), "127.0.0.1", "::1"}
         self.allowed_hosts = {h.strip().lower() for h in settings.http_allowed_hosts.split(",") if h.strip()}
         self.cache_max = settings.auth_cache_count_max
         self.failures_max = settings.auth_failures_per_minute_max
@@ -171,7 +172,9 @@ class Guard:
     # --- Where a request comes from ------------------------------------------------------------------
 
     def origin_problem(self, request: Request, parts: list[bytes]) -> Response | None:
-        if parts[:1] == [b"ping"]:
+        if parts[:1] in ([b"ping"], [b"health"], [b"ready"]):
+            # Probes (a load balancer's, Docker's, a kubelet's) name whatever Host they like; these
+            # routes change nothing and tell nothing a page could use.
             return None
         host = _host_name(request.headers.get("Host", ""))
         # A browser always names the host it thinks it talks to; a request without a Host (HTTP/1.0)

@@ -205,6 +205,10 @@ class Api:
         head, rest = parts[0], parts[1:]
         if head == b"ping" and not rest:
             return await self._allow(request, READ_METHODS, self.ping)
+        if head == b"health" and not rest:
+            return await self._allow(request, READ_METHODS, self.health)
+        if head == b"ready" and not rest:
+            return await self._allow(request, READ_METHODS, self.ready)
         if head == b"stats" and not rest:
             return await self._allow(request, READ_METHODS, self.stats)
         if head == b"ring" and not rest:
@@ -363,6 +367,20 @@ class Api:
     async def ping(self, request: Request) -> Answer:
         # Exactly "OK": clients compare the body with it (riak-python-client's ping() does).
         return Response(text="OK")
+
+    async def health(self, request: Request) -> Answer:
+        """Alive: 200 while the process serves (503 once it is stopping). Nothing here waits on peers
+        or storage, so a slow disk never makes a live node look dead."""
+        runtime = self.runtime
+        stopping = runtime.stopping.is_set()
+        body = {"status": "stopping" if stopping else "ok", "node": runtime.config.name, "uptime_s": runtime.uptime_s()}
+        return json_response(body, status=503 if stopping else 200)
+
+    async def ready(self, request: Request) -> Answer:
+        """Ready: 200 when storage is open, the ring known and the default bucket's R and W can be met;
+        503 with the reason otherwise (runtime.readiness)."""
+        answer = self.runtime.readiness()
+        return json_response(answer, status=200 if answer["ready"] else 503)
 
     async def stats(self, request: Request) -> Answer:
         data = self.runtime.stats()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dynastore.core import bucketprops, buckettypes, changes, hints, keys, membership, objects, placement
+from dynastore.core import bucketprops, buckettypes, changes, hints, keys, membership, objects, placement, quorum
 from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy
 from dynastore.core.controller import BackgroundController
@@ -75,6 +75,20 @@ class Stats:
     scrub_passes: int = 0
     scrub_upgraded: int = 0
     siblings_histogram: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What `/ready` reports: `ready` with an empty `reason`, else the reason; the owners believed up
+    and in all, and the default bucket's n_val, r and w."""
+
+    ready: bool
+    reason: str
+    owners_up: int
+    owners: int
+    n_val: int
+    r: int
+    w: int
 
 
 # Buckets whose properties are kept ready (cleared wholesale when full or when the cluster changes).
@@ -232,6 +246,36 @@ class NodeBase(ABC):
                 n for n in self.cluster.names(ACTIVE) if n == self.name or self.detector.is_up(n, now_ms)
             )
         return self._healthy
+
+    def readiness(self, now_ms: int) -> Readiness:
+        """Whether this node can serve the default bucket's reads and writes now: it is an active
+        member, the ring is known, and enough owners are believed up for the default bucket's R and W
+        (sloppy quorum: any owners, primaries or fallbacks). One owner down of three leaves R=W=2."""
+        props = bucketprops.defaults(self.settings)
+        record = self.cluster.bucket_type(buckettypes.DEFAULT)
+        if record is not None:
+            props.update((k, v) for k, v in record.props if v != "default")
+        n_val = int(props["n_val"])
+        try:
+            r = quorum.resolve("r", props["r"], n_val, self.settings.r, 1)
+            w = quorum.resolve("w", props["w"], n_val, self.settings.w, 1)
+        except quorum.QuorumError as exc:
+            return Readiness(False, f"the default bucket's quorums are invalid: {exc}", 0, 0, n_val, 0, 0)
+        owners = set(self.ring.counts())
+        up = len(owners & self.healthy(now_ms))
+        need = max(r, w)
+        if self.name not in self.cluster.names(ACTIVE):
+            reason = "this node is not an active member of its cluster"
+        elif not owners:
+            reason = "the ring is not known yet"
+        elif up < need:
+            reason = (
+                f"{up} of {len(owners)} owners believed up; the default bucket (n_val={n_val}) needs "
+                f"{need} for r={r} and w={w}"
+            )
+        else:
+            reason = ""
+        return Readiness(not reason, reason, up, len(owners), n_val, r, w)
 
     def has_data(self) -> bool:
         return bool(self.engine.scan("data", b"", None, 1)) or self.store.has_staged("data")

@@ -86,15 +86,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def startup_problem(settings: Settings, host: str) -> str | None:
-    """Why a node may not start on `host` with these settings (one line naming the setting), or None."""
+def startup_problem(settings: Settings, host: str, advertise_host: str = "") -> str | None:
+    """Why a node may not start bound to `host` and advertising `advertise_host` (default: `host`) with
+    these settings (one line naming the setting), or None.
+
+    A node is open to this machine only when both addresses are loopback ones: a wildcard bind
+    (0.0.0.0) listens on every interface whatever it advertises, and an advertised network address is
+    one that other machines are meant to reach (through a proxy or NAT), so either needs the secret.
+    """
     for name in ("cluster_secret", "cluster_secret_accepted"):
         value = getattr(settings, name)
         if value and len(value) < SECRET_CHARS_MIN:
             return f"{name} must be at least {SECRET_CHARS_MIN} characters"
-    if not is_loopback(host) and not settings.cluster_secret:
-        return (
-            f"cluster_secret must be set (at least {SECRET_CHARS_MIN} characters, the same on every node) "
-            f"on a node whose --host {host} is not a loopback address"
-        )
+    if settings.cluster_secret:
+        return None
+    for flag, address in (("--host", host), ("--advertise-host", advertise_host or host)):
+        if not is_loopback(address):
+            return (
+                f"cluster_secret must be set (at least {SECRET_CHARS_MIN} characters, the same on every node) "
+                f"on a node whose {flag} {address} is not a loopback address"
+            )
     return None

@@ -70,6 +70,8 @@ JOIN_MESSAGES = (JoinRequest, JoinReply)
 # Above this many bytes waiting in a socket's send buffer, frames are held back in the link's own
 # (bounded) buffer until the kernel drains it.
 WRITE_BUFFER_HIGH_BYTES = 4 * 1024 * 1024
+# Bind addresses that mean every interface: never an address to tell peers, nor a source to bind.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 
 
 class _Outgoing(asyncio.Protocol):
@@ -84,7 +86,7 @@ class _Outgoing(asyncio.Protocol):
         # Set once the handshake proved the peer: every frame is sealed. None on an unproven link.
         self.sealer: Sealer | None = None
         node = link.node
-        self.hello = Hello(node.cluster, node.name, node.host, node.port, os.urandom(NONCE_BYTES))
+        self.hello = Hello(node.cluster, node.name, node.advertise_host, node.port, os.urandom(NONCE_BYTES))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport instances but offer the same methods.
@@ -228,7 +230,7 @@ class PeerLink:
                     lambda: _Outgoing(self),
                     address[0],
                     address[1],
-                    local_addr=(self.node.host, 0),
+                    local_addr=None if self.node.source_host is None else (self.node.source_host, 0),
                     ssl=self.node.ssl_client,
                     server_hostname="" if self.node.ssl_client is not None else None,
                 ),
@@ -278,7 +280,7 @@ class _Incoming(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         # The peer's hello and ours, once the first step is done; the peer's name once it is proved.
         self.theirs: Hello | None = None
-        self.ours = Hello(node.cluster, node.name, node.host, node.port, os.urandom(NONCE_BYTES))
+        self.ours = Hello(node.cluster, node.name, node.advertise_host, node.port, os.urandom(NONCE_BYTES))
         self.refused_hello = False
         self.peer = ""
         self.opener: Opener | None = None
@@ -410,11 +412,19 @@ class Transport:
         on_unreachable: Callable[[str, str], None],
         ssl_server: ssl.SSLContext | None = None,
         ssl_client: ssl.SSLContext | None = None,
+        advertise_host: str = "",
     ) -> None:
         self.ssl_server = ssl_server
         self.ssl_client = ssl_client
         self.name = name
+        # `host` is the address listened on; `advertise_host` (default: the same) the one peers are told
+        # in our hello and connect to. Outgoing sockets are bound to `host` when it is also the address
+        # advertised; a wildcard bind (0.0.0.0, ::) or an address advertised apart from it (a name, a
+        # NAT'd address) leaves the source address to the kernel's routing.
         self.host = host
+        self.advertise_host = advertise_host or host
+        own = host not in WILDCARD_HOSTS and self.advertise_host == host
+        self.source_host: str | None = host if own else None
         self.port = port
         self.cluster = cluster
         # The cluster's key material now (it changes once, when an open node joins a cluster).

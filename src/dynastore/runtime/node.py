@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import queue
@@ -31,7 +32,7 @@ from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCor
 from dynastore.core.nodebase import StartupError
 from dynastore.core.secret import is_loopback, startup_problem
 from dynastore.net import tls
-from dynastore.net.rpc import Transport
+from dynastore.net.rpc import WILDCARD_HOSTS, Transport
 from dynastore.runtime.secrets import resolve as resolve_secret
 from dynastore.settings import Settings
 from dynastore.storage import open_engine
@@ -89,6 +90,18 @@ class NodeConfig:
     data_dir: Path
     seeds: tuple[tuple[str, int], ...] = ()
     weight: int = 1
+    # The address peers and clients are told (member record, /ring, hellos); `host` is the one bound.
+    # Empty: the same as `host`.
+    advertise_host: str = ""
+
+    @property
+    def advertised(self) -> str:
+        return self.advertise_host or self.host
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the node is bound to and known by loopback addresses only (this machine alone)."""
+        return is_loopback(self.host) and is_loopback(self.advertised)
 
 
 def log_event(event: Event) -> None:
@@ -196,7 +209,9 @@ class NodeRuntime:
 
     async def start(self) -> None:
         cfg = self.config
-        problem = startup_problem(self.settings, cfg.host)
+        problem = startup_problem(self.settings, cfg.host, cfg.advertised)
+        if problem is None and cfg.advertised in WILDCARD_HOSTS:
+            problem = f"--host {cfg.host} listens on every interface: give --advertise-host, the address peers reach"
         if problem is not None:
             raise StartupError(problem)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -215,7 +230,7 @@ class NodeRuntime:
             # The operating system's randomness: the core draws the cluster's key from it too.
             random.SystemRandom(),
             self.clock.now_ms(),
-            host=cfg.host,
+            host=cfg.advertised,
             peer_port=cfg.peer_port,
             http_port=cfg.http_port,
             weight=cfg.weight,
@@ -242,10 +257,11 @@ class NodeRuntime:
             on_unreachable=self._on_unreachable,
             ssl_server=tls.server_context(self.settings, require_client_cert=True),
             ssl_client=tls.peer_client_context(self.settings),
+            advertise_host=cfg.advertised,
         )
-        if self.core.cluster.security.on and not is_loopback(cfg.host) and not tls.enabled(self.settings):
+        if self.core.cluster.security.on and not cfg.loopback_only and not tls.enabled(self.settings):
             raise StartupError(
-                f"security is on and --host {cfg.host} is not a loopback address: "
+                f"security is on and --host {cfg.host} (advertised as {cfg.advertised}) is not a loopback address: "
                 "set tls_cert_file and tls_key_file, or passwords would cross the network in clear"
             )
         await self.transport.start()
@@ -474,6 +490,25 @@ class NodeRuntime:
 
     # --- Queries ------------------------------------------------------------------------------------------
 
+    def uptime_s(self) -> int:
+        return int(time.time() - self.started_at)
+
+    def readiness(self) -> dict[str, Any]:
+        """`/ready`'s answer: the core's judgement (membership, ring, quorums), after the shell's own
+        (the process is not stopping, its storage is open)."""
+        core = self.core
+        assert core is not None
+        answer = core.readiness(self.clock.now_ms())
+        reason = answer.reason
+        if self.stopping.is_set():
+            reason = "the node is stopping"
+        elif self.engine is None:
+            # A full disk is not here: the node still serves reads, and writes go to other replicas.
+            reason = "storage is not open"
+        body = dataclasses.asdict(answer)
+        body.update(node=self.config.name, ready=not reason, reason=reason)
+        return body
+
     def stats(self) -> dict[str, Any]:
         core = self.core
         assert core is not None and self.transport is not None
@@ -487,5 +522,5 @@ class NodeRuntime:
         out["peer_auth_failures_total"] = self.transport.auth_failures
         out["peer_connections_inbound"] = len(self.transport.inbound)
         out["peer_connections_refused_total"] = self.transport.inbound_refused
-        out["uptime_s"] = int(time.time() - self.started_at)
+        out["uptime_s"] = self.uptime_s()
         return out

@@ -32,13 +32,14 @@ async def run_node(config: NodeConfig, settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, runtime.stopping.set)
         log.info(
-            "%s serving %s://%s:%d, peers on %s:%d",
+            "%s serving %s://%s:%d, peers on %s:%d%s",
             config.name,
             "https" if ssl_context is not None else "http",
             config.host,
             config.http_port,
             config.host,
             config.peer_port,
+            f", advertised as {config.advertised}" if config.advertised != config.host else "",
         )
         await runtime.stopping.wait()
         log.info("%s stopping", config.name)
