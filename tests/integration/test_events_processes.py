@@ -5,6 +5,7 @@ a warning until `seed_join_timeout_ms`, and a node meant to join never carries o
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,3 +106,20 @@ def test_a_node_whose_seeds_never_answer_stops_after_seed_join_timeout(make_clus
     assert time.monotonic() - started >= 3
     log = lonely.log_path.read_text()
     assert "no seed answered in seed_join_timeout_ms=3000" in log, log
+
+
+def test_in_the_json_log_format_an_event_carries_its_name_and_fields(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(2, start=False)
+    for node in cluster.nodes:
+        node.env["DYNASTORE_NODE_LOG_FORMAT"] = "json"
+    cluster.start()
+    cluster.wait_ready(60)
+    cluster[1].kill()
+    wait_log(cluster[0], '"peer_down"', 30)
+    records = [json.loads(line) for line in cluster[0].log_path.read_text().splitlines() if line.startswith("{")]
+    down = [r for r in records if r.get("event") == "peer_down"]
+    assert down and down[0]["peer"] == "node1" and isinstance(down[0]["phi"], float), down
+    assert down[0]["level"] == "WARNING" or down[0]["level"].lower() == "warning"
+    assert down[0]["logger"] == "dynastore.events" and "node1 is judged down" in down[0]["msg"]
+    added = [r for r in records if r.get("event") == "member_added"]
+    assert {r["member"] for r in added} >= {"node1"}
