@@ -168,7 +168,7 @@ class SqliteEngine:
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
             unused = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             fs = os.statvfs(self.path)
-        return Space((pages - unused) * page, unused * page + fs.f_bavail * fs.f_frsize)
+        return Space((pages - unused) * page, unused * page + fs.f_bavail * fs.f_frsize, pages * page)
 
     def close(self) -> None:
         """Close the file and free the directory; closing twice is harmless."""
