@@ -4,6 +4,7 @@ security is on, and the Grafana dashboard naming only metrics a node exports."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -205,7 +206,6 @@ def test_with_security_on_metrics_needs_the_status_permission_like_stats(make_cl
     cli("security", "grant", "dynastore.status", "--on", "any", "--to", "watcher", *admin)
     cli("security", "enable", *admin)
     cluster.set_secure(True)
-    import base64
 
     def auth(user: str) -> dict[str, str]:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:pw-{user}".encode()).decode()}
