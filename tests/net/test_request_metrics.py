@@ -53,3 +53,11 @@ def test_read_repairs_per_minute_follow_the_core_running_count() -> None:
     assert m.stats(31.0)["read_repairs"] == 5
     assert m.stats(62.0)["read_repairs"] == 2
     assert m.stats(95.0)["read_repairs"] == 0
+
+
+def test_a_request_refused_before_the_core_counts_by_outcome_but_is_not_timed() -> None:
+    """An overload refusal shows in requests_total and in no latency histogram."""
+    m = RequestMetrics()
+    m.refused("put", "overload")
+    assert m.outcomes == {("put", "overload"): 1}
+    assert m.latency[("put", "coordinator")].total == 0

@@ -57,6 +57,11 @@ class RequestMetrics:
         key = (op, outcome)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
+    def refused(self, op: str, outcome: str) -> None:
+        """A client request turned away before the core saw it (too many in flight): counted, not timed."""
+        key = (op, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
     def replica_request(self, src: str, msg: ReplicaGet | ReplicaPut, now_ns: int) -> None:
         if isinstance(msg, ReplicaGet):
             op = "get"

@@ -64,6 +64,15 @@ class NodeConfig:
     weight: int = 1
 
 
+def _op_of(request: ClientRequest | AdminRequest) -> str | None:
+    """What /stats and /metrics count a client request as: get, put, delete, or nothing."""
+    if isinstance(request, ClientGet):
+        return "get"
+    if isinstance(request, ClientPut):
+        return "put" if request.content is not None else "delete"
+    return None
+
+
 class Clock:
     """Milliseconds on a monotonic clock, anchored to the wall clock when the node started.
 
@@ -263,7 +272,10 @@ class NodeRuntime:
     async def request(self, request: ClientRequest | AdminRequest) -> ClientResponse:
         core = self.core
         assert core is not None
+        op = _op_of(request)
         if len(self._futures) >= self.settings.requests_inflight_max:
+            if op is not None:
+                self.metrics.refused(op, "overload")
             return Failure("overload", f"more than {self.settings.requests_inflight_max} requests in flight")
         self._request_id += 1
         rid = self._request_id
@@ -280,9 +292,8 @@ class NodeRuntime:
             return response
         finally:
             self._futures.pop(rid, None)
-            if isinstance(request, ClientGet | ClientPut):
+            if op is not None:
                 elapsed_ns = time.perf_counter_ns() - started_ns
-                op = "get" if isinstance(request, ClientGet) else "put" if request.content is not None else "delete"
                 self.metrics.coordinated(op, outcome, elapsed_ns, time.monotonic())
                 # The background controller paces repair and handoff by what clients experience.
                 core.observe_latency(elapsed_ns / 1e6, self.clock.now_ms())
