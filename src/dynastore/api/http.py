@@ -36,6 +36,8 @@ from multidict import CIMultiDict
 from dynastore import __version__
 from dynastore.api import admin, auth, dashboard, datatypes
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
+from dynastore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from dynastore.api.metrics import NodeMetrics
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
 from dynastore.core import bucketprops, buckettypes, crdt, keys, objects, quorum, ringdoc
 from dynastore.core import context as ctxcodec
@@ -171,6 +173,7 @@ class Api:
         # The server this API answers for (its connection counts go into /stats).
         self.server: HttpServer | None = None
         self.guard = auth.Guard(runtime)
+        self.metrics = NodeMetrics(runtime, lambda: 0 if self.server is None else len(self.server.connections))
 
     # --- Dispatch -------------------------------------------------------------------------------------------
 
@@ -211,6 +214,8 @@ class Api:
             return await self._allow(request, READ_METHODS, self.ready)
         if head == b"stats" and not rest:
             return await self._allow(request, READ_METHODS, self.stats)
+        if head == b"metrics" and not rest:
+            return await self._allow(request, READ_METHODS, self.prometheus)
         if head == b"ring" and not rest:
             return await self._allow(request, READ_METHODS, self.ring)
         if head == b"admin":
@@ -396,6 +401,9 @@ class Api:
             }
         )
         return json_response(data)
+
+    async def prometheus(self, request: Request) -> Answer:
+        return Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def ring(self, request: Request) -> Answer:
         core = self.runtime.core

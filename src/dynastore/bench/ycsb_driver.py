@@ -5,7 +5,7 @@ Theory of operation
 - A phase (the load, or one workload's run) is described by `Phase`, plain data handed to each
   driver process. One process runs in the caller; with `processes > 1` each runs in a spawned
   process of its own (one event loop, on one core, each), and the parent adds their outcomes up.
-  Histograms add exactly (see ycsb_histogram), so merged percentiles are those of all the samples.
+  Histograms add exactly (see dynastore.histogram), so merged percentiles are those of all the samples.
 - Every process starts at the same wall-clock instant (`start_at`), runs `warmup_s` unmeasured, then
   measures for `duration_s`: an operation counts when it *started* inside that window. Work still
   in flight at its end completes (each request is bounded by the target's timeout) but is not
@@ -38,7 +38,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dynastore.bench.ycsb_histogram import LatencyHistogram
 from dynastore.bench.ycsb_targets import Client, Endpoint, Target, open_target
 from dynastore.bench.ycsb_workload import (
     INSERT,
@@ -51,6 +50,7 @@ from dynastore.bench.ycsb_workload import (
     key_of,
     make_values,
 )
+from dynastore.histogram import LatencyHistogram
 
 LOAD = "load"
 ERROR_SAMPLES_MAX = 5

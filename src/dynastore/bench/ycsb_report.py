@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from dynastore.bench.ycsb_driver import Outcome
-from dynastore.bench.ycsb_histogram import PERCENTILES
 from dynastore.bench.ycsb_targets import ALL_TARGETS, DYNASTORE_HTTP, DYNASTORE_HTTP_BUFFERED, DYNASTORE_RING
 from dynastore.bench.ycsb_workload import READ, READ_MODIFY_WRITE, UPDATE, WORKLOADS
+from dynastore.histogram import PERCENTILES
 
 LATENCY_FIELDS = ("mean", "min", *(f"p{p:g}" for p in PERCENTILES), "max")
 # Operations in the order tables list them.

@@ -21,6 +21,10 @@ work running, the limit is their median plus a quarter. Then repair
 still makes progress on a cluster that is slow for reasons of its own, and adds at most a quarter to
 its p99, instead of being starved at the floor while clients gain nothing from it.
 
+The p99 shown on status pages (`/stats`, `/admin/status`) is read from a histogram of the window
+(dynastore.histogram, within 1.6 %), so a status call never sorts the window's samples; the
+judgements above still use the samples themselves.
+
 Pure: time arrives as `now_ms`; latencies are reported by the shell.
 """
 
@@ -30,7 +34,11 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+from dynastore.histogram import NODE_SUB_BUCKET_BITS, WindowedHistogram
+
 SAMPLES_MAX = 50_000
+# The status p99's window is kept in this many intervals (it covers 90-100 % of window_ms).
+STATUS_INTERVALS = 10
 ADJUST_EVERY_MS = 1000
 # Fewer requests than this in a second make that second's p99 mostly noise.
 INTERVAL_SAMPLES_MIN = 20
@@ -68,8 +76,13 @@ class BackgroundController:
     # The rate after the last slowdown: below it the rate grows quickly, above it gently (TCP's ssthresh).
     threshold_per_s: float = float("inf")
     slowdowns: int = 0
+    recent: WindowedHistogram = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recent = WindowedHistogram(self.window_ms / 1000, STATUS_INTERVALS, NODE_SUB_BUCKET_BITS)
 
     def observe(self, now_ms: int, latency_ms: float) -> None:
+        self.recent.record(now_ms / 1000, int(latency_ms * 1_000_000))
         self.samples.append((now_ms, latency_ms))
         if len(self.samples) > SAMPLES_MAX:
             self.samples.popleft()
@@ -81,9 +94,8 @@ class BackgroundController:
             self.quiet.popleft()
 
     def p99(self, now_ms: int) -> float:
-        """The p99 of foreground latency over the whole recent window (for status pages)."""
-        self._expire(now_ms)
-        return _p99([latency for _, latency in self.samples])
+        """The p99 of foreground latency over the recent window, in ms (for status pages)."""
+        return round(self.recent.snapshot(now_ms / 1000).percentile(99.0) / 1_000_000, 3)
 
     def limit_ms(self, now_ms: int) -> float:
         """The p99 above which background work slows down: the target, or a quarter above what clients

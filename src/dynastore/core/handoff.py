@@ -200,6 +200,7 @@ class Handoff(NodeBase):
         )
         self.stats.handoff_batches += 1
         self.stats.handoff_keys += len(msg.items)
+        self.stats.handoff_bytes += sum(objects.size_bytes(item.obj) for item in msg.items)
         if msg.done:
             self._start_transfers(now_ms)
         elif self.settings.handoff_pause_ms == 0 and self.controller.admit(now_ms):

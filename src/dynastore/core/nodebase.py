@@ -61,6 +61,8 @@ class Stats:
     gossip_rounds: int = 0
     handoff_batches: int = 0
     handoff_keys: int = 0
+    # What the objects received by ownership handoff weigh (values, types, metadata; objects.size_bytes).
+    handoff_bytes: int = 0
     handoff_resumed: int = 0
     transfers_completed: int = 0
     strays_handed_off: int = 0

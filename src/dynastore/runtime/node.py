@@ -19,20 +19,31 @@ import queue
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynastore.backup import remove_temp as remove_backup_temp
 from dynastore.core.effects import Event
-from dynastore.core.messages import ClientRequest, ClientResponse, Failure, Message
+from dynastore.core.messages import (
+    ClientGet,
+    ClientPut,
+    ClientRequest,
+    ClientResponse,
+    Failure,
+    Message,
+    ReplicaGet,
+    ReplicaGetReply,
+    ReplicaPut,
+    ReplicaPutReply,
+)
 from dynastore.core.node import AdminRequest, Batch, ClientJoin, Effect, NodeCore, Reply, Send
 from dynastore.core.nodebase import StartupError
 from dynastore.core.secret import is_loopback, startup_problem
 from dynastore.net import tls
 from dynastore.net.rpc import WILDCARD_HOSTS, Transport
+from dynastore.runtime.metrics import RequestMetrics, outcome_of
 from dynastore.runtime.secrets import resolve as resolve_secret
 from dynastore.settings import Settings
 from dynastore.storage import open_engine
@@ -45,40 +56,8 @@ log = logging.getLogger("dynastore.node")
 events = logging.getLogger("dynastore.events")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
-LATENCY_WINDOW_S = 60.0
-LATENCY_SAMPLES_MAX = 200_000
 # A batch the disk had no room for is written again this often.
 STUCK_RETRY_S = 1.0
-
-
-@dataclass
-class LatencyWindow:
-    """Request latencies (microseconds) over the last minute, bounded in size."""
-
-    samples: deque[tuple[float, int]] = field(default_factory=deque)
-
-    def record(self, now_s: float, micros: int) -> None:
-        self.samples.append((now_s, micros))
-        if len(self.samples) > LATENCY_SAMPLES_MAX:
-            self.samples.popleft()
-
-    def summary(self, now_s: float) -> dict[str, int]:
-        while self.samples and self.samples[0][0] < now_s - LATENCY_WINDOW_S:
-            self.samples.popleft()
-        values = sorted(us for _, us in self.samples)
-        if not values:
-            return {"mean": 0, "median": 0, "95": 0, "99": 0, "100": 0}
-
-        def pct(p: float) -> int:
-            return values[min(len(values) - 1, int(p * len(values)))]
-
-        return {
-            "mean": sum(values) // len(values),
-            "median": pct(0.5),
-            "95": pct(0.95),
-            "99": pct(0.99),
-            "100": values[-1],
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +87,15 @@ def log_event(event: Event) -> None:
     level = LEVELS[event.level]
     if events.isEnabledFor(level):
         events.log(level, "%s", event.text, extra={"event": event.kind, "fields": dict(event.fields)})
+
+
+def _op_of(request: ClientRequest | AdminRequest) -> str | None:
+    """What /stats and /metrics count a client request as: get, put, delete, or nothing."""
+    if isinstance(request, ClientGet):
+        return "get"
+    if isinstance(request, ClientPut):
+        return "put" if request.content is not None else "delete"
+    return None
 
 
 class Clock:
@@ -197,7 +185,8 @@ class NodeRuntime:
         # A batch the disk had no room for, written again every STUCK_RETRY_S until it fits.
         self._stuck: Batch | None = None
         self._space_timer: asyncio.TimerHandle | None = None
-        self.latency = {"get": LatencyWindow(), "put": LatencyWindow()}
+        self.metrics = RequestMetrics()
+        self._counters_timer: asyncio.TimerHandle | None = None
         self.started_at = time.time()
         self.stopping = asyncio.Event()
         # Why the node stops on its own when it must (a seed refused it): the process exits with it.
@@ -266,6 +255,7 @@ class NodeRuntime:
             )
         await self.transport.start()
         self._check_space()
+        self._sample_counters()
         self._flush()
         if cfg.seeds and len(self.core.cluster.members) == 1 and not self.core.has_data():
             self._join_task = asyncio.get_running_loop().create_task(self._join_seeds())
@@ -277,6 +267,8 @@ class NodeRuntime:
             self._timer.cancel()
         if self._space_timer is not None:
             self._space_timer.cancel()
+        if self._counters_timer is not None:
+            self._counters_timer.cancel()
         if self._stuck is not None:
             # A batch with no room is never written: nothing that depends on it was acknowledged.
             log.warning("stopping with a batch the disk had no room for (its writes were not acknowledged)")
@@ -342,28 +334,37 @@ class NodeRuntime:
     async def request(self, request: ClientRequest | AdminRequest) -> ClientResponse:
         core = self.core
         assert core is not None
+        op = _op_of(request)
         if len(self._futures) >= self.settings.requests_inflight_max:
+            if op is not None:
+                self.metrics.refused(op, "overload")
             return Failure("overload", f"more than {self.settings.requests_inflight_max} requests in flight")
         self._request_id += 1
         rid = self._request_id
         fut: asyncio.Future[ClientResponse] = asyncio.get_running_loop().create_future()
         self._futures[rid] = fut
-        started = time.perf_counter()
+        started_ns = time.perf_counter_ns()
         core.on_request(rid, request, self.clock.now_ms())
         self._schedule_flush()
+        # What a request that never got its answer (its client went away) counts as.
+        outcome = "cancelled"
         try:
-            return await fut
+            response = await fut
+            outcome = outcome_of(response)
+            return response
         finally:
             self._futures.pop(rid, None)
-            micros = int((time.perf_counter() - started) * 1_000_000)
-            kind = type(request).__name__
-            if kind in ("ClientGet", "ClientPut"):
-                self.latency["get" if kind == "ClientGet" else "put"].record(time.monotonic(), micros)
+            if op is not None:
+                elapsed_ns = time.perf_counter_ns() - started_ns
+                self.metrics.coordinated(op, outcome, elapsed_ns, time.monotonic())
                 # The background controller paces repair and handoff by what clients experience.
-                core.observe_latency(micros / 1000, self.clock.now_ms())
+                core.observe_latency(elapsed_ns / 1e6, self.clock.now_ms())
 
     def _on_message(self, src: str, msg: Message) -> None:
         assert self.core is not None
+        if isinstance(msg, ReplicaGet | ReplicaPut):
+            # Timed until its reply leaves (after the batch holding a write is durable): replica latency.
+            self.metrics.replica_request(src, msg, time.perf_counter_ns())
         self.core.on_message(src, msg, self.clock.now_ms())
         self._schedule_flush()
 
@@ -425,6 +426,12 @@ class NodeRuntime:
         interval_s = self.settings.storage_check_interval_ms / 1000
         self._space_timer = asyncio.get_running_loop().call_later(interval_s, self._check_space)
 
+    def _sample_counters(self) -> None:
+        """Once a second, hand the core's running counts to the one-minute counters of `/stats`."""
+        assert self.core is not None
+        self.metrics.observe_read_repairs(self.core.stats.read_repairs, time.monotonic())
+        self._counters_timer = asyncio.get_running_loop().call_later(1.0, self._sample_counters)
+
     def _retry_stuck(self) -> None:
         batch, self._stuck = self._stuck, None
         assert batch is not None and self.engine is not None
@@ -470,7 +477,10 @@ class NodeRuntime:
             elif isinstance(effect, Send):
                 if effect.dst == self.config.name and effect.address is None:
                     continue
-                transport.send(effect.dst, effect.msg, effect.address)
+                msg = effect.msg
+                if isinstance(msg, ReplicaGetReply | ReplicaPutReply):
+                    self.metrics.replica_replied(effect.dst, msg.req, time.perf_counter_ns())
+                transport.send(effect.dst, msg, effect.address)
             elif isinstance(effect, Event):
                 log_event(effect)
             elif not self.stopping.is_set():
@@ -514,9 +524,9 @@ class NodeRuntime:
         assert core is not None and self.transport is not None
         now = time.monotonic()
         out = core.stats_snapshot(self.clock.now_ms())
-        for kind in ("get", "put"):
-            for name, value in self.latency[kind].summary(now).items():
-                out[f"node_{kind}_fsm_time_{name}"] = value
+        # The core's read_repairs is its running count; Riak's is per minute (read_repairs_total stays).
+        self.metrics.observe_read_repairs(core.stats.read_repairs, now)
+        out.update(self.metrics.stats(now))
         out["peer_frames_dropped_total"] = self.transport.dropped_frames
         out["peer_protocol_errors_total"] = self.transport.peer_errors
         out["peer_auth_failures_total"] = self.transport.auth_failures

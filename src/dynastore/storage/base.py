@@ -36,6 +36,10 @@ class Space:
 
     used_bytes: int
     free_bytes: int
+    # The engine's file(s) as they stand, and the size they may grow to (LMDB's map size), where the
+    # engine has such a limit: how much of its map an LMDB node uses, for /metrics.
+    file_bytes: int | None = None
+    file_bytes_max: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

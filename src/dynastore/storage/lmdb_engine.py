@@ -296,7 +296,7 @@ class LmdbEngine:
             in_file = int(env.info()["last_pgno"]) + 1
         reusable = max(0, in_file - used) * page
         room = max(0, min(self._disk_free_bytes(), self._map_max - in_file * page))
-        return Space(used * page, reusable + room)
+        return Space(used * page, reusable + room, in_file * page, self._map_max)
 
     def _write_once(self, env: lmdb.Environment, ops: Sequence[Op]) -> None:
         layout = self._layout

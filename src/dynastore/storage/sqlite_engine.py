@@ -170,7 +170,7 @@ class SqliteEngine:
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
             unused = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             fs = os.statvfs(self.path)
-        return Space((pages - unused) * page, unused * page + fs.f_bavail * fs.f_frsize)
+        return Space((pages - unused) * page, unused * page + fs.f_bavail * fs.f_frsize, pages * page)
 
     def copy_to(self, directory: Path) -> tuple[str, ...]:
         """Write a consistent copy of the database into the empty `directory` with SQLite's backup API
