@@ -20,6 +20,11 @@ segment request and each objects request on the responder's (a busy responder sa
 initiator asks again later). A step moves at most `anti_entropy_keys_batch_max` objects, so one
 admitted step never stalls the node for long.
 
+An operator may ask for exchanges now (`cluster repair`): `request_repair` queues one exchange with
+every other primary of the partitions named, and they start one after another, before the scheduled
+rounds, each still admitted by the controller. What `cluster aae-status` shows (when each tree was
+built, each partition's last exchange, with whom, and the keys it repaired) is kept in `AaeStats`.
+
 The initiator drives the exchange; the responder answers statelessly. Both count the bytes of the
 anti-entropy messages they send and receive.
 """
@@ -60,6 +65,22 @@ META_CLEAN = b"clean_shutdown"
 META_SUMMARY_VERSION = b"aae_summary_version"
 # Partitions with a copy found corrupt, exchanged before any other (at most this many remembered).
 URGENT_MAX = 1024
+# Exchanges an operator asked for (`cluster repair`) waiting to start, at most.
+REPAIR_QUEUE_MAX = 16384
+
+
+class RepairError(ValueError):
+    """A repair that cannot be queued (a partition this node holds no replica of, a full queue)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LastExchange:
+    """A partition's most recent completed exchange: when, with which peer, how many keys it repaired."""
+
+    at_ms: int
+    peer: str
+    n_val: int
+    keys_repaired: int
 
 
 class AntiEntropyHost(Protocol):
@@ -125,6 +146,11 @@ class AaeStats:
     busy_replies: int = 0
     objects_pushed: int = 0
     last_exchange_ms: dict[int, int] = field(default_factory=dict)
+    last_exchange: dict[int, LastExchange] = field(default_factory=dict)
+    # When each (partition, n_val) tree was last built, and keys repaired per partition since start.
+    built_ms: dict[tuple[int, int], int] = field(default_factory=dict)
+    repaired_by_partition: dict[int, int] = field(default_factory=dict)
+    repairs_requested: int = 0
 
 
 def _size(msg: Message) -> int:
@@ -156,6 +182,8 @@ class AntiEntropy:
         self._next_verify_all_ms = now_ms + node.settings.anti_entropy_rebuild_interval_ms
         # Partitions to exchange before the others (a copy in them was found corrupt and discarded).
         self.urgent: dict[int, None] = {}
+        # Exchanges an operator asked for: (partition, n_val, peer), in order.
+        self.requested: dict[tuple[int, int, str], None] = {}
         clean = node._get("meta", META_CLEAN) is not None
         node._put("meta", META_CLEAN, None)
         raw_version = node._get("meta", META_SUMMARY_VERSION)
@@ -220,6 +248,7 @@ class AntiEntropy:
             tree.toggle(segment, merkle.key_hash(raw_key[7:], version))
         tree.ready = True
         self.stats.tree_builds += 1
+        self.stats.built_ms[(partition, n_val)] = self.node.now_hint_ms
 
     def verify(self, partition: int) -> None:
         """Recompute a partition's segment index from its data, fix what differs, rebuild its trees."""
@@ -258,7 +287,7 @@ class AntiEntropy:
     def next_deadline_ms(self) -> int:
         if not self.node.settings.anti_entropy_enabled:
             return self.node.now_hint_ms + 3_600_000
-        if self.build_queue or self.verify_queue:
+        if self.build_queue or self.verify_queue or (self.requested and not self._exchanging):
             # Soon, not now: a step the controller deferred must not make the timer spin.
             return self.node.now_hint_ms + QUEUE_RETRY_MS
         soonest = min(self._next_exchange_ms, self._next_verify_all_ms)
@@ -286,6 +315,8 @@ class AntiEntropy:
         if now_ms >= self._next_verify_all_ms:
             self._next_verify_all_ms = now_ms + self.node.settings.anti_entropy_rebuild_interval_ms
             self.verify_queue.extend(p for p in range(self.node.ring.size) if p not in self.verify_queue)
+        if self.requested and not self._exchanging and controller.admit(now_ms):
+            self._start_requested(now_ms)
         if now_ms >= self._next_exchange_ms:
             candidates = self._candidates()
             spacing = self.node.settings.anti_entropy_interval_ms // max(1, len(candidates))
@@ -298,6 +329,50 @@ class AntiEntropy:
         if len(self.urgent) < URGENT_MAX:
             self.urgent[partition] = None
         self._next_exchange_ms = min(self._next_exchange_ms, self.node.now_hint_ms)
+
+    def request_repair(self, partition: int | None) -> list[tuple[int, int, str]]:
+        """Queue an exchange now with every other primary of `partition` (None: of every partition this
+        node is a primary of). Returns what was queued; raises RepairError, queueing nothing, when the
+        node holds no replica of the partition or the queue would pass its limit."""
+        node = self.node
+        if partition is not None and not 0 <= partition < node.ring.size:
+            raise RepairError(f"partition must be from 0 to {node.ring.size - 1}")
+        wanted = [
+            (p, n_val, peer)
+            for p, n_val, peers in self._candidates()
+            if partition is None or p == partition
+            for peer in peers
+        ]
+        if partition is not None and not wanted:
+            primaries = placement.placement(node.cluster.ring, partition, node.settings.n_val).plist.primary_nodes
+            raise RepairError(
+                f"{node.name} holds no replica of partition {partition} with another primary "
+                f"(its primaries: {', '.join(primaries)})"
+            )
+        fresh = [entry for entry in wanted if entry not in self.requested]
+        if len(self.requested) + len(fresh) > REPAIR_QUEUE_MAX:
+            raise RepairError(f"more than {REPAIR_QUEUE_MAX} exchanges would be queued; repair fewer partitions")
+        for entry in fresh:
+            self.requested[entry] = None
+        self.stats.repairs_requested += len(fresh)
+        return wanted
+
+    def _start_requested(self, now_ms: int) -> None:
+        """Start the first requested exchange that can run (its tree is ready; the peer is up and still a
+        primary). Those that can never run now are dropped; those waiting for their tree stay."""
+        healthy = self.node.healthy(now_ms)
+        current = {(p, n): peers for p, n, peers in self._candidates()}
+        for entry in list(self.requested):
+            partition, n_val, peer = entry
+            if peer not in current.get((partition, n_val), ()) or peer not in healthy:
+                del self.requested[entry]
+                continue
+            tree = self.trees.get((partition, n_val))
+            if tree is None or not tree.ready:
+                continue
+            del self.requested[entry]
+            self._begin(peer, partition, n_val, now_ms)
+            return
 
     def _candidates(self) -> list[tuple[int, int, list[str]]]:
         node = self.node
@@ -352,6 +427,7 @@ class AntiEntropy:
         self._exchanging = False
         self.stats.exchanges += 1
         self.stats.last_exchange_ms[op.partition] = now_ms
+        self.stats.last_exchange[op.partition] = LastExchange(now_ms, op.peer, op.n_val, op.repaired)
 
     def abandon(self, op_id: int) -> None:
         self.node._finish(op_id)
@@ -531,6 +607,9 @@ class AntiEntropy:
                 flags.append(node._keeps_one(parsed.bucket))
                 size += len(raw)
         self.stats.keys_repaired += len(batch)
+        op.repaired += len(batch)
+        by_partition = self.stats.repaired_by_partition
+        by_partition[op.partition] = by_partition.get(op.partition, 0) + len(batch)
         if not merged:
             self._request_objects(msg.req, op)
             return

@@ -177,6 +177,8 @@ class ExchangeOp:
     batch: list[int] = field(default_factory=list)
     differing: list[bytes] = field(default_factory=list)
     stage: ExchangeStage = "tree"
+    # Keys repaired so far in this exchange (what `cluster aae-status` shows of the last one).
+    repaired: int = 0
 
 
 AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ReapCheckOp | ExchangeOp
