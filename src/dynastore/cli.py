@@ -512,7 +512,7 @@ def plan(url: str, as_json: bool) -> None:
     if not data["changes"]:
         click.echo("there are no staged changes")
         return
-    click.echo(f"staged changes (planned from ring v{data['ring_version']}, seen from {data['node']}):")
+    click.echo(f"staged changes (plan {data['plan_id']}, from ring v{data['ring_version']}, seen from {data['node']}):")
     click.echo(f"  {'action':<10} details")
     for change in data["changes"]:
         details = change["node"] + (f" by {change['target']}" if change["target"] else "")
@@ -535,11 +535,21 @@ def plan(url: str, as_json: bool) -> None:
 
 
 @cluster.command()
+@click.option("--plan-id", default=None, help="Commit only if the staged changes are still those of this plan.")
 @NODE_OPTION
-def commit(url: str) -> None:
-    """Apply every staged change at once: the claimant makes one ring transition of them."""
-    _admin(url, "/admin/commit", method="POST")
-    click.echo("committed: the cluster moves to the planned ring (cluster status shows the transfers)")
+def commit(plan_id: str | None, url: str) -> None:
+    """Apply every staged change at once: the claimant makes one ring transition of them. Commits the
+    plan that `cluster plan` at the same node shows now (or refuses if it is not --plan-id's)."""
+    planned = _admin(url, "/admin/plan")
+    if not planned["changes"]:
+        _fail("there are no staged changes")
+    if plan_id is not None and plan_id != planned["plan_id"]:
+        _fail("the staged changes or the ring changed since that plan; run cluster plan again")
+    _admin(url, "/admin/commit", method="POST", params={"plan": planned["plan_id"]})
+    click.echo(
+        f"committed {len(planned['changes'])} staged changes (plan {planned['plan_id']}): "
+        f"{planned['partitions_moved']} partitions move (cluster status shows the transfers)"
+    )
 
 
 @cluster.command()

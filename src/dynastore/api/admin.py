@@ -85,7 +85,10 @@ async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: lis
     if rest == [b"plan"] and method == "GET":
         return _plan(runtime)
     if rest in ([b"commit"], [b"clear"]) and method == "POST":
-        response = await runtime.request(ClientStaged("commit" if rest == [b"commit"] else "clear"))
+        planned = request.query.get("plan", "")
+        if len(planned) > 64:
+            raise BadRequest("plan must be the plan_id `cluster plan --json` shows")
+        response = await runtime.request(ClientStaged("commit" if rest == [b"commit"] else "clear", planned))
         if isinstance(response, Failure):
             return failure(response)
         return json_response({"done": rest[0].decode(), "ring_version": core.cluster.ring.version})
@@ -145,6 +148,7 @@ def _plan(runtime: NodeRuntime) -> Answer:
     return json_response(
         {
             "node": core.name,
+            "plan_id": plan.plan_id,
             "ring_version": plan.ring_version,
             "changes": [{"node": c.node, "action": c.action, "target": c.target or None} for c in plan.changes],
             "transitions": 1,

@@ -278,7 +278,11 @@ class ClusterOps(NodeBase):
             # A staged joiner is a member from now on, but is given partitions only at commit; the
             # record goes in the same state as the member, so no claimant ever sees one without the other.
             if msg.stage:
-                joined = clusterplan.stage_join(joined, joiner.name, self.name)
+                try:
+                    joined = clusterplan.stage_join(joined, joiner.name, self.name)
+                except clusterplan.PlanError as exc:
+                    self._send(src, JoinReply(msg.req, False, str(exc), b"", b""))
+                    return
             elif (record := joined.staged_for(joiner.name)) is not None and record.pending:
                 joined = joined.with_staged(joiner.name, "", self.name)
             self._set_cluster(joined)
@@ -381,7 +385,7 @@ class ClusterOps(NodeBase):
         joiners = clusterplan.staged_joiners(self.cluster)
         try:
             if req.action == "commit":
-                changed = clusterplan.commit(self.cluster, self.name)
+                changed = clusterplan.commit(self.cluster, self.name, req.plan_id)
             else:
                 changed = clusterplan.clear(self.cluster, self.name)
         except clusterplan.PlanError as exc:

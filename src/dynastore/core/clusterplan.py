@@ -21,14 +21,18 @@ copy gossiped late cannot bring the change back.
   takes exactly OLD's partitions (at equal weights) and OLD hands them off before it exits.
 - `future_owners` is the one function both the claimant and `plan` call: what plan shows is what
   commit does, as long as no other ring is installed in between (plan and commit refuse to run while
-  a ring transition is in progress for that reason).
+  a ring transition is in progress for that reason). Staged changes spread by gossip, so a node may
+  not have heard of one staged elsewhere a moment ago: a plan carries an id (`plan_id`, a digest of
+  the ring and the staged records), and a commit given that id refuses if the node's staged changes
+  are no longer the ones planned, as Riak's commit refuses when the plan has changed.
 - Clear drops every staged change; as in Riak, nodes staged to join are removed from the cluster
   (they own nothing and hold nothing, so they stop).
 
 What is refused (and changes nothing), as Riak's claimant refuses it: a change for a node that is not a
 member, a second change for a node that has one staged, a leave of a node already leaving, a remove of
 the node asked (use leave), a set of changes that would leave no member to own the ring, a replace
-whose NEW is not a node staged to join or is already another node's replacement, and plan or commit
+whose NEW is not a node staged to join or is already another node's replacement, more owners than
+the ring has partitions, and plan or commit
 with nothing staged or while a ring transition is in progress. Fewer owners than n_val is allowed,
 with a warning in the plan (Riak warns likewise).
 
@@ -37,11 +41,12 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, replace
 
 from dynastore.core.membership import OWNING, ClusterState, Staged
-from dynastore.core.ring import Ring, claim
+from dynastore.core.ring import ClaimError, Ring, claim
 
 
 class PlanError(ValueError):
@@ -93,7 +98,17 @@ def future_owners(state: ClusterState, n_val: int) -> tuple[str, ...]:
 
 def stage_join(state: ClusterState, node: str, author: str) -> ClusterState:
     """`node`, just added as a joining member, waits for commit before it is given partitions."""
-    return state.with_staged(node, "join", author)
+    after = state.with_staged(node, "join", author)
+    _check_claimable(_apply(after, author))
+    return after
+
+
+def _check_claimable(after: ClusterState) -> None:
+    owning = owning_weights(after)
+    if not owning:
+        raise PlanError("these changes would leave no member to own the ring")
+    if len(owning) > after.ring.ring.size:
+        raise PlanError(f"{len(owning)} owners cannot share the ring's {after.ring.ring.size} partitions")
 
 
 def stage(state: ClusterState, node: str, action: str, author: str, target: str = "") -> ClusterState:
@@ -124,8 +139,7 @@ def stage(state: ClusterState, node: str, action: str, author: str, target: str 
     else:
         raise PlanError(f"cannot stage {action!r}")
     after = state.with_staged(node, action, author, target)
-    if not owning_weights(_apply(after, author)):
-        raise PlanError("these changes would leave no member to own the ring")
+    _check_claimable(_apply(after, author))
     return after
 
 
@@ -142,10 +156,22 @@ def clear(state: ClusterState, author: str) -> ClusterState:
     return state
 
 
-def commit(state: ClusterState, author: str) -> ClusterState:
-    """Apply every staged change at once, for the claimant to make one ring transition of them."""
+def commit(state: ClusterState, author: str, planned: str = "") -> ClusterState:
+    """Apply every staged change at once, for the claimant to make one ring transition of them.
+    `planned`, when given, is the id of the plan the operator saw: commit refuses if it has changed."""
     _check_plannable(state)
+    if planned and planned != plan_id(state):
+        raise PlanError("the staged changes or the ring changed since that plan; run cluster plan again")
     return _apply(state, author)
+
+
+def plan_id(state: ClusterState) -> str:
+    """Names what a plan was made of: the ring's (version, claimant) and the staged records."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(f"{state.ring.version}:{state.ring.claimant}".encode())
+    for r in pending(state):
+        digest.update(f"|{r.node}:{r.action}:{r.target}:{r.version}:{r.author}".encode())
+    return digest.hexdigest()
 
 
 def _check_plannable(state: ClusterState) -> None:
@@ -201,6 +227,7 @@ class NodePlan:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    plan_id: str
     ring_version: int
     changes: tuple[Staged, ...]
     nodes: tuple[NodePlan, ...]
@@ -221,7 +248,10 @@ def plan(state: ClusterState, n_val: int) -> Plan:
     changes = tuple(pending(state))
     after = _apply(state, "")
     owners_now = state.ring.owners
-    owners_after = future_owners(after, n_val)
+    try:
+        owners_after = future_owners(after, n_val)
+    except ClaimError as exc:
+        raise PlanError(f"these changes cannot make a ring: {exc}") from None
     now, later = Counter(owners_now), Counter(owners_after)
     moves = Counter((a, b) for a, b in zip(owners_now, owners_after, strict=True) if a != b)
     gains = Counter(b for (_, b), count in moves.items() for _ in range(count))
@@ -241,6 +271,7 @@ def plan(state: ClusterState, n_val: int) -> Plan:
     if owning < n_val:
         warnings.append(f"not all replicas will be on distinct nodes: {owning} owners for n_val {n_val}")
     return Plan(
+        plan_id(state),
         state.ring.version,
         changes,
         tuple(nodes),

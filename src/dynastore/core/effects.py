@@ -88,9 +88,11 @@ class ClientReplace:
 
 @dataclass(frozen=True, slots=True)
 class ClientStaged:
-    """Admin: commit the staged membership changes, or clear them (clusterplan.py)."""
+    """Admin: commit the staged membership changes (those of plan `plan_id`, when given), or clear
+    them (clusterplan.py)."""
 
     action: Literal["commit", "clear"]
+    plan_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
