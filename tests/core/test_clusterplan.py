@@ -234,3 +234,23 @@ def test_a_commit_of_a_plan_refuses_once_the_staged_changes_differ_from_it() -> 
     with pytest.raises(PlanError, match="changed since that plan"):
         clusterplan.commit(later, "n0", planned)
     assert clusterplan.commit(state, "n0", planned).member("n1").status == "leaving"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [
+        ("GET", b"plan"),
+        ("POST", b"commit"),
+        ("POST", b"clear"),
+        ("POST", b"replace"),
+        ("POST", b"repair"),
+        ("POST", b"join"),
+    ],
+)
+def test_the_staged_change_and_repair_routes_need_an_operator_and_aae_status_is_a_status_read(
+    method: str, route: bytes
+) -> None:
+    from dynastore.api import auth
+
+    assert auth.need_of(method, [b"admin", route], {}) == auth.OPERATOR
+    assert auth.need_of("GET", [b"admin", b"aae"], {}) == auth.STATUS

@@ -4,12 +4,16 @@ partitions to the new one and the old node exits, and a cleared join stops the j
 
 from __future__ import annotations
 
+import msgpack
+
 from dynastore.core import clusterplan
 from dynastore.core.messages import ClientGet, ClientPut, Failure, Ok
 from dynastore.core.node import ClientJoin, ClientLeave, ClientReplace, ClientStaged
+from dynastore.core.nodebase import META_CLUSTER
 from dynastore.core.objects import Content
 from dynastore.settings import Settings
 from dynastore.sim.cluster import SimCluster
+from dynastore.storage.base import Op
 
 SETTINGS = Settings(ring_size=16, handoff_batch_max=20, handoff_pause_ms=5, stray_scan_interval_ms=500)
 
@@ -94,3 +98,22 @@ def test_clearing_a_staged_join_removes_the_joiner_and_it_asks_to_stop() -> None
     nothing = c.request("n0", ClientStaged("commit"))
     assert isinstance(nothing, Failure) and "no staged changes" in nothing.reason
     assert "n3" not in c.core("n0").cluster.ring.owners
+
+
+def test_a_data_directory_of_the_previous_release_opens_and_its_state_is_written_back_as_format_4() -> None:
+    """A node whose cluster state is of format 3 (last release, before staged changes) starts, serves its
+    keys, stages and commits as any other, and has rewritten its state in format 4."""
+    c = SimCluster(1, Settings(ring_size=16, n_val=1, r=1, w=1))
+    assert isinstance(c.request("n0", ClientPut(b"b", b"k", None, Content(b"v"))), Ok)
+    c.stop("n0")
+    disk = c.nodes["n0"].engine
+    raw = disk.get("meta", META_CLUSTER)
+    assert raw is not None
+    state = msgpack.unpackb(raw, raw=False)
+    disk.write([Op("meta", META_CLUSTER, msgpack.packb([3, *state[1:7]], use_bin_type=True))])
+    c.restart("n0")
+    read_all(c, {b"k": b"v"}, node="n0")
+    c.settle(1_000)
+    rewritten = disk.get("meta", META_CLUSTER)
+    assert rewritten is not None and msgpack.unpackb(rewritten, raw=False)[0] == 4
+    assert c.core("n0").cluster.staged == ()
