@@ -573,34 +573,48 @@ def cluster_repair(partition: int | None, everything: bool, wait_s: float | None
         raise click.UsageError("give a PARTITION or --all")
     params = {"all": "true"} if everything else {"partition": str(partition)}
     data = _admin(url, "/admin/repair", method="POST", params=params)
+    gave_up: list[str] = []
     if wait_s is not None:
-        deadline = time.monotonic() + wait_s
-        wanted = {str(p) for p in data["partitions"]}
-        while True:
-            status = _admin(url, "/admin/aae")
-            rows = [status["partitions"].get(p) for p in wanted]
-            if all(
-                row is None
-                or (
-                    not row["repairs_queued"]
-                    and not row["exchanging"]
-                    and row["last_exchange"] is not None
-                    and row["last_exchange"]["at_ms"] >= data["requested_at_ms"]
-                )
-                for row in rows
-            ):
-                break
-            if time.monotonic() > deadline:
-                _fail(f"repair not finished after {wait_s:.0f} s (cluster aae-status shows where it is)")
-            time.sleep(0.2)
-        data["partitions_status"] = {p: status["partitions"].get(p) for p in sorted(wanted, key=int)}
+        rows = _wait_repaired(url, data, wait_s)
+        data["partitions_status"] = rows
+        since = data["requested_at_ms"]
+        gave_up = [p for p, row in rows.items() if row and (row["repair_given_up_at_ms"] or 0) >= since]
     if as_json:
         click.echo(json.dumps(data, indent=2))
-        return
-    click.echo(f"{data['node']}: anti-entropy exchanges queued for {len(data['partitions'])} partitions")
-    if wait_s is not None:
-        repaired = sum(row["last_exchange"]["keys_repaired"] for row in data["partitions_status"].values() if row)
-        click.echo(f"done: {repaired} keys repaired in the last exchange of each")
+    else:
+        click.echo(f"{data['node']}: anti-entropy exchanges queued for {len(data['partitions'])} partitions")
+        if wait_s is not None:
+            done = [row["last_exchange"] for row in data["partitions_status"].values() if row and row["last_exchange"]]
+            click.echo(
+                f"done: {sum(last['keys_repaired'] for last in done)} keys repaired in the last exchange of each"
+            )
+    if gave_up:
+        _fail(f"exchanges given up (a peer down or too busy) for partitions {', '.join(gave_up)}")
+
+
+def _wait_repaired(url: str, data: dict[str, Any], wait_s: float) -> dict[str, Any]:
+    """Poll until every partition asked for has no exchange queued or running and has exchanged (or
+    given up) since the request; its rows of `/admin/aae`."""
+    since = data["requested_at_ms"]
+    wanted = sorted((str(p) for p in data["partitions"]), key=int)
+
+    def finished(row: dict[str, Any] | None) -> bool:
+        if row is None:
+            return True
+        if row["repairs_queued"] or row["exchanging"]:
+            return False
+        last, gave_up = row["last_exchange"], row["repair_given_up_at_ms"]
+        return (last is not None and last["at_ms"] >= since) or (gave_up is not None and gave_up >= since)
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        status = _admin(url, "/admin/aae")
+        rows = {p: status["partitions"].get(p) for p in wanted}
+        if all(finished(row) for row in rows.values()):
+            return rows
+        if time.monotonic() > deadline:
+            _fail(f"repair not finished after {wait_s:.0f} s (cluster aae-status shows where it is)")
+        time.sleep(0.2)
 
 
 @cluster.command("aae-status")

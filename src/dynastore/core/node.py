@@ -453,8 +453,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
 
     def aae_partitions(self) -> dict[str, dict[str, Any]]:
         """Per partition this node is a primary of (`cluster aae-status`): its last exchange (when, with
-        whom, keys repaired), keys repaired since the node started, exchanges asked for and waiting, and
-        whether one is running now."""
+        whom, keys repaired), keys repaired since the node started, exchanges asked for and waiting,
+        whether one is running now, and when a requested one was last given up (peer down or too busy)."""
         stats = self.aae.stats
         queued: dict[int, int] = {}
         for partition, _, _ in self.aae.requested:
@@ -472,6 +472,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
                 "keys_repaired": stats.repaired_by_partition.get(partition, 0),
                 "repairs_queued": queued.get(partition, 0),
                 "exchanging": partition in exchanging,
+                "repair_given_up_at_ms": stats.repair_given_up_ms.get(partition),
             }
         return out
 

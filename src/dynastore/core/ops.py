@@ -179,6 +179,8 @@ class ExchangeOp:
     stage: ExchangeStage = "tree"
     # Keys repaired so far in this exchange (what `cluster aae-status` shows of the last one).
     repaired: int = 0
+    # Which try this is of an exchange an operator asked for (`cluster repair`); 0: a scheduled one.
+    attempt: int = 0
 
 
 AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ReapCheckOp | ExchangeOp
