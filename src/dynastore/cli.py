@@ -345,9 +345,10 @@ def status(url: str, as_json: bool, watch: bool | None) -> None:
     )
     for m in data["members"]:
         state = "up" if m["reachable"] else "DOWN"
+        staged = f"  (staged {m['staged']})" if m.get("staged") else ""
         click.echo(
             f"  {m['name']:<12} {m['status']:<8} {state:<5} phi {m['phi']:<6} "
-            f"partitions {m['partitions']:<4} {m['host']}:{m['peer_port']} http {m['http_port']}"
+            f"partitions {m['partitions']:<4} {m['host']}:{m['peer_port']} http {m['http_port']}{staged}"
         )
     aae = data.get("anti_entropy")
     if aae:
@@ -572,11 +573,16 @@ def cluster_repair(partition: int | None, everything: bool, wait_s: float | None
     if (partition is None) == (not everything):
         raise click.UsageError("give a PARTITION or --all")
     params = {"all": "true"} if everything else {"partition": str(partition)}
+    before = _admin(url, "/admin/aae")["partitions"] if wait_s is not None else {}
     data = _admin(url, "/admin/repair", method="POST", params=params)
     gave_up: list[str] = []
     if wait_s is not None:
         rows = _wait_repaired(url, data, wait_s)
         data["partitions_status"] = rows
+        # Keys the exchanges asked for repaired (each partition's count since the node started, less before).
+        data["keys_repaired"] = sum(
+            row["keys_repaired"] - before.get(p, {}).get("keys_repaired", 0) for p, row in rows.items() if row
+        )
         since = data["requested_at_ms"]
         gave_up = [p for p, row in rows.items() if row and (row["repair_given_up_at_ms"] or 0) >= since]
     if as_json:
@@ -584,10 +590,7 @@ def cluster_repair(partition: int | None, everything: bool, wait_s: float | None
     else:
         click.echo(f"{data['node']}: anti-entropy exchanges queued for {len(data['partitions'])} partitions")
         if wait_s is not None:
-            done = [row["last_exchange"] for row in data["partitions_status"].values() if row and row["last_exchange"]]
-            click.echo(
-                f"done: {sum(last['keys_repaired'] for last in done)} keys repaired in the last exchange of each"
-            )
+            click.echo(f"done: {data['keys_repaired']} keys repaired")
     if gave_up:
         _fail(f"exchanges given up (a peer down or too busy) for partitions {', '.join(gave_up)}")
 

@@ -92,7 +92,9 @@ def test_staged_join_and_leave_move_nothing_until_commit_then_the_cluster_reache
         assert owners(node) == before
         assert node.status()["transition"] is None
     joiner_row = next(m for m in cluster[0].status()["members"] if m["name"] == "node3")
-    assert (joiner_row["status"], joiner_row["partitions"]) == ("joining", 0)
+    assert (joiner_row["status"], joiner_row["partitions"], joiner_row["staged"]) == ("joining", 0, "join")
+    status_text = cli("cluster", "status", "--no-watch", "--node", cluster[1].url)
+    assert "(staged join)" in status_text and "(staged leave)" in status_text
 
     out = cli("cluster", "commit", "--node", cluster[2].url)
     assert "committed 2 staged changes" in out
@@ -177,7 +179,7 @@ def test_repair_of_a_partition_brings_back_the_keys_a_wiped_replica_lost_and_aae
 
     assert "partition must be from 0 to 63" in refused("cluster", "repair", "99", "--node", wiped.url)
     result = json.loads(cli("cluster", "repair", str(partition), "--wait", "60", "--json", "--node", wiped.url))
-    assert result["partitions"] == [partition]
+    assert result["partitions"] == [partition] and result["keys_repaired"] == len(chosen)
     assert all(local(key) for key in chosen)
     others = [key for key in keys if key not in chosen]
     assert not any(local(key) for key in others), "only the partition asked for is repaired"

@@ -421,6 +421,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
         members = []
         for m in self.cluster.members:
             me = m.name == self.name
+            record = self.cluster.staged_for(m.name)
             members.append(
                 {
                     "name": m.name,
@@ -433,6 +434,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
                     "reachable": me or self.detector.is_up(m.name, now_ms),
                     "phi": 0.0 if me else round(self.detector.phi(m.name, now_ms), 2),
                     "partitions": counts.get(m.name, 0),
+                    # A staged change waiting for `cluster commit` (clusterplan.py), if any.
+                    "staged": record.action if record is not None and record.pending else None,
                 }
             )
         return members
