@@ -505,7 +505,8 @@ def _auth_headers(url: str, method: str, target: str, body: bytes, basic: bool =
 
 @main.group()
 def cluster() -> None:
-    """Membership: status, ring, join, leave, remove."""
+    """Membership (status, ring, join, leave, remove; staged: replace, plan, commit, clear) and
+    anti-entropy (repair, aae-status)."""
 
 
 def _remember_ca(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -581,9 +582,10 @@ def _print_status(url: str, data: dict[str, Any], watch: bool | None) -> None:
     )
     for m in data["members"]:
         state = "up" if m["reachable"] else "DOWN"
+        staged = f"  (staged {m['staged']})" if m.get("staged") else ""
         click.echo(
             f"  {m['name']:<12} {m['status']:<8} {state:<5} phi {m['phi']:<6} "
-            f"partitions {m['partitions']:<4} {m['host']}:{m['peer_port']} http {m['http_port']}"
+            f"partitions {m['partitions']:<4} {m['host']}:{m['peer_port']} http {m['http_port']}{staged}"
         )
     aae = data.get("anti_entropy")
     if aae:
@@ -680,31 +682,222 @@ def _print_ring(data: dict[str, Any]) -> None:
         click.echo(f"  {name:<12} {count:>4} partitions ({100 * count / data['ring_size']:.1f}%)")
 
 
+_STAGE_OPTION = click.option(
+    "--stage", is_flag=True, help="Stage the change: `cluster plan` shows it, `cluster commit` applies it."
+)
+
+
+def _stage_param(stage: bool) -> dict[str, str]:
+    return {"stage": "true"} if stage else {}
+
+
 @cluster.command()
 @click.argument("seed")
+@_STAGE_OPTION
 @NODE_OPTION
-def join(seed: str, url: str) -> None:
-    """Make the node at --node join the cluster that SEED (a member's host:peer-port) belongs to."""
+def join(seed: str, stage: bool, url: str) -> None:
+    """Make the node at --node join the cluster that SEED (a member's host:peer-port) belongs to. With
+    --stage it becomes a member that is given partitions only when the staged changes are committed."""
     _address(seed, "SEED")
-    _admin(url, "/admin/join", method="POST", params={"seed": seed})
-    click.echo(f"joined the cluster of {seed}")
+    _admin(url, "/admin/join", method="POST", params={"seed": seed, **_stage_param(stage)})
+    if stage:
+        click.echo(f"staged: join of the cluster of {seed} (cluster plan shows it, cluster commit applies it)")
+    else:
+        click.echo(f"joined the cluster of {seed}")
 
 
 @cluster.command()
+@_STAGE_OPTION
 @NODE_OPTION
-def leave(url: str) -> None:
-    """The node at --node hands off everything it holds, leaves the cluster and stops."""
-    _admin(url, "/admin/leave", method="POST")
-    click.echo("leaving: its partitions are being handed off; it stops once they are")
+def leave(stage: bool, url: str) -> None:
+    """The node at --node hands off everything it holds, leaves the cluster and stops (with --stage:
+    once the staged changes are committed)."""
+    data = _admin(url, "/admin/leave", method="POST", params=_stage_param(stage))
+    if stage:
+        click.echo(f"staged: leave of {data['leaving']}")
+    else:
+        click.echo("leaving: its partitions are being handed off; it stops once they are")
 
 
 @cluster.command()
 @click.argument("name")
+@_STAGE_OPTION
 @NODE_OPTION
-def remove(name: str, url: str) -> None:
-    """Remove NAME, a node gone for good; its partitions are rebuilt from the other replicas."""
-    _admin(url, "/admin/remove", method="POST", params={"node": name})
-    click.echo(f"removed {name}")
+def remove(name: str, stage: bool, url: str) -> None:
+    """Remove NAME, a node gone for good; its partitions are rebuilt from the other replicas (with
+    --stage: once the staged changes are committed)."""
+    _admin(url, "/admin/remove", method="POST", params={"node": name, **_stage_param(stage)})
+    click.echo(f"staged: remove of {name}" if stage else f"removed {name}")
+
+
+@cluster.command()
+@click.argument("old")
+@click.argument("new")
+@NODE_OPTION
+def replace(old: str, new: str, url: str) -> None:
+    """Stage the replace of OLD by NEW, a node staged to join (`cluster join SEED --stage` at NEW): at
+    commit NEW takes exactly OLD's partitions, and OLD leaves once it has handed them off."""
+    _admin(url, "/admin/replace", method="POST", params={"old": old, "new": new})
+    click.echo(f"staged: replace of {old} by {new}")
+
+
+@cluster.command()
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def plan(url: str, as_json: bool) -> None:
+    """The staged changes and what committing them will move: each node's partitions now and after,
+    gained and lost, and the transfers between nodes (computed with the claimant's own claim)."""
+    data = _admin(url, "/admin/plan")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if not data["changes"]:
+        click.echo("there are no staged changes")
+        return
+    click.echo(f"staged changes (plan {data['plan_id']}, from ring v{data['ring_version']}, seen from {data['node']}):")
+    click.echo(f"  {'action':<10} details")
+    for change in data["changes"]:
+        details = change["node"] + (f" by {change['target']}" if change["target"] else "")
+        click.echo(f"  {change['action']:<10} {details}")
+    click.echo(f"applying these changes results in {data['transitions']} ring transition")
+    click.echo("after the transition:")
+    click.echo(f"  {'status':<9} {'now':>5} {'after':>6} {'gains':>6} {'losses':>7}  node")
+    size = data["ring_size"]
+    for n in data["nodes"]:
+        share = f"{100 * n['partitions_after'] / size:.1f}%"
+        click.echo(
+            f"  {n['status_after']:<9} {n['partitions_now']:>5} {n['partitions_after']:>6} {n['gains']:>+6} "
+            f"{-n['losses']:>+7}  {n['name']} ({share})"
+        )
+    click.echo(f"transfers resulting from these changes: {data['partitions_moved']} partitions")
+    for move in data["moves"]:
+        click.echo(f"  {move['partitions']} from {move['from']} to {move['to']}")
+    for warning in data["warnings"]:
+        click.echo(f"WARNING: {warning}")
+
+
+@cluster.command()
+@click.option("--plan-id", default=None, help="Commit only if the staged changes are still those of this plan.")
+@NODE_OPTION
+def commit(plan_id: str | None, url: str) -> None:
+    """Apply every staged change at once: the claimant makes one ring transition of them. Commits the
+    plan that `cluster plan` at the same node shows now (or refuses if it is not --plan-id's)."""
+    planned = _admin(url, "/admin/plan")
+    if not planned["changes"]:
+        _fail("there are no staged changes")
+    if plan_id is not None and plan_id != planned["plan_id"]:
+        _fail("the staged changes or the ring changed since that plan; run cluster plan again")
+    _admin(url, "/admin/commit", method="POST", params={"plan": planned["plan_id"]})
+    click.echo(
+        f"committed {len(planned['changes'])} staged changes (plan {planned['plan_id']}): "
+        f"{planned['partitions_moved']} partitions move (cluster status shows the transfers)"
+    )
+
+
+@cluster.command()
+@NODE_OPTION
+def clear(url: str) -> None:
+    """Drop every staged change (nodes staged to join are removed again, and stop)."""
+    _admin(url, "/admin/clear", method="POST")
+    click.echo("cleared the staged changes")
+
+
+@cluster.command("repair")
+@click.argument("partition", type=int, required=False)
+@click.option("--all", "everything", is_flag=True, help="Every partition the node is a replica of.")
+@click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the exchanges.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@NODE_OPTION
+def cluster_repair(partition: int | None, everything: bool, wait_s: float | None, as_json: bool, url: str) -> None:
+    """Run anti-entropy now at the node at --node: exchange PARTITION (or, with --all, every partition
+    it holds) with each of the partition's other primaries, repairing the keys that differ."""
+    if (partition is None) == (not everything):
+        raise click.UsageError("give a PARTITION or --all")
+    params = {"all": "true"} if everything else {"partition": str(partition)}
+    before = _admin(url, "/admin/aae")["partitions"] if wait_s is not None else {}
+    data = _admin(url, "/admin/repair", method="POST", params=params)
+    gave_up: list[str] = []
+    if wait_s is not None:
+        rows = _wait_repaired(url, data, wait_s)
+        data["partitions_status"] = rows
+        # Keys the exchanges asked for repaired (each partition's count since the node started, less before).
+        data["keys_repaired"] = sum(
+            row["keys_repaired"] - before.get(p, {}).get("keys_repaired", 0) for p, row in rows.items() if row
+        )
+        since = data["requested_at_ms"]
+        gave_up = [p for p, row in rows.items() if row and (row["repair_given_up_at_ms"] or 0) >= since]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"{data['node']}: anti-entropy exchanges queued for {len(data['partitions'])} partitions")
+        if wait_s is not None:
+            click.echo(f"done: {data['keys_repaired']} keys repaired")
+    if gave_up:
+        _fail(f"exchanges given up (a peer down or too busy) for partitions {', '.join(gave_up)}")
+
+
+def _wait_repaired(url: str, data: dict[str, Any], wait_s: float) -> dict[str, Any]:
+    """Poll until every partition asked for has no exchange queued or running and has exchanged (or
+    given up) since the request; its rows of `/admin/aae`."""
+    since = data["requested_at_ms"]
+    wanted = sorted((str(p) for p in data["partitions"]), key=int)
+
+    def finished(row: dict[str, Any] | None) -> bool:
+        if row is None:
+            return True
+        if row["repairs_queued"] or row["exchanging"]:
+            return False
+        last, gave_up = row["last_exchange"], row["repair_given_up_at_ms"]
+        return (last is not None and last["at_ms"] >= since) or (gave_up is not None and gave_up >= since)
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        status = _admin(url, "/admin/aae")
+        rows = {p: status["partitions"].get(p) for p in wanted}
+        if all(finished(row) for row in rows.values()):
+            return rows
+        if time.monotonic() > deadline:
+            _fail(f"repair not finished after {wait_s:.0f} s (cluster aae-status shows where it is)")
+        time.sleep(0.2)
+
+
+@cluster.command("aae-status")
+@NODE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def aae_status(url: str, as_json: bool) -> None:
+    """Anti-entropy at the node at --node, per partition it holds: when its tree was built, its last
+    exchange (when, with whom, keys repaired) and keys repaired since the node started."""
+    data = _admin(url, "/admin/aae")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    now_ms = data["now_ms"]
+
+    def ago(at_ms: int | None) -> str:
+        return "never" if at_ms is None else f"{(now_ms - at_ms) / 1000:.1f} s ago"
+
+    built: dict[str, int | None] = {}
+    for name, tree in data["trees"].items():
+        partition = name.split("/")[0]
+        if tree["primary"]:
+            at = tree["built_at_ms"]
+            built[partition] = at if built.get(partition) is None else max(at or 0, built[partition] or 0)
+    click.echo(f"anti-entropy at {data['node']}:")
+    click.echo(
+        f"  {'partition':>9}  {'tree built':<14} {'last exchange':<14} {'with':<12} {'repaired':>8} {'total':>7}"
+    )
+    for partition, row in sorted(data["partitions"].items(), key=lambda item: int(item[0])):
+        last = row["last_exchange"]
+        state = (
+            " (exchanging)"
+            if row["exchanging"]
+            else (f" ({row['repairs_queued']} queued)" if row["repairs_queued"] else "")
+        )
+        peer, repaired = ("-", 0) if last is None else (last["peer"], last["keys_repaired"])
+        click.echo(
+            f"  {partition:>9}  {ago(built.get(partition)):<14} {ago(last and last['at_ms']):<14} "
+            f"{peer:<12} {repaired:>8} {row['keys_repaired']:>7}{state}"
+        )
 
 
 def _admin(

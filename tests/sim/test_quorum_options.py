@@ -158,7 +158,7 @@ def test_a_cluster_state_persisted_before_rw_existed_loads_with_rw_quorum() -> N
     raw = disk.get("meta", META_CLUSTER)
     assert raw is not None
     state = msgpack.unpackb(raw, raw=False)
-    assert state[0] == 3 and state[4] == [] and state[6] == []
+    assert state[0] == 4 and state[4] == [] and state[6] == [] and state[7] == []
     state = [2, *state[1:6]]
     # The bucket entry as such a release wrote it: [bucket, [[name, value], ...], version, author].
     state[4] = [[b"old", [["allow_mult", False], ["n_val", 1], ["r", "all"]], 3, "n0"]]

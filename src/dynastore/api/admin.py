@@ -2,7 +2,8 @@
 
 Not part of Riak's API. Every route validates its input like the rest of the API: a 4xx with a
 plain-text reason for anything malformed. What the routes report is computed by the core
-(`admin_status`, `aae_trees`, `local_copy`); this module only routes and renders.
+(`admin_status`, `aae_trees`, `aae_partitions`, `cluster_plan`, `local_copy`); this module only routes
+and renders.
 """
 
 from __future__ import annotations
@@ -18,10 +19,18 @@ from dynastore import __version__, backup
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.auth import Guard
 from dynastore.api.server import Request, StreamResponse
-from dynastore.core import buckettypes, keys, membership, merkle, objects, security
+from dynastore.core import buckettypes, clusterplan, keys, membership, merkle, objects, security
 from dynastore.core.effects import SecurityAction
 from dynastore.core.messages import PROTOCOL_VERSION, ClientBucketType, Failure, NotFound
-from dynastore.core.node import ClientJoin, ClientLeave, ClientRemove, SecurityChange
+from dynastore.core.node import (
+    ClientJoin,
+    ClientLeave,
+    ClientRemove,
+    ClientRepair,
+    ClientReplace,
+    ClientStaged,
+    SecurityChange,
+)
 from dynastore.runtime.node import NodeRuntime
 from dynastore.storage.base import NoSpaceError, StorageError
 from dynastore.storage.lmdb_layout import LAYOUT_VERSION
@@ -72,29 +81,59 @@ async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: lis
     if rest == [b"backup"] and method == "GET":
         return await _backup(runtime, request)
     if rest == [b"aae"] and method == "GET":
-        return json_response({"node": core.name, "trees": core.aae_trees()})
+        return json_response(
+            {
+                "node": core.name,
+                "now_ms": runtime.clock.now_ms(),
+                "trees": core.aae_trees(),
+                "partitions": core.aae_partitions(),
+            }
+        )
+    if rest == [b"repair"] and method == "POST":
+        return await _repair(runtime, request)
+    if rest == [b"plan"] and method == "GET":
+        return _plan(runtime)
+    if rest in ([b"commit"], [b"clear"]) and method == "POST":
+        planned = request.query.get("plan", "")
+        if len(planned) > 64:
+            raise BadRequest("plan must be the plan_id `cluster plan --json` shows")
+        response = await runtime.request(ClientStaged("commit" if rest == [b"commit"] else "clear", planned))
+        if isinstance(response, Failure):
+            return failure(response)
+        return json_response({"done": rest[0].decode(), "ring_version": core.cluster.ring.version})
+    if rest == [b"replace"] and method == "POST":
+        old, new = request.query.get("old", ""), request.query.get("new", "")
+        if not old or not new:
+            raise BadRequest("replace needs ?old=NAME&new=NAME")
+        response = await runtime.request(ClientReplace(old, new))
+        if isinstance(response, Failure):
+            return failure(response)
+        return json_response({"staged": "replace", "old": old, "new": new})
     if rest == [b"join"] and method == "POST":
         seed = request.query.get("seed", "")
         host, _, port = seed.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise BadRequest("seed must be host:peer-port")
-        response = await runtime.request(ClientJoin(host, int(port)))
+        stage = _stage_flag(request)
+        response = await runtime.request(ClientJoin(host, int(port), stage))
         if isinstance(response, Failure):
             return failure(response)
-        return json_response({"joined": seed})
+        return json_response({"joined": seed, "staged": stage})
     if rest == [b"leave"] and method == "POST":
-        response = await runtime.request(ClientLeave())
+        stage = _stage_flag(request)
+        response = await runtime.request(ClientLeave(stage))
         if isinstance(response, Failure):
             return failure(response)
-        return json_response({"leaving": core.name})
+        return json_response({"leaving": core.name, "staged": stage})
     if rest == [b"remove"] and method == "POST":
         name = request.query.get("node", "")
         if not name:
             raise BadRequest("remove needs ?node=NAME")
-        response = await runtime.request(ClientRemove(name))
+        stage = _stage_flag(request)
+        response = await runtime.request(ClientRemove(name, stage))
         if isinstance(response, Failure):
             return failure(response)
-        return json_response({"removed": name})
+        return json_response({"removed": name, "staged": stage})
     return text(404, "Not Found")
 
 
@@ -206,6 +245,71 @@ def _bucket_label(internal: bytes) -> str:
     type_name, bucket = buckettypes.split(internal)
     name = bucket.decode(errors="replace")
     return name if type_name == buckettypes.DEFAULT else f"{type_name}/{name}"
+
+
+def _stage_flag(request: Request) -> bool:
+    value = request.query.get("stage", "false")
+    if value not in ("true", "false"):
+        raise BadRequest("stage must be true or false")
+    return value == "true"
+
+
+def _plan(runtime: NodeRuntime) -> Answer:
+    """`cluster plan`: what committing the staged changes will move (computed as the claimant will)."""
+    core = runtime.core
+    assert core is not None
+    if not clusterplan.pending(core.cluster):
+        return json_response({"node": core.name, "ring_version": core.cluster.ring.version, "changes": []})
+    try:
+        plan = core.cluster_plan()
+    except clusterplan.PlanError as exc:
+        raise BadRequest(str(exc)) from None
+    return json_response(
+        {
+            "node": core.name,
+            "plan_id": plan.plan_id,
+            "ring_version": plan.ring_version,
+            "changes": [{"node": c.node, "action": c.action, "target": c.target or None} for c in plan.changes],
+            "transitions": 1,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "status_after": n.status_after,
+                    "partitions_now": n.partitions_now,
+                    "partitions_after": n.partitions_after,
+                    "gains": n.gains,
+                    "losses": n.losses,
+                }
+                for n in plan.nodes
+            ],
+            "moves": [{"from": a, "to": b, "partitions": count} for a, b, count in plan.moves],
+            "partitions_moved": plan.partitions_moved,
+            "ring_size": len(plan.owners_now),
+            "owners_after": list(plan.owners_after),
+            "warnings": list(plan.warnings),
+        }
+    )
+
+
+async def _repair(runtime: NodeRuntime, request: Request) -> Answer:
+    """`cluster repair PARTITION|--all`: queue anti-entropy exchanges now (they run one at a time)."""
+    core = runtime.core
+    assert core is not None
+    raw, everything = request.query.get("partition"), request.query.get("all") == "true"
+    if (raw is None) == (not everything):
+        raise BadRequest("repair needs ?partition=P or ?all=true")
+    partition = None
+    if raw is not None:
+        if not raw.isdigit() or len(raw) > 6:
+            raise BadRequest("partition must be a partition number")
+        partition = int(raw)
+    requested_ms = runtime.clock.now_ms()
+    response = await runtime.request(ClientRepair(partition))
+    if isinstance(response, Failure):
+        return failure(response)
+    held = sorted(int(p) for p in core.aae_partitions())
+    partitions = held if partition is None else [partition]
+    return json_response({"node": core.name, "partitions": partitions, "requested_at_ms": requested_ms})
 
 
 async def _security(runtime: NodeRuntime, request: Request, rest: list[bytes]) -> Answer:

@@ -20,6 +20,14 @@ segment request and each objects request on the responder's (a busy responder sa
 initiator asks again later). A step moves at most `anti_entropy_keys_batch_max` objects, so one
 admitted step never stalls the node for long.
 
+An operator may ask for exchanges now (`cluster repair`): `request_repair` queues one exchange with
+every other primary of the partitions named, and they start one after another, before the scheduled
+rounds, each still admitted by the controller. One that is abandoned (a busy responder, a timeout)
+goes back in the queue, up to `REPAIR_ATTEMPTS_MAX` times, so a repair asked for is not silently lost
+to load; one given up (or whose peer is down or no longer a primary) is counted and shown. What
+`cluster aae-status` shows (when each tree was built, each partition's last exchange, with whom, and
+the keys it repaired) is kept in `AaeStats`.
+
 The initiator drives the exchange; the responder answers statelessly. Both count the bytes of the
 anti-entropy messages they send and receive.
 """
@@ -61,6 +69,24 @@ META_CLEAN = b"clean_shutdown"
 META_SUMMARY_VERSION = b"aae_summary_version"
 # Partitions with a copy found corrupt, exchanged before any other (at most this many remembered).
 URGENT_MAX = 1024
+# Exchanges an operator asked for (`cluster repair`) waiting to start, at most; how often one that is
+# abandoned is tried again, and how long after.
+REPAIR_QUEUE_MAX = 16384
+REPAIR_ATTEMPTS_MAX = 50
+
+
+class RepairError(ValueError):
+    """A repair that cannot be queued (a partition this node holds no replica of, a full queue)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LastExchange:
+    """A partition's most recent completed exchange: when, with which peer, how many keys it repaired."""
+
+    at_ms: int
+    peer: str
+    n_val: int
+    keys_repaired: int
 
 
 class AntiEntropyHost(Protocol):
@@ -130,6 +156,14 @@ class AaeStats:
     busy_replies: int = 0
     objects_pushed: int = 0
     last_exchange_ms: dict[int, int] = field(default_factory=dict)
+    last_exchange: dict[int, LastExchange] = field(default_factory=dict)
+    # When each (partition, n_val) tree was last built, and keys repaired per partition since start.
+    built_ms: dict[tuple[int, int], int] = field(default_factory=dict)
+    repaired_by_partition: dict[int, int] = field(default_factory=dict)
+    repairs_requested: int = 0
+    repairs_given_up: int = 0
+    # When a requested exchange of the partition was last given up.
+    repair_given_up_ms: dict[int, int] = field(default_factory=dict)
 
 
 def _size(msg: Message) -> int:
@@ -161,6 +195,10 @@ class AntiEntropy:
         self._next_verify_all_ms = now_ms + node.settings.anti_entropy_rebuild_interval_ms
         # Partitions to exchange before the others (a copy in them was found corrupt and discarded).
         self.urgent: dict[int, None] = {}
+        # Exchanges an operator asked for: (partition, n_val, peer) -> attempts so far, in order; none
+        # starts before `_requested_not_before_ms` (set after an attempt is abandoned).
+        self.requested: dict[tuple[int, int, str], int] = {}
+        self._requested_not_before_ms = 0
         clean = node._get("meta", META_CLEAN) is not None
         node._put("meta", META_CLEAN, None)
         raw_version = node._get("meta", META_SUMMARY_VERSION)
@@ -225,6 +263,7 @@ class AntiEntropy:
             tree.toggle(segment, merkle.key_hash(raw_key[7:], version))
         tree.ready = True
         self.stats.tree_builds += 1
+        self.stats.built_ms[(partition, n_val)] = self.node.now_hint_ms
 
     def verify(self, partition: int) -> None:
         """Recompute a partition's segment index from its data, fix what differs, rebuild its trees."""
@@ -263,7 +302,7 @@ class AntiEntropy:
     def next_deadline_ms(self) -> int:
         if not self.node.settings.anti_entropy_enabled:
             return self.node.now_hint_ms + 3_600_000
-        if self.build_queue or self.verify_queue:
+        if self.build_queue or self.verify_queue or (self.requested and not self._exchanging):
             # Soon, not now: a step the controller deferred must not make the timer spin.
             return self.node.now_hint_ms + QUEUE_RETRY_MS
         soonest = min(self._next_exchange_ms, self._next_verify_all_ms)
@@ -291,6 +330,8 @@ class AntiEntropy:
         if now_ms >= self._next_verify_all_ms:
             self._next_verify_all_ms = now_ms + self.node.settings.anti_entropy_rebuild_interval_ms
             self.verify_queue.extend(p for p in range(self.node.ring.size) if p not in self.verify_queue)
+        if self.requested and not self._exchanging and now_ms >= self._requested_not_before_ms:
+            self._start_requested(now_ms)
         if now_ms >= self._next_exchange_ms:
             candidates = self._candidates()
             spacing = self.node.settings.anti_entropy_interval_ms // max(1, len(candidates))
@@ -303,6 +344,57 @@ class AntiEntropy:
         if len(self.urgent) < URGENT_MAX:
             self.urgent[partition] = None
         self._next_exchange_ms = min(self._next_exchange_ms, self.node.now_hint_ms)
+
+    def request_repair(self, partition: int | None) -> list[tuple[int, int, str]]:
+        """Queue an exchange now with every other primary of `partition` (None: of every partition this
+        node is a primary of). Returns what was queued; raises RepairError, queueing nothing, when the
+        node holds no replica of the partition or the queue would pass its limit."""
+        node = self.node
+        if partition is not None and not 0 <= partition < node.ring.size:
+            raise RepairError(f"partition must be from 0 to {node.ring.size - 1}")
+        wanted = [
+            (p, n_val, peer)
+            for p, n_val, peers in self._candidates()
+            if partition is None or p == partition
+            for peer in peers
+        ]
+        if partition is not None and not wanted:
+            primaries = placement.placement(node.cluster.ring, partition, node.settings.n_val).plist.primary_nodes
+            raise RepairError(
+                f"{node.name} holds no replica of partition {partition} with another primary "
+                f"(its primaries: {', '.join(primaries)})"
+            )
+        fresh = [entry for entry in wanted if entry not in self.requested]
+        if len(self.requested) + len(fresh) > REPAIR_QUEUE_MAX:
+            raise RepairError(f"more than {REPAIR_QUEUE_MAX} exchanges would be queued; repair fewer partitions")
+        for entry in fresh:
+            self.requested[entry] = 0
+        self.stats.repairs_requested += len(fresh)
+        return wanted
+
+    def _start_requested(self, now_ms: int) -> None:
+        """Start the first requested exchange that can run (its tree is ready; the peer is up and still a
+        primary). Those that can never run now are dropped; those waiting for their tree stay."""
+        healthy = self.node.healthy(now_ms)
+        current = {(p, n): peers for p, n, peers in self._candidates()}
+        for entry, attempts in list(self.requested.items()):
+            partition, n_val, peer = entry
+            if peer not in current.get((partition, n_val), ()) or peer not in healthy:
+                del self.requested[entry]
+                self._give_up(partition, now_ms)
+                continue
+            tree = self.trees.get((partition, n_val))
+            if tree is None or not tree.ready:
+                continue
+            if not self.node.controller.admit(now_ms):
+                return
+            del self.requested[entry]
+            self._begin(peer, partition, n_val, now_ms, attempts + 1)
+            return
+
+    def _give_up(self, partition: int, now_ms: int) -> None:
+        self.stats.repairs_given_up += 1
+        self.stats.repair_given_up_ms[partition] = now_ms
 
     def _candidates(self) -> list[tuple[int, int, list[str]]]:
         node = self.node
@@ -342,8 +434,9 @@ class AntiEntropy:
             self._begin(live[self.stats.exchanges % len(live)], partition, n_val, now_ms)
             return
 
-    def _begin(self, peer: str, partition: int, n_val: int, now_ms: int) -> None:
-        op = ExchangeOp(peer, partition, n_val, now_ms + self.node.settings.request_timeout_ms)
+    def _begin(self, peer: str, partition: int, n_val: int, now_ms: int, attempt: int = 0) -> None:
+        """Start an exchange with `peer`; `attempt` counts the tries of an operator's request (0: none)."""
+        op = ExchangeOp(peer, partition, n_val, now_ms + self.node.settings.request_timeout_ms, attempt=attempt)
         op_id = self.node._register(op)
         self._exchanging = True
         self._send(peer, TreeRequest(op_id, partition, n_val, 0, (0,)))
@@ -367,10 +460,20 @@ class AntiEntropy:
                 keys=op.repaired,
                 n_val=op.n_val,
             )
+        self.stats.last_exchange[op.partition] = LastExchange(now_ms, op.peer, op.n_val, op.repaired)
 
     def abandon(self, op_id: int) -> None:
+        op = self.node._ops.get(op_id)
         self.node._finish(op_id)
         self._exchanging = False
+        if isinstance(op, ExchangeOp) and op.attempt:
+            # An exchange an operator asked for is tried again, a little later, up to a limit.
+            now_ms = self.node.now_hint_ms
+            if op.attempt >= REPAIR_ATTEMPTS_MAX or len(self.requested) >= REPAIR_QUEUE_MAX:
+                self._give_up(op.partition, now_ms)
+                return
+            self.requested[(op.partition, op.n_val, op.peer)] = op.attempt
+            self._requested_not_before_ms = now_ms + BUSY_RETRY_MS
 
     # --- Responder ---------------------------------------------------------------------------------------
 
@@ -547,6 +650,8 @@ class AntiEntropy:
                 size += len(raw)
         self.stats.keys_repaired += len(batch)
         op.repaired += len(batch)
+        by_partition = self.stats.repaired_by_partition
+        by_partition[op.partition] = by_partition.get(op.partition, 0) + len(batch)
         if not merged:
             self._request_objects(msg.req, op)
             return

@@ -11,10 +11,11 @@ Changes that matter at once (a leave, a remove, a new ring, bucket properties) a
 every active member.
 
 Operators change member records only: a join asks a seed to add this empty node as `joining`; a leave
-marks this node `leaving`; a remove marks another node `removed`. The claimant (membership.py) turns
-those records into a ring transition, ends it once every partition has switched (placement.py), and
-then promotes joiners to `valid` and leavers to `exiting`. A node that is exiting or removed, owns
-nothing and holds nothing asks its shell to stop.
+marks this node `leaving`; a remove marks another node `removed`. Each may instead be staged, as may a
+replace, for a later commit that applies them all at once (clusterplan.py holds those rules). The
+claimant (membership.py) turns those records into a ring transition, ends it once every partition
+has switched (placement.py), and then promotes joiners to `valid` and leavers to `exiting`. A node
+that is exiting or removed, owns nothing and holds nothing asks its shell to stop.
 
 Every change goes through `_set_cluster`, which persists the state in the same batch as the effects
 that announce it. Only the claimant plans rings; other nodes only record in the ring the transfers
@@ -25,9 +26,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dynastore.core import bucketprops, buckettypes, crdt, membership, placement, secret, security
+from dynastore.core import bucketprops, buckettypes, clusterplan, crdt, membership, placement, secret, security
 from dynastore.core.bucketprops import BUCKET_PROPS
-from dynastore.core.effects import ClientJoin, ClientRemove, SecurityChange, Send, Stop, seed_label
+from dynastore.core.effects import (
+    ClientJoin,
+    ClientLeave,
+    ClientRemove,
+    ClientReplace,
+    ClientStaged,
+    SecurityChange,
+    Send,
+    Stop,
+    seed_label,
+)
 from dynastore.core.membership import ACTIVE, OWNING, ClusterState, Member, RingState
 from dynastore.core.messages import (
     ClientBucketType,
@@ -44,7 +55,6 @@ from dynastore.core.messages import (
 )
 from dynastore.core.nodebase import META_CLUSTER, META_CLUSTER_KEY, NodeBase, StartupError
 from dynastore.core.ops import JoinOp, Origin
-from dynastore.core.ring import claim
 
 
 class ClusterOps(NodeBase):
@@ -181,12 +191,13 @@ class ClusterOps(NodeBase):
         """The claimant turns membership changes into ring transitions, and ends them when done.
 
         One transition at a time: changes that arrive meanwhile wait for the next one, unless the
-        transition would hand partitions to a node that is no longer wanted, which restarts it.
+        transition would hand partitions to a node that is no longer wanted, which restarts it. Nodes
+        staged to join get nothing until the staged changes are committed (clusterplan.py).
         """
         state = self.cluster
         if state.claimant() != self.name:
             return
-        owning = {m.name: m.weight for m in state.members if m.status in OWNING}
+        owning = clusterplan.owning_weights(state)
         if not owning:
             return
         ring = state.ring
@@ -196,9 +207,12 @@ class ClusterOps(NodeBase):
                     self._install_ring(state, ring.next_owners)
                 return
             # A node of the next ring left or was removed meanwhile: plan again from the current ring.
-        elif set(ring.owners) == set(owning) and not any(m.status == "joining" for m in state.members):
+        elif set(ring.owners) == set(owning) and not any(
+            m.status == "joining" and m.name in owning for m in state.members
+        ):
             return
-        owners = claim(owning, len(ring.owners), self.settings.n_val, ring.ring).owners
+        # The same function `cluster plan` shows the result of.
+        owners = clusterplan.future_owners(state, self.settings.n_val)
         if owners == ring.owners:
             self._install_ring(state, owners)
             return
@@ -221,7 +235,7 @@ class ClusterOps(NodeBase):
                 state = state.with_member(replace(m, status="valid", version=m.version + 1))
             elif m.status == "leaving" and m.name not in owners:
                 state = state.with_member(replace(m, status="exiting", version=m.version + 1))
-        self._set_cluster(state)
+        self._set_cluster(clusterplan.settle_replacements(state, self.name))
 
     # --- Join, leave and remove ---------------------------------------------------------------------------
 
@@ -240,7 +254,7 @@ class ClusterOps(NodeBase):
         assert me is not None
         op = JoinOp(origin, self._timeout(None, now_ms), seed_label(req.seed_host, req.seed_port))
         op_id = self._register(op)
-        request = JoinRequest(op_id, membership.encode_member(me))
+        request = JoinRequest(op_id, membership.encode_member(me), req.stage)
         self._queue(Send("", request, address=(req.seed_host, req.seed_port)), None)
 
     def _expire_join(self, op_id: int, op: JoinOp, now_ms: int) -> None:
@@ -271,7 +285,18 @@ class ClusterOps(NodeBase):
         existing = self.cluster.member(joiner.name)
         if existing is None or existing.status not in ACTIVE:
             version = 1 if existing is None else existing.version + 1
-            self._set_cluster(self.cluster.with_member(replace(joiner, status="joining", version=version)))
+            joined = self.cluster.with_member(replace(joiner, status="joining", version=version))
+            # A staged joiner is a member from now on, but is given partitions only at commit; the
+            # record goes in the same state as the member, so no claimant ever sees one without the other.
+            if msg.stage:
+                try:
+                    joined = clusterplan.stage_join(joined, joiner.name, self.name)
+                except clusterplan.PlanError as exc:
+                    self._send(src, JoinReply(msg.req, False, str(exc), b"", b""))
+                    return
+            elif (record := joined.staged_for(joiner.name)) is not None and record.pending:
+                joined = joined.with_staged(joiner.name, "", self.name)
+            self._set_cluster(joined)
         elif (existing.address, existing.http_port, existing.tls) != (joiner.address, joiner.http_port, joiner.tls):
             moved = replace(
                 existing, host=joiner.host, peer_port=joiner.peer_port, http_port=joiner.http_port, tls=joiner.tls
@@ -308,9 +333,12 @@ class ClusterOps(NodeBase):
             self._store_cluster_key(msg.key)
         self._answer(op.origin, Ok())
 
-    def _leave(self, origin: Origin, now_ms: int) -> None:
+    def _leave(self, origin: Origin, req: ClientLeave, now_ms: int) -> None:
         me = self.cluster.member(self.name)
         assert me is not None
+        if req.stage:
+            self._stage(origin, self.name, "leave")
+            return
         others = [m for m in self.cluster.members if m.name != self.name and m.status in OWNING]
         if me.status in ("leaving", "exiting"):
             self._answer(origin, Ok())
@@ -326,6 +354,9 @@ class ClusterOps(NodeBase):
         self._answer(origin, Ok())
 
     def _remove(self, origin: Origin, req: ClientRemove, now_ms: int) -> None:
+        if req.stage:
+            self._stage(origin, req.node, "remove")
+            return
         member = self.cluster.member(req.node)
         if member is None:
             self._answer(origin, Failure("bad_request", f"{req.node} is not a member"))
@@ -343,6 +374,45 @@ class ClusterOps(NodeBase):
         self.detector.forget(req.node)
         self._push_state()
         self._answer(origin, Ok())
+
+    # --- Staged changes (clusterplan.py) ------------------------------------------------------------------
+
+    def _stage(self, origin: Origin, node: str, action: str, target: str = "") -> None:
+        try:
+            staged = clusterplan.stage(self.cluster, node, action, self.name, target)
+        except clusterplan.PlanError as exc:
+            self._answer(origin, Failure("bad_request", str(exc)))
+            return
+        self._set_cluster(staged)
+        self._push_state()
+        self._answer(origin, Ok())
+
+    def _replace(self, origin: Origin, req: ClientReplace, now_ms: int) -> None:
+        self._stage(origin, req.old, "replace", req.new)
+
+    def _staged(self, origin: Origin, req: ClientStaged, now_ms: int) -> None:
+        """Commit or clear the staged changes, from whichever node is asked: the result is gossiped
+        (and pushed at once), and the claimant makes one ring transition of a commit."""
+        joiners = clusterplan.staged_joiners(self.cluster)
+        try:
+            if req.action == "commit":
+                changed = clusterplan.commit(self.cluster, self.name, req.plan_id)
+            else:
+                changed = clusterplan.clear(self.cluster, self.name)
+        except clusterplan.PlanError as exc:
+            self._answer(origin, Failure("bad_request", str(exc)))
+            return
+        self._set_cluster(changed)
+        self._push_state()
+        # Joiners a clear removed are no longer active members: tell them directly, so they stop.
+        encoded = membership.encode(self.cluster)
+        for node in sorted(joiners - set(self.cluster.names(ACTIVE))):
+            self._send(node, GossipState(encoded, False))
+        self._answer(origin, Ok())
+
+    def cluster_plan(self) -> clusterplan.Plan:
+        """What committing the staged changes will do (raises clusterplan.PlanError when it cannot)."""
+        return clusterplan.plan(self.cluster, self.settings.n_val)
 
     def _maybe_exit(self, now_ms: int) -> None:
         """A node that left and handed everything off marks itself removed and asks to stop."""

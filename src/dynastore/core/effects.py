@@ -2,8 +2,9 @@
 
 The core returns effects (`Send`, `Reply`, `Stop`, `Event`) from `take_free` and `batch_written`, and batches
 of writes from `take_batch`; the shell performs the effects and writes the batches, and does nothing
-else with them. Admin requests (join, leave, remove) reach the core through `on_request` like client
-requests, but they never cross the node-to-node wire, so they are not part of the message codec.
+else with them. Admin requests (membership, staged changes, repair, security) reach the core through
+`on_request` like client requests, but they never cross the node-to-node wire, so they are not part
+of the message codec.
 Plain frozen values only: this module must never hold protocol logic or import the rest of the core
 beyond the message types.
 """
@@ -64,15 +65,19 @@ Effect = Send | Reply | Stop | Event
 
 @dataclass(frozen=True, slots=True)
 class ClientJoin:
-    """Admin: join the cluster that the member at `seed` belongs to."""
+    """Admin: join the cluster that the member at `seed` belongs to (staged: wait for a commit)."""
 
     seed_host: str
     seed_port: int
+    stage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class ClientLeave:
-    """Admin: this node hands off everything it holds, then leaves the cluster and stops."""
+    """Admin: this node hands off everything it holds, then leaves the cluster and stops (staged: once
+    the staged changes are committed)."""
+
+    stage: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,31 @@ class ClientRemove:
     """Admin: `node` is gone for good; its partitions are rebuilt from the other replicas."""
 
     node: str
+    stage: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReplace:
+    """Admin: stage the replace of `old` by `new` (a node staged to join), which takes its partitions."""
+
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStaged:
+    """Admin: commit the staged membership changes (those of plan `plan_id`, when given), or clear
+    them (clusterplan.py)."""
+
+    action: Literal["commit", "clear"]
+    plan_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRepair:
+    """Admin: exchange anti-entropy trees now for `partition`, or for every partition this node holds (None)."""
+
+    partition: int | None
 
 
 SecurityAction = Literal["enable", "disable", "add_user", "del_user", "grant", "revoke"]
@@ -97,7 +127,7 @@ class SecurityChange:
     scope: str = ""
 
 
-AdminRequest = ClientJoin | ClientLeave | ClientRemove | SecurityChange
+AdminRequest = ClientJoin | ClientLeave | ClientRemove | ClientReplace | ClientStaged | ClientRepair | SecurityChange
 
 
 def seed_label(host: str, port: int) -> str:

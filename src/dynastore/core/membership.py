@@ -15,6 +15,8 @@ Theory of operation
   the next ring; when all are done the claimant makes the next ring current.
 - Bucket properties are per-bucket records versioned by (version, author); bucket types
   (buckettypes.py) are per-type records of properties and an active flag, versioned the same way.
+- Staged membership changes (clusterplan.py): one record per node a staged change concerns, versioned
+  by (version, author) like member records, so every node gossips, persists and shows the same plan.
 - Security metadata (security.py): whether security is on, users and their password hashes, and
   grants, each a record versioned by (version, author), so concurrent changes merge deterministically
   and a grant made at one node holds at every node once gossip has spread it.
@@ -136,6 +138,31 @@ class BucketType:
         return dict(self.props)
 
 
+# What a staged record asks for: nothing (cleared or committed), or one of Riak's staged changes.
+STAGED_ACTIONS = ("", "join", "leave", "remove", "replace")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Staged:
+    """A staged change for `node` (clusterplan.py). `target` is the replacement of a replace;
+    `committed` marks a replace that was committed and waits for the ring that carries it out."""
+
+    node: str
+    action: str
+    target: str = ""
+    committed: bool = False
+    version: int = 1
+    author: str = ""
+
+    def key(self) -> tuple[int, str, int, str, bool]:
+        return (self.version, self.author, STAGED_ACTIONS.index(self.action), self.target, self.committed)
+
+    @property
+    def pending(self) -> bool:
+        """Staged and not yet committed: what `cluster plan` shows and `cluster clear` drops."""
+        return self.action != "" and not self.committed
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterState:
     cluster: str
@@ -144,6 +171,7 @@ class ClusterState:
     buckets: tuple[tuple[bytes, BucketProps], ...] = ()
     security: SecurityState = security.EMPTY
     types: tuple[tuple[str, BucketType], ...] = ()
+    staged: tuple[Staged, ...] = ()
 
     # --- Queries ---------------------------------------------------------------------------------
 
@@ -180,6 +208,12 @@ class ClusterState:
                 return record
         return None
 
+    def staged_for(self, node: str) -> Staged | None:
+        for record in self.staged:
+            if record.node == node:
+                return record
+        return None
+
     def claimant(self) -> str | None:
         valid = self.names(("valid",))
         if valid:
@@ -206,6 +240,17 @@ class ClusterState:
         record = BucketType(tuple(sorted(props.items())), active, version, author)
         others = tuple((n, t) for n, t in self.types if n != name)
         return replace(self, types=tuple(sorted((*others, (name, record)))))
+
+    def with_staged(
+        self, node: str, action: str, author: str, target: str = "", committed: bool = False
+    ) -> ClusterState:
+        """The staged record of `node` rewritten (action "" drops the change), one version up."""
+        assert action in STAGED_ACTIONS
+        current = self.staged_for(node)
+        version = 1 if current is None else current.version + 1
+        record = Staged(node, action, target, committed, version, author)
+        others = tuple(r for r in self.staged if r.node != node)
+        return replace(self, staged=tuple(sorted((*others, record))))
 
     def with_security(self, state: SecurityState) -> ClusterState:
         return replace(self, security=state)
@@ -246,6 +291,11 @@ def merge(a: ClusterState, b: ClusterState) -> ClusterState:
         mine_type = types.get(name)
         if mine_type is None or _type_order(record) > _type_order(mine_type):
             types[name] = record
+    staged: dict[str, Staged] = {r.node: r for r in a.staged}
+    for r in b.staged:
+        mine_staged = staged.get(r.node)
+        if mine_staged is None or r.key() > mine_staged.key():
+            staged[r.node] = r
     return ClusterState(
         a.cluster,
         tuple(sorted(members.values())),
@@ -253,6 +303,7 @@ def merge(a: ClusterState, b: ClusterState) -> ClusterState:
         tuple(sorted(buckets.items())),
         security.merge(a.security, b.security),
         tuple(sorted(types.items())),
+        tuple(sorted(staged.values())),
     )
 
 
@@ -294,8 +345,11 @@ def _ring_to_wire(r: RingState) -> list[Any]:
 
 
 # 1: members, ring, buckets. 2: members say whether they serve TLS, and security metadata. 3: bucket
-# types. Versions 1 and 2 (data directories of earlier releases) are read and written back as 3.
-STATE_FORMAT = 3
+# types. 4: staged membership changes. Versions 1 to 3 (data directories of earlier releases) are read
+# (with nothing staged) and written back as 4.
+STATE_FORMAT = 4
+# Staged records a state may hold (one per node a change concerns; records are never deleted).
+STAGED_MAX = 4096
 
 
 def _member_to_wire(m: Member) -> list[Any]:
@@ -311,6 +365,7 @@ def encode(state: ClusterState) -> bytes:
         [[b, list(map(list, p.props)), p.version, p.author] for b, p in state.buckets],
         security.to_wire(state.security),
         [[n, list(map(list, t.props)), t.active, t.version, t.author] for n, t in state.types],
+        [[r.node, r.action, r.target, r.committed, r.version, r.author] for r in state.staged],
     ]
     return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -362,8 +417,10 @@ def decode(raw: bytes) -> ClusterState:
     except Exception as exc:
         raise StateError(f"undecodable cluster state: {exc}") from None
     _need(isinstance(data, list) and len(data) >= 1, "malformed cluster state")
-    _need(data[0] in (1, 2, STATE_FORMAT), f"cluster state of format {data[0]!r}, this node reads 1 to {STATE_FORMAT}")
-    _need(len(data) == {1: 5, 2: 6}.get(data[0], 7), "malformed cluster state")
+    _need(
+        data[0] in (1, 2, 3, STATE_FORMAT), f"cluster state of format {data[0]!r}, this node reads 1 to {STATE_FORMAT}"
+    )
+    _need(len(data) == {1: 5, 2: 6, 3: 7}.get(data[0], 8), "malformed cluster state")
     cluster, raw_members, raw_ring, raw_buckets = data[1:5]
     try:
         guard = security.EMPTY if data[0] == 1 else security.from_wire(data[5])
@@ -404,6 +461,7 @@ def decode(raw: bytes) -> ClusterState:
         buckets.append((b, BucketProps(tuple(sorted(pairs)), pv, author)))
     _need(len({b for b, _ in buckets}) == len(buckets), "a bucket given twice")
     types = _types_from(data[6] if data[0] >= 3 else [])
+    staged = _staged_from(data[7] if data[0] >= 4 else [], names)
     return ClusterState(
         cluster,
         tuple(sorted(members)),
@@ -411,7 +469,23 @@ def decode(raw: bytes) -> ClusterState:
         tuple(sorted(buckets)),
         guard,
         types,
+        staged,
     )
+
+
+def _staged_from(raw: Any, names: set[str]) -> tuple[Staged, ...]:
+    _need(isinstance(raw, list) and len(raw) <= STAGED_MAX, "malformed staged changes")
+    records: dict[str, Staged] = {}
+    for entry in raw:
+        _need(isinstance(entry, list) and len(entry) == 6, "malformed staged change")
+        node, action, target, committed, version, author = entry
+        _need(isinstance(node, str) and node in names and node not in records, "staged change for no member")
+        _need(action in STAGED_ACTIONS and isinstance(committed, bool), "malformed staged change")
+        _need(isinstance(target, str) and (target in names if action == "replace" else target == ""), "bad target")
+        _need(not committed or action == "replace", "only a replace stays committed")
+        _need(_int(version) and isinstance(author, str), "malformed staged change version")
+        records[node] = Staged(node, action, target, committed, version, author)
+    return tuple(sorted(records.values()))
 
 
 def _props_from(raw: Any) -> dict[str, Any]:

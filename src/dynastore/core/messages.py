@@ -28,8 +28,10 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # write carries its write id, and ReplicaPut the write id and dot of the write it carries
 # (recentwrites.py), so that a retried forwarded write is not applied twice; ReplicaPut's and
 # HintDelivery's flag (was `lww`) is set for allow_mult=false buckets too: the receiver resolves what
-# it merges to one value (objects.py, "One value per key").
-PROTOCOL_VERSION = 7
+# it merges to one value (objects.py, "One value per key"). 7: bucket types and data types. 8: the
+# cluster state carries staged membership changes (membership.STATE_FORMAT 4); JoinRequest says whether
+# the join is staged (the member adds the node, and the claimant gives it nothing until commit).
+PROTOCOL_VERSION = 8
 _INT_MAX = COUNTER_MAX
 
 
@@ -380,11 +382,12 @@ class GossipState:
 
 @dataclass(frozen=True, slots=True)
 class JoinRequest:
-    """A node asks a member to let it into the member's cluster."""
+    """A node asks a member to let it into the member's cluster (staged: given no partitions until commit)."""
 
     CODE: ClassVar[int] = 16
     req: int
     member: bytes
+    stage: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,7 @@ from typing import Any, TypeVar
 
 from dynastore.core import hints, peercheck, placement
 from dynastore.core.actors import Actors
-from dynastore.core.antientropy import AntiEntropy
+from dynastore.core.antientropy import AntiEntropy, RepairError
 from dynastore.core.bucketprops import BUCKET_PROPS
 from dynastore.core.clusterops import ClusterOps
 from dynastore.core.controller import BackgroundController
@@ -69,6 +69,9 @@ from dynastore.core.effects import (
     ClientJoin,
     ClientLeave,
     ClientRemove,
+    ClientRepair,
+    ClientReplace,
+    ClientStaged,
     Effect,
     Reply,
     SecurityChange,
@@ -101,6 +104,7 @@ from dynastore.core.messages import (
     Message,
     ObjectsReply,
     ObjectsRequest,
+    Ok,
     Ping,
     Pong,
     Reap,
@@ -144,6 +148,9 @@ __all__ = [
     "ClientJoin",
     "ClientLeave",
     "ClientRemove",
+    "ClientRepair",
+    "ClientReplace",
+    "ClientStaged",
     "Effect",
     "NodeCore",
     "Reply",
@@ -266,7 +273,13 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
             elif isinstance(request, ClientJoin):
                 self._start_join(origin, request, now_ms)
             elif isinstance(request, ClientLeave):
-                self._leave(origin, now_ms)
+                self._leave(origin, request, now_ms)
+            elif isinstance(request, ClientReplace):
+                self._replace(origin, request, now_ms)
+            elif isinstance(request, ClientStaged):
+                self._staged(origin, request, now_ms)
+            elif isinstance(request, ClientRepair):
+                self._repair(origin, request, now_ms)
             elif isinstance(request, SecurityChange):
                 self._change_security(origin, request, now_ms)
             else:
@@ -412,6 +425,7 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
         members = []
         for m in self.cluster.members:
             me = m.name == self.name
+            record = self.cluster.staged_for(m.name)
             members.append(
                 {
                     "name": m.name,
@@ -426,21 +440,62 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
                     "partitions": counts.get(m.name, 0),
                     # Hints this node holds for the member, to hand over when it is reachable.
                     "hints_pending": self._hints_by_owner.get(m.name, 0),
+                    # A staged change waiting for `cluster commit` (clusterplan.py), if any.
+                    "staged": record.action if record is not None and record.pending else None,
                 }
             )
         return members
 
     def aae_trees(self) -> dict[str, dict[str, Any]]:
-        """Every anti-entropy tree's root, and whether this node is a primary of its partition: replicas
-        of one partition show equal roots once converged."""
+        """Every anti-entropy tree's root, whether this node is a primary of its partition (replicas of
+        one partition show equal roots once converged), and when it was last built (ms since the epoch)."""
         trees = {}
+        built = self.aae.stats.built_ms
         for (partition, n_val), tree in sorted(self.aae.trees.items()):
             primaries = placement.placement(self.cluster.ring, partition, n_val).plist.primary_nodes
             trees[f"{partition}/{n_val}"] = {
                 "root": tree.root().hex() if tree.ready else None,
                 "primary": self.name in primaries,
+                "built_at_ms": built.get((partition, n_val)) if tree.ready else None,
             }
         return trees
+
+    def aae_partitions(self) -> dict[str, dict[str, Any]]:
+        """Per partition this node is a primary of (`cluster aae-status`): its last exchange (when, with
+        whom, keys repaired), keys repaired since the node started, exchanges asked for and waiting,
+        whether one is running now, and when a requested one was last given up (peer down or too busy)."""
+        stats = self.aae.stats
+        queued: dict[int, int] = {}
+        for partition, _, _ in self.aae.requested:
+            queued[partition] = queued.get(partition, 0) + 1
+        exchanging = {op.partition for op in self._ops.values() if isinstance(op, ExchangeOp)}
+        out: dict[str, dict[str, Any]] = {}
+        for partition, _n_val, _peers in self.aae._candidates():
+            if str(partition) in out:
+                continue
+            last = stats.last_exchange.get(partition)
+            out[str(partition)] = {
+                "last_exchange": None
+                if last is None
+                else {"at_ms": last.at_ms, "peer": last.peer, "n_val": last.n_val, "keys_repaired": last.keys_repaired},
+                "keys_repaired": stats.repaired_by_partition.get(partition, 0),
+                "repairs_queued": queued.get(partition, 0),
+                "exchanging": partition in exchanging,
+                "repair_given_up_at_ms": stats.repair_given_up_ms.get(partition),
+            }
+        return out
+
+    def _repair(self, origin: ToClient, req: ClientRepair, now_ms: int) -> None:
+        """`cluster repair`: anti-entropy exchanges now, for one partition or every one held here."""
+        if not self.settings.anti_entropy_enabled:
+            self._answer(origin, Failure("bad_request", "anti-entropy is off on this node (anti_entropy_enabled)"))
+            return
+        try:
+            self.aae.request_repair(req.partition)
+        except RepairError as exc:
+            self._answer(origin, Failure("bad_request", str(exc)))
+            return
+        self._answer(origin, Ok())
 
     # --- Stats ----------------------------------------------------------------------------------------------
 

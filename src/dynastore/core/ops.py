@@ -177,8 +177,10 @@ class ExchangeOp:
     batch: list[int] = field(default_factory=list)
     differing: list[bytes] = field(default_factory=list)
     stage: ExchangeStage = "tree"
-    # Differing keys exchanged so far (each side then holds the merge of both copies).
+    # Keys repaired so far in this exchange (what `cluster aae-status` shows of the last one).
     repaired: int = 0
+    # Which try this is of an exchange an operator asked for (`cluster repair`); 0: a scheduled one.
+    attempt: int = 0
 
 
 AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ReapCheckOp | ExchangeOp
