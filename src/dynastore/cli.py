@@ -743,12 +743,12 @@ def replace(old: str, new: str, url: str) -> None:
 
 @cluster.command()
 @NODE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def plan(url: str, as_json: bool) -> None:
+@JSON_OPTION
+def plan(url: str) -> None:
     """The staged changes and what committing them will move: each node's partitions now and after,
     gained and lost, and the transfers between nodes (computed with the claimant's own claim)."""
     data = _admin(url, "/admin/plan")
-    if as_json:
+    if _json_wanted():
         click.echo(json.dumps(data, indent=2))
         return
     if not data["changes"]:
@@ -806,9 +806,9 @@ def clear(url: str) -> None:
 @click.argument("partition", type=int, required=False)
 @click.option("--all", "everything", is_flag=True, help="Every partition the node is a replica of.")
 @click.option("--wait", "wait_s", type=float, default=None, help="Wait up to this many seconds for the exchanges.")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@JSON_OPTION
 @NODE_OPTION
-def cluster_repair(partition: int | None, everything: bool, wait_s: float | None, as_json: bool, url: str) -> None:
+def cluster_repair(partition: int | None, everything: bool, wait_s: float | None, url: str) -> None:
     """Run anti-entropy now at the node at --node: exchange PARTITION (or, with --all, every partition
     it holds) with each of the partition's other primaries, repairing the keys that differ."""
     if (partition is None) == (not everything):
@@ -826,7 +826,7 @@ def cluster_repair(partition: int | None, everything: bool, wait_s: float | None
         )
         since = data["requested_at_ms"]
         gave_up = [p for p, row in rows.items() if row and (row["repair_given_up_at_ms"] or 0) >= since]
-    if as_json:
+    if _json_wanted():
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(f"{data['node']}: anti-entropy exchanges queued for {len(data['partitions'])} partitions")
@@ -863,12 +863,12 @@ def _wait_repaired(url: str, data: dict[str, Any], wait_s: float) -> dict[str, A
 
 @cluster.command("aae-status")
 @NODE_OPTION
-@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def aae_status(url: str, as_json: bool) -> None:
+@JSON_OPTION
+def aae_status(url: str) -> None:
     """Anti-entropy at the node at --node, per partition it holds: when its tree was built, its last
     exchange (when, with whom, keys repaired) and keys repaired since the node started."""
     data = _admin(url, "/admin/aae")
-    if as_json:
+    if _json_wanted():
         click.echo(json.dumps(data, indent=2))
         return
     now_ms = data["now_ms"]

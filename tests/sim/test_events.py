@@ -7,7 +7,7 @@ from __future__ import annotations
 from dynastore.core import keys, security
 from dynastore.core.effects import Event, SecurityChange
 from dynastore.core.messages import ClientPut, Ok
-from dynastore.core.node import ClientJoin, ClientLeave
+from dynastore.core.node import ClientJoin, ClientLeave, ClientStaged
 from dynastore.core.objects import Content
 from dynastore.core.versions import Context, Dot, update
 from dynastore.settings import Settings
@@ -140,3 +140,20 @@ def test_security_changes_are_reported_on_every_node_without_the_password() -> N
         assert not any(digest.hex() in e.text or digest in repr(e.fields).encode() for e in c.nodes[name].logged)
     enabled = events(c, "n2", "security_changed")
     assert fields(enabled[-1])["enabled"] is True
+
+
+def test_a_staged_join_is_reported_when_staged_and_when_committed() -> None:
+    c = SimCluster(3, SETTINGS)
+    c.settle(2_000)
+    transitions = len(events(c, "n1", "ring_transition_started"))
+    c.add_node("n3")
+    assert isinstance(c.request("n3", ClientJoin("n0", 1, stage=True)), Ok)
+    c.settle(3_000)
+    staged = events(c, "n1", "change_staged")
+    assert staged and fields(staged[0])["node"] == "n3" and fields(staged[0])["action"] == "join"
+    assert len(events(c, "n1", "ring_transition_started")) == transitions
+    assert isinstance(c.request("n2", ClientStaged("commit")), Ok)
+    assert c.run_until(lambda: len(events(c, "n1", "ring_transition_started")) > transitions, 30_000)
+    committed = events(c, "n2", "changes_committed")
+    assert committed and "join of n3" in committed[0].text
+    assert any(fields(e)["node"] == "n3" for e in events(c, "n0", "change_unstaged"))

@@ -2,7 +2,8 @@
 
 Every node sees every cluster change (it sets it, or gossip brings it), so every node logs the
 change once, when its own state takes it: a member joining, leaving or removed, a ring transition
-starting and ending, security switched on or off, users and grants, bucket types. Transfers of
+starting and ending, changes staged (and no longer staged), security switched on or off, users and
+grants, bucket types. Transfers of
 single partitions are reported where they happen (handoff.py), not here. Pure: no I/O.
 """
 
@@ -17,9 +18,27 @@ def between(old: ClusterState, new: ClusterState) -> list[Event]:
     events: list[Event] = []
     _members(old, new, events)
     _ring(old.ring, new.ring, events)
+    _staged(old, new, events)
     _security(old, new, events)
     _types(old, new, events)
     return events
+
+
+def _staged(old: ClusterState, new: ClusterState, out: list[Event]) -> None:
+    if old.staged == new.staged:
+        return
+    before = {r.node: r for r in old.staged}
+    for r in new.staged:
+        was = before.get(r.node)
+        if r.pending and (was is None or (was.action, was.target, was.pending) != (r.action, r.target, True)):
+            what = f"{r.action} of {r.node}" + (f" by {r.target}" if r.target else "")
+            text = f"staged: {what} (cluster plan shows it; cluster commit applies it)"
+            fields = (("node", r.node), ("action", r.action), ("target", r.target))
+            out.append(Event("change_staged", "info", text, fields))
+        elif not r.pending and was is not None and was.pending:
+            # Committed or cleared: the node that did it logs which (changes_committed / _cleared).
+            text = f"{was.action} of {r.node} is no longer staged"
+            out.append(Event("change_unstaged", "info", text, (("node", r.node), ("action", was.action))))
 
 
 def _members(old: ClusterState, new: ClusterState, out: list[Event]) -> None:

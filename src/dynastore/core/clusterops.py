@@ -394,6 +394,7 @@ class ClusterOps(NodeBase):
         """Commit or clear the staged changes, from whichever node is asked: the result is gossiped
         (and pushed at once), and the claimant makes one ring transition of a commit."""
         joiners = clusterplan.staged_joiners(self.cluster)
+        what = ", ".join(f"{r.action} of {r.node}" for r in clusterplan.pending(self.cluster))
         try:
             if req.action == "commit":
                 changed = clusterplan.commit(self.cluster, self.name, req.plan_id)
@@ -402,6 +403,8 @@ class ClusterOps(NodeBase):
         except clusterplan.PlanError as exc:
             self._answer(origin, Failure("bad_request", str(exc)))
             return
+        done = "committed" if req.action == "commit" else "cleared"
+        self._event(f"changes_{done}", "info", f"staged changes {done}: {what}", changes=what)
         self._set_cluster(changed)
         self._push_state()
         # Joiners a clear removed are no longer active members: tell them directly, so they stop.
