@@ -283,3 +283,28 @@ def test_config_check_says_ok_in_one_line_or_lists_every_problem_naming_its_key(
     assert result.returncode == 1 and "cluster_secret must be set" in result.stderr
     unreadable = dynastore("config", "check", str(tmp_path / "missing.toml"))
     assert unreadable.returncode == 1 and "cannot read config" in unreadable.stderr
+
+
+def test_a_node_bound_to_loopback_but_advertised_on_the_network_does_not_take_loopback_clients_for_operators(
+    spawn: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """Reached from other machines only through something on this one that forwards to it (a proxy),
+    so a loopback source may be anyone: operator routes need the cluster secret's proof."""
+    secret = tmp_path / "secret"
+    secret.write_text("a secret of at least sixteen characters\n")
+    secret.chmod(0o600)
+    http_port, peer_port = free_port(), free_port()
+    spawn(
+        "node", "--name", "p1", "--host", "127.0.0.1", "--advertise-host", "10.254.0.1",
+        "--http-port", str(http_port), "--peer-port", str(peer_port), "--data-dir", str(tmp_path / "d"),
+        "--set", f"cluster_secret_file={secret}", "--set", "n_val=1", "--set", "r=1", "--set", "w=1",
+        log=tmp_path / "p1.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{http_port}"
+    wait_for(lambda: call("GET", url + "/health", timeout_s=1)[0] == 200, 60, "the node to serve")
+    status, _, body = call("POST", url + "/admin/security/enable", b"")
+    assert status == 403, (status, body)
+    assert b"operator routes" in body
+    # A proof with the secret still makes an operator.
+    done = dynastore("security", "status", "--node", url, "--secret-file", str(secret))
+    assert done.returncode == 0, done.stderr

@@ -155,6 +155,10 @@ class Guard:
         # Bound to 0.0.0.0 and advertised on loopback is still a node on the network (every interface).
         self.loopback_node = config.loopback_only
         self.own_hosts = {config.host.strip("[]"), config.advertised.strip("[]"), "127.0.0.1", "::1"}
+        # A node bound to loopback but known by a network address is reached through something on this
+        # machine that forwards to it (a proxy, a tunnel): a loopback source is then anyone, and only
+        # a proof with the cluster secret makes an operator.
+        self.proxied = is_loopback(config.host) and not is_loopback(config.advertised)
         self.allowed_hosts = {h.strip().lower() for h in settings.http_allowed_hosts.split(",") if h.strip()}
         self.cache_max = settings.auth_cache_count_max
         self.failures_max = settings.auth_failures_per_minute_max
@@ -218,6 +222,8 @@ class Guard:
         return text(403, f"user {user} lacks {need.permission}")
 
     def _local(self, request: Request) -> bool:
+        if self.proxied:
+            return False
         client = request.client_host
         return is_loopback(client) or client in self.own_hosts
 
