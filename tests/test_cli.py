@@ -123,7 +123,18 @@ def test_a_node_address_without_a_scheme_gets_one(given: str, tls: bool, url: st
 
 
 @pytest.mark.parametrize(
-    "bad", ["ftp://127.0.0.1:8098", "127.0.0.1:99999", "127.0.0.1:0", "node1:port", "http://", "", "a b:80", "h:1?x=1"]
+    "bad",
+    [
+        "ftp://127.0.0.1:8098",
+        "127.0.0.1:99999",
+        "127.0.0.1:0",
+        "node1:port",
+        "http://",
+        "",
+        "a b:80",
+        "h:1?x=1",
+        "http://h:80/x/",
+    ],
 )
 def test_a_node_address_that_is_none_is_refused_in_one_line(bad: str) -> None:
     """A bad --node is a usage error (2) naming --node, for the admin and the data commands alike."""

@@ -95,6 +95,10 @@ def test_a_histogram_survives_its_json_form_and_a_corrupt_one_is_refused() -> No
         histogram.record(value)
     data = histogram.to_json()
     assert LatencyHistogram.from_json(data) == histogram
+    coarse = LatencyHistogram(sub_bucket_bits=7)
+    for value in (10, 10_000, 10_000_000, 3):
+        coarse.record(value)
+    assert LatencyHistogram.from_json(coarse.to_json()) == coarse
     with pytest.raises(ValueError, match="do not add up"):
         LatencyHistogram.from_json({**data, "total": 5})
 

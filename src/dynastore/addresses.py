@@ -19,8 +19,8 @@ def node_url(text: str, tls: bool = False) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"{parts.scheme}:// is not a node's address: use http://, https:// or host:port")
-    if parts.query or parts.fragment or parts.username is not None:
-        raise ValueError("a node's address is [http[s]://]host[:port] (no user, query or fragment)")
+    if parts.query or parts.fragment or parts.username is not None or parts.path.strip("/"):
+        raise ValueError("a node's address is [http[s]://]host[:port] (no user, path, query or fragment)")
     try:
         port = parts.port
     except ValueError:
@@ -29,4 +29,4 @@ def node_url(text: str, tls: bool = False) -> str:
     if not host or any(c.isspace() for c in host) or port == 0:
         raise ValueError("a node's address is [http[s]://]host[:port], such as 127.0.0.1:8098")
     netloc = parts.netloc if port is not None else f"{parts.netloc}:{DEFAULT_HTTP_PORT}"
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+    return f"{parts.scheme}://{netloc}"

@@ -180,7 +180,7 @@ class LatencyHistogram:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "sub_bucket_bits": SUB_BUCKET_BITS,
+            "sub_bucket_bits": self.sub_bucket_bits,
             "total": self.total,
             "sum_ns": self.sum_ns,
             "min_ns": self.min_ns,

@@ -204,3 +204,14 @@ def test_the_node_detector_takes_its_parameters_from_the_phi_settings() -> None:
         fd.heard_from("p", T0_MS + 1000 * i)
     last = T0_MS + 19_000
     assert fd.is_up("p", last + 3122) and not fd.is_up("p", last + 3123)
+
+
+def test_a_peer_only_found_unreachable_comes_back_without_a_report_that_it_was_down() -> None:
+    """peer_up is reported only for a peer that was judged down (and so reported down)."""
+    fd = detector()
+    fd.heard_from("p", T0_MS)
+    fd.connection_failed("p", T0_MS + 10)
+    assert fd.heard_from("p", T0_MS + 20) is True and fd.recovered_after_ms == -1
+    fd.connection_failed("p", T0_MS + 30)
+    assert fd.update(["p"], T0_MS + 40) == ["p"]
+    assert fd.heard_from("p", T0_MS + 540) is True and fd.recovered_after_ms == 500

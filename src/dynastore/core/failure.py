@@ -66,8 +66,9 @@ class FailureDetector:
     down_since: dict[str, int] = field(default_factory=dict)
     # Bumped whenever a judgement may change other than by time passing (callers cache on it).
     version: int = 0
-    # How long the last peer that `heard_from` brought back up had been judged down.
-    recovered_after_ms: int = 0
+    # How long the last peer that `heard_from` brought back up had been judged down (-1: it had not
+    # been judged down, only found unreachable since the last judgement).
+    recovered_after_ms: int = -1
 
     def _detector(self, peer: str) -> PhiAccrual:
         det = self.peers.get(peer)
@@ -82,8 +83,9 @@ class FailureDetector:
         was_down = peer in self.unreachable or peer in self.down_since
         if was_down:
             self.version += 1
-            since = self.down_since.get(peer, self.unreachable.get(peer, now_ms))
-            self.recovered_after_ms = max(0, now_ms - since)
+            # -1: it was only unreachable, never judged down (so never reported down either).
+            since = self.down_since.get(peer)
+            self.recovered_after_ms = -1 if since is None else max(0, now_ms - since)
         self._detector(peer).heartbeat(now_ms)
         self.unreachable.pop(peer, None)
         self.down_since.pop(peer, None)

@@ -300,9 +300,10 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
         peercheck.check(limits, msg)
         if self.detector.heard_from(src, now_ms):
             down_ms = self.detector.recovered_after_ms
-            self._event(
-                "peer_up", "info", f"{src} is up again (judged down for {down_ms} ms)", peer=src, down_ms=down_ms
-            )
+            if down_ms >= 0:
+                self._event(
+                    "peer_up", "info", f"{src} is up again (judged down for {down_ms} ms)", peer=src, down_ms=down_ms
+                )
             self._peer_up(src, now_ms)
         handler = _HANDLERS.get(type(msg))
         assert handler is not None, f"no handler for {type(msg).__name__}"

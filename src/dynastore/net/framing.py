@@ -183,6 +183,15 @@ def encode_hello(hello: Hello, proofs: tuple[bytes, ...] = ()) -> bytes:
     return encode_frame(msgpack.packb([*hello.fields(), list(proofs)], use_bin_type=True))
 
 
+def is_hello(payload: bytes) -> bool:
+    """Whether `payload` is a dynastore hello at all (of any cluster or protocol version)."""
+    try:
+        data: Any = msgpack.unpackb(payload, raw=False)
+    except Exception:
+        return False
+    return isinstance(data, list) and len(data) >= 2 and data[0] == MAGIC
+
+
 def decode_hello(payload: bytes, cluster: str) -> tuple[Hello, tuple[bytes, ...]]:
     """Validate a peer's hello; raises FrameError saying why it is refused."""
     try:

@@ -53,6 +53,7 @@ from dynastore.net.framing import (
     encode_hello,
     encode_payload,
     fragments,
+    is_hello,
     matching,
     proof,
     session_key,
@@ -317,10 +318,10 @@ class _Incoming(asyncio.Protocol):
                     try:
                         self.theirs, _ = decode_hello(frame, node.cluster)
                     except FrameError:
-                        # Answer with our own hello (no proofs) before closing, so that the dialling
-                        # side can say why it was refused (another cluster, another protocol version)
-                        # instead of seeing a dead link.
-                        self.refused_hello = True
+                        # A dynastore node of another cluster or protocol version gets our hello (no
+                        # proofs) before we close, so that it can say why it was refused instead of
+                        # seeing a dead link; anything else learns nothing.
+                        self.refused_hello = is_hello(frame)
                         raise
                     proofs = tuple(proof(k, "server", self.theirs, self.ours) for k in node.keys().keys(PEER))
                     assert self.transport is not None

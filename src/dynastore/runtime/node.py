@@ -26,6 +26,7 @@ from typing import Any
 
 from dynastore.backup import remove_temp as remove_backup_temp
 from dynastore.core.effects import Event
+from dynastore.core.membership import ACTIVE
 from dynastore.core.messages import (
     ClientGet,
     ClientPut,
@@ -306,6 +307,10 @@ class NodeRuntime:
                 if not isinstance(response, Failure):
                     log.info("%s joined the cluster through %s:%d", self.config.name, host, port)
                     return
+                if self._joined():
+                    # An earlier attempt that timed out got through after all (gossip says so).
+                    log.info("%s joined the cluster", self.config.name)
+                    return
                 if response.kind == "bad_request":
                     self.fail(f"seed {host}:{port} refused {self.config.name}: {response.reason}")
                     return
@@ -321,6 +326,10 @@ class NodeRuntime:
             if attempt <= 3 or attempt % 10 == 0:
                 log.warning("no seed answered yet (%s); retrying for %.0f s more", "; ".join(problems), left)
             await asyncio.sleep(1.0)
+
+    def _joined(self) -> bool:
+        core = self.core
+        return core is not None and len(core.cluster.names(ACTIVE)) > 1
 
     def fail(self, reason: str) -> None:
         """Stop the node because it cannot go on as it was asked to; the process exits with `reason`."""
