@@ -8,6 +8,7 @@ import io
 import json
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from dynastore.api import auth
 from dynastore.backup import BackupError
 from dynastore.core.actors import META_COUNTER, META_EPOCH, META_GENERATION
 from dynastore.storage import open_engine
-from dynastore.storage.base import Op, scan_all
+from dynastore.storage.base import NoSpaceError, Op, scan_all
 from dynastore.storage.directory import STORE_DIR_NAME
 from dynastore.storage.lmdb_engine import LmdbEngine
 from dynastore.storage.memory import MemoryEngine
@@ -267,3 +268,81 @@ def test_the_memory_engine_is_refused_with_its_reason() -> None:
 def test_the_backup_route_is_an_operator_route() -> None:
     """It hands out every stored object and the users' password hashes: dynastore.admin only."""
     assert auth.need_of("GET", [b"admin", b"backup"], {}) == auth.OPERATOR
+
+
+class _SlowCopyEnv:
+    """An LMDB environment whose copy lasts until `release` is set (at most 10 s): a long copy."""
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+    def copy(self, path: str, compact: bool = False) -> None:
+        self.started.set()
+        self.release.wait(10)
+        self._env.copy(path, compact=compact)
+
+
+def test_an_lmdb_map_full_during_a_copy_never_makes_reads_wait_for_the_copy(tmp_path: Path) -> None:
+    """A batch that fills the map while a backup copies must not queue a resize behind the copy: every
+    read would wait for the resize, so for the copy. The batch fails for room instead (the runtime writes
+    it again, acknowledging nothing) and fits once the copy has ended."""
+    engine = LmdbEngine(tmp_path / "live", durable=False, map_size_bytes=1 << 30, map_initial_bytes=4 << 20)
+    slow: _SlowCopyEnv | None = None
+    threads: list[threading.Thread] = []
+    try:
+        _fill(engine)
+        slow = _SlowCopyEnv(engine._env)
+        engine._env = slow  # type: ignore[assignment]
+        (tmp_path / "copy").mkdir()
+        copier = threading.Thread(target=engine.copy_to, args=(tmp_path / "copy",))
+        copier.start()
+        threads.append(copier)
+        assert slow.started.wait(10)
+        map_bytes = int(slow.info()["map_size"])
+        # Bigger than the whole map: it cannot fit without a resize.
+        big = [Op("data", b"big%05d" % i, b"x" * 100_000) for i in range(2 * map_bytes // 100_000)]
+        outcome: list[BaseException | None] = []
+
+        def write() -> None:
+            try:
+                engine.write(big)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        threads.append(writer)
+        deadline = time.monotonic() + 10
+        while writer.is_alive() and not engine._gate._resizing and time.monotonic() < deadline:
+            time.sleep(0.01)
+        took: list[float] = []
+
+        def read() -> None:
+            started = time.monotonic()
+            engine.get("data", b"key00001")
+            took.append(time.monotonic() - started)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        threads.append(reader)
+        reader.join(2)
+        assert took and took[0] < 0.5, "a read waited for the backup's copy"
+        assert copier.is_alive()
+        writer.join(10)
+        assert outcome and isinstance(outcome[0], NoSpaceError)
+        slow.release.set()
+        copier.join(10)
+        engine.write(big)
+        assert engine.get("data", b"big00000") == b"x" * 100_000
+    finally:
+        if slow is not None:
+            slow.release.set()
+        for thread in threads:
+            thread.join(10)
+        engine.close()
