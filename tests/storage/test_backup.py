@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -382,3 +385,76 @@ def test_reads_and_syncs_go_on_during_a_sqlite_copy(tmp_path: Path) -> None:
         assert copy.count("data") == 24_000
     finally:
         copy.close()
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "none", str(path)], check=False, timeout=30)
+    if done.returncode != 0:
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=False, timeout=30)
+
+
+def test_a_restore_into_a_mount_point_builds_the_store_inside_it(tmp_path: Path) -> None:
+    """A mount point cannot be renamed onto (EBUSY), nor a directory from another filesystem (EXDEV):
+    the store is built inside the data directory and appears there whole, with mode 0700."""
+    out = _make_backup("lmdb", tmp_path)
+    data = tmp_path / "mounted"
+    _mount_tmpfs(data, "64m")
+    try:
+        backup.restore(out, data, now_ms=NOW_MS, force=False, rng=random.Random(1))
+        assert sorted(p.name for p in data.iterdir()) == [STORE_DIR_NAME]
+        assert (data / STORE_DIR_NAME).stat().st_mode & 0o777 == 0o700
+        restored = _store("lmdb", data / STORE_DIR_NAME)
+        try:
+            assert restored.count("data") == 300
+        finally:
+            restored.close()
+    finally:
+        _unmount(data)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_restore_needs_no_write_access_to_the_data_directorys_parent(tmp_path: Path) -> None:
+    out = _make_backup("sqlite", tmp_path)
+    parent = tmp_path / "parent"
+    (parent / "data").mkdir(parents=True)
+    if os.geteuid() == 0:
+        # root writes anywhere: a read-only mount stands in for a parent it may not write.
+        _mount_tmpfs(parent, "1m")
+        (parent / "data").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(parent)], check=True, timeout=30)
+        _mount_tmpfs(parent / "data", "64m")
+    else:
+        parent.chmod(0o500)
+    try:
+        backup.restore(out, parent / "data", now_ms=NOW_MS, force=False, rng=random.Random(1))
+        assert sorted(p.name for p in (parent / "data").iterdir()) == [STORE_DIR_NAME]
+    finally:
+        if os.geteuid() == 0:
+            _unmount(parent / "data")
+            _unmount(parent)
+        else:
+            parent.chmod(0o700)
+
+
+def test_a_failed_restore_leaves_the_data_directory_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _make_backup("lmdb", tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def broken(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        raise BackupError("the disk went away")
+
+    monkeypatch.setattr(backup, "_new_epoch", broken)
+    with pytest.raises(BackupError, match="went away"):
+        backup.restore(out, data, now_ms=NOW_MS, force=False, rng=random.Random(1))
+    assert list(data.iterdir()) == []
+    with pytest.raises(BackupError, match="went away"):
+        backup.restore(out, tmp_path / "new", now_ms=NOW_MS, force=False, rng=random.Random(1))
+    assert not (tmp_path / "new").exists()
