@@ -134,6 +134,22 @@ def encode_head(manifest: dict[str, Any]) -> bytes:
     return len(body).to_bytes(HEAD_LENGTH_BYTES, "big") + body
 
 
+def room_problem(used_bytes: int, free_bytes: int, reserve_bytes: int) -> str | None:
+    """Why a copy of a store of `used_bytes` does not fit on a disk with `free_bytes` free, keeping
+    `storage_reserve_bytes` for the node's own writes (core/diskspace.py), or None."""
+    if free_bytes - reserve_bytes < used_bytes:
+        return (
+            f"no room for the backup's copy in the node's data directory: the store uses {used_bytes} bytes, "
+            f"the disk has {free_bytes} free and storage_reserve_bytes keeps {reserve_bytes} of them"
+        )
+    return None
+
+
+def disk_free_bytes(path: Path) -> int:
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize
+
+
 def remove_temp(data_dir: Path) -> None:
     """Remove what a backup left in the node's data directory (after it, or after a crash during one)."""
     shutil.rmtree(data_dir / TEMP_DIR_NAME, ignore_errors=True)

@@ -3,6 +3,7 @@ checks, and a restore that gives a new epoch; bad input is refused and changes n
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -13,12 +14,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from dynastore import backup
-from dynastore.api import auth
+from dynastore.api import admin, auth
 from dynastore.backup import BackupError
 from dynastore.core.actors import META_COUNTER, META_EPOCH, META_GENERATION
 from dynastore.storage import open_engine
@@ -458,3 +460,52 @@ def test_a_failed_restore_leaves_the_data_directory_empty(tmp_path: Path, monkey
     with pytest.raises(BackupError, match="went away"):
         backup.restore(out, tmp_path / "new", now_ms=NOW_MS, force=False, rng=random.Random(1))
     assert not (tmp_path / "new").exists()
+
+
+class _Runtime:
+    """What the backup route reads of a node's runtime, with the manifest's head given."""
+
+    def __init__(self, engine: LmdbEngine | SqliteEngine, data_dir: Path, reserve: int) -> None:
+        self.engine = engine
+        self.backup_running = False
+        self.config = SimpleNamespace(data_dir=data_dir)
+        self.settings = SimpleNamespace(storage_reserve_bytes=reserve)
+
+
+def _route(
+    monkeypatch: pytest.MonkeyPatch,
+    engine: LmdbEngine | SqliteEngine,
+    data_dir: Path,
+    head: dict[str, Any],
+    reserve: int,
+) -> tuple[Any, list[Path]]:
+    copies: list[Path] = []
+    real_snapshot = backup.snapshot
+
+    def snapshot(engine: Any, directory: Path) -> list[backup.FileEntry]:
+        copies.append(directory)
+        return real_snapshot(engine, directory)
+
+    monkeypatch.setattr(admin, "_manifest_head", lambda runtime: dict(head))
+    monkeypatch.setattr(admin.backup, "snapshot", snapshot)
+    runtime = _Runtime(engine, data_dir, reserve)
+    answer = asyncio.run(admin._backup(runtime, object()))  # type: ignore[arg-type]
+    assert not runtime.backup_running
+    return answer, copies
+
+
+def test_a_backup_without_room_for_its_copy_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy is about as large as the store and goes on the data directory's disk: with less free
+    than the store's used bytes beyond storage_reserve_bytes, 507 before anything is copied."""
+    engine = _store("lmdb", tmp_path / "data" / STORE_DIR_NAME)
+    try:
+        _fill(engine)
+        free = backup.disk_free_bytes(tmp_path)
+        answer, copies = _route(monkeypatch, engine, tmp_path / "data", _manifest("lmdb", []), reserve=free)
+        assert answer.status == 507 and "storage_reserve_bytes" in answer.body.decode()
+        assert copies == []
+        assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [STORE_DIR_NAME]
+    finally:
+        engine.close()
+    assert backup.room_problem(100, 1000, 900) is None
+    assert "uses 101 bytes" in (backup.room_problem(101, 1000, 900) or "")

@@ -152,6 +152,17 @@ async def _backup(runtime: NodeRuntime, request: Request) -> Answer:
     try:
         # The actor and metadata as the copy starts (the epoch never changes while a node runs).
         manifest = _manifest_head(runtime)
+        # The copy goes on the data directory's disk and is about as large as the store: refused up
+        # front, having changed nothing, when it would eat into the reserve the node's writes keep.
+        try:
+            space = await asyncio.to_thread(engine.space)
+            free = await asyncio.to_thread(backup.disk_free_bytes, runtime.config.data_dir)
+        except (StorageError, OSError) as exc:
+            return text(503, f"cannot measure the room for the backup's copy: {exc}")
+        if space is not None:
+            problem = backup.room_problem(space.used_bytes, free, runtime.settings.storage_reserve_bytes)
+            if problem is not None:
+                return text(507, problem)
         started = time.monotonic()
         try:
             await asyncio.to_thread(backup.remove_temp, runtime.config.data_dir)
