@@ -134,6 +134,18 @@ def encode_head(manifest: dict[str, Any]) -> bytes:
     return len(body).to_bytes(HEAD_LENGTH_BYTES, "big") + body
 
 
+def head_problem(manifest: dict[str, Any], kind: str) -> str | None:
+    """Why the manifest `manifest` (everything but its files) would exceed MANIFEST_BYTES_MAX once an
+    engine `kind`'s files are listed, at the longest their entries can be; or None. Checked before
+    copying, so a manifest too large never costs a copy."""
+    widest = [FileEntry(name, 10**20 - 1, "f" * 64).as_dict() for name in ENGINE_FILES[kind]]
+    try:
+        encode_head({**manifest, "files": widest})
+    except BackupError as exc:
+        return str(exc)
+    return None
+
+
 def room_problem(used_bytes: int, free_bytes: int, reserve_bytes: int) -> str | None:
     """Why a copy of a store of `used_bytes` does not fit on a disk with `free_bytes` free, keeping
     `storage_reserve_bytes` for the node's own writes (core/diskspace.py), or None."""

@@ -509,3 +509,19 @@ def test_a_backup_without_room_for_its_copy_is_refused(tmp_path: Path, monkeypat
         engine.close()
     assert backup.room_problem(100, 1000, 900) is None
     assert "uses 101 bytes" in (backup.room_problem(101, 1000, 900) or "")
+
+
+def test_a_manifest_over_its_limit_is_refused_before_the_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head (all of the manifest but its files) is measured first: 500 with the reason, no copy, and
+    never a 200 cut off after its headers."""
+    engine = _store("sqlite", tmp_path / "data" / STORE_DIR_NAME)
+    try:
+        _fill(engine)
+        head = {**_manifest("sqlite", []), "metadata": {"users": ["u" * 1000] * (backup.MANIFEST_BYTES_MAX // 1000)}}
+        answer, copies = _route(monkeypatch, engine, tmp_path / "data", head, reserve=0)
+        assert answer.status == 500 and "more than" in answer.body.decode()
+        assert copies == []
+        assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [STORE_DIR_NAME]
+    finally:
+        engine.close()
+    assert backup.head_problem(_manifest("lmdb", []), "lmdb") is None
