@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
 from dynastore import backup
 from dynastore.api import admin, auth
@@ -525,3 +526,27 @@ def test_a_manifest_over_its_limit_is_refused_before_the_copy(tmp_path: Path, mo
     finally:
         engine.close()
     assert backup.head_problem(_manifest("lmdb", []), "lmdb") is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        ({}, False),
+        ({"Sec-Fetch-Site": "none"}, False),
+        ({"Sec-Fetch-Site": "same-origin"}, False),
+        ({"Origin": "http://127.0.0.1:8098"}, True),
+        ({"Origin": "null"}, True),
+        ({"sec-fetch-site": "cross-site"}, True),
+        ({"Sec-Fetch-Site": "same-site"}, True),
+    ],
+)
+def test_a_web_page_cannot_start_a_backup(headers: dict[str, str], refused: bool) -> None:
+    """With security off on a loopback node an <img src=http://127.0.0.1:8098/admin/backup> would copy the
+    store again and again: a GET of the route carrying a browser's Origin or Sec-Fetch-Site is refused.
+    The CLI sends neither; other GET routes keep answering pages."""
+    guard = object.__new__(auth.Guard)
+    guard.loopback_node, guard.own_hosts, guard.allowed_hosts = True, {"127.0.0.1"}, set()
+    request = SimpleNamespace(method="GET", scheme="http", headers=CIMultiDict({"Host": "127.0.0.1:8098", **headers}))
+    answer = guard.origin_problem(request, [b"admin", b"backup"])  # type: ignore[arg-type]
+    assert (answer is not None and answer.status == 403) == refused
+    assert guard.origin_problem(request, [b"admin", b"status"]) is None  # type: ignore[arg-type]
