@@ -12,8 +12,10 @@ files into DIR, hashing as it writes, refuses any mismatch, and writes `manifest
 directory without a manifest is not a backup.
 
 `dynastore restore DIR --data-dir D` (`restore`) checks the manifest and every file's size and sha256,
-refuses a non-empty D, builds the data directory beside D and renames it into place (a refusal or a
-failure leaves D as it was), and gives the restored store a new epoch.
+refuses a non-empty D, builds the store inside D (`.store.restoring`, mode 0700) and renames it to
+D/store (a refusal or a failure leaves D as it was: empty, or absent), and gives the restored store a
+new epoch. Nothing is written beside D: D may be a mount point, or sit in a directory the user cannot
+write.
 
 Why a new epoch (Riak's kv679): every write a node coordinates gets a dot (actor, counter); the actor
 is the node's name, its epoch and a generation (core/actors.py). After the backup the node went on
@@ -130,6 +132,34 @@ def encode_head(manifest: dict[str, Any]) -> bytes:
     if len(body) > MANIFEST_BYTES_MAX:
         raise BackupError(f"the manifest would take {len(body)} bytes, more than {MANIFEST_BYTES_MAX}")
     return len(body).to_bytes(HEAD_LENGTH_BYTES, "big") + body
+
+
+def head_problem(manifest: dict[str, Any], kind: str) -> str | None:
+    """Why the manifest `manifest` (everything but its files) would exceed MANIFEST_BYTES_MAX once an
+    engine `kind`'s files are listed, at the longest their entries can be; or None. Checked before
+    copying, so a manifest too large never costs a copy."""
+    widest = [FileEntry(name, 10**20 - 1, "f" * 64).as_dict() for name in ENGINE_FILES[kind]]
+    try:
+        encode_head({**manifest, "files": widest})
+    except BackupError as exc:
+        return str(exc)
+    return None
+
+
+def room_problem(used_bytes: int, free_bytes: int, reserve_bytes: int) -> str | None:
+    """Why a copy of a store of `used_bytes` does not fit on a disk with `free_bytes` free, keeping
+    `storage_reserve_bytes` for the node's own writes (core/diskspace.py), or None."""
+    if free_bytes - reserve_bytes < used_bytes:
+        return (
+            f"no room for the backup's copy in the node's data directory: the store uses {used_bytes} bytes, "
+            f"the disk has {free_bytes} free and storage_reserve_bytes keeps {reserve_bytes} of them"
+        )
+    return None
+
+
+def disk_free_bytes(path: Path) -> int:
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize
 
 
 def remove_temp(data_dir: Path) -> None:
@@ -315,28 +345,29 @@ def restore(backup_dir: Path, data_dir: Path, *, now_ms: int, force: bool, rng: 
             "(or start the node on an empty data directory and let anti-entropy rebuild it)"
         )
     data_dir = data_dir.absolute()
-    building = data_dir.parent / f".{data_dir.name}.restoring-{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
+    # Built inside D, then renamed within it: D may be a mount point (which cannot be renamed), on
+    # another filesystem than its parent, or in a parent this user cannot write.
+    created = not data_dir.exists()
+    building = data_dir / f".{STORE_DIR_NAME}.restoring"
     try:
-        store = building / STORE_DIR_NAME
-        store.mkdir(parents=True)
+        if created:
+            data_dir.mkdir(mode=0o700, parents=True)
+        building.mkdir(mode=0o700)
         size = 0
         for entry in entries(manifest):
-            shutil.copyfile(backup_dir / entry.name, store / entry.name)
-            with open(store / entry.name, "rb+") as copied:
+            shutil.copyfile(backup_dir / entry.name, building / entry.name)
+            with open(building / entry.name, "rb+") as copied:
                 os.fsync(copied.fileno())
             size += entry.size
-        old_epoch, new_epoch = _new_epoch(manifest["engine"], store, size, rng)
-        sync_directory(store)
-        if data_dir.exists():
-            # rename(2) replaces an empty directory: the data directory appears whole or not at all.
-            os.rename(building, data_dir)
-        else:
-            data_dir.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(building, data_dir)
+        old_epoch, new_epoch = _new_epoch(manifest["engine"], building, size, rng)
+        sync_directory(building)
+        # rename(2) within D: the store appears whole or not at all.
+        os.rename(building, data_dir / STORE_DIR_NAME)
         sync_directory(data_dir)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
         raise
     return Restored(manifest, old_epoch, new_epoch, age_ms)
 

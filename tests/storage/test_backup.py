@@ -3,22 +3,29 @@ checks, and a restore that gives a new epoch; bad input is refused and changes n
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
+import os
 import random
+import shutil
+import subprocess
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
 from dynastore import backup
-from dynastore.api import auth
+from dynastore.api import admin, auth
 from dynastore.backup import BackupError
 from dynastore.core.actors import META_COUNTER, META_EPOCH, META_GENERATION
 from dynastore.storage import open_engine
-from dynastore.storage.base import Op, scan_all
+from dynastore.storage.base import NoSpaceError, Op, scan_all
 from dynastore.storage.directory import STORE_DIR_NAME
 from dynastore.storage.lmdb_engine import LmdbEngine
 from dynastore.storage.memory import MemoryEngine
@@ -267,3 +274,279 @@ def test_the_memory_engine_is_refused_with_its_reason() -> None:
 def test_the_backup_route_is_an_operator_route() -> None:
     """It hands out every stored object and the users' password hashes: dynastore.admin only."""
     assert auth.need_of("GET", [b"admin", b"backup"], {}) == auth.OPERATOR
+
+
+class _SlowCopyEnv:
+    """An LMDB environment whose copy lasts until `release` is set (at most 10 s): a long copy."""
+
+    def __init__(self, env: Any) -> None:
+        self._env = env
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+    def copy(self, path: str, compact: bool = False) -> None:
+        self.started.set()
+        self.release.wait(10)
+        self._env.copy(path, compact=compact)
+
+
+def test_an_lmdb_map_full_during_a_copy_never_makes_reads_wait_for_the_copy(tmp_path: Path) -> None:
+    """A batch that fills the map while a backup copies must not queue a resize behind the copy: every
+    read would wait for the resize, so for the copy. The batch fails for room instead (the runtime writes
+    it again, acknowledging nothing) and fits once the copy has ended."""
+    engine = LmdbEngine(tmp_path / "live", durable=False, map_size_bytes=1 << 30, map_initial_bytes=4 << 20)
+    slow: _SlowCopyEnv | None = None
+    threads: list[threading.Thread] = []
+    try:
+        _fill(engine)
+        slow = _SlowCopyEnv(engine._env)
+        engine._env = slow  # type: ignore[assignment]
+        (tmp_path / "copy").mkdir()
+        copier = threading.Thread(target=engine.copy_to, args=(tmp_path / "copy",))
+        copier.start()
+        threads.append(copier)
+        assert slow.started.wait(10)
+        map_bytes = int(slow.info()["map_size"])
+        # Bigger than the whole map: it cannot fit without a resize.
+        big = [Op("data", b"big%05d" % i, b"x" * 100_000) for i in range(2 * map_bytes // 100_000)]
+        outcome: list[BaseException | None] = []
+
+        def write() -> None:
+            try:
+                engine.write(big)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        threads.append(writer)
+        deadline = time.monotonic() + 10
+        while writer.is_alive() and not engine._gate._resizing and time.monotonic() < deadline:
+            time.sleep(0.01)
+        took: list[float] = []
+
+        def read() -> None:
+            started = time.monotonic()
+            engine.get("data", b"key00001")
+            took.append(time.monotonic() - started)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        threads.append(reader)
+        reader.join(2)
+        assert took and took[0] < 0.5, "a read waited for the backup's copy"
+        assert copier.is_alive()
+        writer.join(10)
+        assert outcome and isinstance(outcome[0], NoSpaceError)
+        slow.release.set()
+        copier.join(10)
+        engine.write(big)
+        assert engine.get("data", b"big00000") == b"x" * 100_000
+    finally:
+        if slow is not None:
+            slow.release.set()
+        for thread in threads:
+            thread.join(10)
+        engine.close()
+
+
+def test_reads_and_syncs_go_on_during_a_sqlite_copy(tmp_path: Path) -> None:
+    """The copy reads through its own connection and never holds the engine's mutex: a read on the event
+    loop answers within 50 ms throughout, and a sync (a FULL checkpoint would wait for the copy's reader)
+    still makes the batches durable."""
+    engine = _store("sqlite", tmp_path / "live")
+    try:
+        for start in range(0, 24_000, 1000):
+            engine.write([Op("data", b"big%05d" % i, random.randbytes(4000)) for i in range(start, start + 1000)])
+        engine.sync()
+        (tmp_path / "copy").mkdir()
+        copier = threading.Thread(target=backup.snapshot, args=(engine, tmp_path / "copy"))
+        started = time.monotonic()
+        copier.start()
+        slowest, reads, i = 0.0, 0, 0
+        while copier.is_alive() and time.monotonic() - started < 30:
+            began = time.monotonic()
+            assert engine.get("data", b"big%05d" % (reads % 24_000)) is not None
+            slowest = max(slowest, time.monotonic() - began)
+            reads += 1
+            if reads % 50 == 0:
+                i += 1
+                engine.write([Op("meta", b"during", i.to_bytes(8, "big"))])
+                engine.sync()
+            time.sleep(0.001)
+        copier.join(30)
+        assert reads >= 5, "the copy ended before the reads could overlap it"
+        assert slowest < 0.05, f"a read waited {slowest:.3f} s during the copy"
+    finally:
+        engine.close()
+    copy = _store("sqlite", tmp_path / "copy")
+    try:
+        assert copy.count("data") == 24_000
+    finally:
+        copy.close()
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "none", str(path)], check=False, timeout=30)
+    if done.returncode != 0:
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+
+
+def _unmount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=False, timeout=30)
+
+
+def test_a_restore_into_a_mount_point_builds_the_store_inside_it(tmp_path: Path) -> None:
+    """A mount point cannot be renamed onto (EBUSY), nor a directory from another filesystem (EXDEV):
+    the store is built inside the data directory and appears there whole, with mode 0700."""
+    out = _make_backup("lmdb", tmp_path)
+    data = tmp_path / "mounted"
+    _mount_tmpfs(data, "64m")
+    try:
+        backup.restore(out, data, now_ms=NOW_MS, force=False, rng=random.Random(1))
+        assert sorted(p.name for p in data.iterdir()) == [STORE_DIR_NAME]
+        assert (data / STORE_DIR_NAME).stat().st_mode & 0o777 == 0o700
+        restored = _store("lmdb", data / STORE_DIR_NAME)
+        try:
+            assert restored.count("data") == 300
+        finally:
+            restored.close()
+    finally:
+        _unmount(data)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_restore_needs_no_write_access_to_the_data_directorys_parent(tmp_path: Path) -> None:
+    out = _make_backup("sqlite", tmp_path)
+    parent = tmp_path / "parent"
+    (parent / "data").mkdir(parents=True)
+    if os.geteuid() == 0:
+        # root writes anywhere: a read-only mount stands in for a parent it may not write.
+        _mount_tmpfs(parent, "1m")
+        (parent / "data").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(parent)], check=True, timeout=30)
+        _mount_tmpfs(parent / "data", "64m")
+    else:
+        parent.chmod(0o500)
+    try:
+        backup.restore(out, parent / "data", now_ms=NOW_MS, force=False, rng=random.Random(1))
+        assert sorted(p.name for p in (parent / "data").iterdir()) == [STORE_DIR_NAME]
+    finally:
+        if os.geteuid() == 0:
+            _unmount(parent / "data")
+            _unmount(parent)
+        else:
+            parent.chmod(0o700)
+
+
+def test_a_failed_restore_leaves_the_data_directory_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = _make_backup("lmdb", tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def broken(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        raise BackupError("the disk went away")
+
+    monkeypatch.setattr(backup, "_new_epoch", broken)
+    with pytest.raises(BackupError, match="went away"):
+        backup.restore(out, data, now_ms=NOW_MS, force=False, rng=random.Random(1))
+    assert list(data.iterdir()) == []
+    with pytest.raises(BackupError, match="went away"):
+        backup.restore(out, tmp_path / "new", now_ms=NOW_MS, force=False, rng=random.Random(1))
+    assert not (tmp_path / "new").exists()
+
+
+class _Runtime:
+    """What the backup route reads of a node's runtime, with the manifest's head given."""
+
+    def __init__(self, engine: LmdbEngine | SqliteEngine, data_dir: Path, reserve: int) -> None:
+        self.engine = engine
+        self.backup_running = False
+        self.config = SimpleNamespace(data_dir=data_dir)
+        self.settings = SimpleNamespace(storage_reserve_bytes=reserve)
+
+
+def _route(
+    monkeypatch: pytest.MonkeyPatch,
+    engine: LmdbEngine | SqliteEngine,
+    data_dir: Path,
+    head: dict[str, Any],
+    reserve: int,
+) -> tuple[Any, list[Path]]:
+    copies: list[Path] = []
+    real_snapshot = backup.snapshot
+
+    def snapshot(engine: Any, directory: Path) -> list[backup.FileEntry]:
+        copies.append(directory)
+        return real_snapshot(engine, directory)
+
+    monkeypatch.setattr(admin, "_manifest_head", lambda runtime: dict(head))
+    monkeypatch.setattr(admin.backup, "snapshot", snapshot)
+    runtime = _Runtime(engine, data_dir, reserve)
+    answer = asyncio.run(admin._backup(runtime, object()))  # type: ignore[arg-type]
+    assert not runtime.backup_running
+    return answer, copies
+
+
+def test_a_backup_without_room_for_its_copy_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copy is about as large as the store and goes on the data directory's disk: with less free
+    than the store's used bytes beyond storage_reserve_bytes, 507 before anything is copied."""
+    engine = _store("lmdb", tmp_path / "data" / STORE_DIR_NAME)
+    try:
+        _fill(engine)
+        free = backup.disk_free_bytes(tmp_path)
+        answer, copies = _route(monkeypatch, engine, tmp_path / "data", _manifest("lmdb", []), reserve=free)
+        assert answer.status == 507 and "storage_reserve_bytes" in answer.body.decode()
+        assert copies == []
+        assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [STORE_DIR_NAME]
+    finally:
+        engine.close()
+    assert backup.room_problem(100, 1000, 900) is None
+    assert "uses 101 bytes" in (backup.room_problem(101, 1000, 900) or "")
+
+
+def test_a_manifest_over_its_limit_is_refused_before_the_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head (all of the manifest but its files) is measured first: 500 with the reason, no copy, and
+    never a 200 cut off after its headers."""
+    engine = _store("sqlite", tmp_path / "data" / STORE_DIR_NAME)
+    try:
+        _fill(engine)
+        head = {**_manifest("sqlite", []), "metadata": {"users": ["u" * 1000] * (backup.MANIFEST_BYTES_MAX // 1000)}}
+        answer, copies = _route(monkeypatch, engine, tmp_path / "data", head, reserve=0)
+        assert answer.status == 500 and "more than" in answer.body.decode()
+        assert copies == []
+        assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [STORE_DIR_NAME]
+    finally:
+        engine.close()
+    assert backup.head_problem(_manifest("lmdb", []), "lmdb") is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        ({}, False),
+        ({"Sec-Fetch-Site": "none"}, False),
+        ({"Sec-Fetch-Site": "same-origin"}, False),
+        ({"Origin": "http://127.0.0.1:8098"}, True),
+        ({"Origin": "null"}, True),
+        ({"sec-fetch-site": "cross-site"}, True),
+        ({"Sec-Fetch-Site": "same-site"}, True),
+    ],
+)
+def test_a_web_page_cannot_start_a_backup(headers: dict[str, str], refused: bool) -> None:
+    """With security off on a loopback node an <img src=http://127.0.0.1:8098/admin/backup> would copy the
+    store again and again: a GET of the route carrying a browser's Origin or Sec-Fetch-Site is refused.
+    The CLI sends neither; other GET routes keep answering pages."""
+    guard = object.__new__(auth.Guard)
+    guard.loopback_node, guard.own_hosts, guard.allowed_hosts = True, {"127.0.0.1"}, set()
+    request = SimpleNamespace(method="GET", scheme="http", headers=CIMultiDict({"Host": "127.0.0.1:8098", **headers}))
+    answer = guard.origin_problem(request, [b"admin", b"backup"])  # type: ignore[arg-type]
+    assert (answer is not None and answer.status == 403) == refused
+    assert guard.origin_problem(request, [b"admin", b"status"]) is None  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from dynastore import __version__, backup
 from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
 from dynastore.api.auth import Guard
 from dynastore.api.server import Request, StreamResponse
+from dynastore.backup import BackupError
 from dynastore.core import buckettypes, clusterplan, keys, membership, merkle, objects, security
 from dynastore.core.effects import SecurityAction
 from dynastore.core.messages import PROTOCOL_VERSION, ClientBucketType, Failure, NotFound
@@ -152,6 +153,20 @@ async def _backup(runtime: NodeRuntime, request: Request) -> Answer:
     try:
         # The actor and metadata as the copy starts (the epoch never changes while a node runs).
         manifest = _manifest_head(runtime)
+        problem = backup.head_problem(manifest, manifest["engine"])
+        if problem is not None:
+            return text(500, f"this node's backup cannot be made: {problem} (too many members, types or users)")
+        # The copy goes on the data directory's disk and is about as large as the store: refused up
+        # front, having changed nothing, when it would eat into the reserve the node's writes keep.
+        try:
+            space = await asyncio.to_thread(engine.space)
+            free = await asyncio.to_thread(backup.disk_free_bytes, runtime.config.data_dir)
+        except (StorageError, OSError) as exc:
+            return text(503, f"cannot measure the room for the backup's copy: {exc}")
+        if space is not None:
+            problem = backup.room_problem(space.used_bytes, free, runtime.settings.storage_reserve_bytes)
+            if problem is not None:
+                return text(507, problem)
         started = time.monotonic()
         try:
             await asyncio.to_thread(backup.remove_temp, runtime.config.data_dir)
@@ -165,10 +180,15 @@ async def _backup(runtime: NodeRuntime, request: Request) -> Answer:
         manifest["files"] = [entry.as_dict() for entry in files]
         total = sum(entry.size for entry in files)
         log.info("backup: copied %d bytes in %.2f s; streaming", total, time.monotonic() - started)
+        try:
+            # Encoded before the response starts: a refusal is still a status, not a cut-off 200.
+            head = backup.encode_head(manifest)
+        except BackupError as exc:
+            return text(500, f"this node's backup cannot be made: {exc}")
         stream = StreamResponse(headers={"Content-Type": "application/octet-stream"})
         try:
             await stream.prepare(request)
-            await stream.write(backup.encode_head(manifest))
+            await stream.write(head)
             for entry in files:
                 with open(directory / entry.name, "rb") as source:
                     while chunk := await asyncio.to_thread(source.read, backup.CHUNK_BYTES):

@@ -35,6 +35,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -145,6 +146,18 @@ def need_of(method: str, parts: list[bytes], query: dict[str, str]) -> Need:
     return Need()
 
 
+def browser_backup_problem(parts: list[bytes], headers: Mapping[str, str]) -> Response | None:
+    """GET /admin/backup copies the whole store onto the node's disk: a page in a local browser must not
+    start one (an <img> pointing at a loopback node with security off would, again and again). Browsers
+    send an Origin, or Sec-Fetch-Site, on such requests; `dynastore backup` sends neither."""
+    if parts != [b"admin", b"backup"]:
+        return None
+    site = headers.get("Sec-Fetch-Site", "").strip().lower()
+    if headers.get("Origin") is not None or site in ("cross-site", "same-site"):
+        return text(403, "a backup is not started from a web page: use `dynastore backup`")
+    return None
+
+
 class Guard:
     """The checks of the module docstring, for one node's HTTP API."""
 
@@ -192,7 +205,7 @@ class Guard:
         here = f"{request.scheme}://{request.headers.get('Host', '')}".lower()
         if request.method in MUTATING and origin is not None and origin.rstrip("/").lower() != here:
             return text(403, "cross-origin requests may not change anything")
-        return None
+        return browser_backup_problem(parts, request.headers)
 
     # --- Who is asking -------------------------------------------------------------------------------
 

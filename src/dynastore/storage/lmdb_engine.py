@@ -64,12 +64,34 @@ COPY_FILE_NAME = "data.mdb"
 
 class _Gate:
     """Many calls at once, or one map resize alone: LMDB resizes the map only with no transaction
-    open in the process."""
+    open in the process.
+
+    A backup's copy (`copy`) is a shared call that may last minutes. A resize never waits for one:
+    while a resize waits for the calls in progress, every new call waits for the resize, so a resize
+    queued behind a copy would stall every read until the copy ended. `alone` therefore yields False,
+    and resizes nothing, while a copy runs."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._active = 0
+        self._copies = 0
         self._resizing = False
+
+    @contextmanager
+    def copy(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+            self._copies += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._copies -= 1
+                if not self._active:
+                    self._cond.notify_all()
 
     @contextmanager
     def shared(self) -> Iterator[None]:
@@ -86,15 +108,21 @@ class _Gate:
                     self._cond.notify_all()
 
     @contextmanager
-    def alone(self) -> Iterator[None]:
+    def alone(self) -> Iterator[bool]:
+        """Alone (True), or False at once, holding nothing, while a copy runs."""
         with self._cond:
             while self._resizing:
                 self._cond.wait()
-            self._resizing = True
-            while self._active:
-                self._cond.wait()
+            refused = self._copies > 0
+            if not refused:
+                self._resizing = True
+                while self._active:
+                    self._cond.wait()
+        if refused:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._cond:
                 self._resizing = False
@@ -251,8 +279,15 @@ class LmdbEngine:
                     with self._gate.shared():
                         self._write_once(env, ops)
                     return
-                except lmdb.MapFullError:
-                    if self._grow(env):
+                except lmdb.MapFullError as exc:
+                    grown = self._grow(env)
+                    if grown is None:
+                        # No resize while a backup's copy runs (see _Gate): the runtime keeps the
+                        # batch, unacknowledged, and writes it again until it fits.
+                        raise NoSpaceError(
+                            "lmdb write: the map is full while a backup's copy runs; it grows once the copy ends"
+                        ) from exc
+                    if grown:
                         continue
                     if nudged:
                         raise
@@ -271,13 +306,20 @@ class LmdbEngine:
         with contextlib.suppress(lmdb.Error), self._gate.shared(), env.begin(write=True) as txn:
             txn.put(_NUDGE_KEY, b"", db=self._engine_db)
 
-    def _grow(self, env: lmdb.Environment) -> bool:
-        """Double the map (up to its maximum); False when it is at its maximum already."""
+    def _grow(self, env: lmdb.Environment, wanted: int | None = None) -> bool | None:
+        """Double the map, or make it at least `wanted` bytes (up to its maximum); False when it is at
+        its maximum already, None when a backup's copy runs (the map stays as it is)."""
         current = int(env.info()["map_size"])
         if current >= self._map_max:
             return False
-        with self._gate.alone():
-            env.set_mapsize(min(self._map_max, 2 * current))
+        target = 2 * current if wanted is None else max(current, wanted)
+        if target == current:
+            return True
+        with self._gate.alone() as alone:
+            if not alone:
+                return None
+            if int(env.info()["map_size"]) == current:
+                env.set_mapsize(min(self._map_max, target))
         return True
 
     def _disk_free_bytes(self) -> int:
@@ -376,10 +418,17 @@ class LmdbEngine:
     def copy_to(self, directory: Path) -> tuple[str, ...]:
         """Write a consistent, compacted copy of the environment into the empty `directory` (a backup)
         and return the names of the files written. It runs in one read transaction, so writes go on
-        meanwhile; a map resize waits for it (LMDB resizes only with no transaction open)."""
+        meanwhile. LMDB resizes the map only with no transaction open, and a resize must not wait for
+        the copy (see _Gate): the map first grows to leave room for the store's used size again, and a
+        batch that finds the map full during the copy fails with NoSpaceError, which the runtime
+        retries, acknowledging nothing, until the map can grow."""
         env = self._live()
-        with self._gate.shared(), _lmdb_errors(f"copy to {directory}"):
-            env.copy(str(directory), compact=True)
+        with _lmdb_errors(f"copy to {directory}"):
+            space = self.space()
+            assert space is not None and space.file_bytes is not None
+            self._grow(env, space.file_bytes + space.used_bytes)
+            with self._gate.copy():
+                env.copy(str(directory), compact=True)
         return (COPY_FILE_NAME,)
 
     def close(self) -> None:

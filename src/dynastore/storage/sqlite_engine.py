@@ -21,14 +21,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from dynastore.storage.base import AREAS, NoSpaceError, Op, Space, StorageError
 from dynastore.storage.checks import check_area, check_key, check_ops, check_scan
 from dynastore.storage.directory import DirectoryLock, sync_directory
 
 FILE_NAME = "store.sqlite3"
-# A copy (copy_to) takes this many pages per step, between which the engine serves other calls.
-COPY_STEP_PAGES = 256
 
 
 @contextmanager
@@ -53,12 +52,14 @@ def _table(area: str) -> str:
 class SqliteEngine:
     """Areas as tables of `path/store.sqlite3`. Calls may come from any thread; a lock serialises them."""
 
-    __slots__ = ("_conn", "_lock", "_mutex", "durable", "path")
+    __slots__ = ("_conn", "_copies", "_lock", "_mutex", "durable", "path")
 
     def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = path
         self.durable = durable
         self._mutex = threading.Lock()
+        # Backups copying now (copy_to), each holding a read transaction on its own connection.
+        self._copies = 0
         self._lock = DirectoryLock.acquire(path)
         self._conn: sqlite3.Connection | None = None
         try:
@@ -156,10 +157,18 @@ class SqliteEngine:
 
     def sync(self) -> None:
         with self._mutex, _sqlite_errors("sync"):
+            conn = self._live()
+            if self._copies:
+                # A backup's copy reads an older snapshot, and a FULL checkpoint would wait for it (and
+                # fail once the busy timeout passed). The WAL holds every commit: a PASSIVE checkpoint
+                # moves what it can, and syncing the WAL itself makes every commit durable.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                _fsync_if_exists(self.path / (FILE_NAME + "-wal"))
+                return
             # A FULL checkpoint syncs the WAL (making every commit durable), copies it into the
-            # database file and syncs that too. Only this engine has the file open, so it never
-            # has to wait for a reader and `busy` stays 0.
-            busy, _, _ = self._live().execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+            # database file and syncs that too. Only this engine's connection writes the file, and
+            # no copy is reading it, so it never has to wait for a reader and `busy` stays 0.
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
         if busy:
             raise StorageError(f"sqlite sync at {self.path} could not checkpoint: the database is busy")
 
@@ -176,25 +185,31 @@ class SqliteEngine:
         """Write a consistent copy of the database into the empty `directory` with SQLite's backup API
         (a backup) and return the names of the files written.
 
-        The copy goes COPY_STEP_PAGES pages at a time, and the engine's lock is released between steps,
-        so reads and batches go on during a long copy. They use the connection the copy reads from,
-        and SQLite then carries every change they make into the copy as well: the finished copy is the
-        database as it was after the last step, never a mix."""
+        The copy reads through a connection of its own, read-only, in one step: one read transaction,
+        so the copy is the database as it was when the copy began, never a mix. The journal is a WAL,
+        so the engine's connection goes on reading and writing meanwhile, and the copy never holds the
+        engine's mutex (a long copy holding it would stall every read on the event loop)."""
         target_path = directory / FILE_NAME
-        with _sqlite_errors(f"copy to {target_path}"):
-            target = sqlite3.connect(target_path, isolation_level=None)
-            try:
-
-                def between_steps(status: int, remaining: int, total: int) -> None:
-                    # Called by `backup` (on this thread, holding the lock) after every step.
-                    self._mutex.release()
-                    self._mutex.acquire()
-
-                with self._mutex:
-                    self._live().backup(target, pages=COPY_STEP_PAGES, progress=between_steps)
-                (mode,) = target.execute("PRAGMA journal_mode=DELETE").fetchone()
-            finally:
-                target.close()
+        with self._mutex:
+            self._live()
+            self._copies += 1
+        try:
+            with _sqlite_errors(f"copy to {target_path}"):
+                source = sqlite3.connect(
+                    f"file:{quote(str(self.path / FILE_NAME))}?mode=ro", uri=True, isolation_level=None
+                )
+                try:
+                    target = sqlite3.connect(target_path, isolation_level=None)
+                    try:
+                        source.backup(target)
+                        (mode,) = target.execute("PRAGMA journal_mode=DELETE").fetchone()
+                    finally:
+                        target.close()
+                finally:
+                    source.close()
+        finally:
+            with self._mutex:
+                self._copies -= 1
         if str(mode).lower() != "delete":
             raise StorageError(f"sqlite copy at {target_path} kept journal mode {mode!r}")
         return (FILE_NAME,)
@@ -210,3 +225,14 @@ class SqliteEngine:
                     conn.close()
             finally:
                 self._lock.release()
+
+
+def _fsync_if_exists(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
