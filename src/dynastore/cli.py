@@ -782,6 +782,7 @@ def plan(url: str) -> None:
 def commit(plan_id: str | None, url: str) -> None:
     """Apply every staged change at once: the claimant makes one ring transition of them. Commits the
     plan that `cluster plan` at the same node shows now (or refuses if it is not --plan-id's)."""
+    url = _claimant_url(url)
     planned = _admin(url, "/admin/plan")
     if not planned["changes"]:
         _fail("there are no staged changes")
@@ -794,11 +795,27 @@ def commit(plan_id: str | None, url: str) -> None:
     )
 
 
+def _claimant_url(url: str) -> str:
+    """The claimant's URL, as the node at `url` knows it (only the claimant commits or clears)."""
+    status = _admin(url, "/admin/status")
+    claimant = status.get("claimant")
+    if claimant is None or claimant == status.get("node"):
+        return url
+    member = next((m for m in status.get("members", []) if m.get("name") == claimant), None)
+    if member is None:
+        return url
+    host = str(member["host"])
+    host = f"[{host}]" if ":" in host else host
+    target = f"{url.split('://', 1)[0]}://{host}:{member['http_port']}"
+    click.echo(f"(asking the claimant, {claimant} at {target})", err=True)
+    return target
+
+
 @cluster.command()
 @NODE_OPTION
 def clear(url: str) -> None:
     """Drop every staged change (nodes staged to join are removed again, and stop)."""
-    _admin(url, "/admin/clear", method="POST")
+    _admin(_claimant_url(url), "/admin/clear", method="POST")
     click.echo("cleared the staged changes")
 
 

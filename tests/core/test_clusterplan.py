@@ -254,3 +254,30 @@ def test_the_staged_change_and_repair_routes_need_an_operator_and_aae_status_is_
 
     assert auth.need_of(method, [b"admin", route], {}) == auth.OPERATOR
     assert auth.need_of("GET", [b"admin", b"aae"], {}) == auth.STATUS
+
+
+def test_commit_refuses_what_plan_refuses_when_the_state_changed_after_the_changes_were_staged() -> None:
+    """A one-node cluster: a join and the node's own leave are staged; then the joiner is removed at
+    once (unstaged). Plan refuses the leave of the last owner, and so does commit (no plan id given)."""
+    state = with_staged_joiner(cluster_of(1), "j")
+    state = clusterplan.stage(state, "n0", "leave", "n0")
+    j = state.member("j")
+    assert j is not None
+    state = state.with_member(replace(j, status="removed", version=j.version + 1))
+    with pytest.raises(PlanError):
+        clusterplan.plan(state, N_VAL)
+    with pytest.raises(PlanError, match="no member to own the ring"):
+        clusterplan.commit(state, "n0")
+
+
+def test_a_cluster_that_has_staged_as_many_nodes_as_a_state_may_hold_refuses_one_more() -> None:
+    """The state's staged records are bounded (membership.STAGED_MAX): staging past it is refused rather
+    than written into a state that could not be read back."""
+    state = cluster_of(3)
+    names = [f"gone{i:05d}" for i in range(membership.STAGED_MAX)]
+    gone = tuple(Member(name, "127.0.0.1", 1, 1, status="removed", version=2) for name in names)
+    records = tuple(membership.Staged(name, "", version=2, author="n0") for name in names)
+    state = replace(state, members=state.members + gone, staged=records)
+    assert len(membership.decode(membership.encode(state)).staged) == membership.STAGED_MAX
+    with pytest.raises(PlanError, match="more than"):
+        clusterplan.stage(state, "n1", "leave", "n0")

@@ -152,8 +152,8 @@ def test_a_staged_join_is_reported_when_staged_and_when_committed() -> None:
     staged = events(c, "n1", "change_staged")
     assert staged and fields(staged[0])["node"] == "n3" and fields(staged[0])["action"] == "join"
     assert len(events(c, "n1", "ring_transition_started")) == transitions
-    assert isinstance(c.request("n2", ClientStaged("commit")), Ok)
+    assert isinstance(c.request("n0", ClientStaged("commit")), Ok)
     assert c.run_until(lambda: len(events(c, "n1", "ring_transition_started")) > transitions, 30_000)
-    committed = events(c, "n2", "changes_committed")
+    committed = events(c, "n0", "changes_committed")
     assert committed and "join of n3" in committed[0].text
     assert any(fields(e)["node"] == "n3" for e in events(c, "n0", "change_unstaged"))

@@ -54,7 +54,11 @@ def test_a_staged_join_and_leave_wait_for_commit_and_end_in_the_planned_ring() -
         assert state.ring.version == version and state.ring.next_owners is None
     plan = c.core("n2").cluster_plan()
     assert plan == c.core("n3").cluster_plan()
-    assert isinstance(c.request("n2", ClientStaged("commit")), Ok)
+    # Only the claimant (n0) commits: a commit and a clear asked of two nodes at once cannot mix.
+    elsewhere = c.request("n2", ClientStaged("commit"))
+    assert isinstance(elsewhere, Failure) and "ask n0" in elsewhere.reason, elsewhere
+    assert clusterplan.pending(c.core("n0").cluster)
+    assert isinstance(c.request("n0", ClientStaged("commit")), Ok)
     transitions = set()
 
     def done() -> bool:
@@ -81,7 +85,7 @@ def test_replace_hands_exactly_the_old_nodes_partitions_to_the_new_one() -> None
     assert isinstance(c.request("n0", ClientReplace("n2", "n9")), Ok)
     # Staged changes spread like any cluster state: n1 commits what it has heard of.
     assert c.run_until(lambda: len(clusterplan.pending(c.core("n1").cluster)) == 2, 5_000)
-    assert isinstance(c.request("n1", ClientStaged("commit")), Ok)
+    assert isinstance(c.request("n0", ClientStaged("commit")), Ok)
     assert c.run_until(lambda: c.core("n2").exit_requested, 120_000)
     assert c.run_until(lambda: settled(c), 60_000)
     assert c.core("n0").cluster.ring.owners == tuple("n9" if o == "n2" else o for o in before)
@@ -93,7 +97,7 @@ def test_clearing_a_staged_join_removes_the_joiner_and_it_asks_to_stop() -> None
     c = SimCluster(3, SETTINGS)
     c.add_node("n3")
     assert isinstance(c.request("n3", ClientJoin("n0", 1, stage=True)), Ok)
-    assert isinstance(c.request("n1", ClientStaged("clear")), Ok)
+    assert isinstance(c.request("n0", ClientStaged("clear")), Ok)
     assert c.run_until(lambda: c.core("n3").exit_requested, 30_000)
     nothing = c.request("n0", ClientStaged("commit"))
     assert isinstance(nothing, Failure) and "no staged changes" in nothing.reason
@@ -117,3 +121,15 @@ def test_a_data_directory_of_the_previous_release_opens_and_its_state_is_written
     rewritten = disk.get("meta", META_CLUSTER)
     assert rewritten is not None and msgpack.unpackb(rewritten, raw=False)[0] == 4
     assert c.core("n0").cluster.staged == ()
+
+
+def test_a_node_staged_to_join_does_not_count_as_another_owner_for_an_unstaged_leave() -> None:
+    """One valid node and a staged joiner (which owns nothing until a commit): the valid node's plain
+    leave is refused as the last member's, instead of leaving a cluster with nobody to own the ring."""
+    c = SimCluster(1, SETTINGS)
+    c.add_node("j")
+    assert isinstance(c.request("j", ClientJoin("n0", 1, stage=True)), Ok)
+    c.settle(2_000)
+    refused = c.request("n0", ClientLeave())
+    assert isinstance(refused, Failure) and "last member" in refused.reason, refused
+    assert c.core("n0").cluster.member("n0").status == "valid"  # type: ignore[union-attr]

@@ -113,7 +113,7 @@ async def handle(runtime: NodeRuntime, guard: Guard, request: Request, rest: lis
     if rest == [b"join"] and method == "POST":
         seed = request.query.get("seed", "")
         host, _, port = seed.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise BadRequest("seed must be host:peer-port")
         stage = _stage_flag(request)
         response = await runtime.request(ClientJoin(host, int(port), stage))
@@ -320,7 +320,7 @@ async def _repair(runtime: NodeRuntime, request: Request) -> Answer:
         raise BadRequest("repair needs ?partition=P or ?all=true")
     partition = None
     if raw is not None:
-        if not raw.isdigit() or len(raw) > 6:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:
             raise BadRequest("partition must be a partition number")
         partition = int(raw)
     requested_ms = runtime.clock.now_ms()

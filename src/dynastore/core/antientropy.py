@@ -64,6 +64,8 @@ SEGMENTS_PER_REQUEST = 64
 QUEUE_RETRY_MS = 10
 # A responder too busy to send objects is asked again after this long.
 BUSY_RETRY_MS = 200
+# How long requested exchanges wait, when none could start, before they are looked at again.
+REQUEST_WAIT_MS = 100
 META_CLEAN = b"clean_shutdown"
 # The summary version the segment index was written with (none: version 1).
 META_SUMMARY_VERSION = b"aae_summary_version"
@@ -302,9 +304,11 @@ class AntiEntropy:
     def next_deadline_ms(self) -> int:
         if not self.node.settings.anti_entropy_enabled:
             return self.node.now_hint_ms + 3_600_000
-        if self.build_queue or self.verify_queue or (self.requested and not self._exchanging):
+        if self.build_queue or self.verify_queue:
             # Soon, not now: a step the controller deferred must not make the timer spin.
             return self.node.now_hint_ms + QUEUE_RETRY_MS
+        if self.requested and not self._exchanging:
+            return max(self.node.now_hint_ms + QUEUE_RETRY_MS, self._requested_not_before_ms)
         soonest = min(self._next_exchange_ms, self._next_verify_all_ms)
         if self._deferred is not None:
             soonest = min(soonest, max(self._deferred[0], self.node.now_hint_ms + QUEUE_RETRY_MS))
@@ -387,10 +391,13 @@ class AntiEntropy:
             if tree is None or not tree.ready:
                 continue
             if not self.node.controller.admit(now_ms):
-                return
+                break
             del self.requested[entry]
             self._begin(peer, partition, n_val, now_ms, attempts + 1)
             return
+        # Nothing could start (trees being built, or the controller's budget spent): look again a
+        # little later rather than at every tick (finding the candidates walks the whole ring).
+        self._requested_not_before_ms = now_ms + REQUEST_WAIT_MS
 
     def _give_up(self, partition: int, now_ms: int) -> None:
         self.stats.repairs_given_up += 1

@@ -339,7 +339,8 @@ class ClusterOps(NodeBase):
         if req.stage:
             self._stage(origin, self.name, "leave")
             return
-        others = [m for m in self.cluster.members if m.name != self.name and m.status in OWNING]
+        # Members staged to join own nothing until a commit: they do not count as others.
+        others = [n for n in clusterplan.owning_weights(self.cluster) if n != self.name]
         if me.status in ("leaving", "exiting"):
             self._answer(origin, Ok())
             return
@@ -367,7 +368,7 @@ class ClusterOps(NodeBase):
         if member.status == "removed":
             self._answer(origin, Ok())
             return
-        if not [m for m in self.cluster.members if m.name != req.node and m.status in OWNING]:
+        if not [n for n in clusterplan.owning_weights(self.cluster) if n != req.node]:
             self._answer(origin, Failure("bad_request", "removing it would leave no member"))
             return
         self._set_cluster(self.cluster.with_member(replace(member, status="removed", version=member.version + 1)))
@@ -393,11 +394,20 @@ class ClusterOps(NodeBase):
     def _staged(self, origin: Origin, req: ClientStaged, now_ms: int) -> None:
         """Commit or clear the staged changes, from whichever node is asked: the result is gossiped
         (and pushed at once), and the claimant makes one ring transition of a commit."""
+        claimant = self.cluster.claimant()
+        if claimant is not None and claimant != self.name:
+            # One node decides, so that a commit and a clear asked of two nodes at once cannot merge
+            # into a mix of both that neither operator planned (Riak's claimant commits too).
+            member = self.cluster.member(claimant)
+            where = "" if member is None else f" (HTTP {member.host}:{member.http_port})"
+            text = f"only the claimant commits or clears staged changes: ask {claimant}{where}"
+            self._answer(origin, Failure("bad_request", text))
+            return
         joiners = clusterplan.staged_joiners(self.cluster)
         what = ", ".join(f"{r.action} of {r.node}" for r in clusterplan.pending(self.cluster))
         try:
             if req.action == "commit":
-                changed = clusterplan.commit(self.cluster, self.name, req.plan_id)
+                changed = clusterplan.commit(self.cluster, self.name, req.plan_id, self.settings.n_val)
             else:
                 changed = clusterplan.clear(self.cluster, self.name)
         except clusterplan.PlanError as exc:

@@ -45,7 +45,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from dynastore.core.membership import OWNING, ClusterState, Staged
+from dynastore.core.membership import OWNING, STAGED_MAX, ClusterState, Staged
 from dynastore.core.ring import ClaimError, Ring, claim
 
 
@@ -104,6 +104,9 @@ def stage_join(state: ClusterState, node: str, author: str) -> ClusterState:
 
 
 def _check_claimable(after: ClusterState) -> None:
+    if len(after.staged) > STAGED_MAX:
+        # One record per node ever staged: a state with more could not be read back (membership.py).
+        raise PlanError(f"more than {STAGED_MAX} nodes have had changes staged in this cluster")
     owning = owning_weights(after)
     if not owning:
         raise PlanError("these changes would leave no member to own the ring")
@@ -153,16 +156,25 @@ def clear(state: ClusterState, author: str) -> ClusterState:
         member = state.member(record.node)
         if record.action == "join" and member is not None and member.status == "joining":
             state = state.with_member(replace(member, status="removed", version=member.version + 1))
+    # An unstaged leave or remove since may have counted on a joiner this would remove.
+    _check_claimable(state)
     return state
 
 
-def commit(state: ClusterState, author: str, planned: str = "") -> ClusterState:
+def commit(state: ClusterState, author: str, planned: str = "", n_val: int = 3) -> ClusterState:
     """Apply every staged change at once, for the claimant to make one ring transition of them.
     `planned`, when given, is the id of the plan the operator saw: commit refuses if it has changed."""
     _check_plannable(state)
     if planned and planned != plan_id(state):
         raise PlanError("the staged changes or the ring changed since that plan; run cluster plan again")
-    return _apply(state, author)
+    after = _apply(state, author)
+    # What plan refuses, commit refuses too (the state may have changed since the changes were staged).
+    _check_claimable(after)
+    try:
+        future_owners(after, n_val)
+    except ClaimError as exc:
+        raise PlanError(f"these changes cannot make a ring: {exc}") from None
+    return after
 
 
 def plan_id(state: ClusterState) -> str:
