@@ -7,12 +7,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+from click.testing import CliRunner
+
+from dynastore.cli import main
 from dynastore.localcluster import LocalCluster, free_port
 
 MakeCluster = Callable[..., LocalCluster]
@@ -20,19 +21,25 @@ MakeCluster = Callable[..., LocalCluster]
 ONE_NODE = ("n_val=1", "r=1", "w=1")
 
 
-def run(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """`dynastore ARGS` as a user runs it, with this checkout's code first on the path."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("DYNASTORE_CA", None)
-    return subprocess.run(
-        [sys.executable, "-m", "dynastore", *args], input=stdin, capture_output=True, timeout=60, check=False, env=env
-    )
+@dataclass
+class Ran:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
 
 
-def run_all(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[bytes]]:
-    """Commands that do not depend on each other, run side by side (each is mostly interpreter start-up)."""
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda args: run(*args), commands))
+def run(*args: str, stdin: bytes | None = None) -> Ran:
+    """`dynastore ARGS` against the real node, run in this process (click's runner: the same code a
+    user's command runs, without an interpreter start-up for each of some thirty commands)."""
+    result = CliRunner().invoke(main, list(args), input=stdin, env={"DYNASTORE_CA": None})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Ran(result.exit_code, result.stdout_bytes, result.stderr_bytes or b"")
+
+
+def run_all(*commands: tuple[str, ...]) -> list[Ran]:
+    """Commands that do not depend on each other."""
+    return [run(*args) for args in commands]
 
 
 def ok(*args: str, stdin: bytes | None = None) -> bytes:
@@ -41,7 +48,7 @@ def ok(*args: str, stdin: bytes | None = None) -> bytes:
     return result.stdout
 
 
-def one_line_error(result: subprocess.CompletedProcess[bytes], code: int) -> str:
+def one_line_error(result: Ran, code: int) -> str:
     """The status is `code` and stderr is one line of error, no traceback."""
     err = result.stderr.decode()
     assert result.returncode == code, (result.returncode, err)
