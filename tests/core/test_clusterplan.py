@@ -234,6 +234,12 @@ def test_a_commit_of_a_plan_refuses_once_the_staged_changes_differ_from_it() -> 
     with pytest.raises(PlanError, match="changed since that plan"):
         clusterplan.commit(later, "n0", planned)
     assert clusterplan.commit(state, "n0", planned).member("n1").status == "leaving"  # type: ignore[union-attr]
+    # So is an unstaged remove that lands between the plan and its commit (the ring not yet changed).
+    n3 = state.member("n3")
+    assert n3 is not None
+    removed = state.with_member(replace(n3, status="removed", version=n3.version + 1))
+    with pytest.raises(PlanError, match="changed since that plan"):
+        clusterplan.commit(removed, "n0", planned)
 
 
 @pytest.mark.parametrize(

@@ -178,11 +178,14 @@ def commit(state: ClusterState, author: str, planned: str = "", n_val: int = 3) 
 
 
 def plan_id(state: ClusterState) -> str:
-    """Names what a plan was made of: the ring's (version, claimant) and the staged records."""
+    """Names what a plan was made of: the ring's (version, claimant), the staged records and the members."""
     digest = hashlib.blake2b(digest_size=8)
     digest.update(f"{state.ring.version}:{state.ring.claimant}".encode())
     for r in pending(state):
         digest.update(f"|{r.node}:{r.action}:{r.target}:{r.version}:{r.author}".encode())
+    # The members too: an unstaged leave or remove between plan and commit changes what commit does.
+    for m in state.members:
+        digest.update(f"#{m.name}:{m.status}:{m.weight}:{m.version}".encode())
     return digest.hexdigest()
 
 
