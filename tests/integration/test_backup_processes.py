@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +13,12 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from http_util import call, get, obj, put
+from proc_util import run_dynastore as cli
 
 from dynastore.localcluster import LocalCluster, NodeProc
 
 MakeCluster = Callable[..., LocalCluster]
 BUCKET = "bk"
-
-
-def cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dynastore", *args], capture_output=True, text=True, timeout=timeout_s, check=False
-    )
 
 
 def local(node: NodeProc, key: str) -> dict[str, Any] | None:

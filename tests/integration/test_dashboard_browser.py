@@ -8,8 +8,6 @@ import asyncio
 import base64
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from pathlib import Path
 
 from cdp import Browser, chromium_path
 from http_util import call, get, put
+from proc_util import dynastore_ok as cli
 
 from dynastore.localcluster import LocalCluster
 
@@ -179,13 +178,6 @@ def test_the_dashboard_route_serves_its_own_files_with_their_types_and_nothing_e
         assert status == 404, (path, status, body)
     status, headers, _ = call("POST", url + "/dashboard", b"x")
     assert status == 405 and headers["Allow"] == "GET, HEAD"
-
-
-def cli(*args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "dynastore", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, f"{' '.join(args)}: {result.stderr}"
 
 
 def test_with_security_on_the_page_needs_the_status_permission_and_says_so_when_a_fetch_is_refused(

@@ -8,30 +8,17 @@ of Riak 1.4 work."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 from http_util import call
+from proc_util import run_dynastore as cli
 
 from dynastore.localcluster import LocalCluster
 
 MakeCluster = Callable[..., LocalCluster]
-
-
-def cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dynastore", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        env={**os.environ},
-    )
 
 
 def dt_url(base: str, type_name: str, bucket: str, key: str | None = None, query: str = "") -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from cluster_settings import FAST
 from http_util import call
+from proc_util import run_dynastore, stop_process_groups
 
 from dynastore.localcluster import LocalCluster, free_port, http_json
 
@@ -28,14 +29,8 @@ MakeCluster = Callable[..., LocalCluster]
 
 
 def dynastore(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dynastore", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        env={**_clean_env(), **(env or {})},
-    )
+    """`dynastore ARGS` with exactly this test's DYNASTORE_* variables."""
+    return run_dynastore(*args, env=env, timeout_s=timeout_s, clean_env=True)
 
 
 def _clean_env() -> dict[str, str]:
@@ -77,15 +72,7 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         return proc
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    stop_process_groups(procs)
 
 
 def test_a_node_takes_its_identity_from_the_file_then_the_environment_then_flags(

@@ -4,8 +4,6 @@ membership survives restarts."""
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -14,19 +12,12 @@ from pathlib import Path
 
 from cluster_settings import FAST
 from http_util import get, put
+from proc_util import dynastore_ok as cli
 
 from dynastore.core.hashing import key_partition
 from dynastore.localcluster import LocalCluster, NodeProc, http_json
 
 MakeCluster = Callable[..., LocalCluster]
-
-
-def cli(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "dynastore", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def settled(cluster: LocalCluster, names: set[str]) -> bool:

@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from proc_util import stop_process_groups
 
 from dynastore import localnet
 
@@ -83,15 +83,7 @@ def hosts(tmp_path: Path) -> Iterator[tuple[localnet.PrivateNet, list[subprocess
         net.up()
         yield net, procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_process_groups(procs)
         net.close()
 
 

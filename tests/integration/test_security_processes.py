@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +17,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from http_util import call, obj
+from proc_util import run_dynastore as cli
 
 from dynastore.core import context as ctxcodec
 from dynastore.core.secret import CONTEXT, PEER, derive
@@ -27,19 +26,6 @@ from dynastore.localcluster import LocalCluster
 from dynastore.net.framing import NONCE_BYTES, FrameDecoder, Hello, decode_hello, encode_finish, encode_hello, proof
 
 MakeCluster = Callable[..., LocalCluster]
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "dynastore", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def ok(*args: str, env: dict[str, str] | None = None) -> str:

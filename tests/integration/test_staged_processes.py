@@ -7,30 +7,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 from http_util import call, get, put
+from proc_util import dynastore_ok as cli
+from proc_util import run_dynastore as run
 
 from dynastore.core.hashing import key_partition
 from dynastore.localcluster import LocalCluster, NodeProc, http_json
 
 MakeCluster = Callable[..., LocalCluster]
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dynastore", *args], capture_output=True, text=True, timeout=90, check=False
-    )
-
-
-def cli(*args: str) -> str:
-    result = run(*args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def refused(*args: str) -> str:

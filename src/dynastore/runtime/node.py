@@ -55,7 +55,6 @@ log = logging.getLogger("dynastore.node")
 # What the core reports as events (core/effects.py Event), one line each; the JSON log format gives
 # each event's kind and fields (runtime/logs.py).
 events = logging.getLogger("dynastore.events")
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 # A batch the disk had no room for is written again this often.
 STUCK_RETRY_S = 1.0
@@ -85,7 +84,7 @@ class NodeConfig:
 
 
 def log_event(event: Event) -> None:
-    level = LEVELS[event.level]
+    level = logging.getLevelName(event.level.upper())
     if events.isEnabledFor(level):
         events.log(level, "%s", event.text, extra={"event": event.kind, "fields": dict(event.fields)})
 
