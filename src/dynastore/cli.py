@@ -747,10 +747,10 @@ def replace(old: str, new: str, url: str) -> None:
 def plan(url: str) -> None:
     """The staged changes and what committing them will move: each node's partitions now and after,
     gained and lost, and the transfers between nodes (computed with the claimant's own claim)."""
-    data = _admin(url, "/admin/plan")
-    if _json_wanted():
-        click.echo(json.dumps(data, indent=2))
-        return
+    _output(_admin(url, "/admin/plan"), _print_plan)
+
+
+def _print_plan(data: dict[str, Any]) -> None:
     if not data["changes"]:
         click.echo("there are no staged changes")
         return
@@ -843,12 +843,13 @@ def cluster_repair(partition: int | None, everything: bool, wait_s: float | None
         )
         since = data["requested_at_ms"]
         gave_up = [p for p, row in rows.items() if row and (row["repair_given_up_at_ms"] or 0) >= since]
-    if _json_wanted():
-        click.echo(json.dumps(data, indent=2))
-    else:
+
+    def text(data: dict[str, Any]) -> None:
         click.echo(f"{data['node']}: anti-entropy exchanges queued for {len(data['partitions'])} partitions")
         if wait_s is not None:
             click.echo(f"done: {data['keys_repaired']} keys repaired")
+
+    _output(data, text)
     if gave_up:
         _fail(f"exchanges given up (a peer down or too busy) for partitions {', '.join(gave_up)}")
 
@@ -884,10 +885,10 @@ def _wait_repaired(url: str, data: dict[str, Any], wait_s: float) -> dict[str, A
 def aae_status(url: str) -> None:
     """Anti-entropy at the node at --node, per partition it holds: when its tree was built, its last
     exchange (when, with whom, keys repaired) and keys repaired since the node started."""
-    data = _admin(url, "/admin/aae")
-    if _json_wanted():
-        click.echo(json.dumps(data, indent=2))
-        return
+    _output(_admin(url, "/admin/aae"), _print_aae)
+
+
+def _print_aae(data: dict[str, Any]) -> None:
     now_ms = data["now_ms"]
 
     def ago(at_ms: int | None) -> str:
