@@ -1,6 +1,7 @@
 """What computing a staged plan costs the event loop (clusterplan.plan): PYTHONPATH=src .venv/bin/python scripts/plan-cost.py"""
 
 import timeit
+
 from dynastore.core import clusterplan
 from dynastore.core.membership import ClusterState, Member, RingState
 from dynastore.core.ring import claim
