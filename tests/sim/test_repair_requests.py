@@ -104,3 +104,27 @@ def test_a_repair_of_a_partition_out_of_range_or_with_anti_entropy_off_is_refuse
     alone = SimCluster(1, HOURLY.replace(n_val=1, r=1, w=1))
     answer = alone.request("n0", ClientRepair(3))
     assert isinstance(answer, Failure) and "no replica of partition 3 with another primary" in answer.reason
+
+
+def test_requested_exchanges_waiting_for_their_tree_are_looked_at_every_100_ms_not_every_tick() -> None:
+    """Finding an exchange's candidates walks the whole ring: while none can start (its tree is being
+    built), the queue is looked at again after REQUEST_WAIT_MS, so the timer does not spin."""
+    c, written = loaded(50)
+    target = partition_of(c, written[0])
+    aae = c.core("n2").aae
+    for (partition, _), tree in aae.trees.items():
+        if partition == target:
+            tree.ready = False
+    walks = 0
+    candidates = aae._candidates
+
+    def counted() -> list[tuple[int, int, list[str]]]:
+        nonlocal walks
+        walks += 1
+        return candidates()
+
+    aae._candidates = counted  # type: ignore[method-assign]
+    assert isinstance(c.request("n2", ClientRepair(target)), Ok)
+    c.settle(1_000)
+    assert aae.requested, "the exchanges still wait for their tree"
+    assert walks <= 1_000 // antientropy.REQUEST_WAIT_MS + 2, walks
