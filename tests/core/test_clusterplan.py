@@ -5,6 +5,7 @@ the rest of the cluster state (a format-3 state of the previous release reads wi
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import replace
 
@@ -287,3 +288,18 @@ def test_a_cluster_that_has_staged_as_many_nodes_as_a_state_may_hold_refuses_one
     assert len(membership.decode(membership.encode(state)).staged) == membership.STAGED_MAX
     with pytest.raises(PlanError, match="more than"):
         clusterplan.stage(state, "n1", "leave", "n0")
+
+
+@pytest.mark.parametrize("raw", ["²", "١٢", "-1", "1234567", ""])
+def test_a_repair_of_a_partition_that_is_no_number_is_a_bad_request(raw: str) -> None:
+    """What str.isdigit takes but int() does not (superscripts, other scripts' digits) is refused as
+    clearly as any other non-number, not answered with a 500."""
+    from types import SimpleNamespace
+
+    from dynastore.api import admin
+    from dynastore.api.answers import BadRequest
+
+    runtime = SimpleNamespace(core=object())
+    request = SimpleNamespace(query={"partition": raw})
+    with pytest.raises(BadRequest, match="partition must be a partition number"):
+        asyncio.run(admin._repair(runtime, request))  # type: ignore[arg-type]
