@@ -609,6 +609,13 @@ def _print_status(url: str, data: dict[str, Any], watch: bool | None) -> None:
     _watch_transfers(url, data)
 
 
+def _member_url(member: dict[str, Any]) -> str:
+    """The HTTP API of a member as `/admin/status` lists it (https when it serves TLS)."""
+    host = str(member["host"])
+    host = f"[{host}]" if ":" in host else host
+    return f"{'https' if member.get('tls') else 'http'}://{host}:{member['http_port']}"
+
+
 def _receiving(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Every member's receiving transfers, asked of each member (each knows its own checkpoints)."""
     out: list[tuple[str, dict[str, Any]]] = []
@@ -617,8 +624,8 @@ def _receiving(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for m in data["members"]:
         if m["status"] == "removed" or not m["reachable"]:
             continue
-        scheme = "https" if m.get("tls") else "http"
-        member_url = f"{scheme}://{m['host']}:{m['http_port']}"
+        member_url = _member_url(m)
+        scheme = member_url.split("://", 1)[0]
         try:
             # A password never goes to a member in clear on the network (a proof of the secret may).
             headers = _auth_headers(
@@ -804,9 +811,7 @@ def _claimant_url(url: str) -> str:
     member = next((m for m in status.get("members", []) if m.get("name") == claimant), None)
     if member is None:
         return url
-    host = str(member["host"])
-    host = f"[{host}]" if ":" in host else host
-    target = f"{url.split('://', 1)[0]}://{host}:{member['http_port']}"
+    target = _member_url(member)
     click.echo(f"(asking the claimant, {claimant} at {target})", err=True)
     return target
 
