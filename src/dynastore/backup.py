@@ -157,11 +157,6 @@ def room_problem(used_bytes: int, free_bytes: int, reserve_bytes: int) -> str | 
     return None
 
 
-def disk_free_bytes(path: Path) -> int:
-    fs = os.statvfs(path)
-    return fs.f_bavail * fs.f_frsize
-
-
 def remove_temp(data_dir: Path) -> None:
     """Remove what a backup left in the node's data directory (after it, or after a crash during one)."""
     shutil.rmtree(data_dir / TEMP_DIR_NAME, ignore_errors=True)

@@ -26,7 +26,7 @@ from dynastore.backup import BackupError
 from dynastore.core.actors import META_COUNTER, META_EPOCH, META_GENERATION
 from dynastore.storage import open_engine
 from dynastore.storage.base import NoSpaceError, Op, scan_all
-from dynastore.storage.directory import STORE_DIR_NAME
+from dynastore.storage.directory import STORE_DIR_NAME, disk_free_bytes
 from dynastore.storage.lmdb_engine import LmdbEngine
 from dynastore.storage.memory import MemoryEngine
 from dynastore.storage.sqlite_engine import SqliteEngine
@@ -501,7 +501,7 @@ def test_a_backup_without_room_for_its_copy_is_refused(tmp_path: Path, monkeypat
     engine = _store("lmdb", tmp_path / "data" / STORE_DIR_NAME)
     try:
         _fill(engine)
-        free = backup.disk_free_bytes(tmp_path)
+        free = disk_free_bytes(tmp_path)
         answer, copies = _route(monkeypatch, engine, tmp_path / "data", _manifest("lmdb", []), reserve=free)
         assert answer.status == 507 and "storage_reserve_bytes" in answer.body.decode()
         assert copies == []

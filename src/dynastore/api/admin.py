@@ -34,6 +34,7 @@ from dynastore.core.node import (
 )
 from dynastore.runtime.node import NodeRuntime
 from dynastore.storage.base import NoSpaceError, StorageError
+from dynastore.storage.directory import disk_free_bytes
 from dynastore.storage.lmdb_layout import LAYOUT_VERSION
 
 log = logging.getLogger("dynastore.backup")
@@ -160,7 +161,7 @@ async def _backup(runtime: NodeRuntime, request: Request) -> Answer:
         # front, having changed nothing, when it would eat into the reserve the node's writes keep.
         try:
             space = await asyncio.to_thread(engine.space)
-            free = await asyncio.to_thread(backup.disk_free_bytes, runtime.config.data_dir)
+            free = await asyncio.to_thread(disk_free_bytes, runtime.config.data_dir)
         except (StorageError, OSError) as exc:
             return text(503, f"cannot measure the room for the backup's copy: {exc}")
         if space is not None:

@@ -78,3 +78,9 @@ def sync_directory(directory: Path) -> None:
                 os.close(fd)
     except OSError as exc:
         raise StorageError(f"cannot sync store directory {directory}: {exc}") from exc
+
+
+def disk_free_bytes(path: Path) -> int:
+    """The bytes an unprivileged process may still write on the filesystem holding `path`."""
+    fs = os.statvfs(path)
+    return fs.f_bavail * fs.f_frsize

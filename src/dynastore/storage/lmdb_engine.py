@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ import lmdb
 from dynastore.settings import DEFAULTS
 from dynastore.storage.base import AREAS, NoSpaceError, Op, Space, StorageError
 from dynastore.storage.checks import check_area, check_key, check_ops, check_scan
-from dynastore.storage.directory import DirectoryLock, sync_directory
+from dynastore.storage.directory import DirectoryLock, disk_free_bytes, sync_directory
 from dynastore.storage.lmdb_layout import (
     ID_BYTES,
     INTERIOR,
@@ -323,8 +322,7 @@ class LmdbEngine:
         return True
 
     def _disk_free_bytes(self) -> int:
-        fs = os.statvfs(self.path)
-        return fs.f_bavail * fs.f_frsize
+        return disk_free_bytes(self.path)
 
     def space(self) -> Space | None:
         """Used pages, and what more fits: the pages LMDB can reuse inside its file, plus the disk it

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from dynastore.storage.base import AREAS, NoSpaceError, Op, Space, StorageError
 from dynastore.storage.checks import check_area, check_key, check_ops, check_scan
-from dynastore.storage.directory import DirectoryLock, sync_directory
+from dynastore.storage.directory import DirectoryLock, disk_free_bytes, sync_directory
 
 FILE_NAME = "store.sqlite3"
 
@@ -178,8 +178,8 @@ class SqliteEngine:
             page = int(conn.execute("PRAGMA page_size").fetchone()[0])
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
             unused = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
-            fs = os.statvfs(self.path)
-        return Space((pages - unused) * page, unused * page + fs.f_bavail * fs.f_frsize, pages * page)
+            free = disk_free_bytes(self.path)
+        return Space((pages - unused) * page, unused * page + free, pages * page)
 
     def copy_to(self, directory: Path) -> tuple[str, ...]:
         """Write a consistent copy of the database into the empty `directory` with SQLite's backup API
