@@ -140,3 +140,35 @@ def test_a_rotten_hint_is_discarded_and_counted_without_breaking_delivery() -> N
     c.settle(5000)
     assert holder.stats.corrupt_copies == 1
     assert holder._hint_count == 0 and holder._hint_bytes == 0, (count, holder._hint_count, holder._hint_bytes)
+
+
+def test_rotten_copies_in_several_partitions_found_at_once_are_all_repaired_promptly() -> None:
+    """The scrub finds rotten copies in four partitions in one step. Exchanges run one at a time, so
+    the others wait for the first — but only that long, not for the next regular round (10 minutes
+    apart here): every copy is repaired within a few seconds of the pass."""
+    settings = BASE.replace(scrub_interval_ms=2_000, anti_entropy_interval_ms=600_000)
+    c = SimCluster(3, settings)
+    ring = c.core("n0").ring
+    names: list[bytes] = []
+    seen: set[int] = set()
+    for i in range(200):
+        name = b"k%d" % i
+        if ring.partition_of(b"b", name) not in seen:
+            seen.add(ring.partition_of(b"b", name))
+            names.append(name)
+        if len(names) == 4:
+            break
+    for name in names:
+        assert isinstance(c.request("n0", ClientPut(b"b", name, None, Content(VALUE), w="all")), Ok)
+    c.settle(3_000)
+    for name in names:
+        raw = disk(c, "n2").get("data", skey(c, name))
+        assert raw is not None
+        disk(c, "n2").rot("data", skey(c, name), raw.index(VALUE) + 40)
+    c.settle(2_000 + 3_000)
+    core = c.core("n2")
+    assert core.stats.corrupt_copies == 4
+    for name in names:
+        raw = disk(c, "n2").get("data", skey(c, name))
+        assert raw is not None, name
+        assert objects.decode_stored(raw).siblings[0][1].value == VALUE, name

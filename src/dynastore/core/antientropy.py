@@ -24,7 +24,10 @@ An operator may ask for exchanges now (`cluster repair`): `request_repair` queue
 every other primary of the partitions named, and they start one after another, before the scheduled
 rounds, each still admitted by the controller. One that is abandoned (a busy responder, a timeout)
 goes back in the queue, up to `REPAIR_ATTEMPTS_MAX` times, so a repair asked for is not silently lost
-to load; one given up (or whose peer is down or no longer a primary) is counted and shown. What
+to load; one given up (or whose peer is down or no longer a primary) is counted and shown. A
+partition where a copy was found corrupt and discarded is queued the same way, with one live peer
+(`repair_soon`), so its repair waits neither for the next scheduled round nor is lost to an exchange
+already running or a tree still being built. What
 `cluster aae-status` shows (when each tree was built, each partition's last exchange, with whom, and
 the keys it repaired) is kept in `AaeStats`.
 
@@ -69,8 +72,6 @@ REQUEST_WAIT_MS = 100
 META_CLEAN = b"clean_shutdown"
 # The summary version the segment index was written with (none: version 1).
 META_SUMMARY_VERSION = b"aae_summary_version"
-# Partitions with a copy found corrupt, exchanged before any other (at most this many remembered).
-URGENT_MAX = 1024
 # Exchanges an operator asked for (`cluster repair`) waiting to start, at most; how often one that is
 # abandoned is tried again, and how long after.
 REPAIR_QUEUE_MAX = 16384
@@ -195,10 +196,10 @@ class AntiEntropy:
         self._deferred: tuple[int, int] | None = None
         self._next_exchange_ms = now_ms + node.settings.anti_entropy_interval_ms // 4
         self._next_verify_all_ms = now_ms + node.settings.anti_entropy_rebuild_interval_ms
-        # Partitions to exchange before the others (a copy in them was found corrupt and discarded).
-        self.urgent: dict[int, None] = {}
-        # Exchanges an operator asked for: (partition, n_val, peer) -> attempts so far, in order; none
-        # starts before `_requested_not_before_ms` (set after an attempt is abandoned).
+        # Exchanges to run before the scheduled rounds — those an operator asked for, and those of a
+        # partition where a copy was found corrupt and discarded: (partition, n_val, peer) -> attempts
+        # so far, in order; none starts before `_requested_not_before_ms` (set after an attempt is
+        # abandoned, or when none could start).
         self.requested: dict[tuple[int, int, str], int] = {}
         self._requested_not_before_ms = 0
         clean = node._get("meta", META_CLEAN) is not None
@@ -344,10 +345,21 @@ class AntiEntropy:
                 self._start(candidates, now_ms)
 
     def repair_soon(self, partition: int) -> None:
-        """A copy in `partition` was discarded: exchange the partition with its other replicas first."""
-        if len(self.urgent) < URGENT_MAX:
-            self.urgent[partition] = None
-        self._next_exchange_ms = min(self._next_exchange_ms, self.node.now_hint_ms)
+        """A copy in `partition` was discarded: queue an exchange of the partition with one live other
+        primary (per n_val), run before the scheduled rounds and retried like an operator's request,
+        so it is neither lost to an exchange already running nor to a tree still being built."""
+        node = self.node
+        healthy = node.healthy(node.now_hint_ms)
+        for n_val in node.n_vals():
+            primaries = placement.placement(node.cluster.ring, partition, n_val).plist.primary_nodes
+            live = [p for p in primaries if p != node.name and p in healthy]
+            if node.name not in primaries or not live:
+                continue  # not a replica of it, or nobody to ask now: the scheduled rounds will do
+            if any(p == partition and n == n_val for p, n, _ in self.requested):
+                continue
+            if len(self.requested) >= REPAIR_QUEUE_MAX:
+                return
+            self.requested[(partition, n_val, live[self.stats.exchanges % len(live)])] = 0
 
     def request_repair(self, partition: int | None) -> list[tuple[int, int, str]]:
         """Queue an exchange now with every other primary of `partition` (None: of every partition this
@@ -418,17 +430,6 @@ class AntiEntropy:
     def _start(self, candidates: list[tuple[int, int, list[str]]], now_ms: int) -> None:
         node = self.node
         healthy = node.healthy(now_ms)
-        while self.urgent:
-            partition = next(iter(self.urgent))
-            for candidate_partition, n_val, peers in candidates:
-                tree = self.trees.get((candidate_partition, n_val))
-                live = [p for p in peers if p in healthy]
-                if candidate_partition == partition and tree is not None and tree.ready and live:
-                    del self.urgent[partition]
-                    self._begin(live[self.stats.exchanges % len(live)], partition, n_val, now_ms)
-                    return
-            # Not a replica of it any more, no tree yet, or no live peer: the regular rounds will do.
-            del self.urgent[partition]
         for step in range(len(candidates)):
             partition, n_val, peers = candidates[(self._cursor + step) % len(candidates)]
             tree = self.trees.get((partition, n_val))
