@@ -23,9 +23,10 @@ less often, for less load on every node.
 The latency is that of ReplicaGet to its ReplicaGetReply as the coordinator sees it, in whole
 milliseconds of `now_ms`, kept in a windowed histogram (dynastore.histogram: the last minute, in a
 few hundred buckets at most, whatever the traffic) whose values are those milliseconds themselves,
-not nanoseconds: every value below 128 ms has a bucket of its own, so a percentile reads back exact. Until the window holds SAMPLES_MIN samples a
-percentile policy asks every replica at once: a cold node knows no latency to wait for, and those
-reads fill the window. The percentile is read at most once per DELAY_REFRESH_MS of clock per policy.
+not nanoseconds: every value below 128 ms has a bucket of its own, so a percentile reads back exact.
+Until the window holds SAMPLES_MIN samples a percentile policy asks every replica at once: a cold
+node knows no latency to wait for, and those reads fill the window. The percentile is read at most
+once per DELAY_REFRESH_MS of clock per policy.
 
 `always` (Cassandra: one replica more than the consistency level needs, at once) is not offered:
 asking R+1 at once is `none` at N=3, and for a larger N no more useful than a short `Nms`.
