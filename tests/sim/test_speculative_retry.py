@@ -261,6 +261,33 @@ def test_no_replica_is_held_back_when_r_is_n_pr_needs_them_all_or_a_fallback_sta
     assert spec_stats(c5, coordinator)["reads"] == 0
 
 
+def test_a_coordinator_that_holds_no_copy_asks_the_first_r_primaries_and_holds_the_last_back() -> None:
+    """5 nodes, n_val 3: a node outside the key's preference list asks its first two primaries, in
+    preference-list order, and the third only once one of them is slow."""
+    c5 = SimCluster(5, QUIET)
+    assert isinstance(set_props(c5, "n0", B, speculative_retry=f"{DELAY_MS}ms"), Ok)
+    _, plist = c5.core("n0").preference_list(B, b"k")
+    primaries = list(plist.primary_nodes)
+    outsider = next(n for n in sorted(c5.nodes) if n not in primaries)
+    assert isinstance(c5.request(primaries[0], ClientPut(B, b"k", None, Content(b"v"), w=3)), Ok)
+    c5.settle(200)
+    c5.tracing = True
+    response = c5.request(outsider, ClientGet(B, b"k"))
+    assert isinstance(response, Ok) and response.found is not None
+    # The trace lists deliveries (each 1 to 3 ms after its send), so their order is not the sends'.
+    asked = sorted(line.split()[1] for line in c5.trace if line.endswith(" ReplicaGet"))
+    assert asked == sorted(f"{outsider}->{n}" for n in primaries[:2]), asked
+    c5.stall(primaries[1])
+    c5.trace.clear()
+    started = c5.now_ms
+    response = c5.request(outsider, ClientGet(B, b"k"))
+    assert isinstance(response, Ok) and response.found is not None
+    late = [int(line.split()[0]) for line in c5.trace if line.endswith(f"->{primaries[2]} ReplicaGet")]
+    assert len(late) == 1 and DELAY_MS + 1 <= late[0] - started <= DELAY_MS + 3, (late, started)
+    assert spec_stats(c5, outsider) == {"reads": 2, "sends": sends(timer=1), "unasked": 1}
+    c5.resume(primaries[1])
+
+
 def test_reads_answer_the_same_siblings_with_and_without_speculation() -> None:
     """Keys with one to four siblings and a tombstone, on replicas that each missed some writes, under
     duplicated and delayed messages: every read answers the same values and causal context with
