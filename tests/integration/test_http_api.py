@@ -359,6 +359,37 @@ def test_bucket_props_are_read_changed_everywhere_refused_when_bad_and_reset(clu
     assert (reset["allow_mult"], reset["pw"], reset["rw"]) == (True, 0, "quorum")
 
 
+def test_speculative_retry_is_a_prop_shown_set_everywhere_refused_when_bad_and_counted(cluster: LocalCluster) -> None:
+    """speculative_retry shows as none; set to 50ms on one node, every node shows it and its reads hold
+    the third replica back (counted in /stats and /metrics); a value that is no policy is a 400 naming
+    the accepted forms, and the props stay as they were."""
+    base, last = cluster[0].url, cluster[2].url
+    url = "/buckets/speculative/props"
+    assert http_json(base + url)["props"]["speculative_retry"] == "none"
+    change = json.dumps({"props": {"speculative_retry": "50ms"}}).encode()
+    assert call("PUT", base + url, change, {"Content-Type": "application/json"})[0] == 204
+    cluster.wait(lambda: http_json(last + url)["props"]["speculative_retry"] == "50ms", 10, "the change to spread")
+    before = http_json(last + url)["props"]
+    for bad in ('"always"', '"100p"', '"0ms"', '"soon"', "20", "null", "true"):
+        body = b'{"props": {"speculative_retry": %s}}' % bad.encode()
+        status, _, answer = call("PUT", base + url, body, {"Content-Type": "application/json"})
+        assert status == 400 and b"speculative_retry must be none, a percentile" in answer, (bad, status, answer)
+    assert http_json(base + url)["props"] == http_json(last + url)["props"] == before
+
+    put(base, "speculative", "k", b"v")
+    held = http_json(base + "/stats")["speculative_reads_total"]
+    for _ in range(5):
+        status, _, body = call("GET", base + path("speculative", "k"))
+        assert (status, body) == (200, b"v")
+    stats = http_json(base + "/stats")
+    assert stats["speculative_reads_total"] >= held + 5, stats
+    assert set(stats["speculative_sends_by_reason"]) == {"timer", "notfound", "failure"}
+    status, _, metrics = call("GET", base + "/metrics")
+    assert status == 200
+    assert b'dynastore_speculative_sends_total{reason="timer"}' in metrics
+    assert b"dynastore_speculative_reads_total " in metrics
+
+
 def test_blind_writes_to_an_allow_mult_false_bucket_never_reach_the_sibling_limit(cluster: LocalCluster) -> None:
     """With allow_mult=false, 150 writes without a vclock through every node (siblings_max is 100) all
     get 200 with one value, and every node then reads the last one: no hidden siblings pile up."""

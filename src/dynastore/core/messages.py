@@ -31,7 +31,9 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # it merges to one value (objects.py, "One value per key"). 7: bucket types and data types. 8: the
 # cluster state carries staged membership changes (membership.STATE_FORMAT 4); JoinRequest says whether
 # the join is staged (the member adds the node, and the claimant gives it nothing until commit).
-PROTOCOL_VERSION = 8
+# 9: a bucket's (or type's) props in the cluster state may hold `speculative_retry` (speculative.py),
+# which a node of 8 would refuse as an unknown property.
+PROTOCOL_VERSION = 9
 _INT_MAX = COUNTER_MAX
 
 

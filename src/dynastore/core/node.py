@@ -338,8 +338,13 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, op_id = heapq.heappop(self._deadlines)
             op = self._ops.get(op_id)
-            if op is not None and op.deadline_ms <= now_ms:
+            if op is None:
+                continue
+            if op.deadline_ms <= now_ms:
                 _OP_KINDS[type(op)].expire(self, op_id, op, now_ms)
+            elif isinstance(op, GetOp):
+                # A read's speculative retry shares the deadline heap (coordination.py).
+                self._speculate(op_id, op, now_ms)
         self._tick_membership(now_ms)
         self._tick_hints(now_ms)
         self._tick_reaping(now_ms)
@@ -558,6 +563,11 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
             "foreground_p99_ms": self.controller.p99(now_ms),
             "background_latency_limit_ms": round(self.controller.limit_ms(now_ms), 1),
             "siblings_histogram": {str(k): v for k, v in sorted(s.siblings_histogram.items())},
+            "speculative_reads_total": s.speculative_reads,
+            "speculative_sends_total": sum(s.speculative_sends.values()),
+            "speculative_sends_by_reason": dict(s.speculative_sends),
+            "speculative_replicas_unasked_total": s.speculative_unasked,
+            "replica_get_p99_ms": round(self._replica_latency.percentile_ms(99.0, now_ms), 3),
             "requests_in_flight": len(self._ops),
         }
 

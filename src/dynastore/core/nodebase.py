@@ -46,6 +46,12 @@ class StartupError(Exception):
     """A node cannot start on this data directory with these settings; the message says why in one line."""
 
 
+# Why a read asked the replicas it held back (speculative.py): its delay passed, a replica answered
+# not-found, a replica was found unreachable.
+SpeculationReason = Literal["timer", "notfound", "failure"]
+SPECULATION_REASONS: tuple[SpeculationReason, ...] = ("timer", "notfound", "failure")
+
+
 @dataclass
 class Stats:
     gets: int = 0
@@ -77,6 +83,13 @@ class Stats:
     scrub_passes: int = 0
     scrub_upgraded: int = 0
     siblings_histogram: dict[int, int] = field(default_factory=dict)
+    # Speculative retry: reads that asked fewer replicas first, the held replicas asked later (by why),
+    # and those never asked (the replica reads it saved).
+    speculative_reads: int = 0
+    speculative_sends: dict[SpeculationReason, int] = field(
+        default_factory=lambda: dict.fromkeys(SPECULATION_REASONS, 0)
+    )
+    speculative_unasked: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from typing import Literal
 from dynastore.core.messages import ClientListKeys, ClientPut
 from dynastore.core.objects import Object
 from dynastore.core.quorum import GetTally, PutTally
-from dynastore.core.ring import PreferenceList
+from dynastore.core.ring import PreferenceList, Target
 from dynastore.core.versions import Context, Dot
 
 
@@ -53,6 +53,11 @@ class GetOp:
     after: int = 0
     # A data-type read: the answer shows deletions' siblings too (datatypes.py).
     with_deletions: bool = False
+    # Speculative retry (speculative.py): the replicas not asked yet, and when to ask them.
+    held: tuple[Target, ...] = ()
+    speculate_at_ms: int = 0
+    # When each remote replica was asked (its reply's latency feeds the speculative retry's histogram).
+    asked_ms: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
