@@ -221,3 +221,22 @@ def test_objects_without_entries_keep_format_one_bytes_and_with_them_round_trip(
 
     with pytest.raises(objects.ObjectError, match="sorted"):
         objects.decode(msgpack.packb(bad, use_bin_type=True))
+
+
+def test_a_node_records_the_index_format_and_refuses_a_newer_one() -> None:
+    """A data directory without the record (written before indexes) gets it; a newer format is refused
+    in one line before the node starts."""
+    import random
+
+    from dynastore.core.node import NodeCore
+    from dynastore.core.nodebase import StartupError
+
+    engine = MemoryEngine()
+    engine.write([Op("data", skey(b"old"), objects.encode_stored(obj(Content(b"v"))))])
+    core = NodeCore("n0", S, engine, random.Random(0), 0)
+    batch = core.take_batch()
+    engine.write(batch.ops)
+    assert engine.get("meta", indexes.META_INDEX_FORMAT) == indexes.INDEX_FORMAT.to_bytes(4, "big")
+    engine.write([Op("meta", indexes.META_INDEX_FORMAT, (indexes.INDEX_FORMAT + 1).to_bytes(4, "big"))])
+    with pytest.raises(StartupError, match="secondary index has format 2"):
+        NodeCore("n0", S, engine, random.Random(0), 0)
