@@ -49,7 +49,8 @@ def test_indexes_and_links_are_stored_returned_queried_and_paged_over_http(make_
             {
                 "X-Riak-Index-Group_bin": f"g{i % 2}, all",
                 "X-Riak-Index-age_int": str(20 + i),
-                "Link": f'</buckets/people/keys/p{(i + 1) % 25:02d}>; riaktag="next", </riak/other/x%20y>; riaktag="a+tag"',
+                "Link": f'</buckets/people/keys/p{(i + 1) % 25:02d}>; riaktag="next", '
+                '</riak/other/x%20y>; riaktag="a+tag"',
             },
         )
     status, headers, _ = get(cluster[1].url, "people", "p03")

@@ -517,7 +517,7 @@ def test_the_index_area_keeps_entries_in_query_order_for_long_and_awkward_terms_
     written = {}
     engine = disk_factory.open()
     host = _IndexHost(engine)
-    for i, term in enumerate(AWKWARD_KEYS[1:12] + [b"T" * 900]):
+    for i, term in enumerate([*AWKWARD_KEYS[1:12], b"T" * 900]):
         key = b"K" * 700 + bytes([i])
         skey = storage_keys.encode(5, bucket, key)
         indexes.on_write(host, skey, _indexed(term, i - 6))
