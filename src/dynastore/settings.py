@@ -371,6 +371,11 @@ def validation_problems(s: Settings) -> list[str]:
         "storage_check_interval_ms",
     ):
         need(getattr(s, name) >= 1, f"{name} must be positive")
+    need(s.index_name_bytes_max <= 255, "index_name_bytes_max must be at most 255 (its length is one byte)")
+    need(
+        s.index_scan_bytes_max <= s.peer_message_bytes_max // 2,
+        "index_scan_bytes_max must be at most half of peer_message_bytes_max (a replica's answer is one message)",
+    )
     need(s.hints_max >= 0, "hints_max must not be negative")
     need(s.storage_reserve_bytes >= 0, "storage_reserve_bytes must not be negative")
     need(s.tombstone_grace_ms >= 0, "tombstone_grace_ms must not be negative")

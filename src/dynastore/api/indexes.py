@@ -167,7 +167,7 @@ async def route(api: Api, request: Request, bucket: bytes, tail: list[bytes]) ->
     api.check_names(bucket, None)
     settings = api.settings
     field = tail[1].decode("utf-8", "replace").lower()
-    terms = [part.decode("utf-8", "replace") for part in tail[2:]]
+    terms = tail[2:]
     exact = len(terms) == 1
     if field == indexes.BUCKET_INDEX and not exact:
         raise BadRequest("$bucket takes no range: query /index/$bucket/BUCKET")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgpack
 
@@ -220,11 +220,13 @@ class IndexHost(Protocol):
     def _put(self, area: str, key: bytes, value: bytes | None) -> None: ...
 
 
-def on_write(host: IndexHost, skey: bytes, obj: Object | None, previous: Object | bool | None = True) -> None:
+def on_write(host: IndexHost, skey: bytes, obj: Object | None, previous: Object | Literal[True] | None = True) -> None:
     """Bring the index of `skey` in step with its data becoming `obj` (None: deleted). `previous` is
-    what the data held (None: nothing), True when unknown: the reverse record says then."""
+    what the data held (None: nothing), True when unknown: the reverse record says then. The index is
+    written with the data, so when neither the old object nor the new one has entries there is
+    nothing to read or write (the common case costs no lookup)."""
     new = object_entries(obj)
-    if previous is not True and not new and not object_entries(previous if previous is not False else None):
+    if previous is not True and not new and not object_entries(previous):
         return
     rkey = reverse_key(skey)
     raw = host._get(AREA, rkey)
@@ -343,13 +345,16 @@ def _scan_data(
     return found, last, not truncated(rows, limit, bytes_max)
 
 
-def bounds_of(field: str, low: str, high: str) -> tuple[bytes, bytes]:
-    """A query's bounds, as a client gives them, in sort-term form; raises IndexProblem."""
+def bounds_of(field: str, low: str | bytes, high: str | bytes) -> tuple[bytes, bytes]:
+    """A query's bounds, as a client gives them (text, or the bytes of a URL's segments), in sort-term
+    form; raises IndexProblem."""
     if field == BUCKET_INDEX:
         return b"", b""
     if field.endswith(INT):
-        return sort_term(field, str(parse_int(low)).encode()), sort_term(field, str(parse_int(high)).encode())
-    return low.encode("utf-8"), high.encode("utf-8")
+        texts = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t for t in (low, high)]
+        return sort_term(field, str(parse_int(texts[0])).encode()), sort_term(field, str(parse_int(texts[1])).encode())
+    raw = [t.encode("utf-8") if isinstance(t, str) else t for t in (low, high)]
+    return raw[0], raw[1]
 
 
 def in_query(field: str, low: bytes, high: bytes, after: Position | None, position: Position) -> bool:
