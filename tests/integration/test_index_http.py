@@ -152,3 +152,32 @@ def test_a_query_sees_every_key_once_with_a_node_down(make_cluster: MakeCluster)
     cluster[2].stop()
     found = query_json(index_url(base, "d", "n_int", "0", "100", query="timeout=20000"))["keys"]
     assert found == [f"k{i:02d}" for i in range(30)]
+
+
+def test_the_python_client_writes_indexed_objects_and_pages_through_a_query(make_cluster: MakeCluster) -> None:
+    """dynastore's own HTTP client tags objects with indexes and follows continuations to the end:
+    what a fault test writing and querying indexed objects uses."""
+    import asyncio
+
+    from dynastore.client.http import HttpClient
+
+    cluster = make_cluster(2, "n_val=2")
+
+    async def scenario() -> tuple[list[str], list[tuple[str | int | None, str]]]:
+        async with HttpClient([node.url for node in cluster.nodes]) as client:
+            for i in range(12):
+                await client.put("c", f"k{i:02d}", b"v", indexes={"n_int": [i], "all_bin": ["yes"]})
+            keys: list[str] = []
+            continuation = None
+            for _ in range(10):
+                page = await client.index("c", "all_bin", "yes", max_results=5, continuation=continuation)
+                keys += page.keys
+                continuation = page.continuation
+                if continuation is None:
+                    break
+            terms = await client.index("c", "n_int", 3, 5, return_terms=True)
+            return keys, list(terms.results)
+
+    keys, terms = asyncio.run(scenario())
+    assert keys == [f"k{i:02d}" for i in range(12)]
+    assert terms == [(3, "k03"), (4, "k04"), (5, "k05")]
