@@ -36,7 +36,7 @@ from multidict import CIMultiDict
 from dynastore import __version__
 from dynastore.api import admin, auth, dashboard, datatypes
 from dynastore.api import indexes as index_api
-from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
+from dynastore.api.answers import Answer, BadRequest, bool_param, failure, json_response, text
 from dynastore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dynastore.api.metrics import NodeMetrics
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
@@ -654,7 +654,7 @@ class Api:
             raise BadRequest("application/riak_* content types are the data types' own: update them as data types")
         quorums = self._quorums(query)
         timeout = self._int_param(request, "timeout")
-        return_body = _bool_param(query, "returnbody")
+        return_body = bool_param(query, "returnbody")
         context = self._context_header(request, bucket, key)
         content_type, charset = _split_content_type(request.headers.get("Content-Type"))
         encoding = request.headers.get("Content-Encoding")
@@ -905,18 +905,6 @@ def _quorum_value(name: str, raw: object) -> int | str:
         return quorum.parse(name, raw)
     except quorum.QuorumError as exc:
         raise BadRequest(str(exc)) from None
-
-
-def _bool_param(query: Mapping[str, str], name: str) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise BadRequest(f"{name} must be true or false; got {raw!r}")
 
 
 def _check_header_text(name: str, value: str) -> str:

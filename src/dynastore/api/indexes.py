@@ -27,7 +27,7 @@ from urllib.parse import quote, quote_plus, unquote_to_bytes
 
 import msgpack
 
-from dynastore.api.answers import Answer, BadRequest, json_response
+from dynastore.api.answers import Answer, BadRequest, bool_param, json_response
 from dynastore.api.server import Request, Response, StreamResponse
 from dynastore.core import indexes
 from dynastore.core.indexes import IndexProblem
@@ -182,8 +182,8 @@ async def route(api: Api, request: Request, bucket: bytes, tail: list[bytes]) ->
     query = request.query
     if "term_regex" in query:
         raise BadRequest("term_regex is not supported")
-    return_terms = _flag(query, "return_terms") and not exact
-    stream = _flag(query, "stream")
+    return_terms = bool_param(query, "return_terms") and not exact
+    stream = bool_param(query, "stream")
     max_results = None
     if "max_results" in query:
         raw = query["max_results"]
@@ -216,18 +216,6 @@ async def route(api: Api, request: Request, bucket: bytes, tail: list[bytes]) ->
     if max_results is not None and continuation is not None:
         body["continuation"] = encode_continuation(continuation)
     return json_response(body)
-
-
-def _flag(query: Any, name: str) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise BadRequest(f"{name} must be true or false; got {raw!r}")
 
 
 def _body(field: str, return_terms: bool, results: list[indexes.Position]) -> dict[str, Any]:
