@@ -169,3 +169,15 @@ def test_anti_entropy_repair_rebuilds_the_index_on_the_replica_it_repairs() -> N
         lo, hi = indexes.bounds_of("n_int", key[1:].decode(), key[1:].decode())
         found, _, _ = indexes.scan(core, partition, b"b", "n_int", lo, hi, None, 10, 1 << 20)
         assert [k for _, k in found] == [key]
+
+
+def test_a_query_whose_replicas_never_answer_times_out_as_a_whole() -> None:
+    """With every other replica stalled and a replica timeout longer than the query's, the answer is
+    the query's timeout, not a cascade of replaced replicas ending as unavailable."""
+    c = SimCluster(5, SETTINGS.replace(index_replica_timeout_ms=10_000))
+    write(c, 10)
+    for name in ("n1", "n2", "n3", "n4"):
+        c.stall(name)
+    lo, hi = indexes.bounds_of("n_int", "0", "100")
+    response = c.request("n0", ClientIndexQuery(b"b", "n_int", lo, hi, 100, None, 500))
+    assert isinstance(response, Failure) and response.kind == "timeout", response

@@ -209,7 +209,9 @@ class IndexQueries(NodeBase):
     def _expire_index_scan(self, scan_id: int, scan: IndexScanOp, now_ms: int) -> None:
         self._finish(scan_id)
         op = self._ops.get(scan.query)
-        if isinstance(op, IndexQueryOp):
+        # Past the query's own deadline the query times out as a whole (its own op's expiry), rather
+        # than asking, and timing out, every other candidate at once.
+        if isinstance(op, IndexQueryOp) and op.deadline_ms > now_ms:
             late = [p for p in scan.partitions if op.waiting.get(p) == scan_id]
             if late:
                 self._replace_replica(scan.query, op, late, now_ms)
