@@ -1,8 +1,9 @@
-"""What secondary indexes cost, on a local 3-node cluster (LMDB, loopback): the latency of a write with
-two index entries beside one without (alternating rounds), and the time of queries of several
-sizes, with all nodes up and with one stopped.
+"""What secondary indexes cost, on a local cluster (LMDB, loopback, n_val 3): the latency of a write
+with two index entries beside one without (alternating rounds), and the time of queries of several
+sizes, with all nodes up and with one stopped. On 3 nodes every node holds every partition and a
+query is answered by its coordinator alone; on 5, a coverage query asks other nodes too.
 
-    PYTHONPATH=src .venv/bin/python scripts/measure-2i.py [KEYS]
+    PYTHONPATH=src .venv/bin/python scripts/measure-2i.py [KEYS] [NODES]
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from pathlib import Path
 from dynastore.client.http import HttpClient
 from dynastore.localcluster import LocalCluster
 
-FAST = ("gossip_interval_ms=200", "heartbeat_interval_ms=200", "phi_acceptable_pause_ms=600", "unreachable_retry_ms=300")
+FAST = (
+    "gossip_interval_ms=200",
+    "heartbeat_interval_ms=200",
+    "phi_acceptable_pause_ms=600",
+    "unreachable_retry_ms=300",
+)
 
 
 def ms(samples: list[float]) -> str:
@@ -63,21 +69,21 @@ async def queries(client: HttpClient, keys: int, label: str) -> None:
         print(f"{label}: {name}: {ms(samples)} over 5 runs ({count} results)")
 
 
-async def main(keys: int) -> None:
+async def main(keys: int, nodes: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster(Path(tmp) / "c", 3, overrides=FAST)
+        cluster = LocalCluster(Path(tmp) / "c", nodes, overrides=FAST)
         try:
             cluster.start()
             cluster.wait_ready(60)
             async with HttpClient([node.url for node in cluster.nodes]) as client:
                 await writes(client, keys)
-                await queries(client, keys, "3 nodes up")
-            cluster[2].stop()
+                await queries(client, keys, f"{nodes} nodes up")
+            cluster[nodes - 1].stop()
             async with HttpClient([cluster[0].url]) as client:
-                await queries(client, keys, "1 of 3 stopped")
+                await queries(client, keys, f"1 of {nodes} stopped")
         finally:
             cluster.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 4000))
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 4000, int(sys.argv[2]) if len(sys.argv) > 2 else 3))
