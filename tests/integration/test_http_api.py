@@ -109,7 +109,13 @@ def test_the_root_lists_resources_as_json_to_clients_that_ask_and_as_html_otherw
     status, headers, body = call("GET", base + "/", headers={"Accept": "application/json"})
     assert status == 200 and lowered(headers)["content-type"].startswith("application/json")
     resources = json.loads(body)
-    for name in ("riak_kv_wm_buckets", "riak_kv_wm_keylist", "riak_kv_wm_object", "riak_kv_wm_props"):
+    for name in (
+        "riak_kv_wm_buckets",
+        "riak_kv_wm_index",
+        "riak_kv_wm_keylist",
+        "riak_kv_wm_object",
+        "riak_kv_wm_props",
+    ):
         assert resources[name] == "/buckets"
     assert resources["riak_kv_wm_ping"] == "/ping" and resources["riak_kv_wm_stats"] == "/stats"
     assert resources["riak_kv_wm_preflist"] == "/buckets" and resources["riak_kv_wm_bucket_type"] == "/types"

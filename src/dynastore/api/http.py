@@ -71,6 +71,7 @@ RESOURCES = {
     "riak_kv_wm_bucket_type": "/types",
     "riak_kv_wm_buckets": "/buckets",
     "riak_kv_wm_counter": "/buckets",
+    "riak_kv_wm_index": "/buckets",
     "riak_kv_wm_keylist": "/buckets",
     "riak_kv_wm_object": "/buckets",
     "riak_kv_wm_ping": "/ping",
