@@ -39,7 +39,9 @@ def store(base: str, key: str, headers: dict[str, str], bucket: str = "people") 
 
 def test_indexes_and_links_are_stored_returned_queried_and_paged_over_http(make_cluster: MakeCluster) -> None:
     """Index headers and links come back as sent; exact, range, $bucket and $key queries answer as
-    Riak does; pages of max_results follow continuations to the end; stream=true is multipart."""
+    Riak does; pages of max_results follow continuations to the end; stream=true is multipart; a key
+    with siblings is indexed under the union of their entries, each shown with its sibling, and a
+    delete unindexes it."""
     cluster = make_cluster(3)
     base = cluster[0].url
     for i in range(25):
@@ -97,6 +99,19 @@ def test_indexes_and_links_are_stored_returned_queried_and_paged_over_http(make_
         "keys"
     ] == [f"p{i:02d}" for i in range(0, 25, 2)]
 
+    # Two concurrent writes with different entries: the key is found under both, each sibling shows its
+    # own in a multipart answer; once deleted it is found under neither.
+    store(base, "k", {"X-Riak-Index-colour_bin": "red"}, bucket="s")
+    store(cluster[1].url, "k", {"X-Riak-Index-colour_bin": "blue"}, bucket="s")
+    assert query_json(index_url(base, "s", "colour_bin", "red"))["keys"] == ["k"]
+    assert query_json(index_url(base, "s", "colour_bin", "blue"))["keys"] == ["k"]
+    status, headers, body = call("GET", obj(base, "s", "k"), headers={"Accept": "multipart/mixed"})
+    assert status == 300
+    assert sorted(re.findall(rb"X-Riak-Index-colour_bin: (\w+)", body)) == [b"blue", b"red"]
+    status, _, _ = call("DELETE", obj(base, "s", "k"), headers={"X-Riak-Vclock": headers["X-Riak-Vclock"]})
+    assert status == 204
+    assert query_json(index_url(base, "s", "colour_bin", "blue", "red"))["keys"] == []
+
 
 def test_bad_index_or_link_headers_are_a_400_and_store_nothing(make_cluster: MakeCluster) -> None:
     """Unknown suffixes, non-integer _int terms, malformed Link headers and bad queries are refused
@@ -124,60 +139,40 @@ def test_bad_index_or_link_headers_are_a_400_and_store_nothing(make_cluster: Mak
         assert status == 400 and reason in body.decode(), (url, status, body)
 
 
-def test_siblings_are_indexed_under_the_union_of_their_entries_and_a_delete_unindexes(
+def test_a_query_sees_every_key_once_with_a_node_down_and_the_python_client_pages_through_it(
     make_cluster: MakeCluster,
 ) -> None:
-    """Two concurrent writes with different entries: the key is found under both, each sibling shows
-    its own in a multipart answer; once deleted it is found under neither."""
-    cluster = make_cluster(3)
-    base = cluster[0].url
-    store(base, "k", {"X-Riak-Index-colour_bin": "red"}, bucket="s")
-    store(cluster[1].url, "k", {"X-Riak-Index-colour_bin": "blue"}, bucket="s")
-    assert query_json(index_url(base, "s", "colour_bin", "red"))["keys"] == ["k"]
-    assert query_json(index_url(base, "s", "colour_bin", "blue"))["keys"] == ["k"]
-    status, headers, body = call("GET", obj(base, "s", "k"), headers={"Accept": "multipart/mixed"})
-    assert status == 300
-    assert sorted(re.findall(rb"X-Riak-Index-colour_bin: (\w+)", body)) == [b"blue", b"red"]
-    status, _, _ = call("DELETE", obj(base, "s", "k"), headers={"X-Riak-Vclock": headers["X-Riak-Vclock"]})
-    assert status == 204
-    assert query_json(index_url(base, "s", "colour_bin", "blue", "red"))["keys"] == []
-
-
-def test_a_query_sees_every_key_once_with_a_node_down(make_cluster: MakeCluster) -> None:
-    """A coverage query answers from the remaining replicas when a node is stopped."""
-    cluster = make_cluster(3, "index_replica_timeout_ms=500")
-    base = cluster[0].url
-    for i in range(30):
-        store(base, f"k{i:02d}", {"X-Riak-Index-n_int": str(i)}, bucket="d")
-    cluster[2].stop()
-    found = query_json(index_url(base, "d", "n_int", "0", "100", query="timeout=20000"))["keys"]
-    assert found == [f"k{i:02d}" for i in range(30)]
-
-
-def test_the_python_client_writes_indexed_objects_and_pages_through_a_query(make_cluster: MakeCluster) -> None:
-    """dynastore's own HTTP client tags objects with indexes and follows continuations to the end:
-    what a fault test writing and querying indexed objects uses."""
+    """dynastore's own HTTP client tags objects with indexes (what a fault test writing and querying
+    indexed objects uses); with a node stopped, a coverage query answers from the remaining replicas,
+    page by page to the end."""
     import asyncio
 
     from dynastore.client.http import HttpClient
 
-    cluster = make_cluster(2, "n_val=2")
+    # Four nodes: each holds three quarters of the partitions, so a query asks the others too.
+    cluster = make_cluster(4, "index_replica_timeout_ms=500")
+    urls = [node.url for node in cluster.nodes]
 
-    async def scenario() -> tuple[list[str], list[tuple[str | int | None, str]]]:
-        async with HttpClient([node.url for node in cluster.nodes]) as client:
-            for i in range(12):
-                await client.put("c", f"k{i:02d}", b"v", indexes={"n_int": [i], "all_bin": ["yes"]})
+    async def write() -> None:
+        async with HttpClient(urls) as client:
+            for i in range(30):
+                await client.put("d", f"k{i:02d}", b"v", indexes={"n_int": [i], "all_bin": ["yes"]})
+
+    async def read() -> tuple[list[str], list[tuple[str | int | None, str]]]:
+        async with HttpClient(urls[:2]) as client:
             keys: list[str] = []
             continuation = None
-            for _ in range(10):
-                page = await client.index("c", "all_bin", "yes", max_results=5, continuation=continuation)
+            for _ in range(20):
+                page = await client.index("d", "all_bin", "yes", max_results=7, continuation=continuation)
                 keys += page.keys
                 continuation = page.continuation
                 if continuation is None:
                     break
-            terms = await client.index("c", "n_int", 3, 5, return_terms=True)
+            terms = await client.index("d", "n_int", 3, 5, return_terms=True, timeout_ms=20_000)
             return keys, list(terms.results)
 
-    keys, terms = asyncio.run(scenario())
-    assert keys == [f"k{i:02d}" for i in range(12)]
+    asyncio.run(write())
+    cluster[3].kill()
+    keys, terms = asyncio.run(read())
+    assert keys == [f"k{i:02d}" for i in range(30)]
     assert terms == [(3, "k03"), (4, "k04"), (5, "k05")]
