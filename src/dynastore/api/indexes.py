@@ -196,7 +196,7 @@ async def route(api: Api, request: Request, bucket: bytes, tail: list[bytes]) ->
         if field.endswith(indexes.INT) and len(after[0]) != 8:
             raise BadRequest("invalid continuation")
     timeout = api._int_param(request, "timeout")
-    pages = _pages(api.runtime, settings, bucket, field, low, high, after, max_results, timeout)
+    pages = query_pages(api.runtime, settings, bucket, field, low, high, after, max_results, timeout)
     if stream and request.method != "HEAD":
         return await _streamed(request, field, return_terms, pages)
     results: list[indexes.Position] = []
@@ -238,7 +238,7 @@ def _term(field: str, term: bytes, key: bytes) -> str | int:
     return indexes.term_text(field, term)
 
 
-async def _pages(
+async def query_pages(
     runtime: NodeRuntime,
     settings: Settings,
     bucket: bytes,
@@ -250,7 +250,9 @@ async def _pages(
     timeout_ms: int | None,
 ) -> AsyncIterator[tuple[list[indexes.Position], indexes.Position | None] | Failure]:
     """The query's pages, each with where the next starts, until `max_results` (all without it) or
-    the end, or a failure; with `timeout_ms`, the whole query must be done within it."""
+    the end, or a failure; with `timeout_ms`, the whole query must be done within it. Any API that
+    answers 2i queries (HTTP here, PB) pages through this; `low` and `high` are sort terms
+    (core/indexes.bounds_of) and `after` a decoded continuation."""
     loop = asyncio.get_running_loop()
     deadline = None if timeout_ms is None else loop.time() + timeout_ms / 1000
     left = max_results
