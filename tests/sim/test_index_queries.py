@@ -199,3 +199,28 @@ def test_queries_while_partitions_move_see_every_key_once() -> None:
         c.settle(100)
         rounds += 1
     assert rounds > 0, "the transition ended before any query ran during it"
+
+
+def test_a_replica_bounds_a_scan_by_its_own_limits_and_the_coordinator_pages_on() -> None:
+    """A replica with a smaller scan budget answers short (saying where it stopped) and the
+    coordinator's pages still hold every key once."""
+    c = SimCluster(5, SETTINGS)
+    written = write(c, 60)
+    for name in ("n1", "n2", "n3", "n4"):
+        node = c.nodes[name]
+        assert node.core is not None
+        node.core.settings = node.core.settings.replace(index_scan_bytes_max=64, index_page_results_max=2)
+    lo, hi = indexes.bounds_of("grp_bin", "g0", "g2")
+    after = None
+    found: list[bytes] = []
+    pages = 0
+    while pages < 1000:
+        response = c.request("n0", ClientIndexQuery(b"b", "grp_bin", lo, hi, 50, after))
+        assert isinstance(response, Ok) and response.page is not None, response
+        found += [key for _, key in response.page.results]
+        pages += 1
+        after = response.page.continuation
+        if after is None:
+            break
+    assert sorted(found) == sorted(written) and len(found) == len(written)
+    assert pages > 2, "60 keys in pages of 50 take more than two pages only when replicas answer short"

@@ -105,7 +105,10 @@ class IndexQueries(NodeBase):
 
     def _on_index_scan(self, src: str, msg: IndexScan, now_ms: int) -> None:
         after = None if not msg.after else (msg.after[0], msg.after[1])
-        share = max(1, msg.bytes_max // len(msg.partitions))
+        # What the coordinator asks for is bounded by this node's own limits too: a short answer is
+        # one the coordinator pages on from (it says where it stopped), never a wrong one.
+        limit = min(msg.limit, self.settings.index_page_results_max)
+        share = max(1, min(msg.bytes_max, self.settings.index_scan_bytes_max) // len(msg.partitions))
         counts: list[int] = []
         terms: list[bytes] = []
         found_keys: list[bytes] = []
@@ -120,7 +123,7 @@ class IndexQueries(NodeBase):
                 done.append(False)
                 continue
             positions, last, finished = indexes.scan(
-                self, partition, msg.bucket, msg.field, msg.low, msg.high, after, msg.limit, share
+                self, partition, msg.bucket, msg.field, msg.low, msg.high, after, limit, share
             )
             counts.append(len(positions))
             terms.extend(term for term, _ in positions)
