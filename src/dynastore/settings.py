@@ -112,6 +112,24 @@ class Settings:
     list_page_keys_max: int = 1000
     list_page_bytes_max: int = 4 * 1024 * 1024
     list_result_bytes_max: int = 64 * 1024 * 1024
+    # Secondary indexes (core/indexes.py) and links, per sibling: at most this many index entries (an
+    # `X-Riak-Index-NAME_bin|_int` header may hold several values, comma-separated), names of at most
+    # index_name_bytes_max bytes (suffix included), terms of at most index_term_bytes_max bytes (an
+    # `_int` term is a signed 64-bit integer), and at most links_max links.
+    index_entries_max: int = 256
+    index_name_bytes_max: int = 128
+    index_term_bytes_max: int = 1024
+    links_max: int = 256
+    # A 2i query is a coverage query (core/indexquery.py): each partition asked once, of one replica;
+    # a replica that has not answered within index_replica_timeout_ms is replaced by another for its
+    # partitions. A page is at most index_page_results_max results (max_results may ask for fewer);
+    # what one replica reads for one request is bounded by index_scan_bytes_max (past the row that
+    # reaches it, one per partition). A query without max_results and without stream=true gathers its
+    # pages in memory: past index_result_bytes_max of results it answers 503 (a stream does not).
+    index_replica_timeout_ms: int = 2000
+    index_page_results_max: int = 1000
+    index_scan_bytes_max: int = 1024 * 1024
+    index_result_bytes_max: int = 64 * 1024 * 1024
 
     # --- Storage ---------------------------------------------------------------------------------------
     storage_engine: str = "lmdb"
@@ -341,12 +359,23 @@ def validation_problems(s: Settings) -> list[str]:
         "list_page_keys_max",
         "list_page_bytes_max",
         "list_result_bytes_max",
+        "index_name_bytes_max",
+        "index_term_bytes_max",
+        "index_replica_timeout_ms",
+        "index_page_results_max",
+        "index_scan_bytes_max",
+        "index_result_bytes_max",
         "anti_entropy_batch_bytes_max",
         "scrub_interval_ms",
         "scrub_batch_bytes_max",
         "storage_check_interval_ms",
     ):
         need(getattr(s, name) >= 1, f"{name} must be positive")
+    need(s.index_name_bytes_max <= 255, "index_name_bytes_max must be at most 255 (its length is one byte)")
+    need(
+        s.index_scan_bytes_max <= s.peer_message_bytes_max // 2,
+        "index_scan_bytes_max must be at most half of peer_message_bytes_max (a replica's answer is one message)",
+    )
     need(s.hints_max >= 0, "hints_max must not be negative")
     need(s.storage_reserve_bytes >= 0, "storage_reserve_bytes must not be negative")
     need(s.tombstone_grace_ms >= 0, "tombstone_grace_ms must not be negative")

@@ -109,7 +109,13 @@ def test_the_root_lists_resources_as_json_to_clients_that_ask_and_as_html_otherw
     status, headers, body = call("GET", base + "/", headers={"Accept": "application/json"})
     assert status == 200 and lowered(headers)["content-type"].startswith("application/json")
     resources = json.loads(body)
-    for name in ("riak_kv_wm_buckets", "riak_kv_wm_keylist", "riak_kv_wm_object", "riak_kv_wm_props"):
+    for name in (
+        "riak_kv_wm_buckets",
+        "riak_kv_wm_index",
+        "riak_kv_wm_keylist",
+        "riak_kv_wm_object",
+        "riak_kv_wm_props",
+    ):
         assert resources[name] == "/buckets"
     assert resources["riak_kv_wm_ping"] == "/ping" and resources["riak_kv_wm_stats"] == "/stats"
     assert resources["riak_kv_wm_preflist"] == "/buckets" and resources["riak_kv_wm_bucket_type"] == "/types"
@@ -534,7 +540,11 @@ BAD_INPUT = [
     Bad("media type without a subtype", "PUT", "{obj}", 415, {"Content-Type": "nonsense"}),
     Bad("user metadata that is not UTF-8", "PUT", "{obj}", 400, {"X-Riak-Meta-Colour": b"\xff\xfe"}),
     Bad("content type that is not UTF-8", "PUT", "{obj}", 415, {"Content-Type": b"text/\xff"}),
-    Bad("secondary index", "PUT", "{obj}", 400, {"X-Riak-Index-Email_bin": "ada@example.com"}),
+    Bad("secondary index without a type suffix", "PUT", "{obj}", 400, {"X-Riak-Index-Email": "ada@example.com"}),
+    Bad("an _int index term that is no integer", "PUT", "{obj}", 400, {"X-Riak-Index-age_int": "old"}),
+    Bad("an index term that is not UTF-8", "PUT", "{obj}", 400, {"X-Riak-Index-a_bin": b"\xff\xfe"}),
+    Bad("a Link header that names no object", "PUT", "{obj}", 400, {"Link": '</ping>; riaktag="t"'}),
+    Bad("a Link header that is not links", "PUT", "{obj}", 400, {"Link": "nonsense"}),
     Bad("store if absent, but present", "PUT", "{obj}", 412, {"If-None-Match": "*"}),
     Bad("store if unchanged, but changed", "PUT", "{obj}", 412, {"If-Match": '"stale"'}),
     Bad("delete if unchanged, but changed", "DELETE", "{obj}", 412, {"If-Match": '"stale"'}),

@@ -172,3 +172,23 @@ def test_basho_riak_client_uses_counters_sets_maps_and_hlls_in_bucket_types_made
     assert abs(seen["hll"] - 300) <= 15
     assert seen["set_after_delete"] == [[]] * 3
     assert seen["wrong_type"] != "stored"
+
+
+def test_basho_riak_client_tags_objects_with_indexes_and_links_and_queries_them_over_http(
+    make_cluster: MakeCluster, riak_python: Path
+) -> None:
+    """basho's Riak client over HTTP, on 3 nodes: objects with _bin and _int index entries and a link
+    are stored and fetched back with them; exact and range queries, return_terms, the $bucket index,
+    pages of max_results followed to the end, and a streamed query, as a Riak user writes them."""
+    import riak_client_index_scenario as index_scenario
+
+    cluster = make_cluster(3)
+    seen = run_scenario(riak_python, cluster, index_scenario.__file__)
+    assert seen["indexes"] == [["byear_int", 1912], ["fname_bin", "Alan"], ["tag_bin", "person"]]
+    assert seen["links"] == [[index_scenario.BUCKET, "sean", "friend"]]
+    assert seen["exact"] == ["ada"]
+    assert seen["range"] == ["grace", "alan", "sean"]
+    assert seen["terms"] == [[1815, "ada"], [1906, "grace"], [1912, "alan"], [1979, "sean"]]
+    assert seen["bucket_index"] == ["ada", "alan", "grace", "sean"]
+    assert seen["pages"] == [["ada", "alan", "grace"], ["sean"]]
+    assert seen["streamed"] == ["ada", "grace", "alan", "sean"]

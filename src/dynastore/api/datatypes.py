@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from dynastore.api.answers import Answer, BadRequest, json_response, text
+from dynastore.api.answers import Answer, BadRequest, bool_param, json_response, text
 from dynastore.api.server import Request, Response
 from dynastore.core import buckettypes, crdt
 from dynastore.core import datatypes as dt
@@ -202,7 +202,7 @@ async def update(
     body, raw_context = await _operation(api, request, datatype)
     context = _decode_context(api, raw_context, bucket, key)
     quorums = api._quorums(request.query)
-    return_body = _bool(request, "returnbody")
+    return_body = bool_param(request.query, "returnbody")
     op = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     limit = api.settings.object_bytes_max
     if len(op) > limit:
@@ -296,7 +296,7 @@ async def _legacy_counter(api: Api, request: Request, bucket: bytes, key: bytes)
     if len(body) > 64 or not _INTEGER.fullmatch(raw) or abs(int(raw)) > COUNTER_MAX:
         raise BadRequest(f"a counter takes a signed 64-bit integer; got {raw.strip()[:32]!r}")
     quorums = api._quorums(request.query)
-    return_value = _bool(request, "returnvalue")
+    return_value = bool_param(request.query, "returnvalue")
     op = json.dumps({"increment": int(raw)}).encode()
     response = await api.runtime.request(
         ClientPut(
@@ -323,15 +323,3 @@ async def _legacy_counter(api: Api, request: Request, bucket: bytes, key: bytes)
         if state is not None:
             return Response(text=str(crdt.value(state)), content_type="text/plain")
     return Response(status=204)
-
-
-def _bool(request: Request, name: str) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise BadRequest(f"{name} must be true or false; got {raw!r}")

@@ -35,7 +35,8 @@ from multidict import CIMultiDict
 
 from dynastore import __version__
 from dynastore.api import admin, auth, dashboard, datatypes
-from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
+from dynastore.api import indexes as index_api
+from dynastore.api.answers import Answer, BadRequest, bool_param, failure, json_response, text
 from dynastore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dynastore.api.metrics import NodeMetrics
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
@@ -70,6 +71,7 @@ RESOURCES = {
     "riak_kv_wm_bucket_type": "/types",
     "riak_kv_wm_buckets": "/buckets",
     "riak_kv_wm_counter": "/buckets",
+    "riak_kv_wm_index": "/buckets",
     "riak_kv_wm_keylist": "/buckets",
     "riak_kv_wm_object": "/buckets",
     "riak_kv_wm_ping": "/ping",
@@ -293,6 +295,8 @@ class Api:
             return await self._props(request, bucket)
         if tail[:1] in ([b"datatypes"], [b"counters"]):
             return await datatypes.route(self, request, bucket, tail, style)
+        if tail[:1] == [b"index"]:
+            return await index_api.route(self, request, bucket, tail)
         datatype = self._datatype_of(bucket)
         if tail == [b"keys"]:
             if method in READ_METHODS:
@@ -647,13 +651,11 @@ class Api:
         body = await request.read()
         if len(body) > limit:
             return text(413, f"object of {len(body)} bytes exceeds the limit of {limit} bytes")
-        if any(name.lower().startswith("x-riak-index-") for name in request.headers):
-            raise BadRequest("secondary indexes (X-Riak-Index-*) are not supported")
         if request.headers.get("Content-Type", "").split(";")[0].strip().lower() in DATATYPE_CONTENT_TYPES:
             raise BadRequest("application/riak_* content types are the data types' own: update them as data types")
         quorums = self._quorums(query)
         timeout = self._int_param(request, "timeout")
-        return_body = _bool_param(query, "returnbody")
+        return_body = bool_param(query, "returnbody")
         context = self._context_header(request, bucket, key)
         content_type, charset = _split_content_type(request.headers.get("Content-Type"))
         encoding = request.headers.get("Content-Encoding")
@@ -668,7 +670,12 @@ class Api:
         )
         if sum(len(k) + len(v) for k, v in usermeta) > self.settings.meta_bytes_max:
             raise BadRequest(f"user metadata exceeds {self.settings.meta_bytes_max} bytes", 413)
-        content = Content(body, content_type, charset, encoding, usermeta)
+        for name, value in request.headers.items():
+            if name.lower().startswith(index_api.INDEX_PREFIX) or name.lower() == "link":
+                _check_header_text(name, value)
+        entries = index_api.parse_index_headers(self.settings, request.headers.items())
+        links = index_api.parse_links(self.settings, request.headers.items())
+        content = Content(body, content_type, charset, encoding, usermeta, indexes=entries, links=links)
         if not generated and _has_write_precondition(request):
             refused = await self._write_precondition(request, bucket, key, await self._read_current(bucket, key))
             if refused is not None:
@@ -780,13 +787,16 @@ class Api:
         headers: CIMultiDict[str] = CIMultiDict()
         ctype = content.content_type + (f"; charset={content.charset}" if content.charset else "")
         headers["Content-Type"] = ctype
-        headers["Link"] = f'<{style.bucket_url(bucket)}>; rel="up"'
+        links = index_api.link_values(content, style.legacy)
+        headers["Link"] = ", ".join([*links, f'<{style.bucket_url(bucket)}>; rel="up"'])
         headers["ETag"] = f'"{objects.vtag(dot)}"'
         headers["Last-Modified"] = _http_date(content.last_modified_us)
         if content.content_encoding:
             headers["Content-Encoding"] = content.content_encoding
         for name, value in content.usermeta:
             headers.add("X-Riak-Meta-" + name, value)
+        for name, value in index_api.index_headers(content):
+            headers.add(name, value)
         return headers
 
     def _object_response(
@@ -896,18 +906,6 @@ def _quorum_value(name: str, raw: object) -> int | str:
         return quorum.parse(name, raw)
     except quorum.QuorumError as exc:
         raise BadRequest(str(exc)) from None
-
-
-def _bool_param(query: Mapping[str, str], name: str) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise BadRequest(f"{name} must be true or false; got {raw!r}")
 
 
 def _check_header_text(name: str, value: str) -> str:

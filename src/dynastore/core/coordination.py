@@ -38,7 +38,7 @@ import heapq
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dynastore.core import bucketprops, crdt, datatypes, keys, objects, placement, speculative
+from dynastore.core import bucketprops, crdt, datatypes, indexes, keys, objects, speculative
 from dynastore.core.diskspace import DISK_FULL
 from dynastore.core.messages import (
     ClientGet,
@@ -60,7 +60,7 @@ from dynastore.core.messages import (
     Siblings,
 )
 from dynastore.core.nodebase import NodeBase, SpeculationReason
-from dynastore.core.objects import Content, Object
+from dynastore.core.objects import Object
 from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
 from dynastore.core.recentwrites import WRITE_ID_BYTES, RecentWrites
@@ -322,7 +322,9 @@ class Coordination(NodeBase):
         if bad is not None:
             self._answer(origin, bad)
             return
-        problem = None if req.content is None else objects.check_content(req.content)
+        problem = None
+        if req.content is not None:
+            problem = objects.check_content(req.content) or indexes.content_problem(self.settings, req.content)
         if req.dt is not None:
             problem = _dt_problem(req)
         if problem is not None:
@@ -599,15 +601,7 @@ class Coordination(NodeBase):
         now_us = now_ms * 1000
         content = req.content if req.content is not None else objects.tombstone(now_us)
         if content.last_modified_us == 0:
-            content = Content(
-                content.value,
-                content.content_type,
-                content.charset,
-                content.content_encoding,
-                content.usermeta,
-                now_us,
-                content.deleted,
-            )
+            content = replace(content, last_modified_us=now_us)
         if plan.resolve_one:
             new = objects.update_one(local, context, dot, content, now_ms, lww=plan.lww)
         else:
@@ -741,15 +735,6 @@ class Coordination(NodeBase):
             return
         op = ListOp(origin, req, replicas[0], replicas[1:], self._timeout(req.timeout_ms, now_ms))
         self._send(op.peer, ListKeys(self._register(op), req.bucket, req.partition, req.after))
-
-    def _list_replicas(self, bucket: bytes | None, partition: int, now_ms: int) -> list[str]:
-        """The reachable primaries of `partition` for the bucket's n_val (the smallest n_val when listing
-        buckets: those hold every bucket's keys), this node first."""
-        n_val = self.n_vals()[0] if bucket is None else int(self._props(bucket)["n_val"])
-        healthy = self.healthy(now_ms)
-        primaries = placement.placement(self.cluster.ring, partition, n_val).plist.primary_nodes
-        found = [node for node in primaries if node in healthy]
-        return sorted(found, key=lambda node: node != self.name)
 
     def _list_page(self, req: ClientListKeys, items: list[bytes], last: bytes, done: bool) -> Ok:
         if not done:

@@ -55,7 +55,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dynastore.core import hints, peercheck, placement
+from dynastore.core import hints, indexes, peercheck, placement
 from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy, RepairError
 from dynastore.core.bucketprops import BUCKET_PROPS
@@ -80,10 +80,12 @@ from dynastore.core.effects import (
     seed_label,
 )
 from dynastore.core.handoff import Handoff
+from dynastore.core.indexquery import IndexQueries
 from dynastore.core.membership import ACTIVE, Member
 from dynastore.core.messages import (
     ClientBucketType,
     ClientGet,
+    ClientIndexQuery,
     ClientListKeys,
     ClientPut,
     ClientRequest,
@@ -97,6 +99,8 @@ from dynastore.core.messages import (
     HandoffPull,
     HintDelivery,
     HintDeliveryReply,
+    IndexScan,
+    IndexScanReply,
     JoinReply,
     JoinRequest,
     ListKeys,
@@ -119,7 +123,7 @@ from dynastore.core.messages import (
     TreeReply,
     TreeRequest,
 )
-from dynastore.core.nodebase import NodeBase, Stats
+from dynastore.core.nodebase import NodeBase, StartupError, Stats
 from dynastore.core.objects import Object
 from dynastore.core.ops import (
     AnyOp,
@@ -127,6 +131,8 @@ from dynastore.core.ops import (
     ForwardOp,
     GetOp,
     HintOp,
+    IndexQueryOp,
+    IndexScanOp,
     JoinOp,
     ListOp,
     PullOp,
@@ -162,7 +168,7 @@ __all__ = [
 ]
 
 
-class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, NodeBase):
+class NodeCore(Coordination, IndexQueries, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, NodeBase):
     """One node's protocol state machine. See the module docstring."""
 
     def __init__(
@@ -199,6 +205,22 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
         self.stopping = False
         self.controller = BackgroundController(settings.background_latency_target_ms, settings.background_window_ms)
         self.aae = AntiEntropy(self, now_ms)
+        self._init_index_format()
+
+    def _init_index_format(self) -> None:
+        """The secondary index's layout version (indexes.py). A data directory written before indexes
+        existed has no record of it: its objects are all of format 1, which carries no index entries,
+        so its index is exactly the empty one it has, and the record is written. A newer layout is
+        refused."""
+        raw = self._get("meta", indexes.META_INDEX_FORMAT)
+        version = None if raw is None else int.from_bytes(raw, "big")
+        if version is not None and version > indexes.INDEX_FORMAT:
+            raise StartupError(
+                f"this data directory's secondary index has format {version}; "
+                f"this dynastore reads formats up to {indexes.INDEX_FORMAT}"
+            )
+        if version is None:
+            self._put("meta", indexes.META_INDEX_FORMAT, indexes.INDEX_FORMAT.to_bytes(4, "big"))
 
     # --- Public surface: the durability pipeline ----------------------------------------------------
 
@@ -266,6 +288,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
                 self._start_put(origin, request, now_ms)
             elif isinstance(request, ClientListKeys):
                 self._start_list(origin, request, now_ms)
+            elif isinstance(request, ClientIndexQuery):
+                self._start_index_query(origin, request, now_ms)
             elif isinstance(request, ClientSetBucketProps):
                 self._set_bucket_props(origin, request, now_ms)
             elif isinstance(request, ClientBucketType):
@@ -620,6 +644,8 @@ _HANDLERS: dict[type[Any], Handler] = dict(
         _on(ReapCheckReply, NodeCore._on_reap_check_reply),
         _on(ListKeys, NodeCore._on_list_keys),
         _on(ListKeysReply, NodeCore._on_list_keys_reply),
+        _on(IndexScan, NodeCore._on_index_scan),
+        _on(IndexScanReply, NodeCore._on_index_scan_reply),
         _on(GossipDigest, NodeCore._on_gossip_digest),
         _on(GossipState, NodeCore._on_gossip_state),
         _on(JoinRequest, NodeCore._on_join_request),
@@ -641,6 +667,8 @@ _OP_KINDS: dict[type[Any], OpKind] = dict(
         _op(PutOp, NodeCore._expire_put, NodeCore._lost_put),
         _op(ForwardOp, NodeCore._expire_forward, NodeCore._lost_forward),
         _op(ListOp, NodeCore._expire_list, NodeCore._lost_list),
+        _op(IndexQueryOp, NodeCore._expire_index_query, NodeCore._lost_index_query),
+        _op(IndexScanOp, NodeCore._expire_index_scan, NodeCore._lost_index_scan),
         _op(HintOp, NodeCore._expire_hints, NodeCore._lost_hints),
         _op(JoinOp, NodeCore._expire_join, NodeCore._lost_join),
         _op(PullOp, NodeCore._expire_pull, NodeCore._lost_pull),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dynastore.core.messages import ClientListKeys, ClientPut
+from dynastore.core.messages import ClientIndexQuery, ClientListKeys, ClientPut
 from dynastore.core.objects import Object
 from dynastore.core.quorum import GetTally, PutTally
 from dynastore.core.ring import PreferenceList, Target
@@ -109,6 +109,31 @@ class ListOp:
 
 
 @dataclass
+class IndexQueryOp:
+    """A page of a coverage query this node coordinates (indexquery.py): each partition's candidate
+    replicas and those tried, the answers in so far (positions, where the scan stopped, done), and
+    the scan op asking for each partition still waited on."""
+
+    origin: Origin
+    request: ClientIndexQuery
+    candidates: dict[int, list[str]]
+    deadline_ms: int
+    tried: dict[int, set[str]] = field(default_factory=dict)
+    answers: dict[int, tuple[list[tuple[bytes, bytes]], tuple[bytes, bytes] | None, bool]] = field(default_factory=dict)
+    waiting: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class IndexScanOp:
+    """One replica's part of a coverage query: query op `query` asked `peer` for `partitions`."""
+
+    query: int
+    peer: str
+    partitions: tuple[int, ...]
+    deadline_ms: int
+
+
+@dataclass
 class HintOp:
     """A batch of hints held for `owner`, delivered to the nodes in `waiting` (the owner itself, or the
     keys' current replicas once the owner has left the cluster); `sent` is what to delete once every
@@ -188,4 +213,17 @@ class ExchangeOp:
     attempt: int = 0
 
 
-AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ReapCheckOp | ExchangeOp
+AnyOp = (
+    GetOp
+    | PutOp
+    | ForwardOp
+    | ListOp
+    | IndexQueryOp
+    | IndexScanOp
+    | HintOp
+    | JoinOp
+    | PullOp
+    | StrayOp
+    | ReapCheckOp
+    | ExchangeOp
+)
