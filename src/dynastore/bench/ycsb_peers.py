@@ -154,14 +154,15 @@ def _version(command: list[str]) -> str:
     return lines[0] if lines else ""
 
 
-def check_available(target: str) -> None:
-    """Raise PeerUnavailable when what `target` needs is not installed."""
+def check_available(target: str, *, python_client: bool = True) -> None:
+    """Raise PeerUnavailable when what `target` needs is not installed (with `python_client`, also the
+    Python client the YCSB driver talks to it with; the C load generators need none)."""
     if target == ETCD and shutil.which("etcd") is None:
         raise PeerUnavailable(f"etcd is not installed (Debian package etcd-server; {INSTALL_HINT})")
     if target == REDIS:
         if shutil.which("redis-server") is None:
             raise PeerUnavailable(f"redis-server is not installed (Debian package redis-server; {INSTALL_HINT})")
-        if importlib.util.find_spec("redis") is None:
+        if python_client and importlib.util.find_spec("redis") is None:
             raise PeerUnavailable("the redis Python package is not installed (pip install -e '.[bench]')")
     if target == PYSYNCOBJ and importlib.util.find_spec("pysyncobj") is None:
         raise PeerUnavailable("the pysyncobj Python package is not installed (pip install -e '.[bench]')")
@@ -169,14 +170,20 @@ def check_available(target: str) -> None:
 
 @contextlib.contextmanager
 def running(
-    target: str, root: Path, *, nodes: int = 3, overrides: tuple[str, ...] = (), urls: tuple[str, ...] = ()
+    target: str,
+    root: Path,
+    *,
+    nodes: int = 3,
+    overrides: tuple[str, ...] = (),
+    urls: tuple[str, ...] = (),
+    python_client: bool = True,
 ) -> Iterator[RunningPeer]:
     """Start the store `target` needs under `root`, yield it once it serves, stop it afterwards.
 
     For dynastore targets, `nodes` is the size of the cluster started, `overrides` its settings (the
     buffered target adds durable=false), and `urls` names a running cluster to use instead.
     """
-    check_available(target)
+    check_available(target, python_client=python_client)
     if target == NOOP:
         yield RunningPeer(target, Endpoint(NOOP, ()))
     elif target in DYNASTORE_TARGETS:

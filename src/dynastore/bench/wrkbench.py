@@ -1,0 +1,500 @@
+"""The headline benchmark: GET and PUT of 1 KB values over random keys, driven by C load generators
+(wrk for dynastore and etcd, redis-benchmark for redis, the ceiling), every target in one run.
+
+    dynastore bench wrk [--out bench-results] [--duration 10] [--target dynastore,etcd,redis]
+    dynastore bench wrk --faults [--out bench-results]      # wrkfaults.py: SIGSTOP and a cut, per second
+
+Each store is started by the benchmark (ycsb_peers.py: a 3-node dynastore LocalCluster as
+`dynastore up` makes it, with the defaults N=3 R=2 W=2 and durable LMDB; a 3-node etcd; one redis)
+on free loopback ports, its key space pre-loaded, then driven with GET and then PUT for a warm-up
+and the measured seconds, and stopped. wrk runs kv.lua (in wrk/, shipped with the package) with
+1 thread and 50 connections to one node: dynastore's node0, etcd's leader (its best case: a follower
+forwards writes to the leader). Written to OUT/wrk.json and OUT/wrk.md.
+
+The CPU of every server process and of the load generator over the measured seconds is read from
+/proc/PID/stat (utime + stime); a load generator's after it exits and before it is reaped, so that
+none of its time is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dynastore.bench.wrk_report import (
+    ParseError,
+    headline_markdown,
+    parse_proc_stat,
+    parse_redis_benchmark,
+    parse_wrk_json,
+    ratios,
+)
+from dynastore.bench.ycsb_machine import describe
+from dynastore.bench.ycsb_peers import PeerError, PeerUnavailable, RunningPeer, running
+from dynastore.bench.ycsb_targets import DYNASTORE_HTTP, ETCD, REDIS
+
+DYNASTORE = "dynastore"
+TARGETS = (DYNASTORE, ETCD, REDIS)
+BUCKET = "wrk"
+KEYS = 10_000
+KEYS_MAX = 1_000_000
+VALUE_BYTES = 1024
+VALUE_BYTES_MAX = 1 << 20
+DURATION_S = 10
+DURATION_S_MAX = 600
+WARMUP_S = 2
+CONNECTIONS = 50
+CONNECTIONS_MAX = 1000
+# The longest a load generator may run past its duration (start-up, connecting, printing).
+GENERATOR_GRACE_S = 60.0
+PRELOAD_WORKERS = 16
+REDIS_PIPELINE = 500
+# redis-benchmark runs a number of requests, not a time: a short calibration run sets the number.
+REDIS_CALIBRATION_REQUESTS = 20_000
+REDIS_REQUESTS_MAX = 50_000_000
+POLL_S = 0.02
+
+NOTES = (
+    "etcd is driven through its JSON gateway (/v3/kv/put and /v3/kv/range with base64 keys and values), "
+    "which costs it CPU for JSON and base64 and a gRPC hop inside the process; its native gRPC API would be "
+    "faster. Its reads are linearizable (the default: each asks the leader for a read index).",
+    "dynastore: 3 nodes as `dynastore up` makes them, N=3 R=2 W=2, durable (LMDB, each batch synced "
+    "before its acknowledgements), the defaults. Security as in the default local cluster: peer links "
+    "authenticated with the cluster secret (a challenge each way, every frame MAC'd), client HTTP without "
+    "TLS and without user authentication (security_enabled=false). The bucket has allow_mult=false so "
+    "that blind writes replace the value, as etcd and redis do (with siblings on, each PUT without a "
+    "context would add one).",
+    "redis is one node in memory without persistence or replication: the ceiling, not a peer.",
+    "Every process shares one machine with the load generator (and, here, with other work); wrk's and "
+    "redis-benchmark's CPU are listed, so a target is not limited by a starved generator unnoticed.",
+)
+
+
+class BenchError(Exception):
+    """A load generator failed, printed what cannot be parsed, or a store refused the pre-load."""
+
+
+# --- processes and CPU -----------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live (or exited, not yet reaped) process, in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return parse_proc_stat(stat.read()) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids: Sequence[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(cpu_seconds(pid))
+        except OSError:
+            out.append(0.0)
+    return out
+
+
+@dataclass
+class Generator:
+    """A load generator process whose output goes to a file and whose CPU is read before it is reaped."""
+
+    command: list[str]
+    output: Path
+    timeout_s: float
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+
+    def start(self) -> None:
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.started = time.monotonic()
+
+    def finish(self) -> tuple[str, float]:
+        """Wait (bounded) for it to exit; its output and CPU seconds. Raises BenchError on failure."""
+        proc = self.proc
+        assert proc is not None, "finish() before start()"
+        try:
+            deadline = self.started + self.timeout_s
+            while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{self.command[0]} still running after {self.timeout_s:.0f} s")
+                time.sleep(POLL_S)
+            cpu_s = cpu_seconds(proc.pid)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        text = self.output.read_text(errors="replace")
+        if proc.returncode != 0:
+            raise BenchError(f"{self.command[0]} exited with status {proc.returncode}:\n{text[-2000:]}")
+        return text, cpu_s
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def lua_script() -> Path:
+    return Path(str(resources.files("dynastore.bench").joinpath("wrk/kv.lua")))
+
+
+def wrk_command(
+    url: str,
+    kind: str,
+    op: str,
+    *,
+    duration_s: float,
+    threads: int,
+    connections: int,
+    keys: int,
+    value_bytes: int,
+    log_dir: Path | None = None,
+) -> list[str]:
+    """wrk running kv.lua; with `log_dir`, one log of every response per thread (see kv.lua)."""
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration_s:g}s", "--latency"]
+    command += ["--timeout", "30s", "-s", str(lua_script()), url, "--", kind, op, str(keys), str(value_bytes), BUCKET]
+    if log_dir is not None:
+        command.append(str(log_dir))
+    return command
+
+
+# --- pre-loading ------------------------------------------------------------------------------------------
+
+
+def _http_requests(url: str, requests: Sequence[tuple[str, str, bytes, str]]) -> None:
+    """Send `requests` (method, path, body, content type) over one keep-alive connection; any answer
+    other than 2xx is an error."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=30)
+    try:
+        for method, path, body, content_type in requests:
+            conn.request(method, path, body=body, headers={"Content-Type": content_type})
+            resp = conn.getresponse()
+            answer = resp.read()
+            if not 200 <= resp.status < 300:
+                raise BenchError(f"{method} {url}{path}: {resp.status} {answer[:200]!r}")
+    finally:
+        conn.close()
+
+
+def _value(value_bytes: int) -> bytes:
+    return bytes(97 + i % 26 for i in range(value_bytes))
+
+
+def preload_http(url: str, kind: str, keys: int, value_bytes: int) -> None:
+    """Write every key of the key space once (dynastore: after setting the bucket's props)."""
+    import base64
+
+    value = _value(value_bytes)
+    if kind == DYNASTORE:
+        props = json.dumps({"props": {"allow_mult": False}}).encode()
+        _http_requests(url, [("PUT", f"/buckets/{BUCKET}/props", props, "application/json")])
+    requests: list[tuple[str, str, bytes, str]] = []
+    for i in range(keys):
+        if kind == DYNASTORE:
+            requests.append(("PUT", f"/buckets/{BUCKET}/keys/k{i}", value, "application/octet-stream"))
+        else:
+            body = {"key": base64.b64encode(f"k{i}".encode()).decode(), "value": base64.b64encode(value).decode()}
+            requests.append(("POST", "/v3/kv/put", json.dumps(body).encode(), "application/json"))
+    shares = [requests[w::PRELOAD_WORKERS] for w in range(PRELOAD_WORKERS)]
+    with ThreadPoolExecutor(PRELOAD_WORKERS) as pool:
+        for future in [pool.submit(_http_requests, url, share) for share in shares if share]:
+            future.result()
+
+
+def redis_key(i: int) -> str:
+    """redis-benchmark's key for random number i (`key:__rand_int__` with -r: 12 digits)."""
+    return f"key:{i:012d}"
+
+
+def preload_redis(address: str, keys: int, value_bytes: int) -> None:
+    host, port = address.rsplit(":", 1)
+    value = _value(value_bytes)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        for first in range(0, keys, REDIS_PIPELINE):
+            batch = range(first, min(keys, first + REDIS_PIPELINE))
+            out = bytearray()
+            for i in batch:
+                key = redis_key(i).encode()
+                out += b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value)
+            sock.sendall(out)
+            expected = b"+OK\r\n" * len(batch)
+            got = b""
+            while len(got) < len(expected):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise BenchError("redis closed the connection during the pre-load")
+                got += chunk
+            if got != expected:
+                raise BenchError(f"redis refused the pre-load: {got[:200]!r}")
+
+
+# --- etcd's leader ----------------------------------------------------------------------------------------
+
+
+def etcd_leader(urls: Sequence[str]) -> int:
+    """The index in `urls` of etcd's leader (from /v3/maintenance/status, asked of each member)."""
+    from dynastore.localcluster import http_json
+
+    leader_id = None
+    members: list[str] = []
+    for url in urls:
+        status = http_json(url + "/v3/maintenance/status", method="POST", data=b"{}", timeout_s=5.0)
+        members.append(str(status["header"]["member_id"]))
+        leader_id = str(status["leader"])
+    if leader_id not in members:
+        raise BenchError(f"etcd's leader {leader_id} is none of its members {members}")
+    return members.index(leader_id)
+
+
+# --- one target -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration_s: int = DURATION_S
+    warmup_s: int = WARMUP_S
+    keys: int = KEYS
+    value_bytes: int = VALUE_BYTES
+    connections: int = CONNECTIONS
+    threads: int = 1
+
+
+def _server_cpu(names: Sequence[str], pids: Sequence[int], before: Sequence[float]) -> list[dict[str, Any]]:
+    after = cpu_of(pids)
+    return [
+        {"name": name, "pid": pid, "cpu_s": round(a - b, 3)}
+        for name, pid, a, b in zip(names, pids, after, before, strict=True)
+    ]
+
+
+def _wrk_run(
+    url: str, kind: str, op: str, s: Settings, names: list[str], pids: list[int], work: Path
+) -> dict[str, Any]:
+    common = {"threads": s.threads, "connections": s.connections, "keys": s.keys, "value_bytes": s.value_bytes}
+    if s.warmup_s > 0:
+        warm = Generator(wrk_command(url, kind, op, duration_s=s.warmup_s, **common), work / "warmup.out", 60)
+        warm.start()
+        warm.finish()
+    generator = Generator(
+        wrk_command(url, kind, op, duration_s=s.duration_s, **common),
+        work / f"wrk-{kind}-{op}.out",
+        s.duration_s + GENERATOR_GRACE_S,
+    )
+    before = cpu_of(pids)
+    generator.start()
+    text, generator_cpu = generator.finish()
+    server_cpu = _server_cpu(names, pids, before)
+    doc = parse_wrk_json(text)
+    errors = doc["errors"]
+    seconds = doc["duration_us"] / 1e6
+    return {
+        "op": op,
+        "url": url,
+        "requests": doc["requests"],
+        "ops_per_s": doc["requests"] / seconds,
+        "latency_ms": {k: v / 1000.0 for k, v in doc["latency_us"].items()},
+        "errors": errors,
+        "errors_total": sum(errors.values()),
+        "server_cpu": server_cpu,
+        "generator": "wrk",
+        "generator_cpu_s": round(generator_cpu, 3),
+        "command": " ".join(generator.command),
+    }
+
+
+def _redis_run(address: str, op: str, s: Settings, pids: list[int], work: Path) -> dict[str, Any]:
+    host, port = address.rsplit(":", 1)
+    test = {"get": "get", "put": "set"}[op]
+
+    def command(requests: int) -> list[str]:
+        base = ["redis-benchmark", "-h", host, "-p", port, "-t", test, "-c", str(s.connections)]
+        return [*base, "-d", str(s.value_bytes), "-r", str(s.keys), "-n", str(requests)]
+
+    probe = Generator(command(REDIS_CALIBRATION_REQUESTS), work / "redis-probe.out", 120)
+    probe.start()
+    rate = parse_redis_benchmark(probe.finish()[0])["ops_per_s"]
+    requests = max(REDIS_CALIBRATION_REQUESTS, min(REDIS_REQUESTS_MAX, int(rate * s.duration_s)))
+    generator = Generator(command(requests), work / f"redis-{op}.out", s.duration_s * 5 + GENERATOR_GRACE_S)
+    before = cpu_of(pids)
+    generator.start()
+    text, generator_cpu = generator.finish()
+    server_cpu = _server_cpu(["redis"], pids, before)
+    parsed = parse_redis_benchmark(text)
+    return {
+        "op": op,
+        "url": address,
+        "requests": requests,
+        "ops_per_s": parsed["ops_per_s"],
+        "latency_ms": parsed["latency_ms"],
+        "errors": {},
+        "errors_total": 0,
+        "server_cpu": server_cpu,
+        "generator": "redis-benchmark",
+        "generator_cpu_s": round(generator_cpu, 3),
+        "command": " ".join(generator.command),
+    }
+
+
+def run_target(target: str, s: Settings, root: Path) -> list[dict[str, Any]]:
+    """GET then PUT against `target`, started under `root` and stopped afterwards."""
+    peer_target = DYNASTORE_HTTP if target == DYNASTORE else target
+    work = root / "generators"
+    work.mkdir(parents=True, exist_ok=True)
+    with running(peer_target, root / target, python_client=False) as peer:
+        runs = _drive(target, peer, s, work)
+    for run in runs:
+        run["target"] = target
+        run["version"] = peer.version
+    return runs
+
+
+def _drive(target: str, peer: RunningPeer, s: Settings, work: Path) -> list[dict[str, Any]]:
+    pids = list(peer.server_pids)
+    addresses = list(peer.endpoint.addresses)
+    if target == REDIS:
+        preload_redis(addresses[0], s.keys, s.value_bytes)
+        return [_redis_run(addresses[0], op, s, pids, work) for op in ("get", "put")]
+    if target == DYNASTORE:
+        names = [f"node{i}" for i in range(len(pids))]
+        url = addresses[0]
+    else:
+        names = [f"etcd{i}" for i in range(len(pids))]
+        leader = etcd_leader(addresses)
+        names[leader] += " (leader)"
+        url = addresses[leader]
+    preload_http(url, target, s.keys, s.value_bytes)
+    return [_wrk_run(url, target, op, s, names, pids, work) for op in ("get", "put")]
+
+
+# --- the whole run ----------------------------------------------------------------------------------------
+
+
+def missing_tools(targets: Sequence[str]) -> list[str]:
+    needs = {DYNASTORE: "wrk", ETCD: "wrk", REDIS: "redis-benchmark"}
+    return sorted({needs[t] for t in targets if shutil.which(needs[t]) is None})
+
+
+def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool = True) -> dict[str, Any]:
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    doc: dict[str, Any] = {
+        "started": started,
+        "machine": describe(measure_cores=measure_cores),
+        "settings": {
+            "duration_s": s.duration_s,
+            "warmup_s": s.warmup_s,
+            "keys": s.keys,
+            "value_bytes": s.value_bytes,
+            "connections": s.connections,
+            "threads": s.threads,
+            "dynastore": "3 nodes, N=3 R=2 W=2, durable, security_enabled=false, bucket allow_mult=false",
+        },
+        "runs": [],
+        "skipped": {},
+        "notes": list(NOTES),
+    }
+    with tempfile.TemporaryDirectory(prefix="dynastore-wrk-") as tmp:
+        for target in targets:
+            print(f"wrk bench: {target} ...", file=sys.stderr, flush=True)
+            try:
+                doc["runs"] += run_target(target, s, Path(tmp))
+            except PeerUnavailable as exc:
+                print(f"wrk bench: skipped {target}: {exc}", file=sys.stderr)
+                doc["skipped"][target] = str(exc)
+    runs = doc["runs"]
+    doc["ratios"] = {
+        f"{a} / {b}": ratios(runs, a, b)
+        for a, b in ((DYNASTORE, ETCD), (DYNASTORE, REDIS), (ETCD, REDIS))
+        if any(r["target"] == a for r in runs) and any(r["target"] == b for r in runs)
+    }
+    for note_target, reason in doc["skipped"].items():
+        doc["notes"].append(f"{note_target} skipped: {reason}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "wrk.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "wrk.md").write_text(headline_markdown(doc))
+    return doc
+
+
+def _targets(text: str) -> list[str]:
+    chosen = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in TARGETS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"targets are a comma-separated subset of {','.join(TARGETS)}")
+    return chosen
+
+
+def _bounded(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not from {low} to {high}")
+        return value
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dynastore bench wrk", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="directory for the reports")
+    parser.add_argument("--target", type=_targets, default=list(TARGETS), help="dynastore,etcd,redis (default all)")
+    parser.add_argument("--duration", type=_bounded(1, DURATION_S_MAX), default=DURATION_S, help="seconds per op")
+    parser.add_argument("--warmup", type=_bounded(0, DURATION_S_MAX), default=WARMUP_S, help="seconds before each")
+    parser.add_argument("--keys", type=_bounded(1, KEYS_MAX), default=KEYS, help="size of the key space")
+    parser.add_argument("--value-bytes", type=_bounded(1, VALUE_BYTES_MAX), default=VALUE_BYTES)
+    parser.add_argument("--connections", type=_bounded(1, CONNECTIONS_MAX), default=CONNECTIONS)
+    parser.add_argument("--no-cores", action="store_true", help="do not measure the machine's effective cores")
+    parser.add_argument(
+        "--faults", action="store_true", help="instead: SIGSTOP and an iptables cut under load, dynastore vs etcd"
+    )
+    parser.add_argument("--fault-seconds", type=_bounded(1, 120), default=10, help="with --faults: fault length")
+    args = parser.parse_args(argv)
+    if args.faults:
+        from dynastore.bench import wrkfaults
+
+        return wrkfaults.main(args)
+    missing = missing_tools(args.target)
+    if missing:
+        hint = "scripts/install-bench-deps.sh installs them"
+        print(f"dynastore bench wrk: {', '.join(missing)} not installed ({hint})", file=sys.stderr)
+        return 1
+    s = Settings(args.duration, args.warmup, args.keys, args.value_bytes, args.connections)
+    try:
+        doc = run(args.target, s, args.out, measure_cores=not args.no_cores)
+    except (BenchError, PeerError, ParseError, OSError) as exc:
+        print(f"dynastore bench wrk: {exc}", file=sys.stderr)
+        return 1
+    print((args.out / "wrk.md").read_text())
+    return 0 if doc["runs"] else 1
+
+
+@contextlib.contextmanager
+def killing(generator: Generator) -> Iterator[Generator]:
+    """Kill the generator if the block fails before finish() reaped it."""
+    try:
+        yield generator
+    finally:
+        generator.kill()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
