@@ -158,8 +158,7 @@ def percentile_ms(latencies: Mapping[int, int], percent: float) -> float | None:
 
 
 def parse_log_line(line: str) -> tuple[int, int, int]:
-    """`<end_us> <latency_us> <status>` as kv.lua writes it; latency -1 and status 0 for a request
-    whose connection broke before it was answered."""
+    """`<end_us> <latency_us> <status>` as kv.lua writes it."""
     parts = line.split()
     if len(parts) != 3:
         raise ParseError(f"a per-request log line has {len(parts)} fields, not 3: {line!r}")
@@ -167,7 +166,7 @@ def parse_log_line(line: str) -> tuple[int, int, int]:
         end_us, latency_us, status = int(parts[0]), int(parts[1]), int(parts[2])
     except ValueError as exc:
         raise ParseError(f"a per-request log line is not three integers: {line!r}") from exc
-    if end_us < 0 or latency_us < -1 or not (status == 0 or 100 <= status <= 599):
+    if end_us < 0 or latency_us < 0 or not 100 <= status <= 599:
         raise ParseError(f"a per-request log line is out of range: {line!r}")
     return end_us, latency_us, status
 
@@ -183,10 +182,10 @@ def per_second(
 ) -> list[Second]:
     """Fold per-request records into `seconds` rows counted from `start_us` (by completion time).
 
-    ok = a 2xx answer within `timeout_us`; errors = any other status, or a broken connection;
-    timeouts = an answer later than `timeout_us` (its latency still counts in the percentiles), plus
-    each request still unanswered at `end_us` that had waited longer than `timeout_us` (counted in
-    the last row). Records outside the run's seconds are dropped.
+    ok = a 2xx answer within `timeout_us`; errors = any other status; timeouts = an answer later
+    than `timeout_us` (its latency still counts in the percentiles), plus each request still
+    unanswered at `end_us` that had waited longer than `timeout_us` (counted in the last row).
+    Records outside the run's seconds are dropped.
     """
     assert seconds > 0 and timeout_us > 0
     rows = [_Bucket() for _ in range(seconds)]
@@ -195,9 +194,6 @@ def per_second(
         if not 0 <= index < seconds:
             continue
         row = rows[index]
-        if latency_us < 0:
-            row.errors += 1
-            continue
         bucket = _bucket_of(latency_us)
         row.latencies[bucket] = row.latencies.get(bucket, 0) + 1
         row.max_us = max(row.max_us, latency_us)
@@ -336,20 +332,21 @@ def faults_markdown(doc: Mapping[str, Any]) -> str:
         "## Summary",
         "",
         "| fault | system | ok/s before | ok/s during (mean) | min ok/s during | errors during+after |"
-        " timeouts during+after | p99.9 ms before | max p99.9 ms during+after |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " timeouts during+after | p99.9 ms before | max p99.9 ms during+after | wrk socket errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for scenario in doc["scenarios"]:
         for system, result in scenario["systems"].items():
             if "error" in result:
-                lines.append(f"| {scenario['fault']} | {system} | {result['error']} | | | | | | |")
+                lines.append(f"| {scenario['fault']} | {system} | {result['error']} | | | | | | | |")
                 continue
             s = result["summary"]
             b, d, a = s["before"], s["during"], s["after"]
             lines.append(
                 f"| {scenario['fault']} | {system} | {_int(b['ok_per_s_mean'])} | {_int(d['ok_per_s_mean'])} | "
                 f"{d['ok_per_s_min']:,} | {d['errors'] + a['errors']} | {d['timeouts'] + a['timeouts']} | "
-                f"{_ms(b['p99_9_ms_max'])} | {_ms(_max(d['p99_9_ms_max'], a['p99_9_ms_max']))} |"
+                f"{_ms(b['p99_9_ms_max'])} | {_ms(_max(d['p99_9_ms_max'], a['p99_9_ms_max']))} | "
+                f"{socket_errors(result['wrk_errors'])} |"
             )
     for scenario in doc["scenarios"]:
         systems = [name for name, result in scenario["systems"].items() if "error" not in result]
@@ -369,6 +366,11 @@ def faults_markdown(doc: Mapping[str, Any]) -> str:
             lines.append(f"| {i} | {phase_of(i, settings)} | " + " | ".join(cells) + " |")
     lines += ["", *[f"- {note}" for note in doc["notes"]], ""]
     return "\n".join(lines)
+
+
+def socket_errors(errors: Mapping[str, int]) -> int:
+    """wrk's connect, read and write errors: connections that broke (not answers with an error status)."""
+    return sum(errors.get(kind, 0) for kind in ("connect", "read", "write"))
 
 
 def _max(a: float | None, b: float | None) -> float | None:

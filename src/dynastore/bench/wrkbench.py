@@ -19,7 +19,6 @@ none of its time is missed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
@@ -29,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -198,14 +197,19 @@ def _value(value_bytes: int) -> bytes:
     return bytes(97 + i % 26 for i in range(value_bytes))
 
 
+def set_bucket_props(url: str) -> None:
+    """One value per key in the benchmark's bucket: a blind PUT replaces it (see NOTES)."""
+    props = json.dumps({"props": {"allow_mult": False}}).encode()
+    _http_requests(url, [("PUT", f"/buckets/{BUCKET}/props", props, "application/json")])
+
+
 def preload_http(url: str, kind: str, keys: int, value_bytes: int) -> None:
     """Write every key of the key space once (dynastore: after setting the bucket's props)."""
     import base64
 
     value = _value(value_bytes)
     if kind == DYNASTORE:
-        props = json.dumps({"props": {"allow_mult": False}}).encode()
-        _http_requests(url, [("PUT", f"/buckets/{BUCKET}/props", props, "application/json")])
+        set_bucket_props(url)
     requests: list[tuple[str, str, bytes, str]] = []
     for i in range(keys):
         if kind == DYNASTORE:
@@ -288,13 +292,24 @@ def _server_cpu(names: Sequence[str], pids: Sequence[int], before: Sequence[floa
 def _wrk_run(
     url: str, kind: str, op: str, s: Settings, names: list[str], pids: list[int], work: Path
 ) -> dict[str, Any]:
-    common = {"threads": s.threads, "connections": s.connections, "keys": s.keys, "value_bytes": s.value_bytes}
+    def command(duration_s: int) -> list[str]:
+        return wrk_command(
+            url,
+            kind,
+            op,
+            duration_s=duration_s,
+            threads=s.threads,
+            connections=s.connections,
+            keys=s.keys,
+            value_bytes=s.value_bytes,
+        )
+
     if s.warmup_s > 0:
-        warm = Generator(wrk_command(url, kind, op, duration_s=s.warmup_s, **common), work / "warmup.out", 60)
+        warm = Generator(command(s.warmup_s), work / "warmup.out", s.warmup_s + GENERATOR_GRACE_S)
         warm.start()
         warm.finish()
     generator = Generator(
-        wrk_command(url, kind, op, duration_s=s.duration_s, **common),
+        command(s.duration_s),
         work / f"wrk-{kind}-{op}.out",
         s.duration_s + GENERATOR_GRACE_S,
     )
@@ -412,6 +427,12 @@ def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool =
     }
     with tempfile.TemporaryDirectory(prefix="dynastore-wrk-") as tmp:
         for target in targets:
+            missing = missing_tools([target])
+            if missing:
+                reason = f"{', '.join(missing)} is not installed (scripts/install-bench-deps.sh installs it)"
+                print(f"wrk bench: skipped {target}: {reason}", file=sys.stderr)
+                doc["skipped"][target] = reason
+                continue
             print(f"wrk bench: {target} ...", file=sys.stderr, flush=True)
             try:
                 doc["runs"] += run_target(target, s, Path(tmp))
@@ -472,11 +493,6 @@ def main(argv: list[str] | None = None) -> int:
         from dynastore.bench import wrkfaults
 
         return wrkfaults.main(args)
-    missing = missing_tools(args.target)
-    if missing:
-        hint = "scripts/install-bench-deps.sh installs them"
-        print(f"dynastore bench wrk: {', '.join(missing)} not installed ({hint})", file=sys.stderr)
-        return 1
     s = Settings(args.duration, args.warmup, args.keys, args.value_bytes, args.connections)
     try:
         doc = run(args.target, s, args.out, measure_cores=not args.no_cores)
@@ -485,15 +501,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print((args.out / "wrk.md").read_text())
     return 0 if doc["runs"] else 1
-
-
-@contextlib.contextmanager
-def killing(generator: Generator) -> Iterator[Generator]:
-    """Kill the generator if the block fails before finish() reaped it."""
-    try:
-        yield generator
-    finally:
-        generator.kill()
 
 
 if __name__ == "__main__":

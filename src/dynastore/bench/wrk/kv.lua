@@ -11,7 +11,7 @@
 -- `<end_us> <latency_us> <status>`, times from CLOCK_MONOTONIC (the clock of Python's
 -- time.monotonic()) read through LuaJIT's ffi. wrk's Lua has no connection identity, so this needs
 -- one connection per thread (-t N -c N): a thread's request() and response() then strictly
--- alternate, and the time between them is that request's latency. A request still unanswered when
+-- alternate (see request()), and the time between them is that request's latency. A request still unanswered when
 -- wrk stops is printed by done() (its start) so that a stall to the end is counted, not lost.
 
 local ffi = require("ffi")
@@ -96,10 +96,9 @@ end
 function request()
   local key = key_names[math.random(keys)]
   if log then
-    if pending_start_us >= 0 then
-      -- The last request got no response: its connection broke (wrk reconnects and asks again).
-      log:write(string.format("%d -1 0\n", now_us()))
-    end
+    -- wrk asks again without a response when its first write found the socket not ready yet (the
+    -- request is then built anew and sent once), and after a connection broke (wrk reconnects; it
+    -- counts that as a connect, read or write error, in its totals only): the request sent is the last.
     pending_start_us = now_us()
   end
   if kind == "dynastore" then
