@@ -270,6 +270,11 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
         f"wrk {settings['threads']} thread, {settings['connections']} connections, "
         f"{settings['duration_s']} s per operation after a {settings['warmup_s']} s warm-up; redis with "
         f"redis-benchmark (1 thread, the same connections, value size and key space).",
+        *(
+            [f"dynastore nodes ran with --set {' '.join(settings['dynastore_overrides'])}."]
+            if settings.get("dynastore_overrides")
+            else []
+        ),
         "",
         "| target | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s | load generator CPU s |"
         " server CPU µs/op |",

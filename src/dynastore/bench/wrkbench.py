@@ -279,6 +279,8 @@ class Settings:
     value_bytes: int = VALUE_BYTES
     connections: int = CONNECTIONS
     threads: int = 1
+    # Settings of every dynastore node (`--set NAME=VALUE`); none for the headline figures.
+    overrides: tuple[str, ...] = ()
 
 
 def _server_cpu(names: Sequence[str], pids: Sequence[int], before: Sequence[float]) -> list[dict[str, Any]]:
@@ -373,7 +375,8 @@ def run_target(target: str, s: Settings, root: Path) -> list[dict[str, Any]]:
     peer_target = DYNASTORE_HTTP if target == DYNASTORE else target
     work = root / "generators"
     work.mkdir(parents=True, exist_ok=True)
-    with running(peer_target, root / target, python_client=False) as peer:
+    overrides = s.overrides if target == DYNASTORE else ()
+    with running(peer_target, root / target, overrides=overrides, python_client=False) as peer:
         runs = _drive(target, peer, s, work)
     for run in runs:
         run["target"] = target
@@ -420,6 +423,7 @@ def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool =
             "connections": s.connections,
             "threads": s.threads,
             "dynastore": "3 nodes, N=3 R=2 W=2, durable, security_enabled=false, bucket allow_mult=false",
+            "dynastore_overrides": list(s.overrides),
         },
         "runs": [],
         "skipped": {},
@@ -483,6 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=_bounded(1, KEYS_MAX), default=KEYS, help="size of the key space")
     parser.add_argument("--value-bytes", type=_bounded(1, VALUE_BYTES_MAX), default=VALUE_BYTES)
     parser.add_argument("--connections", type=_bounded(1, CONNECTIONS_MAX), default=CONNECTIONS)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of every dynastore node (recorded in wrk.json; the defaults when none)",
+    )
     parser.add_argument("--no-cores", action="store_true", help="do not measure the machine's effective cores")
     parser.add_argument(
         "--faults", action="store_true", help="instead: SIGSTOP and an iptables cut under load, dynastore vs etcd"
@@ -493,7 +505,17 @@ def main(argv: list[str] | None = None) -> int:
         from dynastore.bench import wrkfaults
 
         return wrkfaults.main(args)
-    s = Settings(args.duration, args.warmup, args.keys, args.value_bytes, args.connections)
+    bad = [pair for pair in args.overrides if "=" not in pair or not pair.split("=", 1)[0]]
+    if bad:
+        parser.error(f"--set takes NAME=VALUE, not {bad[0]!r}")
+    s = Settings(
+        args.duration,
+        args.warmup,
+        args.keys,
+        args.value_bytes,
+        args.connections,
+        overrides=tuple(args.overrides),
+    )
     try:
         doc = run(args.target, s, args.out, measure_cores=not args.no_cores)
     except (BenchError, PeerError, ParseError, OSError) as exc:
