@@ -26,7 +26,7 @@ from dynastore.bench.wrk_report import (
     ratios,
     summarize,
 )
-from dynastore.bench.wrkbench import Generator, redis_key
+from dynastore.bench.wrk_tools import Generator, redis_key
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8098
   1 threads and 50 connections
@@ -120,7 +120,7 @@ def test_a_load_generators_cpu_is_read_after_it_exits_and_before_it_is_reaped(tm
 
 def test_a_failing_load_generator_is_an_error_with_its_output(tmp_path: Path) -> None:
     """A generator that exits non-zero raises with what it printed."""
-    from dynastore.bench.wrkbench import BenchError
+    from dynastore.bench.wrk_tools import BenchError
 
     generator = Generator([sys.executable, "-c", "print('no such host'); raise SystemExit(3)"], tmp_path / "o", 30)
     generator.start()
@@ -294,7 +294,7 @@ def test_kv_lua_sends_etcd_puts_with_base64_keys_from_the_key_space_and_logs_eac
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from dynastore.bench.wrkbench import wrk_command
+    from dynastore.bench.wrk_tools import wrk_command
 
     bodies: list[bytes] = []
 

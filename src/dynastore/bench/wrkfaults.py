@@ -44,7 +44,7 @@ from dynastore.bench.wrk_report import (
     per_second,
     summarize,
 )
-from dynastore.bench.wrkbench import (
+from dynastore.bench.wrk_tools import (
     CONNECTIONS,
     DYNASTORE,
     GENERATOR_GRACE_S,
