@@ -214,6 +214,7 @@ def _run(target: str, op: str, ops: float, p99: float) -> dict[str, Any]:
         "server_cpu": [{"name": "node0", "pid": 1, "cpu_s": 5.0}, {"name": "node1", "pid": 2, "cpu_s": 1.0}],
         "generator": "wrk",
         "generator_cpu_s": 0.5,
+        "wall_s": 10.0,
     }
 
 
@@ -227,7 +228,8 @@ def test_ratios_divide_rates_and_tails_of_the_same_operation() -> None:
 
 def test_headline_markdown_lists_every_run_with_its_cpu_and_the_notes() -> None:
     """One row per target and operation with ops/s, percentiles, server CPU per op; the notes follow."""
-    runs = [_run("dynastore", "get", 2000, 10), _run("etcd", "get", 1000, 20)]
+    runs = [_run("dynastore", "get", 2000, 10), _run("etcd", "get", 1000, 20), _run("redis", "get", 9000, 1)]
+    runs[2]["errors_total"] = None
     doc = {
         "started": "2026-12-03 12:00 UTC",
         "machine": {"cpu": "CPU", "vcpus": 2, "effective_cores": 2.0},
@@ -238,8 +240,9 @@ def test_headline_markdown_lists_every_run_with_its_cpu_and_the_notes() -> None:
     }
     doc["settings"]["warmup_s"] = 2
     text = headline_markdown(doc)
-    assert "| dynastore | GET | 2,000 | 3.33 | 10.0 | 20.0 | 0 | 6.00 | 0.50 | 300 |" in text
+    assert "| dynastore | GET | 2,000 | 3.33 | 10.0 | 20.0 | 0 | 6.00 | 0.50 | 300 | 32 % |" in text
     assert "| dynastore / etcd | 2.00x | - | 0.50x | - |" in text
+    assert "| redis | GET | 9,000 | 0.33 | 1.00 | 2.00 | - |" in text
     assert "node0 5.00 s, node1 1.00 s; wrk 0.50 s" in text and "JSON gateway" in text
 
 

@@ -277,17 +277,19 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
         ),
         "",
         "| target | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s | load generator CPU s |"
-        " server CPU µs/op |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " server CPU µs/op | machine share |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    vcpus = doc["machine"]["vcpus"]
     for run in doc["runs"]:
         lat = run["latency_ms"]
         server_cpu = sum(p["cpu_s"] for p in run["server_cpu"])
         per_op = server_cpu / run["requests"] * 1e6 if run["requests"] else 0.0
+        errors = "-" if run["errors_total"] is None else run["errors_total"]
         lines.append(
             f"| {run['target']} | {run['op'].upper()} | {_int(run['ops_per_s'])} | {_ms(lat['p50'])} | "
-            f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {run['errors_total']} | {server_cpu:.2f} | "
-            f"{run['generator_cpu_s']:.2f} | {per_op:,.0f} |"
+            f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {errors} | {server_cpu:.2f} | "
+            f"{run['generator_cpu_s']:.2f} | {per_op:,.0f} | {machine_share(run, vcpus)} |"
         )
     ratios = doc.get("ratios", {})
     if ratios:
@@ -295,7 +297,15 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
         for name, ratio in ratios.items():
             cells = [f"{ratio.get(k):.2f}x" if ratio.get(k) is not None else "-" for k in _RATIO_KEYS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "CPU of each process over the measured seconds (utime + stime from /proc/PID/stat):", ""]
+    lines += [
+        "",
+        "Machine share: the CPU the target's servers and its load generator used together, over the run's "
+        "wall time times the vCPUs; well below 100 % means the run got only that much of a machine busy with "
+        "other work (the 1-minute load average before each run is in wrk.json).",
+        "",
+        "CPU of each process over the measured seconds (utime + stime from /proc/PID/stat):",
+        "",
+    ]
     for run in doc["runs"]:
         parts = ", ".join(f"{p['name']} {p['cpu_s']:.2f} s" for p in run["server_cpu"])
         generator = f"{run['generator']} {run['generator_cpu_s']:.2f} s"
@@ -305,6 +315,15 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
 
 
 _RATIO_KEYS = ("get_ops", "put_ops", "get_p99", "put_p99")
+
+
+def machine_share(run: Mapping[str, Any], vcpus: int) -> str:
+    """(servers' + load generator's CPU) / (wall time x vCPUs), as a percentage; '-' without a wall time."""
+    wall_s = run.get("wall_s")
+    if not wall_s or vcpus <= 0:
+        return "-"
+    used = sum(p["cpu_s"] for p in run["server_cpu"]) + run["generator_cpu_s"]
+    return f"{100.0 * used / (wall_s * vcpus):.0f} %"
 
 
 def ratios(runs: Sequence[Mapping[str, Any]], numerator: str, denominator: str) -> dict[str, float | None]:

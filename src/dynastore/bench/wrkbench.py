@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,10 +127,11 @@ def _wrk_run(
         work / f"wrk-{kind}-{op}.out",
         s.duration_s + GENERATOR_GRACE_S,
     )
-    before = cpu_of(pids)
+    before, load, started = cpu_of(pids), os.getloadavg()[0], time.monotonic()
     generator.start()
     text, generator_cpu = generator.finish()
     server_cpu = _server_cpu(names, pids, before)
+    wall_s = time.monotonic() - started
     doc = parse_wrk_json(text)
     errors = doc["errors"]
     seconds = doc["duration_us"] / 1e6
@@ -143,6 +146,8 @@ def _wrk_run(
         "server_cpu": server_cpu,
         "generator": "wrk",
         "generator_cpu_s": round(generator_cpu, 3),
+        "wall_s": round(wall_s, 3),
+        "load_avg_1m_before": load,
         "command": " ".join(generator.command),
     }
 
@@ -160,10 +165,11 @@ def _redis_run(address: str, op: str, s: Settings, pids: list[int], work: Path) 
     rate = parse_redis_benchmark(probe.finish()[0])["ops_per_s"]
     requests = max(REDIS_CALIBRATION_REQUESTS, min(REDIS_REQUESTS_MAX, int(rate * s.duration_s)))
     generator = Generator(command(requests), work / f"redis-{op}.out", s.duration_s * 5 + GENERATOR_GRACE_S)
-    before = cpu_of(pids)
+    before, load, started = cpu_of(pids), os.getloadavg()[0], time.monotonic()
     generator.start()
     text, generator_cpu = generator.finish()
     server_cpu = _server_cpu(["redis"], pids, before)
+    wall_s = time.monotonic() - started
     parsed = parse_redis_benchmark(text)
     return {
         "op": op,
@@ -171,11 +177,14 @@ def _redis_run(address: str, op: str, s: Settings, pids: list[int], work: Path) 
         "requests": requests,
         "ops_per_s": parsed["ops_per_s"],
         "latency_ms": parsed["latency_ms"],
+        # redis-benchmark counts no errors in its summary (it stops at a connection error).
         "errors": {},
-        "errors_total": 0,
+        "errors_total": None,
         "server_cpu": server_cpu,
         "generator": "redis-benchmark",
         "generator_cpu_s": round(generator_cpu, 3),
+        "wall_s": round(wall_s, 3),
+        "load_avg_1m_before": load,
         "command": " ".join(generator.command),
     }
 
