@@ -270,6 +270,7 @@ def test_faults_markdown_has_a_summary_and_a_per_second_table_side_by_side() -> 
         "seconds": seconds,
         "summary": {"before": phase(100, 0, 0, 5.0), "during": phase(0, 0, 0, None), "after": phase(50, 1, 49, 2500.0)},
         "wrk_errors": {"connect": 0, "read": 2, "write": 0, "status": 1, "timeout": 0},
+        "statuses": {"200": 150, "500": 1},
     }
     doc = {
         "started": "now",
@@ -282,6 +283,7 @@ def test_faults_markdown_has_a_summary_and_a_per_second_table_side_by_side() -> 
     text = faults_markdown(doc)
     assert "| sigstop | etcd | 100 | 0 | 0 | 1 | 49 | 5.00 | 2,500 | 2 |" in text
     assert "| sigstop | dynastore | boom |" in text
+    assert "- etcd: etcd1, the leader; answers by status: 150 x 200, 1 x 500" in text
     assert "| 1 | fault | 0 | 0 | - |" in text and "| 2 | after | 50 | 50 | 2,500 |" in text
 
 

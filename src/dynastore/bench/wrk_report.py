@@ -378,7 +378,9 @@ def faults_markdown(doc: Mapping[str, Any]) -> str:
             continue
         lines += ["", f"## {scenario['fault']}: {scenario['description']}", ""]
         for name in systems:
-            lines.append(f"- {name}: {scenario['systems'][name]['victim']}")
+            result = scenario["systems"][name]
+            answers = ", ".join(f"{count:,} x {status}" for status, count in result.get("statuses", {}).items())
+            lines.append(f"- {name}: {result['victim']}; answers by status: {answers or 'none'}")
         header = "| s | phase | " + " | ".join(f"{n} ok | {n} err+to | {n} p99.9 ms" for n in systems) + " |"
         lines += ["", header, "| ---: | --- |" + " ---: | ---: | ---: |" * len(systems)]
         count = len(scenario["systems"][systems[0]]["seconds"])

@@ -9,17 +9,20 @@ is reaped, so that none of its time is missed; a server's, before and after the 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import FrameType
 from urllib.parse import urlsplit
 
 from dynastore.bench.wrk_report import parse_proc_stat
@@ -216,3 +219,18 @@ def etcd_leader(urls: Sequence[str]) -> int:
 
 
 # --- one target -------------------------------------------------------------------------------------------
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Unwinds through every `finally`, so the stores, namespaces and generators of the run are removed.
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM raises SystemExit (as ycsb.py does) instead of ending the process at once."""
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

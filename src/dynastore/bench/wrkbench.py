@@ -50,6 +50,7 @@ from dynastore.bench.wrk_tools import (
     etcd_leader,
     preload_http,
     preload_redis,
+    sigterm_unwinds,
     wrk_command,
 )
 from dynastore.bench.ycsb_machine import describe
@@ -320,13 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fault-seconds", type=_bounded(1, 120), default=10, help="with --faults: fault length")
     args = parser.parse_args(argv)
-    if args.faults:
-        from dynastore.bench import wrkfaults
-
-        return wrkfaults.main(args)
     bad = [pair for pair in args.overrides if "=" not in pair or not pair.split("=", 1)[0]]
     if bad:
         parser.error(f"--set takes NAME=VALUE, not {bad[0]!r}")
+    if args.faults:
+        from dynastore.bench import wrkfaults
+
+        with sigterm_unwinds():
+            return wrkfaults.main(args)
     s = Settings(
         args.duration,
         args.warmup,
@@ -336,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides=tuple(args.overrides),
     )
     try:
-        doc = run(args.target, s, args.out, measure_cores=not args.no_cores)
+        with sigterm_unwinds():
+            doc = run(args.target, s, args.out, measure_cores=not args.no_cores)
     except (BenchError, PeerError, ParseError, OSError) as exc:
         print(f"dynastore bench wrk: {exc}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -100,6 +101,8 @@ class FaultSettings:
     value_bytes: int = VALUE_BYTES
     timeout_ms: int = TIMEOUT_MS
     op: str = OP
+    # Settings of every dynastore node (`--set`); none for the published figures.
+    overrides: tuple[str, ...] = ()
 
     @property
     def total_s(self) -> int:
@@ -152,8 +155,10 @@ def loaded_run(url: str, kind: str, s: FaultSettings, fault: Fault, work: Path) 
     finally:
         generator.kill()
     doc = parse_wrk_json(text)
+    records = read_logs(log_dir)
+    statuses = Counter(str(status) for _, _, status in records)
     rows = per_second(
-        read_logs(log_dir),
+        records,
         start_us=int(start * 1e6),
         seconds=s.total_s,
         timeout_us=s.timeout_ms * 1000,
@@ -169,6 +174,7 @@ def loaded_run(url: str, kind: str, s: FaultSettings, fault: Fault, work: Path) 
             "after": asdict(summarize(rows, fault_end, s.total_s)),
         },
         "wrk_errors": doc["errors"],
+        "statuses": dict(sorted(statuses.items())),
         "command": " ".join(command),
     }
 
@@ -178,9 +184,9 @@ def _net_id() -> int:
 
 
 @contextmanager
-def _dynastore(root: Path) -> Iterator[tuple[localnet.PrivateNet, LocalCluster]]:
+def _dynastore(root: Path, overrides: tuple[str, ...]) -> Iterator[tuple[localnet.PrivateNet, LocalCluster]]:
     with localnet.PrivateNet(_net_id(), 3) as net:
-        cluster = LocalCluster(root, 3, hosts=net.addresses, netns=net.namespaces)
+        cluster = LocalCluster(root, 3, hosts=net.addresses, netns=net.namespaces, overrides=overrides)
         try:
             cluster.start()
             cluster.wait_ready(READY_TIMEOUT_S)
@@ -191,7 +197,7 @@ def _dynastore(root: Path) -> Iterator[tuple[localnet.PrivateNet, LocalCluster]]
 
 def run_dynastore(s: FaultSettings, root: Path) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    with _dynastore(root / "cluster") as (net, cluster):
+    with _dynastore(root / "cluster", s.overrides) as (net, cluster):
         client, victim = cluster[0], cluster[2]
         set_bucket_props(client.url)
         faults = {
@@ -286,7 +292,11 @@ def main(args: argparse.Namespace) -> int:
         )
         return 0
     s = FaultSettings(
-        fault_s=args.fault_seconds, connections=args.connections, keys=args.keys, value_bytes=args.value_bytes
+        fault_s=args.fault_seconds,
+        connections=args.connections,
+        keys=args.keys,
+        value_bytes=args.value_bytes,
+        overrides=tuple(args.overrides),
     )
     doc = run(s, args.out)
     print((args.out / "faults.md").read_text())
