@@ -151,7 +151,7 @@ def loaded_run(url: str, kind: str, s: FaultSettings, fault: Fault, work: Path) 
             time.sleep(max(0.0, start + s.before_s + s.fault_s - time.monotonic()))
         finally:
             fault.undo()
-        text, _ = generator.finish()
+        text, generator_cpu_s = generator.finish()
     finally:
         generator.kill()
     doc = parse_wrk_json(text)
@@ -175,6 +175,7 @@ def loaded_run(url: str, kind: str, s: FaultSettings, fault: Fault, work: Path) 
         },
         "wrk_errors": doc["errors"],
         "statuses": dict(sorted(statuses.items())),
+        "generator_cpu_s": round(generator_cpu_s, 3),
         "command": " ".join(command),
     }
 
