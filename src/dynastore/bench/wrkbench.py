@@ -247,6 +247,7 @@ def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool =
         },
         "runs": [],
         "skipped": {},
+        "failed": {},
         "notes": list(NOTES),
     }
     with tempfile.TemporaryDirectory(prefix="dynastore-wrk-") as tmp:
@@ -263,6 +264,10 @@ def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool =
             except PeerUnavailable as exc:
                 print(f"wrk bench: skipped {target}: {exc}", file=sys.stderr)
                 doc["skipped"][target] = str(exc)
+            except (PeerError, BenchError, ParseError) as exc:
+                # As the YCSB run does: the other targets still run, and the command fails at the end.
+                print(f"wrk bench: {target} failed: {exc}", file=sys.stderr)
+                doc["failed"][target] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     runs = doc["runs"]
     doc["ratios"] = {
         f"{a} / {b}": ratios(runs, a, b)
@@ -271,6 +276,8 @@ def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool =
     }
     for note_target, reason in doc["skipped"].items():
         doc["notes"].append(f"{note_target} skipped: {reason}")
+    for note_target, error in doc["failed"].items():
+        doc["notes"].append(f"{note_target} failed: {error}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "wrk.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "wrk.md").write_text(headline_markdown(doc))
@@ -344,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dynastore bench wrk: {exc}", file=sys.stderr)
         return 1
     print((args.out / "wrk.md").read_text())
-    return 0 if doc["runs"] else 1
+    if doc["failed"]:
+        print(f"dynastore bench wrk: failed: {', '.join(doc['failed'])}", file=sys.stderr)
+    return 0 if doc["runs"] and not doc["failed"] else 1
 
 
 if __name__ == "__main__":
