@@ -36,7 +36,17 @@ BENCH_OPTIONS = {
     "partitioning": ["--nodes", "--n", "--tokens", "--keys", "--requests", "--trials", "--seed", "--load"],
     "ycsb": ["--target", "--workload", "--records", "--duration", "--url", "--out"],
     "paper": ["--workload", "--paper-nodes", "--paper-rate"],
-    "wrk": ["--target", "--duration", "--keys", "--connections", "--set", "--out", "--faults", "--fault-seconds"],
+    "wrk": [
+        "--target",
+        "--duration",
+        "--keys",
+        "--connections",
+        "--set",
+        "--out",
+        "--faults",
+        "--fault-seconds",
+        "--fault-ops",
+    ],
 }
 
 
@@ -77,6 +87,7 @@ def test_a_bench_option_out_of_range_is_a_usage_error() -> None:
         (["--duration", "0"], "0 is not from 1 to 600"),
         (["--connections", "many"], "'many' is not an integer"),
         (["--set", "durable"], "--set takes NAME=VALUE"),
+        (["--faults", "--fault-ops", "put,delete"], "operations are put, get or put,get"),
     ],
 )
 def test_bad_wrk_bench_options_are_usage_errors_before_anything_starts(args: list[str], message: str) -> None:

@@ -248,7 +248,7 @@ def test_headline_markdown_lists_every_run_with_its_cpu_and_the_notes() -> None:
 
 def test_faults_markdown_has_a_summary_and_a_per_second_table_side_by_side() -> None:
     """Summary per fault and system; per-second rows with both systems' ok, err+to and p99.9."""
-    settings = {"op": "put", "value_bytes": 1024, "keys": 100, "connections": 50, "before_s": 1, "fault_s": 1}
+    settings = {"ops": ["put", "get"], "value_bytes": 1024, "keys": 100, "connections": 50, "before_s": 1, "fault_s": 1}
     settings.update({"after_s": 1, "timeout_ms": 2000})
     seconds = [
         {"second": 0, "ok": 100, "errors": 0, "timeouts": 0, "p99_9_ms": 5.0},
@@ -276,13 +276,19 @@ def test_faults_markdown_has_a_summary_and_a_per_second_table_side_by_side() -> 
         "started": "now",
         "settings": settings,
         "scenarios": [
-            {"fault": "sigstop", "description": "stopped", "systems": {"etcd": etcd, "dynastore": {"error": "boom"}}}
+            {
+                "fault": "sigstop",
+                "op": "put",
+                "description": "stopped",
+                "systems": {"etcd": etcd, "dynastore": {"error": "boom"}},
+            }
         ],
         "notes": ["shared machine"],
     }
     text = faults_markdown(doc)
-    assert "| sigstop | etcd | 100 | 0 | 0 | 1 | 49 | 5.00 | 2,500 | 2 |" in text
-    assert "| sigstop | dynastore | boom |" in text
+    assert "| sigstop | PUT | etcd | 100 | 0 | 0 | 1 | 49 | 5.00 | 2,500 | 2 |" in text
+    assert "| sigstop | PUT | dynastore | boom |" in text
+    assert "## sigstop, PUT: stopped" in text and "PUT and GET of 1024 B values" in text
     assert "- etcd: etcd1, the leader; answers by status: 150 x 200, 1 x 500" in text
     assert "| 1 | fault | 0 | 0 | - |" in text and "| 2 | after | 50 | 50 | 2,500 |" in text
 

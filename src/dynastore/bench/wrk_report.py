@@ -347,7 +347,8 @@ def faults_markdown(doc: Mapping[str, Any]) -> str:
     lines = [
         "# Faults under load: dynastore against etcd, per second",
         "",
-        f"Run {doc['started']}, shared machine. {settings['op'].upper()} of {settings['value_bytes']} B values over "
+        f"Run {doc['started']}, shared machine. {' and '.join(op.upper() for op in settings['ops'])} of "
+        f"{settings['value_bytes']} B values over "
         f"{settings['keys']:,} random keys, wrk with {settings['connections']} connections (one per thread, so "
         f"each response is timed against its request) on a node that is not faulted; {settings['before_s']} s "
         f"before, {settings['fault_s']} s of fault, {settings['after_s']} s after. A request slower than "
@@ -355,19 +356,20 @@ def faults_markdown(doc: Mapping[str, Any]) -> str:
         "",
         "## Summary",
         "",
-        "| fault | system | ok/s before | ok/s during (mean) | min ok/s during | errors during+after |"
+        "| fault | op | system | ok/s before | ok/s during (mean) | min ok/s during | errors during+after |"
         " timeouts during+after | p99.9 ms before | max p99.9 ms during+after | wrk socket errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for scenario in doc["scenarios"]:
+        label = f"{scenario['fault']} | {scenario['op'].upper()}"
         for system, result in scenario["systems"].items():
             if "error" in result:
-                lines.append(f"| {scenario['fault']} | {system} | {result['error']} | | | | | | | |")
+                lines.append(f"| {label} | {system} | {result['error']} | | | | | | | |")
                 continue
             s = result["summary"]
             b, d, a = s["before"], s["during"], s["after"]
             lines.append(
-                f"| {scenario['fault']} | {system} | {_int(b['ok_per_s_mean'])} | {_int(d['ok_per_s_mean'])} | "
+                f"| {label} | {system} | {_int(b['ok_per_s_mean'])} | {_int(d['ok_per_s_mean'])} | "
                 f"{d['ok_per_s_min']:,} | {d['errors'] + a['errors']} | {d['timeouts'] + a['timeouts']} | "
                 f"{_ms(b['p99_9_ms_max'])} | {_ms(_max(d['p99_9_ms_max'], a['p99_9_ms_max']))} | "
                 f"{socket_errors(result['wrk_errors'])} |"
@@ -376,7 +378,7 @@ def faults_markdown(doc: Mapping[str, Any]) -> str:
         systems = [name for name, result in scenario["systems"].items() if "error" not in result]
         if not systems:
             continue
-        lines += ["", f"## {scenario['fault']}: {scenario['description']}", ""]
+        lines += ["", f"## {scenario['fault']}, {scenario['op'].upper()}: {scenario['description']}", ""]
         for name in systems:
             result = scenario["systems"][name]
             answers = ", ".join(f"{count:,} x {status}" for status, count in result.get("statuses", {}).items())

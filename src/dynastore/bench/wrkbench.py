@@ -292,6 +292,13 @@ def _targets(text: str) -> list[str]:
     return chosen
 
 
+def _ops(text: str) -> list[str]:
+    chosen = [op.strip() for op in text.split(",") if op.strip()]
+    if not chosen or any(op not in ("put", "get") for op in chosen) or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError("operations are put, get or put,get")
+    return chosen
+
+
 def _bounded(low: int, high: int) -> Any:
     def parse(text: str) -> int:
         try:
@@ -327,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         "--faults", action="store_true", help="instead: SIGSTOP and an iptables cut under load, dynastore vs etcd"
     )
     parser.add_argument("--fault-seconds", type=_bounded(1, 120), default=10, help="with --faults: fault length")
+    parser.add_argument(
+        "--fault-ops", type=_ops, default=["put", "get"], help="with --faults: put,get (default), put or get"
+    )
     args = parser.parse_args(argv)
     bad = [pair for pair in args.overrides if "=" not in pair or not pair.split("=", 1)[0]]
     if bad:

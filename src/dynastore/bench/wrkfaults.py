@@ -1,15 +1,15 @@
-"""Where Dynamo wins by design, measured: dynastore and etcd under the same wrk PUT load while one node
+"""Where Dynamo wins by design, measured: dynastore and etcd under the same wrk load while one node
 is SIGSTOPped, and while one node is cut off from the others by iptables; per second, side by side.
 
-    dynastore bench wrk --faults [--out bench-results] [--fault-seconds 10]
+    dynastore bench wrk --faults [--out bench-results] [--fault-seconds 10] [--fault-ops put,get]
 
 Each system runs as 3 nodes in network namespaces of their own (localnet.PrivateNet, each node its own
 address on a bridge), so that a node can be cut from the others with iptables while the load
-generator, in the root namespace, still reaches every node. wrk sends PUTs of 1 KB values over random
-keys to a node that is not faulted: dynastore's node0, with node2 the victim (on 3 nodes with N=3
-every node is a replica of every key); for etcd a follower, with the leader the victim. The run lasts
-5 s before the fault, the fault, 10 s after it. The namespaces and every process are removed when the
-run ends, however it ends.
+generator, in the root namespace, still reaches every node. wrk sends PUTs, and then GETs (of the
+pre-loaded key space), of 1 KB values over random keys to a node that is not faulted: dynastore's
+node0, with node2 the victim (on 3 nodes with N=3 every node is a replica of every key); for etcd a
+follower, with the leader the victim. Each run lasts 5 s before the fault, the fault, 10 s after it.
+The namespaces and every process are removed when the run ends, however it ends.
 
 wrk's Lua has no per-request clock or connection identity, so kv.lua runs one connection per thread
 (50 threads, 50 connections: the same 50 closed-loop clients as the headline run) and logs each
@@ -54,6 +54,7 @@ from dynastore.bench.wrk_tools import (
     BenchError,
     Generator,
     etcd_leader,
+    preload_http,
     set_bucket_props,
     wrk_command,
 )
@@ -61,7 +62,8 @@ from dynastore.bench.ycsb_peers import READY_TIMEOUT_S, PeerError, etcd_cluster
 from dynastore.bench.ycsb_targets import ETCD
 from dynastore.localcluster import ClusterError, LocalCluster
 
-OP = "put"
+# PUT first: a GET run reads the keys the pre-load wrote, and a PUT run's writes do not change that.
+OPS = ("put", "get")
 BEFORE_S = 5
 AFTER_S = 10
 TIMEOUT_MS = 2000
@@ -83,10 +85,11 @@ NOTES = (
     "A row counts requests by the second they completed in; 'err+to' is errors (non-2xx answers) plus "
     "timeouts. Broken connections (wrk reconnects) are in wrk's totals only, listed per run in faults.json "
     "as wrk_errors and in the summary.",
-    "etcd is driven through its JSON gateway (v3 /v3/kv/put, base64 keys and values), which costs it CPU; "
-    "its native gRPC would be faster. Writes to a follower are forwarded to the leader.",
+    "etcd is driven through its JSON gateway (v3 /v3/kv/put and /v3/kv/range, base64 keys and values), which "
+    "costs it CPU; its native gRPC would be faster. A follower forwards writes to the leader and asks it for a "
+    "read index before each (linearizable, the default) read.",
     "dynastore: N=3 R=2 W=2 durable, the defaults; the bucket has allow_mult=false (blind writes replace "
-    "the value, as in etcd). The coordinator writes to all three replicas and answers after two.",
+    "the value, as in etcd). The coordinator sends to all three replicas and answers after two (W=2, R=2).",
     "The machine is shared with other work: absolute rates are noisy; the shape per second is the point.",
 )
 
@@ -100,7 +103,7 @@ class FaultSettings:
     keys: int = KEYS
     value_bytes: int = VALUE_BYTES
     timeout_ms: int = TIMEOUT_MS
-    op: str = OP
+    ops: tuple[str, ...] = OPS
     # Settings of every dynastore node (`--set`); none for the published figures.
     overrides: tuple[str, ...] = ()
 
@@ -126,14 +129,18 @@ def read_logs(log_dir: Path) -> list[tuple[int, int, int]]:
     return records
 
 
-def loaded_run(url: str, kind: str, s: FaultSettings, fault: Fault, work: Path) -> dict[str, Any]:
-    """wrk for s.total_s against `url`, with `fault` applied from s.before_s for s.fault_s."""
+def scenario_key(fault: str, op: str) -> str:
+    return f"{fault}/{op}"
+
+
+def loaded_run(url: str, kind: str, op: str, s: FaultSettings, fault: Fault, work: Path) -> dict[str, Any]:
+    """wrk `op` for s.total_s against `url`, with `fault` applied from s.before_s for s.fault_s."""
     log_dir = work / "logs"
     log_dir.mkdir(parents=True)
     command = wrk_command(
         url,
         kind,
-        s.op,
+        op,
         duration_s=s.total_s,
         threads=s.connections,
         connections=s.connections,
@@ -200,17 +207,21 @@ def run_dynastore(s: FaultSettings, root: Path) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     with _dynastore(root / "cluster", s.overrides) as (net, cluster):
         client, victim = cluster[0], cluster[2]
-        set_bucket_props(client.url)
+        if "get" in s.ops:
+            preload_http(client.url, DYNASTORE, s.keys, s.value_bytes)
+        else:
+            set_bucket_props(client.url)
         faults = {
             "sigstop": Fault(lambda: victim.signal(signal.SIGSTOP), lambda: victim.signal(signal.SIGCONT)),
             "cut": Fault(lambda: net.isolate(victim.index), net.heal),
         }
-        for name, fault in faults.items():
-            print(f"wrk faults: dynastore, {name} ...", file=sys.stderr, flush=True)
-            result = loaded_run(client.url, DYNASTORE, s, fault, root / name)
-            result["victim"] = f"{victim.name} is the victim, wrk sends to {client.name}"
-            results[name] = result
-            cluster.wait_ready(RECOVER_TIMEOUT_S)
+        for op in s.ops:
+            for name, fault in faults.items():
+                print(f"wrk faults: dynastore, {name}, {op} ...", file=sys.stderr, flush=True)
+                result = loaded_run(client.url, DYNASTORE, op, s, fault, root / f"{name}-{op}")
+                result["victim"] = f"{victim.name} is the victim, wrk sends to {client.name}"
+                results[scenario_key(name, op)] = result
+                cluster.wait_ready(RECOVER_TIMEOUT_S)
     return results
 
 
@@ -232,7 +243,9 @@ def run_etcd(s: FaultSettings, root: Path) -> dict[str, dict[str, Any]]:
         etcd_cluster(root / "cluster", hosts=net.addresses, netns=net.namespaces) as (peer, servers),
     ):
         urls = peer.endpoint.addresses
-        for name in SCENARIOS:
+        if "get" in s.ops:
+            preload_http(urls[_etcd_leader_when_ready(urls)], ETCD, s.keys, s.value_bytes)
+        for op, name in ((op, name) for op in s.ops for name in SCENARIOS):
             leader = _etcd_leader_when_ready(urls)
             client = next(i for i in range(len(urls)) if i != leader)
             proc = servers[leader].proc
@@ -249,10 +262,10 @@ def run_etcd(s: FaultSettings, root: Path) -> dict[str, dict[str, Any]]:
                 fault = Fault(lambda: signal_leader(signal.SIGSTOP), lambda: signal_leader(signal.SIGCONT))
             else:
                 fault = Fault(isolate, net.heal)
-            print(f"wrk faults: etcd, {name} ...", file=sys.stderr, flush=True)
-            result = loaded_run(urls[client], ETCD, s, fault, root / name)
+            print(f"wrk faults: etcd, {name}, {op} ...", file=sys.stderr, flush=True)
+            result = loaded_run(urls[client], ETCD, op, s, fault, root / f"{name}-{op}")
             result["victim"] = f"etcd{leader}, the leader, is the victim, wrk sends to etcd{client}, a follower"
-            results[name] = result
+            results[scenario_key(name, op)] = result
     return results
 
 
@@ -270,10 +283,15 @@ def run(s: FaultSettings, out: Path) -> dict[str, Any]:
                 by_system[system] = runner(s, Path(tmp) / system)
             except (BenchError, PeerError, ClusterError, ParseError, localnet.NetError, OSError) as exc:
                 print(f"wrk faults: {system} failed: {exc}", file=sys.stderr)
-                by_system[system] = {name: {"error": str(exc).splitlines()[0]} for name in SCENARIOS}
-    for name, description in SCENARIOS.items():
-        systems = {system: results.get(name, {"error": "not run"}) for system, results in by_system.items()}
-        doc["scenarios"].append({"fault": name, "description": description, "systems": systems})
+                by_system[system] = {"error": {"error": str(exc).splitlines()[0] or type(exc).__name__}}
+    for op in s.ops:
+        for name, description in SCENARIOS.items():
+            key = scenario_key(name, op)
+            systems = {
+                system: results.get(key, results.get("error", {"error": "not run"}))
+                for system, results in by_system.items()
+            }
+            doc["scenarios"].append({"fault": name, "op": op, "description": description, "systems": systems})
     out.mkdir(parents=True, exist_ok=True)
     (out / "faults.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "faults.md").write_text(faults_markdown(doc))
@@ -297,6 +315,7 @@ def main(args: argparse.Namespace) -> int:
         connections=args.connections,
         keys=args.keys,
         value_bytes=args.value_bytes,
+        ops=tuple(args.fault_ops),
         overrides=tuple(args.overrides),
     )
     doc = run(s, args.out)
