@@ -1565,6 +1565,11 @@ _BENCH_COMMANDS = {
         "main",
         "CPU per request on each node: ping, reads on 1 and 3 nodes, inserts, counter increments.",
     ),
+    "wrk": (
+        "dynastore.bench.wrkbench",
+        "main",
+        "GET and PUT under wrk against dynastore, etcd and redis; --faults: SIGSTOP and a cut, per second.",
+    ),
     "ycsb": ("dynastore.bench.ycsb", "main", "YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj."),
     "paper": (
         "dynastore.bench.ycsb",
