@@ -1018,10 +1018,11 @@ def _http_date(micros: int) -> str:
     return http_date(micros // 1_000_000)
 
 
-def make_server(runtime: NodeRuntime) -> HttpServer:
-    """The node's HTTP server, not yet listening. Bodies are bounded: the object limit plus room for
-    nothing else (metadata travels in headers)."""
-    api = Api(runtime)
+def make_server(runtime: NodeRuntime, api: Api | None = None) -> HttpServer:
+    """The node's HTTP server for `api` (a new one by default; the PB API shares the node's), not yet
+    listening. Bodies are bounded: the object limit plus room for nothing else (metadata travels in
+    headers)."""
+    api = api if api is not None else Api(runtime)
     server = HttpServer(
         api.dispatch,
         body_bytes_max=runtime.settings.object_bytes_max + 64 * 1024,
