@@ -35,7 +35,7 @@ class PbClient:
     def send(self, name: str, message: Any = None, **fields: Any) -> None:
         if message is None and fields:
             message = schema.message(name)(**fields)
-        body = b"" if message is None else message.SerializeToString()
+        body = b"" if message is None else message.SerializePartialToString()
         self.send_raw(struct.pack(">IB", len(body) + 1, schema.CODES[name]) + body)
 
     def _exactly(self, count: int) -> bytes:

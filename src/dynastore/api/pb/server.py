@@ -394,6 +394,8 @@ class PbApi:
     async def get(self, session: Session, req: Any) -> None:
         bucket = self._bucket(req, req.key)
         key = req.key
+        # Checked before anything is asked, as every input is.
+        unless = self._context(req.if_modified, bucket, key, "if_modified") if req.HasField("if_modified") else None
         response = await self.runtime.request(
             ClientGet(bucket, key, r=_quorum(req, "r"), pr=_quorum(req, "pr"), timeout_ms=_timeout(req))
         )
@@ -407,7 +409,7 @@ class PbApi:
             return
         assert isinstance(response, Ok) and response.found is not None
         found = response.found
-        if req.HasField("if_modified") and self._context(req.if_modified, bucket, key, "if_modified") == found.context:
+        if unless is not None and unless == found.context:
             answer.unchanged = True
             await session.send("RpbGetResp", answer)
             return
