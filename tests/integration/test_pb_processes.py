@@ -5,11 +5,12 @@ connection limit, and security (AuthReq before anything, permissions as over HTT
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from http_util import call, obj
 from pb_util import PbClient
 from proc_util import run_dynastore as cli
 
+from dynastore.bench.ycsb_targets import DYNASTORE_PB, Endpoint, open_target
 from dynastore.localcluster import LocalCluster
 
 MakeCluster = Callable[..., LocalCluster]
@@ -41,15 +43,31 @@ def content(value: bytes, **fields: object) -> dict[str, object]:
     return {"value": value, "content_type": b"text/plain", **fields}
 
 
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One 3-node cluster for the KV and the listing/props/data-type tests (their buckets differ), so
+    the suite starts it once; pages of 5 keys so that a listing takes several frames."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("pb3"), 3, overrides=(*FAST, "list_page_keys_max=5"))
+    try:
+        cluster.start()
+        cluster.wait_ready(60)
+        yield cluster
+    except BaseException:
+        print(cluster.logs(60))
+        raise
+    finally:
+        cluster.close()
+
+
 def test_kv_over_pb_keeps_siblings_preconditions_and_metadata_and_shares_objects_with_http(
-    make_cluster: MakeCluster,
+    three: LocalCluster,
 ) -> None:
     """On 3 nodes: store with metadata and return_body, fetch at another node with r=all; two writes
     without a vclock become siblings, a write with the vclock resolves them; if_none_match and a stale
     if_not_modified are refused with Riak's reasons and change nothing; head leaves the value out;
     if_modified answers unchanged; a server-chosen key; an object written over PB reads over HTTP with
     its metadata and one written over HTTP reads over PB; delete, then the tombstone's vclock."""
-    cluster = make_cluster(3)
+    cluster = three
     with pb(cluster, 0) as a, pb(cluster, 1) as b:
         meta = [{"key": b"Source", "value": b"pb"}]
         put = a.expect(
@@ -118,14 +136,12 @@ def test_kv_over_pb_keeps_siblings_preconditions_and_metadata_and_shares_objects
         assert "bad if_modified" in a.error("RpbGetReq", bucket=b"kv", key=b"x", if_modified=b"forged")
 
 
-def test_listing_streams_pages_and_props_types_counters_and_data_types_work_over_pb(
-    make_cluster: MakeCluster,
-) -> None:
+def test_listing_streams_pages_and_props_types_counters_and_data_types_work_over_pb(three: LocalCluster) -> None:
     """Key listing comes as several RpbListKeysResp frames (pages of list_page_keys_max) ending with
     done; buckets whole or streamed, per type; bucket props read as Riak encodes them, set and reset;
     an unsupported property is refused; type props; a legacy counter; a counter, set, map and hll by
     DtUpdate/DtFetch with contexts; a plain write to a data-type bucket is refused."""
-    cluster = make_cluster(3, "list_page_keys_max=5")
+    cluster = three
     url = cluster[0].url
     for name, props in (
         ("maps", {"datatype": "map"}),
@@ -280,7 +296,7 @@ def test_bad_frames_get_rpberrorresp_change_nothing_and_connections_are_bounded(
     """An unknown code, a body that does not decode and one missing required fields are answered with
     RpbErrorResp and the connection goes on; an oversize frame is refused from its length and the
     connection closed; an index query says not yet; the connection past pb_connections_max is refused;
-    nothing was written by any of it."""
+    nothing was written by any of it. Then the workload driver's PB target reads and updates there."""
     cluster = make_cluster(1, "n_val=1", "r=1", "w=1", "pb_connections_max=3", "pb_frame_bytes_max=1200000")
     with pb(cluster) as p:
         p.send_raw(b"\x00\x00\x00\x01\x63")
@@ -310,6 +326,22 @@ def test_bad_frames_get_rpberrorresp_change_nothing_and_connections_are_bounded(
             for h in held:
                 h.close()
         eventually(lambda: _pings(cluster))
+    assert asyncio.run(_drive_pb_target(cluster)) == (False, True, 0)
+
+
+async def _drive_pb_target(cluster: LocalCluster) -> tuple[bool, bool, int]:
+    """What `dynastore bench ycsb --target dynastore-pb` does per record: a read, an update with the
+    context the read gave, a read back."""
+    target = await open_target(Endpoint(DYNASTORE_PB, (cluster[0].pb_address,)), 2)
+    try:
+        client = target.client(0)
+        before = await client.read("user1")
+        await client.update("user1", b"x" * 1000)
+        await target.client(1).update("user1", b"y" * 1000)
+        after = await client.read("user1")
+        return before, after, target.counters()["reads_with_siblings"]
+    finally:
+        await target.close()
 
 
 def _pings(cluster: LocalCluster) -> bool:
