@@ -205,12 +205,13 @@ def test_up_with_a_config_file_gives_every_node_its_settings_and_the_log_flags(
 ) -> None:
     """The file's settings reach every node, its [node] table gives the bases of ports and data
     directory, --log-format json reaches the nodes' logs, and per-node options in the file are refused."""
-    http, peer = _consecutive_ports(2), _consecutive_ports(2)
+    http, peer, pb = _consecutive_ports(2), _consecutive_ports(2), _consecutive_ports(2)
     data = tmp_path / "data"
     config = tmp_path / "up.toml"
     fast = "\n".join(f"{pair.split('=')[0]} = {pair.split('=')[1]}" for pair in FAST)
     config.write_text(
-        f'cluster_name = "from-up-file"\n{fast}\n[node]\nhttp_port = {http}\npeer_port = {peer}\ndata_dir = "{data}"\n'
+        f'cluster_name = "from-up-file"\n{fast}\n[node]\nhttp_port = {http}\npeer_port = {peer}\npb_port = {pb}\n'
+        f'data_dir = "{data}"\n'
     )
     proc = spawn(
         "up", "--nodes", "2", "--config", str(config), "--log-format", "json", "--log-level", "DEBUG",
