@@ -85,7 +85,8 @@ def test_a_node_takes_its_identity_from_the_file_then_the_environment_then_flags
     config.write_text(
         f'cluster_name = "from-file"\nn_val = 1\nr = 1\nw = 1\n'
         f'[node]\nname = "from-file"\nhost = "127.0.0.1"\nadvertise_host = "localhost"\n'
-        f'http_port = {file_port}\npeer_port = {peer_port}\ndata_dir = "{tmp_path / "data"}"\nlog_format = "json"\n'
+        f"http_port = {file_port}\npeer_port = {peer_port}\npb_port = {free_port()}\n"
+        f'data_dir = "{tmp_path / "data"}"\nlog_format = "json"\n'
     )
     env = {
         "DYNASTORE_NODE_HTTP_PORT": str(env_port),
@@ -284,7 +285,8 @@ def test_a_node_bound_to_loopback_but_advertised_on_the_network_does_not_take_lo
     http_port, peer_port = free_port(), free_port()
     spawn(
         "node", "--name", "p1", "--host", "127.0.0.1", "--advertise-host", "10.254.0.1",
-        "--http-port", str(http_port), "--peer-port", str(peer_port), "--data-dir", str(tmp_path / "d"),
+        "--http-port", str(http_port), "--peer-port", str(peer_port), "--pb-port", "0",
+        "--data-dir", str(tmp_path / "d"),
         "--set", f"cluster_secret_file={secret}", "--set", "n_val=1", "--set", "r=1", "--set", "w=1",
         log=tmp_path / "p1.log",
     )  # fmt: skip
