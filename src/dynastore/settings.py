@@ -110,6 +110,9 @@ class Settings:
     # open connections a node keeps at once (one more is refused with RpbErrorResp), and how long one
     # with no request in progress may send nothing before it is closed.
     pb_frame_bytes_max: int = 2 * 1024 * 1024
+    # Request bytes held over all PB connections (frames being received or waiting their turn); a read
+    # that takes them past this is refused with RpbErrorResp and its connection closed.
+    pb_buffer_bytes_max: int = 128 * 1024 * 1024
     pb_connections_max: int = 2048
     pb_idle_timeout_ms: int = 3_630_000
     # A listing goes one page (a step of one partition, from one of its replicas) at a time: at most
@@ -325,6 +328,7 @@ def validation_problems(s: Settings) -> list[str]:
     need(s.http_connections_max >= 1, "http_connections_max must be positive")
     need(s.pb_connections_max >= 1, "pb_connections_max must be positive")
     need(s.pb_idle_timeout_ms >= 1, "pb_idle_timeout_ms must be positive")
+    need(s.pb_buffer_bytes_max >= s.pb_frame_bytes_max, "pb_buffer_bytes_max must hold one frame (pb_frame_bytes_max)")
     need(
         s.pb_frame_bytes_max >= s.object_bytes_max + s.meta_bytes_max + 64 * 1024,
         "pb_frame_bytes_max must hold one object with its metadata (object_bytes_max + meta_bytes_max + 64 KiB)",

@@ -125,6 +125,8 @@ class Session:
         # Set by RpbStartTls once its answer is sent: the connection upgrades before the next read.
         self.start_tls = False
         self.busy = False
+        # Request bytes this connection holds (counted against PbServer.buffer_bytes_max).
+        self.held = 0
 
     async def send(self, name: str, message: Any = None) -> None:
         body = b"" if message is None else message.SerializeToString()
@@ -919,9 +921,21 @@ def _dt_op(op: Any, datatype: str) -> dict[str, Any]:
 class PbServer:
     """Serves the PB API on one listening socket, from `start()` until `stop()` (see the module doc)."""
 
-    def __init__(self, api: PbApi, *, frame_bytes_max: int, connections_max: int, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        api: PbApi,
+        *,
+        frame_bytes_max: int,
+        connections_max: int,
+        idle_timeout_s: float,
+        buffer_bytes_max: int = 128 * 1024 * 1024,
+    ) -> None:
         self.api = api
         self.frame_bytes_max = frame_bytes_max
+        # Request bytes held over all connections (frames being received, or received and waiting for
+        # their turn); a read that takes them past the bound is refused and its connection closed.
+        self.buffer_bytes_max = buffer_bytes_max
+        self.buffered_bytes = 0
         self.connections_max = connections_max
         self.idle_timeout_s = idle_timeout_s
         # Each open connection's task and session (busy while it answers a request).
@@ -968,6 +982,19 @@ class PbServer:
 
     async def _converse(self, reader: asyncio.StreamReader, session: Session) -> None:
         decoder = framing.Decoder(self.frame_bytes_max)
+        try:
+            await self._frames(reader, session, decoder)
+        finally:
+            self.buffered_bytes -= session.held
+            session.held = 0
+
+    def _hold(self, session: Session, held: int) -> bool:
+        """Counts what a connection holds now; False when that takes the node past its bound."""
+        self.buffered_bytes += held - session.held
+        session.held = held
+        return self.buffered_bytes <= self.buffer_bytes_max
+
+    async def _frames(self, reader: asyncio.StreamReader, session: Session, decoder: framing.Decoder) -> None:
         while True:
             try:
                 async with asyncio.timeout(self.idle_timeout_s):
@@ -982,12 +1009,21 @@ class PbServer:
                 self.frames_refused += 1
                 await session.error(str(exc))
                 return
+            waiting = sum(len(frame.body) for frame in frames)
+            if not self._hold(session, decoder.buffered_bytes + waiting):
+                self.frames_refused += 1
+                await session.error(
+                    f"the node holds more than {self.buffer_bytes_max} bytes of requests (pb_buffer_bytes_max)"
+                )
+                return
             for i, frame in enumerate(frames):
+                waiting -= len(frame.body)
                 session.busy = True
                 try:
                     await self.api.handle(session, frame)
                 finally:
                     session.busy = False
+                self._hold(session, decoder.buffered_bytes + waiting)
                 if self.stopping:
                     return
                 if session.start_tls:
@@ -1031,4 +1067,5 @@ def make_server(api: Api) -> PbServer:
         frame_bytes_max=settings.pb_frame_bytes_max,
         connections_max=settings.pb_connections_max,
         idle_timeout_s=settings.pb_idle_timeout_ms / 1000,
+        buffer_bytes_max=settings.pb_buffer_bytes_max,
     )
