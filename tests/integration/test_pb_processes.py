@@ -12,12 +12,12 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from cluster_settings import FAST
 from http_util import call, obj
 from pb_util import PbClient
-from proc_util import run_dynastore as cli
 
 from dynastore.bench.ycsb_targets import DYNASTORE_PB, Endpoint, open_target
 from dynastore.localcluster import LocalCluster
@@ -37,6 +37,24 @@ def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.1)
+
+
+def operator(url: str, path: str, params: dict[str, str] | None = None, body: object = None) -> None:
+    """An operator's POST from this machine (allowed without a proof while security is off), as the
+    CLI sends it: what `dynastore bucket-type` and `dynastore security` do, without a process each."""
+    target = path + ("?" + urlencode(params) if params else "")
+    data = None if body is None else json.dumps(body).encode()
+    status, _, answer = call("POST", url + target, data, {"Content-Type": "application/json"})
+    assert 200 <= status < 300, (target, status, answer)
+
+
+def secure(cluster: LocalCluster, user: str, permission: str, scope: str) -> None:
+    """Adds `user` (password pw-USER) with one grant, then turns security on."""
+    url = cluster[0].url
+    operator(url, "/admin/security/users", {"name": user}, {"password": f"pw-{user}"})
+    operator(url, "/admin/security/grant", {"permissions": permission, "on": scope, "user": user})
+    operator(url, "/admin/security/enable")
+    cluster.set_secure(True)
 
 
 def content(value: bytes, **fields: object) -> dict[str, object]:
@@ -150,8 +168,18 @@ def test_listing_streams_pages_and_props_types_counters_and_data_types_work_over
         ("hlls", {"datatype": "hll"}),
         ("plain", {}),
     ):
-        assert cli("bucket-type", "create", name, json.dumps({"props": props}), "--node", url).returncode == 0
-        assert cli("bucket-type", "activate", name, "--node", url).returncode == 0
+        operator(url, f"/admin/bucket-types/{name}", body={"props": props})
+        operator(url, f"/admin/bucket-types/{name}/activate")
+
+    def active_everywhere() -> bool:
+        for node in cluster.nodes:
+            for name in ("maps", "sets", "counts", "hlls", "plain"):
+                status, _, body = call("GET", f"{node.url}/types/{name}/props")
+                if status != 200 or not json.loads(body)["props"]["active"]:
+                    return False
+        return True
+
+    eventually(active_everywhere)
     with pb(cluster, 0) as a, pb(cluster, 2) as c:
         for i in range(23):
             a.expect("RpbPutResp", "RpbPutReq", bucket=b"many", key=b"k%02d" % i, content=content(b"v"))
@@ -356,16 +384,7 @@ def test_with_security_on_pb_needs_authreq_and_the_users_permissions(make_cluste
     """Loopback node without TLS (where HTTP takes passwords in clear too): before RpbAuthReq only ping
     works; a wrong password is refused; after it the user's grants decide, as over HTTP."""
     cluster = make_cluster(1, "n_val=1", "r=1", "w=1")
-    url, sf = cluster[0].url, str(cluster.root / "cluster.secret")
-    admin = ["--node", url, "--secret-file", sf]
-    for args in (
-        ("add-user", "alice", "--password", "pw-alice"),
-        ("grant", "riak_kv.get", "--on", "b1", "--to", "alice"),
-        ("enable",),
-    ):
-        done = cli("security", *args, *admin)
-        assert done.returncode == 0, done.stderr
-    cluster.set_secure(True)
+    secure(cluster, "alice", "riak_kv.get", "b1")
     with pb(cluster) as p:
         assert p.expect("RpbPingResp", "RpbPingReq") is None
         assert "authenticate" in p.error("RpbGetReq", bucket=b"b1", key=b"k")
@@ -422,16 +441,7 @@ def test_with_tls_configured_authreq_needs_starttls_first(
     try:
         cluster.start()
         cluster.wait_ready(60)
-        url, sf = cluster[0].url, str(cluster.root / "cluster.secret")
-        env = {"DYNASTORE_CA": str(cert)}
-        for args in (
-            ("add-user", "bob", "--password", "pw-bob"),
-            ("grant", "riak_kv.put", "--on", "any", "--to", "bob"),
-            ("enable",),
-        ):
-            done = cli("security", *args, "--node", url, "--secret-file", sf, env=env)
-            assert done.returncode == 0, done.stderr
-        cluster.set_secure(True)
+        secure(cluster, "bob", "riak_kv.put", "any")
         context = ssl.create_default_context(cafile=str(cert))
         with pb(cluster) as p:
             assert "needs TLS" in p.error("RpbAuthReq", user=b"bob", password=b"pw-bob")
