@@ -192,7 +192,7 @@ class PbApi:
         # code -> (request message name or None for a bare code, handler, what it needs)
         self.routes: dict[int, tuple[str | None, Handler, Callable[[Any], Need]]] = {}
         route = self._route
-        any_user = lambda req: Need(None)  # noqa: E731
+        any_user = self._anyone
         route("RpbPingReq", None, self.ping, any_user)
         route("RpbGetServerInfoReq", None, self.server_info, any_user)
         route("RpbGetClientIdReq", None, self.get_client_id, any_user)
@@ -226,11 +226,15 @@ class PbApi:
             return buckettypes.DEFAULT
         return _text(req.type, "a bucket type")
 
+    @staticmethod
+    def _anyone(req: Any) -> Need:
+        return Need(None)
+
     def _on_bucket(self, permission: str) -> Callable[[Any], Need]:
         return lambda req: Need(permission, self._type_of(req), req.bucket)
 
     def _on_type(self, permission: str) -> Callable[[Any], Need]:
-        return lambda req: Need(permission, self._type_of(req) if req is not None else buckettypes.DEFAULT)
+        return lambda req: Need(permission, self._type_of(req))
 
     # --- Dispatch -------------------------------------------------------------------------------------
 
@@ -265,7 +269,7 @@ class PbApi:
             if not req.IsInitialized():
                 missing = ", ".join(req.FindInitializationErrors())
                 raise PbError(f"{message_name} lacks required fields: {missing}")
-        elif frame.body and frame.code != schema.CODES["RpbListBucketsReq"]:
+        elif frame.body:
             raise PbError(f"{schema.NAMES[frame.code]} has no body")
         await self._admit(session, frame.code, need_of(req))
         await handler(session, req)
