@@ -354,6 +354,8 @@ def test_bad_frames_get_rpberrorresp_change_nothing_and_connections_are_bounded(
             for h in held:
                 h.close()
         eventually(lambda: _pings(cluster))
+    stats = json.loads(call("GET", cluster[0].url + "/stats")[2])
+    assert stats["pb_connections_refused_total"] == 1 and stats["pb_frames_refused_total"] == 1
     assert asyncio.run(_drive_pb_target(cluster)) == (False, True, 0)
 
 

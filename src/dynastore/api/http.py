@@ -172,6 +172,8 @@ class Api:
         self.settings = runtime.settings
         # The server this API answers for (its connection counts go into /stats).
         self.server: HttpServer | None = None
+        # The counts of the node's PB listener for /stats (api/pb/server.py sets it; None: no PB).
+        self.pb_stats: Callable[[], dict[str, int]] | None = None
         self.guard = auth.Guard(runtime)
         self.metrics = NodeMetrics(runtime, lambda: 0 if self.server is None else len(self.server.connections))
 
@@ -392,6 +394,8 @@ class Api:
         if self.server is not None:
             data["http_connections"] = len(self.server.connections)
             data["http_connections_refused_total"] = self.server.connections_refused
+        if self.pb_stats is not None:
+            data.update(self.pb_stats())
         data.update(
             {
                 "riak_kv_version": RIAK_KV_VERSION,

@@ -22,7 +22,8 @@ Security. With security on, a connection must authenticate (RpbAuthReq) before a
 RpbPingReq, RpbStartTls and RpbAuthReq, which get RpbErrorResp until then. RpbAuthReq needs TLS, as
 in Riak, under the rule the HTTP API follows too: passwords travel only inside TLS, except on a node
 that has no TLS configured and serves loopback only (a network node with security on and no TLS
-refuses to start, runtime/node.py). With TLS configured, RpbStartTls upgrades the connection with the
+refuses to start, runtime/node.py, and security cannot be enabled while a member serves the network
+without TLS, core/security.py). With TLS configured, RpbStartTls upgrades the connection with the
 node's certificate (net/tls.py, as its HTTPS listener).
 
 Secondary indexes (RpbIndexReq) plug in at `PbApi.index`, which answers RpbErrorResp until the 2i
@@ -957,6 +958,14 @@ class PbServer:
             self._serve, host, port, reuse_address=True, backlog=backlog, limit=READ_BYTES
         )
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "pb_connections": len(self.connections),
+            "pb_connections_refused_total": self.connections_refused,
+            "pb_frames_refused_total": self.frames_refused,
+            "pb_buffered_bytes": self.buffered_bytes,
+        }
+
     @property
     def port(self) -> int:
         if self._server is None or not self._server.sockets:
@@ -1063,13 +1072,15 @@ class PbServer:
 
 
 def make_server(api: Api) -> PbServer:
-    """The node's PB server beside its HTTP API (`api`, whose helpers and Guard it shares); not yet
-    listening."""
+    """The node's PB server beside its HTTP API (`api`, whose helpers and Guard it shares, and whose
+    /stats shows its counts); not yet listening."""
     settings = api.settings
-    return PbServer(
+    server = PbServer(
         PbApi(api),
         frame_bytes_max=settings.pb_frame_bytes_max,
         connections_max=settings.pb_connections_max,
         idle_timeout_s=settings.pb_idle_timeout_ms / 1000,
         buffer_bytes_max=settings.pb_buffer_bytes_max,
     )
+    api.pb_stats = server.stats
+    return server
