@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dynastore.api.pb import framing, schema
 from dynastore.api.pb.server import PbError, _dt_op, _quorum
@@ -213,3 +215,22 @@ def test_an_operation_of_another_type_or_of_nothing_is_refused() -> None:
         _dt_op(_op(set_op={"adds": [b"\xff"]}), "set")
     with pytest.raises(PbError, match="at least one"):
         _dt_op(_op(set_op={}), "set")
+
+
+@given(
+    bodies=st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=300)), max_size=8),
+    cuts=st.lists(st.integers(0, 4000), max_size=12),
+)
+def test_however_a_stream_of_frames_is_cut_the_same_frames_come_out(
+    bodies: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    """The decoder's output depends on the bytes only, never on where the reads split them."""
+    wire = b"".join(framing.encode(code, body) for code, body in bodies)
+    decoder = framing.Decoder(1024)
+    frames: list[framing.Frame] = []
+    start = 0
+    for cut in [*sorted({min(c, len(wire)) for c in cuts}), len(wire)]:
+        frames += decoder.feed(wire[start:cut])
+        start = cut
+    assert frames == [framing.Frame(code, body) for code, body in bodies]
+    assert decoder.buffered_bytes == 0
