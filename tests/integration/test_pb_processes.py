@@ -462,8 +462,9 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 def test_with_tls_configured_authreq_needs_starttls_first(
     tmp_path: Path, certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A node with TLS: RpbAuthReq in clear is refused; after RpbStartTls the connection runs inside
-    TLS with the node's certificate and the user authenticates; bytes smuggled after StartTls in the
+    """A node with TLS: only ping is answered in clear (RpbAuthReq and the rest are refused, as its HTTP
+    is HTTPS only); after RpbStartTls the connection runs inside TLS with the node's certificate and
+    the user authenticates; bytes smuggled after StartTls in the
     same read end the connection instead of being read as if they came through TLS."""
     cert, key = certificate
     monkeypatch.setenv("DYNASTORE_CA", str(cert))
@@ -475,7 +476,9 @@ def test_with_tls_configured_authreq_needs_starttls_first(
         secure(cluster, "bob", "riak_kv.put", "any")
         context = ssl.create_default_context(cafile=str(cert))
         with pb(cluster) as p:
-            assert "needs TLS" in p.error("RpbAuthReq", user=b"bob", password=b"pw-bob")
+            assert p.expect("RpbPingResp", "RpbPingReq") is None
+            assert "inside TLS only" in p.error("RpbAuthReq", user=b"bob", password=b"pw-bob")
+            assert "inside TLS only" in p.error("RpbGetReq", bucket=b"t", key=b"k")
             p.start_tls(context)
             p.expect("RpbAuthResp", "RpbAuthReq", user=b"bob", password=b"pw-bob")
             p.expect("RpbPutResp", "RpbPutReq", bucket=b"t", key=b"k", content=content(b"secret"))

@@ -24,7 +24,8 @@ in Riak, under the rule the HTTP API follows too: passwords travel only inside T
 that has no TLS configured and serves loopback only (a network node with security on and no TLS
 refuses to start, runtime/node.py, and security cannot be enabled while a member serves the network
 without TLS, core/security.py). With TLS configured, RpbStartTls upgrades the connection with the
-node's certificate (net/tls.py, as its HTTPS listener).
+node's certificate (net/tls.py, as its HTTPS listener), and every request but RpbPingReq and
+RpbStartTls must come inside TLS, whether security is on or not: the node's HTTP is HTTPS only too.
 
 Secondary indexes (RpbIndexReq) plug in at `PbApi.index`, which answers RpbErrorResp until the 2i
 query exists; links and indexes in RpbContent are refused on a write the same way.
@@ -99,6 +100,8 @@ UNSUPPORTED_PROPS: Final = ("backend", "search", "repl", "search_index", "consis
 _TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The requests that may come before authentication when security is on.
 OPEN_CODES: Final = frozenset({schema.CODES["RpbPingReq"], schema.CODES["RpbStartTls"], schema.CODES["RpbAuthReq"]})
+# The requests a node with TLS configured answers outside TLS.
+PLAIN_CODES: Final = frozenset({schema.CODES["RpbPingReq"], schema.CODES["RpbStartTls"]})
 
 
 class PbError(Exception):
@@ -190,6 +193,7 @@ class PbApi:
         self.runtime: NodeRuntime = api.runtime
         self.settings = api.settings
         self.guard: Guard = api.guard
+        self.tls_required = tls.enabled(self.settings)
         # code -> (request message name or None for a bare code, handler, what it needs)
         self.routes: dict[int, tuple[str | None, Handler, Callable[[Any], Need]]] = {}
         route = self._route
@@ -278,6 +282,9 @@ class PbApi:
     async def _admit(self, session: Session, code: int, need: Need) -> None:
         core = self.runtime.core
         assert core is not None
+        if self.tls_required and not session.tls and code not in PLAIN_CODES:
+            # As the node's HTTP is HTTPS only: with TLS configured, client traffic is inside it.
+            raise PbError("this node takes requests inside TLS only: send RpbStartTls first")
         state = core.cluster.security
         if not state.on or code in OPEN_CODES:
             return
