@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from dynastore.api.pb import framing, schema
-from dynastore.api.pb.server import PbServer, Session
+from dynastore.api.pb.listener import PbServer, Session
 from dynastore.settings import Settings
 
 BOUND_S = 10.0

@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynastore.api.pb import framing, schema
-from dynastore.api.pb.server import PbError, _dt_op, _quorum
+from dynastore.api.pb.dtops import dt_op
+from dynastore.api.pb.listener import PbError
+from dynastore.api.pb.server import _quorum
 from dynastore.core import crdt
 
 
@@ -200,21 +202,21 @@ def test_data_type_operations_become_the_json_operations_the_http_api_takes() ->
         ),
     ]
     for datatype, op, expected in cases:
-        assert _dt_op(op, datatype) == expected
+        assert dt_op(op, datatype) == expected
         crdt.parse_op(datatype, expected)
 
 
 def test_an_operation_of_another_type_or_of_nothing_is_refused() -> None:
     with pytest.raises(PbError, match="holds sets: DtOp must carry set_op alone"):
-        _dt_op(_op(counter_op={}), "set")
+        dt_op(_op(counter_op={}), "set")
     with pytest.raises(PbError, match="no operation"):
-        _dt_op(_op(), "counter")
+        dt_op(_op(), "counter")
     with pytest.raises(PbError, match="takes a counter_op"):
-        _dt_op(_op(map_op={"updates": [{"field": {"name": b"n", "type": 1}, "set_op": {"adds": [b"a"]}}]}), "map")
+        dt_op(_op(map_op={"updates": [{"field": {"name": b"n", "type": 1}, "set_op": {"adds": [b"a"]}}]}), "map")
     with pytest.raises(PbError, match="UTF-8"):
-        _dt_op(_op(set_op={"adds": [b"\xff"]}), "set")
+        dt_op(_op(set_op={"adds": [b"\xff"]}), "set")
     with pytest.raises(PbError, match="at least one"):
-        _dt_op(_op(set_op={}), "set")
+        dt_op(_op(set_op={}), "set")
 
 
 @given(

@@ -1,22 +1,13 @@
-"""Riak's Protocol Buffers API (port 8087 in Riak; `pb_port` here), for the clients that speak only it.
-
-Theory of operation
--------------------
-A connection carries frames (framing.py): the client sends one request and reads its answer (one
-frame, or a stream of frames for a listing, the last with `done`), then the next. Requests are read
-and answered strictly in turn; while one is answered nothing more is read, so a client cannot make
-the node buffer more than the asyncio reader's limit ahead, and every answer waits for the socket to
-drain (DRAIN_TIMEOUT_S at most) before the next frame is written, which paces a streamed listing to
-the client's reading. A frame beyond `pb_frame_bytes_max` or of length zero cannot be skipped: it is
-answered with RpbErrorResp and the connection closed. An unknown code or a body that does not decode
-as its message is answered with RpbErrorResp and the connection goes on; nothing was done. At most
-`pb_connections_max` connections are open; one more gets RpbErrorResp and is closed. A connection
-that sends nothing for `pb_idle_timeout_ms` between requests is closed.
+"""Riak's Protocol Buffers API (port 8087 in Riak; `pb_port` here), for the clients that speak only it:
+what each request does. The listener (connections, frames, bounds) is listener.py; the data-type
+translation dtops.py; the messages schema.py.
 
 Every operation is the HTTP API's: the handlers call the same node requests (ClientGet, ClientPut,
 ClientListKeys, ClientSetBucketProps, ClientBucketType) through the same helpers of api/http.py's Api
 (name checks, contexts, bucket props, listing pages) and api/datatypes.py, and the same Guard
-(api/auth.py) decides who may do what, with Riak's permission names.
+(api/auth.py) decides who may do what, with Riak's permission names. An unknown code, a body that
+does not decode as its message, a message missing required fields or any refused input is answered
+with RpbErrorResp and nothing is done.
 
 Security. With security on, a connection must authenticate (RpbAuthReq) before any request but
 RpbPingReq, RpbStartTls and RpbAuthReq, which get RpbErrorResp until then. RpbAuthReq needs TLS, as
@@ -33,13 +24,9 @@ query exists; links and indexes in RpbContent are refused on a write the same wa
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import os
 import re
-import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,8 +36,10 @@ from dynastore.api import datatypes as dtapi
 from dynastore.api.answers import BadRequest
 from dynastore.api.auth import Guard
 from dynastore.api.http import DATATYPE_CONTENT_TYPES, IGNORED_PROPS, RIAK_KV_VERSION, Api
-from dynastore.api.pb import framing, schema
-from dynastore.api.pb.framing import Frame, FrameError
+from dynastore.api.pb import schema
+from dynastore.api.pb.dtops import DT_TYPES, dt_op, map_entries
+from dynastore.api.pb.framing import Frame
+from dynastore.api.pb.listener import PbError, PbServer, Session, utf8
 from dynastore.api.server import Response
 from dynastore.core import buckettypes, crdt, objects, quorum, security
 from dynastore.core import datatypes as dt
@@ -72,24 +61,12 @@ from dynastore.runtime.node import NodeRuntime
 
 log = logging.getLogger("dynastore.pb")
 
-# How long an answer waits for a client that reads nothing before the connection is dropped.
-DRAIN_TIMEOUT_S: Final = 30.0
-# What one read from the socket may take in (the asyncio reader's buffer is bounded by it too).
-READ_BYTES: Final = 64 * 1024
-# How long connections still answering when the server stops get before they are cancelled.
-STOP_GRACE_S: Final = 2.0
-# Riak's errcode for every error it sends (riak_pb: RIAKC_ERR_GENERAL).
-ERRCODE_GENERAL: Final = 1
 # Riak's symbolic quorums on the wire (riak_pb_kv_codec.hrl: UINT_MAX - 1 ... UINT_MAX - 4).
 UINT_MAX: Final = 0xFFFFFFFF
 QUORUM_WORDS: Final = {UINT_MAX - 1: "one", UINT_MAX - 2: "quorum", UINT_MAX - 3: "all", UINT_MAX - 4: "default"}
 QUORUM_CODES: Final = {word: code for code, word in QUORUM_WORDS.items()}
 # A client id (deprecated since Riak 1.0: vector clocks name vnodes, not clients) is kept, not used.
 CLIENT_ID_BYTES_MAX: Final = 64
-# Data types as DtFetchResp names them.
-DT_TYPES: Final = {"counter": 1, "set": 2, "map": 3, "hll": 4}
-FIELD_TYPES: Final = {1: "counter", 2: "set", 3: "register", 4: "flag", 5: "map"}
-FIELD_CODES: Final = {name: code for code, name in FIELD_TYPES.items()}
 # What RpbBucketProps carries that dynastore has, and what it takes and leaves as it is (as HTTP does).
 QUORUM_PROPS: Final = ("r", "w", "rw", "pr", "pw", "dw")
 PLAIN_PROPS: Final = ("n_val", "allow_mult", "last_write_wins", "hll_precision")
@@ -104,10 +81,6 @@ OPEN_CODES: Final = frozenset({schema.CODES["RpbPingReq"], schema.CODES["RpbStar
 PLAIN_CODES: Final = frozenset({schema.CODES["RpbPingReq"], schema.CODES["RpbStartTls"]})
 
 
-class PbError(Exception):
-    """A request refused: answered with RpbErrorResp carrying this message, and nothing done."""
-
-
 @dataclass(frozen=True, slots=True)
 class Need:
     """What a request needs when security is on (api/auth.py's Need, for PB): None is any user."""
@@ -117,44 +90,8 @@ class Need:
     bucket: bytes | None = None
 
 
-class Session:
-    """One connection's state: whether it runs inside TLS, who authenticated, and how it answers."""
-
-    def __init__(self, writer: asyncio.StreamWriter, client_host: str) -> None:
-        self.writer = writer
-        self.client_host = client_host
-        self.tls = False
-        self.user: str | None = None
-        self.client_id = os.urandom(4)
-        # Set by RpbStartTls once its answer is sent: the connection upgrades before the next read.
-        self.start_tls = False
-        self.busy = False
-        # Request bytes this connection holds (counted against PbServer.buffer_bytes_max).
-        self.held = 0
-
-    async def send(self, name: str, message: Any = None) -> None:
-        body = b"" if message is None else message.SerializeToString()
-        self.writer.write(framing.encode(schema.CODES[name], body))
-        try:
-            async with asyncio.timeout(DRAIN_TIMEOUT_S):
-                await self.writer.drain()
-        except TimeoutError:
-            self.writer.transport.abort()
-            raise ConnectionResetError(f"the client read nothing for {DRAIN_TIMEOUT_S:g} s") from None
-
-    async def error(self, message: str) -> None:
-        await self.send("RpbErrorResp", _msg("RpbErrorResp", errmsg=message.encode(), errcode=ERRCODE_GENERAL))
-
-
 def _msg(name: str, **fields: Any) -> Any:
     return schema.message(name)(**fields)
-
-
-def _text(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PbError(f"{what} must be UTF-8 text") from None
 
 
 def _quorum(req: Any, name: str) -> int | str | None:
@@ -229,7 +166,7 @@ class PbApi:
         """The bucket type a request names; Riak 1.4's messages (counters) have none: the default."""
         if "type" not in req.DESCRIPTOR.fields_by_name or not req.HasField("type"):
             return buckettypes.DEFAULT
-        return _text(req.type, "a bucket type")
+        return utf8(req.type, "a bucket type")
 
     @staticmethod
     def _anyone(req: Any) -> Need:
@@ -375,24 +312,24 @@ class PbApi:
             raise PbError("secondary indexes are not stored yet (RpbContent.indexes)")
         content_type = "application/octet-stream"
         if message.HasField("content_type") and message.content_type:
-            content_type = _text(message.content_type, "content_type").strip()
+            content_type = utf8(message.content_type, "content_type").strip()
             kind, slash, subtype = content_type.partition("/")
             if not slash or not _TOKEN.fullmatch(kind) or not _TOKEN.fullmatch(subtype.split(";")[0].strip()):
                 raise PbError(f"{content_type!r} is not a valid media type")
         if content_type.split(";")[0].strip().lower() in DATATYPE_CONTENT_TYPES:
             raise PbError("application/riak_* content types are the data types' own: update them with DtUpdateReq")
-        charset = _text(message.charset, "charset") if message.HasField("charset") and message.charset else None
+        charset = utf8(message.charset, "charset") if message.HasField("charset") and message.charset else None
         if charset is not None and not _TOKEN.fullmatch(charset):
             raise PbError(f"{charset!r} is not a valid charset name")
         encoding = None
         if message.HasField("content_encoding") and message.content_encoding:
-            encoding = _text(message.content_encoding, "content_encoding")
+            encoding = utf8(message.content_encoding, "content_encoding")
             if not _TOKEN.fullmatch(encoding):
                 raise PbError(f"{encoding!r} is not a valid content encoding")
         meta: list[tuple[str, str]] = []
         for pair in message.usermeta:
-            name = _text(pair.key, "a user metadata key")
-            value = _text(pair.value, "a user metadata value")
+            name = utf8(pair.key, "a user metadata key")
+            value = utf8(pair.value, "a user metadata value")
             if not _TOKEN.fullmatch(name) or "\r" in value or "\n" in value:
                 raise PbError(f"user metadata {name!r} cannot be stored: keys are tokens, values one line")
             meta.append((name.lower(), value))
@@ -613,7 +550,7 @@ class PbApi:
             elif name in PLAIN_PROPS:
                 given[name] = value
             elif name == "datatype":
-                given[name] = _text(value, "datatype")
+                given[name] = utf8(value, "datatype")
             elif name in IGNORED_PB_PROPS:
                 continue
             elif name in UNSUPPORTED_PROPS:
@@ -643,7 +580,7 @@ class PbApi:
         await session.send("RpbResetBucketResp")
 
     def _known_type(self, req: Any) -> str:
-        type_name = _text(req.type, "a bucket type")
+        type_name = utf8(req.type, "a bucket type")
         core = self.runtime.core
         assert core is not None
         if type_name != buckettypes.DEFAULT and core.cluster.bucket_type(type_name) is None:
@@ -759,7 +696,7 @@ class PbApi:
         elif kind == "hll":
             into.hll_value = value
         elif kind == "map":
-            _map_entries(value, into.map_value)
+            map_entries(value, into.map_value)
 
     async def dt_fetch(self, session: Session, req: Any) -> None:
         bucket, datatype = self._dt_bucket(req, req.key)
@@ -775,7 +712,7 @@ class PbApi:
         generated = not req.HasField("key")
         key = uuid.uuid4().hex.encode() if generated else req.key
         bucket, datatype = self._dt_bucket(req, key)
-        op = _dt_op(req.op, datatype)
+        op = dt_op(req.op, datatype)
         context = None
         if req.HasField("context") and req.context:
             context = self._context(req.context, bucket, key, "context").vector
@@ -808,8 +745,8 @@ class PbApi:
         clear_allowed = not tls.enabled(self.settings) and self.runtime.config.loopback_only
         if not session.tls and not clear_allowed:
             raise PbError("RpbAuthReq needs TLS: send RpbStartTls first")
-        user = _text(req.user, "the user name")
-        password = _text(req.password, "the password")
+        user = utf8(req.user, "the user name")
+        password = utf8(req.password, "the password")
         if len(req.password) > security.PASSWORD_BYTES_MAX:
             raise PbError("unknown user or wrong password")
         outcome = await self.guard.login(user, password, session.client_host, state)
@@ -819,9 +756,6 @@ class PbApi:
         await session.send("RpbAuthResp")
 
 
-# --- Data-type values and operations -----------------------------------------------------------------
-
-
 def _of_type(names: tuple[bytes, ...], type_name: str) -> list[bytes]:
     out: list[bytes] = []
     for name in names:
@@ -829,253 +763,6 @@ def _of_type(names: tuple[bytes, ...], type_name: str) -> list[bytes]:
         if of == type_name:
             out.append(bucket)
     return out
-
-
-def _map_entries(value: dict[tuple[bytes, str], Any], into: Any) -> None:
-    for (name, kind), inner in sorted(value.items()):
-        entry = into.add()
-        entry.field.name = name
-        entry.field.type = FIELD_CODES[kind]
-        if kind == "counter":
-            entry.counter_value = inner
-        elif kind == "set":
-            entry.set_value.extend(inner)
-        elif kind == "register":
-            entry.register_value = inner
-        elif kind == "flag":
-            entry.flag_value = inner
-        else:
-            _map_entries(inner, entry.map_value)
-
-
-def _element(raw: bytes) -> str:
-    # Riak's JSON operations carry text, and the data types store what they carry.
-    return _text(raw, "a data-type element, field name or register value")
-
-
-def _counter_json(op: Any) -> dict[str, Any]:
-    return {"increment": op.increment if op.HasField("increment") else 1}
-
-
-def _set_json(op: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if len(op.adds):
-        body["add_all"] = [_element(e) for e in op.adds]
-    if len(op.removes):
-        body["remove_all"] = [_element(e) for e in op.removes]
-    if not body:
-        raise PbError("a set operation adds or removes at least one element")
-    return body
-
-
-def _field_name(field: Any) -> str:
-    kind = FIELD_TYPES.get(field.type)
-    if kind is None:
-        raise PbError(f"unknown map field type {field.type}")
-    return f"{_element(field.name)}_{kind}"
-
-
-def _map_json(op: Any) -> dict[str, Any]:
-    updates: dict[str, Any] = {}
-    adds: list[str] = []
-    for upd in op.updates:
-        name = _field_name(upd.field)
-        kind = FIELD_TYPES[upd.field.type]
-        given = [f for f in ("counter_op", "set_op", "register_op", "flag_op", "map_op") if upd.HasField(f)]
-        if not given:
-            adds.append(name)
-            continue
-        if given != [f"{kind}_op"]:
-            raise PbError(f"map field {name} of type {kind} takes a {kind}_op (got {', '.join(given)})")
-        if kind == "counter":
-            updates[name] = _counter_json(upd.counter_op)
-        elif kind == "set":
-            updates[name] = _set_json(upd.set_op)
-        elif kind == "register":
-            updates[name] = {"assign": _element(upd.register_op)}
-        elif kind == "flag":
-            updates[name] = "enable" if upd.flag_op == 1 else "disable"
-        else:
-            updates[name] = _map_json(upd.map_op)
-    body: dict[str, Any] = {}
-    if updates:
-        body["update"] = updates
-    if adds:
-        body["add"] = adds
-    if len(op.removes):
-        body["remove"] = [_field_name(f) for f in op.removes]
-    if not body:
-        raise PbError("a map operation updates or removes at least one field")
-    return body
-
-
-def _dt_op(op: Any, datatype: str) -> dict[str, Any]:
-    """DtOp as Riak's JSON operation on a `datatype`; an operation of another type is refused."""
-    given = [f.name for f, _ in op.ListFields()]
-    wanted = {"counter": "counter_op", "set": "set_op", "map": "map_op", "hll": "hll_op"}[datatype]
-    if given != [wanted]:
-        named = ", ".join(given) or "no operation"
-        raise PbError(f"the bucket type holds {datatype}s: DtOp must carry {wanted} alone (got {named})")
-    if datatype == "counter":
-        return _counter_json(op.counter_op)
-    if datatype == "set":
-        return _set_json(op.set_op)
-    if datatype == "hll":
-        if not len(op.hll_op.adds):
-            raise PbError("a HyperLogLog operation adds at least one element")
-        return {"add_all": [_element(e) for e in op.hll_op.adds]}
-    return _map_json(op.map_op)
-
-
-# --- The listener ------------------------------------------------------------------------------------
-
-
-class PbServer:
-    """Serves the PB API on one listening socket, from `start()` until `stop()` (see the module doc)."""
-
-    def __init__(
-        self,
-        api: PbApi,
-        *,
-        frame_bytes_max: int,
-        connections_max: int,
-        idle_timeout_s: float,
-        buffer_bytes_max: int = 128 * 1024 * 1024,
-    ) -> None:
-        self.api = api
-        self.frame_bytes_max = frame_bytes_max
-        # Request bytes held over all connections (frames being received, or received and waiting for
-        # their turn); a read that takes them past the bound is refused and its connection closed.
-        self.buffer_bytes_max = buffer_bytes_max
-        self.buffered_bytes = 0
-        self.connections_max = connections_max
-        self.idle_timeout_s = idle_timeout_s
-        # Each open connection's task and session (busy while it answers a request).
-        self.connections: dict[asyncio.Task[None], Session] = {}
-        self.connections_refused = 0
-        self.frames_refused = 0
-        self.stopping = False
-        self._server: asyncio.Server | None = None
-        self._tls: ssl.SSLContext | None = tls.server_context(api.settings, require_client_cert=False)
-
-    async def start(self, host: str, port: int, *, backlog: int = 128) -> None:
-        if self._server is not None:
-            raise RuntimeError("the server is already started")
-        self._server = await asyncio.start_server(
-            self._serve, host, port, reuse_address=True, backlog=backlog, limit=READ_BYTES
-        )
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "pb_connections": len(self.connections),
-            "pb_connections_refused_total": self.connections_refused,
-            "pb_frames_refused_total": self.frames_refused,
-            "pb_buffered_bytes": self.buffered_bytes,
-        }
-
-    @property
-    def port(self) -> int:
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("the server is not listening")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        session = Session(writer, str(peer[0]) if isinstance(peer, tuple) and peer else "")
-        task = asyncio.current_task()
-        assert task is not None
-        try:
-            if len(self.connections) >= self.connections_max:
-                self.connections_refused += 1
-                await session.error(f"more than {self.connections_max} PB connections (pb_connections_max)")
-                return
-            self.connections[task] = session
-            await self._converse(reader, session)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
-            pass
-        finally:
-            self.connections.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _converse(self, reader: asyncio.StreamReader, session: Session) -> None:
-        decoder = framing.Decoder(self.frame_bytes_max)
-        try:
-            await self._frames(reader, session, decoder)
-        finally:
-            self.buffered_bytes -= session.held
-            session.held = 0
-
-    def _hold(self, session: Session, held: int) -> bool:
-        """Counts what a connection holds now; False when that takes the node past its bound."""
-        self.buffered_bytes += held - session.held
-        session.held = held
-        return self.buffered_bytes <= self.buffer_bytes_max
-
-    async def _frames(self, reader: asyncio.StreamReader, session: Session, decoder: framing.Decoder) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self.idle_timeout_s):
-                    data = await reader.read(READ_BYTES)
-            except TimeoutError:
-                return
-            if not data:
-                return
-            try:
-                frames = decoder.feed(data)
-            except FrameError as exc:
-                self.frames_refused += 1
-                await session.error(str(exc))
-                return
-            waiting = sum(len(frame.body) for frame in frames)
-            if not self._hold(session, decoder.buffered_bytes + waiting):
-                self.frames_refused += 1
-                await session.error(
-                    f"the node holds more than {self.buffer_bytes_max} bytes of requests (pb_buffer_bytes_max)"
-                )
-                return
-            for i, frame in enumerate(frames):
-                waiting -= len(frame.body)
-                session.busy = True
-                try:
-                    await self.api.handle(session, frame)
-                finally:
-                    session.busy = False
-                self._hold(session, decoder.buffered_bytes + waiting)
-                if self.stopping:
-                    return
-                if session.start_tls:
-                    if i + 1 < len(frames) or decoder.buffered_bytes:
-                        # Bytes sent before the handshake could only be plaintext smuggled past it.
-                        return
-                    await self._upgrade(session)
-                    break
-
-    async def _upgrade(self, session: Session) -> None:
-        assert self._tls is not None
-        session.start_tls = False
-        await session.writer.start_tls(self._tls)
-        session.tls = True
-
-    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        """Stop listening; idle connections close now, those answering get `grace_s` to finish."""
-        self.stopping = True
-        if self._server is not None:
-            self._server.close()
-        for task, session in list(self.connections.items()):
-            if not session.busy:
-                task.cancel()
-        if self.connections:
-            _, pending = await asyncio.wait(set(self.connections), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
 
 
 def make_server(api: Api) -> PbServer:
