@@ -27,15 +27,17 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
 
 from dynastore.client.http import Fetched, HttpClient
-from dynastore.client.pb import PbClient
 from dynastore.client.ring_aware import RingAwareClient
 from dynastore.net.tls import http_client_context
+
+if TYPE_CHECKING:
+    from dynastore.client.pb import PbClient
 
 # The table YCSB loads; dynastore stores it as one bucket.
 BUCKET = "usertable"
@@ -165,6 +167,10 @@ class _KeyValue(Protocol):
 
 
 def _pb_client(address: str, auth: tuple[str, str] | None, ssl_context: Any) -> PbClient:
+    # Imported here, as the peers' clients are: driver processes of other targets never load protobuf
+    # (a spawned driver has SPAWN_LEAD_S to import everything and connect).
+    from dynastore.client.pb import PbClient
+
     host, _, port = address.rpartition(":")
     return PbClient(host, int(port), timeout_s=REQUEST_TIMEOUT_S, auth=auth, ssl_context=ssl_context)
 
