@@ -113,15 +113,30 @@ async def _read(api: Api, request: Request, bucket: bytes, key: bytes, datatype:
     """The key's joined state (None: not found); raises _Refused when it cannot be read."""
     quorums = api._quorums(request.query)
     timeout = api._int_param(request, "timeout")
-    response = await api.runtime.request(
-        ClientGet(bucket, key, r=quorums["r"], pr=quorums["pr"], timeout_ms=timeout, with_deletions=True)
-    )
+    response = await read_state(api.runtime, bucket, key, datatype, quorums["r"], quorums["pr"], timeout)
     if isinstance(response, Failure):
         raise _Refused(api.failure(response))
+    if isinstance(response, crdt.CrdtError):
+        raise _Refused(text(409, f"the key holds no readable {datatype}: {response}"))
+    return response
+
+
+async def read_state(
+    runtime: NodeRuntime, bucket: bytes, key: bytes, datatype: str, r: Any, pr: Any, timeout_ms: int | None
+) -> crdt.State | Failure | crdt.CrdtError | None:
+    """A data-type key's joined state, read with every sibling (deletions' too): None when not found,
+    the Failure when it cannot be read, the CrdtError when what is stored is no readable `datatype`.
+    Shared by this API and the PB API (api/pb/server.py)."""
+    response = await runtime.request(ClientGet(bucket, key, r=r, pr=pr, timeout_ms=timeout_ms, with_deletions=True))
+    if isinstance(response, Failure):
+        return response
     if isinstance(response, NotFound):
         return None
     assert isinstance(response, Ok) and response.found is not None
-    return _joined(lambda: dt.visible(response.found.values, datatype), datatype)
+    try:
+        return dt.visible(response.found.values, datatype)
+    except crdt.CrdtError as exc:
+        return exc
 
 
 def _joined(join: Any, datatype: str) -> crdt.State | None:

@@ -174,6 +174,8 @@ class Api:
         self.settings = runtime.settings
         # The server this API answers for (its connection counts go into /stats).
         self.server: HttpServer | None = None
+        # The counts of the node's PB listener for /stats (api/pb/server.py sets it; None: no PB).
+        self.pb_stats: Callable[[], dict[str, int]] | None = None
         self.guard = auth.Guard(runtime)
         self.metrics = NodeMetrics(runtime, lambda: 0 if self.server is None else len(self.server.connections))
 
@@ -396,6 +398,8 @@ class Api:
         if self.server is not None:
             data["http_connections"] = len(self.server.connections)
             data["http_connections_refused_total"] = self.server.connections_refused
+        if self.pb_stats is not None:
+            data.update(self.pb_stats())
         data.update(
             {
                 "riak_kv_version": RIAK_KV_VERSION,
@@ -1016,10 +1020,11 @@ def _http_date(micros: int) -> str:
     return http_date(micros // 1_000_000)
 
 
-def make_server(runtime: NodeRuntime) -> HttpServer:
-    """The node's HTTP server, not yet listening. Bodies are bounded: the object limit plus room for
-    nothing else (metadata travels in headers)."""
-    api = Api(runtime)
+def make_server(runtime: NodeRuntime, api: Api | None = None) -> HttpServer:
+    """The node's HTTP server for `api` (a new one by default; the PB API shares the node's), not yet
+    listening. Bodies are bounded: the object limit plus room for nothing else (metadata travels in
+    headers)."""
+    api = api if api is not None else Api(runtime)
     server = HttpServer(
         api.dispatch,
         body_bytes_max=runtime.settings.object_bytes_max + 64 * 1024,

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from dynastore.bench.ycsb_targets import (
     DYNASTORE_HTTP_BUFFERED,
+    DYNASTORE_PB,
     DYNASTORE_TARGETS,
     ETCD,
     NOOP,
@@ -225,6 +226,8 @@ def _dynastore(
             members = member_urls(urls[0])
         except (OSError, urllib.error.URLError, ValueError) as exc:
             raise PeerError(f"cannot read the ring of {urls[0]}: {exc}") from exc
+        if target == DYNASTORE_PB:
+            raise PeerError("dynastore-pb drives a cluster the bench starts (the ring does not list PB ports)")
         yield RunningPeer(target, Endpoint(target, members or urls), version=version)
         return
     cluster = LocalCluster(root / "dynastore", nodes, overrides=overrides)
@@ -235,7 +238,8 @@ def _dynastore(
         except ClusterError as exc:
             raise PeerError(str(exc)) from exc
         pids = [node.proc.pid for node in cluster.nodes if node.proc is not None]
-        yield RunningPeer(target, Endpoint(target, tuple(node.url for node in cluster.nodes)), pids, version)
+        addresses = tuple(node.pb_address if target == DYNASTORE_PB else node.url for node in cluster.nodes)
+        yield RunningPeer(target, Endpoint(target, addresses), pids, version)
     finally:
         cluster.close()
 
