@@ -255,7 +255,8 @@ def table(
                 per_node.append(system[i])
                 continue
             if samples is None:
-                per_node.append(0.0)
+                # Without a profile the user time stays in one row.
+                per_node.append(user[i] if layer == LOOP else 0.0)
                 continue
             counts = samples[i]
             in_user = sum(n for name, n in counts.items() if name != KERNEL)
@@ -271,6 +272,10 @@ def table(
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for layer, per_node in rows.items():
+        if samples is None and layer != KERNEL:
+            if layer != LOOP:
+                continue
+            layer = "user time (not split without a profile)"
         cells = " | ".join(f"{v:,.0f}" for v in per_node)
         lines.append(f"| {layer} | {cells} | {sum(per_node):,.0f} | {100 * sum(per_node) / total:.0f}% |")
     all_nodes = [u + s for u, s in zip(user, system, strict=True)]
@@ -288,6 +293,9 @@ def table(
         "kind": kind,
         "wrk": wrk,
         "rss_mb": measured["rss_mb"],
+        "cpu_us_per_op": total,
+        "user_us": user,
+        "system_us": system,
         "us_per_op": rows,
         "samples": [dict(s) for s in samples or []],
         "functions_us": dict(functions.most_common(100)),
