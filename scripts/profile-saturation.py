@@ -5,21 +5,22 @@ layer, for PUT and GET of 1 KB values under `wrk` (1 thread, 50 connections, all
                                          [--json FILE] [--no-profile]
 
 Method. A fresh 3-node cluster (the same processes `dynastore up` starts, durable, N=3 R=2 W=2) is
-warmed with 5 s of PUTs (whose keys the GET runs read). Then for each kind, two runs of `wrk` of the same length:
+warmed with 5 s of PUTs (whose keys the GET runs read). Then for each kind, two runs of `wrk` of the
+same length:
 
 1. unprofiled: the CPU (user and system time from /proc) each node spent over the run divided by the
    requests wrk completed: µs per operation per node, and how much of it the kernel's (system time);
 2. profiled: py-spy samples every node at once (`--native`, so C frames show: a system call, the
    garbage collector, a wait for the GIL). A sample whose innermost frames wait on a lock (the GIL, the
    writer thread's queue) is no CPU and is dropped. A sample whose innermost frame is a system call
-   wrapper counts to the kernel; every other sample goes to the layer of its innermost frame that
-   belongs to one, by module path (LAYERS below). Samples of the writer thread all go to "storage:
+   wrapper counts to the kernel (of its thread); every other sample goes to the layer of its innermost
+   frame that belongs to one, by module path (LAYERS below), and the writer thread's to "storage:
    writer thread".
 
-A node's system time (run 1) is the "kernel (system calls)" row; its user time is split over the other
-layers in proportion to their samples (run 2). So the µs come from the unprofiled run, which py-spy
-does not slow down, and only the shares from the profiled one. The machine is shared: compare figures
-of one run with each other, not with another day's.
+A node's system time (run 1) is split between the two "kernel" rows by each thread's samples in
+system calls, its user time over the other layers in proportion to their samples (run 2). So the µs
+come from the unprofiled run, which py-spy does not slow down, and only the shares from the profiled
+one. The machine is shared: compare figures of one run with each other, not with another day's.
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 GC = "garbage collector"
 WRITER = "storage: writer thread"
 LOOP = "event loop (uvloop, asyncio)"
-KERNEL = "kernel (system calls)"
-ORDER = (*(name for name, _ in LAYERS), WRITER, GC, LOOP, KERNEL)
+KERNEL = "kernel: event loop thread (sockets, epoll)"
+KERNEL_WRITER = "kernel: writer thread (LMDB writes, syncs)"
+KERNELS = (KERNEL, KERNEL_WRITER)
+ORDER = (*(name for name, _ in LAYERS), WRITER, GC, LOOP, KERNEL, KERNEL_WRITER)
 
 # The frames that run the event loop: what lies inside them is the node's work.
 LOOP_ENTRY = ("asyncio/runners.py", "uvloop/__init__.py")
@@ -176,10 +179,11 @@ def classify(frames: list[str]) -> str | None:
         return None
     if any("gc_collect" in f for f in frames):
         return GC
-    if any("BatchWriter._run" in f for f in frames):
-        return WRITER
+    writer = any("BatchWriter._run" in f for f in frames)
     if SYSCALL.match(frames[-1]) and "libc" in frames[-1]:
-        return KERNEL
+        return KERNEL_WRITER if writer else KERNEL
+    if writer:
+        return WRITER
     for frame in reversed(frames):
         for name, paths in LAYERS:
             if any(p in frame for p in paths):
@@ -220,6 +224,11 @@ def profile(pids: list[int], seconds: int, rate: int, root: Path) -> list[tuple[
     return [_collect(proc, out, seconds) for proc, out in zip(procs, outs, strict=True)]
 
 
+def _started(raw: Path) -> int:
+    """The order a profile was started in (py-spy's output names end with a monotonic clock)."""
+    return int(raw.stem.rpartition("-")[2])
+
+
 def _collect(proc: subprocess.Popen[bytes], out: Path, seconds: int) -> tuple[Counter[str], Counter[str]]:
     try:
         proc.wait(timeout=seconds + 60)
@@ -251,15 +260,20 @@ def table(
     for layer in ORDER:
         per_node = []
         for i in range(len(user)):
-            if layer == KERNEL:
-                per_node.append(system[i])
-                continue
             if samples is None:
-                # Without a profile the user time stays in one row.
-                per_node.append(user[i] if layer == LOOP else 0.0)
+                # Without a profile the user time stays in one row, the system time in another.
+                per_node.append(user[i] if layer == LOOP else system[i] if layer == KERNEL else 0.0)
                 continue
             counts = samples[i]
-            in_user = sum(n for name, n in counts.items() if name != KERNEL)
+            if layer in KERNELS:
+                # The system time, split between the threads by their samples in system calls.
+                in_kernel = sum(counts[name] for name in KERNELS)
+                if in_kernel:
+                    per_node.append(system[i] * counts[layer] / in_kernel)
+                else:
+                    per_node.append(system[i] if layer == KERNEL else 0.0)
+                continue
+            in_user = sum(n for name, n in counts.items() if name not in KERNELS)
             per_node.append(user[i] * counts[layer] / in_user if in_user else 0.0)
         rows[layer] = per_node
     total = sum(user) + sum(system)
@@ -272,10 +286,10 @@ def table(
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for layer, per_node in rows.items():
-        if samples is None and layer != KERNEL:
-            if layer != LOOP:
-                continue
-            layer = "user time (not split without a profile)"
+        if samples is None and layer not in (LOOP, KERNEL):
+            continue
+        if samples is None:
+            layer = "user time (not split without a profile)" if layer == LOOP else "system time"
         cells = " | ".join(f"{v:,.0f}" for v in per_node)
         lines.append(f"| {layer} | {cells} | {sum(per_node):,.0f} | {100 * sum(per_node) / total:.0f}% |")
     all_nodes = [u + s for u, s in zip(user, system, strict=True)]
@@ -311,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--no-profile", action="store_true", help="only the CPU per operation (no py-spy run)")
+    parser.add_argument("--keep", type=Path, help="copy py-spy's raw stacks (one file per node and kind) here")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package wrk)", file=sys.stderr)
@@ -342,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
                         wrk_args = (f"p{time.monotonic_ns()}-",) if kind == "put" else wrk_args
                         run_wrk(url, script, args.seconds + 1, *wrk_args)
                         samples = pending.result()
+                    if args.keep is not None:
+                        args.keep.mkdir(parents=True, exist_ok=True)
+                        for i, raw in enumerate(sorted(spy_root.glob("profile-*.txt"), key=_started)):
+                            shutil.move(raw, args.keep / f"{kind}-node{i}.txt")
                 text, data = table(kind, measured, samples, args.top)
                 out.append(text)
                 figures.append(data)
