@@ -335,7 +335,6 @@ Handler = Callable[[Request], Awaitable[Response | StreamResponse]]
 
 
 @functools.lru_cache(maxsize=4096)
-@functools.lru_cache(maxsize=4)
 def http_date(second: int) -> str:
     """An HTTP date (IMF-fixdate) of a Unix time in whole seconds; the Date header's and Last-Modified's
     text, formatted once per second seen."""

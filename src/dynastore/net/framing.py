@@ -130,37 +130,22 @@ class FrameDecoder:
     def __init__(self, frame_bytes_max: int) -> None:
         self.frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
-        # Where the next frame starts in `_buffer`: the frames before it were handed out. They are cut
-        # off once per push rather than once per frame, which moved the rest of a read's frames every
-        # time (a read holds dozens of frames at saturation).
-        self._start = 0
 
     def push(self, data: bytes) -> None:
-        buffer = self._buffer
-        if self._start:
-            del buffer[: self._start]
-            self._start = 0
-        buffer += data
+        self._buffer += data
         # Even an incomplete frame must announce a length within the limit.
-        if len(buffer) >= HEADER_BYTES:
-            self._check(int.from_bytes(buffer[:HEADER_BYTES], "big"))
+        if len(self._buffer) >= HEADER_BYTES:
+            self._check(int.from_bytes(self._buffer[:HEADER_BYTES], "big"))
 
     def next(self) -> bytes | None:
         """The next complete frame, or None until more bytes arrive."""
-        buffer, start = self._buffer, self._start
-        if len(buffer) - start < HEADER_BYTES:
+        if len(self._buffer) < HEADER_BYTES:
             return None
-        length = self._check(int.from_bytes(buffer[start : start + HEADER_BYTES], "big"))
-        end = start + HEADER_BYTES + length
-        if len(buffer) < end:
+        length = self._check(int.from_bytes(self._buffer[:HEADER_BYTES], "big"))
+        if len(self._buffer) < HEADER_BYTES + length:
             return None
-        with memoryview(buffer) as view:
-            frame = bytes(view[start + HEADER_BYTES : end])
-        if end == len(buffer):
-            buffer.clear()
-            self._start = 0
-        else:
-            self._start = end
+        frame = bytes(self._buffer[HEADER_BYTES : HEADER_BYTES + length])
+        del self._buffer[: HEADER_BYTES + length]
         return frame
 
     def feed(self, data: bytes) -> list[bytes]:

@@ -181,7 +181,7 @@ class PeerLink:
     def schedule_flush(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.node.loop.call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -457,16 +457,6 @@ class Transport:
         # Addresses peers announced in their handshakes: enough to answer a node that has just joined
         # and is not in our cluster state yet.
         self.learned: dict[str, tuple[str, int]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop the transport runs on, looked up once: on Python 3.11 every
-        asyncio.get_running_loop() makes a getpid() system call, and a flush is scheduled per message."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -174,7 +174,6 @@ class NodeRuntime:
         self._futures: dict[int, asyncio.Future[ClientResponse]] = {}
         self._request_id = 0
         self._flush_scheduled = False
-        self._running_loop: asyncio.AbstractEventLoop | None = None
         # One thread writes batches, one at a time and in order; `_committing` is true while it does.
         self._writer = BatchWriter(f"{config.name}-commit")
         self._committing = False
@@ -194,15 +193,6 @@ class NodeRuntime:
         self.failure: str | None = None
         # A backup is being copied or streamed (api/admin.py): one at a time.
         self.backup_running = False
-
-    @property
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        """The event loop the node runs on, looked up once: on Python 3.11 every
-        asyncio.get_running_loop() makes a getpid() system call, and this is used per request."""
-        loop = self._running_loop
-        if loop is None:
-            loop = self._running_loop = asyncio.get_running_loop()
-        return loop
 
     # --- Lifecycle ------------------------------------------------------------------------------------
 
@@ -359,7 +349,7 @@ class NodeRuntime:
             return Failure("overload", f"more than {self.settings.requests_inflight_max} requests in flight")
         self._request_id += 1
         rid = self._request_id
-        fut: asyncio.Future[ClientResponse] = self._loop.create_future()
+        fut: asyncio.Future[ClientResponse] = asyncio.get_running_loop().create_future()
         self._futures[rid] = fut
         started_ns = time.perf_counter_ns()
         core.on_request(rid, request, self.clock.now_ms())
@@ -403,7 +393,7 @@ class NodeRuntime:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -431,7 +421,7 @@ class NodeRuntime:
         self._idle.clear()
         engine = self.engine
         assert engine is not None
-        self._writer.submit(self._loop, engine, batch, functools.partial(self._written, batch))
+        self._writer.submit(asyncio.get_running_loop(), engine, batch, functools.partial(self._written, batch))
 
     def _check_space(self) -> None:
         """Measure the disk every storage_check_interval_ms (room freed by others shows up here)."""
