@@ -75,6 +75,51 @@ end
     + DONE_LUA
 )
 
+# The same two loads against etcd's JSON gateway (keys and values in base64, as it wants them).
+ETCD_LUA_COMMON = """
+local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function b64(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    for j = 3, 0, -1 do
+      local k = math.floor(n / 64 ^ j) % 64 + 1
+      out[#out + 1] = alphabet:sub(k, k)
+    end
+  end
+  local pad = (3 - #s % 3) % 3
+  return table.concat(out):sub(1, #out - pad) .. string.rep("=", pad)
+end
+local headers = {["Content-Type"] = "application/json"}
+"""
+ETCD_PUT_LUA = (
+    ETCD_LUA_COMMON
+    + """
+local value = b64(string.rep("v", 1000))
+local n = 0
+local prefix = "k"
+init = function(args) if args[1] then prefix = args[1] end end
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/v3/kv/put", headers,
+                    '{"key":"' .. b64(prefix .. n) .. '","value":"' .. value .. '"}')
+end
+"""
+    + DONE_LUA
+)
+ETCD_GET_LUA = (
+    ETCD_LUA_COMMON
+    + """
+local prefix, count = "k", 1000
+init = function(args) prefix = args[1] or prefix; count = tonumber(args[2] or count) end
+request = function()
+  return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. b64(prefix .. math.random(1, count)) .. '"}')
+end
+"""
+    + DONE_LUA
+)
+
 # Layers by module path, checked from a sample's innermost frame outwards; the first that matches wins.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("HTTP (parse, route, answer)", ("dynastore/api/", "httptools", "/parser.c", "parser.pyx")),
@@ -316,6 +361,37 @@ def table(
     }
 
 
+def etcd_side_by_side(root: Path, seconds: int, figures: list[dict[str, object]]) -> str:
+    """The same loads against a 3-node etcd (started as `dynastore bench ycsb` starts it), right after
+    dynastore's runs: a table of both, with each side's CPU per operation."""
+    from dynastore.bench.ycsb_peers import ETCD, running
+
+    put_lua, get_lua = root / "etcd-put.lua", root / "etcd-get.lua"
+    put_lua.write_text(ETCD_PUT_LUA)
+    get_lua.write_text(ETCD_GET_LUA)
+    rows = [
+        "| | dynastore ops/s (p99 ms, CPU µs/op) | etcd ops/s (p99 ms, CPU µs/op) | ratio |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    with running(ETCD, root / "etcd") as peer:
+        url, pids = peer.endpoint.addresses[0], list(peer.server_pids)
+        written = int(run_wrk(url, put_lua, WARMUP_S, "w")["requests"])
+        for kind in ("put", "get"):
+            wrk_args = (f"m{time.monotonic_ns()}-",) if kind == "put" else ("w", str(written))
+            theirs = measured_run(url, put_lua if kind == "put" else get_lua, seconds, pids, *wrk_args)
+            ours = next(f for f in figures if f["kind"] == kind)
+            mine: dict[str, float] = ours["wrk"]  # type: ignore[assignment]
+            other: dict[str, float] = theirs["wrk"]  # type: ignore[assignment]
+            etcd_cpu = sum(theirs["user_us"]) + sum(theirs["system_us"])  # type: ignore[call-overload]
+            figures.append({"kind": f"etcd-{kind}", "wrk": other, "cpu_us_per_op": etcd_cpu})
+            rows.append(
+                f"| {kind.upper()} | {mine['ops_s']:,.0f} ({mine['p99_ms']:.0f}, {ours['cpu_us_per_op']:,.0f}) | "
+                f"{other['ops_s']:,.0f} ({other['p99_ms']:.0f}, {etcd_cpu:,.0f}) | "
+                f"{mine['ops_s'] / other['ops_s']:.2f} |"
+            )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
@@ -325,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--no-profile", action="store_true", help="only the CPU per operation (no py-spy run)")
+    parser.add_argument("--etcd", action="store_true", help="then the same loads against a 3-node etcd")
     parser.add_argument("--keep", type=Path, help="copy py-spy's raw stacks (one file per node and kind) here")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -364,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                 text, data = table(kind, measured, samples, args.top)
                 out.append(text)
                 figures.append(data)
+            if args.etcd:
+                out.append(etcd_side_by_side(root, args.seconds, figures))
             print("\n\n".join(out))
             if args.json is not None:
                 args.json.write_text(json.dumps(figures, indent=2))
