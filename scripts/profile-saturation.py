@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from dynastore.localcluster import LocalCluster
 
@@ -44,47 +45,74 @@ WRK_THREADS = 1
 WRK_CONNECTIONS = 50
 WARMUP_S = 5
 
-# A fresh key per request (the keys hash to random partitions); GET reads keys the PUT runs wrote.
-PUT_LUA = """
-local body = string.rep("v", 1000)
-local n = 0
-local prefix = "k"
-init = function(args) if args[1] then prefix = args[1] end end
-request = function()
-  n = n + 1
-  return wrk.format("PUT", "/buckets/bench/keys/" .. prefix .. n,
-                    {["Content-Type"] = "application/octet-stream"}, body)
+# Shared by every script. With WRK_TARGETS set (host:port,...), thread i sends to target i mod their
+# count (the load spread over the nodes, as a client's load balancer spreads it); without it, every
+# thread sends to the URL given. Each thread names its keys with its own number (`tid`), and `done`
+# prints how many requests each thread made (the keys it wrote), for the GET runs to read back.
+SETUP_LUA = """
+local targets = {}
+for hp in string.gmatch(os.getenv("WRK_TARGETS") or "", "[^,]+") do targets[#targets + 1] = hp end
+local threads = {}
+setup = function(thread)
+  thread:set("tid", #threads)
+  if #targets > 0 then
+    local host, port = targets[#threads % #targets + 1]:match("^(.+):(%d+)$")
+    thread.addr = wrk.lookup(host, port)[1]
+  end
+  threads[#threads + 1] = thread
 end
-""" + (
-    DONE_LUA := """
 done = function(summary, latency, requests)
+  for i, thread in ipairs(threads) do io.write(string.format("WROTE %d %d\\n", i - 1, thread:get("n") or 0)) end
   io.write(string.format("RESULT %d %d %d %d %d %d\\n", summary.requests, summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
     latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
 end
+-- GET: a random key among those thread `t` of the PUT run wrote, for a random t.
+local counts = {}
+local function written_key(prefix)
+  local t = math.random(0, #counts - 1)
+  return prefix .. t .. "-" .. math.random(1, counts[t + 1])
+end
+local prefix = "k"
+n = 0
+init = function(args)
+  prefix = args[1] or prefix
+  for c in string.gmatch(args[2] or "1", "[^,]+") do counts[#counts + 1] = math.max(1, tonumber(c)) end
+end
+"""
+# A fresh key per request (the keys hash to random partitions); GET reads keys the PUT runs wrote.
+PUT_LUA = (
+    SETUP_LUA
+    + """
+local body = string.rep("v", 1000)
+local headers = {["Content-Type"] = "application/octet-stream"}
+request = function()
+  n = n + 1
+  return wrk.format("PUT", "/buckets/bench/keys/" .. prefix .. tid .. "-" .. n, headers, body)
+end
 """
 )
 GET_LUA = (
-    """
-local prefix, count = "k", 1000
-init = function(args) prefix = args[1] or prefix; count = tonumber(args[2] or count) end
+    SETUP_LUA
+    + """
 request = function()
-  return wrk.format("GET", "/buckets/bench/keys/" .. prefix .. math.random(1, count))
+  return wrk.format("GET", "/buckets/bench/keys/" .. written_key(prefix))
 end
 """
-    + DONE_LUA
 )
 
 # The same two loads against etcd's JSON gateway (keys and values in base64, as it wants them).
-ETCD_LUA_COMMON = """
+ETCD_LUA_COMMON = (
+    SETUP_LUA
+    + """
 local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 local function b64(s)
   local out = {}
   for i = 1, #s, 3 do
     local a, b, c = s:byte(i, i + 2)
-    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local v = a * 65536 + (b or 0) * 256 + (c or 0)
     for j = 3, 0, -1 do
-      local k = math.floor(n / 64 ^ j) % 64 + 1
+      local k = math.floor(v / 64 ^ j) % 64 + 1
       out[#out + 1] = alphabet:sub(k, k)
     end
   end
@@ -93,31 +121,25 @@ local function b64(s)
 end
 local headers = {["Content-Type"] = "application/json"}
 """
+)
 ETCD_PUT_LUA = (
     ETCD_LUA_COMMON
     + """
 local value = b64(string.rep("v", 1000))
-local n = 0
-local prefix = "k"
-init = function(args) if args[1] then prefix = args[1] end end
 request = function()
   n = n + 1
   return wrk.format("POST", "/v3/kv/put", headers,
-                    '{"key":"' .. b64(prefix .. n) .. '","value":"' .. value .. '"}')
+                    '{"key":"' .. b64(prefix .. tid .. "-" .. n) .. '","value":"' .. value .. '"}')
 end
 """
-    + DONE_LUA
 )
 ETCD_GET_LUA = (
     ETCD_LUA_COMMON
     + """
-local prefix, count = "k", 1000
-init = function(args) prefix = args[1] or prefix; count = tonumber(args[2] or count) end
 request = function()
-  return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. b64(prefix .. math.random(1, count)) .. '"}')
+  return wrk.format("POST", "/v3/kv/range", headers, '{"key":"' .. b64(written_key(prefix)) .. '"}')
 end
 """
-    + DONE_LUA
 )
 
 # Layers by module path, checked from a sample's innermost frame outwards; the first that matches wins.
@@ -140,7 +162,18 @@ ORDER = (*(name for name, _ in LAYERS), WRITER, GC, LOOP, KERNEL, KERNEL_WRITER)
 # The frames that run the event loop: what lies inside them is the node's work.
 LOOP_ENTRY = ("asyncio/runners.py", "uvloop/__init__.py")
 # Innermost frames that mean the thread waits for a lock or a condition (the GIL above all): no CPU.
-WAITS = ("pthread_cond_", "PyThread_acquire_lock", "sem_wait", "sem_timedwait", "take_gil", "futex", "__lll_lock")
+# A loop thread in epoll_wait is idle too (py-spy's --native samples count it as running).
+WAITS = (
+    "pthread_cond_",
+    "PyThread_acquire_lock",
+    "sem_wait",
+    "sem_timedwait",
+    "take_gil",
+    "futex",
+    "__lll_lock",
+    "epoll_wait",
+    "epoll_pwait",
+)
 # System call wrappers of libc (the innermost frame of a sample in the kernel).
 SYSCALL = re.compile(
     r"^(__libc_)?(write|writev|read|readv|send|sendto|sendmsg|recv|recvfrom|recvmsg|epoll_p?wait|epoll_ctl|"
@@ -156,32 +189,28 @@ def cpu_ticks(pid: int) -> tuple[int, int]:
     return int(fields[11]), int(fields[12])
 
 
-def run_wrk(url: str, script: Path, seconds: int, *args: str) -> dict[str, float]:
+def run_wrk(url: str, script: Path, seconds: int, *args: str, spread: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One wrk run; with `spread` (host:port of every node) one thread per node, each to its own."""
+    threads = len(spread) or WRK_THREADS
+    env = {**os.environ, "WRK_TARGETS": ",".join(spread)}
+    command = ["wrk", f"-t{threads}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--timeout", "10s"]
+    command += ["-s", str(script), url, "--", *args]
     out = subprocess.run(
-        [
-            "wrk",
-            f"-t{WRK_THREADS}",
-            f"-c{WRK_CONNECTIONS}",
-            f"-d{seconds}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(script),
-            url,
-            "--",
-            *args,
-        ],
+        command,
         capture_output=True,
         text=True,
         timeout=seconds + 60,
         check=True,
+        env=env,
     ).stdout
+    wrote = [int(n) for _, n in sorted((int(t), n) for t, n in re.findall(r"^WROTE (\d+) (\d+)$", out, re.M))]
     match = re.search(r"^RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out, re.M)
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if match is None or rate is None:
         raise RuntimeError(f"wrk said:\n{out}")
     requests, status_errors, socket_errors, p50, p99, p999 = (int(g) for g in match.groups())
     return {
+        "wrote": ",".join(str(n) for n in wrote),
         "requests": requests,
         "ops_s": float(rate.group(1)),
         "non_2xx": status_errors,
@@ -192,10 +221,12 @@ def run_wrk(url: str, script: Path, seconds: int, *args: str) -> dict[str, float
     }
 
 
-def measured_run(url: str, script: Path, seconds: int, pids: list[int], *args: str) -> dict[str, object]:
+def measured_run(
+    url: str, script: Path, seconds: int, pids: list[int], *args: str, spread: tuple[str, ...] = ()
+) -> dict[str, object]:
     """One wrk run and the CPU each node spent over it (µs per operation, user and system)."""
     before = [cpu_ticks(pid) for pid in pids]
-    result = run_wrk(url, script, seconds, *args)
+    result = run_wrk(url, script, seconds, *args, spread=spread)
     after = [cpu_ticks(pid) for pid in pids]
     us_per_tick = 1e6 / os.sysconf("SC_CLK_TCK")
     ops = max(1, result["requests"])
@@ -361,7 +392,7 @@ def table(
     }
 
 
-def etcd_side_by_side(root: Path, seconds: int, figures: list[dict[str, object]]) -> str:
+def etcd_side_by_side(root: Path, seconds: int, figures: list[dict[str, object]], spread: bool) -> str:
     """The same loads against a 3-node etcd (started as `dynastore bench ycsb` starts it), right after
     dynastore's runs: a table of both, with each side's CPU per operation."""
     from dynastore.bench.ycsb_peers import ETCD, running
@@ -375,10 +406,12 @@ def etcd_side_by_side(root: Path, seconds: int, figures: list[dict[str, object]]
     ]
     with running(ETCD, root / "etcd") as peer:
         url, pids = peer.endpoint.addresses[0], list(peer.server_pids)
-        written = int(run_wrk(url, put_lua, WARMUP_S, "w")["requests"])
+        members = tuple(a.rpartition("/")[2] for a in peer.endpoint.addresses) if spread else ()
+        written = run_wrk(url, put_lua, WARMUP_S, "w", spread=members)["wrote"]
         for kind in ("put", "get"):
-            wrk_args = (f"m{time.monotonic_ns()}-",) if kind == "put" else ("w", str(written))
-            theirs = measured_run(url, put_lua if kind == "put" else get_lua, seconds, pids, *wrk_args)
+            wrk_args = (f"m{time.monotonic_ns()}-",) if kind == "put" else ("w", written)
+            script = put_lua if kind == "put" else get_lua
+            theirs = measured_run(url, script, seconds, pids, *wrk_args, spread=members)
             ours = next(f for f in figures if f["kind"] == kind)
             mine: dict[str, float] = ours["wrk"]  # type: ignore[assignment]
             other: dict[str, float] = theirs["wrk"]  # type: ignore[assignment]
@@ -401,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--no-profile", action="store_true", help="only the CPU per operation (no py-spy run)")
+    parser.add_argument(
+        "--spread", action="store_true", help="one wrk thread per node, each to its own (else all to node0)"
+    )
     parser.add_argument("--etcd", action="store_true", help="then the same loads against a 3-node etcd")
     parser.add_argument("--keep", type=Path, help="copy py-spy's raw stacks (one file per node and kind) here")
     args = parser.parse_args(argv)
@@ -419,12 +455,13 @@ def main(argv: list[str] | None = None) -> int:
             pids = [node.proc.pid for node in cluster.nodes if node.proc is not None]
             url = cluster[0].url
             # The warm-up's keys are the ones the GET runs read.
-            written = int(run_wrk(url, put_lua, WARMUP_S, "w")["requests"])
+            spread = tuple(f"{node.host}:{node.http_port}" for node in cluster.nodes) if args.spread else ()
+            written = run_wrk(url, put_lua, WARMUP_S, "w", spread=spread)["wrote"]
             out, figures = [], []
             for kind in args.kinds.split(","):
                 script = put_lua if kind == "put" else get_lua
-                wrk_args = (f"m{time.monotonic_ns()}-",) if kind == "put" else ("w", str(written))
-                measured = measured_run(url, script, args.seconds, pids, *wrk_args)
+                wrk_args = (f"m{time.monotonic_ns()}-",) if kind == "put" else ("w", written)
+                measured = measured_run(url, script, args.seconds, pids, *wrk_args, spread=spread)
                 samples = None
                 if not args.no_profile:
                     spy_root = root / "spy"
@@ -432,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                     with concurrent.futures.ThreadPoolExecutor(1) as pool:
                         pending = pool.submit(profile, pids, args.seconds, args.rate, spy_root)
                         wrk_args = (f"p{time.monotonic_ns()}-",) if kind == "put" else wrk_args
-                        run_wrk(url, script, args.seconds + 1, *wrk_args)
+                        run_wrk(url, script, args.seconds + 1, *wrk_args, spread=spread)
                         samples = pending.result()
                     if args.keep is not None:
                         args.keep.mkdir(parents=True, exist_ok=True)
@@ -442,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(text)
                 figures.append(data)
             if args.etcd:
-                out.append(etcd_side_by_side(root, args.seconds, figures))
+                out.append(etcd_side_by_side(root, args.seconds, figures, args.spread))
             print("\n\n".join(out))
             if args.json is not None:
                 args.json.write_text(json.dumps(figures, indent=2))
