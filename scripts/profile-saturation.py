@@ -2,7 +2,7 @@
 layer, for PUT and GET of 1 KB values under `wrk` (1 thread, 50 connections, all sent to node0).
 
     python scripts/profile-saturation.py [--seconds 10] [--rate 97] [--kinds put,get] [--set name=value ...]
-                                         [--json FILE] [--no-profile]
+                                         [--spread] [--etcd] [--no-profile] [--keep DIR] [--json FILE]
 
 Method. A fresh 3-node cluster (the same processes `dynastore up` starts, durable, N=3 R=2 W=2) is
 warmed with 5 s of PUTs (whose keys the GET runs read). Then for each kind, two runs of `wrk` of the
@@ -13,14 +13,14 @@ same length:
 2. profiled: py-spy samples every node at once (`--native`, so C frames show: a system call, the
    garbage collector, a wait for the GIL). A sample whose innermost frames wait on a lock (the GIL, the
    writer thread's queue) is no CPU and is dropped. A sample whose innermost frame is a system call
-   wrapper counts to the kernel (of its thread); every other sample goes to the layer of its innermost
-   frame that belongs to one, by module path (LAYERS below), and the writer thread's to "storage:
-   writer thread".
+   wrapper counts to the kernel; every other sample goes to the layer of its innermost frame that
+   belongs to one, by module path (LAYERS below), and the writer thread's to "storage: writer thread".
 
-A node's system time (run 1) is split between the two "kernel" rows by each thread's samples in
-system calls, its user time over the other layers in proportion to their samples (run 2). So the µs
-come from the unprofiled run, which py-spy does not slow down, and only the shares from the profiled
-one. The machine is shared: compare figures of one run with each other, not with another day's.
+A node's system time (run 1) is the "kernel" row; its user time is split over the other layers in
+proportion to their samples (run 2). So the µs come from the unprofiled run, which py-spy does not
+slow down, and only the shares from the profiled one. With --spread, one wrk thread per node sends to
+that node (all to node0 otherwise, as a single client would; the replicas then idle half the time).
+The machine is shared: compare figures of one run with each other, not with another day's.
 """
 
 from __future__ import annotations
@@ -154,10 +154,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 GC = "garbage collector"
 WRITER = "storage: writer thread"
 LOOP = "event loop (uvloop, asyncio)"
-KERNEL = "kernel: event loop thread (sockets, epoll)"
-KERNEL_WRITER = "kernel: writer thread (LMDB writes, syncs)"
-KERNELS = (KERNEL, KERNEL_WRITER)
-ORDER = (*(name for name, _ in LAYERS), WRITER, GC, LOOP, KERNEL, KERNEL_WRITER)
+KERNEL = "kernel (system time: sockets, LMDB writes and syncs)"
+ORDER = (*(name for name, _ in LAYERS), WRITER, GC, LOOP, KERNEL)
 
 # The frames that run the event loop: what lies inside them is the node's work.
 LOOP_ENTRY = ("asyncio/runners.py", "uvloop/__init__.py")
@@ -255,10 +253,9 @@ def classify(frames: list[str]) -> str | None:
         return None
     if any("gc_collect" in f for f in frames):
         return GC
-    writer = any("BatchWriter._run" in f for f in frames)
     if SYSCALL.match(frames[-1]) and "libc" in frames[-1]:
-        return KERNEL_WRITER if writer else KERNEL
-    if writer:
+        return KERNEL
+    if any("BatchWriter._run" in f for f in frames):
         return WRITER
     for frame in reversed(frames):
         for name, paths in LAYERS:
@@ -341,15 +338,10 @@ def table(
                 per_node.append(user[i] if layer == LOOP else system[i] if layer == KERNEL else 0.0)
                 continue
             counts = samples[i]
-            if layer in KERNELS:
-                # The system time, split between the threads by their samples in system calls.
-                in_kernel = sum(counts[name] for name in KERNELS)
-                if in_kernel:
-                    per_node.append(system[i] * counts[layer] / in_kernel)
-                else:
-                    per_node.append(system[i] if layer == KERNEL else 0.0)
+            if layer == KERNEL:
+                per_node.append(system[i])
                 continue
-            in_user = sum(n for name, n in counts.items() if name not in KERNELS)
+            in_user = sum(n for name, n in counts.items() if name != KERNEL)
             per_node.append(user[i] * counts[layer] / in_user if in_user else 0.0)
         rows[layer] = per_node
     total = sum(user) + sum(system)
