@@ -1,7 +1,7 @@
 """Where each microsecond of a request goes at saturation: CPU per operation, per node process and per
 layer, for PUT and GET of 1 KB values under `wrk` (1 thread, 50 connections, all sent to node0).
 
-    python scripts/profile-saturation.py [--seconds 10] [--rate 97] [--kinds put,get] [--set name=value ...]
+    python scripts/profile-saturation.py [--seconds 10] [--rate 149] [--kinds put,get] [--set name=value ...]
                                          [--spread] [--etcd] [--no-profile] [--keep DIR] [--json FILE]
 
 Method. A fresh 3-node cluster (the same processes `dynastore up` starts, durable, N=3 R=2 W=2) is
@@ -248,6 +248,8 @@ def classify(frames: list[str]) -> str | None:
         if any(entry in frames[i] for entry in LOOP_ENTRY):
             frames = frames[i + 1 :]
             break
+    if not frames:
+        return LOOP
     tail = frames[-3:]
     if any(w in f for f in tail for w in WAITS):
         return None
@@ -420,7 +422,7 @@ def etcd_side_by_side(root: Path, seconds: int, figures: list[dict[str, object]]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="length of each wrk run")
-    parser.add_argument("--rate", type=int, default=97, help="py-spy samples per second per process")
+    parser.add_argument("--rate", type=int, default=149, help="py-spy samples per second per process")
     parser.add_argument("--kinds", default="put,get")
     parser.add_argument("--top", type=int, default=15, help="list this many functions by CPU")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
