@@ -160,7 +160,8 @@ ORDER = (*(name for name, _ in LAYERS), WRITER, GC, LOOP, KERNEL)
 # The frames that run the event loop: what lies inside them is the node's work.
 LOOP_ENTRY = ("asyncio/runners.py", "uvloop/__init__.py")
 # Innermost frames that mean the thread waits for a lock or a condition (the GIL above all): no CPU.
-# A loop thread in epoll_wait is idle too (py-spy's --native samples count it as running).
+# A loop thread in epoll_wait is idle too (py-spy's --native samples count it as running, and a thread
+# in fdatasync as well).
 WAITS = (
     "pthread_cond_",
     "PyThread_acquire_lock",
@@ -171,6 +172,10 @@ WAITS = (
     "__lll_lock",
     "epoll_wait",
     "epoll_pwait",
+    # A sync mostly waits for the disk; the kernel's CPU in it is in the system time all the same.
+    "fdatasync",
+    "fsync",
+    "msync",
 )
 # System call wrappers of libc (the innermost frame of a sample in the kernel).
 SYSCALL = re.compile(
@@ -371,7 +376,12 @@ def table(
             weight = (user[i] + system[i]) / max(1, sum(layers.values()))
             for name, n in per_function.items():
                 functions[name] += n * weight
-        lines += ["", f"The {top} functions (of ours, innermost) with the most CPU, all nodes, µs per operation:", ""]
+        lines += [
+            "",
+            f"The {top} functions (of ours, innermost, with the system calls made from them) with the most CPU,"
+            " all nodes, µs per operation:",
+            "",
+        ]
         lines += [f"- {us:,.1f} µs ({100 * us / total:.1f}%) {name}" for name, us in functions.most_common(top)]
     return "\n".join(lines), {
         "kind": kind,
