@@ -18,8 +18,8 @@ log = logging.getLogger("dynastore.node")
 
 # The garbage collector's thresholds (allocations between young collections; young collections between
 # middle ones; middle between full). Python's (700, 10, 10) collected every couple of requests and took
-# 5-14% of a node's CPU at saturation (scripts/profile-saturation.py); requests make little cyclic
-# garbage, so collecting thirty times less often keeps memory bounded at a fraction of the cost.
+# up to a fifth of a request's CPU at saturation (scripts/profile-saturation.py: 9-98 µs per PUT, 28-89
+# per GET); requests make little cyclic garbage, so collecting thirty times less often still bounds it.
 GC_THRESHOLDS = (20_000, 20, 20)
 
 
