@@ -215,3 +215,21 @@ def test_a_peer_only_found_unreachable_comes_back_without_a_report_that_it_was_d
     fd.connection_failed("p", T0_MS + 30)
     assert fd.update(["p"], T0_MS + 40) == ["p"]
     assert fd.heard_from("p", T0_MS + 540) is True and fd.recovered_after_ms == 500
+
+
+def test_phi_asked_between_heartbeats_follows_every_new_interval_and_the_window_sliding() -> None:
+    # phi is asked for every peer on every request, between heartbeats; its fit of the window must
+    # follow each interval that arrives and each that leaves the window.
+    det = PhiAccrual(4, 50.0, 0.0, 100.0)
+    now = T0_MS
+    det.heartbeat(now)
+    window = [100.0]
+    for interval in (100, 300, 50, 700, 20, 20, 900, 5):
+        for probe in (10, 150, 400):
+            want = reference_phi(window, probe, 50.0, 0.0)
+            assert det.phi(now + probe) == pytest.approx(want, rel=1e-6)
+        now += interval
+        det.heartbeat(now)
+        window = [*window, float(interval)][-4:]
+    assert list(det.intervals) == window
+    assert det.phi(now + 150) == pytest.approx(reference_phi(window, 150, 50.0, 0.0), rel=1e-6)

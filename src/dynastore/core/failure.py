@@ -25,6 +25,9 @@ class PhiAccrual:
     first_interval_ms: float
     intervals: deque[float] = field(default_factory=deque)
     last_ms: int | None = None
+    # The window's mean and standard deviation (floored), computed once per change of the window:
+    # phi is asked for every peer on every request, the window changes at most once a millisecond.
+    _fit: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
 
     def heartbeat(self, now_ms: int) -> None:
         if self.last_ms is not None:
@@ -33,18 +36,26 @@ class PhiAccrual:
                 self.intervals.append(float(interval))
                 while len(self.intervals) > self.window_count:
                     self.intervals.popleft()
+                self._fit = None
         else:
             # Seed the window with the expected interval so that phi is meaningful from the start.
             self.intervals.append(self.first_interval_ms)
+            self._fit = None
         self.last_ms = now_ms if self.last_ms is None else max(self.last_ms, now_ms)
+
+    def _fitted(self) -> tuple[float, float]:
+        fit = self._fit
+        if fit is None:
+            mean = sum(self.intervals) / len(self.intervals)
+            variance = sum((x - mean) ** 2 for x in self.intervals) / len(self.intervals)
+            fit = self._fit = (mean, max(math.sqrt(variance), self.min_std_dev_ms))
+        return fit
 
     def phi(self, now_ms: int) -> float:
         if self.last_ms is None or not self.intervals:
             return 0.0
         elapsed = now_ms - self.last_ms
-        mean = sum(self.intervals) / len(self.intervals)
-        variance = sum((x - mean) ** 2 for x in self.intervals) / len(self.intervals)
-        std = max(math.sqrt(variance), self.min_std_dev_ms)
+        mean, std = self._fitted()
         y = (elapsed - mean - self.acceptable_pause_ms) / std
         later = 0.5 * math.erfc(y / math.sqrt(2.0))
         if later <= 0.0:

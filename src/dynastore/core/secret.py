@@ -76,6 +76,8 @@ def cluster_keys(settings: Settings, stored: bytes | None) -> ClusterKeys:
     return ClusterKeys((stored,), configured=False)
 
 
+# Asked of every HTTP request's Host and client address, which are few: parsed once each.
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
     """Whether `host` names only this machine (a loopback address, or `localhost`)."""
     if host.lower() in ("localhost", "localhost.localdomain"):

@@ -71,7 +71,8 @@ class _Gate:
     and resizes nothing, while a copy runs."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._copies = 0
         self._resizing = False
@@ -94,17 +95,25 @@ class _Gate:
 
     @contextmanager
     def shared(self) -> Iterator[None]:
-        with self._cond:
-            while self._resizing:
-                self._cond.wait()
-            self._active += 1
+        self.enter_shared()
         try:
             yield
         finally:
-            with self._cond:
-                self._active -= 1
-                if not self._active:
-                    self._cond.notify_all()
+            self.exit_shared()
+
+    # `shared` without a generator, for the reads of the event loop (`get`, one per replica request).
+    def enter_shared(self) -> None:
+        with self._lock:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+
+    def exit_shared(self) -> None:
+        with self._lock:
+            self._active -= 1
+            # Only a resize waits for the calls in progress to end.
+            if not self._active and self._resizing:
+                self._cond.notify_all()
 
     @contextmanager
     def alone(self) -> Iterator[bool]:
@@ -128,18 +137,26 @@ class _Gate:
                 self._cond.notify_all()
 
 
+# What `_lmdb_errors` turns into a StorageError.
+_LMDB_ERRORS = (lmdb.Error, OSError, LayoutError)
+
+
 @contextmanager
 def _lmdb_errors(action: str) -> Iterator[None]:
     try:
         yield
-    except lmdb.MapFullError as exc:
-        raise NoSpaceError(f"lmdb {action}: the map is full at lmdb_map_size_bytes") from exc
-    except LayoutError as exc:
-        raise StorageError(f"lmdb {action}: corrupt record: {exc}") from exc
-    except (lmdb.Error, OSError) as exc:
-        if getattr(exc, "errno", None) == errno.ENOSPC:
-            raise NoSpaceError(f"lmdb {action}: {exc}") from exc
-        raise StorageError(f"lmdb {action} failed: {exc}") from exc
+    except _LMDB_ERRORS as exc:
+        raise _storage_error(action, exc) from exc
+
+
+def _storage_error(action: str, exc: BaseException) -> StorageError:
+    if isinstance(exc, lmdb.MapFullError):
+        return NoSpaceError(f"lmdb {action}: the map is full at lmdb_map_size_bytes")
+    if isinstance(exc, LayoutError):
+        return StorageError(f"lmdb {action}: corrupt record: {exc}")
+    if getattr(exc, "errno", None) == errno.ENOSPC:
+        return NoSpaceError(f"lmdb {action}: {exc}")
+    return StorageError(f"lmdb {action} failed: {exc}")
 
 
 class LmdbEngine:
@@ -253,20 +270,28 @@ class LmdbEngine:
         env = self._live()
         layout = self._layout
         record_key = layout.record_key(key)
-        with self._gate.shared(), _lmdb_errors("get"), env.begin() as txn:
-            record = txn.get(record_key, db=self._dbs[area])
-            if record is None or not layout.is_group(record_key):
-                return record
-            long_db = self._long[area]
-            interior, leaf = layout.path(layout.tail(key))
-            node = node_id(record)
-            for chunk in interior:
-                child = txn.get(node + chunk + INTERIOR, db=long_db)
-                if child is None:
-                    return None
-                node = node_id(child)
-            value: bytes | None = txn.get(node + leaf + LEAF, db=long_db)
-            return value
+        # The gate and the errors by hand rather than as context managers: this is every read's path.
+        gate = self._gate
+        gate.enter_shared()
+        try:
+            with env.begin() as txn:
+                record = txn.get(record_key, db=self._dbs[area])
+                if record is None or not layout.is_group(record_key):
+                    return record
+                long_db = self._long[area]
+                interior, leaf = layout.path(layout.tail(key))
+                node = node_id(record)
+                for chunk in interior:
+                    child = txn.get(node + chunk + INTERIOR, db=long_db)
+                    if child is None:
+                        return None
+                    node = node_id(child)
+                value: bytes | None = txn.get(node + leaf + LEAF, db=long_db)
+                return value
+        except _LMDB_ERRORS as exc:
+            raise _storage_error("get", exc) from exc
+        finally:
+            gate.exit_shared()
 
     def write(self, ops: Sequence[Op]) -> None:
         check_ops(ops)
