@@ -2,13 +2,20 @@
 
 Clients (threads) add unique elements to a few sets by read-modify-write, write unique values to
 independent keys, increment data-type counters and add (and, with the context of a read, remove)
-unique elements of data-type sets, recording every operation as ok / fail / unknown, while a nemesis cuts the network
-(halves, one node isolated, a bridge node seeing both sides), SIGKILLs and restarts nodes, SIGSTOPs and
-SIGCONTs them, and restarts one under `faketime` with a skewed clock. Then everything heals, the run
-waits for convergence (hint queues empty, replicas holding equal versions, Merkle roots equal) and the
-final reads go through the same checkers as the simulator. Last, every node is stopped and its data
+unique elements of data-type sets, and (with `index_share`) write new objects each with
+secondary-index entries and query the index page by page, recording every operation as ok / fail /
+unknown, while a nemesis cuts the network (halves, one node isolated, a bridge node seeing both
+sides), SIGKILLs and restarts nodes, SIGSTOPs and SIGCONTs them, and restarts one under `faketime`
+with a skewed clock. Then everything heals, the run waits for convergence (hint queues empty,
+replicas holding equal versions, Merkle roots equal) and the final reads go through the same
+checkers as the simulator. Last, every node is stopped and its data
 directory read offline: each acknowledged write must be covered on at least W nodes by a copy that
 still holds what it wrote (the copies checker of the simulator).
+
+The index workload's final queries run from every node in turn, after convergence and before the
+nodes stop: an exact query on each written object's own term, and, from each node as coordinator
+(which answers its own partitions from its own index), the shared term page by page and a range over
+every object's integer term. So an entry one replica failed to write shows as a lost key.
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import msgpack
 from http_util import call, obj
@@ -38,12 +48,16 @@ from dynastore.sim.checkers import (
     CounterOp,
     DataTypeVerdict,
     ElementOp,
+    IndexQuery,
+    IndexVerdict,
+    IndexWrite,
     RegisterVerdict,
     RegisterWrite,
     SetOp,
     SetVerdict,
     check_copies,
     check_datatypes,
+    check_indexes,
     check_registers,
     check_sets,
 )
@@ -52,6 +66,11 @@ from dynastore.storage.lmdb_engine import LmdbEngine
 CLIENT_TIMEOUT_S = 4.0
 # The bucket types of the data-type workload, created and activated before it starts.
 COUNTER_TYPE, SET_TYPE = "jepsen-counters", "jepsen-sets"
+# The index workload: each object `i<n>` carries id_int n and name_bin i<n> (its own terms) and the
+# shared grp_bin term, so one query of that term (or a range of id_int) spans every object.
+INDEX_BUCKET, SHARED_TERM = "indexed", "all"
+# Pages of the index queries while faults run, and at most how many of them one query follows.
+INDEX_PAGE_RESULTS, INDEX_QUERY_PAGES_MAX = 50, 40
 # The credentials every request of a run carries (set by `run` when the cluster's security is on).
 _AUTH: dict[str, str] = {}
 
@@ -82,12 +101,14 @@ class Report:
     writes_during_faults: int
     acked_during_faults: int
     converged_s: float | None
+    indexes: IndexVerdict | None = None
     problems: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.sets.ok and self.registers.ok and self.datatypes.ok and not self.problems
+        indexes_ok = self.indexes is None or self.indexes.ok
+        return self.sets.ok and self.registers.ok and self.datatypes.ok and indexes_ok and not self.problems
 
     def text(self) -> str:
         availability = self.acked_during_faults / self.writes_during_faults if self.writes_during_faults else 1.0
@@ -99,6 +120,7 @@ class Report:
             f"data types: {self.datatypes.counters} increments, {self.datatypes.elements} set adds and removes, "
             f"{len(self.datatypes.lost)} lost, {len(self.datatypes.unexpected)} unexpected",
             *(f"data type: {p}" for p in (self.datatypes.lost + self.datatypes.unexpected)[:10]),
+            *self._index_lines(),
             f"write availability during faults: {availability:.1%} "
             f"({self.acked_during_faults}/{self.writes_during_faults})",
             f"converged {self.converged_s:.1f} s after healing" if self.converged_s is not None else "did not converge",
@@ -107,9 +129,20 @@ class Report:
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
+    def _index_lines(self) -> list[str]:
+        v = self.indexes
+        if v is None:
+            return []
+        head = (
+            f"indexes: {v.writes} objects written, {v.acknowledged} acknowledged; {v.queries} queries, "
+            f"{v.queries_ok} answered in full; {len(v.lost)} lost, {len(v.duplicated)} duplicated, "
+            f"{len(v.unexpected)} unexpected, {len(v.failed_final)} final queries failed"
+        )
+        return [head, *(f"index: {p}" for p in (v.lost + v.duplicated + v.unexpected + v.failed_final)[:10])]
+
 
 class Workload:
-    def __init__(self, cluster: LocalCluster, clients: int, seed: int) -> None:
+    def __init__(self, cluster: LocalCluster, clients: int, seed: int, index_share: float = 0.0) -> None:
         self.cluster = cluster
         # The key of the contexts the nodes hand out (derived from the cluster's secret), to read their dots.
         assert cluster.secret is not None, "the fault suite's clusters share a secret"
@@ -128,6 +161,10 @@ class Workload:
         self.dt_set_keys = [f"t{i}" for i in range(2)]
         self.counter_ops: list[CounterOp] = []
         self.element_ops: list[ElementOp] = []
+        # The fraction of operations that are index writes and queries.
+        self.index_share = index_share
+        self.index_writes: list[IndexWrite] = []
+        self.index_queries: list[IndexQuery] = []
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
     def start(self) -> None:
@@ -154,7 +191,9 @@ class Workload:
         while not self.stop.is_set():
             node = self._node(rng)
             kind = rng.random()
-            if kind >= 0.7:
+            if rng.random() < self.index_share:
+                self._index_op(node, rng)
+            elif kind >= 0.7:
                 self._datatype_op(node, rng, (kind - 0.7) / 0.3)
             elif kind < 0.35:
                 with self.lock:
@@ -171,6 +210,40 @@ class Workload:
                 with self.lock:
                     self.writes.append(write)
             time.sleep(rng.uniform(0.01, 0.05))
+
+    def _index_op(self, node: NodeProc, rng: random.Random) -> None:
+        """A write of a new indexed object, or a query: an exact one on some object's own term, a range
+        of id_int, or the shared term, each followed page by page."""
+        kind = rng.random()
+        with self.lock:
+            written = len(self.index_writes)
+        if kind < 0.6 or written == 0:
+            self._index_write(node)
+            return
+        n = rng.randrange(written)
+        if kind < 0.75:
+            query = IndexQuery("id_int", n, n) if rng.random() < 0.5 else IndexQuery("name_bin", f"i{n}", f"i{n}")
+        elif kind < 0.9:
+            query = IndexQuery("id_int", n, n + rng.randint(1, 100))
+        else:
+            query = IndexQuery("grp_bin", SHARED_TERM, SHARED_TERM)
+        index_query(node, query, INDEX_PAGE_RESULTS, INDEX_QUERY_PAGES_MAX)
+        with self.lock:
+            self.index_queries.append(query)
+
+    def _index_write(self, node: NodeProc) -> None:
+        with self.lock:
+            n = len(self.index_writes)
+            write = IndexWrite(f"i{n}", (("id_int", n), ("name_bin", f"i{n}"), ("grp_bin", SHARED_TERM)))
+            # Recorded before it is sent: a query may see the key before the write is acknowledged.
+            self.index_writes.append(write)
+        headers = {"Content-Type": "text/plain", **{f"X-Riak-Index-{name}": str(term) for name, term in write.entries}}
+        try:
+            status, _, _ = _call("PUT", obj(node.url, INDEX_BUCKET, write.key), b"v", headers, CLIENT_TIMEOUT_S)
+        except OSError:
+            status = 0
+        write.outcome = OK if status == 204 else FAIL if status == 400 else UNKNOWN
+        self._record_write(write.outcome)
 
     def _datatype_op(self, node: NodeProc, rng: random.Random, kind: float) -> None:
         """A counter increment, a set add, or a read of a set and a remove of one element it showed."""
@@ -270,6 +343,62 @@ class Workload:
         return outcome
 
 
+def index_query(
+    node: NodeProc, query: IndexQuery, page: int, pages_max: int, timeout_s: float = CLIENT_TIMEOUT_S
+) -> None:
+    """Run `query` at `node`, page by page (`page` results each, at most `pages_max` pages), recording
+    the keys of every page and whether the last one came (ok) or some page did not (fail)."""
+    query.where = node.name
+    terms = [query.low] if query.low == query.high else [query.low, query.high]
+    path = f"{node.url}/buckets/{INDEX_BUCKET}/index/{query.index}/" + "/".join(quote(str(t), safe="") for t in terms)
+    continuation: str | None = None
+    query.outcome = FAIL
+    for _ in range(pages_max):
+        url = f"{path}?max_results={page}" + (f"&continuation={quote(continuation, safe='')}" if continuation else "")
+        try:
+            status, _, body = _call("GET", url, timeout_s=timeout_s)
+        except OSError:
+            return
+        if status != 200:
+            return
+        answer = json.loads(body)
+        query.keys += answer["keys"]
+        continuation = answer.get("continuation")
+        if not continuation:
+            query.outcome = OK
+            return
+
+
+def final_index_queries(cluster: LocalCluster, workload: Workload) -> list[IndexQuery]:
+    """After convergence: an exact query on each written object's own term (coordinators in turn), and
+    from every node the shared term and the whole id_int range, page by page (bounded by the count
+    of objects written)."""
+    writes = list(workload.index_writes)
+    if not writes:
+        return []
+    nodes = cluster.nodes
+    queries: list[tuple[NodeProc, IndexQuery, int]] = []
+    for n, write in enumerate(writes):
+        own = (
+            IndexQuery("id_int", n, n, final=True)
+            if n % 2
+            else IndexQuery("name_bin", write.key, write.key, final=True)
+        )
+        queries.append((nodes[n % len(nodes)], own, 10))
+    for node in nodes:
+        queries.append((node, IndexQuery("grp_bin", SHARED_TERM, SHARED_TERM, final=True), 25))
+        queries.append((node, IndexQuery("id_int", 0, len(writes), final=True), 40))
+    pages_max = len(writes) // 10 + 2
+
+    def one(item: tuple[NodeProc, IndexQuery, int]) -> IndexQuery:
+        node, query, page = item
+        index_query(node, query, page, pages_max, timeout_s=15.0)
+        return query
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, queries))
+
+
 def dt_url(base: str, type_name: str, key: str, query: str = "") -> str:
     return f"{base}/types/{type_name}/buckets/b/datatypes/{key}" + (f"?{query}" if query else "")
 
@@ -339,10 +468,13 @@ class Nemesis:
         self.rng = rng
         self.log: list[str] = []
 
-    def schedule(self) -> list[str]:
-        kinds = ["isolate", "halves", "bridge", "kill", "stop", "skew"]
-        self.rng.shuffle(kinds)
-        return kinds
+    KINDS = ("isolate", "halves", "bridge", "kill", "stop", "skew")
+
+    def schedule(self, kinds: Sequence[str] = KINDS) -> list[str]:
+        assert set(kinds) <= set(self.KINDS), kinds
+        order = list(kinds)
+        self.rng.shuffle(order)
+        return order
 
     def apply(self, kind: str) -> None:
         n = len(self.cluster.nodes)
@@ -443,12 +575,26 @@ def run(
     clients: int = 6,
     converge_bound_s: float = 90.0,
     auth: dict[str, str] | None = None,
+    kinds: Sequence[str] = Nemesis.KINDS,
+    index_share: float = 0.0,
 ) -> Report:
-    """One run; `auth`: headers (HTTP Basic) that every request carries, for a cluster with security on."""
+    """One run; `auth`: headers (HTTP Basic) that every request carries, for a cluster with security on;
+    `kinds`: the faults the nemesis draws from; `index_share`: the fraction of operations that are
+    index writes and queries (with any, the report carries the index checker's verdict)."""
     _AUTH.clear()
     _AUTH.update(auth or {})
     try:
-        return _run(net, cluster, seed=seed, fault_s=fault_s, faults=faults, clients=clients, bound_s=converge_bound_s)
+        return _run(
+            net,
+            cluster,
+            seed=seed,
+            fault_s=fault_s,
+            faults=faults,
+            clients=clients,
+            bound_s=converge_bound_s,
+            kinds=kinds,
+            index_share=index_share,
+        )
     finally:
         _AUTH.clear()
 
@@ -462,15 +608,17 @@ def _run(
     faults: int,
     clients: int,
     bound_s: float,
+    kinds: Sequence[str],
+    index_share: float,
 ) -> Report:
     rng = random.Random(seed)
     create_datatype_types(cluster)
-    workload = Workload(cluster, clients, seed)
+    workload = Workload(cluster, clients, seed, index_share)
     nemesis = Nemesis(net, cluster, rng)
     workload.start()
     try:
         time.sleep(2.0)  # some history before the first fault
-        for kind in nemesis.schedule()[:faults]:
+        for kind in nemesis.schedule(kinds)[:faults]:
             workload.faulty.set()
             nemesis.apply(kind)
             time.sleep(fault_s)
@@ -504,6 +652,10 @@ def _run(
         status, headers, body = _final_siblings(cluster[0], "registers", key)
         final_regs[key] = _register_siblings(cluster, key, status, headers, body)
     final_counters, final_dt_sets = _final_datatypes(cluster[0], workload)
+    index_verdict = None
+    if index_share:
+        final = final_index_queries(cluster, workload)
+        index_verdict = check_indexes(workload.index_writes, workload.index_queries + final)
     ring_size = int(json.loads(_call("GET", f"{cluster[0].url}/ring", timeout_s=5)[2])["ring_size"])
     for node in cluster.nodes:
         node.stop()
@@ -516,6 +668,7 @@ def _run(
         workload.during[0],
         workload.during[1],
         converged_s,
+        index_verdict,
         (problems if converged_s is None else []) + [f"stored: {p}" for p in stored_problems[:10]],
         nemesis.log,
     )
