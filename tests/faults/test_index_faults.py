@@ -16,7 +16,7 @@ from dynastore.localcluster import LocalCluster
 NetCluster = Callable[..., tuple[localnet.PrivateNet, LocalCluster]]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(180)
 def test_under_partitions_kills_and_pauses_every_acknowledged_indexed_object_is_found_exactly_once(
     net_cluster: NetCluster,
 ) -> None:
