@@ -134,7 +134,8 @@ class Report:
         if v is None:
             return []
         head = (
-            f"indexes: {v.writes} objects written, {v.acknowledged} acknowledged; {v.queries} queries, "
+            f"indexes: {v.writes} objects written, {v.acknowledged} acknowledged, {v.deleted} deleted; "
+            f"{v.queries} queries, "
             f"{v.queries_ok} answered in full; {len(v.lost)} lost, {len(v.duplicated)} duplicated, "
             f"{len(v.unexpected)} unexpected, {len(v.failed_final)} final queries failed"
         )
@@ -212,15 +213,18 @@ class Workload:
             time.sleep(rng.uniform(0.01, 0.05))
 
     def _index_op(self, node: NodeProc, rng: random.Random) -> None:
-        """A write of a new indexed object, or a query: an exact one on some object's own term, a range
-        of id_int, or the shared term, each followed page by page."""
+        """A write of a new indexed object, a delete of one, or a query: an exact one on some object's
+        own term, a range of id_int, or the shared term, each followed page by page."""
         kind = rng.random()
         with self.lock:
             written = len(self.index_writes)
-        if kind < 0.6 or written == 0:
+        if kind < 0.55 or written == 0:
             self._index_write(node)
             return
         n = rng.randrange(written)
+        if kind < 0.62:
+            self._index_delete(node, self.index_writes[n])
+            return
         if kind < 0.75:
             query = IndexQuery("id_int", n, n) if rng.random() < 0.5 else IndexQuery("name_bin", f"i{n}", f"i{n}")
         elif kind < 0.9:
@@ -244,6 +248,26 @@ class Workload:
             status = 0
         write.outcome = OK if status == 204 else FAIL if status == 400 else UNKNOWN
         self._record_write(write.outcome)
+
+    def _index_delete(self, node: NodeProc, write: IndexWrite) -> None:
+        """Delete an acknowledged object with the context of a read that showed it (so the delete
+        covers the key's one write); at most one delete per object."""
+        with self.lock:
+            if write.outcome != OK or write.deleted is not None:
+                return
+            write.deleted = UNKNOWN
+        got = self._get(node, INDEX_BUCKET, write.key)
+        vclock = got[1].get("X-Riak-Vclock") if got is not None and got[0] == 200 else None
+        if vclock is None:
+            write.deleted = None  # nothing was sent: no delete of it was tried
+            return
+        try:
+            url = obj(node.url, INDEX_BUCKET, write.key)
+            status, _, _ = _call("DELETE", url, headers={"X-Riak-Vclock": vclock}, timeout_s=CLIENT_TIMEOUT_S)
+        except OSError:
+            status = 0
+        write.deleted = OK if status == 204 else FAIL if status == 400 else UNKNOWN
+        self._record_write(write.deleted)
 
     def _datatype_op(self, node: NodeProc, rng: random.Random, kind: float) -> None:
         """A counter increment, a set add, or a read of a set and a remove of one element it showed."""

@@ -177,6 +177,23 @@ def test_the_index_checker_wants_every_acknowledged_key_once_in_a_final_answer_a
     assert failed.failed_final == ["grp_bin ['g', 'g']"] and not failed.ok
 
 
+def test_the_index_checker_wants_a_deleted_object_in_no_final_answer_and_an_unknown_delete_either_way() -> None:
+    """After an acknowledged delete a final answer holding the key is wrong (a tombstone indexes
+    nothing), though an answer during faults may still show it; after an unknown one, either is fine."""
+    gone = IndexWrite("a", (("grp_bin", "g"),), OK, deleted=OK)
+    maybe = IndexWrite("b", (("grp_bin", "g"),), OK, deleted=UNKNOWN)
+    kept = IndexWrite("c", (("grp_bin", "g"),), OK, deleted=FAIL)
+    writes = [gone, maybe, kept]
+    assert check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["c"], OK, final=True)]).ok
+    assert check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["b", "c"], OK, final=True)]).ok
+    assert check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["a", "b", "c"], OK)]).ok
+    back = check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["a", "c"], OK, final=True)])
+    assert back.unexpected == ["a in grp_bin ['g', 'g'] after its delete was acknowledged"] and not back.ok
+    assert check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["b"], OK, final=True)]).lost == [
+        "c not in grp_bin ['g', 'g']"
+    ]
+
+
 def test_the_copies_checker_lets_a_reaped_delete_leave_no_copy() -> None:
     """Once a delete covered a write, its tombstone may be reaped: no node need hold the write."""
     written = RegisterWrite("d", b"v", Context(), OK, Dot(b"n#1", 1))

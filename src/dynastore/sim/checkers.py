@@ -22,9 +22,11 @@ applied) or unknown (may or may not have been applied: timeouts and most failure
   its own, and terms shared by many objects, so that range queries span many keys), each key written
   once, and query the index, following continuations page by page. Every answer, whenever it ran,
   may hold only keys some attempted write gave an entry in the query's range, and each key at most
-  once (every object has one entry per field here). A final query, run after healing and
-  convergence, must also have succeeded and hold every acknowledged write in its range: lost =
-  acknowledged but absent, as for sets.
+  once (every object has one entry per field here). Some objects are deleted, with the context of
+  a read that showed the write. A final query, run after healing and convergence, must also have
+  succeeded and hold every acknowledged write in its range that no delete was attempted of: lost =
+  acknowledged but absent, as for sets; and it must hold no object whose delete was acknowledged (a
+  tombstone indexes nothing, so such a key is a stale entry or a resurrection).
 - The *copies* checker looks at what the nodes store rather than at what a read returns, so a loss
   shows before any read could hide or repair it. Every acknowledged write must be covered by the clock
   of the copies (data or hints) on at least W nodes. And a clock may cover a write only if the copy
@@ -229,11 +231,13 @@ Term = str | int
 
 @dataclass
 class IndexWrite:
-    """A write of a new key with index entries (field, term): `_int` terms as ints, `_bin` as text."""
+    """A write of a new key with index entries (field, term): `_int` terms as ints, `_bin` as text.
+    `deleted`: how a delete of the key with a context covering this write ended (None: not tried)."""
 
     key: str
     entries: tuple[tuple[str, Term], ...]
     outcome: str = UNKNOWN
+    deleted: str | None = None
 
 
 @dataclass
@@ -261,6 +265,7 @@ class IndexVerdict:
     duplicated: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     failed_final: list[str] = field(default_factory=list)
+    deleted: int = 0
 
     @property
     def ok(self) -> bool:
@@ -275,6 +280,7 @@ def check_indexes(writes: Iterable[IndexWrite], queries: Iterable[IndexQuery]) -
         acknowledged=sum(1 for w in writes if w.outcome == OK),
         queries=len(queries),
         queries_ok=sum(1 for q in queries if q.outcome == OK),
+        deleted=sum(1 for w in writes if w.deleted == OK),
     )
     for query in queries:
         what = f"{query.index} [{query.low!r}, {query.high!r}]" + (f" at {query.where}" if query.where else "")
@@ -291,9 +297,13 @@ def check_indexes(writes: Iterable[IndexWrite], queries: Iterable[IndexQuery]) -
         if query.outcome != OK:
             verdict.failed_final.append(what)
             continue
-        verdict.lost += [
-            f"{w.key} not in {what}" for w in writes if w.outcome == OK and w.key not in seen and _matches(w, query)
-        ]
+        for w in writes:
+            if not _matches(w, query):
+                continue
+            if w.deleted == OK and w.key in seen:
+                verdict.unexpected.append(f"{w.key} in {what} after its delete was acknowledged")
+            elif w.outcome == OK and w.deleted in (None, FAIL) and w.key not in seen:
+                verdict.lost.append(f"{w.key} not in {what}")
     return verdict
 
 
