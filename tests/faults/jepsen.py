@@ -675,6 +675,8 @@ def _run(
         nemesis.heal()
         workload.join()
     healed = time.monotonic()
+    # A client still running would add to the history while it is checked: the run says so instead.
+    stuck = [f"client {t.name} still running after the workload stopped" for t in workload.threads if t.is_alive()]
     keys_by_bucket = {"sets": workload.set_keys, "registers": workload.reg_keys}
     problems: list[str] = []
     converged_s = None
@@ -714,7 +716,7 @@ def _run(
         workload.during[1],
         converged_s,
         index_verdict,
-        (problems if converged_s is None else []) + [f"stored: {p}" for p in stored_problems[:10]],
+        (problems if converged_s is None else []) + stuck + [f"stored: {p}" for p in stored_problems[:10]],
         nemesis.log,
     )
 
