@@ -2,13 +2,20 @@
 
 Clients (threads) add unique elements to a few sets by read-modify-write, write unique values to
 independent keys, increment data-type counters and add (and, with the context of a read, remove)
-unique elements of data-type sets, recording every operation as ok / fail / unknown, while a nemesis cuts the network
-(halves, one node isolated, a bridge node seeing both sides), SIGKILLs and restarts nodes, SIGSTOPs and
-SIGCONTs them, and restarts one under `faketime` with a skewed clock. Then everything heals, the run
-waits for convergence (hint queues empty, replicas holding equal versions, Merkle roots equal) and the
-final reads go through the same checkers as the simulator. Last, every node is stopped and its data
+unique elements of data-type sets, and (with `index_share`) write new objects each with
+secondary-index entries and query the index page by page, recording every operation as ok / fail /
+unknown, while a nemesis cuts the network (halves, one node isolated, a bridge node seeing both
+sides), SIGKILLs and restarts nodes, SIGSTOPs and SIGCONTs them, and restarts one under `faketime`
+with a skewed clock. Then everything heals, the run waits for convergence (hint queues empty,
+replicas holding equal versions, Merkle roots equal) and the final reads go through the same
+checkers as the simulator. Last, every node is stopped and its data
 directory read offline: each acknowledged write must be covered on at least W nodes by a copy that
 still holds what it wrote (the copies checker of the simulator).
+
+The index workload's final queries run from every node in turn, after convergence and before the
+nodes stop: an exact query on each written object's own term, and, from each node as coordinator
+(which answers its own partitions from its own index), the shared term page by page and a range over
+every object's integer term. So an entry one replica failed to write shows as a lost key.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import random
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import msgpack
 from http_util import call, obj
@@ -38,12 +47,16 @@ from dynastore.sim.checkers import (
     CounterOp,
     DataTypeVerdict,
     ElementOp,
+    IndexQuery,
+    IndexVerdict,
+    IndexWrite,
     RegisterVerdict,
     RegisterWrite,
     SetOp,
     SetVerdict,
     check_copies,
     check_datatypes,
+    check_indexes,
     check_registers,
     check_sets,
 )
@@ -52,6 +65,11 @@ from dynastore.storage.lmdb_engine import LmdbEngine
 CLIENT_TIMEOUT_S = 4.0
 # The bucket types of the data-type workload, created and activated before it starts.
 COUNTER_TYPE, SET_TYPE = "jepsen-counters", "jepsen-sets"
+# The index workload: each object `i<n>` carries id_int n and name_bin i<n> (its own terms) and the
+# shared grp_bin term, so one query of that term (or a range of id_int) spans every object.
+INDEX_BUCKET, SHARED_TERM = "indexed", "all"
+# Pages of the index queries while faults run, and at most how many of them one query follows.
+INDEX_PAGE_RESULTS, INDEX_QUERY_PAGES_MAX = 50, 40
 # The credentials every request of a run carries (set by `run` when the cluster's security is on).
 _AUTH: dict[str, str] = {}
 
@@ -82,12 +100,14 @@ class Report:
     writes_during_faults: int
     acked_during_faults: int
     converged_s: float | None
+    indexes: IndexVerdict | None = None
     problems: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.sets.ok and self.registers.ok and self.datatypes.ok and not self.problems
+        indexes_ok = self.indexes is None or self.indexes.ok
+        return self.sets.ok and self.registers.ok and self.datatypes.ok and indexes_ok and not self.problems
 
     def text(self) -> str:
         availability = self.acked_during_faults / self.writes_during_faults if self.writes_during_faults else 1.0
@@ -99,6 +119,7 @@ class Report:
             f"data types: {self.datatypes.counters} increments, {self.datatypes.elements} set adds and removes, "
             f"{len(self.datatypes.lost)} lost, {len(self.datatypes.unexpected)} unexpected",
             *(f"data type: {p}" for p in (self.datatypes.lost + self.datatypes.unexpected)[:10]),
+            *self._index_lines(),
             f"write availability during faults: {availability:.1%} "
             f"({self.acked_during_faults}/{self.writes_during_faults})",
             f"converged {self.converged_s:.1f} s after healing" if self.converged_s is not None else "did not converge",
@@ -107,9 +128,21 @@ class Report:
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
+    def _index_lines(self) -> list[str]:
+        v = self.indexes
+        if v is None:
+            return []
+        head = (
+            f"indexes: {v.writes} objects written, {v.acknowledged} acknowledged, {v.deleted} deleted; "
+            f"{v.queries} queries, "
+            f"{v.queries_ok} answered in full; {len(v.lost)} lost, {len(v.duplicated)} duplicated, "
+            f"{len(v.unexpected)} unexpected, {len(v.failed_final)} final queries failed"
+        )
+        return [head, *(f"index: {p}" for p in (v.lost + v.duplicated + v.unexpected + v.failed_final)[:10])]
+
 
 class Workload:
-    def __init__(self, cluster: LocalCluster, clients: int, seed: int) -> None:
+    def __init__(self, cluster: LocalCluster, clients: int, seed: int, index_share: float = 0.0) -> None:
         self.cluster = cluster
         # The key of the contexts the nodes hand out (derived from the cluster's secret), to read their dots.
         assert cluster.secret is not None, "the fault suite's clusters share a secret"
@@ -128,6 +161,10 @@ class Workload:
         self.dt_set_keys = [f"t{i}" for i in range(2)]
         self.counter_ops: list[CounterOp] = []
         self.element_ops: list[ElementOp] = []
+        # The fraction of operations that are index writes and queries.
+        self.index_share = index_share
+        self.index_writes: list[IndexWrite] = []
+        self.index_queries: list[IndexQuery] = []
         self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
     def start(self) -> None:
@@ -154,7 +191,9 @@ class Workload:
         while not self.stop.is_set():
             node = self._node(rng)
             kind = rng.random()
-            if kind >= 0.7:
+            if rng.random() < self.index_share:
+                self._index_op(node, rng)
+            elif kind >= 0.7:
                 self._datatype_op(node, rng, (kind - 0.7) / 0.3)
             elif kind < 0.35:
                 with self.lock:
@@ -171,6 +210,63 @@ class Workload:
                 with self.lock:
                     self.writes.append(write)
             time.sleep(rng.uniform(0.01, 0.05))
+
+    def _index_op(self, node: NodeProc, rng: random.Random) -> None:
+        """A write of a new indexed object, a delete of one, or a query: an exact one on some object's
+        own term, a range of id_int, or the shared term, each followed page by page."""
+        kind = rng.random()
+        with self.lock:
+            written = len(self.index_writes)
+        if kind < 0.55 or written == 0:
+            self._index_write(node)
+            return
+        n = rng.randrange(written)
+        if kind < 0.62:
+            self._index_delete(node, self.index_writes[n])
+            return
+        if kind < 0.75:
+            query = IndexQuery("id_int", n, n) if rng.random() < 0.5 else IndexQuery("name_bin", f"i{n}", f"i{n}")
+        elif kind < 0.9:
+            query = IndexQuery("id_int", n, n + rng.randint(1, 100))
+        else:
+            query = IndexQuery("grp_bin", SHARED_TERM, SHARED_TERM)
+        index_query(node, query, INDEX_PAGE_RESULTS, INDEX_QUERY_PAGES_MAX, stop=self.stop)
+        with self.lock:
+            self.index_queries.append(query)
+
+    def _index_write(self, node: NodeProc) -> None:
+        with self.lock:
+            n = len(self.index_writes)
+            write = IndexWrite(f"i{n}", (("id_int", n), ("name_bin", f"i{n}"), ("grp_bin", SHARED_TERM)))
+            # Recorded before it is sent: a query may see the key before the write is acknowledged.
+            self.index_writes.append(write)
+        headers = {"Content-Type": "text/plain", **{f"X-Riak-Index-{name}": str(term) for name, term in write.entries}}
+        try:
+            status, _, _ = _call("PUT", obj(node.url, INDEX_BUCKET, write.key), b"v", headers, CLIENT_TIMEOUT_S)
+        except OSError:
+            status = 0
+        write.outcome = OK if status == 204 else FAIL if status == 400 else UNKNOWN
+        self._record_write(write.outcome)
+
+    def _index_delete(self, node: NodeProc, write: IndexWrite) -> None:
+        """Delete an acknowledged object with the context of a read that showed it (so the delete
+        covers the key's one write); at most one delete per object."""
+        with self.lock:
+            if write.outcome != OK or write.deleted is not None:
+                return
+            write.deleted = UNKNOWN
+        got = self._get(node, INDEX_BUCKET, write.key)
+        vclock = got[1].get("X-Riak-Vclock") if got is not None and got[0] == 200 else None
+        if vclock is None:
+            write.deleted = None  # nothing was sent: no delete of it was tried
+            return
+        try:
+            url = obj(node.url, INDEX_BUCKET, write.key)
+            status, _, _ = _call("DELETE", url, headers={"X-Riak-Vclock": vclock}, timeout_s=CLIENT_TIMEOUT_S)
+        except OSError:
+            status = 0
+        write.deleted = OK if status == 204 else FAIL if status == 400 else UNKNOWN
+        self._record_write(write.deleted)
 
     def _datatype_op(self, node: NodeProc, rng: random.Random, kind: float) -> None:
         """A counter increment, a set add, or a read of a set and a remove of one element it showed."""
@@ -268,6 +364,83 @@ class Workload:
         write.given = parse_context(vclock, "registers", write.key, self.context_key)
         outcome, write.dot = self._put(node, "registers", write.key, write.value, vclock)
         return outcome
+
+
+def index_query(
+    node: NodeProc,
+    query: IndexQuery,
+    page: int,
+    pages_max: int,
+    *,
+    stop: threading.Event | None = None,
+    timeout_ms: int | None = None,
+) -> None:
+    """Run `query` at `node`, page by page (`page` results each, at most `pages_max` pages, none once
+    `stop` is set), recording the keys of every page and whether the last one came (ok) or some page
+    did not (fail). `timeout_ms`: each page's timeout at the node (else its request timeout)."""
+    query.where = node.name
+    terms = [query.low] if query.low == query.high else [query.low, query.high]
+    path = f"{node.url}/buckets/{INDEX_BUCKET}/index/{query.index}/" + "/".join(quote(str(t), safe="") for t in terms)
+    params = f"?max_results={page}" + (f"&timeout={timeout_ms}" if timeout_ms is not None else "")
+    timeout_s = CLIENT_TIMEOUT_S + (timeout_ms or 0) / 1000
+    continuation: str | None = None
+    query.outcome = FAIL
+    for _ in range(pages_max):
+        if stop is not None and stop.is_set():
+            return
+        url = path + params + (f"&continuation={quote(continuation, safe='')}" if continuation else "")
+        try:
+            status, _, body = _call("GET", url, timeout_s=timeout_s)
+        except OSError:
+            return
+        if status != 200:
+            return
+        answer = json.loads(body)
+        query.keys += answer["keys"]
+        continuation = answer.get("continuation")
+        if not continuation:
+            query.outcome = OK
+            return
+
+
+# A final query is tried this often before it counts as failed, each page with this timeout: a page
+# that times out on a busy machine says nothing about the index (every attempt is still checked for
+# keys twice or never written).
+FINAL_QUERY_ATTEMPTS, FINAL_QUERY_TIMEOUT_MS = 3, 10_000
+
+
+def final_index_queries(cluster: LocalCluster, workload: Workload) -> list[IndexQuery]:
+    """After convergence: an exact query on each written object's own term (coordinators in turn), and
+    from every node the shared term and the whole id_int range, page by page (bounded by the count
+    of objects written)."""
+    writes = list(workload.index_writes)
+    if not writes:
+        return []
+    nodes = cluster.nodes
+    planned: list[tuple[NodeProc, IndexQuery, int]] = []
+    for n, write in enumerate(writes):
+        own = IndexQuery("id_int", n, n) if n % 2 else IndexQuery("name_bin", write.key, write.key)
+        planned.append((nodes[n % len(nodes)], own, 10))
+    for node in nodes:
+        planned.append((node, IndexQuery("grp_bin", SHARED_TERM, SHARED_TERM), 25))
+        planned.append((node, IndexQuery("id_int", 0, len(writes)), 40))
+    pages_max = len(writes) // 10 + 2
+
+    def attempts(item: tuple[NodeProc, IndexQuery, int]) -> list[IndexQuery]:
+        node, query, page = item
+        tried: list[IndexQuery] = []
+        for attempt in range(FINAL_QUERY_ATTEMPTS):
+            last = attempt == FINAL_QUERY_ATTEMPTS - 1
+            one = IndexQuery(query.index, query.low, query.high)
+            index_query(node, one, page, pages_max, timeout_ms=FINAL_QUERY_TIMEOUT_MS)
+            tried.append(one)
+            if one.outcome == OK or last:
+                one.final = True
+                break
+        return tried
+
+    with ThreadPoolExecutor(4) as pool:
+        return [query for tried in pool.map(attempts, planned) for query in tried]
 
 
 def dt_url(base: str, type_name: str, key: str, query: str = "") -> str:
@@ -443,12 +616,24 @@ def run(
     clients: int = 6,
     converge_bound_s: float = 90.0,
     auth: dict[str, str] | None = None,
+    index_share: float = 0.0,
 ) -> Report:
-    """One run; `auth`: headers (HTTP Basic) that every request carries, for a cluster with security on."""
+    """One run; `auth`: headers (HTTP Basic) that every request carries, for a cluster with security on;
+    `index_share`: the fraction of operations that are
+    index writes and queries (with any, the report carries the index checker's verdict)."""
     _AUTH.clear()
     _AUTH.update(auth or {})
     try:
-        return _run(net, cluster, seed=seed, fault_s=fault_s, faults=faults, clients=clients, bound_s=converge_bound_s)
+        return _run(
+            net,
+            cluster,
+            seed=seed,
+            fault_s=fault_s,
+            faults=faults,
+            clients=clients,
+            bound_s=converge_bound_s,
+            index_share=index_share,
+        )
     finally:
         _AUTH.clear()
 
@@ -462,10 +647,11 @@ def _run(
     faults: int,
     clients: int,
     bound_s: float,
+    index_share: float,
 ) -> Report:
     rng = random.Random(seed)
     create_datatype_types(cluster)
-    workload = Workload(cluster, clients, seed)
+    workload = Workload(cluster, clients, seed, index_share)
     nemesis = Nemesis(net, cluster, rng)
     workload.start()
     try:
@@ -482,6 +668,8 @@ def _run(
         nemesis.heal()
         workload.join()
     healed = time.monotonic()
+    # A client still running would add to the history while it is checked: the run says so instead.
+    stuck = [f"client {t.name} still running after the workload stopped" for t in workload.threads if t.is_alive()]
     keys_by_bucket = {"sets": workload.set_keys, "registers": workload.reg_keys}
     problems: list[str] = []
     converged_s = None
@@ -504,6 +692,10 @@ def _run(
         status, headers, body = _final_siblings(cluster[0], "registers", key)
         final_regs[key] = _register_siblings(cluster, key, status, headers, body)
     final_counters, final_dt_sets = _final_datatypes(cluster[0], workload)
+    index_verdict = None
+    if index_share:
+        final = final_index_queries(cluster, workload)
+        index_verdict = check_indexes(workload.index_writes, workload.index_queries + final)
     ring_size = int(json.loads(_call("GET", f"{cluster[0].url}/ring", timeout_s=5)[2])["ring_size"])
     for node in cluster.nodes:
         node.stop()
@@ -516,7 +708,8 @@ def _run(
         workload.during[0],
         workload.during[1],
         converged_s,
-        (problems if converged_s is None else []) + [f"stored: {p}" for p in stored_problems[:10]],
+        index_verdict,
+        (problems if converged_s is None else []) + stuck + [f"stored: {p}" for p in stored_problems[:10]],
         nemesis.log,
     )
 

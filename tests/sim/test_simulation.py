@@ -16,10 +16,13 @@ from dynastore.sim.checkers import (
     UNKNOWN,
     CounterOp,
     ElementOp,
+    IndexQuery,
+    IndexWrite,
     RegisterWrite,
     SetOp,
     check_copies,
     check_datatypes,
+    check_indexes,
     check_registers,
     check_sets,
 )
@@ -149,6 +152,46 @@ def test_the_register_checker_calls_a_deleted_value_that_comes_back_unexpected()
     maybe = RegisterWrite("d", b"", Context(((b"n#1", 1),)), UNKNOWN, None, delete=True)
     assert check_registers([written, maybe], back).ok
     assert check_registers([written, maybe], {"d": []}).ok
+
+
+def test_the_index_checker_wants_every_acknowledged_key_once_in_a_final_answer_and_nothing_never_written() -> None:
+    """During faults an answer may miss keys but never repeat one or hold one no write gave a term in
+    range; a final answer must also hold every acknowledged key in its range and must have succeeded."""
+    writes = [
+        IndexWrite("a", (("id_int", 1), ("grp_bin", "g")), OK),
+        IndexWrite("b", (("id_int", 2), ("grp_bin", "g")), OK),
+        IndexWrite("c", (("id_int", 10), ("grp_bin", "g")), UNKNOWN),
+    ]
+    assert check_indexes(writes, [IndexQuery("id_int", 1, 2, ["a"], OK)]).ok
+    assert check_indexes(writes, [IndexQuery("id_int", 1, 10, ["a", "b"], OK, final=True)]).ok
+    verdict = check_indexes(writes, [IndexQuery("id_int", 1, 10, ["a", "c"], OK, final=True)])
+    assert verdict.lost == ["b not in id_int [1, 10]"] and not verdict.ok
+    twice = check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["a", "b", "a"], FAIL)])
+    assert twice.duplicated == ["a twice in grp_bin ['g', 'g']"]
+    # c's term is out of this range, and z was never written: neither may appear in an answer.
+    stray = check_indexes(writes, [IndexQuery("id_int", 1, 5, ["c", "z"], FAIL)])
+    assert len(stray.unexpected) == 2 and not stray.ok
+    # Integers compare as numbers, not as text ("10" < "2").
+    assert check_indexes(writes, [IndexQuery("id_int", 2, 10, ["b", "c"], OK, final=True)]).ok
+    failed = check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["a"], FAIL, final=True)])
+    assert failed.failed_final == ["grp_bin ['g', 'g']"] and not failed.ok
+
+
+def test_the_index_checker_wants_a_deleted_object_in_no_final_answer_and_an_unknown_delete_either_way() -> None:
+    """After an acknowledged delete a final answer holding the key is wrong (a tombstone indexes
+    nothing), though an answer during faults may still show it; after an unknown one, either is fine."""
+    gone = IndexWrite("a", (("grp_bin", "g"),), OK, deleted=OK)
+    maybe = IndexWrite("b", (("grp_bin", "g"),), OK, deleted=UNKNOWN)
+    kept = IndexWrite("c", (("grp_bin", "g"),), OK, deleted=FAIL)
+    writes = [gone, maybe, kept]
+    assert check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["c"], OK, final=True)]).ok
+    assert check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["b", "c"], OK, final=True)]).ok
+    assert check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["a", "b", "c"], OK)]).ok
+    back = check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["a", "c"], OK, final=True)])
+    assert back.unexpected == ["a in grp_bin ['g', 'g'] after its delete was acknowledged"] and not back.ok
+    assert check_indexes(writes, [IndexQuery("grp_bin", "g", "g", ["b"], OK, final=True)]).lost == [
+        "c not in grp_bin ['g', 'g']"
+    ]
 
 
 def test_the_copies_checker_lets_a_reaped_delete_leave_no_copy() -> None:

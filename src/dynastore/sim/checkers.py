@@ -18,6 +18,15 @@ applied) or unknown (may or may not have been applied: timeouts and most failure
   read that showed them. A counter must end within [the sum of acknowledged increments, that sum
   plus every unknown one]; an acknowledged add not followed by an attempted remove must be present,
   an element whose remove was acknowledged must be absent, and nothing never added may appear.
+- The *index* checker (secondary indexes): clients write objects each with index entries (a term of
+  its own, and terms shared by many objects, so that range queries span many keys), each key written
+  once, and query the index, following continuations page by page. Every answer, whenever it ran,
+  may hold only keys some attempted write gave an entry in the query's range, and each key at most
+  once (every object has one entry per field here). Some objects are deleted, with the context of
+  a read that showed the write. A final query, run after healing and convergence, must also have
+  succeeded and hold every acknowledged write in its range that no delete was attempted of: lost =
+  acknowledged but absent, as for sets; and it must hold no object whose delete was acknowledged (a
+  tombstone indexes nothing, so such a key is a stale entry or a resurrection).
 - The *copies* checker looks at what the nodes store rather than at what a read returns, so a loss
   shows before any read could hide or repair it. Every acknowledged write must be covered by the clock
   of the copies (data or hints) on at least W nodes. And a clock may cover a write only if the copy
@@ -215,6 +224,100 @@ def check_datatypes(
     for where in present - set(adds):
         verdict.unexpected.append(f"set {where[0]}: {where[1]} (never added)")
     return verdict
+
+
+Term = str | int
+
+
+@dataclass
+class IndexWrite:
+    """A write of a new key with index entries (field, term): `_int` terms as ints, `_bin` as text.
+    `deleted`: how a delete of the key with a context covering this write ended (None: not tried)."""
+
+    key: str
+    entries: tuple[tuple[str, Term], ...]
+    outcome: str = UNKNOWN
+    deleted: str | None = None
+
+
+@dataclass
+class IndexQuery:
+    """A query of index `index` over [low, high] and the keys every page it got gave, in order. ok: every page
+    came (the last without a continuation); fail: one did not (`keys` holds the pages before). `final`:
+    run after healing and convergence, so it must be ok and complete."""
+
+    index: str
+    low: Term
+    high: Term
+    keys: list[str] = field(default_factory=list)
+    outcome: str = UNKNOWN
+    final: bool = False
+    where: str = ""  # which node coordinated it, for the report
+
+
+@dataclass
+class IndexVerdict:
+    writes: int
+    acknowledged: int
+    queries: int
+    queries_ok: int
+    lost: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    failed_final: list[str] = field(default_factory=list)
+    deleted: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.unexpected or self.failed_final)
+
+
+def check_indexes(writes: Iterable[IndexWrite], queries: Iterable[IndexQuery]) -> IndexVerdict:
+    writes = list(writes)
+    queries = list(queries)
+    verdict = IndexVerdict(
+        writes=len(writes),
+        acknowledged=sum(1 for w in writes if w.outcome == OK),
+        queries=len(queries),
+        queries_ok=sum(1 for q in queries if q.outcome == OK),
+        deleted=sum(1 for w in writes if w.deleted == OK),
+    )
+    for query in queries:
+        what = f"{query.index} [{query.low!r}, {query.high!r}]" + (f" at {query.where}" if query.where else "")
+        attempted = {w.key for w in writes if _matches(w, query)}
+        seen: set[str] = set()
+        for key in query.keys:
+            if key in seen:
+                verdict.duplicated.append(f"{key} twice in {what}")
+            elif key not in attempted:
+                verdict.unexpected.append(f"{key} in {what}, which no write gave such a term")
+            seen.add(key)
+        if not query.final:
+            continue
+        if query.outcome != OK:
+            verdict.failed_final.append(what)
+            continue
+        for w in writes:
+            if not _matches(w, query):
+                continue
+            if w.deleted == OK and w.key in seen:
+                verdict.unexpected.append(f"{w.key} in {what} after its delete was acknowledged")
+            elif w.outcome == OK and w.deleted in (None, FAIL) and w.key not in seen:
+                verdict.lost.append(f"{w.key} not in {what}")
+    return verdict
+
+
+def _matches(write: IndexWrite, query: IndexQuery) -> bool:
+    """Whether some entry of `write` lies in `query`'s range (integers compared as numbers)."""
+    low, high = query.low, query.high
+    for name, term in write.entries:
+        if name != query.index:
+            continue
+        if isinstance(term, int) and isinstance(low, int) and isinstance(high, int) and low <= term <= high:
+            return True
+        if isinstance(term, str) and isinstance(low, str) and isinstance(high, str) and low <= term <= high:
+            return True
+    return False
 
 
 # One node's copies of each key (its data and any hints it holds), as decoded objects.
