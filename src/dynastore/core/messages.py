@@ -31,7 +31,9 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # it merges to one value (objects.py, "One value per key"). 7: bucket types and data types. 8: the
 # cluster state carries staged membership changes (membership.STATE_FORMAT 4); JoinRequest says whether
 # the join is staged (the member adds the node, and the claimant gives it nothing until commit).
-PROTOCOL_VERSION = 8
+# 9: buffered writes (the Dynamo paper's section 6.1): ReplicaPut says whether the replica must sync
+# the copy before it acknowledges it, and ReplicaPutReply whether the copy it acknowledges is synced.
+PROTOCOL_VERSION = 9
 _INT_MAX = COUNTER_MAX
 
 
@@ -241,14 +243,21 @@ class ReplicaPut:
     resolve_one: bool
     write_id: bytes = b""
     dot: Dot | None = None
+    # Sync the copy before acknowledging it, whatever the receiver's own `durable` setting (the one
+    # replica a buffered write's coordinator picks, or every replica of a durable write).
+    durable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaPutReply:
+    """`durable`: the copy acknowledged was synced before this reply (else it is only written, and a
+    machine crash before the receiver's next sync may lose it)."""
+
     CODE: ClassVar[int] = 6
     req: int
     ok: bool
     reason: str
+    durable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
