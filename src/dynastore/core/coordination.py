@@ -45,6 +45,7 @@ from dynastore.core.diskspace import DISK_FULL
 from dynastore.core.messages import (
     ClientGet,
     ClientListKeys,
+    ClientLocalGet,
     ClientPut,
     ClientResponse,
     Failure,
@@ -226,6 +227,15 @@ class Coordination(NodeBase):
             reason = f"timed out waiting for r={op.tally.r}: {len(op.tally.results)} replied"
             self._answer(op.origin, Failure("timeout", reason))
         self._read_repair(op, now_ms)
+
+    def _local_get(self, origin: Origin, req: ClientLocalGet) -> None:
+        """A client's replica read: what this node would answer a coordinator's ReplicaGet."""
+        bad = self._check_key(req.bucket, req.key)
+        if bad is not None:
+            self._answer(origin, bad)
+            return
+        obj, after = self._read_local_after(req.bucket, req.key)
+        self._answer(origin, NotFound(None) if obj is None else Ok(local=obj), after=after)
 
     def _on_replica_get(self, src: str, msg: ReplicaGet, now_ms: int) -> None:
         obj, after = self._read_local_after(msg.bucket, msg.key)

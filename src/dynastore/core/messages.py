@@ -95,6 +95,17 @@ class ClientGet:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLocalGet:
+    """A replica read: this node's own copy of a key (data and hints merged, tombstones included),
+    with no quorum, for a client that coordinates its reads itself (client/ring_aware.py). Answered
+    `Ok(local=...)`, or NotFound(None) when this node holds no copy; like every read, only once what
+    it shows is on disk."""
+
+    bucket: bytes
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DtUpdate:
     """A data-type operation on one key (crdt.py): the key's datatype and HLL precision, the operation
     in Riak's JSON form (b"" deletes the key), and the clock the client read (its context), if any.
@@ -157,7 +168,7 @@ class ClientBucketType:
     props: tuple[tuple[str, Any], ...] = ()
 
 
-ClientRequest = ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps | ClientBucketType
+ClientRequest = ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps | ClientBucketType | ClientLocalGet
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +183,13 @@ class Siblings:
 @dataclass(frozen=True, slots=True)
 class Ok:
     """Success. `found` is the object for reads and for writes with return_body; a page of a listing
-    gives its `keys` and where the next page starts (`resume`, None after the last)."""
+    gives its `keys` and where the next page starts (`resume`, None after the last); a replica read
+    (ClientLocalGet) gives the node's own copy as `local`."""
 
     found: Siblings | None = None
     keys: tuple[bytes, ...] = ()
     resume: tuple[int, bytes] | None = None
+    local: Object | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,7 @@ from dynastore.core.messages import (
     ClientBucketType,
     ClientGet,
     ClientListKeys,
+    ClientLocalGet,
     ClientPut,
     ClientRequest,
     ClientSetBucketProps,
@@ -267,6 +268,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
                 self._start_put(origin, request, now_ms)
             elif isinstance(request, ClientListKeys):
                 self._start_list(origin, request, now_ms)
+            elif isinstance(request, ClientLocalGet):
+                self._local_get(origin, request)
             elif isinstance(request, ClientSetBucketProps):
                 self._set_bucket_props(origin, request, now_ms)
             elif isinstance(request, ClientBucketType):
