@@ -180,3 +180,18 @@ def test_a_primary_that_receives_a_write_naming_another_replica_as_fastest_forwa
     context = Context((), frozenset(), owners[2])
     assert isinstance(off.request(owners[0], ClientPut(b"b", KEY, context, Content(b"v"))), Ok)
     assert off.core(owners[0]).stats.coordinated_puts == coordinated + 1
+
+
+def test_a_buffered_owner_syncs_a_delivered_hint_before_acknowledging_it() -> None:
+    """A fallback drops its hint once the owner acknowledges the delivery, and that hint may be the one
+    synced copy of a write: a buffered owner syncs what it was handed before it answers."""
+    c = cluster(durable=False)
+    owners = primaries(c)
+    c.crash(owners[0])
+    c.settle(5000)
+    assert isinstance(c.request(owners[1], ClientPut(b"b", KEY, None, Content(b"v"))), Ok)
+    assert sum(c.core(n).hints_pending for n in c.nodes if c.nodes[n].up) == 1
+    c.restart(owners[0])
+    c.run_until(lambda: all(c.core(n).hints_pending == 0 for n in c.nodes), 20_000)
+    assert all(c.core(n).hints_pending == 0 for n in c.nodes), "the hint was delivered"
+    assert synced(c, owners[0])

@@ -101,8 +101,6 @@ class Coordination(NodeBase):
     _own_copies: dict[int, list[int]]
     # Forwarded writes applied here lately (coordinated or replicated), by write id.
     _recent_writes: RecentWrites
-    # The next batch taken is synced (NodeCore: buffered mode's periodic sync, and buffered writes).
-    _sync_due: bool
 
     def _init_coordination(self) -> None:
         self._own_copies = {}
@@ -590,12 +588,6 @@ class Coordination(NodeBase):
             self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
             if self.name in op.sync_nodes:
                 self._sync_next_batch()
-
-    def _sync_next_batch(self) -> None:
-        """The next batch taken holds a copy that must be synced before it is acknowledged (a durable
-        engine syncs every batch anyway). A sync covers every batch written before it too."""
-        if not self.engine.durable:
-            self._sync_due = True
 
     def _advance_put(self, op_id: int, op: PutOp, now_ms: int, *, durable_here: bool = False) -> None:
         """Answer once the tally decides. `durable_here`: every acknowledgement counted is of a durable
