@@ -317,6 +317,18 @@ def test_the_ring_aware_client_coordinates_reads_itself_and_its_merged_context_i
             await aware.put("b", "k", b"right", context=stale.context)
             assert sorted(v.data for v in (await aware.get("b", "k", r="all")).values) == [b"left", b"right"]
 
+            # A bucket that keeps one value: what the client merges is resolved as the nodes resolve it.
+            props = json.dumps({"props": {"allow_mult": False}}).encode()
+            status, _, body = call(
+                "PUT", f"{cluster[0].url}/buckets/one/props", props, {"Content-Type": "application/json"}
+            )
+            assert status == 204, body
+            await plain.put("one", "k", b"first", w="all")
+            stale = await aware.get("one", "k")
+            await aware.put("one", "k", b"second", context=stale.context)
+            await plain.put("one", "k", b"third", context=stale.context, w="all")
+            assert len((await aware.get("one", "k", r="all")).values) == 1
+
             # node2 misses a write (it is stopped), then comes back: the read that sees it behind repairs it.
             cluster[2].stop()
             await plain.put("b", "k2", b"missed", w=2, urls=[cluster[0].url])

@@ -116,6 +116,7 @@ RING_HEADER = "X-Dynastore-Ring"
 # that answered. The context of that copy comes signed in X-Riak-Vclock as always.
 REPLICA_CONTENT_TYPE = "application/x-dynastore-object"
 NODE_HEADER = "X-Dynastore-Node"
+ONE_VALUE_HEADER = "X-Dynastore-One-Value"
 
 
 def ring_epoch(runtime: NodeRuntime) -> str:
@@ -660,6 +661,8 @@ class Api:
             "Content-Type": REPLICA_CONTENT_TYPE,
             "X-Riak-Vclock": self._encode_context(obj.context(core.name), bucket, key),
             NODE_HEADER: core.name,
+            # The bucket keeps one value per key: the client resolves what it merges as nodes do.
+            ONE_VALUE_HEADER: "true" if bucketprops.keeps_one(core.bucket_props(bucket)) else "false",
         }
         return Response(status=200, body=objects.encode_stored(obj), headers=headers)
 

@@ -71,15 +71,20 @@ REPLICA_CONTENT_TYPE = "application/x-dynastore-object"
 NODE_HEADER = "X-Dynastore-Node"
 
 
+ONE_VALUE_HEADER = "X-Dynastore-One-Value"
+
+
 class _Copy:
-    """One replica's answer to a replica read: its copy (None: it holds none) and that copy's context."""
+    """One replica's answer to a replica read: its copy (None: it holds none), that copy's context, and
+    whether the bucket keeps one value per key (objects.resolve, as the nodes merge such copies)."""
 
-    __slots__ = ("context", "node", "obj")
+    __slots__ = ("context", "node", "obj", "one_value")
 
-    def __init__(self, node: str, obj: Object | None, context: str | None) -> None:
+    def __init__(self, node: str, obj: Object | None, context: str | None, one_value: bool = False) -> None:
         self.node = node
         self.obj = obj
         self.context = context
+        self.one_value = one_value
 
 
 class RingAwareClient:
@@ -471,7 +476,7 @@ class RingAwareClient:
             obj = objects.decode_stored(body)
         except CorruptCopy as exc:
             raise ClientError(502, f"{node} sent a copy that does not decode: {exc}") from None
-        return _Copy(node, obj, headers.get("X-Riak-Vclock"))
+        return _Copy(node, obj, headers.get("X-Riak-Vclock"), headers.get(ONE_VALUE_HEADER) == "true")
 
     def _after_read(
         self,
@@ -643,6 +648,8 @@ def _merge(copies: list[_Copy]) -> Object | None:
     for copy in copies:
         if copy.obj is not None:
             merged = copy.obj if merged is None else merge(merged, copy.obj)
+    if merged is not None and any(copy.one_value for copy in copies):
+        merged = objects.resolve(merged)
     return merged
 
 
