@@ -17,7 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynastore.client import ClientError, RingAwareClient
+from dynastore.client.ring_aware import _behind
 from dynastore.client.routing import Expiring, RingView, RingViewError, route
+from dynastore.core.objects import Content
+from dynastore.core.versions import Context, Dot, merge, update
 from dynastore.core.ring import Ring, claim
 from dynastore.localcluster import free_port
 
@@ -307,3 +310,18 @@ def test_no_node_at_all_is_a_clear_client_error_naming_what_was_tried() -> None:
             assert client.last_refresh_error is not None and dead in client.last_refresh_error
 
     run(scenario)
+
+
+def test_a_replica_is_repaired_only_for_versions_it_misses_that_are_older_than_the_grace() -> None:
+    """A client-coordinated read repairs a replica that misses a version written before the grace, not
+    one missing only a version written since (its coordinator is still sending it there), nor one that
+    holds, or has seen superseded, everything merged."""
+    old = update(None, Context(), Dot(b"a", 1), Content(b"v1", last_modified_us=1_000_000_000), 0)
+    new = update(old, old.context(), Dot(b"a", 2), Content(b"v2", last_modified_us=1_009_000_000), 0)
+    other = update(None, Context(), Dot(b"b", 1), Content(b"w", last_modified_us=1_009_000_000), 0)
+    merged = merge(new, other)
+    assert _behind(None, old, written_before_s=1_005.0), "a replica with no copy misses the old v1"
+    assert not _behind(None, merged, written_before_s=1_005.0), "all merged holds was written since"
+    assert not _behind(old, merged, written_before_s=1_005.0), "it misses only what was written since"
+    assert _behind(old, merged, written_before_s=1_010.0)
+    assert not _behind(merged, merged, written_before_s=1_010.0)
