@@ -20,8 +20,8 @@ from dynastore.client import ClientError, RingAwareClient
 from dynastore.client.ring_aware import _behind
 from dynastore.client.routing import Expiring, RingView, RingViewError, route
 from dynastore.core.objects import Content
-from dynastore.core.versions import Context, Dot, merge, update
 from dynastore.core.ring import Ring, claim
+from dynastore.core.versions import Context, Dot, merge, update
 from dynastore.localcluster import free_port
 
 NODES = ("a", "b", "c", "d", "e")
