@@ -195,3 +195,18 @@ def test_a_buffered_owner_syncs_a_delivered_hint_before_acknowledging_it() -> No
     c.run_until(lambda: all(c.core(n).hints_pending == 0 for n in c.nodes), 20_000)
     assert all(c.core(n).hints_pending == 0 for n in c.nodes), "the hint was delivered"
     assert synced(c, owners[0])
+
+
+def test_a_replica_whose_fastest_replica_is_gone_coordinates_the_write_itself() -> None:
+    """The context names owners[2], which died a moment ago (not yet judged down): the forward fails at
+    once and owners[0], a replica itself, coordinates the retry rather than sending it to itself (a
+    node's shell drops what it sends itself, so that write would have waited for its timeout)."""
+    c = cluster(durable=True)
+    owners = primaries(c)
+    c.crash(owners[2])
+    before = c.core(owners[0]).stats.coordinated_puts
+    context = Context((), frozenset(), owners[2])
+    c.tracing = True
+    assert isinstance(c.request(owners[0], ClientPut(b"b", KEY, context, Content(b"v"))), Ok)
+    assert c.core(owners[0]).stats.coordinated_puts == before + 1
+    assert not [line for line in c.trace if f" {owners[0]}->{owners[0]} " in line], "a message to itself"

@@ -391,6 +391,12 @@ class Coordination(NodeBase):
             reason = f"coordinator {op.dst} is unreachable; the operation may have been applied"
             self._answer(op.origin, Failure("unavailable", reason))
             return
+        if self.name in others:
+            # This node is a replica itself: it handed the write to the fastest replica of the read
+            # (`_prefers_other`), which is gone; it coordinates the retry (same write id) here.
+            self._finish(op_id)
+            self._start_put(op.origin, replace(op.request, hops=op.request.hops + 1), now_ms)
+            return
         if not others or len(op.tried) > self.settings.coordinator_forward_retries_max:
             self._finish(op_id)
             self._answer(op.origin, Failure("unavailable", f"coordinator {op.dst} is unreachable"))
