@@ -382,7 +382,9 @@ class Coordination(NodeBase):
         # the write's id, so a coordinator that holds the first attempt's version does not write it
         # again (recentwrites.py).
         _, plist = self.preference_list(op.request.bucket, op.request.key)
-        others = [t.node for t in plist.targets(self.healthy(now_ms)) if t.node not in op.tried]
+        targets = plist.targets(self.healthy(now_ms))
+        # Never this node itself: a node's shell drops what it sends itself.
+        others = [t.node for t in targets if t.node not in op.tried and t.node != self.name]
         dt = op.request.dt
         if dt is not None and dt.op:
             # A data-type operation is not idempotent (an increment applied twice counts twice): one
@@ -391,8 +393,8 @@ class Coordination(NodeBase):
             reason = f"coordinator {op.dst} is unreachable; the operation may have been applied"
             self._answer(op.origin, Failure("unavailable", reason))
             return
-        if self.name in others:
-            # This node is a replica itself: it handed the write to the fastest replica of the read
+        if any(t.node == self.name and t.primary for t in targets):
+            # This node is a primary itself: it handed the write to the fastest replica of the read
             # (`_prefers_other`), which is gone; it coordinates the retry (same write id) here.
             self._finish(op_id)
             self._start_put(op.origin, replace(op.request, hops=op.request.hops + 1), now_ms)
