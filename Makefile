@@ -48,12 +48,17 @@ soak: $(STAMP) $(SYSDEPS_STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/core tests/storage tests/net $(PYTEST_ARGS)
 
-# The YCSB comparison, about 15 minutes on 2 cores: workloads A, B, C and F against dynastore, etcd,
+# First the headline figures from C load generators, about 2 minutes: GET and PUT of 1 KB values under
+# wrk against dynastore and etcd, redis-benchmark against redis (bench-results/wrk.json, wrk.md); then
+# dynastore against etcd per second under wrk while a node is SIGSTOPped and while one is cut off by
+# iptables, about 4 minutes, needs root (faults.json, faults.md). WRK_ARGS adds options to both.
+# Then the YCSB comparison, about 15 minutes on 2 cores: workloads A, B, C and F against dynastore, etcd,
 # redis, pysyncobj and a no-op target (the driver's ceiling), plus the Dynamo paper's measurements.
 # Writes bench-results/results.json, results.md, throughput.png and latency.png. A peer that cannot
 # be installed is skipped with a message. BENCH_ARGS adds options, e.g. BENCH_ARGS='--duration 30'.
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
+WRK_ARGS ?=
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
@@ -61,6 +66,8 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 
 bench: $(BENCH_STAMP)
 	scripts/install-bench-deps.sh || echo "bench: could not install every peer; those missing are skipped" >&2
+	$(BIN)/dynastore bench wrk --out bench-results $(WRK_ARGS)
+	$(BIN)/dynastore bench wrk --faults --out bench-results $(WRK_ARGS)
 	$(BIN)/dynastore bench ycsb --target all --workload A,B,C,F --paper --out bench-results $(BENCH_ARGS)
 
 clean:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the peer servers that `make bench` compares dynastore with, when they are missing:
-# etcd (Debian's etcd-server: the 3-node Raft peer) and redis-server (the single-node ceiling).
+# etcd (Debian's etcd-server: the 3-node Raft peer), redis-server (the single-node ceiling), and the C
+# load generators of `dynastore bench wrk`: wrk, and redis-benchmark (Debian's redis-tools).
 # The benchmark starts its own instances on free loopback ports, so a system service that a package
 # may start on its default port is left alone and never used.
 # Needs root and apt; on any other machine it says what is missing and stops. A peer that stays
@@ -10,6 +11,8 @@ set -euo pipefail
 missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -36,6 +36,17 @@ BENCH_OPTIONS = {
     "partitioning": ["--nodes", "--n", "--tokens", "--keys", "--requests", "--trials", "--seed", "--load"],
     "ycsb": ["--target", "--workload", "--records", "--duration", "--url", "--out"],
     "paper": ["--workload", "--paper-nodes", "--paper-rate"],
+    "wrk": [
+        "--target",
+        "--duration",
+        "--keys",
+        "--connections",
+        "--set",
+        "--out",
+        "--faults",
+        "--fault-seconds",
+        "--fault-ops",
+    ],
 }
 
 
@@ -67,6 +78,22 @@ def test_a_bench_option_out_of_range_is_a_usage_error() -> None:
     """The bounds `bench partitioning` checked in click hold in the module's own parser."""
     code, output = invoke("bench", "partitioning", "--nodes", "0")
     assert code == 2 and "--nodes must be from 1 to 1000" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "etcd,mongo"], "subset of dynastore,etcd,redis"),
+        (["--duration", "0"], "0 is not from 1 to 600"),
+        (["--connections", "many"], "'many' is not an integer"),
+        (["--set", "durable"], "--set takes NAME=VALUE"),
+        (["--faults", "--fault-ops", "put,delete"], "operations are put, get or put,get"),
+    ],
+)
+def test_bad_wrk_bench_options_are_usage_errors_before_anything_starts(args: list[str], message: str) -> None:
+    """`bench wrk` refuses an unknown target, an out-of-range number or a malformed --set (exit 2)."""
+    code, output = invoke("bench", "wrk", *args)
+    assert code == 2 and message in output
 
 
 @pytest.mark.parametrize("group", ["cluster", "security", "bucket-type"])

@@ -161,6 +161,7 @@ def LOG_OPTIONS(fn: F) -> F:
 )
 @click.option("--http-port", type=int, default=None, help="[default: 8098]")
 @click.option("--peer-port", type=int, default=None, help="[default: 9000]")
+@click.option("--pb-port", type=int, default=None, help="Riak's Protocol Buffers API; 0: none. [default: 8087]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Its data directory (required).")
 @click.option("--seed", "seeds", multiple=True, help="A member's host:peer-port; a new node joins its cluster.")
 @click.option("--weight", type=int, default=None, help="Share of partitions relative to others. [default: 1]")
@@ -177,6 +178,7 @@ def node(
     advertise_host: str | None,
     http_port: int | None,
     peer_port: int | None,
+    pb_port: int | None,
     data_dir: str | None,
     seeds: tuple[str, ...],
     weight: int | None,
@@ -188,7 +190,7 @@ def node(
     """Run one node in the foreground (one per machine on real hosts).
 
     Every option may also be given in the config file's [node] table (name, host, advertise_host,
-    http_port, peer_port, data_dir, seeds, weight, log_level, log_format) or a DYNASTORE_NODE_<OPTION>
+    http_port, peer_port, pb_port, data_dir, seeds, weight, log_level, log_format) or a DYNASTORE_NODE_<OPTION>
     variable (DYNASTORE_NODE_ADVERTISE_HOST), and every setting as DYNASTORE_<SETTING>
     (DYNASTORE_N_VAL): flag > environment > file > default."""
     from dynastore.runtime import logs
@@ -201,6 +203,7 @@ def node(
         "advertise_host": advertise_host,
         "http_port": http_port,
         "peer_port": peer_port,
+        "pb_port": pb_port,
         "data_dir": data_dir,
         "seeds": seeds,
         "weight": weight,
@@ -222,6 +225,7 @@ def node(
         tuple(_address(s, "--seed") for s in options.seeds),
         options.weight,
         advertise_host=options.advertise_host,
+        pb_port=options.pb_port,
     )
     from dynastore.core.nodebase import StartupError
     from dynastore.net.tls import TlsError
@@ -245,6 +249,7 @@ _PER_NODE = ("name", "seeds", "weight")
 @click.option("--host", default=None, help="[default: 127.0.0.1]")
 @click.option("--http-port", type=int, default=None, help="Node 0's; node i serves on +i. [default: 8098]")
 @click.option("--peer-port", type=int, default=None, help="Node 0's; node i on +i. [default: 9000]")
+@click.option("--pb-port", type=int, default=None, help="Node 0's Riak PB API; node i on +i; 0: none. [default: 8087]")
 @click.option(
     "--config",
     type=click.Path(dir_okay=False, exists=True),
@@ -260,6 +265,7 @@ def up(
     host: str | None,
     http_port: int | None,
     peer_port: int | None,
+    pb_port: int | None,
     config: str | None,
     overrides: tuple[str, ...],
     log_level: str | None,
@@ -275,6 +281,7 @@ def up(
         "host": host,
         "http_port": http_port,
         "peer_port": peer_port,
+        "pb_port": pb_port,
         "data_dir": data_dir,
         "log_level": log_level,
         "log_format": log_format,
@@ -289,7 +296,7 @@ def up(
             _fail(f"[{NODE_TABLE}] {name}: up gives each node its own {name}; remove it from {config}")
         if name in given:
             _fail(f"{env_variable(name)}: up gives each node its own {name}; unset it")
-    for port_name in ("http_port", "peer_port"):
+    for port_name in ("http_port", "peer_port", "pb_port"):
         if getattr(options, port_name) + nodes - 1 > 65535:
             _fail(f"{port_name} {getattr(options, port_name)} leaves no room for {nodes} nodes")
     root = Path(options.data_dir or "./data")
@@ -315,6 +322,7 @@ def up(
         advertise_host=options.advertise_host,
         http_port=options.http_port,
         peer_port=options.peer_port,
+        pb_port=options.pb_port,
         overrides=overrides,
         make_secret=not settings.cluster_secret,
         node_args=tuple(node_args),
@@ -322,7 +330,10 @@ def up(
     try:
         cluster.start()
         for node in cluster.nodes:
-            click.echo(f"{node.name}: {node.url}  peer {node.peer_address}  data {node.data_dir}  log {node.log_path}")
+            pb = f"  pb {node.pb_address}" if node.pb_port else ""
+            click.echo(
+                f"{node.name}: {node.url}{pb}  peer {node.peer_address}  data {node.data_dir}  log {node.log_path}"
+            )
         deadline = time.monotonic() + ready_timeout
         ready = False
         reported: set[str] = set()
@@ -1564,6 +1575,11 @@ _BENCH_COMMANDS = {
         "dynastore.bench.cost",
         "main",
         "CPU per request on each node: ping, reads on 1 and 3 nodes, inserts, counter increments.",
+    ),
+    "wrk": (
+        "dynastore.bench.wrkbench",
+        "main",
+        "GET and PUT under wrk against dynastore, etcd and redis; --faults: SIGSTOP and a cut, per second.",
     ),
     "ycsb": ("dynastore.bench.ycsb", "main", "YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj."),
     "paper": (

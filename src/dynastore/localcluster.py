@@ -122,6 +122,8 @@ class NodeProc:
     advertise_host: str = ""
     # More arguments for `dynastore node` (--config, --log-level, ...).
     args: tuple[str, ...] = ()
+    # Riak's Protocol Buffers API; 0: none.
+    pb_port: int = 0
 
     @property
     def address(self) -> str:
@@ -135,6 +137,10 @@ class NodeProc:
     @property
     def peer_address(self) -> str:
         return f"{self.address}:{self.peer_port}"
+
+    @property
+    def pb_address(self) -> str:
+        return f"{self.address}:{self.pb_port}"
 
     def command(self) -> list[str]:
         cmd = [
@@ -152,6 +158,8 @@ class NodeProc:
             str(self.peer_port),
             "--data-dir",
             str(self.data_dir),
+            "--pb-port",
+            str(self.pb_port),
         ]
         if self.advertise_host:
             cmd += ["--advertise-host", self.advertise_host]
@@ -232,6 +240,7 @@ class LocalCluster:
         host: str = "127.0.0.1",
         http_port: int | None = None,
         peer_port: int | None = None,
+        pb_port: int | None = None,
         overrides: tuple[str, ...] = (),
         hosts: list[str] | None = None,
         netns: list[str] | None = None,
@@ -259,6 +268,7 @@ class LocalCluster:
         self._netns = netns
         self._http_base = http_port
         self._peer_base = peer_port
+        self._pb_base = pb_port
         for _ in range(count):
             self._define_node()
 
@@ -271,6 +281,11 @@ class LocalCluster:
         peer_port = (
             self._peer_base + i if self._peer_base is not None else free_port(host if not self._netns else "127.0.0.1")
         )
+        # Every node serves PB, as `up` starts them: on a free port unless a base is given (0: none).
+        if self._pb_base is None:
+            pb_port = free_port(host if not self._netns else "127.0.0.1")
+        else:
+            pb_port = self._pb_base + i if self._pb_base else 0
         if seeds is None:
             seeds = (self.nodes[0].peer_address,) if self.nodes else ()
         node = NodeProc(
@@ -286,6 +301,7 @@ class LocalCluster:
             self._netns[i] if self._netns else None,
             advertise_host=self._advertise_host,
             args=self._node_args,
+            pb_port=pb_port,
         )
         self.nodes.append(node)
         return node

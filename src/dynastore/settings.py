@@ -109,6 +109,16 @@ class Settings:
     # Request bodies held in memory at once over all HTTP connections (being received, or waiting with
     # their request): a body that would take them past this is answered 503 and its connection closed.
     http_body_buffer_bytes_max: int = 128 * 1024 * 1024
+    # Riak's Protocol Buffers API (api/pb/): the largest frame a client may send (an object, its
+    # metadata and the request's other fields; a bigger one is refused and the connection closed), the
+    # open connections a node keeps at once (one more is refused with RpbErrorResp), and how long one
+    # with no request in progress may send nothing before it is closed.
+    pb_frame_bytes_max: int = 2 * 1024 * 1024
+    # Request bytes held over all PB connections (frames being received or waiting their turn); a read
+    # that takes them past this is refused with RpbErrorResp and its connection closed.
+    pb_buffer_bytes_max: int = 128 * 1024 * 1024
+    pb_connections_max: int = 2048
+    pb_idle_timeout_ms: int = 3_630_000
     # A listing goes one page (a step of one partition, from one of its replicas) at a time: at most
     # this many keys or buckets, and this many bytes read from disk to find them (past the row that
     # reaches it), so no step holds an event loop for long. keys=true and buckets=true gather the
@@ -116,6 +126,24 @@ class Settings:
     list_page_keys_max: int = 1000
     list_page_bytes_max: int = 4 * 1024 * 1024
     list_result_bytes_max: int = 64 * 1024 * 1024
+    # Secondary indexes (core/indexes.py) and links, per sibling: at most this many index entries (an
+    # `X-Riak-Index-NAME_bin|_int` header may hold several values, comma-separated), names of at most
+    # index_name_bytes_max bytes (suffix included), terms of at most index_term_bytes_max bytes (an
+    # `_int` term is a signed 64-bit integer), and at most links_max links.
+    index_entries_max: int = 256
+    index_name_bytes_max: int = 128
+    index_term_bytes_max: int = 1024
+    links_max: int = 256
+    # A 2i query is a coverage query (core/indexquery.py): each partition asked once, of one replica;
+    # a replica that has not answered within index_replica_timeout_ms is replaced by another for its
+    # partitions. A page is at most index_page_results_max results (max_results may ask for fewer);
+    # what one replica reads for one request is bounded by index_scan_bytes_max (past the row that
+    # reaches it, one per partition). A query without max_results and without stream=true gathers its
+    # pages in memory: past index_result_bytes_max of results it answers 503 (a stream does not).
+    index_replica_timeout_ms: int = 2000
+    index_page_results_max: int = 1000
+    index_scan_bytes_max: int = 1024 * 1024
+    index_result_bytes_max: int = 64 * 1024 * 1024
 
     # --- Storage ---------------------------------------------------------------------------------------
     storage_engine: str = "lmdb"
@@ -323,6 +351,13 @@ def validation_problems(s: Settings) -> list[str]:
     need(s.request_timeout_ms >= 1, "request_timeout_ms must be positive")
     need(s.http_idle_timeout_ms >= 1, "http_idle_timeout_ms must be positive")
     need(s.http_connections_max >= 1, "http_connections_max must be positive")
+    need(s.pb_connections_max >= 1, "pb_connections_max must be positive")
+    need(s.pb_idle_timeout_ms >= 1, "pb_idle_timeout_ms must be positive")
+    need(s.pb_buffer_bytes_max >= s.pb_frame_bytes_max, "pb_buffer_bytes_max must hold one frame (pb_frame_bytes_max)")
+    need(
+        s.pb_frame_bytes_max >= s.object_bytes_max + s.meta_bytes_max + 64 * 1024,
+        "pb_frame_bytes_max must hold one object with its metadata (object_bytes_max + meta_bytes_max + 64 KiB)",
+    )
     need(s.peer_connections_max >= 1, "peer_connections_max must be positive")
     need(s.storage_engine in ("lmdb", "sqlite", "memory"), "storage_engine must be lmdb, sqlite or memory")
     need(s.counter_lease_count >= 1, "counter_lease_count must be positive")
@@ -348,12 +383,23 @@ def validation_problems(s: Settings) -> list[str]:
         "list_page_keys_max",
         "list_page_bytes_max",
         "list_result_bytes_max",
+        "index_name_bytes_max",
+        "index_term_bytes_max",
+        "index_replica_timeout_ms",
+        "index_page_results_max",
+        "index_scan_bytes_max",
+        "index_result_bytes_max",
         "anti_entropy_batch_bytes_max",
         "scrub_interval_ms",
         "scrub_batch_bytes_max",
         "storage_check_interval_ms",
     ):
         need(getattr(s, name) >= 1, f"{name} must be positive")
+    need(s.index_name_bytes_max <= 255, "index_name_bytes_max must be at most 255 (its length is one byte)")
+    need(
+        s.index_scan_bytes_max <= s.peer_message_bytes_max // 2,
+        "index_scan_bytes_max must be at most half of peer_message_bytes_max (a replica's answer is one message)",
+    )
     need(s.hints_max >= 0, "hints_max must not be negative")
     need(s.storage_reserve_bytes >= 0, "storage_reserve_bytes must not be negative")
     need(s.tombstone_grace_ms >= 0, "tombstone_grace_ms must not be negative")
@@ -391,6 +437,8 @@ class NodeOptions:
     advertise_host: str = ""
     http_port: int = 8098
     peer_port: int = 9000
+    # Riak's Protocol Buffers API; 0 serves none.
+    pb_port: int = 8087
     data_dir: str = ""
     seeds: tuple[str, ...] = ()
     weight: int = 1
@@ -427,12 +475,12 @@ def parse_node_option(name: str, value: Any) -> Any:
     """A node option's value from TOML (typed) or text (a flag, a variable); SettingsError if bad."""
     if name not in NODE_OPTION_NAMES:
         raise SettingsError(f"unknown node option {name!r} (known: {', '.join(NODE_OPTION_NAMES)})")
-    if name in ("http_port", "peer_port", "weight"):
+    if name in ("http_port", "peer_port", "pb_port", "weight"):
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
         if not isinstance(value, int) or isinstance(value, bool):
             raise SettingsError(f"{name} expects an integer, got {value!r}")
-        low, high = (1, WEIGHT_MAX) if name == "weight" else (1, 65535)
+        low, high = (1, WEIGHT_MAX) if name == "weight" else (0 if name == "pb_port" else 1, 65535)
         if not low <= value <= high:
             raise SettingsError(f"{name} must be from {low} to {high}, got {value}")
         return value

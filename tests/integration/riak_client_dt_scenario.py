@@ -2,7 +2,7 @@
 nodes given as arguments, in bucket types the test created with the CLI, and prints what it saw as
 one JSON object (as riak_client_scenario.py does for plain objects: it records, the test judges).
 
-Usage: python riak_client_dt_scenario.py HOST:PORT [HOST:PORT ...]
+Usage: [RIAK_CLIENT_PROTOCOL=pbc] python riak_client_dt_scenario.py HOST:PORT [HOST:PORT ...]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from riak_client_scenario import apply_shims
+from riak_client_scenario import PORT, PROTOCOL, apply_shims
 
 
 def plain(value: Any) -> Any:
@@ -32,7 +32,7 @@ def run(nodes: list[tuple[str, int]], seen: dict[str, Any]) -> None:
     from riak import RiakClient, RiakError
     from riak.datatypes import Counter, Hll, Map, Set
 
-    each_node = [RiakClient(protocol="http", nodes=[{"host": h, "http_port": p}]) for h, p in nodes]
+    each_node = [RiakClient(protocol=PROTOCOL, nodes=[{"host": h, PORT: p}]) for h, p in nodes]
     first = each_node[0]
 
     seen["step"] = "bucket type properties"

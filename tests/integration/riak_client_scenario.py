@@ -6,7 +6,7 @@ the test imports it only for its names (the riak import happens inside `run`). I
 records observations and the test asserts on them. If a step raises, the report names the step and
 carries the traceback, with everything seen before it.
 
-Usage: python riak_client_scenario.py HOST:PORT [HOST:PORT ...]
+Usage: [RIAK_CLIENT_PROTOCOL=pbc] python riak_client_scenario.py HOST:PORT [HOST:PORT ...]
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ from __future__ import annotations
 import collections
 import collections.abc
 import json
+import os
 import sys
 import traceback
 from typing import Any
+
+# The client's transport: "http" (the nodes given are HTTP ports) or "pbc" (Protocol Buffers ports).
+PROTOCOL = os.environ.get("RIAK_CLIENT_PROTOCOL", "http")
+PORT = "pb_port" if PROTOCOL == "pbc" else "http_port"
 
 BUCKET = "riak-client"
 # A slash, a space, a plus and a non-ASCII letter: the client escapes it with quote_plus.
@@ -54,8 +59,8 @@ def run(nodes: list[tuple[str, int]], seen: dict[str, Any]) -> None:
     apply_shims()
     from riak import RiakClient, RiakError
 
-    client = RiakClient(protocol="http", nodes=[{"host": h, "http_port": p} for h, p in nodes])
-    each_node = [RiakClient(protocol="http", nodes=[{"host": h, "http_port": p}]) for h, p in nodes]
+    client = RiakClient(protocol=PROTOCOL, nodes=[{"host": h, PORT: p} for h, p in nodes])
+    each_node = [RiakClient(protocol=PROTOCOL, nodes=[{"host": h, PORT: p}]) for h, p in nodes]
 
     seen["step"] = "feature detection"
     seen["ping"] = [c.ping() for c in each_node]

@@ -61,7 +61,7 @@ def node_named(cluster: LocalCluster, name: str) -> int:
 class UpProcess:
     """`dynastore up` run as a user would, its output read line by line with a bound on every wait."""
 
-    def __init__(self, data_dir: Path, nodes: int, http_port: int, peer_port: int) -> None:
+    def __init__(self, data_dir: Path, nodes: int, http_port: int, peer_port: int, pb_port: int) -> None:
         cmd = [
             sys.executable,
             "-m",
@@ -75,6 +75,8 @@ class UpProcess:
             str(http_port),
             "--peer-port",
             str(peer_port),
+            "--pb-port",
+            str(pb_port),
         ]
         for pair in FAST:
             cmd += ["--set", pair]
@@ -116,12 +118,15 @@ def test_dynastore_up_serves_round_trips_siblings_resolution_and_lww_then_restar
     the same stale context give a 300 with both siblings; a write with the merged context resolves them;
     a last_write_wins bucket never shows siblings; Ctrl-C stops every node; running it again restarts
     the same cluster with its data."""
-    http_base = contiguous_ports(6)
-    peer_base = http_base + 3
-    up = UpProcess(tmp_path / "data", 3, http_base, peer_base)
+    http_base = contiguous_ports(9)
+    peer_base, pb_base = http_base + 3, http_base + 6
+    up = UpProcess(tmp_path / "data", 3, http_base, peer_base, pb_base)
     urls = [f"http://127.0.0.1:{http_base + i}" for i in range(3)]
     try:
         up.wait_for("ready")
+        # Each node's line names its PB endpoint too, node i at pb-port + i.
+        for i in range(3):
+            assert any(f"node{i}: " in line and f"pb 127.0.0.1:{pb_base + i}" in line for line in up.seen), up.seen
         status, _, _ = put(urls[0], "b", "k", b"hello")
         assert status == 204
         status, headers, body = get(urls[1], "b", "k")
@@ -160,7 +165,7 @@ def test_dynastore_up_serves_round_trips_siblings_resolution_and_lww_then_restar
         assert put(urls[0], "b", "kept", b"survives")[0] == 204
     finally:
         assert up.stop() == 0
-    up_again = UpProcess(tmp_path / "data", 3, http_base, peer_base)
+    up_again = UpProcess(tmp_path / "data", 3, http_base, peer_base, pb_base)
     try:
         up_again.wait_for("ready")
         status, _, body = get(urls[2], "b", "kept")

@@ -49,7 +49,7 @@ def test_the_dockerfile_parses_and_has_what_a_node_image_needs() -> None:
     assert any("pip install" in run and " . " in f" {run} " for run in by["RUN"]), "installs the package"
     assert any("useradd" in run for run in by["RUN"]) and by["USER"][-1] == "dynastore", "runs as a non-root user"
     assert by["VOLUME"] == ['["/var/lib/dynastore"]']
-    assert set(by["EXPOSE"][0].split()) == {"8098", "9000"}
+    assert set(by["EXPOSE"][0].split()) == {"8098", "8087", "9000"}
     assert "/health" in by["HEALTHCHECK"][0] and "CMD" in by["HEALTHCHECK"][0]
     env = " ".join(by["ENV"])
     for variable in ("DYNASTORE_NODE_HOST=0.0.0.0", "DYNASTORE_NODE_DATA_DIR=/var/lib/dynastore"):

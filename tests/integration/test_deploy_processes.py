@@ -85,7 +85,8 @@ def test_a_node_takes_its_identity_from_the_file_then_the_environment_then_flags
     config.write_text(
         f'cluster_name = "from-file"\nn_val = 1\nr = 1\nw = 1\n'
         f'[node]\nname = "from-file"\nhost = "127.0.0.1"\nadvertise_host = "localhost"\n'
-        f'http_port = {file_port}\npeer_port = {peer_port}\ndata_dir = "{tmp_path / "data"}"\nlog_format = "json"\n'
+        f"http_port = {file_port}\npeer_port = {peer_port}\npb_port = {free_port()}\n"
+        f'data_dir = "{tmp_path / "data"}"\nlog_format = "json"\n'
     )
     env = {
         "DYNASTORE_NODE_HTTP_PORT": str(env_port),
@@ -205,12 +206,13 @@ def test_up_with_a_config_file_gives_every_node_its_settings_and_the_log_flags(
 ) -> None:
     """The file's settings reach every node, its [node] table gives the bases of ports and data
     directory, --log-format json reaches the nodes' logs, and per-node options in the file are refused."""
-    http, peer = _consecutive_ports(2), _consecutive_ports(2)
+    http, peer, pb = _consecutive_ports(2), _consecutive_ports(2), _consecutive_ports(2)
     data = tmp_path / "data"
     config = tmp_path / "up.toml"
     fast = "\n".join(f"{pair.split('=')[0]} = {pair.split('=')[1]}" for pair in FAST)
     config.write_text(
-        f'cluster_name = "from-up-file"\n{fast}\n[node]\nhttp_port = {http}\npeer_port = {peer}\ndata_dir = "{data}"\n'
+        f'cluster_name = "from-up-file"\n{fast}\n[node]\nhttp_port = {http}\npeer_port = {peer}\npb_port = {pb}\n'
+        f'data_dir = "{data}"\n'
     )
     proc = spawn(
         "up", "--nodes", "2", "--config", str(config), "--log-format", "json", "--log-level", "DEBUG",
@@ -283,7 +285,8 @@ def test_a_node_bound_to_loopback_but_advertised_on_the_network_does_not_take_lo
     http_port, peer_port = free_port(), free_port()
     spawn(
         "node", "--name", "p1", "--host", "127.0.0.1", "--advertise-host", "10.254.0.1",
-        "--http-port", str(http_port), "--peer-port", str(peer_port), "--data-dir", str(tmp_path / "d"),
+        "--http-port", str(http_port), "--peer-port", str(peer_port), "--pb-port", "0",
+        "--data-dir", str(tmp_path / "d"),
         "--set", f"cluster_secret_file={secret}", "--set", "n_val=1", "--set", "r=1", "--set", "w=1",
         log=tmp_path / "p1.log",
     )  # fmt: skip

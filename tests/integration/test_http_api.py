@@ -109,7 +109,13 @@ def test_the_root_lists_resources_as_json_to_clients_that_ask_and_as_html_otherw
     status, headers, body = call("GET", base + "/", headers={"Accept": "application/json"})
     assert status == 200 and lowered(headers)["content-type"].startswith("application/json")
     resources = json.loads(body)
-    for name in ("riak_kv_wm_buckets", "riak_kv_wm_keylist", "riak_kv_wm_object", "riak_kv_wm_props"):
+    for name in (
+        "riak_kv_wm_buckets",
+        "riak_kv_wm_index",
+        "riak_kv_wm_keylist",
+        "riak_kv_wm_object",
+        "riak_kv_wm_props",
+    ):
         assert resources[name] == "/buckets"
     assert resources["riak_kv_wm_ping"] == "/ping" and resources["riak_kv_wm_stats"] == "/stats"
     assert resources["riak_kv_wm_preflist"] == "/buckets" and resources["riak_kv_wm_bucket_type"] == "/types"
@@ -359,6 +365,37 @@ def test_bucket_props_are_read_changed_everywhere_refused_when_bad_and_reset(clu
     assert (reset["allow_mult"], reset["pw"], reset["rw"]) == (True, 0, "quorum")
 
 
+def test_speculative_retry_is_a_prop_shown_set_everywhere_refused_when_bad_and_counted(cluster: LocalCluster) -> None:
+    """speculative_retry shows as none; set to 50ms on one node, every node shows it and its reads hold
+    the third replica back (counted in /stats and /metrics); a value that is no policy is a 400 naming
+    the accepted forms, and the props stay as they were."""
+    base, last = cluster[0].url, cluster[2].url
+    url = "/buckets/speculative/props"
+    assert http_json(base + url)["props"]["speculative_retry"] == "none"
+    change = json.dumps({"props": {"speculative_retry": "50ms"}}).encode()
+    assert call("PUT", base + url, change, {"Content-Type": "application/json"})[0] == 204
+    cluster.wait(lambda: http_json(last + url)["props"]["speculative_retry"] == "50ms", 10, "the change to spread")
+    before = http_json(last + url)["props"]
+    for bad in ('"always"', '"100p"', '"0ms"', '"soon"', "20", "null", "true"):
+        body = b'{"props": {"speculative_retry": %s}}' % bad.encode()
+        status, _, answer = call("PUT", base + url, body, {"Content-Type": "application/json"})
+        assert status == 400 and b"speculative_retry must be none, a percentile" in answer, (bad, status, answer)
+    assert http_json(base + url)["props"] == http_json(last + url)["props"] == before
+
+    put(base, "speculative", "k", b"v")
+    held = http_json(base + "/stats")["speculative_reads_total"]
+    for _ in range(5):
+        status, _, body = call("GET", base + path("speculative", "k"))
+        assert (status, body) == (200, b"v")
+    stats = http_json(base + "/stats")
+    assert stats["speculative_reads_total"] >= held + 5, stats
+    assert set(stats["speculative_sends_by_reason"]) == {"timer", "notfound", "failure"}
+    status, _, metrics = call("GET", base + "/metrics")
+    assert status == 200
+    assert b'dynastore_speculative_sends_total{reason="timer"}' in metrics
+    assert b"dynastore_speculative_reads_total " in metrics
+
+
 def test_blind_writes_to_an_allow_mult_false_bucket_never_reach_the_sibling_limit(cluster: LocalCluster) -> None:
     """With allow_mult=false, 150 writes without a vclock through every node (siblings_max is 100) all
     get 200 with one value, and every node then reads the last one: no hidden siblings pile up."""
@@ -503,7 +540,11 @@ BAD_INPUT = [
     Bad("media type without a subtype", "PUT", "{obj}", 415, {"Content-Type": "nonsense"}),
     Bad("user metadata that is not UTF-8", "PUT", "{obj}", 400, {"X-Riak-Meta-Colour": b"\xff\xfe"}),
     Bad("content type that is not UTF-8", "PUT", "{obj}", 415, {"Content-Type": b"text/\xff"}),
-    Bad("secondary index", "PUT", "{obj}", 400, {"X-Riak-Index-Email_bin": "ada@example.com"}),
+    Bad("secondary index without a type suffix", "PUT", "{obj}", 400, {"X-Riak-Index-Email": "ada@example.com"}),
+    Bad("an _int index term that is no integer", "PUT", "{obj}", 400, {"X-Riak-Index-age_int": "old"}),
+    Bad("an index term that is not UTF-8", "PUT", "{obj}", 400, {"X-Riak-Index-a_bin": b"\xff\xfe"}),
+    Bad("a Link header that names no object", "PUT", "{obj}", 400, {"Link": '</ping>; riaktag="t"'}),
+    Bad("a Link header that is not links", "PUT", "{obj}", 400, {"Link": "nonsense"}),
     Bad("store if absent, but present", "PUT", "{obj}", 412, {"If-None-Match": "*"}),
     Bad("store if unchanged, but changed", "PUT", "{obj}", 412, {"If-Match": '"stale"'}),
     Bad("delete if unchanged, but changed", "DELETE", "{obj}", 412, {"If-Match": '"stale"'}),

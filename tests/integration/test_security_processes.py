@@ -70,6 +70,7 @@ def test_with_security_on_every_route_family_answers_by_user_permission_and_scop
     )
     assert cli("security", "grant", "riak_kv.put,riak_kv.delete", "--on", "any", "--to", "bob", *admin).returncode == 0
     assert cli("security", "grant", "riak_kv.get", "--on", "default/b3", "--to", "carol", *admin).returncode == 0
+    assert cli("security", "grant", "riak_kv.index", "--on", "b1", "--to", "carol", *admin).returncode == 0
     assert cli("security", "grant", "dynastore.admin", "--on", "any", "--to", "root", *admin).returncode == 0
     enable = cli("security", "enable", *admin)
     assert enable.returncode == 0, enable.stderr
@@ -113,6 +114,11 @@ def test_with_security_on_every_route_family_answers_by_user_permission_and_scop
     assert status("PUT", obj(n0, "b1", "k"), "alice", b"x") == 403
     assert status("DELETE", obj(n0, "b1", "k"), "alice") == 403
     assert status("GET", f"{n0}/buckets/b1/props", "alice") == 403, "get_bucket was not granted"
+    # A secondary-index query needs riak_kv.index on its bucket, whatever else is granted.
+    assert status("GET", f"{n0}/buckets/b1/index/a_bin/x", "alice") == 403, "index was not granted"
+    assert status("GET", f"{n0}/buckets/b1/index/a_bin/x", "carol") == 200
+    assert status("GET", f"{n0}/types/default/buckets/b1/index/$bucket/b1", "carol") == 200
+    assert status("GET", f"{n0}/buckets/b2/index/a_bin/x", "carol") == 403
     # One replica's copy of an object needs what reading it needs, not dynastore.status.
     assert status("GET", f"{n0}/admin/local/b1/k", "alice") in (200, 404)
     assert status("GET", f"{n0}/admin/local/b2/k", "alice") == 403
@@ -310,7 +316,8 @@ def test_a_loopback_cluster_without_a_secret_shares_the_key_it_made_across_nodes
 
 def test_a_data_directory_of_the_previous_format_is_opened_and_its_data_kept(tmp_path: Path) -> None:
     """A node's cluster state written in format 1 (no security, no cluster key, members without their
-    TLS flag): the node opens it, writes it back in the new format, and serves the data it held."""
+    TLS flag), and no secondary index yet: the node opens it, writes it back in the new format, serves
+    the data it held, and indexes what it is given from then on."""
     from dynastore.core import membership
     from dynastore.storage.base import Op
     from dynastore.storage.lmdb_engine import LmdbEngine
@@ -326,17 +333,25 @@ def test_a_data_directory_of_the_previous_format_is_opened_and_its_data_kept(tmp
             current = msgpack.unpackb(engine.get("meta", b"cluster") or b"", raw=False)
             old = [1, current[1], [m[:7] for m in current[2]], current[3], current[4]]
             engine.write(
-                [Op("meta", b"cluster", msgpack.packb(old, use_bin_type=True)), Op("meta", b"cluster_key", None)]
+                [
+                    Op("meta", b"cluster", msgpack.packb(old, use_bin_type=True)),
+                    Op("meta", b"cluster_key", None),
+                    Op("meta", b"index_format", None),
+                ]
             )
         finally:
             engine.close()
         cluster[0].start()
         cluster.wait_ready(60)
         assert call("GET", obj(cluster[0].url, "b", "k"))[2] == b"kept"
+        tagged = {"Content-Type": "text/plain", "X-Riak-Index-t_bin": "new"}
+        assert call("PUT", obj(cluster[0].url, "b", "k2"), b"indexed", tagged)[0] == 204
+        assert json.loads(call("GET", f"{cluster[0].url}/buckets/b/index/t_bin/new")[2]) == {"keys": ["k2"]}
         cluster[0].stop()
         engine = LmdbEngine(cluster[0].data_dir / "store")
         try:
             assert msgpack.unpackb(engine.get("meta", b"cluster") or b"", raw=False)[0] == membership.STATE_FORMAT
+            assert engine.get("meta", b"index_format") == (1).to_bytes(4, "big")
         finally:
             engine.close()
     finally:

@@ -17,8 +17,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 from storage_harness import StoreFactory
 
+from dynastore.core import indexes, objects
+from dynastore.core import keys as storage_keys
+from dynastore.core.versions import Context, Dot, update
 from dynastore.storage import AREAS, Engine, Op, StorageError
 from dynastore.storage.base import delete, put, scan_all
+from dynastore.storage.lmdb_engine import LmdbEngine
+from dynastore.storage.sqlite_engine import SqliteEngine
 
 # Keys whose byte order is easy to get wrong: the empty key, 0x00 and 0xff bytes, prefixes of each
 # other, and keys longer than LMDB accepts (some sharing their first 600 bytes).
@@ -473,5 +478,90 @@ def test_the_memory_engine_is_bounded_by_nothing_but_memory(factory: StoreFactor
             assert engine.space() is None
         else:
             assert engine.space() is not None
+    finally:
+        engine.close()
+
+
+class _IndexHost:
+    """A node's view of an engine, as the secondary index uses it (core/indexes.py)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _get(self, area: str, key: bytes) -> bytes | None:
+        return self.engine.get(area, key)
+
+    def _put(self, area: str, key: bytes, value: bytes | None) -> None:
+        self.engine.write([Op(area, key, value)])
+
+    def _scan(
+        self, area: str, start: bytes, end: bytes | None, limit: int, bytes_max: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        return self.engine.scan(area, start, end, limit, bytes_max)
+
+    def _decode_copy(self, area: str, key: bytes, raw: bytes) -> objects.Object | None:
+        return objects.decode_stored(raw)
+
+
+def _indexed(term: bytes, n: int) -> objects.Object:
+    content = objects.Content(b"v", indexes=(("n_int", str(n).encode()), ("t_bin", term)))
+    return update(None, Context(), Dot(b"a", 1), content, 1)
+
+
+def test_the_index_area_keeps_entries_in_query_order_for_long_and_awkward_terms_and_keys(
+    factory: StoreFactory,
+) -> None:
+    """Index entries of long buckets, keys and terms with NUL and 0xff bytes scan back in index order
+    and are removed with their key, on every engine, and survive a reopen on every disk engine."""
+    bucket = b"B" * 300
+    written = {}
+    engine = factory.open()
+    host = _IndexHost(engine)
+    for i, term in enumerate([*AWKWARD_KEYS[1:12], b"T" * 900]):
+        key = b"K" * 700 + bytes([i])
+        skey = storage_keys.encode(5, bucket, key)
+        indexes.on_write(host, skey, _indexed(term, i - 6))
+        written[key] = term
+    gone = b"K" * 700 + bytes([3])
+    indexes.on_write(host, storage_keys.encode(5, bucket, gone), None)
+    del written[gone]
+    if factory.persistent:
+        engine.close()
+        engine = factory.open()
+    try:
+        host = _IndexHost(engine)
+        found, _, done = indexes.scan(host, 5, bucket, "t_bin", b"\x00", b"\xff" * 4, None, 100, 1 << 20)
+        assert done and found == sorted((term, key) for key, term in written.items())
+        lo, hi = indexes.bounds_of("n_int", "-100", "100")
+        ints, _, _ = indexes.scan(host, 5, bucket, "n_int", lo, hi, None, 100, 1 << 20)
+        assert [indexes.term_text("n_int", t) for t, _ in ints] == sorted(key[-1] - 6 for key in written)
+    finally:
+        engine.close()
+
+
+def test_a_data_directory_without_an_index_area_opens_with_an_empty_one(disk_factory: StoreFactory) -> None:
+    """A directory written before the index area existed (here: its area dropped) opens, and the area
+    is there, empty and writable; the rest of the data is untouched."""
+    engine = disk_factory.open()
+    engine.write([Op("data", b"k", b"v"), Op("index", b"i", b"")])
+    if isinstance(engine, LmdbEngine):
+        env = engine._env
+        assert env is not None
+        with env.begin(write=True) as txn:
+            txn.drop(engine._dbs["index"], delete=True)
+            txn.drop(engine._long["index"], delete=True)
+    else:
+        assert isinstance(engine, SqliteEngine)
+        conn = engine._conn
+        assert conn is not None
+        conn.execute('DROP TABLE "area_index"')
+        conn.commit()
+    engine.close()
+    engine = disk_factory.open()
+    try:
+        assert engine.get("data", b"k") == b"v"
+        assert engine.count("index") == 0
+        engine.write([Op("index", b"i", b"")])
+        assert engine.get("index", b"i") == b""
     finally:
         engine.close()

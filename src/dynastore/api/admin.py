@@ -20,7 +20,7 @@ from dynastore.api.answers import Answer, BadRequest, failure, json_response, te
 from dynastore.api.auth import Guard
 from dynastore.api.server import Request, StreamResponse
 from dynastore.backup import BackupError
-from dynastore.core import buckettypes, clusterplan, keys, membership, merkle, objects, security
+from dynastore.core import buckettypes, clusterplan, indexes, keys, membership, merkle, objects, security
 from dynastore.core.effects import SecurityAction
 from dynastore.core.messages import PROTOCOL_VERSION, ClientBucketType, Failure, NotFound
 from dynastore.core.node import (
@@ -217,6 +217,7 @@ def _manifest_head(runtime: NodeRuntime) -> dict[str, Any]:
         "cluster_state": membership.STATE_FORMAT,
         "object": objects.FORMAT_VERSION,
         "merkle_summary": merkle.SUMMARY_VERSION,
+        "secondary_index": indexes.INDEX_FORMAT,
         "peer_protocol": PROTOCOL_VERSION,
     }
     if kind == "lmdb":

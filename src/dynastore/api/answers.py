@@ -47,3 +47,16 @@ def failure(response: ClientResponse) -> Response:
     """A failure the core reported, as the HTTP status its kind maps to and its reason."""
     assert isinstance(response, Failure)
     return text(STATUS_OF_FAILURE.get(response.kind, 503), response.reason)
+
+
+def bool_param(query: Mapping[str, str], name: str) -> bool:
+    """A true/false query parameter as Riak takes it (absent: false); anything else is a 400."""
+    raw = query.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"{name} must be true or false; got {raw!r}")

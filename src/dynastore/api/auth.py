@@ -245,7 +245,11 @@ class Guard:
         if credentials is None:
             return text(401, "credentials required", {"WWW-Authenticate": REALM})
         user, password = credentials
-        client = request.client_host
+        return await self.login(user, password, request.client_host, state)
+
+    async def login(self, user: str, password: str, client: str, state: security.SecurityState) -> str | Response:
+        """The user, when the password is theirs, else the refusal (401, or 429 when `client` failed too
+        often this minute). Shared by HTTP Basic auth and the PB API's RpbAuthReq."""
         minute = int(time.monotonic() // 60)
         window = self._failures.get(client)
         if window is not None and window[0] == minute and window[1] >= self.failures_max:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from dynastore.api.answers import Answer, BadRequest, json_response, text
+from dynastore.api.answers import Answer, BadRequest, bool_param, json_response, text
 from dynastore.api.server import Request, Response
 from dynastore.core import buckettypes, crdt
 from dynastore.core import datatypes as dt
@@ -113,15 +113,30 @@ async def _read(api: Api, request: Request, bucket: bytes, key: bytes, datatype:
     """The key's joined state (None: not found); raises _Refused when it cannot be read."""
     quorums = api._quorums(request.query)
     timeout = api._int_param(request, "timeout")
-    response = await api.runtime.request(
-        ClientGet(bucket, key, r=quorums["r"], pr=quorums["pr"], timeout_ms=timeout, with_deletions=True)
-    )
+    response = await read_state(api.runtime, bucket, key, datatype, quorums["r"], quorums["pr"], timeout)
     if isinstance(response, Failure):
         raise _Refused(api.failure(response))
+    if isinstance(response, crdt.CrdtError):
+        raise _Refused(text(409, f"the key holds no readable {datatype}: {response}"))
+    return response
+
+
+async def read_state(
+    runtime: NodeRuntime, bucket: bytes, key: bytes, datatype: str, r: Any, pr: Any, timeout_ms: int | None
+) -> crdt.State | Failure | crdt.CrdtError | None:
+    """A data-type key's joined state, read with every sibling (deletions' too): None when not found,
+    the Failure when it cannot be read, the CrdtError when what is stored is no readable `datatype`.
+    Shared by this API and the PB API (api/pb/server.py)."""
+    response = await runtime.request(ClientGet(bucket, key, r=r, pr=pr, timeout_ms=timeout_ms, with_deletions=True))
+    if isinstance(response, Failure):
+        return response
     if isinstance(response, NotFound):
         return None
     assert isinstance(response, Ok) and response.found is not None
-    return _joined(lambda: dt.visible(response.found.values, datatype), datatype)
+    try:
+        return dt.visible(response.found.values, datatype)
+    except crdt.CrdtError as exc:
+        return exc
 
 
 def _joined(join: Any, datatype: str) -> crdt.State | None:
@@ -202,7 +217,7 @@ async def update(
     body, raw_context = await _operation(api, request, datatype)
     context = _decode_context(api, raw_context, bucket, key)
     quorums = api._quorums(request.query)
-    return_body = _bool(request, "returnbody")
+    return_body = bool_param(request.query, "returnbody")
     op = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
     limit = api.settings.object_bytes_max
     if len(op) > limit:
@@ -296,7 +311,7 @@ async def _legacy_counter(api: Api, request: Request, bucket: bytes, key: bytes)
     if len(body) > 64 or not _INTEGER.fullmatch(raw) or abs(int(raw)) > COUNTER_MAX:
         raise BadRequest(f"a counter takes a signed 64-bit integer; got {raw.strip()[:32]!r}")
     quorums = api._quorums(request.query)
-    return_value = _bool(request, "returnvalue")
+    return_value = bool_param(request.query, "returnvalue")
     op = json.dumps({"increment": int(raw)}).encode()
     response = await api.runtime.request(
         ClientPut(
@@ -323,15 +338,3 @@ async def _legacy_counter(api: Api, request: Request, bucket: bytes, key: bytes)
         if state is not None:
             return Response(text=str(crdt.value(state)), content_type="text/plain")
     return Response(status=204)
-
-
-def _bool(request: Request, name: str) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise BadRequest(f"{name} must be true or false; got {raw!r}")

@@ -35,7 +35,8 @@ from multidict import CIMultiDict
 
 from dynastore import __version__
 from dynastore.api import admin, auth, dashboard, datatypes
-from dynastore.api.answers import Answer, BadRequest, failure, json_response, text
+from dynastore.api import indexes as index_api
+from dynastore.api.answers import Answer, BadRequest, bool_param, failure, json_response, text
 from dynastore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from dynastore.api.metrics import NodeMetrics
 from dynastore.api.server import HttpServer, Request, RequestEntityTooLarge, Response, StreamResponse, http_date
@@ -71,6 +72,7 @@ RESOURCES = {
     "riak_kv_wm_bucket_type": "/types",
     "riak_kv_wm_buckets": "/buckets",
     "riak_kv_wm_counter": "/buckets",
+    "riak_kv_wm_index": "/buckets",
     "riak_kv_wm_keylist": "/buckets",
     "riak_kv_wm_object": "/buckets",
     "riak_kv_wm_ping": "/ping",
@@ -179,6 +181,8 @@ class Api:
         self.settings = runtime.settings
         # The server this API answers for (its connection counts go into /stats).
         self.server: HttpServer | None = None
+        # The counts of the node's PB listener for /stats (api/pb/server.py sets it; None: no PB).
+        self.pb_stats: Callable[[], dict[str, int]] | None = None
         self.guard = auth.Guard(runtime)
         self.metrics = NodeMetrics(runtime, lambda: 0 if self.server is None else len(self.server.connections))
 
@@ -300,6 +304,8 @@ class Api:
             return await self._props(request, bucket)
         if tail[:1] in ([b"datatypes"], [b"counters"]):
             return await datatypes.route(self, request, bucket, tail, style)
+        if tail[:1] == [b"index"]:
+            return await index_api.route(self, request, bucket, tail)
         datatype = self._datatype_of(bucket)
         if tail == [b"keys"]:
             if method in READ_METHODS:
@@ -399,6 +405,8 @@ class Api:
         if self.server is not None:
             data["http_connections"] = len(self.server.connections)
             data["http_connections_refused_total"] = self.server.connections_refused
+        if self.pb_stats is not None:
+            data.update(self.pb_stats())
         data.update(
             {
                 "riak_kv_version": RIAK_KV_VERSION,
@@ -614,7 +622,7 @@ class Api:
         self.check_names(bucket, key)
         query = request.query
         quorums = self._quorums(query)
-        if _bool_param(query, "replica"):
+        if bool_param(query, "replica"):
             return await self.replica_read(bucket, key)
         response = await self.runtime.request(
             ClientGet(bucket, key, r=quorums["r"], pr=quorums["pr"], timeout_ms=self._int_param(request, "timeout"))
@@ -679,13 +687,11 @@ class Api:
         body = await request.read()
         if len(body) > limit:
             return text(413, f"object of {len(body)} bytes exceeds the limit of {limit} bytes")
-        if any(name.lower().startswith("x-riak-index-") for name in request.headers):
-            raise BadRequest("secondary indexes (X-Riak-Index-*) are not supported")
         if request.headers.get("Content-Type", "").split(";")[0].strip().lower() in DATATYPE_CONTENT_TYPES:
             raise BadRequest("application/riak_* content types are the data types' own: update them as data types")
         quorums = self._quorums(query)
         timeout = self._int_param(request, "timeout")
-        return_body = _bool_param(query, "returnbody")
+        return_body = bool_param(query, "returnbody")
         context = self._context_header(request, bucket, key)
         content_type, charset = _split_content_type(request.headers.get("Content-Type"))
         encoding = request.headers.get("Content-Encoding")
@@ -700,7 +706,12 @@ class Api:
         )
         if sum(len(k) + len(v) for k, v in usermeta) > self.settings.meta_bytes_max:
             raise BadRequest(f"user metadata exceeds {self.settings.meta_bytes_max} bytes", 413)
-        content = Content(body, content_type, charset, encoding, usermeta)
+        for name, value in request.headers.items():
+            if name.lower().startswith(index_api.INDEX_PREFIX) or name.lower() == "link":
+                _check_header_text(name, value)
+        entries = index_api.parse_index_headers(self.settings, request.headers.items())
+        links = index_api.parse_links(self.settings, request.headers.items())
+        content = Content(body, content_type, charset, encoding, usermeta, indexes=entries, links=links)
         if not generated and _has_write_precondition(request):
             refused = await self._write_precondition(request, bucket, key, await self._read_current(bucket, key))
             if refused is not None:
@@ -812,13 +823,16 @@ class Api:
         headers: CIMultiDict[str] = CIMultiDict()
         ctype = content.content_type + (f"; charset={content.charset}" if content.charset else "")
         headers["Content-Type"] = ctype
-        headers["Link"] = f'<{style.bucket_url(bucket)}>; rel="up"'
+        links = index_api.link_values(content, style.legacy)
+        headers["Link"] = ", ".join([*links, f'<{style.bucket_url(bucket)}>; rel="up"'])
         headers["ETag"] = f'"{objects.vtag(dot)}"'
         headers["Last-Modified"] = _http_date(content.last_modified_us)
         if content.content_encoding:
             headers["Content-Encoding"] = content.content_encoding
         for name, value in content.usermeta:
             headers.add("X-Riak-Meta-" + name, value)
+        for name, value in index_api.index_headers(content):
+            headers.add(name, value)
         return headers
 
     def _object_response(
@@ -939,18 +953,6 @@ def _quorum_value(name: str, raw: object) -> int | str:
         raise BadRequest(str(exc)) from None
 
 
-def _bool_param(query: Mapping[str, str], name: str) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise BadRequest(f"{name} must be true or false; got {raw!r}")
-
-
 def _check_header_text(name: str, value: str) -> str:
     """A request header's text, refused if it was not UTF-8: the server maps such bytes to lone surrogates,
     which can be neither stored nor sent back."""
@@ -1059,10 +1061,11 @@ def _http_date(micros: int) -> str:
     return http_date(micros // 1_000_000)
 
 
-def make_server(runtime: NodeRuntime) -> HttpServer:
-    """The node's HTTP server, not yet listening. Bodies are bounded: the object limit plus room for
-    nothing else (metadata travels in headers)."""
-    api = Api(runtime)
+def make_server(runtime: NodeRuntime, api: Api | None = None) -> HttpServer:
+    """The node's HTTP server for `api` (a new one by default; the PB API shares the node's), not yet
+    listening. Bodies are bounded: the object limit plus room for nothing else (metadata travels in
+    headers)."""
+    api = api if api is not None else Api(runtime)
     server = HttpServer(
         api.dispatch,
         body_bytes_max=runtime.settings.object_bytes_max + 64 * 1024,

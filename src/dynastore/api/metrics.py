@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from dynastore import __version__
 from dynastore.core.membership import STATUSES
+from dynastore.core.nodebase import Stats
 from dynastore.runtime.metrics import OPS, ROLES
 from dynastore.runtime.node import NodeRuntime
 
@@ -81,6 +82,7 @@ class NodeCollector(Collector):
                 ),
             )
         )
+        yield from _speculation(core.stats)
         hints = GaugeMetricFamily("dynastore_hints_pending", "Hinted writes held here, waiting for their owner.")
         hints.add_metric([], core.hints_pending)
         yield hints
@@ -209,6 +211,34 @@ class NodeCollector(Collector):
         )
         limit.add_metric([], controller.limit_ms(now_ms) / 1000)
         yield limit
+
+
+def _speculation(stats: Stats) -> Iterator[Metric]:
+    """Speculative retry of reads (core/speculative.py): how often it holds replicas back, asks them
+    later anyway (by why) and saves their reads."""
+    yield from _counters(
+        (
+            (
+                "speculative_reads",
+                "Reads this node coordinated that asked R replicas first and held the others back.",
+                stats.speculative_reads,
+            ),
+            (
+                "speculative_replicas_unasked",
+                "Replicas held back by a speculative read and never asked (replica reads saved).",
+                stats.speculative_unasked,
+            ),
+        )
+    )
+    sends = CounterMetricFamily(
+        "dynastore_speculative_sends",
+        "Held-back replicas a read asked after all: its delay passed (timer), a replica answered "
+        "not-found, or one was unreachable (failure).",
+        labels=["reason"],
+    )
+    for reason, count in stats.speculative_sends.items():
+        sends.add_metric([reason], count)
+    yield sends
 
 
 def _counters(rows: tuple[tuple[str, str, int], ...]) -> Iterator[Metric]:

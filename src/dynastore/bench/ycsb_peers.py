@@ -29,6 +29,7 @@ from pathlib import Path
 
 from dynastore.bench.ycsb_targets import (
     DYNASTORE_HTTP_BUFFERED,
+    DYNASTORE_PB,
     DYNASTORE_TARGETS,
     ETCD,
     NOOP,
@@ -154,14 +155,15 @@ def _version(command: list[str]) -> str:
     return lines[0] if lines else ""
 
 
-def check_available(target: str) -> None:
-    """Raise PeerUnavailable when what `target` needs is not installed."""
+def check_available(target: str, *, python_client: bool = True) -> None:
+    """Raise PeerUnavailable when what `target` needs is not installed (with `python_client`, also the
+    Python client the YCSB driver talks to it with; the C load generators need none)."""
     if target == ETCD and shutil.which("etcd") is None:
         raise PeerUnavailable(f"etcd is not installed (Debian package etcd-server; {INSTALL_HINT})")
     if target == REDIS:
         if shutil.which("redis-server") is None:
             raise PeerUnavailable(f"redis-server is not installed (Debian package redis-server; {INSTALL_HINT})")
-        if importlib.util.find_spec("redis") is None:
+        if python_client and importlib.util.find_spec("redis") is None:
             raise PeerUnavailable("the redis Python package is not installed (pip install -e '.[bench]')")
     if target == PYSYNCOBJ and importlib.util.find_spec("pysyncobj") is None:
         raise PeerUnavailable("the pysyncobj Python package is not installed (pip install -e '.[bench]')")
@@ -169,14 +171,20 @@ def check_available(target: str) -> None:
 
 @contextlib.contextmanager
 def running(
-    target: str, root: Path, *, nodes: int = 3, overrides: tuple[str, ...] = (), urls: tuple[str, ...] = ()
+    target: str,
+    root: Path,
+    *,
+    nodes: int = 3,
+    overrides: tuple[str, ...] = (),
+    urls: tuple[str, ...] = (),
+    python_client: bool = True,
 ) -> Iterator[RunningPeer]:
     """Start the store `target` needs under `root`, yield it once it serves, stop it afterwards.
 
     For dynastore targets, `nodes` is the size of the cluster started, `overrides` its settings (the
     buffered target adds durable=false), and `urls` names a running cluster to use instead.
     """
-    check_available(target)
+    check_available(target, python_client=python_client)
     if target == NOOP:
         yield RunningPeer(target, Endpoint(NOOP, ()))
     elif target in DYNASTORE_TARGETS:
@@ -218,6 +226,8 @@ def _dynastore(
             members = member_urls(urls[0])
         except (OSError, urllib.error.URLError, ValueError) as exc:
             raise PeerError(f"cannot read the ring of {urls[0]}: {exc}") from exc
+        if target == DYNASTORE_PB:
+            raise PeerError("dynastore-pb drives a cluster the bench starts (the ring does not list PB ports)")
         yield RunningPeer(target, Endpoint(target, members or urls), version=version)
         return
     cluster = LocalCluster(root / "dynastore", nodes, overrides=overrides)
@@ -228,7 +238,8 @@ def _dynastore(
         except ClusterError as exc:
             raise PeerError(str(exc)) from exc
         pids = [node.proc.pid for node in cluster.nodes if node.proc is not None]
-        yield RunningPeer(target, Endpoint(target, tuple(node.url for node in cluster.nodes)), pids, version)
+        addresses = tuple(node.pb_address if target == DYNASTORE_PB else node.url for node in cluster.nodes)
+        yield RunningPeer(target, Endpoint(target, addresses), pids, version)
     finally:
         cluster.close()
 
@@ -247,39 +258,52 @@ def _dynastore_version() -> str:
 
 @contextlib.contextmanager
 def _etcd(root: Path) -> Iterator[RunningPeer]:
+    with etcd_cluster(root) as (peer, _servers_started):
+        yield peer
+
+
+@contextlib.contextmanager
+def etcd_cluster(
+    root: Path, *, hosts: list[str] | None = None, netns: list[str] | None = None
+) -> Iterator[tuple[RunningPeer, list[ServerProcess]]]:
+    """A 3-node etcd under `root`, and its server processes (to signal one). On loopback, or member i
+    on `hosts[i]` inside network namespace `netns[i]` (localnet.PrivateNet's), so a link can be cut."""
     names = [f"etcd{i}" for i in range(3)]
+    hosts = hosts or [HOST] * len(names)
+    assert len(hosts) == len(names) and (netns is None or len(netns) == len(names))
+    # In a namespace of its own a member has the whole port space; a free loopback port is as good as any.
     client_ports = [free_port(HOST) for _ in names]
     peer_ports = [free_port(HOST) for _ in names]
-    initial = ",".join(f"{name}=http://{HOST}:{port}" for name, port in zip(names, peer_ports, strict=True))
-    servers = [
-        ServerProcess(
+    initial = ",".join(
+        f"{name}=http://{host}:{port}" for name, host, port in zip(names, hosts, peer_ports, strict=True)
+    )
+    servers = []
+    for i, (name, host, client, peer) in enumerate(zip(names, hosts, client_ports, peer_ports, strict=True)):
+        command = [
+            "etcd",
+            "--name",
             name,
-            [
-                "etcd",
-                "--name",
-                name,
-                "--data-dir",
-                str(root / name),
-                "--listen-client-urls",
-                f"http://{HOST}:{client}",
-                "--advertise-client-urls",
-                f"http://{HOST}:{client}",
-                "--listen-peer-urls",
-                f"http://{HOST}:{peer}",
-                "--initial-advertise-peer-urls",
-                f"http://{HOST}:{peer}",
-                "--initial-cluster",
-                initial,
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                "ycsb",
-            ],
-            root / f"{name}.log",
-        )
-        for name, client, peer in zip(names, client_ports, peer_ports, strict=True)
-    ]
-    urls = tuple(f"http://{HOST}:{port}" for port in client_ports)
+            "--data-dir",
+            str(root / name),
+            "--listen-client-urls",
+            f"http://{host}:{client}",
+            "--advertise-client-urls",
+            f"http://{host}:{client}",
+            "--listen-peer-urls",
+            f"http://{host}:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://{host}:{peer}",
+            "--initial-cluster",
+            initial,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "ycsb",
+        ]
+        if netns is not None:
+            command = ["ip", "netns", "exec", netns[i], *command]
+        servers.append(ServerProcess(name, command, root / f"{name}.log"))
+    urls = tuple(f"http://{host}:{port}" for host, port in zip(hosts, client_ports, strict=True))
 
     def healthy() -> bool:
         return all(http_json(url + "/health", timeout_s=1.0).get("health") == "true" for url in urls)
@@ -287,7 +311,7 @@ def _etcd(root: Path) -> Iterator[RunningPeer]:
     with _servers(servers):
         _wait_until(healthy, "every etcd member to be healthy", servers, READY_TIMEOUT_S)
         pids = [s.proc.pid for s in servers if s.proc is not None]
-        yield RunningPeer(ETCD, Endpoint(ETCD, urls), pids, _version(["etcd", "--version"]))
+        yield RunningPeer(ETCD, Endpoint(ETCD, urls), pids, _version(["etcd", "--version"])), servers
 
 
 # --- redis -------------------------------------------------------------------------------------------------

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from dynastore.bench.ycsb_driver import Outcome
-from dynastore.bench.ycsb_targets import ALL_TARGETS, DYNASTORE_HTTP, DYNASTORE_HTTP_BUFFERED, DYNASTORE_RING
+from dynastore.bench.ycsb_targets import (
+    ALL_TARGETS,
+    DYNASTORE_HTTP,
+    DYNASTORE_HTTP_BUFFERED,
+    DYNASTORE_PB,
+    DYNASTORE_RING,
+)
 from dynastore.bench.ycsb_workload import READ, READ_MODIFY_WRITE, UPDATE, WORKLOADS
 from dynastore.histogram import PERCENTILES
 
@@ -180,7 +186,7 @@ def ratios(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     workloads = sorted({r["workload"] for r in runs})
     for workload in workloads:
-        for ours in (DYNASTORE_HTTP, DYNASTORE_RING):
+        for ours in (DYNASTORE_HTTP, DYNASTORE_PB, DYNASTORE_RING):
             mine = find_run(runs, ours, workload)
             if mine is None:
                 continue

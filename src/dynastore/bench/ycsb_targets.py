@@ -27,7 +27,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -36,6 +36,9 @@ from dynastore.client.http import Fetched, HttpClient
 from dynastore.client.ring_aware import RingAwareClient
 from dynastore.net.tls import http_client_context
 
+if TYPE_CHECKING:
+    from dynastore.client.pb import PbClient
+
 # The table YCSB loads; dynastore stores it as one bucket.
 BUCKET = "usertable"
 
@@ -43,13 +46,15 @@ NOOP = "noop"
 DYNASTORE_HTTP = "dynastore-http"
 DYNASTORE_RING = "dynastore-ring"
 DYNASTORE_HTTP_BUFFERED = "dynastore-http-buffered"
+# dynastore through Riak's Protocol Buffers API (one connection per worker, spread over the nodes).
+DYNASTORE_PB = "dynastore-pb"
 ETCD = "etcd"
 REDIS = "redis"
 PYSYNCOBJ = "pysyncobj"
 
-DYNASTORE_TARGETS = (DYNASTORE_HTTP, DYNASTORE_RING, DYNASTORE_HTTP_BUFFERED)
+DYNASTORE_TARGETS = (DYNASTORE_HTTP, DYNASTORE_RING, DYNASTORE_HTTP_BUFFERED, DYNASTORE_PB)
 # The order `--target all` runs them in: the driver's own ceiling first, then the peers, then dynastore.
-ALL_TARGETS = (NOOP, REDIS, ETCD, PYSYNCOBJ, DYNASTORE_HTTP, DYNASTORE_RING)
+ALL_TARGETS = (NOOP, REDIS, ETCD, PYSYNCOBJ, DYNASTORE_HTTP, DYNASTORE_PB, DYNASTORE_RING)
 
 # Contexts remembered per driver process; far above any record count a run on one machine loads.
 CONTEXTS_REMEMBERED_MAX = 1_000_000
@@ -87,13 +92,21 @@ async def open_target(endpoint: Endpoint, concurrency: int) -> Target:
     kind = endpoint.kind
     if kind == NOOP:
         return NoopTarget()
-    if kind in (DYNASTORE_HTTP, DYNASTORE_HTTP_BUFFERED, DYNASTORE_RING):
+    if kind in (DYNASTORE_HTTP, DYNASTORE_HTTP_BUFFERED, DYNASTORE_RING, DYNASTORE_PB):
         # A cluster with security on: the driver's user from the environment (as the CLI takes it);
         # https:// nodes are verified against DYNASTORE_CA.
         user, password = os.environ.get("DYNASTORE_USER"), os.environ.get("DYNASTORE_PASSWORD", "")
         auth = (user, password) if user else None
         ca = os.environ.get("DYNASTORE_CA")
         ssl_context = http_client_context(ca) if ca else None
+        if kind == DYNASTORE_PB:
+            # The addresses are host:pb-port; PB is one request at a time per connection.
+            return DynastoreTarget(
+                [
+                    _pb_client(endpoint.addresses[i % len(endpoint.addresses)], auth, ssl_context)
+                    for i in range(max(1, concurrency))
+                ]
+            )
         if kind == DYNASTORE_RING:
             aware = RingAwareClient(
                 list(endpoint.addresses), timeout_s=REQUEST_TIMEOUT_S, auth=auth, ssl_context=ssl_context
@@ -153,10 +166,20 @@ class _KeyValue(Protocol):
     async def close(self) -> None: ...
 
 
-class DynastoreTarget:
-    """dynastore through `HttpClient` (one per node, workers spread over them) or one `RingAwareClient`."""
+def _pb_client(address: str, auth: tuple[str, str] | None, ssl_context: Any) -> PbClient:
+    # Imported here, as the peers' clients are: driver processes of other targets never load protobuf
+    # (a spawned driver has SPAWN_LEAD_S to import everything and connect).
+    from dynastore.client.pb import PbClient
 
-    def __init__(self, stores: list[HttpClient] | list[RingAwareClient]) -> None:
+    host, _, port = address.rpartition(":")
+    return PbClient(host, int(port), timeout_s=REQUEST_TIMEOUT_S, auth=auth, ssl_context=ssl_context)
+
+
+class DynastoreTarget:
+    """dynastore through `HttpClient` (one per node, workers spread over them), one `RingAwareClient`,
+    or `PbClient` (one per worker)."""
+
+    def __init__(self, stores: list[HttpClient] | list[RingAwareClient] | list[PbClient]) -> None:
         assert stores, "at least one client is needed"
         self._stores: list[_KeyValue] = list(stores)
         self._contexts: dict[str, str] = {}

@@ -12,9 +12,10 @@ HTTP and multipart handling lives here only.
 from __future__ import annotations
 
 import base64
+import json
 import quopri
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +41,19 @@ class Value:
     usermeta: Mapping[str, str] = field(default_factory=dict)
     vtag: str = ""
     last_modified: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexResult:
+    """A page of a secondary-index query: (term, key) pairs in index order (the term is None unless
+    the query asked for terms), and the continuation for the next page (None after the last)."""
+
+    results: tuple[tuple[str | int | None, str], ...]
+    continuation: str | None
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for _, key in self.results]
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,13 +333,17 @@ class HttpClient:
         pw: int | str | None = None,
         timeout_ms: int | None = None,
         urls: list[str] | None = None,
+        indexes: Mapping[str, Iterable[str | int]] | None = None,
     ) -> str | None:
-        """Store a value; returns the context of the write (to write again without reading)."""
+        """Store a value; returns the context of the write (to write again without reading).
+        `indexes` maps an index name (`..._bin`, `..._int`) to its terms."""
         headers = {"Content-Type": content_type}
         if context:
             headers["X-Riak-Vclock"] = context
         for name, value in (usermeta or {}).items():
             headers["X-Riak-Meta-" + name] = value
+        for name, terms in (indexes or {}).items():
+            headers["X-Riak-Index-" + name] = ", ".join(str(term) for term in terms)
         status, resp_headers, body = await self._call(
             "PUT",
             _path(bucket, key),
@@ -337,6 +355,44 @@ class HttpClient:
         if status not in (200, 204):
             raise ClientError(status, body.decode(errors="replace").strip())
         return resp_headers.get("X-Riak-Vclock")
+
+    async def index(
+        self,
+        bucket: str | bytes,
+        field: str,
+        low: str | int,
+        high: str | int | None = None,
+        *,
+        max_results: int | None = None,
+        continuation: str | None = None,
+        return_terms: bool = False,
+        timeout_ms: int | None = None,
+        urls: list[str] | None = None,
+    ) -> IndexResult:
+        """One secondary-index query (exact when `high` is None, else the range [low, high]): a page
+        of at most `max_results` (all without it) and the continuation to pass for the next."""
+        b = quote(bucket if isinstance(bucket, bytes) else bucket.encode(), safe="")
+        terms = [low] if high is None else [low, high]
+        path = f"/buckets/{b}/index/{quote(field, safe='')}/" + "/".join(quote(str(t), safe="") for t in terms)
+        params = {
+            "max_results": max_results,
+            "continuation": continuation,
+            "return_terms": return_terms or None,
+            "timeout": timeout_ms,
+        }
+        status, _, body = await self._call("GET", path, params=params, urls=urls)
+        if status != 200:
+            raise ClientError(status, body.decode(errors="replace").strip())
+        answer = json.loads(body)
+        if "results" in answer:
+            pairs: list[tuple[str | int | None, str]] = []
+            for item in answer["results"]:
+                ((term, key),) = item.items()
+                pairs.append((int(term) if field.endswith("_int") else term, key))
+            results = tuple(pairs)
+        else:
+            results = tuple((None, key) for key in answer["keys"])
+        return IndexResult(results, answer.get("continuation"))
 
     async def delete(
         self,

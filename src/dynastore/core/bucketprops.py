@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynastore.core import speculative
 from dynastore.core.quorum import QuorumError, parse, resolve
 from dynastore.settings import Settings
 
 # The properties a bucket may set (Riak's names); the API ignores the rest of Riak's (see api/http.py).
 # `rw` is the quorum of both halves of a delete that names neither r nor w (see quorum.delete_quorums).
-BUCKET_PROPS = ("n_val", "r", "w", "rw", "pr", "pw", "dw", "allow_mult", "last_write_wins")
+# `speculative_retry` says when a read asks the replicas beyond the R it needs (speculative.py).
+BUCKET_PROPS = ("n_val", "r", "w", "rw", "pr", "pw", "dw", "allow_mult", "last_write_wins", "speculative_retry")
 
 
 def defaults(settings: Settings) -> dict[str, Any]:
@@ -31,6 +33,7 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "dw": "quorum" if s.durable else 1,
         "allow_mult": s.allow_mult,
         "last_write_wins": s.last_write_wins,
+        "speculative_retry": speculative.DEFAULT,
     }
 
 
@@ -56,6 +59,9 @@ def stored_problem(props: dict[str, Any]) -> str | None:
         elif name in ("allow_mult", "last_write_wins"):
             if not isinstance(value, bool):
                 return f"{name} must be true or false"
+        elif name == "speculative_retry":
+            if (reason := speculative.problem(value)) is not None:
+                return reason
         else:
             try:
                 parse(name, value)
@@ -79,4 +85,4 @@ def problem(props: dict[str, Any], settings: Settings) -> str | None:
     for name in ("allow_mult", "last_write_wins"):
         if not isinstance(props.get(name), bool):
             return f"{name} must be true or false"
-    return None
+    return speculative.problem(props.get("speculative_retry", speculative.DEFAULT))

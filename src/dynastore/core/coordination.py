@@ -7,7 +7,10 @@ Theory of operation
   after R replies with every causally unrelated sibling and one merged context (naming the primary that
   answered first, the preferred coordinator of a following write), then repairs replicas that missed
   something once every reply is in or the request times out. A read waits for no disk, unless it saw
-  a write still being made durable: then for the batch holding that write only.
+  a write still being made durable: then for the batch holding that write only. A bucket whose
+  `speculative_retry` is not `none` asks only the replicas R needs first and the others after a
+  delay, or at once when an answer is missing or says not-found (speculative.py); replicas it never
+  asked are not read-repaired by it: anti-entropy covers them.
 - put/delete: coordinated by a node among the first N healthy nodes (others forward it there, preferring
   the node named in the context; a replica too hands a client's write to the replica the context names,
   the fastest of the preceding read: Dynamo's section 6.4). The coordinator draws a fresh dot, applies
@@ -38,9 +41,11 @@ touches the engine: it reads and writes through the staged overlay of nodebase.p
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, replace
+from typing import Any
 
-from dynastore.core import bucketprops, crdt, datatypes, keys, objects, placement
+from dynastore.core import bucketprops, crdt, datatypes, indexes, keys, objects, speculative
 from dynastore.core.diskspace import DISK_FULL
 from dynastore.core.messages import (
     ClientGet,
@@ -62,14 +67,17 @@ from dynastore.core.messages import (
     ReplicaPutReply,
     Siblings,
 )
-from dynastore.core.nodebase import NodeBase
-from dynastore.core.objects import Content, Object
+from dynastore.core.nodebase import NodeBase, SpeculationReason
+from dynastore.core.objects import Object
 from dynastore.core.ops import ForwardOp, GetOp, ListOp, Origin, PutOp, ToPeer
 from dynastore.core.quorum import OK, GetTally, PutTally, QuorumError, resolve
 from dynastore.core.recentwrites import WRITE_ID_BYTES, RecentWrites
 from dynastore.core.ring import PreferenceList, Target
 from dynastore.core.versions import Context, Dot, prune, update
 from dynastore.storage.base import truncated
+
+# Parsed speculative_retry values kept (a cluster uses a handful; past this the cache starts again).
+POLICIES_CACHED_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +109,17 @@ class Coordination(NodeBase):
     _own_copies: dict[int, list[int]]
     # Forwarded writes applied here lately (coordinated or replicated), by write id.
     _recent_writes: RecentWrites
+    # Recent replica-read latency, for speculative retry's percentiles; parsed policies by their text.
+    _replica_latency: speculative.ReplicaLatency
+    _policies: dict[str, speculative.Policy]
 
     def _init_coordination(self) -> None:
         self._own_copies = {}
         # A forwarded write lives at most 10 request timeouts (`_timeout`); remember it twice as long.
         s = self.settings
         self._recent_writes = RecentWrites(s.recent_writes_max, 20 * s.request_timeout_ms)
+        self._replica_latency = speculative.ReplicaLatency()
+        self._policies = {}
 
     # --- Get ------------------------------------------------------------------------------------------------
 
@@ -129,21 +142,79 @@ class Coordination(NodeBase):
                 Failure("unavailable", f"{len(targets)} healthy replicas ({primaries} primaries): r={r} pr={pr}"),
             )
             return
-        tally = GetTally(targets, r, pr, resolve_one=bucketprops.keeps_one(props))
+        asked, held, delay_ms = self._first_asked(targets, max(r, pr), props, now_ms)
+        tally = GetTally(asked, r, pr, resolve_one=bucketprops.keeps_one(props))
         op = GetOp(origin, req.bucket, req.key, tally, self._timeout(req.timeout_ms, now_ms), plist)
         op.with_deletions = req.with_deletions
+        if held:
+            self.stats.speculative_reads += 1
+            op.held, op.speculate_at_ms = held, min(now_ms + delay_ms, op.deadline_ms)
         self._dispatch_get(op, now_ms)
+
+    def _first_asked(
+        self, targets: tuple[Target, ...], first: int, props: dict[str, Any], now_ms: int
+    ) -> tuple[tuple[Target, ...], tuple[Target, ...], int]:
+        """The targets a read asks at once, those it holds back (speculative.py) and how long for.
+
+        Every target is asked at once unless the bucket's policy holds some back, the node knows how
+        long to wait, there are more targets than the read needs, and all of them are primaries (a
+        fallback means a primary is down: sloppy quorum reads every target, as it always did).
+        """
+        if len(targets) <= first or not all(t.primary for t in targets):
+            return targets, (), 0
+        policy = self._speculation_policy(props["speculative_retry"])
+        delay_ms = self._replica_latency.delay_ms(policy, now_ms) if policy.holds_back else None
+        if delay_ms is None:
+            return targets, (), 0
+        # This node's own copy first: it answers at once and costs no message.
+        ordered = sorted(targets, key=lambda t: t.node != self.name)
+        return tuple(ordered[:first]), tuple(ordered[first:]), delay_ms
+
+    def _speculation_policy(self, raw: object) -> speculative.Policy:
+        policy = self._policies.get(raw) if isinstance(raw, str) else None
+        if policy is None:
+            # Stored properties were checked on their way in (bucketprops.stored_problem).
+            policy = speculative.parse(raw)
+            if len(self._policies) >= POLICIES_CACHED_MAX:
+                self._policies.clear()
+            self._policies[str(raw)] = policy
+        return policy
 
     def _dispatch_get(self, op: GetOp, now_ms: int) -> None:
         op_id = self._register(op)
+        if op.held:
+            heapq.heappush(self._deadlines, (op.speculate_at_ms, op_id))
         for target in op.tally.targets:
             if target.node == self.name:
                 obj, after = self._read_local_after(op.bucket, op.key)
                 op.after = max(op.after, after)
                 op.tally.add(self.name, obj)
-            else:
+                if obj is None and op.held:
+                    # Not found here: only every replica can say so (quorum.py); ask them all now.
+                    self._ask_held(op_id, op, "notfound", now_ms)
+        for target in op.tally.targets:
+            if target.node != self.name and target.node not in op.asked_ms:
+                op.asked_ms[target.node] = now_ms
                 self._send(target.node, ReplicaGet(op_id, op.bucket, op.key), after=0)
         self._advance_get(op_id, op, now_ms)
+
+    def _ask_held(self, op_id: int, op: GetOp, reason: SpeculationReason, now_ms: int, *, lost: str = "") -> None:
+        """Ask the replicas a read held back (speculative.py), now. `lost`: one of them found unreachable,
+        added as a target without being asked (the caller counts it as an error)."""
+        held, op.held = op.held, ()
+        op.tally.targets += held
+        for target in held:
+            if target.node == lost or target.node in op.asked_ms:
+                continue
+            self.stats.speculative_sends[reason] += 1
+            op.asked_ms[target.node] = now_ms
+            self._send(target.node, ReplicaGet(op_id, op.bucket, op.key), after=0)
+
+    def _speculate(self, op_id: int, op: GetOp, now_ms: int) -> None:
+        """The speculative retry's delay has passed: the replicas asked first have not all answered."""
+        if op.held and now_ms >= op.speculate_at_ms:
+            self._ask_held(op_id, op, "timer", now_ms)
+            self._advance_get(op_id, op, now_ms)
 
     def _advance_get(self, op_id: int, op: GetOp, now_ms: int) -> None:
         decision = op.tally.decision()
@@ -161,6 +232,7 @@ class Coordination(NodeBase):
                 )
         if op.tally.complete:
             self._finish(op_id)
+            self.stats.speculative_unasked += len(op.held)
             if op.reap is not None:
                 self._finish_reap(op, now_ms)
             else:
@@ -211,15 +283,20 @@ class Coordination(NodeBase):
     def _lost_get(self, op_id: int, op: GetOp, peer: str, reason: str, now_ms: int) -> None:
         if peer in op.tally.results or peer in op.tally.errors:
             return
+        if op.held and any(t.node == peer for t in op.tally.targets + op.held):
+            # An answer is missing: the held replicas are asked now, not after the delay.
+            self._ask_held(op_id, op, "failure", now_ms, lost=peer)
         substitute = self._substitute(op.tally.targets, op.plist, peer, now_ms)
         op.tally.add_error(peer)
         if substitute is not None:
             op.tally.targets += (substitute,)
+            op.asked_ms[substitute.node] = now_ms
             self._send(substitute.node, ReplicaGet(op_id, op.bucket, op.key), after=0)
         self._advance_get(op_id, op, now_ms)
 
     def _expire_get(self, op_id: int, op: GetOp, now_ms: int) -> None:
         self._finish(op_id)
+        self.stats.speculative_unasked += len(op.held)
         if not op.replied:
             op.replied = True
             reason = f"timed out waiting for r={op.tally.r}: {len(op.tally.results)} replied"
@@ -242,7 +319,14 @@ class Coordination(NodeBase):
     def _on_replica_get_reply(self, src: str, msg: ReplicaGetReply, now_ms: int) -> None:
         op = self._ops.get(msg.req)
         if isinstance(op, GetOp):
+            asked_ms = op.asked_ms.pop(src, None)
+            if asked_ms is None:
+                # Not asked by this read (a duplicate, or a peer that is no target): nothing to count.
+                return
+            self._replica_latency.record(now_ms - asked_ms, now_ms)
             op.tally.add(src, msg.obj)
+            if msg.obj is None and op.held:
+                self._ask_held(msg.req, op, "notfound", now_ms)
             self._advance_get(msg.req, op, now_ms)
 
     # --- Put and delete ---------------------------------------------------------------------------------
@@ -257,7 +341,9 @@ class Coordination(NodeBase):
         if bad is not None:
             self._answer(origin, bad)
             return
-        problem = None if req.content is None else objects.check_content(req.content)
+        problem = None
+        if req.content is not None:
+            problem = objects.check_content(req.content) or indexes.content_problem(self.settings, req.content)
         if req.dt is not None:
             problem = _dt_problem(req)
         if problem is not None:
@@ -562,15 +648,7 @@ class Coordination(NodeBase):
         now_us = now_ms * 1000
         content = req.content if req.content is not None else objects.tombstone(now_us)
         if content.last_modified_us == 0:
-            content = Content(
-                content.value,
-                content.content_type,
-                content.charset,
-                content.content_encoding,
-                content.usermeta,
-                now_us,
-                content.deleted,
-            )
+            content = replace(content, last_modified_us=now_us)
         if plan.resolve_one:
             new = objects.update_one(local, context, dot, content, now_ms, lww=plan.lww)
         else:
@@ -721,15 +799,6 @@ class Coordination(NodeBase):
             return
         op = ListOp(origin, req, replicas[0], replicas[1:], self._timeout(req.timeout_ms, now_ms))
         self._send(op.peer, ListKeys(self._register(op), req.bucket, req.partition, req.after))
-
-    def _list_replicas(self, bucket: bytes | None, partition: int, now_ms: int) -> list[str]:
-        """The reachable primaries of `partition` for the bucket's n_val (the smallest n_val when listing
-        buckets: those hold every bucket's keys), this node first."""
-        n_val = self.n_vals()[0] if bucket is None else int(self._props(bucket)["n_val"])
-        healthy = self.healthy(now_ms)
-        primaries = placement.placement(self.cluster.ring, partition, n_val).plist.primary_nodes
-        found = [node for node in primaries if node in healthy]
-        return sorted(found, key=lambda node: node != self.name)
 
     def _list_page(self, req: ClientListKeys, items: list[bytes], last: bytes, done: bool) -> Ok:
         if not done:

@@ -31,9 +31,13 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # it merges to one value (objects.py, "One value per key"). 7: bucket types and data types. 8: the
 # cluster state carries staged membership changes (membership.STATE_FORMAT 4); JoinRequest says whether
 # the join is staged (the member adds the node, and the claimant gives it nothing until commit).
-# 9: buffered writes (the Dynamo paper's section 6.1): ReplicaPut says whether the replica must sync
-# the copy before it acknowledges it, and ReplicaPutReply whether the copy it acknowledges is synced.
-PROTOCOL_VERSION = 9
+# 9: a bucket's (or type's) props in the cluster state may hold `speculative_retry` (speculative.py),
+# which a node of 8 would refuse as an unknown property; objects and contents carry secondary index
+# entries and links (objects.FORMAT_VERSION 2); IndexScan / IndexScanReply: one replica's part of a
+# coverage query of a secondary index. 10: buffered writes (the Dynamo paper's section 6.1): ReplicaPut
+# says whether the replica must sync the copy before it acknowledges it, and ReplicaPutReply whether
+# the copy it acknowledges is synced.
+PROTOCOL_VERSION = 10
 _INT_MAX = COUNTER_MAX
 
 
@@ -168,7 +172,25 @@ class ClientBucketType:
     props: tuple[tuple[str, Any], ...] = ()
 
 
-ClientRequest = ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps | ClientBucketType | ClientLocalGet
+@dataclass(frozen=True, slots=True)
+class ClientIndexQuery:
+    """One page of a secondary-index query (indexes.py): the keys of `bucket` whose entries of `field`
+    (or `$bucket`, `$key`) lie in [low, high] (sort terms, inclusive), after the position `after`,
+    at most `max_results` of them. The answer is an Ok whose `page` holds them in index order, and
+    where the next page starts (None after the last)."""
+
+    bucket: bytes
+    field: str
+    low: bytes
+    high: bytes
+    max_results: int
+    after: tuple[bytes, bytes] | None = None
+    timeout_ms: int | None = None
+
+
+ClientRequest = (
+    ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps | ClientBucketType | ClientIndexQuery | ClientLocalGet
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +203,24 @@ class Siblings:
 
 
 @dataclass(frozen=True, slots=True)
+class IndexPage:
+    """A page of an index query: (sort term, key) positions in index order, and the position after
+    which the next page starts (None: there is none)."""
+
+    results: tuple[tuple[bytes, bytes], ...]
+    continuation: tuple[bytes, bytes] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Ok:
     """Success. `found` is the object for reads and for writes with return_body; a page of a listing
-    gives its `keys` and where the next page starts (`resume`, None after the last); a replica read
-    (ClientLocalGet) gives the node's own copy as `local`."""
+    gives its `keys` and where the next page starts (`resume`, None after the last); a page of an
+    index query is `page`; a replica read (ClientLocalGet) gives the node's own copy as `local`."""
 
     found: Siblings | None = None
     keys: tuple[bytes, ...] = ()
     resume: tuple[int, bytes] | None = None
+    page: IndexPage | None = None
     local: Object | None = None
 
 
@@ -509,6 +541,41 @@ class ObjectsReply:
     served: int
 
 
+@dataclass(frozen=True, slots=True)
+class IndexScan:
+    """A coverage query's request to one replica: for each of `partitions`, the positions of
+    `bucket`'s keys whose entries of `field` lie in [low, high] after `after` (empty, or term and key),
+    at most `limit` per partition, reading about `bytes_max` in all (indexes.scan)."""
+
+    CODE: ClassVar[int] = 28
+    req: int
+    bucket: bytes
+    field: str
+    low: bytes
+    high: bytes
+    after: tuple[bytes, ...]
+    limit: int
+    bytes_max: int
+    partitions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexScanReply:
+    """Per asked partition, in order: how many of the positions (`terms[i]`, `keys[i]`, in order) are
+    its, where its scan stopped (`last_terms`, `last_keys`; empty when it read nothing) and whether it
+    is done."""
+
+    CODE: ClassVar[int] = 29
+    req: int
+    partitions: tuple[int, ...]
+    counts: tuple[int, ...]
+    terms: tuple[bytes, ...]
+    keys: tuple[bytes, ...]
+    last_terms: tuple[bytes, ...]
+    last_keys: tuple[bytes, ...]
+    done: tuple[bool, ...]
+
+
 Message = (
     Ping
     | Pong
@@ -537,6 +604,8 @@ Message = (
     | SegmentReply
     | ObjectsRequest
     | ObjectsReply
+    | IndexScan
+    | IndexScanReply
 )
 
 MESSAGE_TYPES: tuple[type[Any], ...] = typing.get_args(Message)
@@ -583,20 +652,12 @@ def context_from_wire(data: Any) -> Context:
 
 
 def _content_to_wire(c: Content) -> list[Any]:
-    return [
-        c.value,
-        c.content_type,
-        c.charset,
-        c.content_encoding,
-        [list(p) for p in c.usermeta],
-        c.last_modified_us,
-        c.deleted,
-    ]
+    return objects.content_fields(c, extended=True)
 
 
 def _content_from_wire(data: Any) -> Content:
     # Reuse the object decoder's validation by wrapping the content in a one-sibling object.
-    _check(isinstance(data, list) and len(data) == 7, "malformed content")
+    _check(isinstance(data, list) and len(data) == 9, "malformed content")
     try:
         obj = objects.from_wire([objects.FORMAT_VERSION, [[b"x", 1, 0]], [[b"x", 1, *data]]])
     except ObjectError as exc:

@@ -56,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dynastore.core import hints, peercheck, placement
+from dynastore.core import hints, indexes, peercheck, placement
 from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy, RepairError
 from dynastore.core.bucketprops import BUCKET_PROPS
@@ -81,10 +81,12 @@ from dynastore.core.effects import (
     seed_label,
 )
 from dynastore.core.handoff import Handoff
+from dynastore.core.indexquery import IndexQueries
 from dynastore.core.membership import ACTIVE, Member
 from dynastore.core.messages import (
     ClientBucketType,
     ClientGet,
+    ClientIndexQuery,
     ClientListKeys,
     ClientLocalGet,
     ClientPut,
@@ -99,6 +101,8 @@ from dynastore.core.messages import (
     HandoffPull,
     HintDelivery,
     HintDeliveryReply,
+    IndexScan,
+    IndexScanReply,
     JoinReply,
     JoinRequest,
     ListKeys,
@@ -121,7 +125,7 @@ from dynastore.core.messages import (
     TreeReply,
     TreeRequest,
 )
-from dynastore.core.nodebase import NodeBase, Stats
+from dynastore.core.nodebase import NodeBase, StartupError, Stats
 from dynastore.core.objects import Object
 from dynastore.core.ops import (
     AnyOp,
@@ -129,6 +133,8 @@ from dynastore.core.ops import (
     ForwardOp,
     GetOp,
     HintOp,
+    IndexQueryOp,
+    IndexScanOp,
     JoinOp,
     ListOp,
     PullOp,
@@ -164,7 +170,7 @@ __all__ = [
 ]
 
 
-class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, NodeBase):
+class NodeCore(Coordination, IndexQueries, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, NodeBase):
     """One node's protocol state machine. See the module docstring."""
 
     def __init__(
@@ -201,6 +207,22 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
         self.stopping = False
         self.controller = BackgroundController(settings.background_latency_target_ms, settings.background_window_ms)
         self.aae = AntiEntropy(self, now_ms)
+        self._init_index_format()
+
+    def _init_index_format(self) -> None:
+        """The secondary index's layout version (indexes.py). A data directory written before indexes
+        existed has no record of it: its objects are all of format 1, which carries no index entries,
+        so its index is exactly the empty one it has, and the record is written. A newer layout is
+        refused."""
+        raw = self._get("meta", indexes.META_INDEX_FORMAT)
+        version = None if raw is None else int.from_bytes(raw, "big")
+        if version is not None and version > indexes.INDEX_FORMAT:
+            raise StartupError(
+                f"this data directory's secondary index has format {version}; "
+                f"this dynastore reads formats up to {indexes.INDEX_FORMAT}"
+            )
+        if version is None:
+            self._put("meta", indexes.META_INDEX_FORMAT, indexes.INDEX_FORMAT.to_bytes(4, "big"))
 
     # --- Public surface: the durability pipeline ----------------------------------------------------
 
@@ -268,6 +290,8 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
                 self._start_put(origin, request, now_ms)
             elif isinstance(request, ClientListKeys):
                 self._start_list(origin, request, now_ms)
+            elif isinstance(request, ClientIndexQuery):
+                self._start_index_query(origin, request, now_ms)
             elif isinstance(request, ClientLocalGet):
                 self._local_get(origin, request)
             elif isinstance(request, ClientSetBucketProps):
@@ -342,8 +366,13 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
         while self._deadlines and self._deadlines[0][0] <= now_ms:
             _, op_id = heapq.heappop(self._deadlines)
             op = self._ops.get(op_id)
-            if op is not None and op.deadline_ms <= now_ms:
+            if op is None:
+                continue
+            if op.deadline_ms <= now_ms:
                 _OP_KINDS[type(op)].expire(self, op_id, op, now_ms)
+            elif isinstance(op, GetOp):
+                # A read's speculative retry shares the deadline heap (coordination.py).
+                self._speculate(op_id, op, now_ms)
         self._tick_membership(now_ms)
         self._tick_hints(now_ms)
         self._tick_reaping(now_ms)
@@ -562,6 +591,11 @@ class NodeCore(Coordination, ClusterOps, Handoff, Reaping, Scrub, DiskSpace, Nod
             "foreground_p99_ms": self.controller.p99(now_ms),
             "background_latency_limit_ms": round(self.controller.limit_ms(now_ms), 1),
             "siblings_histogram": {str(k): v for k, v in sorted(s.siblings_histogram.items())},
+            "speculative_reads_total": s.speculative_reads,
+            "speculative_sends_total": sum(s.speculative_sends.values()),
+            "speculative_sends_by_reason": dict(s.speculative_sends),
+            "speculative_replicas_unasked_total": s.speculative_unasked,
+            "replica_get_p99_ms": round(self._replica_latency.percentile_ms(99.0, now_ms), 3),
             "requests_in_flight": len(self._ops),
         }
 
@@ -614,6 +648,8 @@ _HANDLERS: dict[type[Any], Handler] = dict(
         _on(ReapCheckReply, NodeCore._on_reap_check_reply),
         _on(ListKeys, NodeCore._on_list_keys),
         _on(ListKeysReply, NodeCore._on_list_keys_reply),
+        _on(IndexScan, NodeCore._on_index_scan),
+        _on(IndexScanReply, NodeCore._on_index_scan_reply),
         _on(GossipDigest, NodeCore._on_gossip_digest),
         _on(GossipState, NodeCore._on_gossip_state),
         _on(JoinRequest, NodeCore._on_join_request),
@@ -635,6 +671,8 @@ _OP_KINDS: dict[type[Any], OpKind] = dict(
         _op(PutOp, NodeCore._expire_put, NodeCore._lost_put),
         _op(ForwardOp, NodeCore._expire_forward, NodeCore._lost_forward),
         _op(ListOp, NodeCore._expire_list, NodeCore._lost_list),
+        _op(IndexQueryOp, NodeCore._expire_index_query, NodeCore._lost_index_query),
+        _op(IndexScanOp, NodeCore._expire_index_scan, NodeCore._lost_index_scan),
         _op(HintOp, NodeCore._expire_hints, NodeCore._lost_hints),
         _op(JoinOp, NodeCore._expire_join, NodeCore._lost_join),
         _op(PullOp, NodeCore._expire_pull, NodeCore._lost_pull),

@@ -21,7 +21,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dynastore.core import bucketprops, buckettypes, changes, hints, keys, membership, objects, placement, quorum
+from dynastore.core import (
+    bucketprops,
+    buckettypes,
+    changes,
+    hints,
+    indexes,
+    keys,
+    membership,
+    objects,
+    placement,
+    quorum,
+)
 from dynastore.core.actors import Actors
 from dynastore.core.antientropy import AntiEntropy
 from dynastore.core.controller import BackgroundController
@@ -44,6 +55,12 @@ META_CLUSTER_KEY = b"cluster_key"
 
 class StartupError(Exception):
     """A node cannot start on this data directory with these settings; the message says why in one line."""
+
+
+# Why a read asked the replicas it held back (speculative.py): its delay passed, a replica answered
+# not-found, a replica was found unreachable.
+SpeculationReason = Literal["timer", "notfound", "failure"]
+SPECULATION_REASONS: tuple[SpeculationReason, ...] = ("timer", "notfound", "failure")
 
 
 @dataclass
@@ -77,6 +94,13 @@ class Stats:
     scrub_passes: int = 0
     scrub_upgraded: int = 0
     siblings_histogram: dict[int, int] = field(default_factory=dict)
+    # Speculative retry: reads that asked fewer replicas first, the held replicas asked later (by why),
+    # and those never asked (the replica reads it saved).
+    speculative_reads: int = 0
+    speculative_sends: dict[SpeculationReason, int] = field(
+        default_factory=lambda: dict.fromkeys(SPECULATION_REASONS, 0)
+    )
+    speculative_unasked: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +257,16 @@ class NodeBase(ABC):
         partition = self.ring.partition_of(bucket, key)
         return partition, placement.placement(self.cluster.ring, partition, n_val)
 
+    def _list_replicas(self, bucket: bytes | None, partition: int, now_ms: int) -> list[str]:
+        """The reachable primaries of `partition` for the bucket's n_val (the smallest n_val when listing
+        buckets: those hold every bucket's keys), this node first: who may answer for the partition in
+        a listing or a coverage query."""
+        n_val = self.n_vals()[0] if bucket is None else int(self._props(bucket)["n_val"])
+        healthy = self.healthy(now_ms)
+        primaries = placement.placement(self.cluster.ring, partition, n_val).plist.primary_nodes
+        found = [node for node in primaries if node in healthy]
+        return sorted(found, key=lambda node: node != self.name)
+
     def n_vals(self) -> list[int]:
         return placement.n_vals_in_use(self.cluster, self.settings.n_val)
 
@@ -320,6 +354,7 @@ class NodeBase(ABC):
             self._count_hint_owner(key, -1)
             return
         self._put("reap", key, None)
+        indexes.on_write(self, key, None)
         # The segment index still holds the summary of what the copy was: now the tree shows it missing.
         self.aae.on_write(key, self._n_val_of(key), None)
         self.aae.repair_soon(int.from_bytes(key[: keys.PARTITION_BYTES], "big"))
@@ -336,10 +371,12 @@ class NodeBase(ABC):
         self.actors.forget(skey, self._get("data", skey))
         self._put("data", skey, None)
         self._put("reap", skey, None)
+        indexes.on_write(self, skey, None)
         self.aae.on_write(skey, self._n_val_of(skey), None)
 
     def _store_data(self, skey: bytes, obj: Object, previous: Object | None, now_ms: int) -> None:
         self._put("data", skey, objects.encode_stored(obj))
+        indexes.on_write(self, skey, obj, previous)
         self.aae.on_write(skey, self._n_val_of(skey), obj, previous)
         if objects.is_tombstone(obj):
             if previous is None or not objects.is_tombstone(previous) or self._get("reap", skey) is None:

@@ -1,5 +1,6 @@
-"""Stored objects: the siblings of a key (value, content type, user metadata, last-modified, deleted
-flag), their byte encoding for disk and wire, and the rules of buckets that keep one value per key.
+"""Stored objects: the siblings of a key (value, content type, user metadata, secondary index entries,
+links, last-modified, deleted flag), their byte encoding for disk and wire, and the rules of buckets
+that keep one value per key.
 
 An object on a replica is a `Versioned[Content]` (see versions.py): a clock and the live siblings,
 each with its dot. A delete is a write of a sibling with `deleted=True` (a tombstone): it takes part
@@ -48,7 +49,12 @@ import msgpack
 
 from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Clock, Context, Dot, Versioned, keep_only, update
 
-FORMAT_VERSION = 1
+# Format 1: a sibling is [actor, counter, value, content type, charset, encoding, usermeta,
+# last-modified, deleted]. Format 2 adds the sibling's index entries and links (two more fields). An
+# object none of whose siblings has either is still written as format 1, so that every object stored
+# before indexes existed keeps its bytes (and its anti-entropy summary); both are read.
+FORMAT_VERSION = 2
+FORMAT_PLAIN = 1
 # What a stored copy (data or hint) is on disk: this byte, a checksum of the payload, the payload (the
 # object's wire bytes). Copies written before checksums are the bare payload, a msgpack array of three
 # (0x93): read unchecked, and rewritten with a checksum by the next write or the scrub.
@@ -79,11 +85,22 @@ class Content:
     usermeta: tuple[tuple[str, str], ...] = ()
     last_modified_us: int = 0
     deleted: bool = False
+    # Secondary index entries (field name with its `_bin`/`_int` suffix, term; an `_int` term is its
+    # decimal text), sorted and without duplicates, and links (bucket, key, tag) in the order given
+    # (core/indexes.py validates both).
+    indexes: tuple[tuple[str, bytes], ...] = ()
+    links: tuple[tuple[bytes, bytes, bytes], ...] = ()
 
     @property
     def size_bytes(self) -> int:
         meta = sum(len(k) + len(v) for k, v in self.usermeta)
-        return len(self.value) + len(self.content_type) + meta
+        extra = sum(len(f) + len(t) for f, t in self.indexes) + sum(len(b) + len(k) + len(t) for b, k, t in self.links)
+        return len(self.value) + len(self.content_type) + meta + extra
+
+    @property
+    def extended(self) -> bool:
+        """Whether this sibling needs format 2 (it has index entries or links)."""
+        return bool(self.indexes or self.links)
 
 
 Object = Versioned[Content]
@@ -166,8 +183,10 @@ def same(a: Object, b: Object) -> bool:
 # --- Encoding ------------------------------------------------------------------------------------
 
 
-def content_fields(c: Content) -> list[Any]:
-    return [
+def content_fields(c: Content, extended: bool | None = None) -> list[Any]:
+    """A sibling's fields as format 1 writes them, with its index entries and links after them when
+    `extended` (by default: when it has any, so a sibling without them has the fields it always had)."""
+    fields: list[Any] = [
         c.value,
         c.content_type,
         c.charset,
@@ -176,14 +195,19 @@ def content_fields(c: Content) -> list[Any]:
         c.last_modified_us,
         c.deleted,
     ]
+    if c.extended if extended is None else extended:
+        fields.append([[f, t] for f, t in c.indexes])
+        fields.append([list(link) for link in c.links])
+    return fields
 
 
 def to_wire(obj: Object) -> list[Any]:
     """A msgpack-ready form, used inside inter-node messages."""
+    extended = any(content.extended for _, content in obj.siblings)
     return [
-        FORMAT_VERSION,
+        FORMAT_VERSION if extended else FORMAT_PLAIN,
         [[a, c, ts] for a, c, ts in obj.clock.entries],
-        [[d.actor, d.counter, *content_fields(content)] for d, content in obj.siblings],
+        [[d.actor, d.counter, *content_fields(content, extended)] for d, content in obj.siblings],
     ]
 
 
@@ -320,7 +344,8 @@ def from_wire(data: Any) -> Object:
     """Validate and rebuild an object; raises ObjectError for anything malformed."""
     _need(isinstance(data, list) and len(data) == 3, "object must be a 3-element list")
     version, raw_clock, raw_siblings = data
-    _need(version == FORMAT_VERSION, f"unknown object format {version!r}")
+    _need(version in (FORMAT_PLAIN, FORMAT_VERSION), f"unknown object format {version!r}")
+    width = 9 if version == FORMAT_PLAIN else 11
     _need(isinstance(raw_clock, list) and isinstance(raw_siblings, list), "malformed object")
     entries: dict[bytes, tuple[int, int]] = {}
     for entry in raw_clock:
@@ -333,8 +358,9 @@ def from_wire(data: Any) -> Object:
     clock = Clock.from_mapping(entries)
     siblings: dict[Dot, Content] = {}
     for sib in raw_siblings:
-        _need(isinstance(sib, list) and len(sib) == 9, "malformed sibling")
-        actor, counter, value, ctype, charset, encoding, meta, modified, deleted = sib
+        _need(isinstance(sib, list) and len(sib) == width, "malformed sibling")
+        actor, counter, value, ctype, charset, encoding, meta, modified, deleted = sib[:9]
+        index_entries, links = _extras(sib[9:])
         _need(isinstance(actor, bytes) and 0 < len(actor) <= ACTOR_BYTES_MAX, "malformed sibling actor")
         _need(_is_int(counter, 1, COUNTER_MAX), "malformed sibling counter")
         _need(isinstance(value, bytes) and isinstance(ctype, str), "malformed sibling value")
@@ -351,5 +377,25 @@ def from_wire(data: Any) -> Object:
         dot = Dot(actor, counter)
         _need(dot not in siblings, "duplicate sibling dot")
         _need(clock.covers(dot), "sibling dot not covered by the clock")
-        siblings[dot] = Content(value, ctype, charset, encoding, tuple(pairs), modified, deleted)
+        siblings[dot] = Content(value, ctype, charset, encoding, tuple(pairs), modified, deleted, index_entries, links)
     return Versioned(clock, tuple(sorted(siblings.items(), key=lambda pair: pair[0])))
+
+
+def _extras(raw: list[Any]) -> tuple[tuple[tuple[str, bytes], ...], tuple[tuple[bytes, bytes, bytes], ...]]:
+    """A format-2 sibling's index entries and links (their shapes; their limits are the writer's)."""
+    if not raw:
+        return (), ()
+    raw_entries, raw_links = raw
+    _need(isinstance(raw_entries, list) and isinstance(raw_links, list), "malformed index entries or links")
+    entries: list[tuple[str, bytes]] = []
+    for entry in raw_entries:
+        _need(isinstance(entry, list) and len(entry) == 2, "malformed index entry")
+        name, term = entry
+        _need(isinstance(name, str) and isinstance(term, bytes), "malformed index entry")
+        entries.append((name, term))
+    _need(entries == sorted(set(entries)), "index entries must be sorted and distinct")
+    links: list[tuple[bytes, bytes, bytes]] = []
+    for link in raw_links:
+        _need(isinstance(link, list) and len(link) == 3 and all(isinstance(x, bytes) for x in link), "malformed link")
+        links.append((link[0], link[1], link[2]))
+    return tuple(entries), tuple(links)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dynastore.core.messages import ClientListKeys, ClientPut
+from dynastore.core.messages import ClientIndexQuery, ClientListKeys, ClientPut
 from dynastore.core.objects import Object
 from dynastore.core.quorum import GetTally, PutTally
-from dynastore.core.ring import PreferenceList
+from dynastore.core.ring import PreferenceList, Target
 from dynastore.core.versions import Context, Dot
 
 
@@ -53,6 +53,11 @@ class GetOp:
     after: int = 0
     # A data-type read: the answer shows deletions' siblings too (datatypes.py).
     with_deletions: bool = False
+    # Speculative retry (speculative.py): the replicas not asked yet, and when to ask them.
+    held: tuple[Target, ...] = ()
+    speculate_at_ms: int = 0
+    # When each remote replica was asked (its reply's latency feeds the speculative retry's histogram).
+    asked_ms: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +108,31 @@ class ListOp:
     request: ClientListKeys
     peer: str
     others: list[str]
+    deadline_ms: int
+
+
+@dataclass
+class IndexQueryOp:
+    """A page of a coverage query this node coordinates (indexquery.py): each partition's candidate
+    replicas and those tried, the answers in so far (positions, where the scan stopped, done), and
+    the scan op asking for each partition still waited on."""
+
+    origin: Origin
+    request: ClientIndexQuery
+    candidates: dict[int, list[str]]
+    deadline_ms: int
+    tried: dict[int, set[str]] = field(default_factory=dict)
+    answers: dict[int, tuple[list[tuple[bytes, bytes]], tuple[bytes, bytes] | None, bool]] = field(default_factory=dict)
+    waiting: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class IndexScanOp:
+    """One replica's part of a coverage query: query op `query` asked `peer` for `partitions`."""
+
+    query: int
+    peer: str
+    partitions: tuple[int, ...]
     deadline_ms: int
 
 
@@ -186,4 +216,17 @@ class ExchangeOp:
     attempt: int = 0
 
 
-AnyOp = GetOp | PutOp | ForwardOp | ListOp | HintOp | JoinOp | PullOp | StrayOp | ReapCheckOp | ExchangeOp
+AnyOp = (
+    GetOp
+    | PutOp
+    | ForwardOp
+    | ListOp
+    | IndexQueryOp
+    | IndexScanOp
+    | HintOp
+    | JoinOp
+    | PullOp
+    | StrayOp
+    | ReapCheckOp
+    | ExchangeOp
+)

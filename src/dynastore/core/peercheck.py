@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dynastore.core import buckettypes, crdt, hints, keys
+from dynastore.core import buckettypes, crdt, hints, indexes, keys
 from dynastore.core import context as ctxcodec
 from dynastore.core.messages import (
     HELD_DATA,
@@ -27,6 +27,8 @@ from dynastore.core.messages import (
     HandoffPull,
     HintDelivery,
     HintItem,
+    IndexScan,
+    IndexScanReply,
     ListKeys,
     ListKeysReply,
     Message,
@@ -147,6 +149,35 @@ def _list_keys_reply(limits: Limits, msg: ListKeysReply) -> None:
     _need(all(len(item) <= longest for item in msg.items) and len(msg.last) <= longest, "a name longer than any")
 
 
+def _index_scan(limits: Limits, msg: IndexScan) -> None:
+    _names(limits, msg.bucket, None)
+    problem = indexes.query_problem(limits.settings, msg.field, msg.low, msg.high)
+    _need(problem is None, f"index query: {problem}")
+    _need(len(msg.after) in (0, 2), "a query's continuation is a term and a key")
+    longest = max(limits.settings.index_term_bytes_max, limits.settings.key_bytes_max)
+    _need(all(len(part) <= longest for part in msg.after), "a continuation longer than any position")
+    _need(1 <= msg.limit <= ITEMS_MAX, f"a scan limit of {msg.limit}")
+    _need(1 <= msg.bytes_max <= limits.settings.peer_message_bytes_max, f"a scan of {msg.bytes_max} bytes")
+    _need(0 < len(msg.partitions) <= limits.ring_size, "a scan of no partitions or more than the ring")
+    _need(len(set(msg.partitions)) == len(msg.partitions), "a scan names a partition twice")
+    for partition in msg.partitions:
+        _partition(limits, partition)
+
+
+def _index_scan_reply(limits: Limits, msg: IndexScanReply) -> None:
+    width = len(msg.partitions)
+    _need(width <= limits.ring_size, "an answer for more partitions than the ring has")
+    _need(
+        len(msg.counts) == len(msg.last_terms) == len(msg.last_keys) == len(msg.done) == width,
+        "an index scan answer needs one count, last position and flag per partition",
+    )
+    _need(all(count >= 0 for count in msg.counts), "a negative count")
+    _need(sum(msg.counts) == len(msg.terms) == len(msg.keys) <= ITEMS_MAX, "counts that do not match the positions")
+    longest = max(limits.settings.index_term_bytes_max, limits.settings.key_bytes_max)
+    for part in (*msg.terms, *msg.keys, *msg.last_terms, *msg.last_keys):
+        _need(len(part) <= longest, "a position longer than any")
+
+
 def _handoff_pull(limits: Limits, msg: HandoffPull) -> None:
     _partition(limits, msg.partition)
     if msg.after:
@@ -200,6 +231,8 @@ _CHECKS.update(
         ReapCheckReply: _reap_check_reply,
         ListKeys: _list_keys,
         ListKeysReply: _list_keys_reply,
+        IndexScan: _index_scan,
+        IndexScanReply: _index_scan_reply,
         HandoffPull: _handoff_pull,
         HandoffBatch: _handoff_batch,
         TreeRequest: _tree_request,

@@ -72,6 +72,8 @@ class NodeConfig:
     # The address peers and clients are told (member record, /ring, hellos); `host` is the one bound.
     # Empty: the same as `host`.
     advertise_host: str = ""
+    # Riak's Protocol Buffers API (api/pb/); 0: none.
+    pb_port: int = 0
 
     @property
     def advertised(self) -> str:

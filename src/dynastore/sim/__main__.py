@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="use allow_mult=false buckets, one value per key (the checker must find losses)",
     )
+    parser.add_argument(
+        "--speculative-retry",
+        default="none",
+        metavar="POLICY",
+        help="the buckets' speculative_retry: none, 99p, 20ms, ... (reads ask R replicas first)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--quiet", action="store_true", help="with --seed: no trace")
     args = parser.parse_args(argv)
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 safety_ms=args.safety_ms,
                 lww=args.lww,
                 allow_mult=args.allow_mult,
+                speculative_retry=args.speculative_retry,
                 settings=settings,
                 trace=not args.quiet,
             ),
@@ -58,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for seed in args.seeds:
         result = run_seed(
-            seed, Options(safety_ms=args.safety_ms, lww=args.lww, allow_mult=args.allow_mult, settings=settings)
+            seed,
+            Options(
+                safety_ms=args.safety_ms,
+                lww=args.lww,
+                allow_mult=args.allow_mult,
+                speculative_retry=args.speculative_retry,
+                settings=settings,
+            ),
         )
         if not result.ok:
             failed.append(seed)

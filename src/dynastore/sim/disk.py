@@ -83,7 +83,7 @@ class SimDisk:
         if lost:
             self._volatile = []
             self._view = MemoryEngine()
-            for area in ("data", "hints", "meta", "reap", "handoff", "aae"):
+            for area in AREAS:
                 rows = self._synced.scan(area, b"", None, 1 << 30)
                 if rows:
                     self._view.write([Op(area, k, v) for k, v in rows])

@@ -84,6 +84,8 @@ class Options:
     # concurrent writes lose to the newest and the set checker must find lost elements.
     lww: bool = False
     allow_mult: bool = True
+    # The workload's buckets' speculative_retry (core/speculative.py): the checkers hold whatever it is.
+    speculative_retry: str = "none"
     settings: dict[str, Any] = field(default_factory=dict)
     trace: bool = False
 
@@ -315,6 +317,11 @@ class Simulation:
         for bucket in (SET_BUCKET, REG_BUCKET):
             if props:
                 response = c.request("n0", ClientSetBucketProps(bucket, props))
+                assert isinstance(response, Ok), response
+        if self.options.speculative_retry != "none":
+            for bucket in (SET_BUCKET, REG_BUCKET, COUNTER_BUCKET, DT_SET_BUCKET):
+                change = (("speculative_retry", self.options.speculative_retry),)
+                response = c.request("n0", ClientSetBucketProps(bucket, change))
                 assert isinstance(response, Ok), response
         c.settle(1000)
         count = self.options.clients or rng.randint(3, 6)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 # The areas every engine must provide.
-AREAS: tuple[str, ...] = ("data", "hints", "meta", "reap", "handoff", "aae")
+AREAS: tuple[str, ...] = ("data", "hints", "meta", "reap", "handoff", "aae", "index")
 
 
 class StorageError(Exception):

@@ -1,0 +1,414 @@
+"""Parsing and rendering for `dynastore bench wrk`: wrk's JSON line, redis-benchmark's output, CPU
+times from /proc/PID/stat, per-request logs folded into per-second rows, and the Markdown reports.
+
+Everything here is pure (text in, values out), so it is tested without servers. Running the load
+generators and the stores is wrkbench.py's and wrkfaults.py's work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+WRK_JSON_PREFIX = "WRK_JSON "
+# Per-second latency percentiles come from buckets 1 % wide (a value is reported as its bucket's upper
+# edge), so that a second's histogram stays small whatever its request count.
+BUCKETS_PER_E = 100
+
+
+class ParseError(Exception):
+    """A load generator's output or a /proc file was not what this parser expects."""
+
+
+# --- wrk and redis-benchmark output ----------------------------------------------------------------------
+
+
+def parse_wrk_json(stdout: str) -> dict[str, Any]:
+    """The document kv.lua's done() prints on its `WRK_JSON ` line."""
+    for line in stdout.splitlines():
+        if line.startswith(WRK_JSON_PREFIX):
+            try:
+                doc = json.loads(line[len(WRK_JSON_PREFIX) :])
+            except json.JSONDecodeError as exc:
+                raise ParseError(f"wrk's JSON line does not parse: {exc}") from exc
+            for name in ("requests", "duration_us", "errors", "latency_us"):
+                if name not in doc:
+                    raise ParseError(f"wrk's JSON line has no {name!r}")
+            if not isinstance(doc["requests"], int) or doc["requests"] < 0 or doc["duration_us"] <= 0:
+                raise ParseError("wrk's JSON line has a negative request count or no duration")
+            return dict(doc)
+    raise ParseError("wrk printed no WRK_JSON line (did its script fail? its output:\n" + stdout[-2000:] + ")")
+
+
+def parse_redis_benchmark(stdout: str) -> dict[str, Any]:
+    """Throughput and p50/p99/p99.9 (ms) from redis-benchmark's full (not --csv, not -q) output.
+
+    Its percentile distribution lists steps (`99.902% <= 2.415 milliseconds ...`); a percentile is
+    read as the first step at or above it, which is an upper bound, as wrk's are.
+    """
+    rps: float | None = None
+    steps: list[tuple[float, float]] = []
+    in_distribution = False
+    for raw in stdout.splitlines():
+        line = raw.strip()
+        if line.startswith("Latency by percentile distribution"):
+            in_distribution = True
+            continue
+        if line.startswith("Cumulative distribution of latencies"):
+            in_distribution = False
+            continue
+        if line.startswith("throughput summary:"):
+            try:
+                rps = float(line.split(":", 1)[1].split()[0])
+            except (ValueError, IndexError) as exc:
+                raise ParseError(f"bad throughput line {line!r}") from exc
+        if in_distribution and "% <=" in line:
+            try:
+                percent = float(line.split("%", 1)[0])
+                ms = float(line.split("<=", 1)[1].split()[0])
+            except (ValueError, IndexError) as exc:
+                raise ParseError(f"bad percentile line {line!r}") from exc
+            steps.append((percent, ms))
+    if rps is None:
+        raise ParseError("redis-benchmark printed no throughput summary")
+    if not steps:
+        raise ParseError("redis-benchmark printed no latency distribution")
+
+    def at(percent: float) -> float:
+        for step_percent, ms in steps:
+            if step_percent >= percent:
+                return ms
+        return steps[-1][1]
+
+    return {"ops_per_s": rps, "latency_ms": {"p50": at(50), "p99": at(99), "p99.9": at(99.9)}}
+
+
+# --- CPU ---------------------------------------------------------------------------------------------------
+
+
+def parse_proc_stat(text: str) -> int:
+    """utime + stime, in clock ticks, from the text of /proc/PID/stat.
+
+    The command name (field 2) is in parentheses and may hold spaces and parentheses itself, so the
+    fields are counted from after its last ')': there field 3 (state) comes first, and utime and
+    stime are fields 14 and 15.
+    """
+    close = text.rfind(")")
+    if close < 0:
+        raise ParseError("no command name in /proc/PID/stat")
+    fields = text[close + 1 :].split()
+    if len(fields) < 13:
+        raise ParseError(f"/proc/PID/stat has {len(fields) + 2} fields, fewer than 15")
+    try:
+        utime, stime = int(fields[11]), int(fields[12])
+    except ValueError as exc:
+        raise ParseError(f"utime/stime are not integers: {fields[11]!r} {fields[12]!r}") from exc
+    if utime < 0 or stime < 0:
+        raise ParseError("negative utime/stime")
+    return utime + stime
+
+
+# --- per-second rows from per-request logs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Second:
+    """What the load generator saw complete in one second of a run."""
+
+    second: int
+    ok: int
+    errors: int
+    timeouts: int
+    p99_9_ms: float | None
+    max_ms: float | None
+
+
+@dataclass
+class _Bucket:
+    ok: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    latencies: dict[int, int] = field(default_factory=dict)
+    max_us: int = 0
+
+
+def _bucket_of(latency_us: int) -> int:
+    return int(math.log(max(latency_us, 1)) * BUCKETS_PER_E)
+
+
+def _upper_edge_ms(bucket: int) -> float:
+    return math.exp((bucket + 1) / BUCKETS_PER_E) / 1000.0
+
+
+def percentile_ms(latencies: Mapping[int, int], percent: float) -> float | None:
+    """The `percent` percentile of a bucketed histogram (bucket -> count), as the bucket's upper edge."""
+    total = sum(latencies.values())
+    if total == 0:
+        return None
+    rank = math.ceil(total * percent / 100.0)
+    seen = 0
+    for bucket in sorted(latencies):
+        seen += latencies[bucket]
+        if seen >= rank:
+            return _upper_edge_ms(bucket)
+    raise AssertionError("a rank beyond the histogram's total")
+
+
+def parse_log_line(line: str) -> tuple[int, int, int]:
+    """`<end_us> <latency_us> <status>` as kv.lua writes it."""
+    parts = line.split()
+    if len(parts) != 3:
+        raise ParseError(f"a per-request log line has {len(parts)} fields, not 3: {line!r}")
+    try:
+        end_us, latency_us, status = int(parts[0]), int(parts[1]), int(parts[2])
+    except ValueError as exc:
+        raise ParseError(f"a per-request log line is not three integers: {line!r}") from exc
+    if end_us < 0 or latency_us < 0 or not 100 <= status <= 599:
+        raise ParseError(f"a per-request log line is out of range: {line!r}")
+    return end_us, latency_us, status
+
+
+def per_second(
+    records: Iterable[tuple[int, int, int]],
+    *,
+    start_us: int,
+    seconds: int,
+    timeout_us: int,
+    pending_start_us: Sequence[int] = (),
+    end_us: int | None = None,
+) -> list[Second]:
+    """Fold per-request records into `seconds` rows counted from `start_us` (by completion time).
+
+    ok = a 2xx answer within `timeout_us`; errors = any other status; timeouts = an answer later
+    than `timeout_us` (its latency still counts in the percentiles), plus each request still
+    unanswered at `end_us` that had waited longer than `timeout_us` (counted in the last row).
+    Records outside the run's seconds are dropped.
+    """
+    assert seconds > 0 and timeout_us > 0
+    rows = [_Bucket() for _ in range(seconds)]
+    for done_us, latency_us, status in records:
+        index = (done_us - start_us) // 1_000_000
+        if not 0 <= index < seconds:
+            continue
+        row = rows[index]
+        bucket = _bucket_of(latency_us)
+        row.latencies[bucket] = row.latencies.get(bucket, 0) + 1
+        row.max_us = max(row.max_us, latency_us)
+        if not 200 <= status < 300:
+            row.errors += 1
+        elif latency_us > timeout_us:
+            row.timeouts += 1
+        else:
+            row.ok += 1
+    if end_us is not None:
+        rows[-1].timeouts += sum(1 for started in pending_start_us if end_us - started > timeout_us)
+    return [
+        Second(
+            i,
+            row.ok,
+            row.errors,
+            row.timeouts,
+            percentile_ms(row.latencies, 99.9),
+            row.max_us / 1000.0 if row.latencies else None,
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseSummary:
+    """One phase (before, during or after a fault) of a run, over its whole seconds."""
+
+    seconds: int
+    ok_per_s_mean: float
+    ok_per_s_min: int
+    errors: int
+    timeouts: int
+    p99_9_ms_max: float | None
+
+
+def summarize(rows: Sequence[Second], first: int, last: int) -> PhaseSummary:
+    """Rows first..last-1 (whole seconds of one phase) summed up."""
+    chosen = [row for row in rows if first <= row.second < last]
+    if not chosen:
+        return PhaseSummary(0, 0.0, 0, 0, 0, None)
+    tails = [row.p99_9_ms for row in chosen if row.p99_9_ms is not None]
+    return PhaseSummary(
+        len(chosen),
+        sum(row.ok for row in chosen) / len(chosen),
+        min(row.ok for row in chosen),
+        sum(row.errors for row in chosen),
+        sum(row.timeouts for row in chosen),
+        max(tails) if tails else None,
+    )
+
+
+# --- Markdown ----------------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _int(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def headline_markdown(doc: Mapping[str, Any]) -> str:
+    """The side-by-side table of one `dynastore bench wrk` run (its wrk.json document)."""
+    settings = doc["settings"]
+    lines = [
+        f"# wrk: GET and PUT of {settings['value_bytes']} B values over {settings['keys']:,} random keys",
+        "",
+        f"Run {doc['started']} on {doc['machine']['cpu']} ({doc['machine']['vcpus']} vCPUs, measured "
+        f"{doc['machine']['effective_cores']:.2f} effective cores), shared with other work. "
+        f"wrk {settings['threads']} thread, {settings['connections']} connections, "
+        f"{settings['duration_s']} s per operation after a {settings['warmup_s']} s warm-up; redis with "
+        f"redis-benchmark (1 thread, the same connections, value size and key space).",
+        *(
+            [f"dynastore nodes ran with --set {' '.join(settings['dynastore_overrides'])}."]
+            if settings.get("dynastore_overrides")
+            else []
+        ),
+        "",
+        "| target | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s | load generator CPU s |"
+        " server CPU µs/op | machine share |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    vcpus = doc["machine"]["vcpus"]
+    for run in doc["runs"]:
+        lat = run["latency_ms"]
+        server_cpu = sum(p["cpu_s"] for p in run["server_cpu"])
+        per_op = server_cpu / run["requests"] * 1e6 if run["requests"] else 0.0
+        errors = "-" if run["errors_total"] is None else run["errors_total"]
+        lines.append(
+            f"| {run['target']} | {run['op'].upper()} | {_int(run['ops_per_s'])} | {_ms(lat['p50'])} | "
+            f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {errors} | {server_cpu:.2f} | "
+            f"{run['generator_cpu_s']:.2f} | {per_op:,.0f} | {machine_share(run, vcpus)} |"
+        )
+    ratios = doc.get("ratios", {})
+    if ratios:
+        lines += ["", "| ratio | GET ops/s | PUT ops/s | GET p99 | PUT p99 |", "| --- | ---: | ---: | ---: | ---: |"]
+        for name, ratio in ratios.items():
+            cells = [f"{ratio.get(k):.2f}x" if ratio.get(k) is not None else "-" for k in _RATIO_KEYS]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Machine share: the CPU the target's servers and its load generator used together, over the run's "
+        "wall time times the vCPUs; well below 100 % means the run got only that much of a machine busy with "
+        "other work (the 1-minute load average before each run is in wrk.json).",
+        "",
+        "CPU of each process over the measured seconds (utime + stime from /proc/PID/stat):",
+        "",
+    ]
+    for run in doc["runs"]:
+        parts = ", ".join(f"{p['name']} {p['cpu_s']:.2f} s" for p in run["server_cpu"])
+        generator = f"{run['generator']} {run['generator_cpu_s']:.2f} s"
+        lines.append(f"- {run['target']} {run['op'].upper()}: {parts}; {generator}")
+    lines += ["", *[f"- {note}" for note in doc["notes"]], ""]
+    return "\n".join(lines)
+
+
+_RATIO_KEYS = ("get_ops", "put_ops", "get_p99", "put_p99")
+
+
+def machine_share(run: Mapping[str, Any], vcpus: int) -> str:
+    """(servers' + load generator's CPU) / (wall time x vCPUs), as a percentage; '-' without a wall time."""
+    wall_s = run.get("wall_s")
+    if not wall_s or vcpus <= 0:
+        return "-"
+    used = sum(p["cpu_s"] for p in run["server_cpu"]) + run["generator_cpu_s"]
+    return f"{100.0 * used / (wall_s * vcpus):.0f} %"
+
+
+def ratios(runs: Sequence[Mapping[str, Any]], numerator: str, denominator: str) -> dict[str, float | None]:
+    """numerator/denominator for ops/s, and for p99 (below 1 = numerator's tail is lower)."""
+
+    def find(target: str, op: str) -> Mapping[str, Any] | None:
+        return next((r for r in runs if r["target"] == target and r["op"] == op), None)
+
+    out: dict[str, float | None] = {}
+    for op in ("get", "put"):
+        a, b = find(numerator, op), find(denominator, op)
+        ok = a is not None and b is not None and b["ops_per_s"] > 0 and b["latency_ms"]["p99"] > 0
+        out[f"{op}_ops"] = a["ops_per_s"] / b["ops_per_s"] if ok and a and b else None
+        out[f"{op}_p99"] = a["latency_ms"]["p99"] / b["latency_ms"]["p99"] if ok and a and b else None
+    return out
+
+
+def faults_markdown(doc: Mapping[str, Any]) -> str:
+    """Per-second tables and a summary of one `dynastore bench wrk --faults` run (faults.json)."""
+    settings = doc["settings"]
+    lines = [
+        "# Faults under load: dynastore against etcd, per second",
+        "",
+        f"Run {doc['started']}, shared machine. {' and '.join(op.upper() for op in settings['ops'])} of "
+        f"{settings['value_bytes']} B values over "
+        f"{settings['keys']:,} random keys, wrk with {settings['connections']} connections (one per thread, so "
+        f"each response is timed against its request) on a node that is not faulted; {settings['before_s']} s "
+        f"before, {settings['fault_s']} s of fault, {settings['after_s']} s after. A request slower than "
+        f"{settings['timeout_ms']} ms is a timeout.",
+        "",
+        "## Summary",
+        "",
+        "| fault | op | system | ok/s before | ok/s during (mean) | min ok/s during | errors during+after |"
+        " timeouts during+after | p99.9 ms before | max p99.9 ms during+after | wrk socket errors |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for scenario in doc["scenarios"]:
+        label = f"{scenario['fault']} | {scenario['op'].upper()}"
+        for system, result in scenario["systems"].items():
+            if "error" in result:
+                lines.append(f"| {label} | {system} | {result['error']} | | | | | | | |")
+                continue
+            s = result["summary"]
+            b, d, a = s["before"], s["during"], s["after"]
+            lines.append(
+                f"| {label} | {system} | {_int(b['ok_per_s_mean'])} | {_int(d['ok_per_s_mean'])} | "
+                f"{d['ok_per_s_min']:,} | {d['errors'] + a['errors']} | {d['timeouts'] + a['timeouts']} | "
+                f"{_ms(b['p99_9_ms_max'])} | {_ms(_max(d['p99_9_ms_max'], a['p99_9_ms_max']))} | "
+                f"{socket_errors(result['wrk_errors'])} |"
+            )
+    for scenario in doc["scenarios"]:
+        systems = [name for name, result in scenario["systems"].items() if "error" not in result]
+        if not systems:
+            continue
+        lines += ["", f"## {scenario['fault']}, {scenario['op'].upper()}: {scenario['description']}", ""]
+        for name in systems:
+            result = scenario["systems"][name]
+            answers = ", ".join(f"{count:,} x {status}" for status, count in result.get("statuses", {}).items())
+            lines.append(f"- {name}: {result['victim']}; answers by status: {answers or 'none'}")
+        header = "| s | phase | " + " | ".join(f"{n} ok | {n} err+to | {n} p99.9 ms" for n in systems) + " |"
+        lines += ["", header, "| ---: | --- |" + " ---: | ---: | ---: |" * len(systems)]
+        count = len(scenario["systems"][systems[0]]["seconds"])
+        for i in range(count):
+            cells = []
+            for name in systems:
+                row = scenario["systems"][name]["seconds"][i]
+                cells.append(f"{row['ok']:,} | {row['errors'] + row['timeouts']} | {_ms(row['p99_9_ms'])}")
+            lines.append(f"| {i} | {phase_of(i, settings)} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {note}" for note in doc["notes"]], ""]
+    return "\n".join(lines)
+
+
+def socket_errors(errors: Mapping[str, int]) -> int:
+    """wrk's connect, read and write errors: connections that broke (not answers with an error status)."""
+    return sum(errors.get(kind, 0) for kind in ("connect", "read", "write"))
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None]
+    return max(values) if values else None
+
+
+def phase_of(second: int, settings: Mapping[str, Any]) -> str:
+    if second < settings["before_s"]:
+        return "before"
+    if second < settings["before_s"] + settings["fault_s"]:
+        return "fault"
+    return "after"
