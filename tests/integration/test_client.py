@@ -312,6 +312,11 @@ def test_the_ring_aware_client_coordinates_reads_itself_and_its_merged_context_i
                 await aware.put("b", "k", b"forged", context=forged)
             assert raised.value.status == 400 and "vclock" in raised.value.reason
 
+            assert call("GET", f"{cluster[0].url}/buckets/b/keys/k?replica=maybe")[0] == 400
+            too_many = ",".join([contexts[0]] * 65)
+            status, _, body = call("PUT", f"{cluster[0].url}/buckets/b/keys/k", b"x", {"X-Riak-Vclock": too_many})
+            assert status == 400 and b"n_val_max" in body, body
+
             stale = await aware.get("b", "k")
             await aware.put("b", "k", b"left", context=stale.context)
             await aware.put("b", "k", b"right", context=stale.context)
