@@ -94,6 +94,10 @@ class Settings:
     request_timeout_ms: int = 5000
     requests_inflight_max: int = 20_000
     coordinator_forward_retries_max: int = 2
+    # A write whose context names another replica of the key as the fastest of the preceding read is
+    # forwarded there even by a replica (the Dynamo paper's section 6.4: read-your-writes, and the
+    # node that has what was read coordinates the write); false: a replica coordinates what it receives.
+    write_to_fastest_replica: bool = True
     # The forwarded writes a node applied lately, remembered by write id so that a retry of one is not
     # applied twice (recentwrites.py); each entry is under 400 bytes.
     recent_writes_max: int = 20_000
@@ -143,6 +147,9 @@ class Settings:
 
     # --- Storage ---------------------------------------------------------------------------------------
     storage_engine: str = "lmdb"
+    # false: buffered writes (the Dynamo paper's section 6.1): a write's coordinator asks one replica
+    # (itself when it holds a copy), or dw of them, to sync before acknowledging, the others to
+    # acknowledge once written; dw then counts synced copies and defaults to 1 (coordination.py).
     durable: bool = True
     # In buffered mode (durable = false) batches are synced this often: the most a machine crash loses.
     buffered_sync_interval_ms: int = 1000

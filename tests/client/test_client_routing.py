@@ -17,8 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dynastore.client import ClientError, RingAwareClient
+from dynastore.client.ring_aware import _behind
 from dynastore.client.routing import Expiring, RingView, RingViewError, route
+from dynastore.core.objects import Content
 from dynastore.core.ring import Ring, claim
+from dynastore.core.versions import Context, Dot, merge, update
 from dynastore.localcluster import free_port
 
 NODES = ("a", "b", "c", "d", "e")
@@ -225,7 +228,8 @@ def test_a_request_for_a_key_whose_first_primary_is_dead_is_answered_by_the_next
             alive.ring = ring_body(a=("127.0.0.1", dead_port), b=("127.0.0.1", alive_port))
             view = RingView.from_json(alive.ring, alive.url)
             key = key_whose_first_primary_is(view.ring, "a")
-            async with RingAwareClient(alive.url) as client:
+            # The get goes to one node that coordinates it: two nodes cannot give a read of its own r=2.
+            async with RingAwareClient(alive.url, coordinate_reads=False) as client:
                 assert (await client.put("bucket", key, b"v")) == "ctx"
                 assert client.failing_nodes() == {"a"}
                 assert client.route_for("bucket", key).order == ("b", "a")
@@ -306,3 +310,18 @@ def test_no_node_at_all_is_a_clear_client_error_naming_what_was_tried() -> None:
             assert client.last_refresh_error is not None and dead in client.last_refresh_error
 
     run(scenario)
+
+
+def test_a_replica_is_repaired_only_for_versions_it_misses_that_are_older_than_the_grace() -> None:
+    """A client-coordinated read repairs a replica that misses a version written before the grace, not
+    one missing only a version written since (its coordinator is still sending it there), nor one that
+    holds, or has seen superseded, everything merged."""
+    old = update(None, Context(), Dot(b"a", 1), Content(b"v1", last_modified_us=1_000_000_000), 0)
+    new = update(old, old.context(), Dot(b"a", 2), Content(b"v2", last_modified_us=1_009_000_000), 0)
+    other = update(None, Context(), Dot(b"b", 1), Content(b"w", last_modified_us=1_009_000_000), 0)
+    merged = merge(new, other)
+    assert _behind(None, old, written_before_s=1_005.0), "a replica with no copy misses the old v1"
+    assert not _behind(None, merged, written_before_s=1_005.0), "all merged holds was written since"
+    assert not _behind(old, merged, written_before_s=1_005.0), "it misses only what was written since"
+    assert _behind(old, merged, written_before_s=1_010.0)
+    assert not _behind(merged, merged, written_before_s=1_010.0)

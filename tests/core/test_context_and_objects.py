@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dynastore.core import context as ctxcodec
 from dynastore.core import objects
-from dynastore.core.context import ContextError
+from dynastore.core.context import ContextError, coordinator_hint
 from dynastore.core.objects import Content, ObjectError
 from dynastore.core.versions import Clock, Context, Dot, Versioned
 
@@ -137,3 +137,13 @@ def test_tombstones_and_resolution_to_one_value() -> None:
     assert objects.is_tombstone(dead)
     assert objects.live(dead) == []
     assert objects.vtag(Dot(b"a", 1)) != objects.vtag(Dot(b"a", 2))
+
+
+def test_a_client_reads_the_coordinator_a_context_names_without_the_key_and_gets_none_from_garbage() -> None:
+    """The ring-aware client routes a write to the replica its context names (a hint it cannot verify:
+    the node verifies the MAC); text that is no context gives None, never an exception."""
+    named = ctxcodec.encode(Context(((b"a", 3),), frozenset(), "node2"), b"secret-key-0123456789", b"b", b"k")
+    assert coordinator_hint(named) == "node2"
+    assert coordinator_hint(ctxcodec.encode(Context(((b"a", 3),)), b"s" * 16, b"b", b"k")) is None
+    for garbage in ("", "!!!", "AAAA", named[:-8], "é"):
+        assert coordinator_hint(garbage) is None

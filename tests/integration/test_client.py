@@ -274,3 +274,79 @@ def test_both_clients_update_read_and_delete_data_types_and_the_ring_aware_one_r
         assert redirects_since(after, counters(cluster.nodes)) > 0
 
     run(scenario)
+
+
+def gets_coordinated(nodes: list[NodeProc]) -> int:
+    return sum(http_json(node.url + "/stats", timeout_s=5.0)["node_gets_total"] for node in nodes)
+
+
+def test_the_ring_aware_client_coordinates_reads_itself_and_its_merged_context_is_verified_by_the_writer(
+    make_cluster: MakeCluster,
+) -> None:
+    """A get asks the replicas for their own copies and merges R of them: no node coordinates it. Its
+    context is the list of the copies' signed contexts; the write on it goes to the replica that
+    answered first, which verifies each context and joins them (the write replaces what was read, no
+    sibling), and an altered one is refused. Concurrent writes read this way come back as siblings. A
+    replica that missed a write is repaired by the read that finds it behind."""
+    cluster = make_cluster(3, "hinted_handoff_enabled=false", "anti_entropy_enabled=false")
+
+    async def scenario() -> None:
+        async with HttpClient([n.url for n in cluster.nodes]) as plain, RingAwareClient(cluster[0].url) as aware:
+            await plain.put("b", "k", b"one", w="all")
+            before = gets_coordinated(cluster.nodes)
+            fetched = await aware.get("b", "k")
+            assert [v.data for v in fetched.values] == [b"one"]
+            assert gets_coordinated(cluster.nodes) == before, "no node coordinated the read"
+            assert fetched.context is not None
+            contexts = fetched.context.split(",")
+            assert 2 <= len(contexts) <= 3, contexts
+
+            coordinated = counters(cluster.nodes)
+            await aware.put("b", "k", b"two", context=fetched.context)
+            assert redirects_since(coordinated, counters(cluster.nodes)) == 0, "sent to the fastest replica"
+            assert sum(coordinated_since(coordinated, counters(cluster.nodes)).values()) == 1
+            assert [v.data for v in (await aware.get("b", "k", r="all")).values] == [b"two"], "no sibling"
+
+            forged = contexts[0] + "," + contexts[1][:-4] + ("AAAA" if not contexts[1].endswith("AAAA") else "BBBB")
+            with pytest.raises(ClientError) as raised:
+                await aware.put("b", "k", b"forged", context=forged)
+            assert raised.value.status == 400 and "vclock" in raised.value.reason
+
+            assert call("GET", f"{cluster[0].url}/buckets/b/keys/k?replica=maybe")[0] == 400
+            too_many = ",".join([contexts[0]] * 65)
+            status, _, body = call("PUT", f"{cluster[0].url}/buckets/b/keys/k", b"x", {"X-Riak-Vclock": too_many})
+            assert status == 400 and b"n_val_max" in body, body
+
+            stale = await aware.get("b", "k")
+            await aware.put("b", "k", b"left", context=stale.context)
+            await aware.put("b", "k", b"right", context=stale.context)
+            assert sorted(v.data for v in (await aware.get("b", "k", r="all")).values) == [b"left", b"right"]
+
+            # A bucket that keeps one value: what the client merges is resolved as the nodes resolve it.
+            props = json.dumps({"props": {"allow_mult": False}}).encode()
+            status, _, body = call(
+                "PUT", f"{cluster[0].url}/buckets/one/props", props, {"Content-Type": "application/json"}
+            )
+            assert status == 204, body
+            await plain.put("one", "k", b"first", w="all")
+            stale = await aware.get("one", "k")
+            await aware.put("one", "k", b"second", context=stale.context)
+            await plain.put("one", "k", b"third", context=stale.context, w="all")
+            assert len((await aware.get("one", "k", r="all")).values) == 1
+
+            # node2 misses a write (it is stopped), then comes back: the read that sees it behind repairs it.
+            cluster[2].stop()
+            await plain.put("b", "k2", b"missed", w=2, urls=[cluster[0].url])
+            cluster[2].start()
+            cluster.wait_ready(60)
+            await aware.refresh()
+            assert [v.data for v in (await aware.get("b", "k2", r="all")).values] == [b"missed"]
+
+            async def repaired() -> bool:
+                status, _, _ = call("GET", f"{cluster[2].url}/buckets/b/keys/k2?replica=true")
+                return status == 200
+
+            await until("read repair of node2", repaired, 15)
+            assert aware.repairs_started >= 1
+
+    run(scenario)

@@ -103,6 +103,10 @@ def test_with_security_on_every_route_family_answers_by_user_permission_and_scop
     assert status("PUT", obj(n0, "b3", "k"), "bob", b"v") == 204
     assert status("GET", obj(n0, "b1", "k"), "bob") == 403
     assert status("GET", obj(n0, "b1", "k"), "alice") == 200
+    # A replica read (reads the ring-aware client coordinates itself) is a read like any other.
+    assert call("GET", obj(n0, "b1", "k") + "?replica=true")[0] == 401
+    assert status("GET", obj(n0, "b1", "k") + "?replica=true", "bob") == 403
+    assert status("GET", obj(n0, "b1", "k") + "?replica=true", "alice") == 200
     assert status("GET", f"{n0}/riak/b1/k", "alice") == 200
     assert status("GET", f"{n0}/types/default/buckets/b1/keys/k", "alice") == 200
     assert status("GET", f"{n0}/buckets/b1/keys?keys=true", "alice") == 200

@@ -9,12 +9,19 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 
+import msgpack
+import pytest
+
+from dynastore.core import messages
 from dynastore.core.messages import GossipState, JoinRequest, Message, Ping
+from dynastore.core.objects import Content, Object
 from dynastore.core.secret import PEER, ClusterKeys
+from dynastore.core.versions import Dot, update
 from dynastore.net.framing import (
     NONCE_BYTES,
     TO_LISTENER,
     FrameDecoder,
+    FrameError,
     Hello,
     Sealer,
     decode_hello,
@@ -470,3 +477,21 @@ def test_links_idle_for_the_timeout_are_closed_and_forgotten_and_dialled_again_w
             await b.transport.close()
 
     run(scenario)
+
+
+def test_a_peer_of_protocol_9_is_refused_clearly_and_its_replica_put_does_not_decode() -> None:
+    """Protocol 10 added the durable flag of ReplicaPut and ReplicaPutReply (buffered writes): a node of
+    protocol 9 is refused at the handshake with a reason naming both versions, and a ReplicaPut in
+    its shape (one field fewer) is a malformed message, never taken for a durable or buffered one."""
+    assert messages.PROTOCOL_VERSION == 10
+    old = Hello("test", "old", "127.0.0.1", 1, b"\x00" * NONCE_BYTES, version=9)
+    with pytest.raises(FrameError, match="protocol version 9, this node 10"):
+        decode_hello(encode_hello(old)[4:], "test")
+    obj: Object = update(None, messages.Context(), Dot(b"a", 1), Content(b"v"), 0)
+    wire = messages.to_wire(messages.ReplicaPut(1, b"b", b"k", obj, None, False))
+    assert wire[-1] is True
+    with pytest.raises(messages.PeerError, match="ReplicaPut needs 9 fields"):
+        messages.from_wire(msgpack.unpackb(msgpack.packb(wire[:-1], use_bin_type=True)))
+    reply = messages.to_wire(messages.ReplicaPutReply(1, True, ""))
+    with pytest.raises(messages.PeerError, match="ReplicaPutReply needs 4 fields"):
+        messages.from_wire(reply[:-1])

@@ -47,6 +47,7 @@ from dynastore.core.messages import (
     ClientBucketType,
     ClientGet,
     ClientListKeys,
+    ClientLocalGet,
     ClientPut,
     ClientResponse,
     ClientSetBucketProps,
@@ -112,6 +113,12 @@ _DIGITS = re.compile(r"[0-9]+")
 Handler = Callable[[Request], Awaitable[Answer]]
 
 RING_HEADER = "X-Dynastore-Ring"
+# A replica read (`GET .../keys/K?replica=true`, for clients that coordinate their own reads): the
+# node's own copy in its stored form (objects.encode_stored: versioned and checksummed), and the node
+# that answered. The context of that copy comes signed in X-Riak-Vclock as always.
+REPLICA_CONTENT_TYPE = "application/x-dynastore-object"
+NODE_HEADER = "X-Dynastore-Node"
+ONE_VALUE_HEADER = "X-Dynastore-One-Value"
 
 
 def ring_epoch(runtime: NodeRuntime) -> str:
@@ -615,6 +622,8 @@ class Api:
         self.check_names(bucket, key)
         query = request.query
         quorums = self._quorums(query)
+        if bool_param(query, "replica"):
+            return await self.replica_read(bucket, key)
         response = await self.runtime.request(
             ClientGet(bucket, key, r=quorums["r"], pr=quorums["pr"], timeout_ms=self._int_param(request, "timeout"))
         )
@@ -641,6 +650,29 @@ class Api:
             conditional.headers["X-Riak-Vclock"] = vclock
             return conditional
         return self._object_response(bucket, dot, content, vclock, 200, style)
+
+    async def replica_read(self, bucket: bytes, key: bytes) -> Answer:
+        """This node's own copy of a key, no quorum: a client coordinating its read (the Dynamo paper's
+        client-driven coordination) asks N replicas and merges R answers itself. The context is that of
+        the copy, naming this node, signed with the cluster key the client does not hold: the client
+        sends back the contexts of every copy it merged, and the write's coordinator verifies each and
+        joins them (`_context_header`), which is the context of the merged object."""
+        core = self.runtime.core
+        assert core is not None
+        response = await self.runtime.request(ClientLocalGet(bucket, key))
+        if isinstance(response, Failure):
+            return self.failure(response)
+        if not isinstance(response, Ok) or response.local is None:
+            return text(404, "no local copy", {NODE_HEADER: core.name})
+        obj = response.local
+        headers = {
+            "Content-Type": REPLICA_CONTENT_TYPE,
+            "X-Riak-Vclock": self._encode_context(obj.context(core.name), bucket, key),
+            NODE_HEADER: core.name,
+            # The bucket keeps one value per key: the client resolves what it merges as nodes do.
+            ONE_VALUE_HEADER: "true" if bucketprops.keeps_one(core.bucket_props(bucket)) else "false",
+        }
+        return Response(status=200, body=objects.encode_stored(obj), headers=headers)
 
     async def store(self, request: Request, bucket: bytes, key: bytes | None, style: UrlStyle) -> Answer:
         generated = key is None
@@ -855,10 +887,19 @@ class Api:
         return int(raw)
 
     def _context_header(self, request: Request, bucket: bytes, key: bytes) -> Context | None:
+        """The context of a write. A client that merged replica reads itself sends the signed contexts
+        of the copies it merged, comma-separated (base64 has no comma): each is verified, and their join
+        is the context of the merged object; the first names the replica that answered first."""
         raw = request.headers.get("X-Riak-Vclock")
         if raw is None or not raw.strip():
             return None
-        return self._decode_context(raw, bucket, key, "X-Riak-Vclock")
+        parts = raw.split(",")
+        if len(parts) > self.settings.n_val_max:
+            raise BadRequest(f"bad X-Riak-Vclock: more than n_val_max={self.settings.n_val_max} contexts")
+        joined = self._decode_context(parts[0], bucket, key, "X-Riak-Vclock")
+        for part in parts[1:]:
+            joined = joined.join(self._decode_context(part, bucket, key, "X-Riak-Vclock"))
+        return joined
 
     def _decode_context(self, raw: str, bucket: bytes, key: bytes, what: str) -> Context:
         """A context a client sends back (`what` names where it came in), or a 400."""

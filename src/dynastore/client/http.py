@@ -273,6 +273,13 @@ class HttpClient:
             return answer
         raise ClientError(0, f"no node answered: {last}")
 
+    async def call_one(
+        self, url: str, method: str, path: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request to one node, with this client's session and observers; ClientError(0) when it
+        cannot be reached."""
+        return await self._call(method, path, params=params, urls=[url])
+
     async def get(
         self,
         bucket: str | bytes,

@@ -29,7 +29,8 @@ def defaults(settings: Settings) -> dict[str, Any]:
         "rw": "quorum",
         "pr": 0,
         "pw": 0,
-        "dw": "quorum",
+        # Buffered mode (durable=false) syncs one replica per write unless a write asks for more.
+        "dw": "quorum" if s.durable else 1,
         "allow_mult": s.allow_mult,
         "last_write_wins": s.last_write_wins,
         "speculative_retry": speculative.DEFAULT,

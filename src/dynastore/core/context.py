@@ -122,6 +122,23 @@ def decode(text: str | bytes, secret: bytes, bucket: bytes, key: bytes, extra_do
     payload, mac = blob[:-MAC_BYTES], blob[-MAC_BYTES:]
     if not hmac.compare_digest(mac, _mac(secret, bucket, key, payload)):
         raise ContextError("vclock does not belong to this bucket and key, or was altered")
+    return _parse(payload, extra_dots_max)
+
+
+def coordinator_hint(text: str) -> str | None:
+    """The node a context names as the fastest replica of the read it came from, read without checking
+    its MAC (None when it names none or does not parse). Only a routing hint for a client, which does not
+    hold the cluster key: the node the write goes to verifies the whole context before using any of it."""
+    try:
+        blob = base64.b64decode(text.strip().encode("ascii"), validate=True)
+        if len(text) > ENCODED_BYTES_MAX or len(blob) < 1 + MAC_BYTES:
+            return None
+        return _parse(blob[:-MAC_BYTES], ACTORS_MAX).coordinator
+    except (ContextError, binascii.Error, ValueError):
+        return None
+
+
+def _parse(payload: bytes, extra_dots_max: int) -> Context:
     reader = _Reader(payload)
     version = reader.raw(1, "version")[0]
     if version != FORMAT_VERSION:

@@ -12,18 +12,25 @@ Theory of operation
   delay, or at once when an answer is missing or says not-found (speculative.py); replicas it never
   asked are not read-repaired by it: anti-entropy covers them.
 - put/delete: coordinated by a node among the first N healthy nodes (others forward it there, preferring
-  the node named in the context). The coordinator draws a fresh dot, applies the write to its local
-  copy and, without waiting for its own disk, sends the new object to the other N-1 targets; it
-  answers after W durable acknowledgements, its own counting once the batch holding its copy is
-  written. (Only a dot whose counter lease is not yet on disk waits for it: a crash must never hand a
-  dot out twice.) A fallback target stores the object in its hint store, naming the primary it
-  stands in for (handoff.py delivers hints). A target found dead mid-request is replaced by the next
-  healthy fallback. A forwarded write carries a write id that every retry keeps; a forwarded write
-  is retried at another coordinator when the link to the first breaks, which may be after the first
-  applied it. A node that applied a write remembers its id (recentwrites.py), so a retry that reaches
-  a coordinator holding the first attempt's version sends that version again instead of writing a
-  second one: a retry never adds a sibling of its own. A data-type operation (datatypes.py) is never
-  retried at a second coordinator: one that did not hold the first attempt would apply it again.
+  the node named in the context; a replica too hands a client's write to the replica the context names,
+  the fastest of the preceding read: Dynamo's section 6.4). The coordinator draws a fresh dot, applies
+  the write to its local copy and, without waiting for its own disk, sends the new object to the other
+  N-1 targets; it answers after W acknowledgements, its own counting once the batch holding its copy is
+  written, of which at least DW are of synced copies. A durable node syncs every batch, so every
+  acknowledgement is of a synced copy. A buffered write (`durable=false`, Dynamo's section 6.1) asks one
+  target to sync before acknowledging (the coordinator itself when it holds a copy, else the first
+  primary; dw of them when the write asks for more) and the others to acknowledge once their copy is
+  written, before it is synced: one fsync per write instead of N, and the write still survives a machine
+  crash of every replica that only buffered it. (Only a dot whose counter lease is not yet on disk waits
+  for it: a crash must never hand a dot out twice.) A fallback target stores the object in its hint
+  store, naming the primary it stands in for (handoff.py delivers hints). A target found dead
+  mid-request is replaced by the next healthy fallback. A forwarded write carries a write id that every
+  retry keeps; a forwarded write is retried at another coordinator when the link to the first breaks,
+  which may be after the first applied it. A node that applied a write remembers its id
+  (recentwrites.py), so a retry that reaches a coordinator holding the first attempt's version sends
+  that version again instead of writing a second one: a retry never adds a sibling of its own. A
+  data-type operation (datatypes.py) is never retried at a second coordinator: one that did not hold the
+  first attempt would apply it again.
 - delete writes a tombstone, a sibling like any other (reaping.py removes it later).
 - list: every healthy node lists what it holds (data and hints); the coordinator answers with the union.
 
@@ -43,6 +50,7 @@ from dynastore.core.diskspace import DISK_FULL
 from dynastore.core.messages import (
     ClientGet,
     ClientListKeys,
+    ClientLocalGet,
     ClientPut,
     ClientResponse,
     Failure,
@@ -90,6 +98,8 @@ class WritePlan:
     lww: bool
     # The bucket keeps one value per key (last-write-wins, or allow_mult off; objects.py).
     resolve_one: bool
+    # The targets asked to sync their copy before acknowledging it (see `_sync_nodes`).
+    sync_nodes: frozenset[str] = frozenset()
 
 
 class Coordination(NodeBase):
@@ -293,6 +303,15 @@ class Coordination(NodeBase):
             self._answer(op.origin, Failure("timeout", reason))
         self._read_repair(op, now_ms)
 
+    def _local_get(self, origin: Origin, req: ClientLocalGet) -> None:
+        """A client's replica read: what this node would answer a coordinator's ReplicaGet."""
+        bad = self._check_key(req.bucket, req.key)
+        if bad is not None:
+            self._answer(origin, bad)
+            return
+        obj, after = self._read_local_after(req.bucket, req.key)
+        self._answer(origin, NotFound(None) if obj is None else Ok(local=obj), after=after)
+
     def _on_replica_get(self, src: str, msg: ReplicaGet, now_ms: int) -> None:
         obj, after = self._read_local_after(msg.bucket, msg.key)
         self._send(src, ReplicaGetReply(msg.req, obj), after=after)
@@ -354,7 +373,7 @@ class Coordination(NodeBase):
             self._answer(origin, Failure("unavailable", "no healthy node holds this key"))
             return
         mine = next((t for t in targets if t.node == self.name), None)
-        if mine is None:
+        if mine is None or self._prefers_other(req, targets):
             self._forward(origin, req, targets, now_ms)
             return
         full_here = self._refuses(delete=deleting)
@@ -378,8 +397,27 @@ class Coordination(NodeBase):
         if not targets:
             self._answer(origin, Failure("insufficient_storage", "no node with room on its disk holds this key"))
             return
-        plan = WritePlan(origin, req, plist, targets, mine, w, dw, pw, lww, bucketprops.keeps_one(props))
+        if not self.engine.durable:
+            # A buffered write is still synced somewhere before it is acknowledged (section 6.1).
+            dw = max(dw, 1)
+        sync_nodes = _sync_nodes(targets, mine, dw, self.engine.durable)
+        plan = WritePlan(origin, req, plist, targets, mine, w, dw, pw, lww, bucketprops.keeps_one(props), sync_nodes)
         self._coordinate_put(plan, now_ms)
+
+    def _prefers_other(self, req: ClientPut, targets: tuple[Target, ...]) -> bool:
+        """Whether this replica hands a client's write to the replica its context names as the fastest
+        of the preceding read (the Dynamo paper's section 6.4): that node holds what was read, so the
+        client reads its own write there. Only a write straight from a client: one forwarded here
+        was sent to the node its sender preferred, and is coordinated where it lands (no ping-pong
+        between nodes whose views of the ring differ)."""
+        preferred = req.context.coordinator if req.context is not None else None
+        return (
+            self.settings.write_to_fastest_replica
+            and req.hops == 0
+            and preferred is not None
+            and preferred != self.name
+            and any(t.node == preferred for t in targets)
+        )
 
     def _forward(self, origin: Origin, req: ClientPut, targets: tuple[Target, ...], now_ms: int) -> None:
         if req.hops >= self.settings.coordinator_forward_retries_max:
@@ -430,7 +468,9 @@ class Coordination(NodeBase):
         # the write's id, so a coordinator that holds the first attempt's version does not write it
         # again (recentwrites.py).
         _, plist = self.preference_list(op.request.bucket, op.request.key)
-        others = [t.node for t in plist.targets(self.healthy(now_ms)) if t.node not in op.tried]
+        targets = plist.targets(self.healthy(now_ms))
+        # Never this node itself: a node's shell drops what it sends itself.
+        others = [t.node for t in targets if t.node not in op.tried and t.node != self.name]
         dt = op.request.dt
         if dt is not None and dt.op:
             # A data-type operation is not idempotent (an increment applied twice counts twice): one
@@ -438,6 +478,12 @@ class Coordination(NodeBase):
             self._finish(op_id)
             reason = f"coordinator {op.dst} is unreachable; the operation may have been applied"
             self._answer(op.origin, Failure("unavailable", reason))
+            return
+        if any(t.node == self.name and t.primary for t in targets):
+            # This node is a primary itself: it handed the write to the fastest replica of the read
+            # (`_prefers_other`), which is gone; it coordinates the retry (same write id) here.
+            self._finish(op_id)
+            self._start_put(op.origin, replace(op.request, hops=op.request.hops + 1), now_ms)
             return
         if not others or len(op.tried) > self.settings.coordinator_forward_retries_max:
             self._finish(op_id)
@@ -590,6 +636,7 @@ class Coordination(NodeBase):
             write_id=req.write_id,
             dot=dot if req.write_id else None,
             with_deletions=req.dt is not None,
+            sync_nodes=set(plan.sync_nodes),
         )
         op_id = self._register(op)
         self._replicate(op_id, op, plan.targets)
@@ -618,10 +665,15 @@ class Coordination(NodeBase):
         lease = self.actors.durable_after()
         for target in targets:
             if target.node != self.name:
-                msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, target.hint_for, op.resolve_one, op.write_id, op.dot)
+                durable = target.node in op.sync_nodes
+                msg = ReplicaPut(
+                    op_id, op.bucket, op.key, op.obj, target.hint_for, op.resolve_one, op.write_id, op.dot, durable
+                )
                 self._send(target.node, msg, after=lease)
         if any(target.node == self.name for target in targets):
             self._own_copies.setdefault(self.store.taken + 1, []).append(op_id)
+            if self.name in op.sync_nodes:
+                self._sync_next_batch()
 
     def _advance_put(self, op_id: int, op: PutOp, now_ms: int, *, durable_here: bool = False) -> None:
         """Answer once the tally decides. `durable_here`: every acknowledgement counted is of a durable
@@ -663,7 +715,13 @@ class Coordination(NodeBase):
         op.tally.add_error(peer)
         if substitute is not None:
             op.tally.targets += (substitute,)
-            msg = ReplicaPut(op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.resolve_one, op.write_id, op.dot)
+            # A stand-in for a replica asked to sync is asked to sync: the write still needs its dw.
+            durable = peer in op.sync_nodes
+            if durable:
+                op.sync_nodes.add(substitute.node)
+            msg = ReplicaPut(
+                op_id, op.bucket, op.key, op.obj, substitute.hint_for, op.resolve_one, op.write_id, op.dot, durable
+            )
             self._send(substitute.node, msg)
 
     def _expire_put(self, op_id: int, op: PutOp, now_ms: int) -> None:
@@ -689,13 +747,18 @@ class Coordination(NodeBase):
             # This node now holds the forwarded write: a retry of it coordinated here adds nothing.
             self._recent_writes.remember(msg.write_id, self._stored_key(msg.bucket, msg.key), msg.dot, now_ms)
         if msg.req:
-            self._send(src, ReplicaPutReply(msg.req, ok, reason))
+            # The reply leaves with the next batch, which holds the copy (or follows the batch that
+            # did, when the copy was already here): synced first when the coordinator asked for it.
+            if ok and msg.durable:
+                self._sync_next_batch()
+            durable = ok and (msg.durable or self.engine.durable)
+            self._send(src, ReplicaPutReply(msg.req, ok, reason, durable))
 
     def _on_replica_put_reply(self, src: str, msg: ReplicaPutReply, now_ms: int) -> None:
         op = self._ops.get(msg.req)
         if isinstance(op, PutOp):
             if msg.ok:
-                op.tally.ack(src)
+                op.tally.ack(src, msg.durable)
             elif src not in op.tally.errors:
                 # A replica that could not take the copy (its disk or hint store is full) is, for this
                 # write, a lost target: the next healthy fallback takes the copy instead.
@@ -712,7 +775,8 @@ class Coordination(NodeBase):
         for op_id in self._own_copies.pop(batch, ()):
             op = self._ops.get(op_id)
             if isinstance(op, PutOp):
-                op.tally.ack(self.name)
+                # Synced when this node was asked to be the synced copy (`_sync_next_batch`).
+                op.tally.ack(self.name, self.engine.durable or self.name in op.sync_nodes)
                 self._advance_put(op_id, op, now_ms, durable_here=True)
 
     # --- Listing ----------------------------------------------------------------------------------------
@@ -834,6 +898,21 @@ def _progresses(req: ClientListKeys, msg: ListKeysReply) -> bool:
         if (after is not None and at <= after) or (last is not None and at > last):
             return False
     return True
+
+
+def _sync_nodes(targets: tuple[Target, ...], mine: Target | None, dw: int, durable: bool) -> frozenset[str]:
+    """The targets asked to sync their copy before acknowledging it. Durable mode: all of them. A
+    buffered write (the Dynamo paper's section 6.1): the coordinator itself when it holds a copy, then
+    the primaries in preference-list order, then the rest, until there are `dw` (at least one); the
+    others acknowledge once their copy is written, before it is synced."""
+    if durable:
+        return frozenset(t.node for t in targets)
+    order = ([mine] if mine is not None else []) + [t for t in targets if t.primary] + list(targets)
+    chosen: list[str] = []
+    for target in order:
+        if target.node not in chosen:
+            chosen.append(target.node)
+    return frozenset(chosen[: max(dw, 1)])
 
 
 def _deletes(req: ClientPut) -> bool:

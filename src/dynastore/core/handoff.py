@@ -214,6 +214,9 @@ class Handoff(NodeBase):
         if placement.transition_id(ring) != transition or (partition, self.name) in ring.done:
             return
         self.stats.transfers_completed += 1
+        # Once the ring says this node has the partition, its old owner drops its copies: the batch
+        # that records it (and every batch of the transfer before it) is synced.
+        self._sync_next_batch()
         self._set_cluster(replace(state, ring=replace(ring, done=ring.done | {(partition, self.name)})))
         prefix = _checkpoint_prefix(transition, partition)
         received = 0
@@ -449,6 +452,8 @@ class Handoff(NodeBase):
             return
         for item, one in zip(msg.items, msg.resolve_one, strict=False):
             self._merge_into_data(item.bucket, item.key, item.obj, one, now_ms)
+        # The sender drops its copies once this is acknowledged: they must be synced here first.
+        self._sync_next_batch()
         self._send(src, HintDeliveryReply(msg.req, True))
 
     def _on_hint_delivery_reply(self, src: str, msg: HintDeliveryReply, now_ms: int) -> None:

@@ -34,8 +34,10 @@ from dynastore.core.versions import ACTOR_BYTES_MAX, COUNTER_MAX, Context, Dot
 # 9: a bucket's (or type's) props in the cluster state may hold `speculative_retry` (speculative.py),
 # which a node of 8 would refuse as an unknown property; objects and contents carry secondary index
 # entries and links (objects.FORMAT_VERSION 2); IndexScan / IndexScanReply: one replica's part of a
-# coverage query of a secondary index.
-PROTOCOL_VERSION = 9
+# coverage query of a secondary index. 10: buffered writes (the Dynamo paper's section 6.1): ReplicaPut
+# says whether the replica must sync the copy before it acknowledges it, and ReplicaPutReply whether
+# the copy it acknowledges is synced.
+PROTOCOL_VERSION = 10
 _INT_MAX = COUNTER_MAX
 
 
@@ -94,6 +96,17 @@ class ClientGet:
     timeout_ms: int | None = None
     # Show deletions' siblings as well as the live ones (a data-type read joins them; datatypes.py).
     with_deletions: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLocalGet:
+    """A replica read: this node's own copy of a key (data and hints merged, tombstones included),
+    with no quorum, for a client that coordinates its reads itself (client/ring_aware.py). Answered
+    `Ok(local=...)`, or NotFound(None) when this node holds no copy; like every read, only once what
+    it shows is on disk."""
+
+    bucket: bytes
+    key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +188,9 @@ class ClientIndexQuery:
     timeout_ms: int | None = None
 
 
-ClientRequest = ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps | ClientBucketType | ClientIndexQuery
+ClientRequest = (
+    ClientGet | ClientPut | ClientListKeys | ClientSetBucketProps | ClientBucketType | ClientIndexQuery | ClientLocalGet
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +215,13 @@ class IndexPage:
 class Ok:
     """Success. `found` is the object for reads and for writes with return_body; a page of a listing
     gives its `keys` and where the next page starts (`resume`, None after the last); a page of an
-    index query is `page`."""
+    index query is `page`; a replica read (ClientLocalGet) gives the node's own copy as `local`."""
 
     found: Siblings | None = None
     keys: tuple[bytes, ...] = ()
     resume: tuple[int, bytes] | None = None
     page: IndexPage | None = None
+    local: Object | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,14 +288,21 @@ class ReplicaPut:
     resolve_one: bool
     write_id: bytes = b""
     dot: Dot | None = None
+    # Sync the copy before acknowledging it, whatever the receiver's own `durable` setting (the one
+    # replica a buffered write's coordinator picks, or every replica of a durable write).
+    durable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaPutReply:
+    """`durable`: the copy acknowledged was synced before this reply (else it is only written, and a
+    machine crash before the receiver's next sync may lose it)."""
+
     CODE: ClassVar[int] = 6
     req: int
     ok: bool
     reason: str
+    durable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,11 @@ staging.py.
 
 Effects that are known to depend on nothing still being written need not wait: a request for data, a
 read answered from data already on disk, a write's answer once every acknowledgement it counts is
-durable, a write sent to the other replicas (each acknowledges only its own durable copy; this node's
-own counts only once its batch is written). `take_free()` hands them to the shell at once, even while
-a batch is being written; an effect that depends on a batch being written is held until that batch
-is, rather than the next. A shell drives a core with the same few lines whatever its clock and disk:
+durable, a write sent to the other replicas (each acknowledges only its own copy once written, and
+synced when the write asks it to; this node's own counts only once its batch is written). `take_free()`
+hands them to the shell at once, even while a batch is being written; an effect that depends on a batch
+being written is held until that batch is, rather than the next. A shell drives a core with the same few
+lines whatever its clock and disk:
 
     perform(core.take_free())
     batch = core.take_batch()          # only when no batch is being written
@@ -87,6 +88,7 @@ from dynastore.core.messages import (
     ClientGet,
     ClientIndexQuery,
     ClientListKeys,
+    ClientLocalGet,
     ClientPut,
     ClientRequest,
     ClientSetBucketProps,
@@ -290,6 +292,8 @@ class NodeCore(Coordination, IndexQueries, ClusterOps, Handoff, Reaping, Scrub, 
                 self._start_list(origin, request, now_ms)
             elif isinstance(request, ClientIndexQuery):
                 self._start_index_query(origin, request, now_ms)
+            elif isinstance(request, ClientLocalGet):
+                self._local_get(origin, request)
             elif isinstance(request, ClientSetBucketProps):
                 self._set_bucket_props(origin, request, now_ms)
             elif isinstance(request, ClientBucketType):

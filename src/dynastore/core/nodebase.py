@@ -153,6 +153,8 @@ class NodeBase(ABC):
     _get: Callable[[str, bytes], bytes | None]
     _put: Callable[[str, bytes, bytes | None], None]
     _durable_after: Callable[[str, bytes], int]
+    # The next batch taken is synced (buffered mode's periodic sync, `_sync_next_batch`).
+    _sync_due: bool
     # `_scan(area, start, end, limit, bytes_max=None)`: see StagedStore.scan.
     _scan: Callable[..., list[tuple[bytes, bytes]]]
     _scan_all: Callable[[str, bytes, bytes | None], Iterable[tuple[bytes, bytes]]]
@@ -499,6 +501,15 @@ class NodeBase(ABC):
             self._queue(Reply(origin.request_id, response), after)
         else:
             self._send(origin.node, _forward_reply(origin.req, response), after=after)
+
+    def _sync_next_batch(self) -> None:
+        """The next batch taken holds a copy that must be synced before what waits for it leaves (a
+        durable engine syncs every batch anyway): a buffered write's chosen replica, and in buffered
+        mode a copy whose sender drops its own once it is acknowledged (a delivered hint, a handed-off
+        stray or partition), which may be the one synced copy of an acknowledged write. A sync covers
+        every batch written before it too."""
+        if not self.engine.durable:
+            self._sync_due = True
 
     def _timeout(self, timeout_ms: int | None, now_ms: int) -> int:
         limit = self.settings.request_timeout_ms if timeout_ms is None else timeout_ms

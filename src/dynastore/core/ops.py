@@ -83,6 +83,9 @@ class PutOp:
     dot: Dot | None = None
     # A data-type write: the answer with the body shows deletions' siblings too.
     with_deletions: bool = False
+    # The targets asked to sync their copy before acknowledging it (every target of a durable write;
+    # the one, or dw, a buffered write's coordinator picks); a substitute for one of them is asked too.
+    sync_nodes: set[str] = field(default_factory=set)
 
 
 @dataclass

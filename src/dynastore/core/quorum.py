@@ -175,8 +175,10 @@ def _same(a: Object, b: Object) -> bool:
 
 @dataclass
 class PutTally:
-    """Acknowledgements of a write. Every ack is durable (replicas sync before acking), so it
-    counts towards both W and DW; acks from primaries also count towards PW."""
+    """Acknowledgements of a write. Each ack says whether its copy is durable (synced before the ack)
+    or buffered (written, not yet synced: a buffered write, the Dynamo paper's section 6.1). Every ack
+    counts towards W, durable ones towards DW too (Riak's meaning: dw <= w), and acks from primaries
+    towards PW. `durable_acks` is a subset of `acks`."""
 
     targets: tuple[Target, ...]
     w: int
@@ -184,10 +186,13 @@ class PutTally:
     pw: int
     acks: set[str] = field(default_factory=set)
     errors: set[str] = field(default_factory=set)
+    durable_acks: set[str] = field(default_factory=set)
 
-    def ack(self, node: str) -> None:
+    def ack(self, node: str, durable: bool = True) -> None:
         if node not in self.errors and any(t.node == node for t in self.targets):
             self.acks.add(node)
+            if durable:
+                self.durable_acks.add(node)
 
     def add_error(self, node: str) -> None:
         if node not in self.acks and any(t.node == node for t in self.targets):
@@ -196,10 +201,14 @@ class PutTally:
     def decision(self) -> Decision:
         need = max(self.w, self.dw)
         primaries = sum(1 for t in self.targets if t.primary and t.node in self.acks)
-        if len(self.acks) >= need and primaries >= self.pw:
+        if len(self.acks) >= need and len(self.durable_acks) >= self.dw and primaries >= self.pw:
             return OK
         pending = [t for t in self.targets if t.node not in self.acks and t.node not in self.errors]
-        if len(self.acks) + len(pending) < need or primaries + sum(1 for t in pending if t.primary) < self.pw:
+        if (
+            len(self.acks) + len(pending) < need
+            or len(self.durable_acks) + len(pending) < self.dw
+            or primaries + sum(1 for t in pending if t.primary) < self.pw
+        ):
             return FAIL
         return WAIT
 
@@ -209,6 +218,8 @@ class PutTally:
 
     def shortfall(self) -> str:
         primaries = sum(1 for t in self.targets if t.primary and t.node in self.acks)
-        return f"{len(self.acks)} of w={max(self.w, self.dw)} replicas acknowledged" + (
-            f", {primaries} of pw={self.pw} primaries" if self.pw else ""
+        return (
+            f"{len(self.acks)} of w={max(self.w, self.dw)} replicas acknowledged"
+            + (f", {len(self.durable_acks)} of dw={self.dw} durably" if self.dw else "")
+            + (f", {primaries} of pw={self.pw} primaries" if self.pw else "")
         )
