@@ -6,6 +6,7 @@ These check what a run produces (its JSON fields, its clean-up), never how fast 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +17,8 @@ from click.testing import CliRunner
 
 from dynastore.bench import ycsb_peers
 from dynastore.bench.ycsb import main
+from dynastore.bench.ycsb_driver import DriverError, Phase, run_phase
+from dynastore.bench.ycsb_targets import Endpoint
 from dynastore.cli import main as cli_main
 
 SHORT = ["--duration", "0.5", "--warmup", "0.2", "--no-core-check"]
@@ -138,6 +141,14 @@ def test_driver_processes_that_start_slowly_still_all_run_their_window(
     (run,) = doc["runs"]
     assert doc["loads"][0]["operations"] == 20
     assert run["ops"]["read"]["count"] == run["operations"] > 0
+
+
+def test_a_driver_process_that_fails_is_reported_and_the_others_are_stopped() -> None:
+    """A spawned driver's error comes back as one DriverError naming it, and no driver process is left."""
+    phase = Phase(Endpoint("noop", ()), "no such workload", 10, 2, 0.1, 0.2, 1, 0.0, 100, 0.99)
+    with pytest.raises(DriverError, match=r"driver process [01] failed: KeyError"):
+        run_phase(phase, 2)
+    assert [p for p in multiprocessing.active_children() if p.name.startswith("ycsb-driver-")] == []
 
 
 def test_a_rate_makes_the_run_open_loop(tmp_path: Path) -> None:
