@@ -24,6 +24,8 @@ from pb_util import PbClient
 
 from dynastore.api.pb import schema
 from dynastore.bench.ycsb_targets import DYNASTORE_PB, Endpoint, open_target
+from dynastore.client.http import HttpClient
+from dynastore.client.pb import PbClient as AsyncPbClient
 from dynastore.localcluster import LocalCluster
 
 MakeCluster = Callable[..., LocalCluster]
@@ -535,6 +537,27 @@ def test_indexes_and_links_cross_pb_and_http_and_2i_queries_page_and_stream_over
         assert b"typed" not in ask(index=b"tag_bin", qtype=0, key=b"person").keys
         status, _, body = call("GET", f"{cluster[2].url}/types/tagged/buckets/pb2i/index/tag_bin/person")
         assert (status, json.loads(body)) == (200, {"keys": ["typed"]})
+    assert asyncio.run(_both_clients(cluster)) == (True, True)
+
+
+async def _both_clients(cluster: LocalCluster) -> tuple[bool, bool]:
+    """The asyncio PB client's index query answers as the HTTP client's does, terms and pages alike."""
+    async with HttpClient([cluster[0].url]) as http:
+        pb_client = AsyncPbClient(cluster[1].host, cluster[1].pb_port)
+        try:
+            ranged = [
+                await c.index("pb2i", "byear_int", 1800, 1950, return_terms=True, max_results=2)
+                for c in (http, pb_client)
+            ]
+            following = [
+                await c.index("pb2i", "byear_int", 1800, 1950, return_terms=True, continuation=r.continuation)
+                for c, r in zip((http, pb_client), ranged, strict=True)
+            ]
+        finally:
+            await pb_client.close()
+    assert ranged[0].results == ((1815, "ada"), (1843, "ada two")), ranged
+    assert following[0].results == ((1906, "grace"), (1912, "alan")), following
+    return ranged[0] == ranged[1], following[0] == following[1]
 
 
 async def _drive_pb_target(cluster: LocalCluster) -> tuple[bool, bool, int]:
