@@ -1,7 +1,8 @@
 """What secondary indexes cost, on a local cluster (LMDB, loopback, n_val 3): the latency of a write
 with two index entries beside one without (alternating rounds), and the time of queries of several
-sizes, with all nodes up and with one stopped. On 3 nodes every node holds every partition and a
-query is answered by its coordinator alone; on 5, a coverage query asks other nodes too.
+sizes, with all nodes up and with one stopped, each over HTTP and over the PB API in alternating
+runs. On 3 nodes every node holds every partition and a query is answered by its coordinator alone;
+on 5, a coverage query asks other nodes too.
 
     PYTHONPATH=src .venv/bin/python scripts/measure-2i.py [KEYS] [NODES]
 """
@@ -15,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dynastore.client.http import HttpClient
+from dynastore.client.http import HttpClient, IndexResult
+from dynastore.client.pb import PbClient
 from dynastore.localcluster import LocalCluster
 
 FAST = (
@@ -49,7 +51,7 @@ async def writes(client: HttpClient, keys: int) -> None:
         print(f"put {label}: {ms(samples)} ({len(samples)} writes, alternating rounds of {per_round})")
 
 
-async def queries(client: HttpClient, keys: int, label: str) -> None:
+async def queries(client: HttpClient, pb: PbClient, keys: int, label: str) -> None:
     half = keys // 2
     cases = [
         ("exact, 1 key", ("n_int", 7, None, None)),
@@ -59,14 +61,18 @@ async def queries(client: HttpClient, keys: int, label: str) -> None:
         (f"$bucket, all {half} keys", ("$bucket", "idx", None, None)),
     ]
     for name, (field, low, high, max_results) in cases:
-        samples = []
+        samples: dict[str, list[float]] = {"http": [], "pb": []}
         count = 0
         for _ in range(5):
-            started = time.perf_counter()
-            page = await client.index("idx", field, low, high, max_results=max_results, timeout_ms=30_000)
-            samples.append(time.perf_counter() - started)
-            count = len(page.results)
-        print(f"{label}: {name}: {ms(samples)} over 5 runs ({count} results)")
+            for api, asker in (("http", client), ("pb", pb)):
+                started = time.perf_counter()
+                page: IndexResult = await asker.index(
+                    "idx", field, low, high, max_results=max_results, timeout_ms=30_000
+                )
+                samples[api].append(time.perf_counter() - started)
+                count = len(page.results)
+        for api, taken in samples.items():
+            print(f"{label}: {name} over {api}: {ms(taken)} over 5 runs ({count} results)")
 
 
 async def main(keys: int, nodes: int) -> None:
@@ -75,12 +81,18 @@ async def main(keys: int, nodes: int) -> None:
         try:
             cluster.start()
             cluster.wait_ready(60)
-            async with HttpClient([node.url for node in cluster.nodes]) as client:
-                await writes(client, keys)
-                await queries(client, keys, f"{nodes} nodes up")
-            cluster[nodes - 1].stop()
-            async with HttpClient([cluster[0].url]) as client:
-                await queries(client, keys, f"1 of {nodes} stopped")
+            pb = PbClient(cluster[0].host, cluster[0].pb_port, timeout_s=60)
+            try:
+                async with HttpClient([node.url for node in cluster.nodes]) as client:
+                    await writes(client, keys)
+                # Both APIs asked at the same node, so that they differ only in the protocol.
+                async with HttpClient([cluster[0].url]) as client:
+                    await queries(client, pb, keys, f"{nodes} nodes up")
+                cluster[nodes - 1].stop()
+                async with HttpClient([cluster[0].url]) as client:
+                    await queries(client, pb, keys, f"1 of {nodes} stopped")
+            finally:
+                await pb.close()
         finally:
             cluster.close()
 

@@ -99,7 +99,31 @@ FIELD_FACTS = [
     ("DtUpdateReq", "op", 5),
     ("DtUpdateReq", "include_context", 13),
     ("DtUpdateResp", "hll_value", 6),
+    ("RpbIndexReq", "bucket", 1),
+    ("RpbIndexReq", "index", 2),
+    ("RpbIndexReq", "qtype", 3),
+    ("RpbIndexReq", "key", 4),
+    ("RpbIndexReq", "range_min", 5),
+    ("RpbIndexReq", "range_max", 6),
+    ("RpbIndexReq", "return_terms", 7),
+    ("RpbIndexReq", "stream", 8),
+    ("RpbIndexReq", "max_results", 9),
     ("RpbIndexReq", "continuation", 10),
+    ("RpbIndexReq", "timeout", 11),
+    ("RpbIndexReq", "type", 12),
+    ("RpbIndexReq", "term_regex", 13),
+    ("RpbIndexReq", "pagination_sort", 14),
+    ("RpbIndexReq", "cover_context", 15),
+    ("RpbIndexReq", "return_body", 16),
+    ("RpbIndexResp", "keys", 1),
+    ("RpbIndexResp", "results", 2),
+    ("RpbIndexResp", "continuation", 3),
+    ("RpbIndexResp", "done", 4),
+    ("RpbLink", "bucket", 1),
+    ("RpbLink", "key", 2),
+    ("RpbLink", "tag", 3),
+    ("RpbPair", "key", 1),
+    ("RpbPair", "value", 2),
     ("RpbAuthReq", "password", 2),
 ]
 
@@ -122,6 +146,7 @@ def test_message_codes_are_riak_pbs() -> None:
         "RpbGetBucketReq": 19,
         "RpbSetBucketReq": 21,
         "RpbIndexReq": 25,
+        "RpbIndexResp": 26,
         "RpbResetBucketReq": 29,
         "RpbGetBucketTypeReq": 31,
         "RpbSetBucketTypeReq": 32,
@@ -143,6 +168,24 @@ def test_bodies_encode_as_a_riak_client_writes_them() -> None:
     counter = schema.message("RpbCounterUpdateReq")(bucket=b"b", key=b"k", amount=-3)
     assert counter.SerializeToString() == b"\x0a\x01b\x12\x01k\x18\x05"
     assert schema.message("DtFetchReq")(bucket=b"b", key=b"k", type=b"t").include_context is True
+
+
+def test_index_queries_and_tagged_content_encode_as_a_riak_client_writes_them() -> None:
+    """Bytes written by hand from riak_kv.proto: RpbIndexReq's qtype is an enum with eq = 0 and
+    range = 1; an RpbContent's links (6) and indexes (10) are embedded RpbLink and RpbPair messages."""
+    request = schema.message("RpbIndexReq")
+    ranged = request(bucket=b"b", index=b"x_int", qtype=request.range, range_min=b"1", range_max=b"9", stream=True)
+    assert ranged.SerializeToString() == b"\x0a\x01b\x12\x05x_int\x18\x01\x2a\x011\x32\x019\x40\x01"
+    assert request.eq == 0
+    content = schema.message("RpbContent")(value=b"")
+    content.links.add(bucket=b"b", key=b"k", tag=b"t")
+    content.indexes.add(key=b"f_bin", value=b"v")
+    assert content.SerializeToString() == b"\x0a\x00\x32\x09\x0a\x01b\x12\x01k\x1a\x01t\x52\x0a\x0a\x05f_bin\x12\x01v"
+    answer = schema.message("RpbIndexResp")()
+    answer.results.add(key=b"7", value=b"k")
+    answer.continuation = b"c"
+    answer.done = True
+    assert answer.SerializeToString() == b"\x12\x06\x0a\x017\x12\x01k\x1a\x01c\x20\x01"
 
 
 def test_the_proto_reader_refuses_what_it_does_not_understand() -> None:

@@ -6,6 +6,9 @@ These check what a run produces (its JSON fields, its clean-up), never how fast 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,8 @@ from click.testing import CliRunner
 
 from dynastore.bench import ycsb_peers
 from dynastore.bench.ycsb import main
+from dynastore.bench.ycsb_driver import DriverError, Phase, run_phase
+from dynastore.bench.ycsb_targets import Endpoint
 from dynastore.cli import main as cli_main
 
 SHORT = ["--duration", "0.5", "--warmup", "0.2", "--no-core-check"]
@@ -47,15 +52,16 @@ def _run(tmp_path: Path, *args: str) -> dict[str, Any]:
     return doc
 
 
-def _benchmark_node_processes() -> list[str]:
-    """Command lines of live processes that are dynastore nodes started by a YCSB run."""
+def _benchmark_node_processes(root: Path) -> list[str]:
+    """Command lines of live dynastore node processes started by a YCSB run whose temporary
+    directories are under `root`: this test's own, not those of a run someone else has going."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "dynastore-ycsb-" in text and " node " in text:
+        if f"{root}{os.sep}dynastore-ycsb-" in text and " node " in text:
             found.append(text)
     return found
 
@@ -100,6 +106,51 @@ def test_several_driver_processes_merge_into_one_result(tmp_path: Path) -> None:
     assert doc["settings"]["processes"] == 2
 
 
+# Imported at start-up by every Python process given its directory on PYTHONPATH: a spawned driver
+# process (its command line ends in --multiprocessing-fork) starts as slowly as on a busy machine.
+SLOW_START = """
+import sys, time
+if "--multiprocessing-fork" in sys.argv:
+    time.sleep({delay_s})
+"""
+
+
+def test_driver_processes_that_start_slowly_still_all_run_their_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spawned driver processes that take longer to start than any fixed lead (as under a CPU hog)
+    still run the whole measured window: the common start is set once every process is ready."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_START.format(delay_s=3.5))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(slow), os.environ.get("PYTHONPATH", "")]))
+    doc = _run(
+        tmp_path,
+        "--target",
+        "noop",
+        "--workload",
+        "C",
+        "--records",
+        "20",
+        "--concurrency",
+        "2",
+        "--processes",
+        "2",
+        *SHORT,
+    )
+    (run,) = doc["runs"]
+    assert doc["loads"][0]["operations"] == 20
+    assert run["ops"]["read"]["count"] == run["operations"] > 0
+
+
+def test_a_driver_process_that_fails_is_reported_and_the_others_are_stopped() -> None:
+    """A spawned driver's error comes back as one DriverError naming it, and no driver process is left."""
+    phase = Phase(Endpoint("noop", ()), "no such workload", 10, 2, 0.1, 0.2, 1, 0.0, 100, 0.99)
+    with pytest.raises(DriverError, match=r"driver process [01] failed: KeyError"):
+        run_phase(phase, 2)
+    assert [p for p in multiprocessing.active_children() if p.name.startswith("ycsb-driver-")] == []
+
+
 def test_a_rate_makes_the_run_open_loop(tmp_path: Path) -> None:
     """--rate paces requests on a schedule (coordinated-omission-free) and the run says so."""
     doc = _run(tmp_path, "--target", "noop", "--workload", "B", "--records", "100", "--rate", "500", *SHORT)
@@ -121,8 +172,13 @@ def test_a_peer_that_is_not_installed_is_skipped_with_a_message(
 
 
 @pytest.mark.slow
-def test_dynastore_http_against_a_real_three_node_cluster(tmp_path: Path) -> None:
+def test_dynastore_http_against_a_real_three_node_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 3-node LocalCluster is started, loaded, run through workload A with no errors, and stopped afterwards."""
+    # The run's temporary directories (its nodes' data) go under this test's own directory, so that
+    # its node processes are told apart from those of any other run on the machine.
+    runs_root = tmp_path / "runs"
+    runs_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(runs_root))
     doc = _run(
         tmp_path,
         "--target",
@@ -150,7 +206,7 @@ def test_dynastore_http_against_a_real_three_node_cluster(tmp_path: Path) -> Non
     assert {"read", "update"} <= set(run["ops"])
     assert run["ops"]["update"]["latency_ms"]["p99.9"] >= run["ops"]["update"]["latency_ms"]["p50"]
     assert doc["versions"]["dynastore-http"].startswith("dynastore")
-    assert _benchmark_node_processes() == []
+    assert _benchmark_node_processes(runs_root) == []
 
 
 def test_the_cli_passes_help_and_options_through_to_the_benchmark() -> None:

@@ -1,4 +1,4 @@
-"""Drives basho's Riak client (`riak` 2.7.0, HTTP transport) through secondary indexes and links
+"""Drives basho's Riak client (`riak` 2.7.0, over HTTP or Protocol Buffers) through secondary indexes and links
 against the nodes given as arguments, and prints what it saw as one JSON object: objects tagged with
 index entries and links, stored and fetched back, exact and range queries, terms, pagination by
 continuation, streaming, and the $bucket index.
@@ -6,7 +6,7 @@ continuation, streaming, and the $bucket index.
 Run by test_riak_client.py with the client's own venv, like riak_client_scenario.py (whose shims it
 uses). It judges nothing; the test asserts on the report.
 
-Usage: python riak_client_index_scenario.py HOST:PORT [HOST:PORT ...]
+Usage: [RIAK_CLIENT_PROTOCOL=pbc] python riak_client_index_scenario.py HOST:PORT [HOST:PORT ...]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Any
 
-from riak_client_scenario import apply_shims
+from riak_client_scenario import PORT, PROTOCOL, apply_shims
 
 BUCKET = "riak-client-2i"
 PEOPLE = [("sean", "Sean", 1979), ("ada", "Ada", 1815), ("alan", "Alan", 1912), ("grace", "Grace", 1906)]
@@ -26,7 +26,7 @@ def run(nodes: list[tuple[str, int]], seen: dict[str, Any]) -> None:
     apply_shims()
     from riak import RiakClient
 
-    client = RiakClient(protocol="http", nodes=[{"host": h, "http_port": p} for h, p in nodes])
+    client = RiakClient(protocol=PROTOCOL, nodes=[{"host": h, PORT: p} for h, p in nodes])
     bucket = client.bucket(BUCKET)
 
     seen["step"] = "store tagged objects"

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -23,6 +24,8 @@ from pb_util import PbClient
 
 from dynastore.api.pb import schema
 from dynastore.bench.ycsb_targets import DYNASTORE_PB, Endpoint, open_target
+from dynastore.client.http import HttpClient
+from dynastore.client.pb import PbClient as AsyncPbClient
 from dynastore.localcluster import LocalCluster
 
 MakeCluster = Callable[..., LocalCluster]
@@ -66,9 +69,11 @@ def content(value: bytes, **fields: object) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """One 3-node cluster for the KV and the listing/props/data-type tests (their buckets differ), so
-    the suite starts it once; pages of 5 keys so that a listing takes several frames."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("pb3"), 3, overrides=(*FAST, "list_page_keys_max=5"))
+    """One 3-node cluster for the KV, listing/props/data-type and 2i tests (their buckets differ), so
+    the suite starts it once; pages of 5 keys and of 3 index results so that a listing and a streamed
+    index query take several frames."""
+    overrides = (*FAST, "list_page_keys_max=5", "index_page_results_max=3")
+    cluster = LocalCluster(tmp_path_factory.mktemp("pb3"), 3, overrides=overrides)
     try:
         cluster.start()
         cluster.wait_ready(60)
@@ -336,7 +341,16 @@ def test_bad_frames_get_rpberrorresp_change_nothing_and_connections_are_bounded(
         assert p.recv()[1].errmsg == b"the body of RpbPutReq does not decode"
         assert "lacks required fields: content" in p.error("RpbPutReq", bucket=b"b", key=b"k")
         assert "bucket" in p.error("RpbListKeysReq", timeout=10)
-        assert "not yet" in p.error("RpbIndexReq", bucket=b"b", index=b"i_bin", qtype=0, key=b"v")
+        assert "needs range_min and range_max" in p.error(
+            "RpbIndexReq", bucket=b"b", index=b"i_bin", qtype=1, range_min=b"a"
+        )
+        assert "must be lowercase" in p.error("RpbIndexReq", bucket=b"b", index=b"I bin", qtype=0, key=b"v")
+        assert "term_regex is not supported" in p.error(
+            "RpbIndexReq", bucket=b"b", index=b"i_bin", qtype=0, key=b"v", term_regex=b"."
+        )
+        assert "bad secondary index" in p.error(
+            "RpbPutReq", bucket=b"b", key=b"k", content=content(b"x", indexes=[{"key": b"n_int", "value": b"ten"}])
+        )
         assert "exceeds the limit" in p.error("RpbPutReq", bucket=b"b", key=b"k", content=content(b"x" * 1048577))
         assert p.expect("RpbPingResp", "RpbPingReq") is None
         p.send_raw(b"\x00\x13\x00\x00\x0b")
@@ -388,6 +402,164 @@ def _fuzz(cluster: LocalCluster, frames: int = 300) -> None:
     assert "internal error serving PB" not in cluster[0].log_path.read_text(errors="replace")
 
 
+PEOPLE = [(b"sean", b"Sean", 1979), (b"ada", b"Ada", 1815), (b"alan", b"Alan", 1912), (b"grace", b"Grace", 1906)]
+
+
+def _query(client: PbClient, **fields: object) -> list[Any]:
+    """A streamed RpbIndexReq's frames, up to and with the one marked done."""
+    client.send("RpbIndexReq", stream=True, **fields)
+    frames: list[Any] = []
+    for _ in range(100):
+        name, body = client.recv()
+        assert name == "RpbIndexResp", body
+        frames.append(body)
+        if body.done:
+            return frames
+    raise AssertionError("a streamed index query did not end")
+
+
+def test_indexes_and_links_cross_pb_and_http_and_2i_queries_page_and_stream_over_pb(three: LocalCluster) -> None:
+    """Objects stored over PB with _bin and _int entries and links read back over PB and HTTP with
+    them, and one stored over HTTP with headers reads back over PB; exact and range queries,
+    return_terms, $bucket and $key, max_results pages followed by continuation to the end, a streamed
+    query in several frames ending with done, and a query in a bucket type, which sees only its own."""
+    cluster = three
+    operator(cluster[0].url, "/admin/bucket-types/tagged", body={"props": {}})
+    operator(cluster[0].url, "/admin/bucket-types/tagged/activate")
+    eventually(
+        lambda: all(
+            json.loads(call("GET", f"{node.url}/types/tagged/props")[2])["props"]["active"] for node in cluster.nodes
+        )
+    )
+    with pb(cluster, 0) as a, pb(cluster, 1) as b:
+        for key, name, year in PEOPLE:
+            tags = [
+                {"key": b"fname_bin", "value": name},
+                {"key": b"BYEAR_INT", "value": b"%d" % year},
+                {"key": b"tag_bin", "value": b"person"},
+            ]
+            links = [{"bucket": b"pb2i", "key": b"sean", "tag": b"friend"}]
+            stored = a.expect(
+                "RpbPutResp",
+                "RpbPutReq",
+                bucket=b"pb2i",
+                key=key,
+                content=content(b"v", indexes=tags, links=links),
+                return_body=True,
+                w=ALL,
+            )
+            assert [(p.key, p.value) for p in stored.content[0].indexes] == [
+                (b"byear_int", b"%d" % year),
+                (b"fname_bin", name),
+                (b"tag_bin", b"person"),
+            ]
+        (alan,) = b.expect("RpbGetResp", "RpbGetReq", bucket=b"pb2i", key=b"alan", r=ALL).content
+        assert [(p.key, p.value) for p in alan.indexes] == [
+            (b"byear_int", b"1912"),
+            (b"fname_bin", b"Alan"),
+            (b"tag_bin", b"person"),
+        ]
+        assert [(x.bucket, x.key, x.tag) for x in alan.links] == [(b"pb2i", b"sean", b"friend")]
+        status, headers, _ = call("GET", obj(cluster[2].url, "pb2i", "alan"))
+        assert status == 200
+        assert (headers["X-Riak-Index-byear_int"], headers["X-Riak-Index-fname_bin"]) == ("1912", "Alan")
+        assert '</buckets/pb2i/keys/sean>; riaktag="friend"' in headers["Link"]
+
+        http_headers = {
+            "Content-Type": "text/plain",
+            "X-Riak-Index-byear_int": "1843",
+            "X-Riak-Index-tag_bin": "person",
+            "Link": '</buckets/pb2i/keys/ada>; riaktag="mentor"',
+        }
+        status, _, body = call("PUT", obj(cluster[2].url, "pb2i", "ada two") + "?w=all", b"h", http_headers)
+        assert status == 204, body
+        (two,) = a.expect("RpbGetResp", "RpbGetReq", bucket=b"pb2i", key=b"ada two").content
+        assert [(p.key, p.value) for p in two.indexes] == [(b"byear_int", b"1843"), (b"tag_bin", b"person")]
+        assert [(x.bucket, x.key, x.tag) for x in two.links] == [(b"pb2i", b"ada", b"mentor")]
+
+        def ask(**fields: object) -> Any:
+            return a.expect("RpbIndexResp", "RpbIndexReq", bucket=b"pb2i", **fields)
+
+        exact = ask(index=b"fname_bin", qtype=0, key=b"Ada")
+        assert list(exact.keys) == [b"ada"] and not exact.done
+        ranged = ask(index=b"byear_int", qtype=1, range_min=b"1900", range_max=b"1980")
+        assert list(ranged.keys) == [b"grace", b"alan", b"sean"]
+        terms = ask(index=b"byear_int", qtype=1, range_min=b"1800", range_max=b"2000", return_terms=True)
+        assert [(p.key, p.value) for p in terms.results] == [
+            (b"1815", b"ada"),
+            (b"1843", b"ada two"),
+            (b"1906", b"grace"),
+            (b"1912", b"alan"),
+            (b"1979", b"sean"),
+        ]
+        everyone = [b"ada", b"ada two", b"alan", b"grace", b"sean"]
+        assert list(ask(index=b"$bucket", qtype=0, key=b"pb2i").keys) == everyone
+        keyed = ask(index=b"$key", qtype=1, range_min=b"al", range_max=b"h", return_terms=True)
+        assert [(p.key, p.value) for p in keyed.results] == [(b"alan", b"alan"), (b"grace", b"grace")]
+
+        pages = []
+        continuation = None
+        for _ in range(10):
+            fields: dict[str, object] = {"index": b"tag_bin", "qtype": 0, "key": b"person", "max_results": 2}
+            if continuation is not None:
+                fields["continuation"] = continuation
+            page = ask(**fields)
+            pages.append(list(page.keys))
+            if not page.HasField("continuation"):
+                break
+            continuation = page.continuation
+        assert pages == [[b"ada", b"ada two"], [b"alan", b"grace"], [b"sean"]]
+        assert "invalid continuation" in a.error(
+            "RpbIndexReq", bucket=b"pb2i", index=b"tag_bin", qtype=0, key=b"person", continuation=b"AAAA"
+        )
+
+        frames = _query(a, bucket=b"pb2i", index=b"byear_int", qtype=1, range_min=b"0", range_max=b"3000")
+        assert len(frames) >= 3 and frames[-1].done
+        streamed = [k for f in frames for k in f.keys]
+        assert streamed == [b"ada", b"ada two", b"grace", b"alan", b"sean"]
+        paged = _query(a, bucket=b"pb2i", index=b"tag_bin", qtype=0, key=b"person", max_results=4)
+        assert [k for f in paged for k in f.keys] == [b"ada", b"ada two", b"alan", b"grace"]
+        assert paged[-1].continuation
+
+        a.expect(
+            "RpbPutResp",
+            "RpbPutReq",
+            bucket=b"pb2i",
+            key=b"typed",
+            type=b"tagged",
+            content=content(b"t", indexes=[{"key": b"tag_bin", "value": b"person"}]),
+            w=ALL,
+        )
+        in_type = b.expect(
+            "RpbIndexResp", "RpbIndexReq", bucket=b"pb2i", type=b"tagged", index=b"tag_bin", qtype=0, key=b"person"
+        )
+        assert list(in_type.keys) == [b"typed"]
+        assert b"typed" not in ask(index=b"tag_bin", qtype=0, key=b"person").keys
+        status, _, body = call("GET", f"{cluster[2].url}/types/tagged/buckets/pb2i/index/tag_bin/person")
+        assert (status, json.loads(body)) == (200, {"keys": ["typed"]})
+    assert asyncio.run(_both_clients(cluster)) == (True, True)
+
+
+async def _both_clients(cluster: LocalCluster) -> tuple[bool, bool]:
+    """The asyncio PB client's index query answers as the HTTP client's does, terms and pages alike."""
+    async with HttpClient([cluster[0].url]) as http:
+        pb_client = AsyncPbClient(cluster[1].host, cluster[1].pb_port)
+        try:
+            ranged = [
+                await c.index("pb2i", "byear_int", 1800, 1950, return_terms=True, max_results=2)
+                for c in (http, pb_client)
+            ]
+            following = [
+                await c.index("pb2i", "byear_int", 1800, 1950, return_terms=True, continuation=r.continuation)
+                for c, r in zip((http, pb_client), ranged, strict=True)
+            ]
+        finally:
+            await pb_client.close()
+    assert ranged[0].results == ((1815, "ada"), (1843, "ada two")), ranged
+    assert following[0].results == ((1906, "grace"), (1912, "alan")), following
+    return ranged[0] == ranged[1], following[0] == following[1]
+
+
 async def _drive_pb_target(cluster: LocalCluster) -> tuple[bool, bool, int]:
     """What `dynastore bench ycsb --target dynastore-pb` does per record: a read, an update with the
     context the read gave, a read back."""
@@ -424,6 +596,7 @@ def test_with_security_on_pb_needs_authreq_and_the_users_permissions(make_cluste
         assert not p.expect("RpbGetResp", "RpbGetReq", bucket=b"b1", key=b"k").content
         assert "lacks riak_kv.get" in p.error("RpbGetReq", bucket=b"b2", key=b"k")
         assert "lacks riak_kv.put" in p.error("RpbPutReq", bucket=b"b1", key=b"k", content=content(b"x"))
+        assert "lacks riak_kv.index" in p.error("RpbIndexReq", bucket=b"b1", index=b"$bucket", qtype=0, key=b"b1")
         assert "TLS" in p.error("RpbStartTls")
 
 

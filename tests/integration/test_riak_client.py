@@ -186,16 +186,18 @@ def test_basho_riak_client_uses_counters_sets_maps_and_hlls_in_bucket_types_made
     assert seen["wrong_type"] != "stored"
 
 
-def test_basho_riak_client_tags_objects_with_indexes_and_links_and_queries_them_over_http(
-    make_cluster: MakeCluster, riak_python: Path
+@pytest.mark.parametrize("protocol", ["http", "pbc"])
+def test_basho_riak_client_tags_objects_with_indexes_and_links_and_queries_them_over_http_and_pb(
+    make_cluster: MakeCluster, riak_python: Path, protocol: str
 ) -> None:
-    """basho's Riak client over HTTP, on 3 nodes: objects with _bin and _int index entries and a link
-    are stored and fetched back with them; exact and range queries, return_terms, the $bucket index,
-    pages of max_results followed to the end, and a streamed query, as a Riak user writes them."""
+    """basho's Riak client over HTTP and over Protocol Buffers, on 3 nodes: objects with _bin and _int
+    index entries and a link are stored and fetched back with them; exact and range queries,
+    return_terms, the $bucket index, pages of max_results followed by continuation to the end, and a
+    streamed query, as a Riak user writes them."""
     import riak_client_index_scenario as index_scenario
 
     cluster = make_cluster(3)
-    seen = run_scenario(riak_python, cluster, index_scenario.__file__)
+    seen = run_scenario(riak_python, cluster, index_scenario.__file__, protocol)
     assert seen["indexes"] == [["byear_int", 1912], ["fname_bin", "Alan"], ["tag_bin", "person"]]
     assert seen["links"] == [[index_scenario.BUCKET, "sean", "friend"]]
     assert seen["exact"] == ["ada"]

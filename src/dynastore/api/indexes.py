@@ -21,7 +21,8 @@ import binascii
 import json
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus, unquote_to_bytes
 
@@ -38,6 +39,8 @@ from dynastore.settings import Settings
 
 INDEX_PREFIX = "x-riak-index-"
 CONTINUATION_VERSION = 1
+# What max_results may ask for (HTTP takes at most 9 digits); a page is index_page_results_max at most.
+MAX_RESULTS_MAX = 999_999_999
 # One link: `<path>; riaktag="tag"` (parameters in any order, riaktag the one that matters).
 _LINK = re.compile(r'\s*<([^>]*)>\s*((?:;\s*[A-Za-z-]+\s*=\s*"[^"]*"\s*)*)')
 _PARAM = re.compile(r';\s*([A-Za-z-]+)\s*=\s*"([^"]*)"')
@@ -158,19 +161,35 @@ def decode_continuation(settings: Settings, text: str) -> indexes.Position:
     return data[1], data[2]
 
 
-async def route(api: Api, request: Request, bucket: bytes, tail: list[bytes]) -> Answer:
-    """`tail` is [b"index", FIELD, VALUE] or [b"index", FIELD, START, END]."""
-    if request.method not in ("GET", "HEAD"):
-        return Response(status=405, text="Method Not Allowed", headers={"Allow": "GET, HEAD"})
-    if len(tail) not in (3, 4):
-        return Response(status=404, text="Not Found")
-    api.check_names(bucket, None)
-    settings = api.settings
-    field = tail[1].decode("utf-8", "replace").lower()
-    terms = tail[2:]
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A 2i query as a client asked it, checked (HTTP's URL and query string, or PB's RpbIndexReq):
+    the field, its bounds in sort-term form, and how it pages."""
+
+    field: str
+    low: bytes
+    high: bytes
+    exact: bool
+    return_terms: bool
+    max_results: int | None
+    after: indexes.Position | None
+
+
+def parse_query(
+    settings: Settings,
+    field_name: str,
+    terms: Sequence[bytes],
+    *,
+    return_terms: bool,
+    max_results: int | None,
+    continuation: str | None,
+) -> Query:
+    """The one place a query's rules are kept, for every API: `terms` is [value] or [start, end];
+    raises BadRequest with the reason. return_terms applies to ranges only, as in Riak."""
+    field = field_name.lower()
     exact = len(terms) == 1
     if field == indexes.BUCKET_INDEX and not exact:
-        raise BadRequest("$bucket takes no range: query /index/$bucket/BUCKET")
+        raise BadRequest("$bucket takes no range: query it with one value, the bucket")
     if field not in indexes.SPECIAL:
         problem = indexes.field_problem(settings, field)
         if problem is not None:
@@ -179,24 +198,45 @@ async def route(api: Api, request: Request, bucket: bytes, tail: list[bytes]) ->
         low, high = indexes.bounds_of(field, terms[0], terms[-1])
     except IndexProblem as exc:
         raise BadRequest(str(exc)) from None
+    if max_results is not None and not 0 < max_results <= MAX_RESULTS_MAX:
+        raise BadRequest(f"max_results must be a positive integer of at most {MAX_RESULTS_MAX}; got {max_results}")
+    after = None
+    if continuation is not None:
+        after = decode_continuation(settings, continuation)
+        if field.endswith(indexes.INT) and len(after[0]) != 8:
+            raise BadRequest("invalid continuation")
+    return Query(field, low, high, exact, return_terms and not exact, max_results, after)
+
+
+async def route(api: Api, request: Request, bucket: bytes, tail: list[bytes]) -> Answer:
+    """`tail` is [b"index", FIELD, VALUE] or [b"index", FIELD, START, END]."""
+    if request.method not in ("GET", "HEAD"):
+        return Response(status=405, text="Method Not Allowed", headers={"Allow": "GET, HEAD"})
+    if len(tail) not in (3, 4):
+        return Response(status=404, text="Not Found")
+    api.check_names(bucket, None)
+    settings = api.settings
     query = request.query
     if "term_regex" in query:
         raise BadRequest("term_regex is not supported")
-    return_terms = bool_param(query, "return_terms") and not exact
-    stream = bool_param(query, "stream")
     max_results = None
     if "max_results" in query:
         raw = query["max_results"]
         if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or int(raw) == 0:
             raise BadRequest(f"max_results must be a positive integer; got {raw!r}")
         max_results = int(raw)
-    after = None
-    if "continuation" in query:
-        after = decode_continuation(settings, query["continuation"])
-        if field.endswith(indexes.INT) and len(after[0]) != 8:
-            raise BadRequest("invalid continuation")
+    asked = parse_query(
+        settings,
+        tail[1].decode("utf-8", "replace"),
+        tail[2:],
+        return_terms=bool_param(query, "return_terms"),
+        max_results=max_results,
+        continuation=query.get("continuation"),
+    )
+    field, return_terms = asked.field, asked.return_terms
+    stream = bool_param(query, "stream")
     timeout = api._int_param(request, "timeout")
-    pages = query_pages(api.runtime, settings, bucket, field, low, high, after, max_results, timeout)
+    pages = query_pages(api.runtime, settings, bucket, field, asked.low, asked.high, asked.after, max_results, timeout)
     if stream and request.method != "HEAD":
         return await _streamed(request, field, return_terms, pages)
     results: list[indexes.Position] = []
@@ -209,25 +249,46 @@ async def route(api: Api, request: Request, bucket: bytes, tail: list[bytes]) ->
         results.extend(chunk)
         held += indexes.positions_bytes(chunk)
         if held > settings.index_result_bytes_max:
-            bound = settings.index_result_bytes_max
-            reason = f"more than {bound} bytes of results (index_result_bytes_max); use max_results or stream=true"
-            return api.failure(Failure("overload", reason))
+            return api.failure(too_many_results(settings))
     body = _body(field, return_terms, results)
     if max_results is not None and continuation is not None:
         body["continuation"] = encode_continuation(continuation)
     return json_response(body)
 
 
-def _body(field: str, return_terms: bool, results: list[indexes.Position]) -> dict[str, Any]:
-    if return_terms:
-        return {"results": [{str(_term(field, t, k)): k.decode(errors="replace")} for t, k in results]}
+def too_many_results(settings: Settings) -> Failure:
+    """What a whole (not streamed, not paged) answer past index_result_bytes_max gets."""
+    bound = settings.index_result_bytes_max
+    reason = f"more than {bound} bytes of results (index_result_bytes_max); use max_results or stream"
+    return Failure("overload", reason)
+
+
+def distinct_keys(results: Iterable[indexes.Position]) -> list[bytes]:
+    """The keys of results without terms: each once (a key may match a range under several terms)."""
     seen: set[bytes] = set()
     out = []
     for _, key in results:
         if key not in seen:
             seen.add(key)
-            out.append(key.decode(errors="replace"))
-    return {"keys": out}
+            out.append(key)
+    return out
+
+
+def term_bytes(field: str, term: bytes, key: bytes) -> bytes:
+    """A result's term as Riak gives it to a client: an `_int` as decimal text, `$key` the key."""
+    if field == indexes.KEY_INDEX:
+        return key
+    if field == indexes.BUCKET_INDEX:
+        return b""
+    if field.endswith(indexes.INT):
+        return str(indexes.term_text(field, term)).encode()
+    return term
+
+
+def _body(field: str, return_terms: bool, results: list[indexes.Position]) -> dict[str, Any]:
+    if return_terms:
+        return {"results": [{str(_term(field, t, k)): k.decode(errors="replace")} for t, k in results]}
+    return {"keys": [key.decode(errors="replace") for key in distinct_keys(results)]}
 
 
 def _term(field: str, term: bytes, key: bytes) -> str | int:

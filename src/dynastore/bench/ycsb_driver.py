@@ -7,9 +7,12 @@ Theory of operation
   process of its own (one event loop, on one core, each), and the parent adds their outcomes up.
   Histograms add exactly (see dynastore.histogram), so merged percentiles are those of all the samples.
 - Every process starts at the same wall-clock instant (`start_at`), runs `warmup_s` unmeasured, then
-  measures for `duration_s`: an operation counts when it *started* inside that window. Work still
-  in flight at its end completes (each request is bounded by the target's timeout) but is not
-  counted, so throughput is operations started and completed in the window divided by its length.
+  measures for `duration_s`. Spawned processes first import everything and open their target, then
+  say they are ready; the parent sets `start_at` only once all are (START_LEAD_S ahead) and sends it,
+  so however slowly a busy machine starts them, none begins after its window. An operation counts
+  when it *started* inside the measured window. Work still in flight at its end completes (each
+  request is bounded by the target's timeout) but is not counted, so throughput is operations
+  started and completed in the window divided by its length.
 - Closed loop (the default): each of `concurrency` workers issues its next request as soon as the
   previous one answers; latency runs from just before a request is issued to just after its
   response is read. With a target rate (`rate_per_s`) the schedule is open: request i is due at
@@ -34,9 +37,12 @@ import multiprocessing
 import os
 import random
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 from dynastore.bench.ycsb_targets import Client, Endpoint, Target, open_target
 from dynastore.bench.ycsb_workload import (
@@ -54,10 +60,13 @@ from dynastore.histogram import LatencyHistogram
 
 LOAD = "load"
 ERROR_SAMPLES_MAX = 5
-# Time spawned processes get to import and connect before the common start.
-SPAWN_LEAD_S = 3.0
+# How far ahead of now the common start is set once every spawned process is ready (it only has to
+# receive it and wake), and for a phase run in the caller.
+START_LEAD_S = 0.5
 LOCAL_LEAD_S = 0.2
-# How long past its planned end a phase may run (in-flight requests, process start-up) before it is abandoned.
+# How long spawned driver processes may take to import, open their target and say they are ready.
+READY_TIMEOUT_S = 120.0
+# How long past its planned end a phase may run (in-flight requests) before it is abandoned.
 PHASE_GRACE_S = 60.0
 LOAD_TIMEOUT_S = 1800.0
 
@@ -273,10 +282,13 @@ class _Runner:
             self.outcome.server_cpu_s = server_end - server_start
 
 
-async def drive(phase: Phase) -> Outcome:
-    """Run one process's share of a phase and return what it measured."""
+async def drive(phase: Phase, ready: Callable[[], Awaitable[float]] | None = None) -> Outcome:
+    """Run one process's share of a phase and return what it measured; with `ready`, once the target is
+    open it is awaited for the common start (which replaces phase.start_at)."""
     target = await open_target(phase.endpoint, phase.concurrency)
     try:
+        if ready is not None:
+            phase = replace(phase, start_at=await ready())
         runner = _Runner(phase, target)
         await runner.window.sleep_until(runner.window.start_ns)
         if phase.workload == LOAD:
@@ -307,18 +319,68 @@ async def drive(phase: Phase) -> Outcome:
         await target.close()
 
 
-def _run_loop(phase: Phase) -> Outcome:
+def _run_loop(phase: Phase, ready: Callable[[], Awaitable[float]] | None = None) -> Outcome:
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(drive(phase))
+        return asyncio.run(drive(phase, ready))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as loop:
-        return loop.run(drive(phase))
+        return loop.run(drive(phase, ready))
 
 
-def drive_process(phase: Phase) -> Outcome:
-    """Entry point of a spawned driver process."""
-    return _run_loop(phase)
+def drive_process(phase: Phase, conn: Connection) -> None:
+    """Entry point of a spawned driver process: ("ready",) once its target is open, then the common
+    start from the parent, then ("done", outcome) or ("error", message) back."""
+
+    async def ready() -> float:
+        conn.send(("ready",))
+        # Waited for in a thread so the loop (and the target's connections) stay served.
+        if not await asyncio.to_thread(conn.poll, READY_TIMEOUT_S + START_LEAD_S):
+            raise DriverError("the parent never sent the start")
+        start_at = conn.recv()
+        assert isinstance(start_at, float), start_at
+        return start_at
+
+    try:
+        outcome = _run_loop(phase, ready)
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.send(("done", outcome))
+
+
+def _receive(conns: dict[Connection, int], processes: list[BaseProcess], kind: str, bound_s: float) -> list[Any]:
+    """One message of `kind` from every driver process (in process order) within `bound_s`; DriverError
+    when one reports an error, dies, or the time runs out."""
+    got: dict[int, Any] = {}
+    deadline = time.monotonic() + bound_s
+    sentinels = {p.sentinel: i for i, p in enumerate(processes)}
+    while len(got) < len(conns):
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            late = sorted(set(range(len(conns))) - set(got))
+            raise DriverError(f"driver processes {late} did not send {kind} within {bound_s:.0f} s")
+        waiting = [c for c, i in conns.items() if i not in got]
+        for ready in wait([*waiting, *(s for s, i in sentinels.items() if i not in got)], timeout=left_s):
+            if isinstance(ready, int):
+                index = sentinels[ready]
+                if index in got:
+                    continue
+                if not any(c.poll() for c, i in conns.items() if i == index):
+                    code = processes[index].exitcode
+                    raise DriverError(f"driver process {index} exited (code {code}) before it sent {kind}")
+                continue
+            assert isinstance(ready, Connection)
+            index = conns[ready]
+            try:
+                message = ready.recv()
+            except EOFError:
+                raise DriverError(f"driver process {index} closed its pipe before it sent {kind}") from None
+            if message[0] == "error":
+                raise DriverError(f"driver process {index} failed: {message[1]}")
+            assert message[0] == kind, message
+            got[index] = message[1:]
+    return [got[i] for i in range(len(conns))]
 
 
 def run_phase(phase: Phase, processes: int) -> Outcome:
@@ -327,11 +389,9 @@ def run_phase(phase: Phase, processes: int) -> Outcome:
     assert phase.concurrency >= processes, "every driver process needs at least one worker"
     if processes == 1:
         return _run_loop(replace(phase, start_at=time.time() + LOCAL_LEAD_S))
-    start_at = time.time() + SPAWN_LEAD_S
     shares = [
         replace(
             phase,
-            start_at=start_at,
             concurrency=phase.concurrency // processes + (1 if i < phase.concurrency % processes else 0),
             rate_per_s=phase.rate_per_s / processes if phase.rate_per_s else None,
             process_index=i,
@@ -342,13 +402,33 @@ def run_phase(phase: Phase, processes: int) -> Outcome:
         for i in range(processes)
     ]
     bound_s = (
-        LOAD_TIMEOUT_S if phase.workload == LOAD else SPAWN_LEAD_S + phase.warmup_s + phase.duration_s + PHASE_GRACE_S
+        LOAD_TIMEOUT_S if phase.workload == LOAD else START_LEAD_S + phase.warmup_s + phase.duration_s + PHASE_GRACE_S
     )
     context = multiprocessing.get_context("spawn")
-    with context.Pool(processes) as pool:
-        pending = pool.map_async(drive_process, shares)
-        try:
-            outcomes = pending.get(timeout=bound_s)
-        except multiprocessing.TimeoutError:
-            raise DriverError(f"driver processes did not finish within {bound_s:.0f} s") from None
+    conns: dict[Connection, int] = {}
+    children: list[BaseProcess] = []
+    finished = False
+    try:
+        for i, share in enumerate(shares):
+            mine, theirs = context.Pipe()
+            child = context.Process(target=drive_process, args=(share, theirs), name=f"ycsb-driver-{i}", daemon=True)
+            child.start()
+            theirs.close()
+            conns[mine] = i
+            children.append(child)
+        _receive(conns, children, "ready", READY_TIMEOUT_S)
+        start_at = time.time() + START_LEAD_S
+        for conn in conns:
+            conn.send(start_at)
+        outcomes = [message[0] for message in _receive(conns, children, "done", bound_s)]
+        finished = True
+    finally:
+        # After their outcomes the processes are exiting; after a failure the others are stopped now.
+        for process in children:
+            process.join(timeout=5 if finished else 0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for conn in conns:
+            conn.close()
     return merge_outcomes(outcomes)

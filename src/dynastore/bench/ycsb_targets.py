@@ -168,7 +168,7 @@ class _KeyValue(Protocol):
 
 def _pb_client(address: str, auth: tuple[str, str] | None, ssl_context: Any) -> PbClient:
     # Imported here, as the peers' clients are: driver processes of other targets never load protobuf
-    # (a spawned driver has SPAWN_LEAD_S to import everything and connect).
+    # (a spawned driver imports everything before it says it is ready).
     from dynastore.client.pb import PbClient
 
     host, _, port = address.rpartition(":")

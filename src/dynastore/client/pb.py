@@ -1,5 +1,5 @@
 """A minimal asyncio client of Riak's Protocol Buffers API (api/pb/) for the workload driver: one
-connection, one request at a time, get and put of plain objects with their vclock.
+connection, one request at a time, get and put of plain objects with their vclock, and 2i queries.
 
 It answers as the HTTP client does (client/http.py's Fetched and ClientError), so the driver's
 dynastore target takes either. With a user it authenticates (RpbAuthReq) after upgrading to TLS by
@@ -13,7 +13,7 @@ import ssl
 from typing import Any
 
 from dynastore.api.pb import framing, schema
-from dynastore.client.http import ClientError, Fetched, Value
+from dynastore.client.http import ClientError, Fetched, IndexResult, Value
 
 # What one answer may weigh: an object's siblings are bounded by the node, this by the client.
 ANSWER_BYTES_MAX = 256 * 1024 * 1024
@@ -119,6 +119,46 @@ class PbClient:
             req.vclock = context.encode("ascii")
         got = await self._call("RpbPutReq", req, "RpbPutResp")
         return got.vclock.decode("ascii") if got.vclock else None
+
+    async def index(
+        self,
+        bucket: str | bytes,
+        field: str,
+        low: str | int,
+        high: str | int | None = None,
+        *,
+        max_results: int | None = None,
+        continuation: str | None = None,
+        return_terms: bool = False,
+        timeout_ms: int | None = None,
+    ) -> IndexResult:
+        """One secondary-index query (RpbIndexReq, not streamed), answered as HttpClient.index answers:
+        exact when `high` is None, else the range [low, high]."""
+        request = schema.message("RpbIndexReq")
+        req = request(bucket=_bytes(bucket), index=field.encode(), return_terms=return_terms)
+        if high is None:
+            req.qtype, req.key = request.eq, str(low).encode()
+        else:
+            req.qtype, req.range_min, req.range_max = request.range, str(low).encode(), str(high).encode()
+        if max_results is not None:
+            req.max_results = max_results
+        if continuation is not None:
+            req.continuation = continuation.encode("ascii")
+        if timeout_ms is not None:
+            req.timeout = timeout_ms
+        got = await self._call("RpbIndexReq", req, "RpbIndexResp")
+        results: tuple[tuple[str | int | None, str], ...]
+        if got.results:
+            results = tuple(
+                (
+                    int(p.key) if field.endswith("_int") else p.key.decode(errors="replace"),
+                    p.value.decode(errors="replace"),
+                )
+                for p in got.results
+            )
+        else:
+            results = tuple((None, key.decode(errors="replace")) for key in got.keys)
+        return IndexResult(results, got.continuation.decode("ascii") if got.HasField("continuation") else None)
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

@@ -18,8 +18,10 @@ without TLS, core/security.py). With TLS configured, RpbStartTls upgrades the co
 node's certificate (net/tls.py, as its HTTPS listener), and every request but RpbPingReq and
 RpbStartTls must come inside TLS, whether security is on or not: the node's HTTP is HTTPS only too.
 
-Secondary indexes (RpbIndexReq) plug in at `PbApi.index`, which answers RpbErrorResp until the 2i
-query exists; links and indexes in RpbContent are refused on a write the same way.
+Secondary indexes and links: RpbContent carries a sibling's index entries (RpbPair field -> term) and
+links (RpbLink), checked on a write by the same rules as HTTP's X-Riak-Index-* and Link headers
+(core/indexes.py) and given back on every read; RpbIndexReq runs the query HTTP's /index routes run
+(api/indexes.py: parse_query, query_pages), answered whole or streamed as RpbIndexResp frames.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from dynastore.api import datatypes as dtapi
+from dynastore.api import indexes as index_api
 from dynastore.api.answers import BadRequest
 from dynastore.api.auth import Guard
 from dynastore.api.http import DATATYPE_CONTENT_TYPES, IGNORED_PROPS, RIAK_KV_VERSION, Api
@@ -41,8 +44,9 @@ from dynastore.api.pb.dtops import DT_TYPES, dt_op, map_entries
 from dynastore.api.pb.framing import Frame
 from dynastore.api.pb.listener import PbError, PbServer, Session, utf8
 from dynastore.api.server import Response
-from dynastore.core import buckettypes, crdt, objects, quorum, security
+from dynastore.core import buckettypes, crdt, indexes, objects, quorum, security
 from dynastore.core import datatypes as dt
+from dynastore.core.indexes import Position
 from dynastore.core.messages import (
     ClientBucketType,
     ClientGet,
@@ -298,6 +302,10 @@ class PbApi:
         message.last_mod_usecs = content.last_modified_us % 1_000_000
         for name, value in content.usermeta:
             message.usermeta.add(key=name.encode(), value=value.encode())
+        for field, term in content.indexes:
+            message.indexes.add(key=field.encode(), value=term)
+        for bucket, key, tag in content.links:
+            message.links.add(bucket=bucket, key=key, tag=tag)
         if content.deleted:
             message.deleted = True
 
@@ -306,10 +314,6 @@ class PbApi:
         limit = self.settings.object_bytes_max
         if len(message.value) > limit:
             raise PbError(f"object of {len(message.value)} bytes exceeds the limit of {limit} bytes")
-        if len(message.links):
-            raise PbError("links are not stored yet (RpbContent.links)")
-        if len(message.indexes):
-            raise PbError("secondary indexes are not stored yet (RpbContent.indexes)")
         content_type = "application/octet-stream"
         if message.HasField("content_type") and message.content_type:
             content_type = utf8(message.content_type, "content_type").strip()
@@ -336,11 +340,40 @@ class PbApi:
         usermeta = tuple(sorted(meta))
         if sum(len(k) + len(v) for k, v in usermeta) > self.settings.meta_bytes_max:
             raise PbError(f"user metadata exceeds {self.settings.meta_bytes_max} bytes")
-        content = Content(message.value, content_type, charset, encoding, usermeta)
-        problem = objects.check_content(content)
+        content = Content(
+            message.value,
+            content_type,
+            charset,
+            encoding,
+            usermeta,
+            indexes=self._indexes_in(message.indexes),
+            links=self._links_in(message.links),
+        )
+        problem = objects.check_content(content) or indexes.content_problem(self.settings, content)
         if problem is not None:
             raise PbError(problem)
         return content
+
+    def _indexes_in(self, pairs: Any) -> tuple[indexes.Entry, ...]:
+        """RpbContent.indexes (RpbPair field -> term) under the rules HTTP's X-Riak-Index-* headers keep."""
+        bound = self.settings.index_entries_max
+        if len(pairs) > bound:
+            raise PbError(f"more than {bound} index entries (index_entries_max)")
+        given = [(utf8(pair.key, "an index name"), pair.value) for pair in pairs]
+        try:
+            return indexes.normalised(self.settings, given)
+        except indexes.IndexProblem as exc:
+            raise PbError(f"bad secondary index: {exc}") from None
+
+    def _links_in(self, links: Any) -> tuple[indexes.Link, ...]:
+        """RpbContent.links (bucket, key, tag) under the rules HTTP's Link headers keep, in the order given."""
+        bound = self.settings.links_max
+        if len(links) > bound:
+            raise PbError(f"more than {bound} links (links_max)")
+        try:
+            return tuple(indexes.link(self.settings, link.bucket, link.key, link.tag) for link in links)
+        except indexes.IndexProblem as exc:
+            raise PbError(f"bad link: {exc}") from None
 
     async def get(self, session: Session, req: Any) -> None:
         bucket = self._bucket(req, req.key)
@@ -512,9 +545,70 @@ class PbApi:
         await session.send("RpbListKeysResp", _msg("RpbListKeysResp", done=True))
 
     async def index(self, session: Session, req: Any) -> None:
-        # The 2i coverage query plugs in here: translate RpbIndexReq (eq/range, $bucket/$key,
-        # return_terms, max_results/continuation, stream) into it and answer RpbIndexResp frames.
-        raise PbError("secondary index queries (RpbIndexReq) are not yet served over PB")
+        """A 2i query (RpbIndexReq) as HTTP's /index routes answer it, through the same rules
+        (api/indexes.parse_query) and pages (query_pages): whole in one RpbIndexResp (bounded by
+        index_result_bytes_max), or with stream=true a frame per page and a last one with done (and
+        the continuation, with max_results), as Riak streams. Keys go in `keys`, or with return_terms
+        on a range (term, key) in `results`; a failure once streaming has begun is RpbErrorResp."""
+        bucket = self._bucket(req, plain=False)
+        for name in ("term_regex", "cover_context"):
+            if req.HasField(name):
+                raise PbError(f"{name} is not supported by dynastore")
+        if req.return_body:
+            raise PbError("return_body is not supported by dynastore: fetch the keys found")
+        field = utf8(req.index, "the index name")
+        if req.qtype == schema.message("RpbIndexReq").eq:
+            if not req.HasField("key"):
+                raise PbError("an eq query needs key, the value to match")
+            terms = [req.key]
+        else:
+            if not (req.HasField("range_min") and req.HasField("range_max")):
+                raise PbError("a range query needs range_min and range_max")
+            terms = [req.range_min, req.range_max]
+        continuation = None
+        if req.HasField("continuation"):
+            continuation = req.continuation.decode("ascii", "replace")
+        asked = index_api.parse_query(
+            self.settings,
+            field,
+            terms,
+            return_terms=req.return_terms,
+            max_results=req.max_results if req.HasField("max_results") else None,
+            continuation=continuation,
+        )
+        field = asked.field
+        pages = index_api.query_pages(
+            self.runtime,
+            self.settings,
+            bucket,
+            field,
+            asked.low,
+            asked.high,
+            asked.after,
+            asked.max_results,
+            _timeout(req),
+        )
+        results: list[Position] = []
+        held = 0
+        after: Position | None = None
+        async for page in pages:
+            if isinstance(page, Failure):
+                raise _failure(page)
+            chunk, after = page
+            if req.stream:
+                if chunk:
+                    await session.send("RpbIndexResp", _index_resp(field, asked.return_terms, chunk))
+                continue
+            results.extend(chunk)
+            held += indexes.positions_bytes(chunk)
+            if held > self.settings.index_result_bytes_max:
+                raise _failure(index_api.too_many_results(self.settings))
+        answer = _msg("RpbIndexResp") if req.stream else _index_resp(field, asked.return_terms, results)
+        if asked.max_results is not None and after is not None:
+            answer.continuation = index_api.encode_continuation(after).encode()
+        if req.stream:
+            answer.done = True
+        await session.send("RpbIndexResp", answer)
 
     # --- Bucket properties ----------------------------------------------------------------------------
 
@@ -754,6 +848,17 @@ class PbApi:
             raise PbError(outcome.body.decode("utf-8", "replace").strip())
         session.user = outcome
         await session.send("RpbAuthResp")
+
+
+def _index_resp(field: str, return_terms: bool, results: list[Position]) -> Any:
+    """One RpbIndexResp of results: (term, key) pairs with return_terms, else each key once."""
+    answer = _msg("RpbIndexResp")
+    if return_terms:
+        for term, key in results:
+            answer.results.add(key=index_api.term_bytes(field, term, key), value=key)
+    else:
+        answer.keys.extend(index_api.distinct_keys(results))
+    return answer
 
 
 def _of_type(names: tuple[bytes, ...], type_name: str) -> list[bytes]:
