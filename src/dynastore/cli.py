@@ -1565,6 +1565,11 @@ _BENCH_COMMANDS = {
         "main",
         "CPU per request on each node: ping, reads on 1 and 3 nodes, inserts, counter increments.",
     ),
+    "scale": (
+        "dynastore.bench.scale",
+        "main",
+        "How cost grows with data: throughput, p99, memory, disk, start-up and AAE rebuild at 1 M and 5 M keys.",
+    ),
     "ycsb": ("dynastore.bench.ycsb", "main", "YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj."),
     "paper": (
         "dynastore.bench.ycsb",
