@@ -166,6 +166,7 @@ def _result(keys: int, scale: float) -> SizeResult:
         load_keys_per_s=1000.0,
         load_failed=0,
         keys_stored=[keys] * 3,
+        converged_s=1.0,
         get=wrk,
         put=wrk,
         rss_bytes=[100 * 2**20 + keys * 10] * 3,
