@@ -173,7 +173,7 @@ def _result(keys: int, scale: float) -> SizeResult:
         rss_anon_bytes=[90 * 2**20] * 3,
         disk_bytes=[keys * 2000] * 3,
         clean=Restart(1.0, 2.0 * scale, 0.5),
-        killed=Restart(1.5, 10.0 * scale, 0.0),
+        killed=Restart(1.5, 10.0 * scale, 0.0, 0.5, {"node1": "1 of 3 owners believed up"}),
         rss_after_rebuild_bytes=[200 * 2**20] * 3,
     )
 
@@ -187,6 +187,8 @@ def test_the_report_has_a_row_per_figure_a_column_per_size_and_the_growth_betwee
     assert rows["disk per stored key"].endswith("| 2,000 | 2,000 | +0.00 |")
     assert rows["kill -9 start: full AAE rebuild from the data"].endswith("| 10.0 | 100 | +1.00 |")
     assert rows["GET p99"].endswith("| 20.0 | 200 | +1.00 |")
+    assert "- 10,000 keys, kill -9 start: node1: 1 of 3 owners believed up" in text
+    assert "clean start: node" not in text
     doc = result_json(results, meta)
     assert [row["keys"] for row in doc["sizes"]] == [1_000, 10_000]
     assert doc["sizes"][0]["disk_bytes_per_key"] == 2000.0

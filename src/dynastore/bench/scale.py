@@ -305,10 +305,18 @@ def disk_needed_bytes(size_max: int) -> int:
     return size_max * DISK_BYTES_PER_KEY_ASSUMED
 
 
-def _ready(node: NodeProc) -> bool:
+def _ready(node: NodeProc, reasons: dict[str, str] | None = None) -> bool:
+    """Whether the node's /ready says ready; the reason it gave otherwise goes in `reasons`."""
     try:
         return bool(http_json(node.url + "/ready", timeout_s=30.0).get("ready"))
-    except (OSError, urllib.error.URLError, ValueError):
+    except urllib.error.HTTPError as exc:
+        if reasons is not None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                reasons[node.name] = str(json.loads(exc.read()).get("reason", ""))
+        return False
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        if reasons is not None:
+            reasons[node.name] = f"no answer ({exc})"
         return False
 
 
@@ -350,8 +358,11 @@ class Restart:
     trees_s: float
     # How long the stop itself took (SIGTERM until every process exited; 0 for kill -9).
     stop_s: float
-    # The longest a node took to answer /stats while its trees were built or its index verified.
+    # The longest a node took to answer /ready or /stats from its start until its trees were built or
+    # its index verified (a node busy in one long step answers nothing meanwhile).
     longest_answer_s: float = 0.0
+    # What /ready said last, per node, before it said ready (empty: ready at its first answer).
+    not_ready_reasons: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -474,7 +485,8 @@ def _restart(cluster: LocalCluster, keys: int, *, kill: bool) -> Restart:
     bound_s = STARTUP_S_MIN + STARTUP_S_PER_MILLION * keys / 1e6
     started = time.monotonic()
     cluster.start()
-    ready_s, _ = _wait_each(nodes, _ready, bound_s, "/ready", started)
+    reasons: dict[str, str] = {}
+    ready_s, longest_ready_s = _wait_each(nodes, lambda n: _ready(n, reasons), bound_s, "/ready", started)
     if kill:
         # A start after an unclean stop verifies every partition's index against the data.
         trees_s, longest_s = _wait_each(
@@ -492,7 +504,8 @@ def _restart(cluster: LocalCluster, keys: int, *, kill: bool) -> Restart:
             "the anti-entropy trees",
             started,
         )
-    return Restart(round(ready_s, 2), round(trees_s, 2), round(stop_s, 2), round(longest_s, 3))
+    longest_s = max(longest_s, longest_ready_s)
+    return Restart(round(ready_s, 2), round(trees_s, 2), round(stop_s, 2), round(longest_s, 3), reasons)
 
 
 def measure(
@@ -611,7 +624,7 @@ FIGURES: list[tuple[str, str, Any]] = [
     ("clean start: AAE trees built from the index", "s", lambda r: r.clean.trees_s),
     ("kill -9 start: all ready", "s", lambda r: r.killed.ready_s),
     ("kill -9 start: full AAE rebuild from the data", "s", lambda r: r.killed.trees_s),
-    ("longest /stats answer during the rebuild", "s", lambda r: r.killed.longest_answer_s),
+    ("kill -9 start: longest answer to /ready or /stats", "s", lambda r: r.killed.longest_answer_s),
 ]
 
 
@@ -672,6 +685,15 @@ def format_markdown(results: list[SizeResult], meta: dict[str, Any]) -> str:
             f"| {r.keys:,} | {r.load_failed} | {', '.join(f'{k:,}' for k in r.keys_stored)} | {converged} | "
             f"{sum(r.get.errors.values())} / {r.get.non_2xx} | {sum(r.put.errors.values())} / {r.put.non_2xx} |"
         )
+    said = [
+        f"- {r.keys:,} keys, {kind}: "
+        + "; ".join(f"{name}: {why}" for name, why in sorted(restart.not_ready_reasons.items()))
+        for r in results
+        for kind, restart in (("clean start", r.clean), ("kill -9 start", r.killed))
+        if restart.not_ready_reasons
+    ]
+    if said:
+        lines += ["", "What /ready said last before each node was ready:", "", *said]
     return "\n".join(lines) + "\n"
 
 
