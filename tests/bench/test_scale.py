@@ -3,12 +3,14 @@ against a stand-in server, the growth exponents and the report, and bad options 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -19,6 +21,7 @@ from dynastore.bench.scale import (
     Restart,
     SizeResult,
     WrkResult,
+    _ready,
     disk_bytes,
     format_markdown,
     growth_exponent,
@@ -29,6 +32,7 @@ from dynastore.bench.scale import (
     run_wrk,
 )
 from dynastore.cli import main as cli_main
+from dynastore.localcluster import free_port
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8098
   1 threads and 50 connections
@@ -239,3 +243,32 @@ def test_bad_options_are_refused_before_any_cluster_starts(tmp_path: Path, args:
     assert result.exit_code == 2
     assert message in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+class _NotReady(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = json.dumps({"ready": False, "reason": "1 of 3 owners believed up"}).encode()
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_node_not_ready_leaves_what_its_ready_said_or_that_it_is_not_listening() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotReady)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        busy = SimpleNamespace(name="node1", url=f"http://127.0.0.1:{server.server_address[1]}")
+        closed = SimpleNamespace(name="node2", url=f"http://127.0.0.1:{free_port()}")
+        reasons: dict[str, str] = {}
+        assert not _ready(busy, reasons)  # type: ignore[arg-type]
+        assert not _ready(closed, reasons)  # type: ignore[arg-type]
+        assert reasons == {"node1": "1 of 3 owners believed up", "node2": "not listening yet"}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

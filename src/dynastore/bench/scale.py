@@ -316,7 +316,9 @@ def _ready(node: NodeProc, reasons: dict[str, str] | None = None) -> bool:
         return False
     except (OSError, urllib.error.URLError, ValueError) as exc:
         if reasons is not None:
-            reasons[node.name] = f"no answer ({exc})"
+            cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            refused = isinstance(cause, ConnectionRefusedError)
+            reasons[node.name] = "not listening yet" if refused else f"no answer ({cause})"
         return False
 
 
