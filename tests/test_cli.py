@@ -33,6 +33,7 @@ BENCH_OPTIONS = {
     "cost": ["--rate", "--seconds", "--runs", "--security", "--json"],
     "repair": ["traffic", "pacing", "--keys", "--differences", "--rate", "--target-ms", "--runs"],
     "detection": ["--runs", "--set"],
+    "scale": ["--sizes", "--out", "--data-dir", "--keep", "--duration", "--connections", "--load-connections", "--set"],
     "partitioning": ["--nodes", "--n", "--tokens", "--keys", "--requests", "--trials", "--seed", "--load"],
     "ycsb": ["--target", "--workload", "--records", "--duration", "--url", "--out"],
     "paper": ["--workload", "--paper-nodes", "--paper-rate"],

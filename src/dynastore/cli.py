@@ -1581,6 +1581,11 @@ _BENCH_COMMANDS = {
         "main",
         "GET and PUT under wrk against dynastore, etcd and redis; --faults: SIGSTOP and a cut, per second.",
     ),
+    "scale": (
+        "dynastore.bench.scale",
+        "main",
+        "How cost grows with data: throughput, p99, memory, disk, start-up and AAE rebuild at 1 M and 5 M keys.",
+    ),
     "ycsb": ("dynastore.bench.ycsb", "main", "YCSB workloads A, B, C, F against dynastore, etcd, redis and pysyncobj."),
     "paper": (
         "dynastore.bench.ycsb",
