@@ -337,28 +337,9 @@ class Coordination(NodeBase):
             self.stats.deletes += 1
         else:
             self.stats.puts += 1
-        bad = self._check_key(req.bucket, req.key)
-        if bad is not None:
-            self._answer(origin, bad)
-            return
-        problem = None
-        if req.content is not None:
-            problem = objects.check_content(req.content) or indexes.content_problem(self.settings, req.content)
-        if req.dt is not None:
-            problem = _dt_problem(req)
-        if problem is not None:
-            self._answer(origin, Failure("bad_request", problem))
-            return
-        if self.stopping:
-            self._answer(origin, Failure("unavailable", "this node is stopping"))
-            return
-        if req.context is not None and self.actors.claims_beyond_lease(req.context):
-            self._answer(origin, Failure("bad_request", "the context names versions of this node it never wrote"))
-            return
-        if req.content is not None and req.content.size_bytes > self.settings.object_bytes_max:
-            self._answer(
-                origin, Failure("too_large", f"object exceeds the limit of {self.settings.object_bytes_max} bytes")
-            )
+        refused = self._put_refusal(req)
+        if refused is not None:
+            self._answer(origin, refused)
             return
         props = self._props(req.bucket)
         n_val = int(props["n_val"])
@@ -403,6 +384,26 @@ class Coordination(NodeBase):
         sync_nodes = _sync_nodes(targets, mine, dw, self.engine.durable)
         plan = WritePlan(origin, req, plist, targets, mine, w, dw, pw, lww, bucketprops.keeps_one(props), sync_nodes)
         self._coordinate_put(plan, now_ms)
+
+    def _put_refusal(self, req: ClientPut) -> Failure | None:
+        """Why a client's write is refused before anything is read or sent (None: it is not)."""
+        bad = self._check_key(req.bucket, req.key)
+        if bad is not None:
+            return bad
+        problem = None
+        if req.content is not None:
+            problem = objects.check_content(req.content) or indexes.content_problem(self.settings, req.content)
+        if req.dt is not None:
+            problem = _dt_problem(req)
+        if problem is not None:
+            return Failure("bad_request", problem)
+        if self.stopping:
+            return Failure("unavailable", "this node is stopping")
+        if req.context is not None and self.actors.claims_beyond_lease(req.context):
+            return Failure("bad_request", "the context names versions of this node it never wrote")
+        if req.content is not None and req.content.size_bytes > self.settings.object_bytes_max:
+            return Failure("too_large", f"object exceeds the limit of {self.settings.object_bytes_max} bytes")
+        return None
 
     def _prefers_other(self, req: ClientPut, targets: tuple[Target, ...]) -> bool:
         """Whether this replica hands a client's write to the replica its context names as the fastest
