@@ -17,6 +17,7 @@ from dynastore.bench.wrk_report import (
     Second,
     faults_markdown,
     headline_markdown,
+    merge_wrk_docs,
     parse_log_line,
     parse_proc_stat,
     parse_redis_benchmark,
@@ -24,6 +25,7 @@ from dynastore.bench.wrk_report import (
     per_second,
     percentile_ms,
     ratios,
+    split_connections,
     summarize,
 )
 from dynastore.bench.wrk_tools import Generator, redis_key
@@ -240,10 +242,121 @@ def test_headline_markdown_lists_every_run_with_its_cpu_and_the_notes() -> None:
     }
     doc["settings"]["warmup_s"] = 2
     text = headline_markdown(doc)
-    assert "| dynastore | GET | 2,000 | 3.33 | 10.0 | 20.0 | 0 | 6.00 | 0.50 | 300 | 32 % |" in text
+    assert "| dynastore | one node | GET | 2,000 | 3.33 | 10.0 | 20.0 | 0 | 6.00 | 0.50 | 300 | 32 % |" in text
     assert "| dynastore / etcd | 2.00x | - | 0.50x | - |" in text
-    assert "| redis | GET | 9,000 | 0.33 | 1.00 | 2.00 | - |" in text
+    assert "| redis | one node | GET | 9,000 | 0.33 | 1.00 | 2.00 | - |" in text
     assert "node0 5.00 s, node1 1.00 s; wrk 0.50 s" in text and "JSON gateway" in text
+    assert "Clients on:" not in text
+
+
+def _wrk_doc(
+    requests: int, duration_s: float, p99_us: int, mean_us: float, max_us: int, **errors: int
+) -> dict[str, Any]:
+    return {
+        "requests": requests,
+        "duration_us": int(duration_s * 1e6),
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0, **errors},
+        "latency_us": {
+            "p50": p99_us // 4,
+            "p90": p99_us // 2,
+            "p99": p99_us,
+            "p99.9": p99_us * 2,
+            "mean": mean_us,
+            "max": max_us,
+        },
+    }
+
+
+def test_spread_runs_sum_rates_and_errors_and_take_the_worst_percentile_as_an_upper_bound() -> None:
+    """Three wrk side by side: ops/s is the sum of each one's requests over its own duration, errors are
+    summed by kind, each percentile is the largest, the mean is weighted by requests, max the largest."""
+    docs = [
+        _wrk_doc(1000, 10.0, 40_000, 10_000.0, 90_000, status=2),
+        _wrk_doc(3000, 10.0, 20_000, 5_000.0, 60_000, read=1),
+        _wrk_doc(2000, 10.5, 30_000, 8_000.0, 95_000, status=1),
+    ]
+    merged = merge_wrk_docs(docs)
+    assert merged["requests"] == 6000
+    assert math.isclose(merged["ops_per_s"], 100 + 300 + 2000 / 10.5)
+    assert merged["errors"] == {"connect": 0, "read": 1, "write": 0, "status": 3, "timeout": 0}
+    lat = merged["latency_us"]
+    assert (lat["p50"], lat["p90"], lat["p99"], lat["p99.9"], lat["max"]) == (10_000, 20_000, 40_000, 80_000, 95_000)
+    assert math.isclose(lat["mean"], (1000 * 10_000 + 3000 * 5_000 + 2000 * 8_000) / 6000)
+    assert merged["duration_us"] == 10_500_000
+
+
+def test_the_worst_percentile_bounds_the_percentile_of_all_requests_together() -> None:
+    """The claim merge_wrk_docs makes, checked on samples: the p99 of the union of three samples is at
+    most the largest of their p99s (wrk's percentile: the first value whose cumulative count reaches
+    round(p/100 * count + 0.5))."""
+    import random
+
+    def wrk_percentile(samples: list[int], p: float) -> int:
+        rank = math.floor(p / 100 * len(samples) + 0.5 + 0.5)
+        return sorted(samples)[max(rank, 1) - 1]
+
+    rng = random.Random(20)
+    for _ in range(200):
+        groups = [
+            [int(rng.expovariate(1 / rng.choice((5, 50, 500)))) for _ in range(rng.randint(1, 300))] for _ in range(3)
+        ]
+        union = [x for g in groups for x in g]
+        for p in (50.0, 90.0, 99.0, 99.9):
+            assert wrk_percentile(union, p) <= max(wrk_percentile(g, p) for g in groups)
+
+
+def test_a_wrk_without_answers_does_not_lower_the_others_percentiles_or_the_mean() -> None:
+    """A wrk that got no answer reports zero latencies: they do not count in the merge."""
+    merged = merge_wrk_docs([_wrk_doc(0, 10.0, 0, 0.0, 0, connect=5), _wrk_doc(500, 10.0, 30_000, 9_000.0, 50_000)])
+    assert merged["latency_us"]["p99"] == 30_000 and merged["latency_us"]["mean"] == 9_000.0
+    assert merged["errors"]["connect"] == 5 and merged["ops_per_s"] == 50.0
+    with pytest.raises(ValueError):
+        merge_wrk_docs([])
+
+
+def test_connections_are_split_evenly_over_the_nodes_keeping_the_total() -> None:
+    """50 over 3 nodes is 17/17/16; fewer connections than nodes is an error, not a node without load."""
+    assert split_connections(50, 3) == [17, 17, 16]
+    assert split_connections(50, 1) == [50] and split_connections(3, 3) == [1, 1, 1]
+    assert sum(split_connections(1000, 7)) == 1000
+    with pytest.raises(ValueError):
+        split_connections(2, 3)
+    with pytest.raises(ValueError):
+        split_connections(5, 0)
+
+
+def test_ratios_compare_runs_with_the_clients_placed_alike() -> None:
+    """dynastore/etcd is computed per placement; a run without a placement was on one node."""
+    spread_dyn = {**_run("dynastore", "get", 3000, 10), "placement": "spread"}
+    spread_etcd = {**_run("etcd", "get", 1500, 40), "placement": "spread"}
+    runs = [_run("dynastore", "get", 2000, 10), _run("etcd", "get", 1000, 20), spread_dyn, spread_etcd]
+    assert ratios(runs, "dynastore", "etcd")["get_ops"] == 2.0
+    spread = ratios(runs, "dynastore", "etcd", numerator_placement="spread", denominator_placement="spread")
+    assert spread["get_ops"] == 2.0 and spread["get_p99"] == 0.25
+    cross = ratios(runs, "dynastore", "etcd", numerator_placement="spread")
+    assert cross["get_ops"] == 3.0
+
+
+def test_headline_markdown_shows_spread_rows_with_each_wrk_and_says_how_percentiles_merge() -> None:
+    """A spread run is its own row ("spread"), its wrk processes listed with their share of the load."""
+    run = {**_run("dynastore", "put", 900, 30), "placement": "spread"}
+    run["generators"] = [
+        {"node": f"node{i}", "connections": c, "ops_per_s": 300.0, "latency_ms": {"p99": 30.0}, "cpu_s": 0.1}
+        for i, c in enumerate((17, 17, 16))
+    ]
+    doc = {
+        "started": "now",
+        "machine": {"cpu": "CPU", "vcpus": 2, "effective_cores": 2.0},
+        "settings": {"value_bytes": 1024, "keys": 10, "threads": 1, "connections": 50, "duration_s": 10, "warmup_s": 0},
+        "runs": [_run("dynastore", "put", 500, 40), run],
+        "ratios": {},
+        "notes": [],
+    }
+    text = headline_markdown(doc)
+    assert "| dynastore | one node | PUT | 500 |" in text and "| dynastore | spread | PUT | 900 |" in text
+    assert "Clients on:" in text and "upper bound" in text
+    assert "- dynastore PUT (spread): node0 5.00 s, node1 1.00 s; 3 x wrk 0.50 s (node0: 17 connections" in text
+    assert "node2: 16 connections, 300 ops/s, p99 30.0 ms, 0.10 s)" in text
 
 
 def test_faults_markdown_has_a_summary_and_a_per_second_table_side_by_side() -> None:

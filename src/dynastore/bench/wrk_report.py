@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WRK_JSON_PREFIX = "WRK_JSON "
+# Where a run's clients are: all on one node, or one load generator per node (`--spread`).
+ONE = "one"
+SPREAD = "spread"
+PLACEMENTS = (ONE, SPREAD)
+_PLACEMENT_LABELS = {ONE: "one node", SPREAD: "spread"}
 # Per-second latency percentiles come from buckets 1 % wide (a value is reported as its bucket's upper
 # edge), so that a second's histogram stays small whatever its request count.
 BUCKETS_PER_E = 100
@@ -41,6 +46,52 @@ def parse_wrk_json(stdout: str) -> dict[str, Any]:
                 raise ParseError("wrk's JSON line has a negative request count or no duration")
             return dict(doc)
     raise ParseError("wrk printed no WRK_JSON line (did its script fail? its output:\n" + stdout[-2000:] + ")")
+
+
+def split_connections(connections: int, generators: int) -> list[int]:
+    """`connections` shared out over `generators` load generators as evenly as can be, the larger
+    shares first (50 over 3 is 17, 17, 16), so that a spread run keeps the total of a one-node run."""
+    if generators < 1:
+        raise ValueError("at least one load generator")
+    if connections < generators:
+        raise ValueError(f"{connections} connections cannot give each of {generators} load generators one")
+    share, extra = divmod(connections, generators)
+    return [share + 1 if i < extra else share for i in range(generators)]
+
+
+def merge_wrk_docs(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One run's figures from the WRK_JSON documents of several wrk processes run side by side.
+
+    Requests and errors are summed, and so are the rates (each wrk's requests over its own duration:
+    they ran at the same time, so the cluster answered their sum per second). wrk 4.1 gives a script
+    its latency percentiles, not its histogram (`latency(i)` finds the i-th distinct value by scanning
+    the whole array from the smallest, quadratic over a run, and would cost wrk seconds of CPU in
+    done()), so percentiles cannot be merged exactly: each percentile here is the worst wrk's, which is
+    an upper bound on the merged one (if every wrk has p % of its requests at or below x, so has their
+    union). The mean is weighted by requests and the maximum is the largest: both exact.
+    """
+    if not docs:
+        raise ValueError("no wrk documents to merge")
+    requests = sum(int(doc["requests"]) for doc in docs)
+    errors: dict[str, int] = {}
+    for doc in docs:
+        for kind, count in doc["errors"].items():
+            errors[kind] = errors.get(kind, 0) + int(count)
+    percentiles = ("p50", "p90", "p99", "p99.9")
+    # A wrk that got no answer reports zero percentiles; it says nothing about the others' tail.
+    answered = [doc for doc in docs if doc["requests"] > 0] or list(docs)
+    latency_us: dict[str, float] = {name: max(doc["latency_us"][name] for doc in answered) for name in percentiles}
+    latency_us["max"] = max(doc["latency_us"]["max"] for doc in docs)
+    latency_us["mean"] = (
+        sum(doc["latency_us"]["mean"] * doc["requests"] for doc in docs) / requests if requests else 0.0
+    )
+    return {
+        "requests": requests,
+        "ops_per_s": sum(doc["requests"] / (doc["duration_us"] / 1e6) for doc in docs),
+        "duration_us": max(doc["duration_us"] for doc in docs),
+        "errors": errors,
+        "latency_us": latency_us,
+    }
 
 
 def parse_redis_benchmark(stdout: str) -> dict[str, Any]:
@@ -276,9 +327,9 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
             else []
         ),
         "",
-        "| target | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s | load generator CPU s |"
-        " server CPU µs/op | machine share |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | clients on | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s |"
+        " load generator CPU s | server CPU µs/op | machine share |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     vcpus = doc["machine"]["vcpus"]
     for run in doc["runs"]:
@@ -287,7 +338,8 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
         per_op = server_cpu / run["requests"] * 1e6 if run["requests"] else 0.0
         errors = "-" if run["errors_total"] is None else run["errors_total"]
         lines.append(
-            f"| {run['target']} | {run['op'].upper()} | {_int(run['ops_per_s'])} | {_ms(lat['p50'])} | "
+            f"| {run['target']} | {placement_label(run)} | {run['op'].upper()} | {_int(run['ops_per_s'])} | "
+            f"{_ms(lat['p50'])} | "
             f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {errors} | {server_cpu:.2f} | "
             f"{run['generator_cpu_s']:.2f} | {per_op:,.0f} | {machine_share(run, vcpus)} |"
         )
@@ -297,6 +349,15 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
         for name, ratio in ratios.items():
             cells = [f"{ratio.get(k):.2f}x" if ratio.get(k) is not None else "-" for k in _RATIO_KEYS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if any(run.get("placement") == SPREAD for run in doc["runs"]):
+        lines += [
+            "",
+            "Clients on: \"one node\" is every connection to one node (dynastore's node0, etcd's leader); "
+            '"spread" is one wrk per node (1 thread each), the connections split between them and started '
+            "together. A spread row's ops/s and errors are the sum of its wrk processes'; its percentiles are "
+            "the worst wrk's (an upper bound on the percentile of all its requests: wrk 4.1 gives a script "
+            "percentiles, not its histogram), each wrk's are in wrk.json.",
+        ]
     lines += [
         "",
         "Machine share: the CPU the target's servers and its load generator used together, over the run's "
@@ -309,7 +370,18 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
     for run in doc["runs"]:
         parts = ", ".join(f"{p['name']} {p['cpu_s']:.2f} s" for p in run["server_cpu"])
         generator = f"{run['generator']} {run['generator_cpu_s']:.2f} s"
-        lines.append(f"- {run['target']} {run['op'].upper()}: {parts}; {generator}")
+        shares = run.get("generators", [])
+        if len(shares) > 1:
+            generator = (
+                f"{len(shares)} x {run['generator']} {run['generator_cpu_s']:.2f} s ("
+                + ", ".join(
+                    f"{g['node']}: {g['connections']} connections, {_int(g['ops_per_s'])} ops/s, "
+                    f"p99 {_ms(g['latency_ms']['p99'])} ms, {g['cpu_s']:.2f} s"
+                    for g in shares
+                )
+                + ")"
+            )
+        lines.append(f"- {run['target']} {run['op'].upper()} ({placement_label(run)}): {parts}; {generator}")
     lines += ["", *[f"- {note}" for note in doc["notes"]], ""]
     return "\n".join(lines)
 
@@ -326,15 +398,31 @@ def machine_share(run: Mapping[str, Any], vcpus: int) -> str:
     return f"{100.0 * used / (wall_s * vcpus):.0f} %"
 
 
-def ratios(runs: Sequence[Mapping[str, Any]], numerator: str, denominator: str) -> dict[str, float | None]:
-    """numerator/denominator for ops/s, and for p99 (below 1 = numerator's tail is lower)."""
+def placement_label(run: Mapping[str, Any]) -> str:
+    """How a run's clients were placed; a run recorded before placements existed was on one node."""
+    return _PLACEMENT_LABELS[run.get("placement", ONE)]
 
-    def find(target: str, op: str) -> Mapping[str, Any] | None:
-        return next((r for r in runs if r["target"] == target and r["op"] == op), None)
+
+def ratios(
+    runs: Sequence[Mapping[str, Any]],
+    numerator: str,
+    denominator: str,
+    *,
+    numerator_placement: str = ONE,
+    denominator_placement: str = ONE,
+) -> dict[str, float | None]:
+    """numerator/denominator for ops/s, and for p99 (below 1 = numerator's tail is lower), each target's
+    runs taken with the given placement of its clients."""
+
+    def find(target: str, placement: str, op: str) -> Mapping[str, Any] | None:
+        return next(
+            (r for r in runs if r["target"] == target and r.get("placement", ONE) == placement and r["op"] == op),
+            None,
+        )
 
     out: dict[str, float | None] = {}
     for op in ("get", "put"):
-        a, b = find(numerator, op), find(denominator, op)
+        a, b = find(numerator, numerator_placement, op), find(denominator, denominator_placement, op)
         ok = a is not None and b is not None and b["ops_per_s"] > 0 and b["latency_ms"]["p99"] > 0
         out[f"{op}_ops"] = a["ops_per_s"] / b["ops_per_s"] if ok and a and b else None
         out[f"{op}_p99"] = a["latency_ms"]["p99"] / b["latency_ms"]["p99"] if ok and a and b else None
