@@ -459,3 +459,30 @@ def test_kv_lua_sends_etcd_puts_with_base64_keys_from_the_key_space_and_logs_eac
     assert keys <= {f"k{i}" for i in range(5)} and len(keys) >= 2
     lines = [parse_log_line(line) for p in sorted(log_dir.glob("thread-*.log")) for line in p.read_text().splitlines()]
     assert len(lines) >= doc["requests"] and all(status == 200 and latency >= 0 for _, latency, status in lines)
+
+
+# --- the command line --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--spread", "--connections", "2"], "--connections 3 at least"),
+        (["--placement", "one,spread", "--connections", "1"], "--connections 3 at least"),
+        (["--placement", "everywhere"], "placements are one, spread or one,spread"),
+        (["--placement", "one,one"], "placements are one, spread or one,spread"),
+        (["--placement", ""], "placements are one, spread or one,spread"),
+    ],
+)
+def test_bad_placements_are_refused_before_anything_starts(
+    argv: list[str], message: str, tmp_path: Path, capsys: Any
+) -> None:
+    """An unknown or repeated placement, or a spread run with fewer connections than nodes, is a usage
+    error (exit 2, one line naming the problem) and writes no report."""
+    from dynastore.bench import wrkbench
+
+    with pytest.raises(SystemExit) as exit_info:
+        wrkbench.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

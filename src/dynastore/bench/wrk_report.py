@@ -356,7 +356,8 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
             '"spread" is one wrk per node (1 thread each), the connections split between them and started '
             "together. A spread row's ops/s and errors are the sum of its wrk processes'; its percentiles are "
             "the worst wrk's (an upper bound on the percentile of all its requests: wrk 4.1 gives a script "
-            "percentiles, not its histogram), each wrk's are in wrk.json.",
+            "percentiles, not its histogram), each wrk's are in wrk.json; so a p99 ratio of spread rows compares "
+            "two such bounds.",
         ]
     lines += [
         "",

@@ -227,6 +227,7 @@ def _redis_run(address: str, op: str, s: Settings, pids: list[int], work: Path) 
     parsed = parse_redis_benchmark(text)
     return {
         "op": op,
+        "placement": ONE,
         "url": address,
         "requests": requests,
         "ops_per_s": parsed["ops_per_s"],
