@@ -21,12 +21,14 @@ from dynastore.bench.wrk_report import (
     parse_log_line,
     parse_proc_stat,
     parse_redis_benchmark,
+    parse_wrk_hist,
     parse_wrk_json,
     per_second,
     percentile_ms,
     ratios,
     split_connections,
     summarize,
+    wrk_percentile_us,
 )
 from dynastore.bench.wrk_tools import Generator, redis_key
 
@@ -285,6 +287,58 @@ def test_spread_runs_sum_rates_and_errors_and_take_the_worst_percentile_as_an_up
     assert merged["duration_us"] == 10_500_000
 
 
+def _wrk_percentile_of_samples(samples: list[int], p: float) -> int:
+    rank = math.floor(p / 100 * len(samples) + 0.5 + 0.5)
+    return sorted(samples)[max(rank, 1) - 1]
+
+
+def test_histograms_listed_by_every_wrk_merge_exactly() -> None:
+    """With every wrk's histogram, the merged percentiles, mean and max are those of all samples
+    together (wrk's percentile rule), not the worst wrk's."""
+    import random
+
+    rng = random.Random(7)
+    groups = [[rng.randint(1, 50_000) for _ in range(n)] for n in (700, 1500, 40)]
+    docs = []
+    for samples in groups:
+        histogram: dict[int, int] = {}
+        for us in samples:
+            histogram[us] = histogram.get(us, 0) + 1
+        doc = _wrk_doc(len(samples), 10.0, _wrk_percentile_of_samples(samples, 99), 0.0, max(samples))
+        docs.append({**doc, "histogram_us": histogram, "histogram_cpu_s": 0.01})
+    union = [us for g in groups for us in g]
+    merged = merge_wrk_docs(docs)
+    assert merged["latency_merge"] == "exact"
+    for name, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)):
+        assert merged["latency_us"][name] == _wrk_percentile_of_samples(union, p), name
+    assert math.isclose(merged["latency_us"]["mean"], sum(union) / len(union))
+    assert merged["latency_us"]["max"] == max(union) and merged["requests"] == len(union)
+    # Without one wrk's histogram the merge falls back to the worst wrk's percentiles, and says so.
+    docs[2] = {**docs[2], "histogram_us": None}
+    fallback = merge_wrk_docs(docs)
+    assert fallback["latency_merge"] == "worst"
+    assert fallback["latency_us"]["p99"] == max(d["latency_us"]["p99"] for d in docs)
+
+
+def test_wrk_hist_lines_parse_and_bad_ones_are_errors() -> None:
+    """`WRK_HIST <cpu_us> us:count ...` is a histogram and the listing's CPU; `skipped` is none."""
+    assert parse_wrk_hist("WRK_HIST 1500 10:2 12:1") == ({10: 2, 12: 1}, 0.0015)
+    assert parse_wrk_hist("WRK_HIST skipped") is None
+    for bad in (
+        "WRK_HIST ",
+        "WRK_HIST 5",
+        "WRK_HIST 5 10:0",
+        "WRK_HIST 5 10:1 10:2",
+        "WRK_HIST x 1:1",
+        "WRK_HIST 5 1-1",
+    ):
+        with pytest.raises(ParseError):
+            parse_wrk_hist(bad)
+    doc = parse_wrk_json(WRK_OUTPUT + "WRK_HIST 20 6100:3\n")
+    assert doc["histogram_us"] == {6100: 3} and doc["histogram_cpu_s"] == 0.00002
+    assert parse_wrk_json(WRK_OUTPUT)["histogram_us"] is None
+
+
 def test_the_worst_percentile_bounds_the_percentile_of_all_requests_together() -> None:
     """The claim merge_wrk_docs makes, checked on samples: the p99 of the union of three samples is at
     most the largest of their p99s (wrk's percentile: the first value whose cumulative count reaches
@@ -354,7 +408,10 @@ def test_headline_markdown_shows_spread_rows_with_each_wrk_and_says_how_percenti
     }
     text = headline_markdown(doc)
     assert "| dynastore | one node | PUT | 500 |" in text and "| dynastore | spread | PUT | 900 |" in text
-    assert "Clients on:" in text and "upper bound" in text
+    assert "Clients on:" in text and "histograms summed (exact" in text and "upper bound" not in text
+    run["latency_merge"] = "worst"
+    text = headline_markdown(doc)
+    assert "Except dynastore PUT: a wrk listed no histogram" in text and "upper bound" in text
     assert "- dynastore PUT (spread): node0 5.00 s, node1 1.00 s; 3 x wrk 0.50 s (node0: 17 connections" in text
     assert "node2: 16 connections, 300 ops/s, p99 30.0 ms, 0.10 s)" in text
 
@@ -451,6 +508,15 @@ def test_kv_lua_sends_etcd_puts_with_base64_keys_from_the_key_space_and_logs_eac
         server.server_close()
     doc = parse_wrk_json(done.stdout)
     assert bodies and doc["requests"] >= 1
+    # The listed histogram is the one wrk's own percentiles come from (a value, or at a rank's rounding
+    # edge its neighbour among the listed values).
+    histogram = doc["histogram_us"]
+    assert histogram and sum(histogram.values()) >= doc["requests"]
+    values = sorted(histogram)
+    for name, p in (("p50", 50.0), ("p99", 99.0)):
+        at = values.index(wrk_percentile_us(histogram, p))
+        assert doc["latency_us"][name] in values[max(at - 1, 0) : at + 2], name
+    assert doc["latency_us"]["max"] == values[-1]
     keys = set()
     for body in bodies:
         parsed = json.loads(body)

@@ -44,6 +44,7 @@ def test_bench_wrk_drives_a_dynastore_cluster_and_writes_both_reports(tmp_path: 
         ("node2", 16),
     ]
     assert all(g["requests"] > 0 for g in spread["generators"]), spread["generators"]
+    assert spread["latency_merge"] == "exact" and spread["latency_ms"]["p99"] > 0
     assert doc["settings"]["dynastore_overrides"] == list(FAST)
     text = (out / "wrk.md").read_text()
     assert "| dynastore | one node | GET |" in text and "| dynastore | spread | PUT |" in text

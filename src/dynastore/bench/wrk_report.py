@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WRK_JSON_PREFIX = "WRK_JSON "
+WRK_HIST_PREFIX = "WRK_HIST "
 # Where a run's clients are: all on one node, or one load generator per node (`--spread`).
 ONE = "one"
 SPREAD = "spread"
@@ -31,8 +32,37 @@ class ParseError(Exception):
 # --- wrk and redis-benchmark output ----------------------------------------------------------------------
 
 
+def parse_wrk_hist(line: str) -> tuple[dict[int, int], float] | None:
+    """kv.lua's `WRK_HIST <cpu_us> <latency_us>:<count> ...` line: the histogram and the CPU seconds its
+    listing took; None for `WRK_HIST skipped` (the listing would have cost too much, see kv.lua)."""
+    fields = line[len(WRK_HIST_PREFIX) :].split()
+    if fields == ["skipped"]:
+        return None
+    if not fields:
+        raise ParseError("wrk's histogram line is empty")
+    histogram: dict[int, int] = {}
+    try:
+        cpu_us = int(fields[0])
+        for pair in fields[1:]:
+            us_text, count_text = pair.split(":")
+            us, count = int(us_text), int(count_text)
+            if us < 0 or count <= 0 or us in histogram:
+                raise ParseError(f"wrk's histogram has a bad or repeated entry {pair!r}")
+            histogram[us] = count
+    except ValueError as exc:
+        raise ParseError(f"wrk's histogram line does not parse: {exc}") from exc
+    if cpu_us < 0 or not histogram:
+        raise ParseError("wrk's histogram line has a negative CPU time or no entries")
+    return histogram, cpu_us / 1e6
+
+
 def parse_wrk_json(stdout: str) -> dict[str, Any]:
-    """The document kv.lua's done() prints on its `WRK_JSON ` line."""
+    """The document kv.lua's done() prints on its `WRK_JSON ` line, with `histogram_us` (latency in
+    µs -> count) and `histogram_cpu_s` from its `WRK_HIST ` line (None and 0 when it has none)."""
+    histogram: tuple[dict[int, int], float] | None = None
+    for line in stdout.splitlines():
+        if line.startswith(WRK_HIST_PREFIX):
+            histogram = parse_wrk_hist(line)
     for line in stdout.splitlines():
         if line.startswith(WRK_JSON_PREFIX):
             try:
@@ -44,7 +74,10 @@ def parse_wrk_json(stdout: str) -> dict[str, Any]:
                     raise ParseError(f"wrk's JSON line has no {name!r}")
             if not isinstance(doc["requests"], int) or doc["requests"] < 0 or doc["duration_us"] <= 0:
                 raise ParseError("wrk's JSON line has a negative request count or no duration")
-            return dict(doc)
+            out = dict(doc)
+            out["histogram_us"] = histogram[0] if histogram else None
+            out["histogram_cpu_s"] = histogram[1] if histogram else 0.0
+            return out
     raise ParseError("wrk printed no WRK_JSON line (did its script fail? its output:\n" + stdout[-2000:] + ")")
 
 
@@ -59,16 +92,37 @@ def split_connections(connections: int, generators: int) -> list[int]:
     return [share + 1 if i < extra else share for i in range(generators)]
 
 
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+EXACT = "exact"
+WORST = "worst"
+
+
+def wrk_percentile_us(histogram: Mapping[int, int], percent: float) -> int:
+    """The `percent` percentile of a latency histogram (µs -> count) as wrk 4.1 computes it
+    (stats_percentile): the first value whose cumulative count reaches round(p/100 x total + 0.5)."""
+    total = sum(histogram.values())
+    if total == 0:
+        return 0
+    rank = math.floor(percent / 100.0 * total + 0.5 + 0.5)
+    seen = 0
+    for us in sorted(histogram):
+        seen += histogram[us]
+        if seen >= rank:
+            return us
+    return max(histogram)
+
+
 def merge_wrk_docs(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One run's figures from the WRK_JSON documents of several wrk processes run side by side.
 
     Requests and errors are summed, and so are the rates (each wrk's requests over its own duration:
-    they ran at the same time, so the cluster answered their sum per second). wrk 4.1 gives a script
-    its latency percentiles, not its histogram (`latency(i)` finds the i-th distinct value by scanning
-    the whole array from the smallest, quadratic over a run, and would cost wrk seconds of CPU in
-    done()), so percentiles cannot be merged exactly: each percentile here is the worst wrk's, which is
-    an upper bound on the merged one (if every wrk has p % of its requests at or below x, so has their
-    union). The mean is weighted by requests and the maximum is the largest: both exact.
+    they ran at the same time, so the cluster answered their sum per second). When every wrk listed
+    its latency histogram (kv.lua's WRK_HIST line), the histograms are summed and the percentiles, mean
+    and maximum are those of the sum, computed as wrk does: exact (`latency_merge` "exact"). Otherwise
+    each percentile is the worst wrk's, an upper bound on the merged one (if every wrk has p % of its
+    requests at or below x, so has their union), the mean is weighted by requests (approximate: wrk's
+    histogram holds its coordinated-omission corrections too) and the maximum is the largest
+    (`latency_merge` "worst").
     """
     if not docs:
         raise ValueError("no wrk documents to merge")
@@ -77,20 +131,32 @@ def merge_wrk_docs(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for doc in docs:
         for kind, count in doc["errors"].items():
             errors[kind] = errors.get(kind, 0) + int(count)
-    percentiles = ("p50", "p90", "p99", "p99.9")
-    # A wrk that got no answer reports zero percentiles; it says nothing about the others' tail.
-    answered = [doc for doc in docs if doc["requests"] > 0] or list(docs)
-    latency_us: dict[str, float] = {name: max(doc["latency_us"][name] for doc in answered) for name in percentiles}
-    latency_us["max"] = max(doc["latency_us"]["max"] for doc in docs)
-    latency_us["mean"] = (
-        sum(doc["latency_us"]["mean"] * doc["requests"] for doc in docs) / requests if requests else 0.0
-    )
+    latency_us: dict[str, float]
+    answered = [doc for doc in docs if doc["requests"] > 0]
+    # A wrk that got no answer lists no histogram and reports zero latencies: it says nothing of the others'.
+    listed = [doc.get("histogram_us") for doc in answered]
+    if all(h is not None for h in listed):
+        merged: dict[int, int] = {}
+        for histogram in listed:
+            for us, count in (histogram or {}).items():
+                merged[us] = merged.get(us, 0) + count
+        total = sum(merged.values())
+        latency_us = {name: float(wrk_percentile_us(merged, p)) for name, p in PERCENTILES.items()}
+        latency_us["mean"] = sum(us * count for us, count in merged.items()) / total if total else 0.0
+        latency_us["max"] = float(max(merged, default=0))
+        how = EXACT
+    else:
+        latency_us = {name: max(doc["latency_us"][name] for doc in answered) for name in PERCENTILES}
+        latency_us["mean"] = sum(doc["latency_us"]["mean"] * doc["requests"] for doc in answered) / requests
+        latency_us["max"] = max(doc["latency_us"]["max"] for doc in docs)
+        how = WORST
     return {
         "requests": requests,
         "ops_per_s": sum(doc["requests"] / (doc["duration_us"] / 1e6) for doc in docs),
         "duration_us": max(doc["duration_us"] for doc in docs),
         "errors": errors,
         "latency_us": latency_us,
+        "latency_merge": how,
     }
 
 
@@ -349,16 +415,21 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
         for name, ratio in ratios.items():
             cells = [f"{ratio.get(k):.2f}x" if ratio.get(k) is not None else "-" for k in _RATIO_KEYS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if any(run.get("placement") == SPREAD for run in doc["runs"]):
+    spread = [run for run in doc["runs"] if run.get("placement") == SPREAD]
+    if spread:
         lines += [
             "",
             "Clients on: \"one node\" is every connection to one node (dynastore's node0, etcd's leader); "
             '"spread" is one wrk per node (1 thread each), the connections split between them and started '
-            "together. A spread row's ops/s and errors are the sum of its wrk processes'; its percentiles are "
-            "the worst wrk's (an upper bound on the percentile of all its requests: wrk 4.1 gives a script "
-            "percentiles, not its histogram), each wrk's are in wrk.json; so a p99 ratio of spread rows compares "
-            "two such bounds.",
+            "together. A spread row's ops/s and errors are the sum of its wrk processes'; its latencies are "
+            "those of their latency histograms summed (exact, computed as wrk computes its own).",
         ]
+        worst = [f"{run['target']} {run['op'].upper()}" for run in spread if run.get("latency_merge") == WORST]
+        if worst:
+            lines[-1] += (
+                f" Except {', '.join(worst)}: a wrk listed no histogram (too costly to list, see kv.lua), so "
+                "each percentile there is the worst wrk's, an upper bound on the merged one."
+            )
     lines += [
         "",
         "Machine share: the CPU the target's servers and its load generator used together, over the run's "

@@ -14,9 +14,9 @@ other, on the same cluster): "one" sends them all to one node, dynastore's node0
 (etcd's best case: a follower forwards writes to the leader); "spread" runs one wrk per node, 1
 thread each, the connections split between them (17/17/16), started together for the same seconds,
 as a Dynamo cluster is meant to be used (any node coordinates) and as etcd's followers also take
-requests. A spread run's rates and errors are summed, its percentiles are the worst wrk's (an upper
-bound on the merged ones, see wrk_report.merge_wrk_docs). redis is one node, the ceiling, and runs
-once. Written to OUT/wrk.json and OUT/wrk.md.
+requests. A spread run's rates and errors are summed and its wrk processes' latency histograms
+(kv.lua lists each) merged exactly (wrk_report.merge_wrk_docs). redis is one node, the ceiling, and
+runs once. Written to OUT/wrk.json and OUT/wrk.md.
 
 The CPU of every server process and of the load generator over the measured seconds is read from
 /proc/PID/stat (utime + stime); a load generator's after it exits and before it is reaped, so that
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from dynastore.bench.wrk_report import (
+    EXACT,
     ONE,
     PLACEMENTS,
     SPREAD,
@@ -181,12 +182,14 @@ def _wrk_run(
         "requests": merged["requests"],
         "ops_per_s": merged["ops_per_s"],
         "latency_ms": {k: v / 1000.0 for k, v in merged["latency_us"].items()},
-        "latency_merge": "exact" if len(docs) == 1 else "worst wrk's percentiles; exact mean and max",
+        "latency_merge": merged["latency_merge"] if len(docs) > 1 else EXACT,
         "errors": errors,
         "errors_total": sum(errors.values()),
         "server_cpu": server_cpu,
         "generator": "wrk",
-        "generator_cpu_s": round(sum(cpu_s for _, cpu_s in outputs), 3),
+        # Without the CPU kv.lua spent listing the histogram after the run (its WRK_HIST line says how much).
+        "generator_cpu_s": round(sum(cpu_s for _, cpu_s in outputs) - sum(d["histogram_cpu_s"] for d in docs), 3),
+        "generator_histogram_cpu_s": round(sum(d["histogram_cpu_s"] for d in docs), 3),
         "generators": [
             {
                 "node": node,
@@ -196,7 +199,7 @@ def _wrk_run(
                 "ops_per_s": doc["requests"] / (doc["duration_us"] / 1e6),
                 "latency_ms": {k: v / 1000.0 for k, v in doc["latency_us"].items()},
                 "errors": doc["errors"],
-                "cpu_s": round(cpu_s, 3),
+                "cpu_s": round(cpu_s - doc["histogram_cpu_s"], 3),
             }
             for node, url, connections, doc, (_, cpu_s) in zip(nodes, urls, shares, docs, outputs, strict=True)
         ],

@@ -5,7 +5,13 @@
 --
 -- KIND is dynastore or etcd, OP get or put, KEYS the size of the key space (keys k0 .. k<KEYS-1>,
 -- the names the benchmark pre-loads), BUCKET dynastore's bucket. done() prints one line
--- `WRK_JSON {...}` with wrk's own counts and latency percentiles (the --latency distribution).
+-- `WRK_JSON {...}` with wrk's own counts and latency percentiles (the --latency distribution), then
+-- one line `WRK_HIST <cpu_us> <latency_us>:<count> ...`: the histogram those percentiles come from
+-- (after wrk's correction for coordinated omission, so its total exceeds the request count), so that
+-- the histograms of several wrk processes driving one cluster side by side merge exactly, and the CPU
+-- the listing took (not the run's). wrk 4.1 gives a script only `latency(i)`, the i-th distinct value
+-- and its count, found by scanning from the smallest: listing costs distinct values x range reads, so
+-- past HIST_SCAN_MAX the line is `WRK_HIST skipped` and only the percentiles are there.
 --
 -- With LOG_DIR, each thread also logs every response it gets to LOG_DIR/thread-<id>.log as
 -- `<end_us> <latency_us> <status>`, times from CLOCK_MONOTONIC (the clock of Python's
@@ -22,8 +28,12 @@ int clock_gettime(int clk_id, dynastore_timespec *tp);
 local CLOCK_MONOTONIC = 1
 local timespec = ffi.new("dynastore_timespec")
 
-local function now_us()
-  ffi.C.clock_gettime(CLOCK_MONOTONIC, timespec)
+local CLOCK_PROCESS_CPUTIME_ID = 2
+-- About half a second of wrk's CPU (4e9 reads of its histogram array, half of them on average).
+local HIST_SCAN_MAX = 4e9
+
+local function now_us(clock)
+  ffi.C.clock_gettime(clock or CLOCK_MONOTONIC, timespec)
   return tonumber(timespec.tv_sec) * 1000000 + math.floor(tonumber(timespec.tv_nsec) / 1000)
 end
 
@@ -133,4 +143,16 @@ function done(summary, latency, requests)
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
     latency.mean, latency.max, now_us(), table.concat(pending, ",")))
+  local distinct = #latency
+  if distinct > 0 and distinct * (latency.max - latency.min + 1) <= HIST_SCAN_MAX then
+    local cpu_start_us = now_us(CLOCK_PROCESS_CPUTIME_ID)
+    local parts = {}
+    for i = 1, distinct do
+      local us, count = latency(i)
+      parts[i] = string.format("%d:%d", us, count)
+    end
+    io.write(string.format("WRK_HIST %d %s\n", now_us(CLOCK_PROCESS_CPUTIME_ID) - cpu_start_us, table.concat(parts, " ")))
+  else
+    io.write("WRK_HIST skipped\n")
+  end
 end
