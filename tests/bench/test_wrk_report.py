@@ -321,10 +321,13 @@ def test_histograms_listed_by_every_wrk_merge_exactly() -> None:
 
 
 def test_wrk_hist_lines_parse_and_bad_ones_are_errors() -> None:
-    """`WRK_HIST <cpu_us> us:count ...` is a histogram and the listing's CPU; `skipped` is none."""
+    """`WRK_HIST <cpu_us> us:count ...` is a histogram and the listing's CPU; `skipped <cpu_us>` is none."""
     assert parse_wrk_hist("WRK_HIST 1500 10:2 12:1") == ({10: 2, 12: 1}, 0.0015)
-    assert parse_wrk_hist("WRK_HIST skipped") is None
+    assert parse_wrk_hist("WRK_HIST skipped 1000000") == (None, 1.0)
     for bad in (
+        "WRK_HIST skipped",
+        "WRK_HIST skipped 5 1:1",
+        "WRK_HIST skipped -1",
         "WRK_HIST ",
         "WRK_HIST 5",
         "WRK_HIST 5 10:0",

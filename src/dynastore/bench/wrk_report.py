@@ -32,14 +32,15 @@ class ParseError(Exception):
 # --- wrk and redis-benchmark output ----------------------------------------------------------------------
 
 
-def parse_wrk_hist(line: str) -> tuple[dict[int, int], float] | None:
+def parse_wrk_hist(line: str) -> tuple[dict[int, int] | None, float]:
     """kv.lua's `WRK_HIST <cpu_us> <latency_us>:<count> ...` line: the histogram and the CPU seconds its
-    listing took; None for `WRK_HIST skipped` (the listing would have cost too much, see kv.lua)."""
+    listing took; no histogram for `WRK_HIST skipped <cpu_us>` (listing it would have cost too much)."""
     fields = line[len(WRK_HIST_PREFIX) :].split()
-    if fields == ["skipped"]:
-        return None
-    if not fields:
-        raise ParseError("wrk's histogram line is empty")
+    skipped = bool(fields) and fields[0] == "skipped"
+    if skipped:
+        fields = fields[1:]
+    if not fields or (skipped and len(fields) != 1):
+        raise ParseError(f"wrk's histogram line is not `<cpu_us> us:count ...` or `skipped <cpu_us>`: {line[:80]!r}")
     histogram: dict[int, int] = {}
     try:
         cpu_us = int(fields[0])
@@ -51,15 +52,16 @@ def parse_wrk_hist(line: str) -> tuple[dict[int, int], float] | None:
             histogram[us] = count
     except ValueError as exc:
         raise ParseError(f"wrk's histogram line does not parse: {exc}") from exc
-    if cpu_us < 0 or not histogram:
+    if cpu_us < 0 or (not skipped and not histogram):
         raise ParseError("wrk's histogram line has a negative CPU time or no entries")
-    return histogram, cpu_us / 1e6
+    return (None if skipped else histogram), cpu_us / 1e6
 
 
 def parse_wrk_json(stdout: str) -> dict[str, Any]:
     """The document kv.lua's done() prints on its `WRK_JSON ` line, with `histogram_us` (latency in
-    µs -> count) and `histogram_cpu_s` from its `WRK_HIST ` line (None and 0 when it has none)."""
-    histogram: tuple[dict[int, int], float] | None = None
+    µs -> count, None when wrk listed none) and `histogram_cpu_s` (the listing's CPU) from its `WRK_HIST `
+    line."""
+    histogram: tuple[dict[int, int] | None, float] = (None, 0.0)
     for line in stdout.splitlines():
         if line.startswith(WRK_HIST_PREFIX):
             histogram = parse_wrk_hist(line)
@@ -75,8 +77,7 @@ def parse_wrk_json(stdout: str) -> dict[str, Any]:
             if not isinstance(doc["requests"], int) or doc["requests"] < 0 or doc["duration_us"] <= 0:
                 raise ParseError("wrk's JSON line has a negative request count or no duration")
             out = dict(doc)
-            out["histogram_us"] = histogram[0] if histogram else None
-            out["histogram_cpu_s"] = histogram[1] if histogram else 0.0
+            out["histogram_us"], out["histogram_cpu_s"] = histogram
             return out
     raise ParseError("wrk printed no WRK_JSON line (did its script fail? its output:\n" + stdout[-2000:] + ")")
 

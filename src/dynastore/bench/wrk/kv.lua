@@ -10,8 +10,9 @@
 -- (after wrk's correction for coordinated omission, so its total exceeds the request count), so that
 -- the histograms of several wrk processes driving one cluster side by side merge exactly, and the CPU
 -- the listing took (not the run's). wrk 4.1 gives a script only `latency(i)`, the i-th distinct value
--- and its count, found by scanning from the smallest: listing costs distinct values x range reads, so
--- past HIST_SCAN_MAX the line is `WRK_HIST skipped` and only the percentiles are there.
+-- and its count, found by scanning wrk's array from the smallest latency: listing costs up to distinct
+-- values x range reads (much less on a skewed distribution), so it stops past HIST_CPU_MAX_US of CPU
+-- and the line is then `WRK_HIST skipped <cpu_us>`, leaving only the percentiles.
 --
 -- With LOG_DIR, each thread also logs every response it gets to LOG_DIR/thread-<id>.log as
 -- `<end_us> <latency_us> <status>`, times from CLOCK_MONOTONIC (the clock of Python's
@@ -29,8 +30,10 @@ local CLOCK_MONOTONIC = 1
 local timespec = ffi.new("dynastore_timespec")
 
 local CLOCK_PROCESS_CPUTIME_ID = 2
--- About half a second of wrk's CPU (4e9 reads of its histogram array, half of them on average).
-local HIST_SCAN_MAX = 4e9
+-- The most CPU listing the histogram may take, checked every HIST_CHECK_EVERY values (one value's
+-- search reads at most the whole array: 30 M entries with --timeout 30s, some milliseconds).
+local HIST_CPU_MAX_US = 1000000
+local HIST_CHECK_EVERY = 64
 
 local function now_us(clock)
   ffi.C.clock_gettime(clock or CLOCK_MONOTONIC, timespec)
@@ -143,16 +146,20 @@ function done(summary, latency, requests)
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
     latency.mean, latency.max, now_us(), table.concat(pending, ",")))
+  local cpu_start_us = now_us(CLOCK_PROCESS_CPUTIME_ID)
   local distinct = #latency
-  if distinct > 0 and distinct * (latency.max - latency.min + 1) <= HIST_SCAN_MAX then
-    local cpu_start_us = now_us(CLOCK_PROCESS_CPUTIME_ID)
-    local parts = {}
-    for i = 1, distinct do
-      local us, count = latency(i)
-      parts[i] = string.format("%d:%d", us, count)
+  local parts = {}
+  for i = 1, distinct do
+    local us, count = latency(i)
+    parts[i] = string.format("%d:%d", us, count)
+    if i % HIST_CHECK_EVERY == 0 and now_us(CLOCK_PROCESS_CPUTIME_ID) - cpu_start_us > HIST_CPU_MAX_US then
+      parts = nil
+      break
     end
+  end
+  if parts and distinct > 0 then
     io.write(string.format("WRK_HIST %d %s\n", now_us(CLOCK_PROCESS_CPUTIME_ID) - cpu_start_us, table.concat(parts, " ")))
   else
-    io.write("WRK_HIST skipped\n")
+    io.write(string.format("WRK_HIST skipped %d\n", now_us(CLOCK_PROCESS_CPUTIME_ID) - cpu_start_us))
   end
 end
