@@ -71,7 +71,7 @@ def parse_wrk_json(stdout: str) -> dict[str, Any]:
                 doc = json.loads(line[len(WRK_JSON_PREFIX) :])
             except json.JSONDecodeError as exc:
                 raise ParseError(f"wrk's JSON line does not parse: {exc}") from exc
-            for name in ("requests", "duration_us", "errors", "latency_us"):
+            for name in ("requests", "duration_us", "errors", "latency_us", "end_us"):
                 if name not in doc:
                     raise ParseError(f"wrk's JSON line has no {name!r}")
             if not isinstance(doc["requests"], int) or doc["requests"] < 0 or doc["duration_us"] <= 0:
