@@ -48,8 +48,9 @@ soak: $(STAMP) $(SYSDEPS_STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/core tests/storage tests/net $(PYTEST_ARGS)
 
-# First the headline figures from C load generators, about 2 minutes: GET and PUT of 1 KB values under
-# wrk against dynastore and etcd, redis-benchmark against redis (bench-results/wrk.json, wrk.md); then
+# First the headline figures from C load generators, about 3 minutes: GET and PUT of 1 KB values under
+# wrk against dynastore and etcd, with the clients on one node and then spread over the nodes (one wrk
+# per node), redis-benchmark against redis (bench-results/wrk.json, wrk.md); then
 # dynastore against etcd per second under wrk while a node is SIGSTOPped and while one is cut off by
 # iptables, about 4 minutes, needs root (faults.json, faults.md). WRK_ARGS adds options to both.
 # Then the YCSB comparison, about 15 minutes on 2 cores: workloads A, B, C and F against dynastore, etcd,

@@ -17,14 +17,18 @@ from dynastore.bench.wrk_report import (
     Second,
     faults_markdown,
     headline_markdown,
+    merge_wrk_docs,
     parse_log_line,
     parse_proc_stat,
     parse_redis_benchmark,
+    parse_wrk_hist,
     parse_wrk_json,
     per_second,
     percentile_ms,
     ratios,
+    split_connections,
     summarize,
+    wrk_percentile_us,
 )
 from dynastore.bench.wrk_tools import Generator, redis_key
 
@@ -240,10 +244,179 @@ def test_headline_markdown_lists_every_run_with_its_cpu_and_the_notes() -> None:
     }
     doc["settings"]["warmup_s"] = 2
     text = headline_markdown(doc)
-    assert "| dynastore | GET | 2,000 | 3.33 | 10.0 | 20.0 | 0 | 6.00 | 0.50 | 300 | 32 % |" in text
+    assert "| dynastore | one node | GET | 2,000 | 3.33 | 10.0 | 20.0 | 0 | 6.00 | 0.50 | 300 | 32 % |" in text
     assert "| dynastore / etcd | 2.00x | - | 0.50x | - |" in text
-    assert "| redis | GET | 9,000 | 0.33 | 1.00 | 2.00 | - |" in text
+    assert "| redis | one node | GET | 9,000 | 0.33 | 1.00 | 2.00 | - |" in text
     assert "node0 5.00 s, node1 1.00 s; wrk 0.50 s" in text and "JSON gateway" in text
+    assert "Clients on:" not in text
+
+
+def _wrk_doc(
+    requests: int, duration_s: float, p99_us: int, mean_us: float, max_us: int, **errors: int
+) -> dict[str, Any]:
+    return {
+        "requests": requests,
+        "duration_us": int(duration_s * 1e6),
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0, **errors},
+        "latency_us": {
+            "p50": p99_us // 4,
+            "p90": p99_us // 2,
+            "p99": p99_us,
+            "p99.9": p99_us * 2,
+            "mean": mean_us,
+            "max": max_us,
+        },
+    }
+
+
+def test_spread_runs_sum_rates_and_errors_and_take_the_worst_percentile_as_an_upper_bound() -> None:
+    """Three wrk side by side: ops/s is the sum of each one's requests over its own duration, errors are
+    summed by kind, each percentile is the largest, the mean is weighted by requests, max the largest."""
+    docs = [
+        _wrk_doc(1000, 10.0, 40_000, 10_000.0, 90_000, status=2),
+        _wrk_doc(3000, 10.0, 20_000, 5_000.0, 60_000, read=1),
+        _wrk_doc(2000, 10.5, 30_000, 8_000.0, 95_000, status=1),
+    ]
+    merged = merge_wrk_docs(docs)
+    assert merged["requests"] == 6000
+    assert math.isclose(merged["ops_per_s"], 100 + 300 + 2000 / 10.5)
+    assert merged["errors"] == {"connect": 0, "read": 1, "write": 0, "status": 3, "timeout": 0}
+    lat = merged["latency_us"]
+    assert (lat["p50"], lat["p90"], lat["p99"], lat["p99.9"], lat["max"]) == (10_000, 20_000, 40_000, 80_000, 95_000)
+    assert math.isclose(lat["mean"], (1000 * 10_000 + 3000 * 5_000 + 2000 * 8_000) / 6000)
+    assert merged["duration_us"] == 10_500_000
+
+
+def _wrk_percentile_of_samples(samples: list[int], p: float) -> int:
+    rank = math.floor(p / 100 * len(samples) + 0.5 + 0.5)
+    return sorted(samples)[max(rank, 1) - 1]
+
+
+def test_histograms_listed_by_every_wrk_merge_exactly() -> None:
+    """With every wrk's histogram, the merged percentiles, mean and max are those of all samples
+    together (wrk's percentile rule), not the worst wrk's."""
+    import random
+
+    rng = random.Random(7)
+    groups = [[rng.randint(1, 50_000) for _ in range(n)] for n in (700, 1500, 40)]
+    docs = []
+    for samples in groups:
+        histogram: dict[int, int] = {}
+        for us in samples:
+            histogram[us] = histogram.get(us, 0) + 1
+        doc = _wrk_doc(len(samples), 10.0, _wrk_percentile_of_samples(samples, 99), 0.0, max(samples))
+        docs.append({**doc, "histogram_us": histogram, "histogram_cpu_s": 0.01})
+    union = [us for g in groups for us in g]
+    merged = merge_wrk_docs(docs)
+    assert merged["latency_merge"] == "exact"
+    for name, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9)):
+        assert merged["latency_us"][name] == _wrk_percentile_of_samples(union, p), name
+    assert math.isclose(merged["latency_us"]["mean"], sum(union) / len(union))
+    assert merged["latency_us"]["max"] == max(union) and merged["requests"] == len(union)
+    # Without one wrk's histogram the merge falls back to the worst wrk's percentiles, and says so.
+    docs[2] = {**docs[2], "histogram_us": None}
+    fallback = merge_wrk_docs(docs)
+    assert fallback["latency_merge"] == "worst"
+    assert fallback["latency_us"]["p99"] == max(d["latency_us"]["p99"] for d in docs)
+
+
+def test_wrk_hist_lines_parse_and_bad_ones_are_errors() -> None:
+    """`WRK_HIST <cpu_us> us:count ...` is a histogram and the listing's CPU; `skipped <cpu_us>` is none."""
+    assert parse_wrk_hist("WRK_HIST 1500 10:2 12:1") == ({10: 2, 12: 1}, 0.0015)
+    assert parse_wrk_hist("WRK_HIST skipped 1000000") == (None, 1.0)
+    for bad in (
+        "WRK_HIST skipped",
+        "WRK_HIST skipped 5 1:1",
+        "WRK_HIST skipped -1",
+        "WRK_HIST ",
+        "WRK_HIST 5",
+        "WRK_HIST 5 10:0",
+        "WRK_HIST 5 10:1 10:2",
+        "WRK_HIST x 1:1",
+        "WRK_HIST 5 1-1",
+    ):
+        with pytest.raises(ParseError):
+            parse_wrk_hist(bad)
+    doc = parse_wrk_json(WRK_OUTPUT + "WRK_HIST 20 6100:3\n")
+    assert doc["histogram_us"] == {6100: 3} and doc["histogram_cpu_s"] == 0.00002
+    assert parse_wrk_json(WRK_OUTPUT)["histogram_us"] is None
+
+
+def test_the_worst_percentile_bounds_the_percentile_of_all_requests_together() -> None:
+    """The claim merge_wrk_docs makes, checked on samples: the p99 of the union of three samples is at
+    most the largest of their p99s (wrk's percentile: the first value whose cumulative count reaches
+    round(p/100 * count + 0.5))."""
+    import random
+
+    def wrk_percentile(samples: list[int], p: float) -> int:
+        rank = math.floor(p / 100 * len(samples) + 0.5 + 0.5)
+        return sorted(samples)[max(rank, 1) - 1]
+
+    rng = random.Random(20)
+    for _ in range(200):
+        groups = [
+            [int(rng.expovariate(1 / rng.choice((5, 50, 500)))) for _ in range(rng.randint(1, 300))] for _ in range(3)
+        ]
+        union = [x for g in groups for x in g]
+        for p in (50.0, 90.0, 99.0, 99.9):
+            assert wrk_percentile(union, p) <= max(wrk_percentile(g, p) for g in groups)
+
+
+def test_a_wrk_without_answers_does_not_lower_the_others_percentiles_or_the_mean() -> None:
+    """A wrk that got no answer reports zero latencies: they do not count in the merge."""
+    merged = merge_wrk_docs([_wrk_doc(0, 10.0, 0, 0.0, 0, connect=5), _wrk_doc(500, 10.0, 30_000, 9_000.0, 50_000)])
+    assert merged["latency_us"]["p99"] == 30_000 and merged["latency_us"]["mean"] == 9_000.0
+    assert merged["errors"]["connect"] == 5 and merged["ops_per_s"] == 50.0
+    with pytest.raises(ValueError):
+        merge_wrk_docs([])
+
+
+def test_connections_are_split_evenly_over_the_nodes_keeping_the_total() -> None:
+    """50 over 3 nodes is 17/17/16; fewer connections than nodes is an error, not a node without load."""
+    assert split_connections(50, 3) == [17, 17, 16]
+    assert split_connections(50, 1) == [50] and split_connections(3, 3) == [1, 1, 1]
+    assert sum(split_connections(1000, 7)) == 1000
+    with pytest.raises(ValueError):
+        split_connections(2, 3)
+    with pytest.raises(ValueError):
+        split_connections(5, 0)
+
+
+def test_ratios_compare_runs_with_the_clients_placed_alike() -> None:
+    """dynastore/etcd is computed per placement; a run without a placement was on one node."""
+    spread_dyn = {**_run("dynastore", "get", 3000, 10), "placement": "spread"}
+    spread_etcd = {**_run("etcd", "get", 1500, 40), "placement": "spread"}
+    runs = [_run("dynastore", "get", 2000, 10), _run("etcd", "get", 1000, 20), spread_dyn, spread_etcd]
+    assert ratios(runs, "dynastore", "etcd")["get_ops"] == 2.0
+    spread = ratios(runs, "dynastore", "etcd", numerator_placement="spread", denominator_placement="spread")
+    assert spread["get_ops"] == 2.0 and spread["get_p99"] == 0.25
+    cross = ratios(runs, "dynastore", "etcd", numerator_placement="spread")
+    assert cross["get_ops"] == 3.0
+
+
+def test_headline_markdown_shows_spread_rows_with_each_wrk_and_says_how_percentiles_merge() -> None:
+    """A spread run is its own row ("spread"), its wrk processes listed with their share of the load."""
+    run = {**_run("dynastore", "put", 900, 30), "placement": "spread"}
+    run["generators"] = [
+        {"node": f"node{i}", "connections": c, "ops_per_s": 300.0, "latency_ms": {"p99": 30.0}, "cpu_s": 0.1}
+        for i, c in enumerate((17, 17, 16))
+    ]
+    doc = {
+        "started": "now",
+        "machine": {"cpu": "CPU", "vcpus": 2, "effective_cores": 2.0},
+        "settings": {"value_bytes": 1024, "keys": 10, "threads": 1, "connections": 50, "duration_s": 10, "warmup_s": 0},
+        "runs": [_run("dynastore", "put", 500, 40), run],
+        "ratios": {},
+        "notes": [],
+    }
+    text = headline_markdown(doc)
+    assert "| dynastore | one node | PUT | 500 |" in text and "| dynastore | spread | PUT | 900 |" in text
+    assert "Clients on:" in text and "histograms summed (exact" in text and "upper bound" not in text
+    run["latency_merge"] = "worst"
+    text = headline_markdown(doc)
+    assert "Except dynastore PUT: a wrk listed no histogram" in text and "upper bound" in text
+    assert "- dynastore PUT (spread): node0 5.00 s, node1 1.00 s; 3 x wrk 0.50 s (node0: 17 connections" in text
+    assert "node2: 16 connections, 300 ops/s, p99 30.0 ms, 0.10 s)" in text
 
 
 def test_faults_markdown_has_a_summary_and_a_per_second_table_side_by_side() -> None:
@@ -338,6 +511,15 @@ def test_kv_lua_sends_etcd_puts_with_base64_keys_from_the_key_space_and_logs_eac
         server.server_close()
     doc = parse_wrk_json(done.stdout)
     assert bodies and doc["requests"] >= 1
+    # The listed histogram is the one wrk's own percentiles come from (a value, or at a rank's rounding
+    # edge its neighbour among the listed values).
+    histogram = doc["histogram_us"]
+    assert histogram and sum(histogram.values()) >= doc["requests"]
+    values = sorted(histogram)
+    for name, p in (("p50", 50.0), ("p99", 99.0)):
+        at = values.index(wrk_percentile_us(histogram, p))
+        assert doc["latency_us"][name] in values[max(at - 1, 0) : at + 2], name
+    assert doc["latency_us"]["max"] == values[-1]
     keys = set()
     for body in bodies:
         parsed = json.loads(body)
@@ -346,3 +528,30 @@ def test_kv_lua_sends_etcd_puts_with_base64_keys_from_the_key_space_and_logs_eac
     assert keys <= {f"k{i}" for i in range(5)} and len(keys) >= 2
     lines = [parse_log_line(line) for p in sorted(log_dir.glob("thread-*.log")) for line in p.read_text().splitlines()]
     assert len(lines) >= doc["requests"] and all(status == 200 and latency >= 0 for _, latency, status in lines)
+
+
+# --- the command line --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--spread", "--connections", "2"], "--connections 3 at least"),
+        (["--placement", "one,spread", "--connections", "1"], "--connections 3 at least"),
+        (["--placement", "everywhere"], "placements are one, spread or one,spread"),
+        (["--placement", "one,one"], "placements are one, spread or one,spread"),
+        (["--placement", ""], "placements are one, spread or one,spread"),
+    ],
+)
+def test_bad_placements_are_refused_before_anything_starts(
+    argv: list[str], message: str, tmp_path: Path, capsys: Any
+) -> None:
+    """An unknown or repeated placement, or a spread run with fewer connections than nodes, is a usage
+    error (exit 2, one line naming the problem) and writes no report."""
+    from dynastore.bench import wrkbench
+
+    with pytest.raises(SystemExit) as exit_info:
+        wrkbench.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WRK_JSON_PREFIX = "WRK_JSON "
+WRK_HIST_PREFIX = "WRK_HIST "
+# Where a run's clients are: all on one node, or one load generator per node (`--spread`).
+ONE = "one"
+SPREAD = "spread"
+PLACEMENTS = (ONE, SPREAD)
+_PLACEMENT_LABELS = {ONE: "one node", SPREAD: "spread"}
 # Per-second latency percentiles come from buckets 1 % wide (a value is reported as its bucket's upper
 # edge), so that a second's histogram stays small whatever its request count.
 BUCKETS_PER_E = 100
@@ -26,21 +32,133 @@ class ParseError(Exception):
 # --- wrk and redis-benchmark output ----------------------------------------------------------------------
 
 
+def parse_wrk_hist(line: str) -> tuple[dict[int, int] | None, float]:
+    """kv.lua's `WRK_HIST <cpu_us> <latency_us>:<count> ...` line: the histogram and the CPU seconds its
+    listing took; no histogram for `WRK_HIST skipped <cpu_us>` (listing it would have cost too much)."""
+    fields = line[len(WRK_HIST_PREFIX) :].split()
+    skipped = bool(fields) and fields[0] == "skipped"
+    if skipped:
+        fields = fields[1:]
+    if not fields or (skipped and len(fields) != 1):
+        raise ParseError(f"wrk's histogram line is not `<cpu_us> us:count ...` or `skipped <cpu_us>`: {line[:80]!r}")
+    histogram: dict[int, int] = {}
+    try:
+        cpu_us = int(fields[0])
+        for pair in fields[1:]:
+            us_text, count_text = pair.split(":")
+            us, count = int(us_text), int(count_text)
+            if us < 0 or count <= 0 or us in histogram:
+                raise ParseError(f"wrk's histogram has a bad or repeated entry {pair!r}")
+            histogram[us] = count
+    except ValueError as exc:
+        raise ParseError(f"wrk's histogram line does not parse: {exc}") from exc
+    if cpu_us < 0 or (not skipped and not histogram):
+        raise ParseError("wrk's histogram line has a negative CPU time or no entries")
+    return (None if skipped else histogram), cpu_us / 1e6
+
+
 def parse_wrk_json(stdout: str) -> dict[str, Any]:
-    """The document kv.lua's done() prints on its `WRK_JSON ` line."""
+    """The document kv.lua's done() prints on its `WRK_JSON ` line, with `histogram_us` (latency in
+    µs -> count, None when wrk listed none) and `histogram_cpu_s` (the listing's CPU) from its `WRK_HIST `
+    line."""
+    histogram: tuple[dict[int, int] | None, float] = (None, 0.0)
+    for line in stdout.splitlines():
+        if line.startswith(WRK_HIST_PREFIX):
+            histogram = parse_wrk_hist(line)
     for line in stdout.splitlines():
         if line.startswith(WRK_JSON_PREFIX):
             try:
                 doc = json.loads(line[len(WRK_JSON_PREFIX) :])
             except json.JSONDecodeError as exc:
                 raise ParseError(f"wrk's JSON line does not parse: {exc}") from exc
-            for name in ("requests", "duration_us", "errors", "latency_us"):
+            for name in ("requests", "duration_us", "errors", "latency_us", "end_us"):
                 if name not in doc:
                     raise ParseError(f"wrk's JSON line has no {name!r}")
             if not isinstance(doc["requests"], int) or doc["requests"] < 0 or doc["duration_us"] <= 0:
                 raise ParseError("wrk's JSON line has a negative request count or no duration")
-            return dict(doc)
+            out = dict(doc)
+            out["histogram_us"], out["histogram_cpu_s"] = histogram
+            return out
     raise ParseError("wrk printed no WRK_JSON line (did its script fail? its output:\n" + stdout[-2000:] + ")")
+
+
+def split_connections(connections: int, generators: int) -> list[int]:
+    """`connections` shared out over `generators` load generators as evenly as can be, the larger
+    shares first (50 over 3 is 17, 17, 16), so that a spread run keeps the total of a one-node run."""
+    if generators < 1:
+        raise ValueError("at least one load generator")
+    if connections < generators:
+        raise ValueError(f"{connections} connections cannot give each of {generators} load generators one")
+    share, extra = divmod(connections, generators)
+    return [share + 1 if i < extra else share for i in range(generators)]
+
+
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+EXACT = "exact"
+WORST = "worst"
+
+
+def wrk_percentile_us(histogram: Mapping[int, int], percent: float) -> int:
+    """The `percent` percentile of a latency histogram (µs -> count) as wrk 4.1 computes it
+    (stats_percentile): the first value whose cumulative count reaches round(p/100 x total + 0.5)."""
+    total = sum(histogram.values())
+    if total == 0:
+        return 0
+    rank = math.floor(percent / 100.0 * total + 0.5 + 0.5)
+    seen = 0
+    for us in sorted(histogram):
+        seen += histogram[us]
+        if seen >= rank:
+            return us
+    return max(histogram)
+
+
+def merge_wrk_docs(docs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One run's figures from the WRK_JSON documents of several wrk processes run side by side.
+
+    Requests and errors are summed, and so are the rates (each wrk's requests over its own duration:
+    they ran at the same time, so the cluster answered their sum per second). When every wrk listed
+    its latency histogram (kv.lua's WRK_HIST line), the histograms are summed and the percentiles, mean
+    and maximum are those of the sum, computed as wrk does: exact (`latency_merge` "exact"). Otherwise
+    each percentile is the worst wrk's, an upper bound on the merged one (if every wrk has p % of its
+    requests at or below x, so has their union), the mean is weighted by requests (approximate: wrk's
+    histogram holds its coordinated-omission corrections too) and the maximum is the largest
+    (`latency_merge` "worst").
+    """
+    if not docs:
+        raise ValueError("no wrk documents to merge")
+    requests = sum(int(doc["requests"]) for doc in docs)
+    errors: dict[str, int] = {}
+    for doc in docs:
+        for kind, count in doc["errors"].items():
+            errors[kind] = errors.get(kind, 0) + int(count)
+    latency_us: dict[str, float]
+    answered = [doc for doc in docs if doc["requests"] > 0]
+    # A wrk that got no answer lists no histogram and reports zero latencies: it says nothing of the others'.
+    listed = [doc.get("histogram_us") for doc in answered]
+    if all(h is not None for h in listed):
+        merged: dict[int, int] = {}
+        for histogram in listed:
+            for us, count in (histogram or {}).items():
+                merged[us] = merged.get(us, 0) + count
+        total = sum(merged.values())
+        latency_us = {name: float(wrk_percentile_us(merged, p)) for name, p in PERCENTILES.items()}
+        latency_us["mean"] = sum(us * count for us, count in merged.items()) / total if total else 0.0
+        latency_us["max"] = float(max(merged, default=0))
+        how = EXACT
+    else:
+        latency_us = {name: max(doc["latency_us"][name] for doc in answered) for name in PERCENTILES}
+        latency_us["mean"] = sum(doc["latency_us"]["mean"] * doc["requests"] for doc in answered) / requests
+        latency_us["max"] = max(doc["latency_us"]["max"] for doc in docs)
+        how = WORST
+    return {
+        "requests": requests,
+        "ops_per_s": sum(doc["requests"] / (doc["duration_us"] / 1e6) for doc in docs),
+        "duration_us": max(doc["duration_us"] for doc in docs),
+        "errors": errors,
+        "latency_us": latency_us,
+        "latency_merge": how,
+    }
 
 
 def parse_redis_benchmark(stdout: str) -> dict[str, Any]:
@@ -276,9 +394,9 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
             else []
         ),
         "",
-        "| target | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s | load generator CPU s |"
-        " server CPU µs/op | machine share |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| target | clients on | op | ops/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU s |"
+        " load generator CPU s | server CPU µs/op | machine share |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     vcpus = doc["machine"]["vcpus"]
     for run in doc["runs"]:
@@ -287,7 +405,8 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
         per_op = server_cpu / run["requests"] * 1e6 if run["requests"] else 0.0
         errors = "-" if run["errors_total"] is None else run["errors_total"]
         lines.append(
-            f"| {run['target']} | {run['op'].upper()} | {_int(run['ops_per_s'])} | {_ms(lat['p50'])} | "
+            f"| {run['target']} | {placement_label(run)} | {run['op'].upper()} | {_int(run['ops_per_s'])} | "
+            f"{_ms(lat['p50'])} | "
             f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {errors} | {server_cpu:.2f} | "
             f"{run['generator_cpu_s']:.2f} | {per_op:,.0f} | {machine_share(run, vcpus)} |"
         )
@@ -297,6 +416,21 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
         for name, ratio in ratios.items():
             cells = [f"{ratio.get(k):.2f}x" if ratio.get(k) is not None else "-" for k in _RATIO_KEYS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    spread = [run for run in doc["runs"] if run.get("placement") == SPREAD]
+    if spread:
+        lines += [
+            "",
+            "Clients on: \"one node\" is every connection to one node (dynastore's node0, etcd's leader); "
+            '"spread" is one wrk per node (1 thread each), the connections split between them and started '
+            "together. A spread row's ops/s and errors are the sum of its wrk processes'; its latencies are "
+            "those of their latency histograms summed (exact, computed as wrk computes its own).",
+        ]
+        worst = [f"{run['target']} {run['op'].upper()}" for run in spread if run.get("latency_merge") == WORST]
+        if worst:
+            lines[-1] += (
+                f" Except {', '.join(worst)}: a wrk listed no histogram (too costly to list, see kv.lua), so "
+                "each percentile there is the worst wrk's, an upper bound on the merged one."
+            )
     lines += [
         "",
         "Machine share: the CPU the target's servers and its load generator used together, over the run's "
@@ -309,7 +443,18 @@ def headline_markdown(doc: Mapping[str, Any]) -> str:
     for run in doc["runs"]:
         parts = ", ".join(f"{p['name']} {p['cpu_s']:.2f} s" for p in run["server_cpu"])
         generator = f"{run['generator']} {run['generator_cpu_s']:.2f} s"
-        lines.append(f"- {run['target']} {run['op'].upper()}: {parts}; {generator}")
+        shares = run.get("generators", [])
+        if len(shares) > 1:
+            generator = (
+                f"{len(shares)} x {run['generator']} {run['generator_cpu_s']:.2f} s ("
+                + ", ".join(
+                    f"{g['node']}: {g['connections']} connections, {_int(g['ops_per_s'])} ops/s, "
+                    f"p99 {_ms(g['latency_ms']['p99'])} ms, {g['cpu_s']:.2f} s"
+                    for g in shares
+                )
+                + ")"
+            )
+        lines.append(f"- {run['target']} {run['op'].upper()} ({placement_label(run)}): {parts}; {generator}")
     lines += ["", *[f"- {note}" for note in doc["notes"]], ""]
     return "\n".join(lines)
 
@@ -326,15 +471,31 @@ def machine_share(run: Mapping[str, Any], vcpus: int) -> str:
     return f"{100.0 * used / (wall_s * vcpus):.0f} %"
 
 
-def ratios(runs: Sequence[Mapping[str, Any]], numerator: str, denominator: str) -> dict[str, float | None]:
-    """numerator/denominator for ops/s, and for p99 (below 1 = numerator's tail is lower)."""
+def placement_label(run: Mapping[str, Any]) -> str:
+    """How a run's clients were placed; a run recorded before placements existed was on one node."""
+    return _PLACEMENT_LABELS[run.get("placement", ONE)]
 
-    def find(target: str, op: str) -> Mapping[str, Any] | None:
-        return next((r for r in runs if r["target"] == target and r["op"] == op), None)
+
+def ratios(
+    runs: Sequence[Mapping[str, Any]],
+    numerator: str,
+    denominator: str,
+    *,
+    numerator_placement: str = ONE,
+    denominator_placement: str = ONE,
+) -> dict[str, float | None]:
+    """numerator/denominator for ops/s, and for p99 (below 1 = numerator's tail is lower), each target's
+    runs taken with the given placement of its clients."""
+
+    def find(target: str, placement: str, op: str) -> Mapping[str, Any] | None:
+        return next(
+            (r for r in runs if r["target"] == target and r.get("placement", ONE) == placement and r["op"] == op),
+            None,
+        )
 
     out: dict[str, float | None] = {}
     for op in ("get", "put"):
-        a, b = find(numerator, op), find(denominator, op)
+        a, b = find(numerator, numerator_placement, op), find(denominator, denominator_placement, op)
         ok = a is not None and b is not None and b["ops_per_s"] > 0 and b["latency_ms"]["p99"] > 0
         out[f"{op}_ops"] = a["ops_per_s"] / b["ops_per_s"] if ok and a and b else None
         out[f"{op}_p99"] = a["latency_ms"]["p99"] / b["latency_ms"]["p99"] if ok and a and b else None

@@ -2,14 +2,21 @@
 (wrk for dynastore and etcd, redis-benchmark for redis, the ceiling), every target in one run.
 
     dynastore bench wrk [--out bench-results] [--duration 10] [--target dynastore,etcd,redis]
+                        [--placement one,spread | --spread]
     dynastore bench wrk --faults [--out bench-results]      # wrkfaults.py: SIGSTOP and a cut, per second
 
 Each store is started by the benchmark (ycsb_peers.py: a 3-node dynastore LocalCluster as
 `dynastore up` makes it, with the defaults N=3 R=2 W=2 and durable LMDB; a 3-node etcd; one redis)
 on free loopback ports, its key space pre-loaded, then driven with GET and then PUT for a warm-up
 and the measured seconds, and stopped. wrk runs kv.lua (in wrk/, shipped with the package) with
-1 thread and 50 connections to one node: dynastore's node0, etcd's leader (its best case: a follower
-forwards writes to the leader). Written to OUT/wrk.json and OUT/wrk.md.
+1 thread and 50 connections, placed two ways (both by default, each operation one way then the
+other, on the same cluster): "one" sends them all to one node, dynastore's node0 and etcd's leader
+(etcd's best case: a follower forwards writes to the leader); "spread" runs one wrk per node, 1
+thread each, the connections split between them (17/17/16), started together for the same seconds,
+as a Dynamo cluster is meant to be used (any node coordinates) and as etcd's followers also take
+requests. A spread run's rates and errors are summed and its wrk processes' latency histograms
+(kv.lua lists each) merged exactly (wrk_report.merge_wrk_docs). redis is one node, the ceiling, and
+runs once. Written to OUT/wrk.json and OUT/wrk.md.
 
 The CPU of every server process and of the load generator over the measured seconds is read from
 /proc/PID/stat (utime + stime); a load generator's after it exits and before it is reaped, so that
@@ -32,11 +39,17 @@ from pathlib import Path
 from typing import Any
 
 from dynastore.bench.wrk_report import (
+    EXACT,
+    ONE,
+    PLACEMENTS,
+    SPREAD,
     ParseError,
     headline_markdown,
+    merge_wrk_docs,
     parse_redis_benchmark,
     parse_wrk_json,
     ratios,
+    split_connections,
 )
 from dynastore.bench.wrk_tools import (
     CONNECTIONS,
@@ -64,6 +77,8 @@ DURATION_S = 10
 DURATION_S_MAX = 600
 WARMUP_S = 2
 CONNECTIONS_MAX = 1000
+# dynastore and etcd each run as this many nodes (ycsb_peers.py); a spread run has one wrk per node.
+SPREAD_NODES = 3
 # redis-benchmark runs a number of requests, not a time: a short calibration run sets the number.
 REDIS_CALIBRATION_REQUESTS = 20_000
 REDIS_REQUESTS_MAX = 50_000_000
@@ -94,6 +109,8 @@ class Settings:
     threads: int = 1
     # Settings of every dynastore node (`--set NAME=VALUE`); none for the headline figures.
     overrides: tuple[str, ...] = ()
+    # Where the clients of dynastore and etcd are: ONE node, SPREAD over every node, or both.
+    placements: tuple[str, ...] = PLACEMENTS
 
 
 def _server_cpu(names: Sequence[str], pids: Sequence[int], before: Sequence[float]) -> list[dict[str, Any]]:
@@ -105,51 +122,92 @@ def _server_cpu(names: Sequence[str], pids: Sequence[int], before: Sequence[floa
 
 
 def _wrk_run(
-    url: str, kind: str, op: str, s: Settings, names: list[str], pids: list[int], work: Path
+    urls: Sequence[str],
+    nodes: Sequence[str],
+    kind: str,
+    op: str,
+    s: Settings,
+    names: list[str],
+    pids: list[int],
+    work: Path,
 ) -> dict[str, Any]:
-    def command(duration_s: int) -> list[str]:
-        return wrk_command(
-            url,
-            kind,
-            op,
-            duration_s=duration_s,
-            threads=s.threads,
-            connections=s.connections,
-            keys=s.keys,
-            value_bytes=s.value_bytes,
-        )
+    """One measured run of wrk processes started together, one per url (one url: the one-node run),
+    with the connections split between them; their figures merged (merge_wrk_docs)."""
+    shares = split_connections(s.connections, len(urls))
+    placement = ONE if len(urls) == 1 else SPREAD
+
+    def generators(duration_s: int, stem: str) -> list[Generator]:
+        return [
+            Generator(
+                wrk_command(
+                    url,
+                    kind,
+                    op,
+                    duration_s=duration_s,
+                    threads=s.threads,
+                    connections=connections,
+                    keys=s.keys,
+                    value_bytes=s.value_bytes,
+                ),
+                work / f"{stem}-{i}.out",
+                duration_s + GENERATOR_GRACE_S,
+            )
+            for i, (url, connections) in enumerate(zip(urls, shares, strict=True))
+        ]
+
+    def together(group: list[Generator]) -> list[tuple[str, float]]:
+        try:
+            for generator in group:
+                generator.start()
+            return [generator.finish() for generator in group]
+        finally:
+            # One that failed to start or finish leaves none of the others running.
+            for generator in group:
+                generator.kill()
 
     if s.warmup_s > 0:
-        warm = Generator(command(s.warmup_s), work / "warmup.out", s.warmup_s + GENERATOR_GRACE_S)
-        warm.start()
-        warm.finish()
-    generator = Generator(
-        command(s.duration_s),
-        work / f"wrk-{kind}-{op}.out",
-        s.duration_s + GENERATOR_GRACE_S,
-    )
+        together(generators(s.warmup_s, "warmup"))
+    group = generators(s.duration_s, f"wrk-{kind}-{op}-{placement}")
     before, load, started = cpu_of(pids), os.getloadavg()[0], time.monotonic()
-    generator.start()
-    text, generator_cpu = generator.finish()
+    outputs = together(group)
     server_cpu = _server_cpu(names, pids, before)
-    wall_s = time.monotonic() - started
-    doc = parse_wrk_json(text)
-    errors = doc["errors"]
-    seconds = doc["duration_us"] / 1e6
+    docs = [parse_wrk_json(text) for text, _ in outputs]
+    # Up to the last wrk's done() (its end_us, on the clock of time.monotonic()), so that the histogram
+    # listing after the run is not counted as the run's time, as its CPU is not counted as wrk's.
+    wall_s = max(doc["end_us"] for doc in docs) / 1e6 - started
+    merged = merge_wrk_docs(docs)
+    errors = merged["errors"]
     return {
         "op": op,
-        "url": url,
-        "requests": doc["requests"],
-        "ops_per_s": doc["requests"] / seconds,
-        "latency_ms": {k: v / 1000.0 for k, v in doc["latency_us"].items()},
+        "placement": placement,
+        "url": urls[0] if len(urls) == 1 else ",".join(urls),
+        "requests": merged["requests"],
+        "ops_per_s": merged["ops_per_s"],
+        "latency_ms": {k: v / 1000.0 for k, v in merged["latency_us"].items()},
+        "latency_merge": merged["latency_merge"] if len(docs) > 1 else EXACT,
         "errors": errors,
         "errors_total": sum(errors.values()),
         "server_cpu": server_cpu,
         "generator": "wrk",
-        "generator_cpu_s": round(generator_cpu, 3),
+        # Without the CPU kv.lua spent listing the histogram after the run (its WRK_HIST line says how much).
+        "generator_cpu_s": round(sum(cpu_s for _, cpu_s in outputs) - sum(d["histogram_cpu_s"] for d in docs), 3),
+        "generator_histogram_cpu_s": round(sum(d["histogram_cpu_s"] for d in docs), 3),
+        "generators": [
+            {
+                "node": node,
+                "url": url,
+                "connections": connections,
+                "requests": doc["requests"],
+                "ops_per_s": doc["requests"] / (doc["duration_us"] / 1e6),
+                "latency_ms": {k: v / 1000.0 for k, v in doc["latency_us"].items()},
+                "errors": doc["errors"],
+                "cpu_s": round(cpu_s - doc["histogram_cpu_s"], 3),
+            }
+            for node, url, connections, doc, (_, cpu_s) in zip(nodes, urls, shares, docs, outputs, strict=True)
+        ],
         "wall_s": round(wall_s, 3),
         "load_avg_1m_before": load,
-        "command": " ".join(generator.command),
+        "command": " & ".join(" ".join(generator.command) for generator in group),
     }
 
 
@@ -174,6 +232,7 @@ def _redis_run(address: str, op: str, s: Settings, pids: list[int], work: Path) 
     parsed = parse_redis_benchmark(text)
     return {
         "op": op,
+        "placement": ONE,
         "url": address,
         "requests": requests,
         "ops_per_s": parsed["ops_per_s"],
@@ -211,15 +270,20 @@ def _drive(target: str, peer: RunningPeer, s: Settings, work: Path) -> list[dict
         preload_redis(addresses[0], s.keys, s.value_bytes)
         return [_redis_run(addresses[0], op, s, pids, work) for op in ("get", "put")]
     if target == DYNASTORE:
-        names = [f"node{i}" for i in range(len(pids))]
-        url = addresses[0]
+        nodes = [f"node{i}" for i in range(len(pids))]
+        first = 0
     else:
-        names = [f"etcd{i}" for i in range(len(pids))]
-        leader = etcd_leader(addresses)
-        names[leader] += " (leader)"
-        url = addresses[leader]
-    preload_http(url, target, s.keys, s.value_bytes)
-    return [_wrk_run(url, target, op, s, names, pids, work) for op in ("get", "put")]
+        nodes = [f"etcd{i}" for i in range(len(pids))]
+        first = etcd_leader(addresses)
+        nodes[first] += " (leader)"
+    preload_http(addresses[first], target, s.keys, s.value_bytes)
+    placed = {ONE: ([addresses[first]], [nodes[first]]), SPREAD: (addresses, nodes)}
+    # Each operation one way then the other, so that the two placements of it are measured close in time.
+    return [
+        _wrk_run(*placed[placement], target, op, s, list(nodes), pids, work)
+        for op in ("get", "put")
+        for placement in s.placements
+    ]
 
 
 # --- the whole run ----------------------------------------------------------------------------------------
@@ -244,6 +308,7 @@ def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool =
             "threads": s.threads,
             "dynastore": "3 nodes, N=3 R=2 W=2, durable, security_enabled=false, bucket allow_mult=false",
             "dynastore_overrides": list(s.overrides),
+            "placements": list(s.placements),
         },
         "runs": [],
         "skipped": {},
@@ -269,11 +334,7 @@ def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool =
                 print(f"wrk bench: {target} failed: {exc}", file=sys.stderr)
                 doc["failed"][target] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     runs = doc["runs"]
-    doc["ratios"] = {
-        f"{a} / {b}": ratios(runs, a, b)
-        for a, b in ((DYNASTORE, ETCD), (DYNASTORE, REDIS), (ETCD, REDIS))
-        if any(r["target"] == a for r in runs) and any(r["target"] == b for r in runs)
-    }
+    doc["ratios"] = run_ratios(runs)
     for note_target, reason in doc["skipped"].items():
         doc["notes"].append(f"{note_target} skipped: {reason}")
     for note_target, error in doc["failed"].items():
@@ -282,6 +343,29 @@ def run(targets: Sequence[str], s: Settings, out: Path, *, measure_cores: bool =
     (out / "wrk.json").write_text(json.dumps(doc, indent=2) + "\n")
     (out / "wrk.md").write_text(headline_markdown(doc))
     return doc
+
+
+def run_ratios(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """dynastore / etcd with the clients placed alike (one node, then spread), and each against
+    redis (one node, the ceiling); only the pairs whose both runs are there."""
+    have = {(r["target"], r.get("placement", ONE)) for r in runs}
+    pairs = [(DYNASTORE, ETCD, p, p) for p in PLACEMENTS]
+    pairs += [(a, REDIS, p, ONE) for a in (DYNASTORE, ETCD) for p in PLACEMENTS]
+    label = {ONE: "one node", SPREAD: "spread"}
+    return {
+        f"{a} / {b} ({label[pa]})" if b != REDIS else f"{a} ({label[pa]}) / {b}": ratios(
+            runs, a, b, numerator_placement=pa, denominator_placement=pb
+        )
+        for a, b, pa, pb in pairs
+        if (a, pa) in have and (b, pb) in have
+    }
+
+
+def _placements(text: str) -> tuple[str, ...]:
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    if not chosen or any(p not in PLACEMENTS for p in chosen) or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError("placements are one, spread or one,spread")
+    return tuple(chosen)
 
 
 def _targets(text: str) -> list[str]:
@@ -329,6 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a setting of every dynastore node (recorded in wrk.json; the defaults when none)",
     )
+    parser.add_argument(
+        "--placement",
+        type=_placements,
+        default=PLACEMENTS,
+        help="where dynastore's and etcd's clients are: one (node0 / the leader), spread (one wrk per node) "
+        "or one,spread (default); redis is always one node",
+    )
+    parser.add_argument("--spread", action="store_true", help="the same as --placement spread")
     parser.add_argument("--no-cores", action="store_true", help="do not measure the machine's effective cores")
     parser.add_argument(
         "--faults", action="store_true", help="instead: SIGSTOP and an iptables cut under load, dynastore vs etcd"
@@ -346,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
 
         with sigterm_unwinds():
             return wrkfaults.main(args)
+    placements = (SPREAD,) if args.spread else args.placement
+    if SPREAD in placements and args.connections < SPREAD_NODES:
+        parser.error(
+            f"a spread run gives each of {SPREAD_NODES} nodes a connection: --connections {SPREAD_NODES} at least"
+        )
     s = Settings(
         args.duration,
         args.warmup,
@@ -353,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         args.value_bytes,
         args.connections,
         overrides=tuple(args.overrides),
+        placements=placements,
     )
     try:
         with sigterm_unwinds():

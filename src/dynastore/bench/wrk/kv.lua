@@ -5,7 +5,14 @@
 --
 -- KIND is dynastore or etcd, OP get or put, KEYS the size of the key space (keys k0 .. k<KEYS-1>,
 -- the names the benchmark pre-loads), BUCKET dynastore's bucket. done() prints one line
--- `WRK_JSON {...}` with wrk's own counts and latency percentiles (the --latency distribution).
+-- `WRK_JSON {...}` with wrk's own counts and latency percentiles (the --latency distribution), then
+-- one line `WRK_HIST <cpu_us> <latency_us>:<count> ...`: the histogram those percentiles come from
+-- (after wrk's correction for coordinated omission, so its total exceeds the request count), so that
+-- the histograms of several wrk processes driving one cluster side by side merge exactly, and the CPU
+-- the listing took (not the run's). wrk 4.1 gives a script only `latency(i)`, the i-th distinct value
+-- and its count, found by scanning wrk's array from the smallest latency: listing costs up to distinct
+-- values x range reads (much less on a skewed distribution), so it stops past HIST_CPU_MAX_US of CPU
+-- and the line is then `WRK_HIST skipped <cpu_us>`, leaving only the percentiles.
 --
 -- With LOG_DIR, each thread also logs every response it gets to LOG_DIR/thread-<id>.log as
 -- `<end_us> <latency_us> <status>`, times from CLOCK_MONOTONIC (the clock of Python's
@@ -22,8 +29,14 @@ int clock_gettime(int clk_id, dynastore_timespec *tp);
 local CLOCK_MONOTONIC = 1
 local timespec = ffi.new("dynastore_timespec")
 
-local function now_us()
-  ffi.C.clock_gettime(CLOCK_MONOTONIC, timespec)
+local CLOCK_PROCESS_CPUTIME_ID = 2
+-- The most CPU listing the histogram may take, checked every HIST_CHECK_EVERY values (one value's
+-- search reads at most the whole array: 30 M entries with --timeout 30s, some milliseconds).
+local HIST_CPU_MAX_US = 1000000
+local HIST_CHECK_EVERY = 64
+
+local function now_us(clock)
+  ffi.C.clock_gettime(clock or CLOCK_MONOTONIC, timespec)
   return tonumber(timespec.tv_sec) * 1000000 + math.floor(tonumber(timespec.tv_nsec) / 1000)
 end
 
@@ -133,4 +146,20 @@ function done(summary, latency, requests)
     e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
     latency.mean, latency.max, now_us(), table.concat(pending, ",")))
+  local cpu_start_us = now_us(CLOCK_PROCESS_CPUTIME_ID)
+  local distinct = #latency
+  local parts = {}
+  for i = 1, distinct do
+    local us, count = latency(i)
+    parts[i] = string.format("%d:%d", us, count)
+    if i % HIST_CHECK_EVERY == 0 and now_us(CLOCK_PROCESS_CPUTIME_ID) - cpu_start_us > HIST_CPU_MAX_US then
+      parts = nil
+      break
+    end
+  end
+  if parts and distinct > 0 then
+    io.write(string.format("WRK_HIST %d %s\n", now_us(CLOCK_PROCESS_CPUTIME_ID) - cpu_start_us, table.concat(parts, " ")))
+  else
+    io.write(string.format("WRK_HIST skipped %d\n", now_us(CLOCK_PROCESS_CPUTIME_ID) - cpu_start_us))
+  end
 end
