@@ -26,6 +26,7 @@ partition to the node that needs it and fits best at that position.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,17 +221,42 @@ def _fresh_claim(weights: Mapping[str, int], ring_size: int, n_val: int) -> tupl
     targets = target_counts(weights, ring_size)
     remaining = dict(targets)
     names = sorted(weights)
+    rank = {node: i for i, node in enumerate(names)}
     owners: list[str | None] = [None] * ring_size
+    reach = min(n_val - 1, ring_size - 1)
+    # Nodes with quota left, most first (then by name): one current entry per node, stale ones skipped.
+    queue = [(-remaining[node], rank[node], node) for node in names if remaining[node] > 0]
+    heapq.heapify(queue)
     for index in range(ring_size):
         # Most remaining quota first keeps the layout feasible; a node seen within the last n-1
         # positions (or, near the end, at the start it will wrap onto) is avoided when possible.
-        candidates = [node for node in names if remaining[node] > 0]
-        best = min(
-            candidates,
-            key=lambda node: (_conflicts(owners, index, node, n_val), -remaining[node], names.index(node)),
-        )
+        # Only the few nodes near `index` conflict at all, so the best node is the first in quota
+        # order that is not near; when every node with quota is near, all of them are weighed.
+        near = {owners[(index + k) % ring_size] for k in range(-reach, reach + 1) if k}
+        passed: list[tuple[int, int, str]] = []
+        best: str | None = None
+        while queue:
+            entry = heapq.heappop(queue)
+            node = entry[2]
+            if -entry[0] != remaining[node]:
+                continue
+            passed.append(entry)
+            if node not in near:
+                best = node
+                break
+        if best is None:
+            candidates = [node for node in names if remaining[node] > 0]
+            best = min(
+                candidates,
+                key=lambda node: (_conflicts(owners, index, node, n_val), -remaining[node], rank[node]),
+            )
+        for entry in passed:
+            if entry[2] != best:
+                heapq.heappush(queue, entry)
         owners[index] = best
         remaining[best] -= 1
+        if remaining[best] > 0:
+            heapq.heappush(queue, (-remaining[best], rank[best], best))
     complete = [owner for owner in owners if owner is not None]
     assert len(complete) == ring_size
     _repair_by_swaps(complete, n_val, range(ring_size))
@@ -281,6 +307,7 @@ def _incremental_claim(weights: Mapping[str, int], previous: Ring, n_val: int) -
     deficit = {node: targets[node] - counts.get(node, 0) for node in weights}
     surplus = {node: -d for node, d in deficit.items() if d < 0}
     names = sorted(weights)
+    rank = {node: i for i, node in enumerate(names)}
 
     # Moving a partition is needed when its owner left; allowed when its owner holds more than its
     # target. Orphans are placed first so that their placement is never crowded out.
@@ -306,7 +333,7 @@ def _incremental_claim(weights: Mapping[str, int], previous: Ring, n_val: int) -
                         -relief,
                         -deficit[node],
                         i,
-                        names.index(node),
+                        rank[node],
                     )
                     if best is None or score < best[0]:
                         best = (score, i, node)
