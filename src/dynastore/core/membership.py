@@ -172,6 +172,9 @@ class ClusterState:
     security: SecurityState = security.EMPTY
     types: tuple[tuple[str, BucketType], ...] = ()
     staged: tuple[Staged, ...] = ()
+    # The encoding (and digest) of this immutable state, made once: every gossip round sends the
+    # digest and answers compare it, and at a thousand members encoding is most of a round's work.
+    _encoded: dict[str, bytes] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     # --- Queries ---------------------------------------------------------------------------------
 
@@ -256,7 +259,10 @@ class ClusterState:
         return replace(self, security=state)
 
     def digest(self) -> bytes:
-        return hashlib.blake2b(encode(self), digest_size=16).digest()
+        digest = self._encoded.get("digest")
+        if digest is None:
+            digest = self._encoded["digest"] = hashlib.blake2b(encode(self), digest_size=16).digest()
+        return digest
 
 
 def new_cluster(
@@ -357,6 +363,13 @@ def _member_to_wire(m: Member) -> list[Any]:
 
 
 def encode(state: ClusterState) -> bytes:
+    encoded = state._encoded.get("state")
+    if encoded is None:
+        encoded = state._encoded["state"] = _encode(state)
+    return encoded
+
+
+def _encode(state: ClusterState) -> bytes:
     data = [
         STATE_FORMAT,
         state.cluster,
