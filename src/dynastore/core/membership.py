@@ -424,7 +424,27 @@ def _owners(data: Any, names: set[str]) -> tuple[str, ...]:
     return tuple(data)
 
 
+# States decoded lately, by their bytes: after a change every peer sends the same state, and at a
+# thousand members decoding (and checking) one costs milliseconds. Bounded in count and in bytes.
+_DECODED: dict[bytes, ClusterState] = {}
+DECODED_COUNT_MAX = 8
+DECODED_BYTES_MAX = 16 * 1024 * 1024
+
+
 def decode(raw: bytes) -> ClusterState:
+    """The state `raw` holds (raises StateError for bytes that hold none)."""
+    known = _DECODED.get(raw)
+    if known is not None:
+        return known
+    state = _decode(raw)
+    if len(raw) <= DECODED_BYTES_MAX // DECODED_COUNT_MAX:
+        if len(_DECODED) >= DECODED_COUNT_MAX:
+            del _DECODED[next(iter(_DECODED))]
+        _DECODED[bytes(raw)] = state
+    return state
+
+
+def _decode(raw: bytes) -> ClusterState:
     try:
         data = msgpack.unpackb(raw, raw=False)
     except Exception as exc:
