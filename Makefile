@@ -62,6 +62,8 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP)
 	scripts/install-bench-deps.sh || echo "bench: could not install every peer; those missing are skipped" >&2
 	$(BIN)/dynastore bench ycsb --target all --workload A,B,C,F --paper --out bench-results $(BENCH_ARGS)
+# Membership and ring at 10, 100 and 1,000 simulated nodes: bench-results/sim-scale.json and .md.
+	$(BIN)/dynastore bench sim-scale --out bench-results
 
 clean:
 	rm -rf $(VENV) $(SYSDEPS_STAMP) .pytest_cache .mypy_cache .ruff_cache .hypothesis
