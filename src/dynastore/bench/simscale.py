@@ -270,12 +270,13 @@ def _rounds(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:g}"
 
 
-def format_table(results: Sequence[ScaleResult]) -> str:
+def format_table(results: Sequence[ScaleResult], command: str = "") -> str:
     """The README's table: one row per (N, Q), rounds of both runs, bytes, claim, moves, balance."""
     if not results:
         return "no sizes measured"
     first = results[0]
-    lines = [
+    lines = [f"Command: `{command}`", ""] if command else []
+    lines += [
         f"One join into a settled cluster of N simulated nodes (n_val={first.n_val}, gossip every "
         f"{first.gossip_interval_ms} ms; heartbeats every {first.heartbeat_interval_ms} ms and dropped in these runs, "
         f"seed {first.seed}). Rounds are gossip intervals until every node had the newcomer's member record "
@@ -364,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                     row[run][key] = None
         rows.append(row)
     (args.out / "sim-scale.json").write_text(json.dumps({"results": rows}, indent=2, allow_nan=False))
-    table = format_table(results)
+    table = format_table(
+        results, " ".join(["dynastore bench sim-scale", *(argv if argv is not None else sys.argv[1:])])
+    )
     (args.out / "sim-scale.md").write_text(table + "\n")
     print(table)
     return 0
