@@ -17,10 +17,6 @@ from dataclasses import dataclass, field
 PHI_MAX = 1000.0
 
 
-def _whole(value: float) -> int | float:
-    return int(value) if value.is_integer() else value
-
-
 @dataclass
 class PhiAccrual:
     window_count: int
@@ -29,41 +25,25 @@ class PhiAccrual:
     first_interval_ms: float
     intervals: deque[float] = field(default_factory=deque)
     last_ms: int | None = None
-    # Running sums of the window and of its squares, so that phi costs the same for any window: a
-    # node judges every peer on every tick, and at a thousand peers a pass over each window is most
-    # of its work. Intervals are whole milliseconds, summed as integers, so the sums stay exact
-    # however long the window runs (an expected interval with a fraction makes them floats).
-    _sum: int | float = 0
-    _sum_squares: int | float = 0
 
     def heartbeat(self, now_ms: int) -> None:
         if self.last_ms is not None:
             interval = now_ms - self.last_ms
             if interval > 0:
-                self._add(float(interval))
+                self.intervals.append(float(interval))
                 while len(self.intervals) > self.window_count:
-                    gone = _whole(self.intervals.popleft())
-                    self._sum -= gone
-                    self._sum_squares -= gone * gone
+                    self.intervals.popleft()
         else:
             # Seed the window with the expected interval so that phi is meaningful from the start.
-            self._add(self.first_interval_ms)
+            self.intervals.append(self.first_interval_ms)
         self.last_ms = now_ms if self.last_ms is None else max(self.last_ms, now_ms)
-
-    def _add(self, interval_ms: float) -> None:
-        self.intervals.append(interval_ms)
-        value = _whole(interval_ms)
-        self._sum += value
-        self._sum_squares += value * value
 
     def phi(self, now_ms: int) -> float:
         if self.last_ms is None or not self.intervals:
             return 0.0
         elapsed = now_ms - self.last_ms
-        count = len(self.intervals)
-        mean = self._sum / count
-        # n * sum(x^2) - sum(x)^2 is n^2 times the variance, and never below zero but by rounding.
-        variance = max(0, count * self._sum_squares - self._sum * self._sum) / (count * count)
+        mean = sum(self.intervals) / len(self.intervals)
+        variance = sum((x - mean) ** 2 for x in self.intervals) / len(self.intervals)
         std = max(math.sqrt(variance), self.min_std_dev_ms)
         y = (elapsed - mean - self.acceptable_pause_ms) / std
         later = 0.5 * math.erfc(y / math.sqrt(2.0))
