@@ -36,6 +36,7 @@ BENCH_OPTIONS = {
     "partitioning": ["--nodes", "--n", "--tokens", "--keys", "--requests", "--trials", "--seed", "--load"],
     "ycsb": ["--target", "--workload", "--records", "--duration", "--url", "--out"],
     "paper": ["--workload", "--paper-nodes", "--paper-rate"],
+    "sim-scale": ["--nodes", "--ring-sizes", "--n", "--seed", "--heartbeat-interval-ms", "--out"],
 }
 
 
