@@ -70,6 +70,8 @@ bench: $(BENCH_STAMP)
 	$(BIN)/dynastore bench wrk --out bench-results $(WRK_ARGS)
 	$(BIN)/dynastore bench wrk --faults --out bench-results $(WRK_ARGS)
 	$(BIN)/dynastore bench ycsb --target all --workload A,B,C,F --paper --out bench-results $(BENCH_ARGS)
+# Membership and ring at 10, 100 and 1,000 simulated nodes: bench-results/sim-scale.json and .md.
+	$(BIN)/dynastore bench sim-scale --out bench-results
 
 # How cost grows with data: a 3-node cluster loaded through the API to 1 M and then 5 M keys of 1 KB
 # (wrk, w=2, durable), measured at each size (GET/PUT throughput and p99, RSS, disk per key, start-up

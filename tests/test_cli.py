@@ -30,6 +30,7 @@ def test_version_prints_the_packages_version() -> None:
 
 # Each benchmark's own options (argparse's), which `--help` must list rather than click's EXTRA argument.
 BENCH_OPTIONS = {
+    "sim-scale": ["--nodes", "--ring-sizes", "--n", "--seed", "--heartbeat-interval-ms", "--out"],
     "cost": ["--rate", "--seconds", "--runs", "--security", "--json"],
     "repair": ["traffic", "pacing", "--keys", "--differences", "--rate", "--target-ms", "--runs"],
     "detection": ["--runs", "--set"],

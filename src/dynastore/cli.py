@@ -1571,6 +1571,11 @@ _BENCH_COMMANDS = {
         "Anti-entropy: bytes exchanged per difference (traffic) and foreground p99 during repair (pacing).",
     ),
     "detection": ("dynastore.bench.detection", "main", "Time failure detection after SIGKILL and SIGSTOP of one node."),
+    "sim-scale": (
+        "dynastore.bench.simscale",
+        "main",
+        "10 to 1,000 simulated nodes: gossip rounds after a join, gossip bytes, claim time, moves, balance.",
+    ),
     "cost": (
         "dynastore.bench.cost",
         "main",

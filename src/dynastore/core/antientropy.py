@@ -46,7 +46,7 @@ import msgpack
 from dynastore.core import keys, merkle, messages, objects, placement
 from dynastore.core.controller import BackgroundController
 from dynastore.core.effects import EventField
-from dynastore.core.membership import ClusterState
+from dynastore.core.membership import ClusterState, RingState
 from dynastore.core.merkle import HashTree
 from dynastore.core.messages import (
     HintItem,
@@ -191,6 +191,7 @@ class AntiEntropy:
         self.build_queue: list[tuple[int, int]] = []
         self.verify_queue: list[int] = []
         self._cursor = 0
+        self._candidates_cache: tuple[RingState, tuple[int, ...], list[tuple[int, int, list[str]]]] | None = None
         self._exchanging = False
         # The exchange (one at a time) whose next objects request waits for admission: (not before, op id).
         self._deferred: tuple[int, int] | None = None
@@ -416,15 +417,26 @@ class AntiEntropy:
         self.stats.repair_given_up_ms[partition] = now_ms
 
     def _candidates(self) -> list[tuple[int, int, list[str]]]:
+        """(partition, n_val, the other primaries) of every tree this node exchanges; callers only read it.
+
+        Made once per ring state and set of n_vals: exchanges start every interval / candidates, and
+        each walk of the whole ring costs Q placements (at Q=4096 that walk was most of a node's work).
+        """
         node = self.node
+        ring = node.cluster.ring
+        n_vals = tuple(node.n_vals())
+        cached = self._candidates_cache
+        if cached is not None and cached[0] is ring and cached[1] == n_vals:
+            return cached[2]
         out = []
         for partition in range(node.ring.size):
-            for n_val in node.n_vals():
-                primaries = placement.placement(node.cluster.ring, partition, n_val).plist.primary_nodes
+            for n_val in n_vals:
+                primaries = placement.placement(ring, partition, n_val).plist.primary_nodes
                 if node.name in primaries:
                     peers = [p for p in primaries if p != node.name]
                     if peers:
                         out.append((partition, n_val, peers))
+        self._candidates_cache = (ring, n_vals, out)
         return out
 
     def _start(self, candidates: list[tuple[int, int, list[str]]], now_ms: int) -> None:

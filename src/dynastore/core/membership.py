@@ -172,6 +172,9 @@ class ClusterState:
     security: SecurityState = security.EMPTY
     types: tuple[tuple[str, BucketType], ...] = ()
     staged: tuple[Staged, ...] = ()
+    # The encoding (and digest) of this immutable state, made once: every gossip round sends the
+    # digest and answers compare it, and at a thousand members encoding is most of a round's work.
+    _encoded: dict[str, bytes] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     # --- Queries ---------------------------------------------------------------------------------
 
@@ -256,7 +259,10 @@ class ClusterState:
         return replace(self, security=state)
 
     def digest(self) -> bytes:
-        return hashlib.blake2b(encode(self), digest_size=16).digest()
+        digest = self._encoded.get("digest")
+        if digest is None:
+            digest = self._encoded["digest"] = hashlib.blake2b(encode(self), digest_size=16).digest()
+        return digest
 
 
 def new_cluster(
@@ -357,6 +363,13 @@ def _member_to_wire(m: Member) -> list[Any]:
 
 
 def encode(state: ClusterState) -> bytes:
+    encoded = state._encoded.get("state")
+    if encoded is None:
+        encoded = state._encoded["state"] = _encode(state)
+    return encoded
+
+
+def _encode(state: ClusterState) -> bytes:
     data = [
         STATE_FORMAT,
         state.cluster,
@@ -407,11 +420,36 @@ def decode_member(raw: bytes) -> Member:
 
 def _owners(data: Any, names: set[str]) -> tuple[str, ...]:
     _need(isinstance(data, list) and len(data) > 0 and len(data) & (len(data) - 1) == 0, "malformed owners")
-    _need(all(isinstance(o, str) and o in names for o in data), "ring owner is not a member")
+    # Every owner a member's name (so a string): one set test of the Q owners, not a test of each.
+    try:
+        known = names.issuperset(data)
+    except TypeError:
+        known = False  # an unhashable owner
+    _need(known, "ring owner is not a member")
     return tuple(data)
 
 
+# States decoded lately, by their bytes: after a change every peer sends the same state, and at a
+# thousand members decoding (and checking) one costs milliseconds. Bounded in count and in bytes.
+_DECODED: dict[bytes, ClusterState] = {}
+DECODED_COUNT_MAX = 8
+DECODED_BYTES_MAX = 16 * 1024 * 1024
+
+
 def decode(raw: bytes) -> ClusterState:
+    """The state `raw` holds (raises StateError for bytes that hold none)."""
+    known = _DECODED.get(raw)
+    if known is not None:
+        return known
+    state = _decode(raw)
+    if len(raw) <= DECODED_BYTES_MAX // DECODED_COUNT_MAX:
+        if len(_DECODED) >= DECODED_COUNT_MAX:
+            del _DECODED[next(iter(_DECODED))]
+        _DECODED[bytes(raw)] = state
+    return state
+
+
+def _decode(raw: bytes) -> ClusterState:
     try:
         data = msgpack.unpackb(raw, raw=False)
     except Exception as exc:

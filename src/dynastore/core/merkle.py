@@ -77,16 +77,23 @@ def level_sizes(segments: int, fanout: int = FANOUT) -> list[int]:
 
 @dataclass
 class HashTree:
+    """Leaves XORed from key hashes, and the levels above them made on demand.
+
+    A tree of all-zero leaves (an empty partition) holds no leaf list at all: a node keeps a tree per
+    partition and n_val, and at thousands of partitions the trees of partitions it holds nothing of
+    would otherwise be most of its memory.
+    """
+
     segments: int
     fanout: int = FANOUT
+    # Empty: every leaf is zero.
     leaves: list[int] = field(default_factory=list)
     ready: bool = False
     _levels: list[list[bytes]] | None = None
 
     def __post_init__(self) -> None:
         assert self.segments >= 1 and self.fanout >= 2
-        if not self.leaves:
-            self.leaves = [0] * self.segments
+        assert not self.leaves or len(self.leaves) == self.segments
 
     @property
     def depth(self) -> int:
@@ -94,11 +101,14 @@ class HashTree:
 
     def toggle(self, segment: int, value: int) -> None:
         """XOR one key's contribution in or out of its leaf."""
+        assert 0 <= segment < self.segments
+        if not self.leaves:
+            self.leaves = [0] * self.segments
         self.leaves[segment] ^= value
         self._levels = None
 
     def clear(self) -> None:
-        self.leaves = [0] * self.segments
+        self.leaves = []
         self._levels = None
         self.ready = False
 
@@ -119,10 +129,14 @@ class HashTree:
         return self._levels
 
     def hashes(self, level: int, indexes: list[int]) -> list[bytes]:
+        if not self.leaves:
+            return [_ZERO for _ in indexes]
         nodes = self._build()[level]
         return [nodes[i] if 0 <= i < len(nodes) else _ZERO for i in indexes]
 
     def root(self) -> bytes:
+        if not self.leaves:
+            return _ZERO
         return self._build()[0][0]
 
     def children(self, level: int, index: int) -> list[int]:

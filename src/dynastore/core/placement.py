@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dynastore.core.membership import ClusterState, RingState
-from dynastore.core.ring import PreferenceList
+from dynastore.core.ring import PreferenceList, Ring
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +93,29 @@ def transfers(state: ClusterState, n_vals: Iterable[int], receiver: str | None =
     nxt = ring.next_ring
     if nxt is None:
         return []
-    gone = {m.name for m in state.members if m.status == "removed"}
-    values = list(n_vals)
+    gone = frozenset(m.name for m in state.members if m.status == "removed")
+    plan = _plan(ring.ring, nxt, tuple(n_vals), gone)
+    done = ring.done
+    return [t for t in plan if (receiver is None or t.receiver == receiver) and (t.partition, t.receiver) not in done]
+
+
+# Transfer plans by (current ring, next ring, n_vals, nodes gone): each receiver asks after every
+# batch it pulls, and the plan is a walk of all Q partitions, so at thousands of partitions planning
+# again each time would cost Q per batch. An entry holds its rings, so their ids stay theirs.
+_PLANS: dict[tuple[int, int, tuple[int, ...], frozenset[str]], tuple[Ring, Ring, tuple[Transfer, ...]]] = {}
+PLANS_MAX = 16
+
+
+def _plan(current: Ring, nxt: Ring, values: tuple[int, ...], gone: frozenset[str]) -> tuple[Transfer, ...]:
+    key = (id(current), id(nxt), values, gone)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is current and hit[1] is nxt:
+        return hit[2]
     out: list[Transfer] = []
-    for partition in range(len(ring.owners)):
+    for partition in range(current.size):
         sources: dict[str, list[str]] = {}
         for n_val in values:
-            old = ring.ring.replicas(partition, n_val)
+            old = current.replicas(partition, n_val)
             new = nxt.replicas(partition, n_val)
             leavers = [node for node in old if node not in new]
             entering = [node for node in new if node not in old]
@@ -112,6 +128,9 @@ def transfers(state: ClusterState, n_vals: Iterable[int], receiver: str | None =
                 if source is not None and source != node and source not in chosen:
                     chosen.append(source)
         for node, srcs in sorted(sources.items()):
-            if (receiver is None or node == receiver) and (partition, node) not in ring.done:
-                out.append(Transfer(partition, node, tuple(srcs)))
-    return out
+            out.append(Transfer(partition, node, tuple(srcs)))
+    plan = tuple(out)
+    if len(_PLANS) >= PLANS_MAX:
+        _PLANS.clear()
+    _PLANS[key] = (current, nxt, plan)
+    return plan

@@ -26,6 +26,7 @@ partition to the node that needs it and fits best at that position.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -220,17 +221,42 @@ def _fresh_claim(weights: Mapping[str, int], ring_size: int, n_val: int) -> tupl
     targets = target_counts(weights, ring_size)
     remaining = dict(targets)
     names = sorted(weights)
+    rank = {node: i for i, node in enumerate(names)}
     owners: list[str | None] = [None] * ring_size
+    reach = min(n_val - 1, ring_size - 1)
+    # Nodes with quota left, most first (then by name): one current entry per node, stale ones skipped.
+    queue = [(-remaining[node], rank[node], node) for node in names if remaining[node] > 0]
+    heapq.heapify(queue)
     for index in range(ring_size):
         # Most remaining quota first keeps the layout feasible; a node seen within the last n-1
         # positions (or, near the end, at the start it will wrap onto) is avoided when possible.
-        candidates = [node for node in names if remaining[node] > 0]
-        best = min(
-            candidates,
-            key=lambda node: (_conflicts(owners, index, node, n_val), -remaining[node], names.index(node)),
-        )
+        # Only the few nodes near `index` conflict at all, so the best node is the first in quota
+        # order that is not near; when every node with quota is near, all of them are weighed.
+        near = {owners[(index + k) % ring_size] for k in range(-reach, reach + 1) if k}
+        passed: list[tuple[int, int, str]] = []
+        best: str | None = None
+        while queue:
+            entry = heapq.heappop(queue)
+            node = entry[2]
+            if -entry[0] != remaining[node]:
+                continue
+            passed.append(entry)
+            if node not in near:
+                best = node
+                break
+        if best is None:
+            candidates = [node for node in names if remaining[node] > 0]
+            best = min(
+                candidates,
+                key=lambda node: (_conflicts(owners, index, node, n_val), -remaining[node], rank[node]),
+            )
+        for entry in passed:
+            if entry[2] != best:
+                heapq.heappush(queue, entry)
         owners[index] = best
         remaining[best] -= 1
+        if remaining[best] > 0:
+            heapq.heappush(queue, (-remaining[best], rank[best], best))
     complete = [owner for owner in owners if owner is not None]
     assert len(complete) == ring_size
     _repair_by_swaps(complete, n_val, range(ring_size))
@@ -281,35 +307,68 @@ def _incremental_claim(weights: Mapping[str, int], previous: Ring, n_val: int) -
     deficit = {node: targets[node] - counts.get(node, 0) for node in weights}
     surplus = {node: -d for node, d in deficit.items() if d < 0}
     names = sorted(weights)
+    rank = {node: i for i, node in enumerate(names)}
+    reach = min(n_val - 1, ring_size - 1)
+
+    def relief_at(i: int) -> int:
+        owner = owners[i]
+        return _conflicts(owners, i, owner, n_val) if owner in weights else 0
+
+    # Each move takes the (position, taker) of least (taker's conflicts there, -relief of moving the
+    # position's owner, -taker's deficit, position, taker's name). Only the few nodes near a position
+    # conflict there, and only positions whose owner repeats nearby give relief, so rather than score
+    # every pair (Q * takers per move: minutes for Q=4096) the positions that give relief are scored
+    # in full and the others in position order, each with the first taker not near it, stopping as
+    # soon as no later position can win. The choice is the same as scoring every pair.
+    relieving = {i for i in range(ring_size) if relief_at(i) > 0}
+    # Positions where every taker conflicts. Takers only ever drop out, so a position stays blocked
+    # until a move near it changes its neighbours.
+    blocked: set[int] = set()
 
     # Moving a partition is needed when its owner left; allowed when its owner holds more than its
     # target. Orphans are placed first so that their placement is never crowded out.
     orphans = [i for i, owner in enumerate(owners) if owner not in weights]
     moved: list[int] = []
     for phase in ("orphans", "surplus"):
-        while True:
+        if phase == "orphans":
+            movable = list(orphans)
+        else:
+            movable = [i for i, owner in enumerate(owners) if surplus.get(owner, 0) > 0]
+        while movable:
             takers = [node for node in names if deficit[node] > 0]
             if not takers:
                 break
-            if phase == "orphans":
-                movable = [i for i in orphans if owners[i] not in weights]
-            else:
-                movable = [i for i, owner in enumerate(owners) if surplus.get(owner, 0) > 0]
-            if not movable:
-                break
+            order = sorted(takers, key=lambda node: (-deficit[node], rank[node]))
+            top = -deficit[order[0]]
             best: tuple[tuple[int, int, int, int, int], int, str] | None = None
-            for i in movable:
-                relief = _conflicts(owners, i, owners[i], n_val) if owners[i] in weights else 0
+            for i in sorted(relieving.intersection(movable)):
+                relief = relief_at(i)
                 for node in takers:
-                    score = (
-                        _conflicts(owners, i, node, n_val),
-                        -relief,
-                        -deficit[node],
-                        i,
-                        names.index(node),
-                    )
+                    score = (_conflicts(owners, i, node, n_val), -relief, -deficit[node], i, rank[node])
                     if best is None or score < best[0]:
                         best = (score, i, node)
+            free_found = False
+            for i in movable:
+                if best is not None and best[0] < (0, 0, top, i, -1):
+                    break
+                if i in relieving or i in blocked:
+                    continue
+                near = {owners[(i + k) % ring_size] for k in range(-reach, reach + 1) if k}
+                taker = next((node for node in order if node not in near), None)
+                if taker is None:
+                    blocked.add(i)
+                    continue
+                free_found = True
+                score = (0, 0, -deficit[taker], i, rank[taker])
+                if best is None or score < best[0]:
+                    best = (score, i, taker)
+            if not free_found:
+                # No position is free of conflict for some taker: weigh the blocked ones in full.
+                for i in sorted(blocked.intersection(movable).difference(relieving)):
+                    for node in takers:
+                        score = (_conflicts(owners, i, node, n_val), 0, -deficit[node], i, rank[node])
+                        if best is None or score < best[0]:
+                            best = (score, i, node)
             assert best is not None
             _, index, taker = best
             giver = owners[index]
@@ -319,6 +378,16 @@ def _incremental_claim(weights: Mapping[str, int], previous: Ring, n_val: int) -
             owners[index] = taker
             deficit[taker] -= 1
             moved.append(index)
+            movable.remove(index)
+            if giver in surplus and surplus[giver] == 0:
+                movable = [i for i in movable if owners[i] != giver]
+            for k in range(-reach, reach + 1):
+                position = (index + k) % ring_size
+                blocked.discard(position)
+                if relief_at(position) > 0:
+                    relieving.add(position)
+                else:
+                    relieving.discard(position)
     assert all(owner in weights for owner in owners), "claim left a partition with a departed owner"
     assert all(d == 0 for d in deficit.values()), deficit
     # Partitions that move anyway may trade places with each other for free.

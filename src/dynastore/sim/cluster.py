@@ -26,18 +26,22 @@ from __future__ import annotations
 import collections
 import heapq
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
 
-from dynastore.core import messages
+from dynastore.core import membership, messages, secret
 from dynastore.core.effects import Event
+from dynastore.core.membership import Member, RingState
 from dynastore.core.messages import ClientRequest, ClientResponse, Message
 from dynastore.core.node import Batch, ClientJoin, Effect, NodeCore, Reply, Send
+from dynastore.core.nodebase import META_CLUSTER, META_CLUSTER_KEY
+from dynastore.core.ring import claim
 from dynastore.settings import Settings
 from dynastore.sim.disk import SimDisk
+from dynastore.storage.base import Op
 
 # The `src` of a queue entry that is not a message but the end of a node's batch write.
 _COMMIT = "\0commit"
@@ -78,6 +82,8 @@ class NetworkFaults:
     duplicate: float = 0.0
     # Directed links that drop everything: (src, dst).
     cut: set[tuple[str, str]] = field(default_factory=set)
+    # Drops the messages it is true of: drop(src, dst, message).
+    drop: Callable[[str, str, Message], bool] | None = None
 
 
 class SimulationError(Exception):
@@ -88,12 +94,26 @@ SAME_INSTANT_TIMERS_MAX = 10_000
 
 
 class SimNode:
-    def __init__(self, name: str, settings: Settings, rng: random.Random, now_ms: int) -> None:
+    """One simulated node. Whatever may move its next timer (its core being reached, a crash, a stall,
+    its clock being set) adds its name to `touched`, the cluster's set of timers to look at again."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        rng: random.Random,
+        now_ms: int,
+        touched: set[str] | None = None,
+        preload: Sequence[Op] = (),
+    ) -> None:
         self.name = name
         self.settings = settings
         self.engine = SimDisk(settings.durable)
+        if preload:
+            self.engine.write(preload)
         self.rng = random.Random(rng.getrandbits(64))
-        self.core: NodeCore | None = None
+        self._touched: set[str] = set() if touched is None else touched
+        self._core: NodeCore | None = None
         # This node's own batch write time, overriding the cluster's (a slow disk).
         self.commit_ms: tuple[int, int] | None = None
         # The batch being written (with commit_ms), and the queue entry that ends its write.
@@ -126,8 +146,55 @@ class SimNode:
         write_now(self.core, self.engine)
 
     @property
+    def core(self) -> NodeCore | None:
+        # Whoever reaches the core may change its next deadline (a tick, a message, a request).
+        self._touched.add(self.name)
+        return self._core
+
+    @core.setter
+    def core(self, core: NodeCore | None) -> None:
+        self._touched.add(self.name)
+        self._core = core
+
+    @property
+    def clock_offset_ms(self) -> int:
+        return self._clock_offset_ms
+
+    @clock_offset_ms.setter
+    def clock_offset_ms(self, offset_ms: int) -> None:
+        self._touched.add(self.name)
+        self._clock_offset_ms = offset_ms
+
+    @property
+    def clock_drift_ppm(self) -> int:
+        return self._clock_drift_ppm
+
+    @clock_drift_ppm.setter
+    def clock_drift_ppm(self, drift_ppm: int) -> None:
+        self._touched.add(self.name)
+        self._clock_drift_ppm = drift_ppm
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled
+
+    @stalled.setter
+    def stalled(self, stalled: bool) -> None:
+        self._touched.add(self.name)
+        self._stalled = stalled
+
+    def timer_ms(self) -> int | None:
+        """When this node's next timer fires in simulation time (None: down or stalled, no timer)."""
+        core = self._core
+        if core is None or self._stalled:
+            return None
+        local_ms = core.next_deadline_ms()
+        elapsed_local = local_ms - self._clock_offset_ms - self.started_ms
+        return self.started_ms + elapsed_local * 1_000_000 // (1_000_000 + self._clock_drift_ppm) + 1
+
+    @property
     def up(self) -> bool:
-        return self.core is not None
+        return self._core is not None
 
     def crash(self) -> int:
         """Stop without flushing: staged writes, unsent effects and unsynced disk writes are lost."""
@@ -142,9 +209,16 @@ class SimNode:
 
 
 class SimCluster:
-    """Nodes `n0`, `n1`, ... that founded or joined one cluster, plus the network between them."""
+    """Nodes `n0`, `n1`, ... that founded or joined one cluster, plus the network between them.
 
-    def __init__(self, count: int, settings: Settings | None = None, seed: int = 0, join: bool = True) -> None:
+    With `formed`, the nodes start as members of one cluster whose ring is already claimed and
+    settled, as if each had joined and every transition had finished: how a test of a large cluster
+    starts without paying for hundreds of joins and transitions first.
+    """
+
+    def __init__(
+        self, count: int, settings: Settings | None = None, seed: int = 0, join: bool = True, formed: bool = False
+    ) -> None:
         self.settings = settings or Settings(ring_size=16)
         self.rng = random.Random(seed)
         self.now_ms = 1_000_000
@@ -163,9 +237,19 @@ class SimCluster:
         self.peer_errors = 0
         self._last_timer: tuple[str, int] = ("", -1)
         self._same_instant = 0
+        # Every node's next timer, in a heap of (simulation ms, name); an entry is current only while
+        # it equals `_timer_of[name]`. Nodes in `_touched` may have moved theirs and are looked at
+        # again before the next step, so that a step costs log(nodes) instead of a scan of them all.
+        self._timers: list[tuple[int, str]] = []
+        self._timer_of: dict[str, int | None] = {}
+        self._touched: set[str] = set()
+        # Messages sent, and their encoded bytes, by message type (what crosses the wire).
+        self.sent_count: collections.Counter[str] = collections.Counter()
+        self.sent_bytes: collections.Counter[str] = collections.Counter()
+        preload = self._formed_state([f"n{i}" for i in range(count)]) if formed else ()
         for i in range(count):
-            self.add_node(f"n{i}")
-        if join:
+            self.add_node(f"n{i}", preload)
+        if join and not formed:
             for i in range(1, count):
                 response = self.request(f"n{i}", ClientJoin("n0", 1))
                 assert isinstance(response, messages.Ok), response
@@ -173,10 +257,22 @@ class SimCluster:
 
     # --- Topology --------------------------------------------------------------------------------
 
-    def add_node(self, name: str) -> SimNode:
-        node = SimNode(name, self.settings, self.rng, self.now_ms)
+    def add_node(self, name: str, preload: Sequence[Op] = ()) -> SimNode:
+        node = SimNode(name, self.settings, self.rng, self.now_ms, self._touched, preload)
         self.nodes[name] = node
         return node
+
+    def _formed_state(self, names: list[str]) -> tuple[Op, ...]:
+        """What every member of a formed cluster finds on its disk: one cluster state and its key."""
+        s = self.settings
+        members = [Member(name, name, 1, 2) for name in names]
+        state = membership.new_cluster(s.cluster_name, members[0], s.ring_size, s.n_val, s.security_enabled)
+        for member in members[1:]:
+            state = state.with_member(member)
+        owners = claim({name: 1 for name in names}, s.ring_size, s.n_val).owners
+        state = replace(state, ring=RingState(1, min(names), owners))
+        key = self.rng.randbytes(secret.CLUSTER_KEY_BYTES)
+        return (Op("meta", META_CLUSTER, membership.encode(state)), Op("meta", META_CLUSTER_KEY, key))
 
     def core(self, name: str) -> NodeCore:
         core = self.nodes[name].core
@@ -277,14 +373,7 @@ class SimCluster:
 
     def step(self, until_ms: int) -> bool:
         """Deliver the next message or fire the next timer, if either is due before `until_ms`."""
-        next_timer = min(
-            (
-                (self._global_ms(name, n.core.next_deadline_ms()), name)
-                for name, n in self.nodes.items()
-                if n.core and not n.stalled
-            ),
-            default=(until_ms + 1, ""),
-        )
+        next_timer = self._next_timer(until_ms)
         next_msg = self._queue[0].deliver_at_ms if self._queue else until_ms + 1
         if min(next_timer[0], next_msg) > until_ms:
             return False
@@ -308,14 +397,34 @@ class SimCluster:
                 raise SimulationError(f"{name}'s timer fires again and again at {self.now_ms} ms without moving on")
         return True
 
+    def _next_timer(self, until_ms: int) -> tuple[int, str]:
+        """The earliest (simulation ms, name) of any running node's timer, ties to the smaller name."""
+        timers, timer_of = self._timers, self._timer_of
+        while self._touched:
+            name = self._touched.pop()
+            node = self.nodes.get(name)
+            at = None if node is None else node.timer_ms()
+            if at != timer_of.get(name):
+                timer_of[name] = at
+                if at is not None:
+                    heapq.heappush(timers, (at, name))
+        while timers:
+            at, name = timers[0]
+            if timer_of.get(name) != at:
+                heapq.heappop(timers)
+                continue
+            # A caller holding a core from earlier may have moved its deadline since: look again.
+            now_at = self.nodes[name].timer_ms()
+            if now_at == at:
+                return at, name
+            heapq.heappop(timers)
+            timer_of[name] = now_at
+            if now_at is not None:
+                heapq.heappush(timers, (now_at, name))
+        return until_ms + 1, ""
+
     def _local_now(self, name: str) -> int:
         return self.nodes[name].local_ms(self.now_ms)
-
-    def _global_ms(self, name: str, local_ms: int) -> int:
-        """The simulation time at which node `name`'s clock reads `local_ms` (inverse of local_ms)."""
-        node = self.nodes[name]
-        elapsed_local = local_ms - node.clock_offset_ms - node.started_ms
-        return node.started_ms + elapsed_local * 1_000_000 // (1_000_000 + node.clock_drift_ppm) + 1
 
     def _deliver(self, item: _InFlight) -> None:
         node = self.nodes.get(item.dst)
@@ -399,7 +508,12 @@ class SimCluster:
             return
         if (src, dst) in self.faults.cut or self.rng.random() < self.faults.loss:
             return
+        if self.faults.drop is not None and self.faults.drop(src, dst, effect.msg):
+            return
         payload: bytes = msgpack.packb(messages.to_wire(effect.msg), use_bin_type=True)
+        kind = type(effect.msg).__name__
+        self.sent_count[kind] += 1
+        self.sent_bytes[kind] += len(payload)
         copies = 2 if self.rng.random() < self.faults.duplicate else 1
         for _ in range(copies):
             self._seq += 1
