@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dynastore.core.hashing import key_partition
@@ -338,37 +338,7 @@ def _incremental_claim(weights: Mapping[str, int], previous: Ring, n_val: int) -
             takers = [node for node in names if deficit[node] > 0]
             if not takers:
                 break
-            order = sorted(takers, key=lambda node: (-deficit[node], rank[node]))
-            top = -deficit[order[0]]
-            best: tuple[tuple[int, int, int, int, int], int, str] | None = None
-            for i in sorted(relieving.intersection(movable)):
-                relief = relief_at(i)
-                for node in takers:
-                    score = (_conflicts(owners, i, node, n_val), -relief, -deficit[node], i, rank[node])
-                    if best is None or score < best[0]:
-                        best = (score, i, node)
-            free_found = False
-            for i in movable:
-                if best is not None and best[0] < (0, 0, top, i, -1):
-                    break
-                if i in relieving or i in blocked:
-                    continue
-                near = {owners[(i + k) % ring_size] for k in range(-reach, reach + 1) if k}
-                taker = next((node for node in order if node not in near), None)
-                if taker is None:
-                    blocked.add(i)
-                    continue
-                free_found = True
-                score = (0, 0, -deficit[taker], i, rank[taker])
-                if best is None or score < best[0]:
-                    best = (score, i, taker)
-            if not free_found:
-                # No position is free of conflict for some taker: weigh the blocked ones in full.
-                for i in sorted(blocked.intersection(movable).difference(relieving)):
-                    for node in takers:
-                        score = (_conflicts(owners, i, node, n_val), 0, -deficit[node], i, rank[node])
-                        if best is None or score < best[0]:
-                            best = (score, i, node)
+            best = _choose_move(owners, movable, takers, deficit, rank, relieving, blocked, n_val, relief_at)
             assert best is not None
             _, index, taker = best
             giver = owners[index]
@@ -393,3 +363,52 @@ def _incremental_claim(weights: Mapping[str, int], previous: Ring, n_val: int) -
     # Partitions that move anyway may trade places with each other for free.
     _repair_by_swaps(owners, n_val, moved)
     return tuple(owners)
+
+
+def _choose_move(
+    owners: list[str],
+    movable: list[int],
+    takers: list[str],
+    deficit: dict[str, int],
+    rank: dict[str, int],
+    relieving: set[int],
+    blocked: set[int],
+    n_val: int,
+    relief_at: Callable[[int], int],
+) -> tuple[tuple[int, int, int, int, int], int, str] | None:
+    """The incremental claim's next move: the (score, position, taker) of least score, as
+    `_incremental_claim` describes; None when no position can move."""
+    ring_size = len(owners)
+    reach = min(n_val - 1, ring_size - 1)
+    order = sorted(takers, key=lambda node: (-deficit[node], rank[node]))
+    top = -deficit[order[0]]
+    best: tuple[tuple[int, int, int, int, int], int, str] | None = None
+    for i in sorted(relieving.intersection(movable)):
+        relief = relief_at(i)
+        for node in takers:
+            score = (_conflicts(owners, i, node, n_val), -relief, -deficit[node], i, rank[node])
+            if best is None or score < best[0]:
+                best = (score, i, node)
+    free_found = False
+    for i in movable:
+        if best is not None and best[0] < (0, 0, top, i, -1):
+            break
+        if i in relieving or i in blocked:
+            continue
+        near = {owners[(i + k) % ring_size] for k in range(-reach, reach + 1) if k}
+        taker = next((node for node in order if node not in near), None)
+        if taker is None:
+            blocked.add(i)
+            continue
+        free_found = True
+        score = (0, 0, -deficit[taker], i, rank[taker])
+        if best is None or score < best[0]:
+            best = (score, i, taker)
+    if not free_found:
+        # No position is free of conflict for some taker: weigh the blocked ones in full.
+        for i in sorted(blocked.intersection(movable).difference(relieving)):
+            for node in takers:
+                score = (_conflicts(owners, i, node, n_val), 0, -deficit[node], i, rank[node])
+                if best is None or score < best[0]:
+                    best = (score, i, node)
+    return best
