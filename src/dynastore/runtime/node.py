@@ -101,18 +101,35 @@ def _op_of(request: ClientRequest | AdminRequest) -> str | None:
 
 
 class Clock:
-    """Milliseconds on a monotonic clock, anchored to the wall clock when the node started.
+    """Milliseconds (and microseconds) on a monotonic clock, anchored to the wall clock when the node
+    started.
 
     Timers never jump with NTP steps, while timestamps (last-modified, tombstone ages) stay close to
-    wall-clock time, including any skew the machine's clock has.
+    wall-clock time, including any skew the machine's clock has. The anchor is taken in microseconds,
+    so that the nodes of one machine agree to within microseconds, not to within the millisecond a
+    truncated anchor would lose: a value's last-modified time (`now_us`) is what decides between
+    concurrent writes in a bucket keeping one value, and two writes a client makes one after the
+    other, through two nodes, must be dated in that order.
     """
 
     def __init__(self) -> None:
-        self._wall_ms = int(time.time() * 1000)
-        self._mono = time.monotonic()
+        # The pair of readings taken closest together (a preemption between them would skew the anchor).
+        best: tuple[int, int, int] | None = None
+        for _ in range(5):
+            before = time.monotonic_ns()
+            wall = time.time_ns()
+            after = time.monotonic_ns()
+            if best is None or after - before < best[0]:
+                best = (after - before, wall, (before + after) // 2)
+        assert best is not None
+        self._wall_us = best[1] // 1000
+        self._mono_ns = best[2]
+
+    def now_us(self) -> int:
+        return self._wall_us + (time.monotonic_ns() - self._mono_ns) // 1000
 
     def now_ms(self) -> int:
-        return self._wall_ms + int((time.monotonic() - self._mono) * 1000)
+        return self.now_us() // 1000
 
 
 class BatchWriter:
@@ -354,7 +371,12 @@ class NodeRuntime:
         fut: asyncio.Future[ClientResponse] = asyncio.get_running_loop().create_future()
         self._futures[rid] = fut
         started_ns = time.perf_counter_ns()
-        core.on_request(rid, request, self.clock.now_ms())
+        now_us = self.clock.now_us()
+        if isinstance(request, ClientPut) and request.content is not None and not request.content.last_modified_us:
+            # Dated here, to the microsecond (the core's clock is in milliseconds): see Clock.
+            content = dataclasses.replace(request.content, last_modified_us=now_us)
+            request = dataclasses.replace(request, content=content)
+        core.on_request(rid, request, now_us // 1000)
         self._schedule_flush()
         # What a request that never got its answer (its client went away) counts as.
         outcome = "cancelled"
