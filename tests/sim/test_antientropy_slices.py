@@ -142,15 +142,24 @@ def test_a_node_restarted_uncleanly_verifies_in_bounded_ticks_and_answers_client
         assert aae.trees[(partition, 1)].root() == one_step_root(core, partition)
 
 
-def drive(core: NodeCore, rng: random.Random, keyspace: list[bytes], now_ms: int, busy: Callable[[], bool]) -> int:
+def drive(
+    core: NodeCore,
+    rng: random.Random,
+    keyspace: list[bytes],
+    now_ms: int,
+    busy: Callable[[], bool],
+    keep_ready: bool = False,
+) -> int:
     """Tick anti-entropy until `busy` is false, with random puts and deletes between the ticks; return
-    how many writes landed while a build or a verification was half done."""
+    how many writes landed while a build or a verification was half done. With `keep_ready`, every
+    tree must stay ready (in use for exchanges) throughout."""
     counter = 10_000
     interleaved = 0
     for _ in range(5_000):
         if not busy():
             return interleaved
         core.aae.on_tick(now_ms)
+        assert not keep_ready or all(t.ready for t in core.aae.trees.values())
         for _ in range(rng.randrange(4)):
             key = rng.choice(keyspace)
             interleaved += core.aae._build is not None or core.aae._verify is not None
@@ -167,31 +176,36 @@ def test_slices_with_writes_between_them_end_with_the_index_equal_to_the_data_an
     with puts and deletes between the ticks, ends equal to the data, and every tree's root equals that
     of a tree built from the index in one step."""
     for seed in range(12):
-        rng = random.Random(seed)
-        c = SimCluster(1, ONE.replace(anti_entropy_verify_batch_keys_max=rng.randint(1, 7)), seed=seed)
-        core = c.core("n0")
-        controller = core.controller
-        controller.rate_per_s = controller.rate_max_per_s = controller.rate_min_per_s = 1e9
-        keyspace = [b"k%03d" % i for i in range(rng.randint(50, 250))]
-        written = keyspace[: len(keyspace) * 2 // 3]
-        for i, key in enumerate(written):
-            put(core, key, i + 1, c.now_ms)
-        c._flush("n0")
-        aae = core.aae
-        assert c.run_until(lambda: all(t.ready for t in aae.trees.values()) and len(aae.trees) == 16, 10_000)
-        damage_index(c, core, rng, written)
-        # A periodic verification (trees in use meanwhile), then builds of fresh trees from scratch.
-        aae.verify_queue.extend(range(ONE.ring_size))
-        during_verify = drive(core, rng, keyspace, c.now_ms, lambda: bool(aae.verify_queue or aae._verify))
-        drive(core, rng, keyspace, c.now_ms, lambda: bool(aae.build_queue or aae._build))
-        assert during_verify > 0, seed
-        assert dict(core._scan_all("aae", b"", None)) == expected_index(core), seed
-        for partition in range(ONE.ring_size):
-            assert aae.trees[(partition, 1)].ready
-            assert aae.trees[(partition, 1)].root() == one_step_root(core, partition), (seed, partition)
-        for partition in range(ONE.ring_size):
-            aae.trees[(partition, 1)].clear()
-            aae.build_queue.append((partition, 1))
-        assert drive(core, rng, keyspace, c.now_ms, lambda: bool(aae.build_queue or aae._build)) > 0, seed
-        for partition in range(ONE.ring_size):
-            assert aae.trees[(partition, 1)].root() == one_step_root(core, partition), (seed, partition)
+        verify_and_rebuild_in_slices(seed)
+
+
+def verify_and_rebuild_in_slices(seed: int) -> None:
+    """One seed of the test above: its key space, damage, bound and writes all drawn from the seed."""
+    rng = random.Random(seed)
+    c = SimCluster(1, ONE.replace(anti_entropy_verify_batch_keys_max=rng.randint(1, 7)), seed=seed)
+    core = c.core("n0")
+    controller = core.controller
+    controller.rate_per_s = controller.rate_max_per_s = controller.rate_min_per_s = 1e9
+    keyspace = [b"k%03d" % i for i in range(rng.randint(50, 250))]
+    written = keyspace[: len(keyspace) * 2 // 3]
+    for i, key in enumerate(written):
+        put(core, key, i + 1, c.now_ms)
+    c._flush("n0")
+    aae = core.aae
+    assert c.run_until(lambda: all(t.ready for t in aae.trees.values()) and len(aae.trees) == 16, 10_000)
+    damage_index(c, core, rng, written)
+    # A periodic verification (trees in use meanwhile), then builds of fresh trees from scratch.
+    aae.verify_queue.extend(range(ONE.ring_size))
+    during_verify = drive(core, rng, keyspace, c.now_ms, lambda: bool(aae.verify_queue or aae._verify), True)
+    drive(core, rng, keyspace, c.now_ms, lambda: bool(aae.build_queue or aae._build), True)
+    assert during_verify > 0, seed
+    assert dict(core._scan_all("aae", b"", None)) == expected_index(core), seed
+    for partition in range(ONE.ring_size):
+        assert aae.trees[(partition, 1)].ready
+        assert aae.trees[(partition, 1)].root() == one_step_root(core, partition), (seed, partition)
+    for partition in range(ONE.ring_size):
+        aae.trees[(partition, 1)].clear()
+        aae.build_queue.append((partition, 1))
+    assert drive(core, rng, keyspace, c.now_ms, lambda: bool(aae.build_queue or aae._build)) > 0, seed
+    for partition in range(ONE.ring_size):
+        assert aae.trees[(partition, 1)].root() == one_step_root(core, partition), (seed, partition)

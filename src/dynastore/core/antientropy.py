@@ -406,11 +406,13 @@ class AntiEntropy:
             return looked
         self._verify = None
         self.stats.index_verifications += 1
-        # Rebuild the partition's trees from the verified index, before the other queued builds.
+        # Rebuild the partition's trees from the verified index, before the other queued builds (one
+        # being built now is kept in step with the fixes by `_index_put`, so it needs no second build).
+        building = None if self._build is None else (self._build.partition, self._build.n_val)
         fresh = [
             (job.partition, n_val)
             for n_val in sorted(self._all_n_vals())
-            if (job.partition, n_val) not in self.build_queue
+            if (job.partition, n_val) not in self.build_queue and (job.partition, n_val) != building
         ]
         self.build_queue[:0] = fresh
         return max(1, looked)
