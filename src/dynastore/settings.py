@@ -216,6 +216,9 @@ class Settings:
     # The objects one step of an exchange carries, in bytes (past the object that reaches it).
     anti_entropy_batch_bytes_max: int = 4 * 1024 * 1024
     anti_entropy_rebuild_interval_ms: int = 3_600_000
+    # The keys one tick of tree building or index verification reads (index entries, data keys; the
+    # data also at most anti_entropy_batch_bytes_max): the node answers its clients between ticks.
+    anti_entropy_verify_batch_keys_max: int = 1000
 
     # --- Background work controller ---------------------------------------------------------------------
     background_latency_target_ms: float = 50.0
@@ -390,6 +393,7 @@ def validation_problems(s: Settings) -> list[str]:
         "index_scan_bytes_max",
         "index_result_bytes_max",
         "anti_entropy_batch_bytes_max",
+        "anti_entropy_verify_batch_keys_max",
         "scrub_interval_ms",
         "scrub_batch_bytes_max",
         "storage_check_interval_ms",

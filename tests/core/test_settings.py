@@ -22,6 +22,7 @@ def test_overrides_are_parsed_by_type() -> None:
         ("http_connections_max=-3", "http_connections_max must be positive"),
         ("http_connections_max=many", "setting http_connections_max expects int, got 'many'"),
         ("http_idle_timeout_ms=0", "http_idle_timeout_ms must be positive"),
+        ("anti_entropy_verify_batch_keys_max=0", "anti_entropy_verify_batch_keys_max must be positive"),
         ("r=4", "r must be between 1 and n_val"),
         ("no_such_setting=1", "unknown setting 'no_such_setting'"),
         ("http_connections_max", "--set expects name=value"),

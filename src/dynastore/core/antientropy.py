@@ -8,6 +8,30 @@ summary`, written in the same batch as the data it describes. So the index can n
 data after a crash; the in-memory trees are rebuilt from it at start-up, and, after an unclean
 shutdown and periodically, the index itself is verified against the data (a full rescan, paced).
 
+Both the rebuild and the verification run in bounded steps, so that the node goes on answering its
+clients and peers (heartbeats included) between them: one tick reads at most
+`anti_entropy_verify_batch_keys_max` keys (data keys or index entries, and at most
+`anti_entropy_batch_bytes_max` bytes of data), and every step is admitted by the background
+controller. Writes happen between the steps; every write of the index (a data write, a verification's
+fix) goes through `_index_put`, which keeps the trees in step with it:
+
+- A *build* fills a fresh tree from the index in key order, up to its cursor (every entry below the
+  cursor is in the tree). The tree it replaces, when there is one, stays in use meanwhile and is kept
+  current as before. A write whose index key is below the cursor toggles the new tree too (the build
+  has passed it); one at or above does not (the build will read the entry as the write left it). So
+  when the cursor reaches the end of the tree's range the new tree is exactly the index, and replaces
+  the old one, ready.
+- A *verification* of a partition first walks its data keys in slices: for each live copy it looks up
+  the index entry the copy should have (`index_key(n_val, key, segment)`) and writes the summary when
+  the entry is missing or differs (a copy that does not decode is discarded, index entry included, as
+  on every read). Then it walks the partition's index entries (each n_val in turn) in slices and
+  deletes those whose data key holds nothing (or belongs to another n_val, or to another segment). A
+  write between slices writes the data and its index entry in one batch, so it leaves that key's index
+  and data in agreement: a key the first walk has passed stays right, one it has not reached it finds
+  right; a key the second walk reaches has its entry only if it has data. So no write creates a
+  disagreement the verification misses, and none makes it "fix" what is right. When both walks end,
+  the partition's trees are rebuilt (in slices, as above).
+
 Exchanges: on a schedule that visits each of its (partition, n_val) trees about once per
 `anti_entropy_interval_ms`, a node picks another primary of the partition and compares trees top
 down, asking only for the children of nodes that differ, then for the keys and summaries of the
@@ -62,6 +86,7 @@ from dynastore.core.objects import Object
 from dynastore.core.ops import AnyOp, ExchangeOp
 from dynastore.core.ring import Ring
 from dynastore.settings import Settings
+from dynastore.storage.base import truncated
 
 SEGMENTS_PER_REQUEST = 64
 QUEUE_RETRY_MS = 10
@@ -121,6 +146,10 @@ class AntiEntropyHost(Protocol):
 
     def _scan_all(self, area: str, start: bytes, end: bytes | None) -> Iterable[tuple[bytes, bytes]]: ...
 
+    def _scan(
+        self, area: str, start: bytes, end: bytes | None, limit: int, bytes_max: int | None = None
+    ) -> list[tuple[bytes, bytes]]: ...
+
     def _load(self, area: str, key: bytes) -> Object | None: ...
 
     def _decode_copy(self, area: str, key: bytes, raw: bytes) -> Object | None: ...
@@ -169,6 +198,27 @@ class AaeStats:
     repair_given_up_ms: dict[int, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Build:
+    """A tree being built from the segment index: every entry below `cursor` is in `tree`."""
+
+    partition: int
+    n_val: int
+    tree: HashTree
+    cursor: bytes
+
+
+@dataclass(slots=True)
+class _Verify:
+    """A partition's verification in progress: the walk over its data keys from `cursor` ("data"), then
+    the walk over its index entries of `n_vals[0]` from `cursor`, then of the n_vals after it ("index")."""
+
+    partition: int
+    phase: Literal["data", "index"]
+    cursor: bytes
+    n_vals: list[int]
+
+
 def _size(msg: Message) -> int:
     return len(msgpack.packb(messages.to_wire(msg), use_bin_type=True))
 
@@ -190,6 +240,9 @@ class AntiEntropy:
         # Trees to build from the segment index, and partitions whose index to verify against the data.
         self.build_queue: list[tuple[int, int]] = []
         self.verify_queue: list[int] = []
+        # The build and the verification in progress (one of each at a time), between their steps.
+        self._build: _Build | None = None
+        self._verify: _Verify | None = None
         self._cursor = 0
         self._candidates_cache: tuple[RingState, tuple[int, ...], list[tuple[int, int, list[str]]]] | None = None
         self._exchanging = False
@@ -234,66 +287,136 @@ class AntiEntropy:
         """Keep index and tree in step with a data write (obj None: the key was deleted).
 
         `previous` is the object the write replaces, when the caller has it (None: there was none);
-        True means unknown, and the index entry is read instead.
+        True means unknown, and the index entry is read instead (so it is while the tree is being
+        built: the new tree holds what the index holds).
         """
         if not self.node.settings.anti_entropy_enabled:
             return
         partition = int.from_bytes(skey[: keys.PARTITION_BYTES], "big")
         segment = merkle.segment_of(skey, self.segments)
-        tree = self.tree(partition, n_val)
-        if previous is True:
+        building = self._build is not None and (self._build.partition, self._build.n_val) == (partition, n_val)
+        if previous is True or building:
             old = self.node._get("aae", index_key(n_val, skey, segment))
         else:
             # The index is written with the data, so its entry is the summary of what the data held.
             old = None if previous is None or previous is False else merkle.summary(previous)
-        if obj is None:
-            self.node._put("aae", index_key(n_val, skey, segment), None)
-        else:
-            new = merkle.summary(obj)
-            self.node._put("aae", index_key(n_val, skey, segment), new)
-        if tree.ready:
+        self._index_put(partition, n_val, skey, segment, old, None if obj is None else merkle.summary(obj))
+
+    def _index_put(
+        self, partition: int, n_val: int, skey: bytes, segment: int, old: bytes | None, new: bytes | None
+    ) -> None:
+        """Write one index entry (`new` None: delete it) that held `old`, and toggle the trees that hold
+        it: the tree in use when it is ready, and the tree being built when the build has passed it."""
+        raw_key = index_key(n_val, skey, segment)
+        self.node._put("aae", raw_key, new)
+        if segment >= self.segments:
+            return  # a stray entry no tree ever held (a build skips it too)
+        trees = []
+        live = self.tree(partition, n_val)
+        if live.ready:
+            trees.append(live)
+        build = self._build
+        if build is not None and (build.partition, build.n_val) == (partition, n_val) and raw_key < build.cursor:
+            trees.append(build.tree)
+        for tree in trees:
             if old is not None:
                 tree.toggle(segment, merkle.key_hash(skey, old))
-            if obj is not None:
+            if new is not None:
                 tree.toggle(segment, merkle.key_hash(skey, new))
 
-    def build(self, partition: int, n_val: int) -> None:
-        """(Re)build one tree from the segment index, in one step (the core is single-threaded)."""
-        tree = self.tree(partition, n_val)
-        tree.clear()
-        prefix = _tree_prefix(n_val, partition)
-        for raw_key, version in self.node._scan_all("aae", prefix, keys.prefix_end(prefix)):
+    def _build_step(self, budget: int) -> int:
+        """Read up to `budget` index entries into the tree being built (starting the next queued build
+        when none is); finish it when its range is read. Returns the entries read (at least 1)."""
+        build = self._build
+        if build is None:
+            partition, n_val = self.build_queue.pop(0)
+            build = self._build = _Build(partition, n_val, HashTree(self.segments), _tree_prefix(n_val, partition))
+        end = keys.prefix_end(_tree_prefix(build.n_val, build.partition))
+        rows = self.node._scan("aae", build.cursor, end, budget)
+        for raw_key, version in rows:
             segment = int.from_bytes(raw_key[5:7], "big")
-            tree.toggle(segment, merkle.key_hash(raw_key[7:], version))
-        tree.ready = True
+            if segment < self.segments:
+                build.tree.toggle(segment, merkle.key_hash(raw_key[7:], version))
+        if truncated(rows, budget, None):
+            build.cursor = rows[-1][0] + b"\x00"
+            return len(rows)
+        self._build = None
+        build.tree.ready = True
+        self.trees[(build.partition, build.n_val)] = build.tree
         self.stats.tree_builds += 1
-        self.stats.built_ms[(partition, n_val)] = self.node.now_hint_ms
+        self.stats.built_ms[(build.partition, build.n_val)] = self.node.now_hint_ms
+        return max(1, len(rows))
 
-    def verify(self, partition: int) -> None:
-        """Recompute a partition's segment index from its data, fix what differs, rebuild its trees."""
+    def _verify_step(self, budget: int) -> int:
+        """One slice of the verification in progress (starting the next queued one when none is), of
+        at most `budget` keys and the byte bound of data. Returns the keys looked at (at least 1; the
+        whole budget when the byte bound stopped the slice)."""
         node = self.node
+        job = self._verify
+        if job is None:
+            partition = self.verify_queue.pop(0)
+            job = self._verify = _Verify(partition, "data", keys.partition_prefix(partition), [])
+        if job.phase == "data":
+            bytes_max = node.settings.anti_entropy_batch_bytes_max
+            rows = node._scan(
+                "data", job.cursor, keys.prefix_end(keys.partition_prefix(job.partition)), budget, bytes_max
+            )
+            for skey, raw in rows:
+                obj = node._decode_copy("data", skey, raw)
+                if obj is None:
+                    continue  # discarded, index entry included
+                n_val = int(node._props(keys.decode(skey).bucket)["n_val"])
+                segment = merkle.segment_of(skey, self.segments)
+                have = node._get("aae", index_key(n_val, skey, segment))
+                want = merkle.summary(obj)
+                if have != want:
+                    self._index_put(job.partition, n_val, skey, segment, have, want)
+                    self.stats.index_fixes += 1
+            if truncated(rows, budget, bytes_max):
+                job.cursor = rows[-1][0] + b"\x00"
+                return budget if len(rows) < budget else len(rows)
+            job.phase = "index"
+            job.n_vals = sorted(self._all_n_vals())
+            job.cursor = _tree_prefix(job.n_vals[0], job.partition) if job.n_vals else b""
+            return max(1, len(rows))
+        looked = 0
+        while job.n_vals and looked < budget:
+            n_val = job.n_vals[0]
+            limit = budget - looked
+            rows = node._scan("aae", job.cursor, keys.prefix_end(_tree_prefix(n_val, job.partition)), limit)
+            looked += len(rows)
+            for raw_key, version in rows:
+                skey = raw_key[7:]
+                segment = int.from_bytes(raw_key[5:7], "big")
+                held = node._get("data", skey)
+                # The first walk discarded every copy that does not decode: a copy present is live.
+                if (
+                    held is None
+                    or segment != merkle.segment_of(skey, self.segments)
+                    or int(node._props(keys.decode(skey).bucket)["n_val"]) != n_val
+                ):
+                    self._index_put(job.partition, n_val, skey, segment, version, None)
+                    self.stats.index_fixes += 1
+            if truncated(rows, limit, None):
+                job.cursor = rows[-1][0] + b"\x00"
+                return looked
+            job.n_vals.pop(0)
+            if job.n_vals:
+                job.cursor = _tree_prefix(job.n_vals[0], job.partition)
+        if job.n_vals:
+            return looked
+        self._verify = None
         self.stats.index_verifications += 1
-        prefix = keys.partition_prefix(partition)
-        expected: dict[bytes, bytes] = {}
-        for skey, raw in node._scan_all("data", prefix, keys.prefix_end(prefix)):
-            obj = node._decode_copy("data", skey, raw)
-            if obj is None:
-                continue
-            n_val = int(node._props(keys.decode(skey).bucket)["n_val"])
-            expected[index_key(n_val, skey, merkle.segment_of(skey, self.segments))] = merkle.summary(obj)
-        present: dict[bytes, bytes] = {}
-        for n_val in self._all_n_vals():
-            tprefix = _tree_prefix(n_val, partition)
-            present.update(node._scan_all("aae", tprefix, keys.prefix_end(tprefix)))
-        for raw_key in present.keys() - expected.keys():
-            node._put("aae", raw_key, None)
-            self.stats.index_fixes += 1
-        for raw_key, version in expected.items():
-            if present.get(raw_key) != version:
-                node._put("aae", raw_key, version)
-                self.stats.index_fixes += 1
-        for n_val in self._all_n_vals():
-            self.build(partition, n_val)
+        # Rebuild the partition's trees from the verified index, before the other queued builds (one
+        # being built now is kept in step with the fixes by `_index_put`, so it needs no second build).
+        building = None if self._build is None else (self._build.partition, self._build.n_val)
+        fresh = [
+            (job.partition, n_val)
+            for n_val in sorted(self._all_n_vals())
+            if (job.partition, n_val) not in self.build_queue and (job.partition, n_val) != building
+        ]
+        self.build_queue[:0] = fresh
+        return max(1, looked)
 
     def _all_n_vals(self) -> set[int]:
         return set(self.node.n_vals()) | {n for _, n in self.trees}
@@ -306,7 +429,7 @@ class AntiEntropy:
     def next_deadline_ms(self) -> int:
         if not self.node.settings.anti_entropy_enabled:
             return self.node.now_hint_ms + 3_600_000
-        if self.build_queue or self.verify_queue:
+        if self.build_queue or self.verify_queue or self._build is not None or self._verify is not None:
             # Soon, not now: a step the controller deferred must not make the timer spin.
             return self.node.now_hint_ms + QUEUE_RETRY_MS
         if self.requested and not self._exchanging:
@@ -320,11 +443,15 @@ class AntiEntropy:
         if not self.node.settings.anti_entropy_enabled:
             return
         controller = self.node.controller
-        # Building trees from the index is cheap (no object decoding); verifying from data is not.
-        while self.build_queue and controller.admit(now_ms, 0.25):
-            self.build(*self.build_queue.pop(0))
-        if self.verify_queue and controller.admit(now_ms):
-            self.verify(self.verify_queue.pop(0))
+        # Building trees from the index is cheap (no object decoding); verifying from data is not. Each
+        # reads at most a batch of keys per tick, so the node answers between the steps.
+        batch = self.node.settings.anti_entropy_verify_batch_keys_max
+        budget = batch
+        while budget > 0 and (self._build is not None or self.build_queue) and controller.admit(now_ms, 0.25):
+            budget -= self._build_step(budget)
+        budget = batch
+        while budget > 0 and (self._verify is not None or self.verify_queue) and controller.admit(now_ms):
+            budget -= self._verify_step(budget)
         if self._deferred is not None and self._deferred[0] <= now_ms:
             op_id = self._deferred[1]
             op = self.node._ops.get(op_id)
