@@ -661,5 +661,26 @@ def test_with_tls_configured_authreq_needs_starttls_first(
             p.sock.settimeout(5)
             # Closed: the ping was not answered, neither in clear nor as if it had come through TLS.
             assert p.sock.recv(1) == b""
+        with pb(cluster) as p:
+            # The same with StartTls ending exactly where one read of the node ends (64 KiB): what
+            # follows it sits in the stream's buffer, not in the read, and must not pass either.
+            padding = 65536 - 4 - 5
+            p.send_raw(
+                struct.pack(">IB", padding, 0xFE)
+                + b"x" * (padding - 1)
+                + b"\x00\x00\x00\x01\xff"
+                # RpbGetServerInfoReq (7), in clear
+                + b"\x00\x00\x00\x01\x07"
+            )
+            assert p.recv()[0] == "RpbErrorResp"
+            assert p.recv()[0] == "RpbStartTls"
+            p.sock.settimeout(5)
+            try:
+                tls_sock = context.wrap_socket(p.sock, server_hostname="127.0.0.1")
+                tls_sock.settimeout(5)
+                smuggled = tls_sock.recv(1)
+            except (ssl.SSLError, OSError):
+                smuggled = b""
+            assert smuggled == b"", "a request sent in clear was answered inside TLS"
     finally:
         cluster.close()

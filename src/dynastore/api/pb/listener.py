@@ -208,8 +208,15 @@ class PbServer:
                 if self.stopping:
                     return
                 if session.start_tls:
-                    if i + 1 < len(frames) or decoder.buffered_bytes:
-                        # Bytes sent before the handshake could only be plaintext smuggled past it.
+                    # Nothing more is read in clear: what the client sent after StartTls is either in
+                    # this read, in the decoder, or in the stream's own buffer (a read returns at most
+                    # READ_BYTES), and any of it could only be plaintext smuggled past the handshake.
+                    # (uvloop's transports are not asyncio.ReadTransport subclasses, but have it.)
+                    pause = getattr(session.writer.transport, "pause_reading", None)
+                    if pause is not None:
+                        pause()
+                    await session.writer.drain()
+                    if i + 1 < len(frames) or decoder.buffered_bytes or _unread_bytes(reader):
                         return
                     await self._upgrade(session)
                     break
@@ -237,3 +244,10 @@ class PbServer:
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+
+def _unread_bytes(reader: asyncio.StreamReader) -> int:
+    """Bytes the stream has received and not yet handed out (asyncio keeps them in `_buffer`; a
+    stream without one is taken to hold something, so that StartTls is refused rather than unsafe)."""
+    buffer = getattr(reader, "_buffer", None)
+    return 1 if buffer is None else len(buffer)
