@@ -119,6 +119,9 @@ class Settings:
     pb_buffer_bytes_max: int = 128 * 1024 * 1024
     pb_connections_max: int = 2048
     pb_idle_timeout_ms: int = 3_630_000
+    # With security on, a PB connection that has not authenticated (RpbAuthReq) is closed after this
+    # long without a request, so that unauthenticated clients cannot hold every connection slot.
+    pb_auth_timeout_ms: int = 30_000
     # A listing goes one page (a step of one partition, from one of its replicas) at a time: at most
     # this many keys or buckets, and this many bytes read from disk to find them (past the row that
     # reaches it), so no step holds an event loop for long. keys=true and buckets=true gather the
@@ -356,6 +359,7 @@ def validation_problems(s: Settings) -> list[str]:
     need(s.http_connections_max >= 1, "http_connections_max must be positive")
     need(s.pb_connections_max >= 1, "pb_connections_max must be positive")
     need(s.pb_idle_timeout_ms >= 1, "pb_idle_timeout_ms must be positive")
+    need(s.pb_auth_timeout_ms >= 1, "pb_auth_timeout_ms must be positive")
     need(s.pb_buffer_bytes_max >= s.pb_frame_bytes_max, "pb_buffer_bytes_max must hold one frame (pb_frame_bytes_max)")
     need(
         s.pb_frame_bytes_max >= s.object_bytes_max + s.meta_bytes_max + 64 * 1024,

@@ -26,6 +26,11 @@ class Echo:
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, int]] = []
+        # Whether the stand-in's connections are still to authenticate (security on, no RpbAuthReq).
+        self.login_awaited = False
+
+    def awaiting_login(self, session: Session) -> bool:
+        return self.login_awaited
 
     async def handle(self, session: Session, frame: framing.Frame) -> None:
         self.seen.append((frame.code, len(frame.body)))
@@ -123,3 +128,20 @@ def test_stopping_closes_idle_connections_at_once(frames: int) -> None:
         writer.close()
 
     asyncio.run(main())
+
+
+def test_with_security_on_a_connection_that_never_authenticates_is_closed_after_the_auth_timeout() -> None:
+    """Unauthenticated clients cannot hold connection slots for the hour of the idle timeout: one that
+    sends requests but never authenticates is closed after pb_auth_timeout_ms without one."""
+
+    async def scenario(server: PbServer, echo: Echo) -> None:
+        echo.login_awaited = True
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(framing.encode(schema.CODES["RpbPingReq"], b""))
+        assert (await _answer(reader))[0] == "RpbPingResp"
+        started = asyncio.get_running_loop().time()
+        assert await reader.read(1) == b""
+        assert asyncio.get_running_loop().time() - started < 5
+        writer.close()
+
+    run(scenario, idle_timeout_s=30.0, auth_timeout_s=0.3)

@@ -90,6 +90,10 @@ class Handlers(Protocol):
 
     async def handle(self, session: Session, frame: Frame) -> None: ...
 
+    def awaiting_login(self, session: Session) -> bool:
+        """Whether security is on and `session` has not authenticated yet."""
+        ...
+
 
 class PbServer:
     """Serves the PB API on one listening socket, from `start()` until `stop()` (see the module doc)."""
@@ -102,6 +106,7 @@ class PbServer:
         connections_max: int,
         idle_timeout_s: float,
         buffer_bytes_max: int = 128 * 1024 * 1024,
+        auth_timeout_s: float = 30.0,
     ) -> None:
         self.api = api
         self.frame_bytes_max = frame_bytes_max
@@ -111,6 +116,8 @@ class PbServer:
         self.buffered_bytes = 0
         self.connections_max = connections_max
         self.idle_timeout_s = idle_timeout_s
+        # A connection still to authenticate (security on) gets this much, not idle_timeout_s.
+        self.auth_timeout_s = auth_timeout_s
         # Each open connection's task and session (busy while it answers a request).
         self.connections: dict[asyncio.Task[None], Session] = {}
         self.connections_refused = 0
@@ -178,7 +185,10 @@ class PbServer:
     async def _frames(self, reader: asyncio.StreamReader, session: Session, decoder: framing.Decoder) -> None:
         while True:
             try:
-                async with asyncio.timeout(self.idle_timeout_s):
+                wait_s = self.idle_timeout_s
+                if self.api.awaiting_login(session):
+                    wait_s = min(wait_s, self.auth_timeout_s)
+                async with asyncio.timeout(wait_s):
                     data = await reader.read(READ_BYTES)
             except TimeoutError:
                 return

@@ -220,6 +220,10 @@ class PbApi:
         await self._admit(session, frame.code, need_of(req))
         await handler(session, req)
 
+    def awaiting_login(self, session: Session) -> bool:
+        core = self.runtime.core
+        return core is not None and core.cluster.security.on and session.user is None
+
     async def _admit(self, session: Session, code: int, need: Need) -> None:
         core = self.runtime.core
         assert core is not None
@@ -880,6 +884,7 @@ def make_server(api: Api) -> PbServer:
         connections_max=settings.pb_connections_max,
         idle_timeout_s=settings.pb_idle_timeout_ms / 1000,
         buffer_bytes_max=settings.pb_buffer_bytes_max,
+        auth_timeout_s=settings.pb_auth_timeout_ms / 1000,
     )
     api.pb_stats = server.stats
     return server
