@@ -210,3 +210,20 @@ def test_a_replica_whose_fastest_replica_is_gone_coordinates_the_write_itself() 
     assert isinstance(c.request(owners[0], ClientPut(b"b", KEY, context, Content(b"v"))), Ok)
     assert c.core(owners[0]).stats.coordinated_puts == before + 1
     assert not [line for line in c.trace if f" {owners[0]}->{owners[0]} " in line], "a message to itself"
+
+
+def test_a_primary_whose_preferred_coordinator_is_silently_cut_off_coordinates_the_write_itself() -> None:
+    """The replica a write's context names as the read's fastest is cut off without a broken link (a
+    partition, a paused process), and nobody has judged it down yet. The primary that received the
+    write hands it there, hears nothing, and coordinates it itself (same write id) after half the
+    request's time, instead of answering a timeout it could have avoided."""
+    c = cluster(durable=True)
+    owners = primaries(c)
+    c.faults.cut.add((owners[0], owners[2]))
+    c.faults.cut.add((owners[2], owners[0]))
+    context = Context((), frozenset(), owners[2])
+    answer = c.request(owners[0], ClientPut(b"b", KEY, context, Content(b"v")))
+    assert isinstance(answer, Ok), answer
+    read = c.request(owners[1], ClientGet(b"b", KEY, r=2))
+    assert isinstance(read, Ok) and read.found is not None
+    assert [content.value for _, content in read.found.values] == [b"v"]

@@ -434,7 +434,14 @@ class Coordination(NodeBase):
         if not req.write_id:
             # The write's identity from here on, whichever coordinator applies it (recentwrites.py).
             req = replace(req, write_id=self.rng.randbytes(WRITE_ID_BYTES))
-        op = ForwardOp(origin, req, dst, [dst], self._timeout(req.timeout_ms, now_ms))
+        deadline_ms = self._timeout(req.timeout_ms, now_ms)
+        op = ForwardOp(origin, req, dst, [dst], deadline_ms)
+        if any(t.node == self.name and t.primary for t in targets):
+            # A primary that prefers another coordinator (`_prefers_other`) could coordinate itself:
+            # if that one is silently cut off (no broken link, not yet judged down), it does so after
+            # half the request's time rather than answering a timeout.
+            op.local_deadline_ms = deadline_ms
+            op.deadline_ms = now_ms + (deadline_ms - now_ms) // 2
         op_id = self._register(op)
         self.stats.forwarded_puts += 1
         self._send_forward(op_id, op)
@@ -496,6 +503,14 @@ class Coordination(NodeBase):
 
     def _expire_forward(self, op_id: int, op: ForwardOp, now_ms: int) -> None:
         self._finish(op_id)
+        req = op.request
+        not_idempotent = req.dt is not None and bool(req.dt.op)
+        if op.local_deadline_ms > now_ms and not not_idempotent:
+            # Coordinated here with what is left of the request's time and the same write id, so a
+            # coordinator that applied the first attempt is not applied twice where they meet.
+            left = op.local_deadline_ms - now_ms
+            self._start_put(op.origin, replace(req, hops=req.hops + 1, timeout_ms=left), now_ms)
+            return
         self._answer(op.origin, Failure("timeout", f"timed out waiting for coordinator {op.dst}"))
 
     def _lost_forward(self, op_id: int, op: ForwardOp, peer: str, reason: str, now_ms: int) -> None:

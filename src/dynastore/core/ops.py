@@ -97,6 +97,9 @@ class ForwardOp:
     dst: str
     tried: list[str]
     deadline_ms: int
+    # Set when this node, a primary, handed the write to the replica its context prefers: the request's
+    # own deadline. `deadline_ms` is then halfway to it, when this node coordinates the write itself.
+    local_deadline_ms: int = 0
 
 
 @dataclass
