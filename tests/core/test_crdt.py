@@ -118,9 +118,11 @@ def enc(state: State) -> bytes:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(crdt.DATATYPES).flatmap(lambda k: st.tuples(*(histories(k) for _ in range(3)))))
-def test_merge_is_commutative_associative_and_idempotent(hs: tuple[History, History, History]) -> None:
-    a, b, c = (h.states[0] for h in hs)
+@given(histories())
+def test_merge_is_commutative_associative_and_idempotent(h: History) -> None:
+    # Three replicas of one history: a dot names one operation. (States of separate histories could
+    # name two different writes by the same dot, which no cluster makes: actors never reuse a count.)
+    a, b, c = h.states
     assert enc(crdt.merge(a, b)) == enc(crdt.merge(b, a))
     assert enc(crdt.merge(crdt.merge(a, b), c)) == enc(crdt.merge(a, crdt.merge(b, c)))
     assert enc(crdt.merge(a, a)) == enc(a)
