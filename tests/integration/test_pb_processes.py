@@ -10,7 +10,6 @@ import json
 import random
 import ssl
 import struct
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -598,38 +597,6 @@ def test_with_security_on_pb_needs_authreq_and_the_users_permissions(make_cluste
         assert "lacks riak_kv.put" in p.error("RpbPutReq", bucket=b"b1", key=b"k", content=content(b"x"))
         assert "lacks riak_kv.index" in p.error("RpbIndexReq", bucket=b"b1", index=b"$bucket", qtype=0, key=b"b1")
         assert "TLS" in p.error("RpbStartTls")
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (an EC key: made in milliseconds)."""
-    cert, key = tmp_path / "cluster.pem", tmp_path / "cluster.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=dynastore-test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
 
 
 def test_with_tls_configured_authreq_needs_starttls_first(
