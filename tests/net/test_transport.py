@@ -479,6 +479,34 @@ def test_links_idle_for_the_timeout_are_closed_and_forgotten_and_dialled_again_w
     run(scenario)
 
 
+def test_a_link_the_peer_closes_for_idleness_first_is_forgotten_without_a_report() -> None:
+    """The peer's idle sweep closes the link before this side's does (its timeout is a little shorter;
+    nodes sweep at their own moments): this side
+    forgets the link as its own sweep would, reports nobody unreachable, and the next message dials
+    a new link at once (no back-off)."""
+
+    async def scenario() -> None:
+        directory: dict[str, tuple[str, int]] = {}
+        a = Node("a", directory, idle_timeout_ms=500)
+        b = Node("b", directory, idle_timeout_ms=350)
+        await a.transport.start()
+        await b.transport.start()
+        try:
+            a.transport.send("b", Ping(1))
+            await until(lambda: len(b.received) == 1)
+            await until(lambda: not b.transport.inbound, timeout_s=3)
+            await asyncio.sleep(0.1)
+            assert a.unreachable == []
+            a.transport.send("b", Ping(2))
+            await until(lambda: len(b.received) == 2)
+            assert a.unreachable == []
+        finally:
+            await a.transport.close()
+            await b.transport.close()
+
+    run(scenario)
+
+
 def test_a_peer_of_protocol_9_is_refused_clearly_and_its_replica_put_does_not_decode() -> None:
     """Protocol 10 added the durable flag of ReplicaPut and ReplicaPutReply (buffered writes): a node of
     protocol 9 is refused at the handshake with a reason naming both versions, and a ReplicaPut in

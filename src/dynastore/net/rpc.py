@@ -260,8 +260,19 @@ class PeerLink:
         self.node.report_unreachable(self.peer, reason)
 
     def lost(self, protocol: _Outgoing) -> None:
+        if self.protocol is protocol and protocol.ready and not self.buffer and self._idle_for_the_peer():
+            # The peer's own sweep closed a link that had carried nothing for a long while (both sides
+            # close idle links; whichever sweeps first): forgotten, as this side's sweep would, not a
+            # failure to report (a link a request just crossed is never this idle).
+            self.protocol = None
+            if self.node.links.get(self.peer) is self:
+                del self.node.links[self.peer]
+            return
         if self.protocol is protocol or (self.protocol is None and not protocol.ready):
             self.failed()
+
+    def _idle_for_the_peer(self) -> bool:
+        return time.monotonic() - self.last_active >= self.node.idle_timeout_s / 2
 
     def close(self) -> None:
         if self.connecting is not None:
